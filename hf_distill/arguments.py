@@ -1,0 +1,165 @@
+"""``DistillationTrainingArguments``: ``TrainingArguments`` plus the distillation knobs.
+
+Every field is a dataclass field with help text, so ``HfArgumentParser`` exposes it on the command line
+(``--temperature 2.0 --alpha 0.7``) and in YAML/JSON config files for free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .losses import PER_POSITION_LOSSES
+
+HIDDEN_STATE_LOSSES = ("mse", "cosine")
+
+
+def parse_layer_map(spec: str) -> list[tuple[int, int]] | None:
+    """Parses ``"uniform"`` (returns None: resolved later from the models' depths) or ``"s:t,s:t,..."``.
+
+    Indices are into ``output_hidden_states``: 0 is the embedding output, ``i`` the output of layer ``i``.
+    """
+    spec = spec.strip()
+    if spec == "uniform":
+        return None
+    pairs: list[tuple[int, int]] = []
+    for item in spec.split(","):
+        parts = item.strip().split(":")
+        if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+            raise ValueError(
+                f"hidden_layer_map entry {item.strip()!r} is not of the form 'student:teacher'; write the map "
+                "as comma-separated integer pairs such as '0:0,1:2,2:4,3:6', or use 'uniform'."
+            )
+        student_index, teacher_index = (int(p) for p in parts)
+        if student_index < 0 or teacher_index < 0:
+            raise ValueError(
+                f"hidden_layer_map entry {item.strip()!r} has a negative index; indices count hidden states "
+                "from 0 (the embeddings) upwards."
+            )
+        pairs.append((student_index, teacher_index))
+    students = [s for s, _ in pairs]
+    if len(set(students)) != len(students):
+        raise ValueError(
+            f"hidden_layer_map {spec!r} names a student layer twice; give each student layer one teacher layer."
+        )
+    return pairs
+
+
+@dataclass
+class DistillationTrainingArguments(TrainingArguments):
+    """Arguments for :class:`~hf_distill.DistillationTrainer`.
+
+    The training objective is
+    ``loss = (1 - alpha) * task_loss + alpha * distillation_loss + hidden_state_weight * hidden_state_loss
+    (+ attention_weight * attention_loss)``,
+    where KL-family distillation losses carry the ``temperature**2`` factor of Hinton et al. (2015).
+    """
+
+    temperature: float = field(
+        default=2.0,
+        metadata={
+            "help": "Softmax temperature T > 0 that softens teacher and student distributions for the "
+            "distillation loss (not the sampling temperature of generation). KL-family losses are scaled by T^2."
+        },
+    )
+    alpha: float = field(
+        default=0.5,
+        metadata={
+            "help": "Weight of the distillation term in [0, 1]; the task (hard-label) term gets 1 - alpha. "
+            "alpha=1 trains on the teacher alone and needs no labels."
+        },
+    )
+    distillation_loss: str = field(
+        default="forward_kl",
+        metadata={"help": f"Distillation loss by name, one of {sorted(PER_POSITION_LOSSES)}."},
+    )
+    jsd_beta: float = field(
+        default=0.5,
+        metadata={"help": "Interpolation of the generalised JSD in [0, 1]: 0 is forward KL, 1 reverse KL."},
+    )
+    skew_lambda: float = field(
+        default=0.1,
+        metadata={"help": "Mixing weight of skew KL losses in [0, 1): 0 is the plain (forward/reverse) KL."},
+    )
+    hidden_state_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight (>= 0) of hidden-state matching between mapped layers; 0 turns it off."},
+    )
+    hidden_state_loss: str = field(
+        default="mse",
+        metadata={"help": f"Hidden-state matching loss, one of {HIDDEN_STATE_LOSSES}."},
+    )
+    hidden_layer_map: str = field(
+        default="uniform",
+        metadata={
+            "help": "Which student hidden state matches which teacher hidden state: 'uniform' spreads the "
+            "student's layers evenly over the teacher's, or explicit 'student:teacher' pairs such as "
+            "'0:0,1:2,2:4' (0 is the embedding output). Projections are learned when widths differ."
+        },
+    )
+    attention_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight (>= 0) of attention-map matching over the same layer map; 0 turns it off."},
+    )
+    teacher_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "Cast the teacher to this dtype (float32, bfloat16, float16) for its forward pass; "
+            "None keeps its own dtype."
+        },
+    )
+    check_teacher_finite: bool = field(
+        default=True,
+        metadata={"help": "Raise with the batch index when the teacher's logits hold NaN or inf."},
+    )
+
+    def __post_init__(self):
+        # Our checks run first: a bad distillation knob must fail before TrainingArguments touches devices.
+        self._check_distillation_fields()
+        super().__post_init__()
+
+    def _check_distillation_fields(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(
+                f"temperature must be > 0, got {self.temperature}: it divides the logits before the softmax. "
+                "Use 1.0 for no softening; 2.0-4.0 is common for distillation."
+            )
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(
+                f"alpha must be in [0, 1], got {self.alpha}: it weighs the distillation term and 1 - alpha "
+                "the task term. Use 0.5 to weigh them equally, 1.0 for distillation only."
+            )
+        if self.distillation_loss not in PER_POSITION_LOSSES:
+            raise ValueError(
+                f"distillation_loss {self.distillation_loss!r} is unknown; choose one of "
+                f"{sorted(PER_POSITION_LOSSES)} (forward_kl is the classic Hinton et al. loss)."
+            )
+        if not 0.0 <= self.jsd_beta <= 1.0:
+            raise ValueError(
+                f"jsd_beta must be in [0, 1], got {self.jsd_beta}: it interpolates between forward KL (0) "
+                "and reverse KL (1)."
+            )
+        if not 0.0 <= self.skew_lambda < 1.0:
+            raise ValueError(
+                f"skew_lambda must be in [0, 1), got {self.skew_lambda}: at 1 the skewed distribution "
+                "equals the first one and the loss is identically 0."
+            )
+        for name in ("hidden_state_weight", "attention_weight"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}; use 0 to turn that term off.")
+        if self.hidden_state_loss not in HIDDEN_STATE_LOSSES:
+            raise ValueError(
+                f"hidden_state_loss {self.hidden_state_loss!r} is unknown; choose one of {HIDDEN_STATE_LOSSES}."
+            )
+        parse_layer_map(self.hidden_layer_map)
+        if self.teacher_dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ValueError(
+                f"teacher_dtype {self.teacher_dtype!r} is unknown; use float32, bfloat16, float16 or leave it "
+                "unset to keep the teacher's own dtype."
+            )
+
+    @property
+    def layer_map_pairs(self) -> list[tuple[int, int]] | None:
+        return parse_layer_map(self.hidden_layer_map)

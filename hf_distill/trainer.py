@@ -1,0 +1,435 @@
+"""``DistillationTrainer``: a ``transformers.Trainer`` that learns from a frozen teacher."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    PreTrainedModel,
+    Trainer,
+)
+from transformers.trainer_pt_utils import nested_gather
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .arguments import DistillationTrainingArguments
+from .hidden_states import HiddenStateMatcher, check_layer_map, uniform_layer_map
+from .losses import IGNORE_INDEX, distillation_loss, task_cross_entropy
+
+logger = logging.getLogger(__name__)
+
+CAUSAL_LM, TOKEN_CLASSIFICATION, SEQUENCE_CLASSIFICATION, GENERIC = (
+    "causal_lm",
+    "token_classification",
+    "sequence_classification",
+    "generic",
+)
+_AUTO_CLASS = {
+    CAUSAL_LM: AutoModelForCausalLM,
+    TOKEN_CLASSIFICATION: AutoModelForTokenClassification,
+    SEQUENCE_CLASSIFICATION: AutoModelForSequenceClassification,
+}
+# The projection heads of hidden-state matching live beside the student in each checkpoint.
+DISTILLATION_MODULES_NAME = "distillation_modules.pt"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def detect_task(model: nn.Module) -> str:
+    """The task a model's head serves, from its class name; ``generic`` for any other module returning logits."""
+    name = type(model).__name__
+    if name.endswith("ForCausalLM") or name.endswith("LMHeadModel"):
+        return CAUSAL_LM
+    if name.endswith("ForTokenClassification"):
+        return TOKEN_CLASSIFICATION
+    if name.endswith("ForSequenceClassification"):
+        return SEQUENCE_CLASSIFICATION
+    return GENERIC
+
+
+def _logits_of(outputs: Any) -> torch.Tensor:
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    if isinstance(outputs, dict) or hasattr(outputs, "logits"):
+        return outputs["logits"]
+    if isinstance(outputs, (tuple, list)):
+        return outputs[0]
+    raise TypeError(
+        f"The model returned {type(outputs).__name__}; distillation needs logits: return a tensor, a tuple "
+        "whose first item is the logits, or an output with a `logits` field."
+    )
+
+
+def _output_vocab_size(model: nn.Module) -> int | None:
+    get = getattr(model, "get_output_embeddings", None)
+    embeddings = get() if callable(get) else None
+    if embeddings is not None and hasattr(embeddings, "weight"):
+        return embeddings.weight.shape[0]
+    config = getattr(model, "config", None)
+    return getattr(config, "vocab_size", None)
+
+
+def _is_default_label_map(id2label: dict | None) -> bool:
+    return not id2label or all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
+
+
+class DistillationTrainer(Trainer):
+    """Trains ``model`` (the student) to match ``teacher_model`` while also fitting the task labels.
+
+    Args:
+        model: the student, a ``PreTrainedModel`` or any ``nn.Module`` returning logits.
+        teacher_model: a model, or a path / Hub id loaded with the Auto class of the student's task.
+        args: :class:`DistillationTrainingArguments`.
+        teacher_processing_class: the teacher's tokenizer, when it may differ from the student's; the two
+            must have the same vocabulary.
+        teacher_model_init_kwargs: keyword arguments for ``from_pretrained`` when ``teacher_model`` is a string.
+        **kwargs: everything ``transformers.Trainer`` takes (datasets, collator, processing_class, ...).
+
+    The teacher runs in eval mode under ``torch.no_grad`` on the student's device and is never saved. The
+    loss ``(1 - alpha) * task + alpha * kd + hidden_state_weight * hidden`` is logged in parts as
+    ``loss_task``, ``loss_kd`` and ``loss_hidden``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        teacher_model: nn.Module | str | None = None,
+        args: DistillationTrainingArguments | None = None,
+        *,
+        teacher_processing_class: Any = None,
+        teacher_model_init_kwargs: dict | None = None,
+        **kwargs: Any,
+    ):
+        if args is None:
+            args = DistillationTrainingArguments(output_dir="tmp_trainer", report_to="none")
+        if not isinstance(args, DistillationTrainingArguments):
+            raise TypeError(
+                f"DistillationTrainer needs DistillationTrainingArguments, got {type(args).__name__}; build "
+                "the arguments with hf_distill.DistillationTrainingArguments(...) so the distillation knobs exist."
+            )
+        if model is None:
+            raise ValueError(
+                "DistillationTrainer needs a student `model`; build one with hf_distill.student."
+            )
+        if teacher_model is None:
+            raise ValueError(
+                "DistillationTrainer needs a `teacher_model`: a model, or a path / Hub id of a fine-tuned one."
+            )
+        for split in ("train_dataset", "eval_dataset"):
+            dataset = kwargs.get(split)
+            if dataset is not None and hasattr(dataset, "__len__") and len(dataset) == 0:
+                raise ValueError(
+                    f"The {split} is empty, so there is nothing to distill on; check the split name and any "
+                    "filtering (e.g. max_length or label filters) that produced it."
+                )
+        self.task = detect_task(model)
+        if isinstance(teacher_model, str):
+            teacher_model = self._load_teacher(teacher_model, teacher_model_init_kwargs or {})
+        if args.label_names is None and not isinstance(model, PreTrainedModel):
+            # A plain module's forward has no `labels` argument, so Trainer would drop the column.
+            args.label_names = ["labels"]
+
+        self._vocab_size = self._check_compatibility(
+            model, teacher_model, kwargs.get("processing_class"), teacher_processing_class
+        )
+        super().__init__(model=model, args=args, **kwargs)
+
+        # We normalise every term by num_items_in_batch ourselves; Trainer then neither divides by the
+        # accumulation steps again nor skips counting items.
+        self.model_accepts_loss_kwargs = True
+        self._loss_shifts_labels = self.task == CAUSAL_LM
+        self.teacher = self._prepare_teacher(teacher_model)
+        self.hidden_matcher = self._build_hidden_matcher(model, self.teacher)
+        self._num_tokens_in_batch: torch.Tensor | None = None
+        self._loss_parts: dict[str, dict[str, list[torch.Tensor]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
+        self._loss_parts_last_step = 0
+
+    # ---- set-up ---------------------------------------------------------------------------------------
+
+    def _load_teacher(self, name_or_path: str, init_kwargs: dict) -> nn.Module:
+        auto_class = _AUTO_CLASS.get(self.task)
+        if auto_class is None:
+            raise ValueError(
+                f"teacher_model is the string {name_or_path!r}, but the student has no Transformers task head "
+                "(causal LM, token or sequence classification) to pick a loader from; pass the teacher as a model."
+            )
+        return auto_class.from_pretrained(name_or_path, **init_kwargs)
+
+    def _check_compatibility(
+        self, student: nn.Module, teacher: nn.Module, tokenizer: Any, teacher_tokenizer: Any
+    ) -> int | None:
+        """Checks before any work that the two models can be compared; returns the vocab size to slice to."""
+        if teacher_tokenizer is not None and tokenizer is not None and hasattr(tokenizer, "get_vocab"):
+            if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
+                raise ValueError(
+                    "The teacher's tokenizer and the student's tokenizer have different vocabularies, so the "
+                    "same token id means different text to each and their distributions cannot be compared. "
+                    "Give the student the teacher's tokenizer (e.g. build it with hf_distill.student)."
+                )
+        teacher_task = detect_task(teacher)
+        if self.task != GENERIC and teacher_task != GENERIC and teacher_task != self.task:
+            raise ValueError(
+                f"The student is a {self.task} model ({type(student).__name__}) but the teacher is a "
+                f"{teacher_task} model ({type(teacher).__name__}); both need the same kind of head."
+            )
+        student_config = getattr(student, "config", None)
+        teacher_config = getattr(teacher, "config", None)
+        if self.task in (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION) and student_config and teacher_config:
+            if student_config.num_labels != teacher_config.num_labels:
+                raise ValueError(
+                    f"The student has num_labels={student_config.num_labels} but the teacher has "
+                    f"num_labels={teacher_config.num_labels}; distillation compares their label distributions, "
+                    "so build the student with the teacher's num_labels, id2label and label2id."
+                )
+            s_map, t_map = student_config.id2label, teacher_config.id2label
+            if not _is_default_label_map(s_map) and not _is_default_label_map(t_map) and s_map != t_map:
+                raise ValueError(
+                    f"The student's label map {s_map} differs from the teacher's {t_map}: the same class index "
+                    "would mean different labels. Copy the teacher's id2label / label2id into the student."
+                )
+            problem_type = getattr(student_config, "problem_type", None)
+            if problem_type in ("regression", "multi_label_classification"):
+                raise ValueError(
+                    f"problem_type={problem_type!r} is not supported yet: the losses compare softmax "
+                    "distributions over classes. Use single-label classification."
+                )
+        if self.task == CAUSAL_LM:
+            student_vocab, teacher_vocab = _output_vocab_size(student), _output_vocab_size(teacher)
+            if student_vocab is not None and teacher_vocab is not None and student_vocab != teacher_vocab:
+                real_vocab = (
+                    len(tokenizer) if tokenizer is not None and hasattr(tokenizer, "__len__") else None
+                )
+                if real_vocab is not None and real_vocab <= min(student_vocab, teacher_vocab):
+                    logger.info(
+                        "Student vocab %d and teacher vocab %d differ only by padding beyond the tokenizer's %d "
+                        "tokens; comparing the first %d logits.",
+                        student_vocab,
+                        teacher_vocab,
+                        real_vocab,
+                        real_vocab,
+                    )
+                    return real_vocab
+                raise ValueError(
+                    f"The student's vocabulary has {student_vocab} entries and the teacher's {teacher_vocab}, "
+                    f"and the tokenizer ({real_vocab if real_vocab is not None else 'not given'} tokens) does "
+                    "not explain the difference as padding. Teacher and student must share a tokenizer; pass "
+                    "processing_class=tokenizer if one of the models only pads its embedding matrix."
+                )
+        return None
+
+    def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
+        teacher.eval()
+        teacher.requires_grad_(False)
+        if self.args.teacher_dtype is not None:
+            teacher.to(_DTYPES[self.args.teacher_dtype])
+        # evaluation_mode places the teacher like the student without wrapping it for training (no DDP).
+        return self.accelerator.prepare_model(teacher, evaluation_mode=True)
+
+    def _build_hidden_matcher(self, student: nn.Module, teacher: nn.Module) -> nn.Module | None:
+        if self.args.hidden_state_weight == 0:
+            return None
+        s_config, t_config = getattr(student, "config", None), getattr(teacher, "config", None)
+        if s_config is None or t_config is None:
+            raise ValueError(
+                "hidden_state_weight > 0 needs models with a Transformers config (to know their depth and "
+                "width and to ask for output_hidden_states); set hidden_state_weight=0 for plain modules."
+            )
+        num_s, num_t = s_config.num_hidden_layers, t_config.num_hidden_layers
+        pairs = self.args.layer_map_pairs or uniform_layer_map(num_s, num_t)
+        check_layer_map(pairs, num_s, num_t)
+        matcher = HiddenStateMatcher(
+            pairs, s_config.hidden_size, t_config.hidden_size, self.args.hidden_state_loss
+        )
+        matcher.to(self.args.device)
+        if self.accelerator.num_processes > 1 and len(list(matcher.parameters())) > 0:
+            # Projection gradients must be averaged across processes like the student's.
+            matcher = self.accelerator.prepare_model(matcher)
+        return matcher
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.hidden_matcher is not None:
+            params = [p for p in self.hidden_matcher.parameters() if p.requires_grad]
+            if params and not any(p is params[0] for g in optimizer.param_groups for p in g["params"]):
+                optimizer.add_param_group({"params": params, "weight_decay": 0.0})
+        return optimizer
+
+    # ---- the loss -------------------------------------------------------------------------------------
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        # Hidden-state matching is normalised by the attended tokens over the whole accumulated batch, the
+        # way num_items_in_batch normalises the logit losses, so accumulation does not change the loss.
+        masks = [b["attention_mask"] for b in batch_samples if isinstance(b, dict) and "attention_mask" in b]
+        if self.hidden_matcher is not None and len(masks) == len(batch_samples) and masks:
+            count = sum(m.sum() for m in masks).to(device)
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                count = self.accelerator.gather(count).sum()
+            self._num_tokens_in_batch = count
+        else:
+            self._num_tokens_in_batch = None
+        return batch_samples, num_items_in_batch
+
+    def _teacher_outputs(self, model_inputs: dict[str, Any], need_hidden: bool) -> Any:
+        with torch.no_grad():
+            return self.teacher(**model_inputs, **({"output_hidden_states": True} if need_hidden else {}))
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        args = self.args
+        labels = inputs.get("labels")
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        need_hidden = self.hidden_matcher is not None
+        if labels is None and args.alpha < 1.0:
+            raise ValueError(
+                f"The batch has no `labels`, but alpha={args.alpha} gives the task loss weight "
+                f"{1 - args.alpha:.2f}. Add labels to the dataset, or set alpha=1.0 to learn from the teacher only."
+            )
+
+        student_outputs = model(**model_inputs, **({"output_hidden_states": True} if need_hidden else {}))
+        teacher_outputs = self._teacher_outputs(model_inputs, need_hidden)
+        student_logits, teacher_logits = _logits_of(student_outputs), _logits_of(teacher_outputs)
+        if self._vocab_size is not None:
+            student_logits = student_logits[..., : self._vocab_size]
+            teacher_logits = teacher_logits[..., : self._vocab_size]
+        if args.check_teacher_finite and not torch.isfinite(teacher_logits).all():
+            raise FloatingPointError(
+                f"The teacher's logits hold NaN or inf at global step {self.state.global_step} (batch shape "
+                f"{tuple(teacher_logits.shape)}); the distillation target is broken. Check the teacher in "
+                "float32 (teacher_dtype), its weights, and the batch's inputs."
+            )
+
+        kd_student, kd_teacher, kd_labels = student_logits, teacher_logits, labels
+        attention_mask = model_inputs.get("attention_mask")
+        mask = None
+        if self.task == CAUSAL_LM:
+            # Position t predicts token t+1: drop the last prediction and the first label.
+            kd_student, kd_teacher = student_logits[:, :-1], teacher_logits[:, :-1]
+            if labels is not None:
+                kd_labels = labels[:, 1:]
+            elif attention_mask is not None:
+                mask = attention_mask[:, 1:].bool()
+        elif labels is None and attention_mask is not None and student_logits.dim() == 3:
+            mask = attention_mask.bool()
+        if kd_labels is not None and kd_labels.shape != kd_student.shape[:-1]:
+            raise ValueError(
+                f"labels have shape {tuple(kd_labels.shape)} but the logits {tuple(kd_student.shape)}; "
+                "for token classification pad labels with -100 to the input length (DataCollatorForTokenClassification)."
+            )
+
+        loss_kd = distillation_loss(
+            kd_student,
+            kd_teacher,
+            loss=args.distillation_loss,
+            temperature=args.temperature,
+            labels=kd_labels if mask is None else None,
+            mask=mask,
+            num_items_in_batch=num_items_in_batch,
+            beta=args.jsd_beta,
+            skew_lambda=args.skew_lambda,
+        )
+        loss = args.alpha * loss_kd
+        parts = {"loss_kd": loss_kd}
+        if args.alpha < 1.0:
+            loss_task = task_cross_entropy(kd_student, kd_labels, num_items_in_batch=num_items_in_batch)
+            loss = loss + (1.0 - args.alpha) * loss_task
+            parts["loss_task"] = loss_task
+        if need_hidden:
+            loss_hidden = self._hidden_loss(student_outputs, teacher_outputs, attention_mask)
+            loss = loss + args.hidden_state_weight * loss_hidden
+            parts["loss_hidden"] = loss_hidden
+
+        if args.average_tokens_across_devices and num_items_in_batch is not None:
+            # The divisor counts items on all processes, and DDP averages gradients: undo that average.
+            loss = loss * self.accelerator.num_processes
+        self._record_loss_parts(parts, num_items_in_batch)
+        if return_outputs:
+            return loss, {"logits": student_logits}
+        return loss
+
+    def _hidden_loss(self, student_outputs: Any, teacher_outputs: Any, attention_mask: torch.Tensor | None):
+        student_hidden = getattr(student_outputs, "hidden_states", None)
+        teacher_hidden = getattr(teacher_outputs, "hidden_states", None)
+        for who, hidden in (("student", student_hidden), ("teacher", teacher_hidden)):
+            if hidden is None:
+                raise ValueError(
+                    f"hidden_state_weight > 0 but the {who} returned no hidden_states when called with "
+                    "output_hidden_states=True; use a model that supports it, or set hidden_state_weight=0."
+                )
+        total = self.hidden_matcher(student_hidden, teacher_hidden, attention_mask)
+        if self.model.training and self._num_tokens_in_batch is not None:
+            denominator = self._num_tokens_in_batch
+        elif attention_mask is not None:
+            denominator = attention_mask.sum()
+        else:
+            denominator = torch.tensor(student_hidden[0].shape[0] * student_hidden[0].shape[1])
+        return total / denominator.to(total.device).clamp_min(1)
+
+    # ---- logging --------------------------------------------------------------------------------------
+
+    def _record_loss_parts(self, parts: dict[str, torch.Tensor], num_items_in_batch: Any) -> None:
+        mode = "train" if self.model.training else "eval"
+        scale = 1.0
+        if mode == "train" and num_items_in_batch is None:
+            # Unscaled micro-batch means: Trainer divides the loss by the accumulation steps, so do we.
+            scale = 1.0 / self.current_gradient_accumulation_steps
+        for name, value in parts.items():
+            self._loss_parts[mode][name].append(value.detach() * scale)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        parts = self._loss_parts[mode]
+        if parts and (mode == "eval" or "loss" in logs):
+            if mode == "train":
+                # The parts of one optimizer step sum to that step's loss; average over logged steps.
+                steps = max(self.state.global_step - self._loss_parts_last_step, 1)
+                self._loss_parts_last_step = self.state.global_step
+            for name, values in parts.items():
+                total = torch.stack(values).sum()
+                total = nested_gather(total, self.args.parallel_mode).mean().item()
+                value = total / steps if mode == "train" else total / len(values)
+                logs[f"eval_{name}" if mode == "eval" else name] = value
+            parts.clear()
+        super().log(logs, start_time)
+
+    # ---- checkpoints ----------------------------------------------------------------------------------
+
+    def _unwrapped_matcher(self) -> nn.Module | None:
+        if self.hidden_matcher is None:
+            return None
+        return self.accelerator.unwrap_model(self.hidden_matcher)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        matcher = self._unwrapped_matcher()
+        if matcher is not None and self.args.should_save:
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            torch.save(matcher.state_dict(), os.path.join(folder, DISTILLATION_MODULES_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        matcher = self._unwrapped_matcher()
+        path = os.path.join(resume_from_checkpoint, DISTILLATION_MODULES_NAME)
+        if matcher is not None:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(
+                    f"{path} is missing: the checkpoint has no hidden-state projections, so resuming would "
+                    "restart them from random. Resume from a checkpoint written with hidden_state_weight > 0."
+                )
+            matcher.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
