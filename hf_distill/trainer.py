@@ -21,7 +21,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .arguments import DistillationTrainingArguments
 from .hidden_states import HiddenStateMatcher, check_layer_map, uniform_layer_map
-from .losses import IGNORE_INDEX, distillation_loss, task_cross_entropy
+from .losses import distillation_loss, task_cross_entropy
 
 logger = logging.getLogger(__name__)
 
