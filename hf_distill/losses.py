@@ -29,9 +29,14 @@ IGNORE_INDEX = -100
 REDUCTIONS = ("mean", "sum", "none")
 
 
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    # At least float32: in bf16/fp16 the log-probabilities of a 50k vocabulary lose the tail the KD signal
+    # lives in. float64 inputs stay float64.
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
 def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    # Softmax in float32: in bf16 the log-probabilities of a 50k vocabulary lose the tail the KD signal lives in.
-    return F.log_softmax(logits.float() / temperature, dim=-1)
+    return F.log_softmax(_upcast(logits) / temperature, dim=-1)
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -153,7 +158,7 @@ def per_position_mse(
     Logit matching is the high-temperature limit of KD, so the temperature is ignored here.
     Shapes: ``(..., C)`` -> ``(...)``.
     """
-    return (student_logits.float() - teacher_logits.float()).pow(2).mean(-1)
+    return (_upcast(student_logits) - _upcast(teacher_logits)).pow(2).mean(-1)
 
 
 def per_position_soft_cross_entropy(
@@ -292,8 +297,15 @@ def distillation_loss(
         raise ValueError(f"temperature must be > 0 to soften distributions, got {temperature}.")
     extra = {}
     if loss == "jsd":
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"JSD beta must be in [0, 1] (0 is forward KL, 1 reverse KL), got {beta}.")
         extra["beta"] = beta
     elif loss.startswith("skew_"):
+        if not 0.0 <= skew_lambda < 1.0:
+            raise ValueError(
+                f"skew_lambda must be in [0, 1), got {skew_lambda}: at 1 the skewed distribution equals the "
+                "first one and the loss is identically 0."
+            )
         extra["skew_lambda"] = skew_lambda
     per_position = PER_POSITION_LOSSES[loss](
         student_logits, teacher_logits.detach(), temperature=temperature, **extra
@@ -318,7 +330,7 @@ def task_cross_entropy(
     Shapes: logits ``(..., C)``, labels ``(...)`` with -100 at ignored positions.
     """
     per_position = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
+        _upcast(logits).reshape(-1, logits.shape[-1]),
         labels.reshape(-1).long(),
         ignore_index=IGNORE_INDEX,
         reduction="none",
