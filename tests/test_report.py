@@ -1,0 +1,310 @@
+"""report.json validation and the teacher-vs-student report (plots, Markdown, HTML)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import pytest
+
+from hf_distill.report import comparison_table, load_report, make_report, markdown_table, validate_report
+
+pytest.importorskip("matplotlib")
+Image = pytest.importorskip("PIL.Image")
+np = pytest.importorskip("numpy")
+
+
+def _log_history(seed: float, steps: int = 12) -> list[dict]:
+    entries = []
+    for step in range(1, steps + 1):
+        entries.append(
+            {
+                "step": step,
+                "epoch": step / steps,
+                "loss": 2.0 * seed / step + 0.1,
+                "loss_task": 1.2 * seed / step + 0.05,
+                "loss_kd": 0.8 * seed / step + 0.05,
+                "loss_hidden": 0.0,
+                "learning_rate": 5e-5,
+            }
+        )
+        if step % 4 == 0:
+            entries.append({"step": step, "epoch": step / steps, "eval_loss": 1.5 * seed / step + 0.2})
+    entries.append({"step": steps, "train_loss": 0.5, "train_runtime": 3.2})  # Trainer's closing entry
+    return entries
+
+
+def make_run_report() -> dict:
+    return {
+        "task": "sentiment",
+        "metric_name": "accuracy",
+        "higher_is_better": True,
+        "teacher": {
+            "name_or_path": "textattack/bert-base-uncased-SST-2",
+            "revision": "8f2e3b1",
+            "metric": 0.9243,
+            "parameters": 109_483_778,
+            "size_bytes": 437_958_648,
+            "latency_ms_b1": 12.5,
+            "latency_ms_b32": 180.25,
+        },
+        "students": [
+            {
+                "name": "distilled",
+                "kind": "distilled",
+                "init": "teacher layers [0, 5, 11]",
+                "output_dir": "runs/sst2/distilled",
+                "metric": 0.8876,
+                "parameters": 45_685_250,
+                "size_bytes": 182_748_000,
+                "latency_ms_b1": 4.1,
+                "latency_ms_b32": 55.0,
+                "retention": 0.8876 / 0.9243,
+                "speedup_b1": 12.5 / 4.1,
+                "speedup_b32": 180.25 / 55.0,
+            },
+            {
+                "name": "no_kd_baseline",
+                "kind": "no_kd_baseline",
+                "init": "teacher layers [0, 5, 11]",
+                "output_dir": "runs/sst2/no_kd_baseline",
+                "metric": 0.8512,
+                "parameters": 45_685_250,
+                "size_bytes": 182_748_000,
+                "latency_ms_b1": 4.0,
+                "latency_ms_b32": 54.5,
+                "retention": 0.8512 / 0.9243,
+                "speedup_b1": 12.5 / 4.0,
+                "speedup_b32": 180.25 / 54.5,
+            },
+        ],
+        "distillation": {
+            "distillation_loss": "forward_kl",
+            "temperature": 3.0,
+            "alpha": 0.7,
+            "hidden_state_weight": 0.0,
+            "hidden_state_loss": "mse",
+            "hidden_layer_map": "uniform",
+        },
+        "data": {"dataset": "stanfordnlp/sst2", "train_size": 2000, "validation_size": 500, "test_size": 872},
+        "log_history": {"distilled": _log_history(1.0), "no_kd_baseline": _log_history(1.3)},
+    }
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    (tmp_path / "report.json").write_text(json.dumps(make_run_report()))
+    return tmp_path
+
+
+# ---- load_report ------------------------------------------------------------------------------------------
+
+
+def test_load_report_reads_a_file_or_its_run_dir(run_dir):
+    assert load_report(run_dir) == make_run_report()
+    assert load_report(run_dir / "report.json")["teacher"]["metric"] == 0.9243
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        (["teacher", "metric"], r"missing key 'teacher\.metric' \(expected a number\)"),
+        (["students", 1, "retention"], r"missing key 'students\[1\]\.retention'"),
+        (["data", "test_size"], r"missing key 'data\.test_size'"),
+        (["distillation", "alpha"], r"missing key 'distillation\.alpha'"),
+        (["log_history"], r"missing key 'log_history'"),
+        (["higher_is_better"], r"missing key 'higher_is_better' \(expected true or false\)"),
+    ],
+)
+def test_load_report_names_missing_key_and_file(tmp_path, path, message):
+    report = make_run_report()
+    parent = report
+    for key in path[:-1]:
+        parent = parent[key]
+    del parent[path[-1]]
+    file = tmp_path / "report.json"
+    file.write_text(json.dumps(report))
+    with pytest.raises(ValueError, match=re.escape(str(file)) + ": " + message):
+        load_report(file)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (["teacher", "parameters"], 1.5, r"'teacher\.parameters' must be an integer, got float"),
+        (["teacher", "parameters"], True, r"'teacher\.parameters' must be an integer, got bool"),
+        (["students", 0, "metric"], "0.9", r"'students\[0\]\.metric' must be a number, got str"),
+        (
+            ["distillation", "temperature"],
+            None,
+            r"'distillation\.temperature' must be a number, got NoneType",
+        ),
+        (["teacher", "revision"], 3, r"'teacher\.revision' must be a string or null, got int"),
+        (["students"], {}, r"'students' must be a list, got dict"),
+        (["task"], ["sentiment"], r"'task' must be a string, got list"),
+    ],
+)
+def test_load_report_names_ill_typed_key(tmp_path, path, value, message):
+    report = make_run_report()
+    parent = report
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    file = tmp_path / "report.json"
+    file.write_text(json.dumps(report))
+    with pytest.raises(ValueError, match=re.escape(str(file)) + ": key " + message):
+        load_report(file)
+
+
+def test_load_report_other_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"report\.json does not exist: pass a run directory"):
+        load_report(tmp_path)
+    (tmp_path / "report.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"report\.json: not valid JSON"):
+        load_report(tmp_path)
+    report = make_run_report()
+    report["students"][1]["name"] = "distilled"
+    with pytest.raises(ValueError, match=r"run: student names must be unique .* repeated: \['distilled'\]"):
+        validate_report(report, "run")
+    report = make_run_report()
+    report["students"][0] = "distilled"
+    with pytest.raises(ValueError, match=r"run: 'students\[0\]' must be an object, got str"):
+        validate_report(report, "run")
+    report = make_run_report()
+    report["log_history"]["distilled"] = {"step": 1}
+    with pytest.raises(ValueError, match=r"run: 'log_history\.distilled' must be a list of objects"):
+        validate_report(report, "run")
+    with pytest.raises(ValueError, match=r"run: a report must be a JSON object, got list"):
+        validate_report([], "run")
+
+
+def test_partial_report_allows_missing_and_null_but_not_wrong_types():
+    partial = {
+        "teacher": {"name_or_path": "bert-base-uncased", "metric": None},
+        "distillation": {"alpha": 0.5},
+    }
+    assert validate_report(partial, partial=True) is partial
+    with pytest.raises(ValueError, match=r"key 'distillation\.alpha' must be a number, got str"):
+        validate_report({"distillation": {"alpha": "half"}}, partial=True)
+
+
+# ---- table ------------------------------------------------------------------------------------------------
+
+
+def test_comparison_table_rows():
+    header, rows = comparison_table(make_run_report(), highlight="distilled")
+    assert header[2] == "accuracy (higher is better)"
+    assert rows[0] == [
+        "`textattack/bert-base-uncased-SST-2`",
+        "teacher",
+        "0.9243",
+        "100.0%",
+        "109.48M",
+        "438.0 MB",
+        "12.50",
+        "180.25",
+        "1.00x",
+        "1.00x",
+    ]
+    assert rows[1] == [
+        "**distilled** (this model)",
+        "distilled",
+        "0.8876",
+        "96.0%",
+        "45.69M",
+        "182.7 MB",
+        "4.10",
+        "55.00",
+        "3.05x",
+        "3.28x",
+    ]
+    assert rows[2][:4] == ["no_kd_baseline", "no kd baseline", "0.8512", "92.1%"]
+    table = markdown_table(header, rows)
+    assert table.count("\n") == 4 and table.splitlines()[1] == "|---" * 10 + "|"
+
+
+def test_comparison_table_partial_says_not_measured():
+    header, rows = comparison_table({"teacher": {"name_or_path": "gpt2"}})
+    assert header[2] == "metric"
+    assert rows == [["`gpt2`", "teacher"] + ["not measured"] * 8]
+
+
+# ---- make_report ------------------------------------------------------------------------------------------
+
+
+def _assert_real_plot(path, min_size=(300, 200)):
+    with Image.open(path) as image:
+        assert image.size[0] > min_size[0] and image.size[1] > min_size[1], image.size
+        pixels = np.asarray(image.convert("RGB"), dtype=float)
+    assert pixels.std() > 10, f"{path.name} looks blank"
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10
+
+
+def test_make_report_writes_plots_and_documents(run_dir, tmp_path):
+    out = tmp_path / "out"
+    written = make_report(run_dir, out)
+    assert set(written) == {"losses", "metric", "latency", "size_quality", "md", "html"}
+    for name in ("losses", "metric", "latency", "size_quality"):
+        assert written[name].parent == out / "figures"
+        _assert_real_plot(written[name])
+
+    markdown = written["md"].read_text()
+    references = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert len(references) == 4
+    for reference in references:
+        assert not reference.startswith("/") and (out / reference).is_file()
+    assert "| **distilled**" not in markdown and "| distilled | distilled | 0.8876 | 96.0% |" in markdown
+    assert "temperature 3.0, alpha 0.7" in markdown
+
+    page = written["html"].read_text()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert sorted(sources) == sorted(references)
+    assert "<td>0.8876</td>" in page and "<code>textattack/bert-base-uncased-SST-2</code>" in page
+
+
+def test_make_report_one_student_no_logs_md_only(tmp_path):
+    report = make_run_report()
+    report["students"] = report["students"][:1]
+    report["log_history"] = {"distilled": []}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    written = make_report(tmp_path / "report.json", formats=("md",))
+    assert set(written) == {"metric", "latency", "md"}
+    assert written["md"] == tmp_path / "report.md"
+    assert "No training logs in report.json" in written["md"].read_text()
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_make_report_loss_curves_skip_missing_parts(run_dir, tmp_path):
+    report = make_run_report()
+    for entries in report["log_history"].values():
+        for entry in entries:
+            entry.pop("loss_hidden", None)
+            entry.pop("eval_loss", None)
+    report["log_history"]["distilled"][0]["loss"] = float("nan")  # a diverged step must not break the plot
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    written = make_report(tmp_path, formats=())
+    _assert_real_plot(written["losses"])
+
+
+def test_make_report_rejects_unknown_format(run_dir):
+    with pytest.raises(
+        ValueError, match=r"Unknown report format\(s\) \['pdf'\]; choose from \['md', 'html'\]"
+    ):
+        make_report(run_dir, formats=("md", "pdf"))
+
+
+def test_make_report_does_not_touch_pyplot_backend(run_dir, tmp_path):
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    make_report(run_dir, tmp_path / "out", formats=())
+    assert matplotlib.get_backend() == before
+
+
+def test_report_is_not_mutated(run_dir, tmp_path):
+    report = make_run_report()
+    original = copy.deepcopy(report)
+    comparison_table(report, highlight="distilled")
+    validate_report(report)
+    assert report == original
