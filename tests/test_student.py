@@ -545,3 +545,27 @@ def test_model_size_on_disk(tmp_path):
         model_size_on_disk(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="neither a model folder nor a weight file"):
         model_size_on_disk(tmp_path / "missing")
+
+
+def test_sparse_per_layer_config_is_renumbered():
+    # Heterogeneous configs (per-layer overrides keyed by layer index); checked on the config because few
+    # model classes build such layers yet.
+    from hf_distill.student import _derive_config
+
+    config = LlamaConfig(
+        **{**llama_kwargs(), "num_hidden_layers": 12},
+        per_layer_config={2: {"intermediate_size": 48}, 11: {"intermediate_size": 8}},
+    )
+    student_config = _derive_config(config, [0, 2, 5, 11], {})
+    assert student_config.num_hidden_layers == 4
+    assert [layer.intermediate_size for layer in student_config.per_layer_config] == [32, 48, 32, 8]
+
+
+def test_warns_when_attention_scale_depends_on_layer_index(caplog):
+    teacher = GPT2LMHeadModel(gpt2_config(scale_attn_by_inverse_layer_idx=True))
+    with caplog.at_level("WARNING", logger="hf_distill.student"):
+        student_from_teacher(teacher, layers=[0, 1])
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="hf_distill.student"):
+        student_from_teacher(teacher, layers=[1, 3])
+    assert "scale_attn_by_inverse_layer_idx" in caplog.text
