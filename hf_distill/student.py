@@ -139,6 +139,11 @@ def _derive_config(
                 "Set the number of layers with `layers` or `num_layers`, not as a config override."
             )
         overrides[layers_key] = len(layers)
+    if values.pop("quantization_config", None) is not None:
+        # A teacher loaded from GGUF (or another quantised format) holds dequantised tensors once loaded; the
+        # student is built from plain modules, and a carried-over quantisation config would make
+        # `from_pretrained` treat its saved weights as quantised.
+        logger.warning("Dropped quantization_config from the student's config: the student is not quantised.")
     if "num_labels" in overrides:
         # `id2label` from the teacher would contradict the new number of labels.
         values.pop("id2label", None)

@@ -569,3 +569,20 @@ def test_warns_when_attention_scale_depends_on_layer_index(caplog):
     with caplog.at_level("WARNING", logger="hf_distill.student"):
         student_from_teacher(teacher, layers=[1, 3])
     assert "scale_attn_by_inverse_layer_idx" in caplog.text
+
+
+def test_quantization_config_of_a_gguf_teacher_is_dropped(caplog, tmp_path):
+    # A teacher loaded with `gguf_file=` holds dequantised float tensors but keeps a quantization_config,
+    # which would make the saved student look quantised to from_pretrained.
+    teacher = LlamaForCausalLM(LlamaConfig(**llama_kwargs())).eval()
+    teacher.config.quantization_config = {
+        "quant_method": "gguf",
+        "gguf_file": "teacher.gguf",
+        "dequantize": False,
+    }
+    with caplog.at_level("WARNING", logger="hf_distill.student"):
+        student = student_from_teacher(teacher, num_layers=2).eval()
+    assert "Dropped quantization_config" in caplog.text
+    assert getattr(student.config, "quantization_config", None) is None
+    student.save_pretrained(tmp_path)
+    assert "quantization_config" not in json.loads((tmp_path / "config.json").read_text())
