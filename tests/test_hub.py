@@ -348,3 +348,14 @@ def test_push_reads_report_inside_folder_and_skips_unlisted_students(run_dir, ca
         push_student(other, "someone/other", api=FakeHfApi())
     assert "lists no student saved in" in caplog.text
     assert not (other / "README.md").exists()
+
+
+def test_card_for_lower_is_better_codegen_run():
+    report = make_run_report()
+    report.update(task="codegen", metric_name="perplexity", higher_is_better=False)
+    report["teacher"]["name_or_path"] = "Salesforce/codegen-350M-mono"
+    metadata, body = front_matter(render_model_card(report))
+    assert metadata["pipeline_tag"] == "text-generation" and metadata["metrics"] == ["perplexity"]
+    assert metadata["model-index"][0]["results"][0]["metrics"][0] == {"type": "perplexity", "value": 0.8876}
+    assert "| Model | Role | perplexity (lower is better) |" in body
+    assert "AutoModelForCausalLM" in body and 'pipeline("text-generation"' in body
