@@ -20,6 +20,7 @@ from transformers.trainer_pt_utils import nested_gather
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .arguments import DistillationTrainingArguments
+from .distributed import prepare_teacher
 from .hidden_states import HiddenStateMatcher, check_layer_map, uniform_layer_map
 from .losses import distillation_loss, task_cross_entropy
 
@@ -231,8 +232,9 @@ class DistillationTrainer(Trainer):
         teacher.requires_grad_(False)
         if self.args.teacher_dtype is not None:
             teacher.to(_DTYPES[self.args.teacher_dtype])
-        # evaluation_mode places the teacher like the student without wrapping it for training (no DDP).
-        return self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        # Placed for the backend without being wrapped for training: replicated under DDP, an inference engine
+        # under DeepSpeed (sharded with ZeRO-3), sharded with the run's plugin under FSDP (see distributed.py).
+        return prepare_teacher(self.accelerator, teacher)
 
     def _build_hidden_matcher(self, student: nn.Module, teacher: nn.Module) -> nn.Module | None:
         if self.args.hidden_state_weight == 0:
