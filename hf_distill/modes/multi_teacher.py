@@ -1,0 +1,209 @@
+"""Multi-teacher distillation: the student learns from a weighted mixture of several teachers.
+
+The teachers share the student's label space (classification) or vocabulary (causal LM). With weights
+``w_k(x) >= 0``, ``sum_k w_k(x) = 1``, the target at each position is the mixture of the teachers' softened
+distributions
+
+    p_mix(x) = sum_k w_k(x) * softmax(z_k(x) / T),
+
+and the distillation term is the configured loss against ``p_mix``. The mixture is handed to the base
+trainer as the logits ``T * log p_mix``, whose softmax at temperature ``T`` is ``p_mix`` exactly, so every
+probability-space loss (KL, JSD, skew KL, TVD, soft cross-entropy) reduces to the single-teacher loss when
+there is one teacher. ``distillation_loss="mse"`` matches logits, not probabilities: its target is the
+weighted mean of the teachers' logits, which also reduces to the single-teacher target.
+
+Weights are fixed (``teacher_weights``, normalised to sum to 1) or per position from each teacher's
+confidence (``teacher_weighting``): ``"max_prob"`` gives ``w_k ∝ max_c p_k(c)`` and ``"entropy"`` gives
+``w_k = softmax_k(-H(p_k))``, both at temperature 1 (the teacher's own confidence, not the softened one).
+
+Teachers run one after another under ``no_grad`` and only a running mixture is kept, so memory holds one
+teacher's activations at a time, whatever the number of teachers. Hidden-state and attention matching use
+the first teacher.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from ..arguments import DistillationTrainingArguments
+from ..trainer import DistillationTrainer, _logits_of
+
+TEACHER_WEIGHTINGS = ("fixed", "max_prob", "entropy")
+
+
+@dataclass
+class MixtureOutput(ModelOutput):
+    """The teachers' mixture as logits ``T * log p_mix``, with the first teacher's hidden states / attentions."""
+
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class MultiTeacherTrainingArguments(DistillationTrainingArguments):
+    """:class:`DistillationTrainingArguments` plus how the teachers are weighted."""
+
+    teacher_weighting: str = field(
+        default="fixed",
+        metadata={
+            "help": f"How teachers are weighted, one of {TEACHER_WEIGHTINGS}: 'fixed' uses teacher_weights; "
+            "'max_prob' and 'entropy' weigh each teacher per example by its confidence."
+        },
+    )
+    teacher_weights: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Fixed weights (> 0), one per teacher, normalised to sum to 1; unset gives equal weights. "
+            "Only with teacher_weighting='fixed'."
+        },
+    )
+
+    def __post_init__(self):
+        if self.teacher_weighting not in TEACHER_WEIGHTINGS:
+            raise ValueError(
+                f"teacher_weighting {self.teacher_weighting!r} is unknown; choose one of {TEACHER_WEIGHTINGS} "
+                "('fixed' with teacher_weights, or a confidence weighting)."
+            )
+        if self.teacher_weights is not None:
+            if self.teacher_weighting != "fixed":
+                raise ValueError(
+                    f"teacher_weights are given but teacher_weighting={self.teacher_weighting!r} computes its own "
+                    "weights per example; drop teacher_weights or set teacher_weighting='fixed'."
+                )
+            if not self.teacher_weights or not all(w > 0 and math.isfinite(w) for w in self.teacher_weights):
+                raise ValueError(
+                    f"teacher_weights must be finite numbers > 0, got {self.teacher_weights}: each is a teacher's "
+                    "share of the mixture. Leave a teacher out instead of giving it weight 0."
+                )
+        super().__post_init__()
+
+
+def confidence_log_weights(teacher_logits: torch.Tensor, weighting: str) -> torch.Tensor:
+    """Unnormalised log-weight of one teacher per position, ``(..., C) -> (...)``.
+
+    ``"max_prob"``: ``log max_c softmax(z)_c``; ``"entropy"``: ``-H(softmax(z)) = sum_c p_c log p_c``.
+    Normalising over teachers (a softmax over ``k`` of these) gives ``w_k ∝ max p_k`` or
+    ``w_k = softmax_k(-H_k)``.
+    """
+    log_p = torch.log_softmax(teacher_logits.float(), dim=-1)
+    if weighting == "max_prob":
+        return log_p.max(-1).values
+    if weighting == "entropy":
+        return (log_p.exp() * log_p).sum(-1)
+    raise ValueError(f"Unknown confidence weighting {weighting!r}; use 'max_prob' or 'entropy'.")
+
+
+class MultiTeacherDistillationTrainer(DistillationTrainer):
+    """Distills several teachers into one student.
+
+    Args:
+        model: the student.
+        teacher_models: the teachers (models), in the order of ``args.teacher_weights``.
+        args: :class:`MultiTeacherTrainingArguments`.
+        **kwargs: as for :class:`~hf_distill.DistillationTrainer`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        teacher_models: list[nn.Module] | None = None,
+        args: MultiTeacherTrainingArguments | None = None,
+        **kwargs: Any,
+    ):
+        if args is None:
+            args = MultiTeacherTrainingArguments(output_dir="tmp_trainer", report_to="none")
+        if not isinstance(args, MultiTeacherTrainingArguments):
+            raise TypeError(
+                f"MultiTeacherDistillationTrainer needs MultiTeacherTrainingArguments, got {type(args).__name__}; "
+                "they add teacher_weights and teacher_weighting."
+            )
+        if not teacher_models or isinstance(teacher_models, nn.Module):
+            raise ValueError(
+                "MultiTeacherDistillationTrainer needs `teacher_models`, a non-empty list of teacher models; "
+                "for one teacher a list of one works (or use DistillationTrainer)."
+            )
+        if args.teacher_weights is not None and len(args.teacher_weights) != len(teacher_models):
+            raise ValueError(
+                f"{len(args.teacher_weights)} teacher_weights for {len(teacher_models)} teachers; give one weight "
+                "per teacher, in the order of teacher_models."
+            )
+        teacher_models = list(teacher_models)
+        super().__init__(model=model, teacher_model=teacher_models[0], args=args, **kwargs)
+        for teacher in teacher_models[1:]:
+            # Same checks as for the first teacher: label space / vocabulary shared with the student.
+            vocab = self._check_compatibility(model, teacher, kwargs.get("processing_class"), None)
+            if vocab is not None:
+                self._vocab_size = min(vocab, self._vocab_size or vocab)
+        self.teachers = [self.teacher] + [self._prepare_teacher(t) for t in teacher_models[1:]]
+        weights = args.teacher_weights or [1.0] * len(self.teachers)
+        self.fixed_weights = [w / sum(weights) for w in weights]
+
+    def _teacher_outputs(self, model_inputs: dict[str, Any], need_hidden: bool) -> Any:
+        """The first teacher's outputs with ``logits`` replaced by the mixture ``T * log p_mix``."""
+        args = self.args
+        temperature = args.temperature
+        match_logits = args.distillation_loss == "mse"
+        first_outputs = None
+        mixture = None  # running log-sum-exp of log(w_k) + log p_k, or weighted sum of logits for "mse"
+        log_weight_total = None
+        with torch.no_grad():
+            # One teacher at a time: its activations are freed before the next one runs.
+            for index, teacher in enumerate(self.teachers):
+                if index == 0:
+                    outputs = super()._teacher_outputs(model_inputs, need_hidden)
+                    first_outputs = outputs
+                else:
+                    outputs = teacher(**model_inputs)
+                logits = _logits_of(outputs).float()
+                if self._vocab_size is not None:
+                    logits = logits[..., : self._vocab_size]
+                if args.teacher_weighting == "fixed":
+                    log_weight = math.log(self.fixed_weights[index])
+                    log_weight = torch.full(logits.shape[:-1], log_weight, device=logits.device)
+                else:
+                    log_weight = confidence_log_weights(logits, args.teacher_weighting)
+                if match_logits:
+                    term = log_weight.exp().unsqueeze(-1) * logits
+                    mixture = term if mixture is None else mixture + term
+                    log_weight_total = (
+                        log_weight.exp() if log_weight_total is None else log_weight_total + log_weight.exp()
+                    )
+                else:
+                    term = log_weight.unsqueeze(-1) + torch.log_softmax(logits / temperature, dim=-1)
+                    mixture = term if mixture is None else torch.logaddexp(mixture, term)
+                    log_weight_total = (
+                        log_weight
+                        if log_weight_total is None
+                        else torch.logaddexp(log_weight_total, log_weight)
+                    )
+                del outputs, logits
+            if match_logits:
+                mixed_logits = mixture / log_weight_total.unsqueeze(-1)
+            else:
+                # Normalising the weights per position: log p_mix = logsumexp_k(log w_k + log p_k) - log sum_k w_k.
+                mixed_logits = temperature * (mixture - log_weight_total.unsqueeze(-1))
+        return MixtureOutput(
+            logits=mixed_logits,
+            hidden_states=getattr(first_outputs, "hidden_states", None),
+            attentions=getattr(first_outputs, "attentions", None),
+        )
+
+    def teacher_weights_for(self, model_inputs: dict[str, Any]) -> torch.Tensor:
+        """The normalised weights ``(K, ...)`` each teacher gets per position on a batch (for inspection)."""
+        with torch.no_grad():
+            log_weights = []
+            for index, teacher in enumerate(self.teachers):
+                logits = _logits_of(teacher(**model_inputs)).float()
+                if self.args.teacher_weighting == "fixed":
+                    log_weight = math.log(self.fixed_weights[index])
+                    log_weights.append(torch.full(logits.shape[:-1], log_weight, device=logits.device))
+                else:
+                    log_weights.append(confidence_log_weights(logits, self.args.teacher_weighting))
+            return torch.softmax(torch.stack(log_weights), dim=0)
