@@ -1,0 +1,466 @@
+"""Large-vocabulary distillation losses that never hold the full ``(N, V)`` student logits.
+
+A causal LM's logits are ``z = h @ W^T (+ b)`` with ``h`` the last hidden states ``(N, H)`` and ``W`` the
+LM head ``(V, H)``. At ``V = 50257`` the plain loss keeps several ``(N, V)`` float32 tensors alive for the
+backward pass (logits, both log-softmaxes, probabilities, their gradients); here the positions are walked in
+chunks of ``chunk_size`` rows, so the loss's memory is ``O(chunk_size * V)`` instead of ``O(N * V)``.
+
+Two implementations, both exact (same value and gradients as :func:`hf_distill.losses.distillation_loss` plus
+:func:`hf_distill.losses.task_cross_entropy`, up to float rounding):
+
+- ``"fused"``: a ``torch.autograd.Function`` that, chunk by chunk in the forward pass, computes the logits,
+  the per-position losses (the SAME functions of :data:`hf_distill.losses.PER_POSITION_LOSSES`), the gradient
+  with respect to those logits, and from it ``dL/dh = G @ W`` and ``dL/dW += G^T @ h`` (``G = dL/dz``, one
+  chunk). The backward pass only scales the stored gradients by the incoming gradient. One matmul forward
+  and two backward per chunk: the same arithmetic as the plain loss.
+- ``"chunked"``: ``torch.utils.checkpoint`` per chunk; the backward recomputes each chunk's logits, so it
+  costs one more ``h @ W^T`` than ``"fused"`` but leaves autograd in charge of everything.
+
+The task cross-entropy is fused into the same pass, since it also needs the full logits. The teacher side
+is a per-chunk callable (:class:`TeacherChunks`): full teacher logits, teacher hidden states with the
+teacher's LM head (so the teacher's logits are never materialised either), or cached top-k logits.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .losses import IGNORE_INDEX, PER_POSITION_LOSSES, _upcast, check_loss_name
+
+IMPLEMENTATIONS = ("plain", "chunked", "fused")
+KD_LOSS_IMPLEMENTATIONS = ("auto", *IMPLEMENTATIONS)
+# "auto" switches to the fused loss from this output vocabulary size on: below it the full logits are
+# small and the plain loss is as fast; above it they dominate the step's memory (50257 x 1024 positions of
+# float32 is 206 MB per tensor).
+AUTO_MIN_VOCAB = 16384
+DEFAULT_CHUNK_SIZE = 256
+# Config attributes of models whose logits are not a plain linear map of the last hidden state.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+class KDLossParts(NamedTuple):
+    """``loss = kd_weight * loss_kd + task_weight * loss_task``; ``loss`` carries the gradient, the parts are
+    detached (for logging)."""
+
+    loss: torch.Tensor
+    loss_kd: torch.Tensor
+    loss_task: torch.Tensor
+
+
+# ---- the teacher side, one chunk of positions at a time -----------------------------------------------------
+
+# (student_logits_chunk (n, V), rows (n,) indices into the flattened positions) -> per-position KD loss (n,)
+KDChunkFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _loss_extra(loss: str, beta: float, skew_lambda: float) -> dict[str, float]:
+    if loss == "jsd":
+        return {"beta": beta}
+    if loss.startswith("skew_"):
+        return {"skew_lambda": skew_lambda}
+    return {}
+
+
+def _check_finite(teacher_logits: torch.Tensor) -> None:
+    if not torch.isfinite(teacher_logits).all():
+        raise FloatingPointError(
+            f"The teacher's logits hold NaN or inf (a chunk of shape {tuple(teacher_logits.shape)}); the "
+            "distillation target is broken. Check the teacher in float32 (teacher_dtype), its weights, and "
+            "the batch's inputs."
+        )
+
+
+def teacher_logits_chunks(
+    teacher_logits: torch.Tensor,
+    *,
+    loss: str,
+    temperature: float,
+    beta: float = 0.5,
+    skew_lambda: float = 0.1,
+) -> KDChunkFn:
+    """Per-chunk KD loss against precomputed teacher logits ``(N, V)`` (flattened positions)."""
+    per_position, extra = PER_POSITION_LOSSES[loss], _loss_extra(loss, beta, skew_lambda)
+    flat = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
+
+    def chunk_fn(student_logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return per_position(student_logits, flat[rows], temperature=temperature, **extra)
+
+    return chunk_fn
+
+
+def teacher_hidden_chunks(
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    teacher_bias: torch.Tensor | None = None,
+    *,
+    loss: str,
+    temperature: float,
+    beta: float = 0.5,
+    skew_lambda: float = 0.1,
+    check_finite: bool = False,
+) -> KDChunkFn:
+    """Per-chunk KD loss against the teacher's logits computed on the fly: ``z_t = h_t @ W_t^T (+ b_t)``.
+
+    ``teacher_hidden`` ``(N, H_t)`` (flattened positions), ``teacher_weight`` ``(V, H_t)``. The teacher's
+    ``(N, V)`` logits never exist at once; each chunk's are computed under ``no_grad``.
+    """
+    per_position, extra = PER_POSITION_LOSSES[loss], _loss_extra(loss, beta, skew_lambda)
+    flat = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
+    weight = teacher_weight.detach()
+    bias = None if teacher_bias is None else teacher_bias.detach()
+
+    def chunk_fn(student_logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            logits = F.linear(flat[rows], weight, bias)
+            if check_finite:
+                _check_finite(logits)
+        return per_position(student_logits, logits, temperature=temperature, **extra)
+
+    return chunk_fn
+
+
+# ---- the autograd functions ---------------------------------------------------------------------------------
+
+
+def _chunk_objective(
+    logits: torch.Tensor,
+    rows: torch.Tensor,
+    labels: torch.Tensor | None,
+    kd_chunk_fn: KDChunkFn,
+    kd_weight: float,
+    task_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sum over one chunk's positions of ``kd_weight * kd + task_weight * ce``, and the two sums."""
+    kd = kd_chunk_fn(logits, rows).sum() if kd_weight != 0 else logits.new_zeros((), dtype=torch.float32)
+    if task_weight != 0 and labels is not None:
+        ce = F.cross_entropy(_upcast(logits), labels[rows], reduction="sum")
+    else:
+        ce = torch.zeros_like(kd)
+    return kd_weight * kd + task_weight * ce, kd.detach(), ce.detach()
+
+
+class _FusedLinearKD(torch.autograd.Function):
+    """Sums of the chunked objective over selected positions, gradients computed during the forward pass.
+
+    Inputs: ``hidden`` ``(N, H)`` (only the positions that count), ``weight`` ``(V, H)``, ``bias`` ``(V,)`` or
+    None. Outputs: the weighted objective (differentiable) and the KD and task sums (not differentiable).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, kd_chunk_fn, kd_weight, task_weight, chunk_size):
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = bias is not None and ctx.needs_input_grad[2]
+        # float32 accumulators: summing hundreds of chunk gradients in bf16 would lose the small ones.
+        grad_hidden = torch.zeros_like(hidden) if need_h else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
+        # Three tensors, not one aliased zero: the sums are marked non-differentiable below, the total is not.
+        total, kd_sum, ce_sum = (hidden.new_zeros((), dtype=torch.float32) for _ in range(3))
+        any_grad = need_h or need_w or need_b
+        for start in range(0, hidden.shape[0], chunk_size):
+            rows = torch.arange(start, min(start + chunk_size, hidden.shape[0]), device=hidden.device)
+            h = hidden[start : start + chunk_size]
+            logits = F.linear(h, weight, bias)
+            with torch.enable_grad():
+                logits = logits.detach().requires_grad_(any_grad)
+                objective, kd, ce = _chunk_objective(
+                    logits, rows, labels, kd_chunk_fn, kd_weight, task_weight
+                )
+            if any_grad and objective.requires_grad:
+                (grad_logits,) = torch.autograd.grad(objective, logits)
+                grad_logits = grad_logits.to(h.dtype)
+                if need_h:
+                    grad_hidden[start : start + chunk_size] = grad_logits @ weight
+                if need_w:
+                    grad_weight.addmm_(grad_logits.t().float(), h.float())
+                if need_b:
+                    grad_bias += grad_logits.float().sum(0)
+            total, kd_sum, ce_sum = total + objective.detach(), kd_sum + kd, ce_sum + ce
+        ctx.save_for_backward(
+            grad_hidden,
+            None if grad_weight is None else grad_weight.to(weight.dtype),
+            None if grad_bias is None else grad_bias.to(bias.dtype),
+        )
+        ctx.mark_non_differentiable(kd_sum, ce_sum)
+        return total, kd_sum, ce_sum
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_kd, _grad_ce):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        scale = grad_total.to(torch.float32)
+        out = [None if g is None else g * scale.to(g.dtype) for g in (grad_hidden, grad_weight, grad_bias)]
+        return (*out, None, None, None, None, None)
+
+
+def _checkpointed_sums(hidden, weight, bias, labels, kd_chunk_fn, kd_weight, task_weight, chunk_size):
+    """Same sums as :class:`_FusedLinearKD`, with each chunk recomputed in the backward pass."""
+
+    def chunk(h, w, b, rows):
+        return _chunk_objective(F.linear(h, w, b), rows, labels, kd_chunk_fn, kd_weight, task_weight)
+
+    # Start from 0 * sum(h) so a batch with no kept position still gives a loss that can be backpropagated.
+    total = (hidden.sum() + weight.sum()).float() * 0.0
+    kd_sum = ce_sum = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_size):
+        rows = torch.arange(start, min(start + chunk_size, hidden.shape[0]), device=hidden.device)
+        h = hidden[start : start + chunk_size]
+        if torch.is_grad_enabled():
+            objective, kd, ce = checkpoint(chunk, h, weight, bias, rows, use_reentrant=False)
+        else:
+            objective, kd, ce = chunk(h, weight, bias, rows)
+        total, kd_sum, ce_sum = total + objective, kd_sum + kd, ce_sum + ce
+    return total, kd_sum, ce_sum
+
+
+# ---- the public loss ----------------------------------------------------------------------------------------
+
+
+def fused_linear_distillation_loss(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    student_bias: torch.Tensor | None = None,
+    *,
+    teacher_logits: torch.Tensor | None = None,
+    teacher_hidden: torch.Tensor | None = None,
+    teacher_weight: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    kd_chunk_fn: KDChunkFn | None = None,
+    labels: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    loss: str = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    skew_lambda: float = 0.1,
+    kd_weight: float = 1.0,
+    task_weight: float = 0.0,
+    reduction: str = "mean",
+    num_items_in_batch: int | torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    implementation: str = "fused",
+    check_teacher_finite: bool = False,
+) -> KDLossParts:
+    """Distillation (+ task) loss from the student's last hidden states and LM head, chunk by chunk.
+
+    Equals ``kd_weight * distillation_loss(z_s, z_t, ...) + task_weight * task_cross_entropy(z_s, labels)``
+    with ``z_s = student_hidden @ student_weight^T (+ student_bias)``, without building ``z_s``.
+
+    Args:
+        student_hidden: ``(..., H)``, e.g. ``(B, T, H)`` already shifted for next-token prediction.
+        student_weight: the LM head ``(V, H)``; student_bias ``(V,)`` or None.
+        teacher_logits: ``(..., V)`` with the same leading shape; or ``teacher_hidden`` ``(..., H_t)`` with
+            ``teacher_weight`` ``(V, H_t)`` (and ``teacher_bias``); or ``kd_chunk_fn`` (e.g. the top-k loss of
+            :mod:`hf_distill.teacher_cache`). Exactly one teacher source.
+        labels: ``(...)`` with -100 at ignored positions (needed for the task term); or ``mask`` ``(...)``.
+        loss, temperature, beta, skew_lambda: as in :func:`hf_distill.losses.distillation_loss`.
+        kd_weight, task_weight: weights of the two terms (``alpha`` and ``1 - alpha`` in the trainer).
+        reduction: ``"mean"`` (divide both sums by ``num_items_in_batch``, else by the unmasked count, at
+            least 1) or ``"sum"``.
+        chunk_size: positions per chunk; memory is ``O(chunk_size * V)``.
+        implementation: ``"fused"`` (gradients in the forward pass) or ``"chunked"`` (checkpoint per chunk).
+
+    Returns:
+        :class:`KDLossParts` ``(loss, loss_kd, loss_task)``, each reduced the same way.
+    """
+    check_loss_name(loss)
+    if implementation not in ("fused", "chunked"):
+        raise ValueError(
+            f"implementation={implementation!r} is not a chunked loss; use 'fused' or 'chunked' (for the plain "
+            "loss call hf_distill.losses.distillation_loss on full logits)."
+        )
+    if reduction not in ("mean", "sum"):
+        raise ValueError(
+            f"reduction={reduction!r} is not supported by the chunked loss: it never holds all positions' "
+            "losses at once. Use 'mean' or 'sum', or the plain distillation_loss for per-position values."
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 positions, got {chunk_size}.")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 to soften distributions, got {temperature}.")
+    sources = [s is not None for s in (teacher_logits, teacher_hidden, kd_chunk_fn)]
+    if sum(sources) != 1 and kd_weight != 0:
+        raise ValueError(
+            "Give exactly one teacher source to the chunked loss: teacher_logits, teacher_hidden (with "
+            f"teacher_weight) or kd_chunk_fn; got {sum(sources)}."
+        )
+    if teacher_hidden is not None and teacher_weight is None:
+        raise ValueError(
+            "teacher_hidden needs teacher_weight, the teacher's LM head (V, H_t), to make logits."
+        )
+    if task_weight != 0 and labels is None:
+        raise ValueError(f"task_weight={task_weight} needs labels (with -100 at ignored positions).")
+    if mask is not None and labels is not None:
+        raise ValueError(
+            "Both `mask` and `labels` were given to a distillation loss; pass one of them: `labels` masks "
+            "positions equal to -100, `mask` is an explicit boolean mask."
+        )
+    leading = student_hidden.shape[:-1]
+    vocab = student_weight.shape[0]
+    if teacher_logits is not None and tuple(teacher_logits.shape) != (*leading, vocab):
+        raise ValueError(
+            f"Teacher logits {tuple(teacher_logits.shape)} do not match the student's positions {tuple(leading)} "
+            f"and vocabulary {vocab}; teacher and student must share the vocabulary and be shifted alike."
+        )
+    if teacher_hidden is not None:
+        if teacher_hidden.shape[:-1] != leading or teacher_weight.shape[0] != vocab:
+            raise ValueError(
+                f"Teacher hidden states {tuple(teacher_hidden.shape)} with LM head {tuple(teacher_weight.shape)} "
+                f"do not match the student's positions {tuple(leading)} and vocabulary {vocab}."
+            )
+    for name, tensor in (("labels", labels), ("mask", mask)):
+        if tensor is not None and tensor.shape != leading:
+            raise ValueError(
+                f"The loss {name} have shape {tuple(tensor.shape)} but the hidden states have leading shape "
+                f"{tuple(leading)}; shift labels and hidden states alike (hidden[:, :-1], labels[:, 1:])."
+            )
+
+    if kd_chunk_fn is None and teacher_logits is not None:
+        kd_chunk_fn = teacher_logits_chunks(
+            teacher_logits, loss=loss, temperature=temperature, beta=beta, skew_lambda=skew_lambda
+        )
+    elif kd_chunk_fn is None and teacher_hidden is not None:
+        kd_chunk_fn = teacher_hidden_chunks(
+            teacher_hidden,
+            teacher_weight,
+            teacher_bias,
+            loss=loss,
+            temperature=temperature,
+            beta=beta,
+            skew_lambda=skew_lambda,
+            check_finite=check_teacher_finite,
+        )
+    if check_teacher_finite and teacher_logits is not None:
+        _check_finite(teacher_logits)
+
+    flat_hidden = student_hidden.reshape(-1, student_hidden.shape[-1])
+    keep = labels.reshape(-1) != IGNORE_INDEX if labels is not None else None
+    if mask is not None:
+        keep = mask.reshape(-1).to(device=flat_hidden.device, dtype=torch.bool)
+    # Only the positions that count go through the chunks: padding costs no logits at all. `rows` maps
+    # the kept positions back to the flattened ones, where the teacher source indexes its own tensors.
+    if keep is not None:
+        rows = keep.nonzero().squeeze(1)
+        kept_hidden = flat_hidden[rows]
+    else:
+        rows = torch.arange(len(flat_hidden), device=flat_hidden.device)
+        kept_hidden = flat_hidden
+    kept_labels = labels.reshape(-1)[rows].long() if labels is not None else None
+    source_fn = kd_chunk_fn
+
+    def kd_on_kept(student_logits: torch.Tensor, kept_rows: torch.Tensor) -> torch.Tensor:
+        return source_fn(student_logits, rows[kept_rows])
+
+    if implementation == "fused":
+        total, kd_sum, ce_sum = _FusedLinearKD.apply(
+            kept_hidden,
+            student_weight,
+            student_bias,
+            kept_labels,
+            kd_on_kept,
+            kd_weight,
+            task_weight,
+            chunk_size,
+        )
+    else:
+        total, kd_sum, ce_sum = _checkpointed_sums(
+            kept_hidden,
+            student_weight,
+            student_bias,
+            kept_labels,
+            kd_on_kept,
+            kd_weight,
+            task_weight,
+            chunk_size,
+        )
+    if reduction == "sum":
+        return KDLossParts(total, kd_sum, ce_sum)
+    if num_items_in_batch is not None:
+        denominator = torch.as_tensor(num_items_in_batch, device=total.device, dtype=total.dtype)
+    else:
+        denominator = torch.tensor(float(len(rows)), device=total.device)
+    denominator = denominator.clamp_min(1)
+    return KDLossParts(total / denominator, kd_sum / denominator, ce_sum / denominator)
+
+
+# ---- choosing the implementation and finding the LM head ----------------------------------------------------
+
+
+def lm_head_of(model: nn.Module) -> tuple[nn.Module, nn.Linear] | str:
+    """``(base_model, lm_head)`` when the model's logits are ``lm_head(base_model(...)[0])``, else the reason.
+
+    The chunked path needs the last hidden state and a plain linear head. Models that scale or soft-cap
+    their logits after the head (Gemma 2's ``final_logit_softcapping``, Cohere's ``logit_scale``) or whose
+    forward cannot skip the full logits (no ``logits_to_keep`` argument) are refused with the reason.
+    """
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if not isinstance(head, nn.Linear):
+        return f"{type(model).__name__} has no nn.Linear output embedding (get_output_embeddings())"
+    base = getattr(model, "base_model", None)
+    if base is None or base is model:
+        return f"{type(model).__name__} has no separate base model to return the last hidden states"
+    config = getattr(model, "config", None)
+    for name in _LOGIT_TRANSFORMS:
+        value = getattr(config, name, None)
+        if value not in (None, 1, 1.0, 0, 0.0, False):
+            return f"{type(model).__name__} transforms its logits after the LM head ({name}={value})"
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return f"{type(model).__name__}.forward has no `logits_to_keep` argument to skip the full logits"
+    return base, head
+
+
+def resolve_implementation(requested: str, model: nn.Module, vocab_size: int | None) -> str:
+    """``"plain"``, ``"chunked"`` or ``"fused"`` for a causal-LM student.
+
+    ``"auto"`` picks ``"fused"`` when the vocabulary has at least :data:`AUTO_MIN_VOCAB` entries and the model
+    allows it (:func:`lm_head_of`), else ``"plain"``. An explicit chunked choice on a model that does not
+    allow it raises, rather than falling back silently.
+    """
+    if requested not in KD_LOSS_IMPLEMENTATIONS:
+        raise ValueError(
+            f"kd_loss_implementation={requested!r} is unknown; choose one of {KD_LOSS_IMPLEMENTATIONS}."
+        )
+    if requested == "plain":
+        return "plain"
+    found = lm_head_of(model)
+    if requested == "auto":
+        large = vocab_size is not None and vocab_size >= AUTO_MIN_VOCAB
+        return "fused" if large and not isinstance(found, str) else "plain"
+    if isinstance(found, str):
+        raise ValueError(
+            f"kd_loss_implementation={requested!r} needs the student's last hidden states and a linear LM "
+            f"head, but {found}. Use kd_loss_implementation='plain' (or 'auto')."
+        )
+    return requested
+
+
+def forward_with_last_hidden(
+    model: nn.Module, unwrapped: nn.Module, inputs: dict[str, Any], **kwargs: Any
+) -> tuple[Any, torch.Tensor]:
+    """Runs ``model(**inputs, logits_to_keep=1)`` and returns its outputs and the base model's last hidden
+    state ``(B, T, H)``, caught by a forward hook.
+
+    Calling the (possibly DDP-wrapped) model itself keeps the wrapper's gradient synchronisation, while
+    ``logits_to_keep=1`` makes the model project only the last position onto the vocabulary.
+    """
+    found = lm_head_of(unwrapped)
+    if isinstance(found, str):
+        raise ValueError(f"Cannot compute the chunked loss: {found}. Use kd_loss_implementation='plain'.")
+    base, _ = found
+    caught: dict[str, torch.Tensor] = {}
+
+    def hook(_module, _args, output):
+        caught["hidden"] = output[0] if isinstance(output, (tuple, list)) else output["last_hidden_state"]
+
+    handle = base.register_forward_hook(hook)
+    try:
+        outputs = model(**inputs, logits_to_keep=1, **kwargs)
+    finally:
+        handle.remove()
+    return outputs, caught["hidden"]
