@@ -383,12 +383,22 @@ class DistillationTrainer(Trainer):
 
     # ---- logging --------------------------------------------------------------------------------------
 
+    def _loss_scaled_by_processes(self, has_num_items: bool) -> bool:
+        """Whether compute_loss multiplies the loss by the number of processes (as Trainer does): each
+        process's terms are then partial sums over a count taken on all processes."""
+        return (
+            has_num_items and self.args.average_tokens_across_devices and self.accelerator.num_processes > 1
+        )
+
     def _record_loss_parts(self, parts: dict[str, torch.Tensor], num_items_in_batch: Any) -> None:
         mode = "train" if self.model.training else "eval"
         scale = 1.0
         if mode == "train" and num_items_in_batch is None:
             # Unscaled micro-batch means: Trainer divides the loss by the accumulation steps, so do we.
             scale = 1.0 / self.current_gradient_accumulation_steps
+        if self._loss_scaled_by_processes(num_items_in_batch is not None):
+            # Scaled like the loss: log()'s mean over processes then gives the global value, not 1/num_processes.
+            scale = float(self.accelerator.num_processes)
         for name, value in parts.items():
             self._loss_parts[mode][name].append(value.detach() * scale)
 
