@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .chunked import DEFAULT_CHUNK_SIZE, KD_LOSS_IMPLEMENTATIONS
 from .losses import PER_POSITION_LOSSES
 
 HIDDEN_STATE_LOSSES = ("mse", "cosine")
@@ -113,6 +114,19 @@ class DistillationTrainingArguments(TrainingArguments):
         default=True,
         metadata={"help": "Raise with the batch index when the teacher's logits hold NaN or inf."},
     )
+    kd_loss_implementation: str = field(
+        default="auto",
+        metadata={
+            "help": f"How a causal LM's loss is computed, one of {KD_LOSS_IMPLEMENTATIONS}: 'plain' builds the "
+            "full (batch, tokens, vocab) logits; 'fused' / 'chunked' compute the loss chunk by chunk from the "
+            "last hidden states and the LM head, never holding the full logits (same value and gradients, "
+            "much less memory); 'auto' uses 'fused' for vocabularies of 16384 tokens and more."
+        },
+    )
+    kd_chunk_size: int = field(
+        default=DEFAULT_CHUNK_SIZE,
+        metadata={"help": "Token positions per chunk of the fused / chunked loss; memory grows with it."},
+    )
 
     def __post_init__(self):
         # Our checks run first: a bad distillation knob must fail before TrainingArguments touches devices.
@@ -154,6 +168,15 @@ class DistillationTrainingArguments(TrainingArguments):
                 f"hidden_state_loss {self.hidden_state_loss!r} is unknown; choose one of {HIDDEN_STATE_LOSSES}."
             )
         parse_layer_map(self.hidden_layer_map)
+        if self.kd_loss_implementation not in KD_LOSS_IMPLEMENTATIONS:
+            raise ValueError(
+                f"kd_loss_implementation {self.kd_loss_implementation!r} is unknown; choose one of "
+                f"{KD_LOSS_IMPLEMENTATIONS} ('auto' picks the chunked loss for large vocabularies)."
+            )
+        if self.kd_chunk_size < 1:
+            raise ValueError(
+                f"kd_chunk_size must be >= 1 token positions, got {self.kd_chunk_size}; 256 is a good default."
+            )
         if self.teacher_dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(
                 f"teacher_dtype {self.teacher_dtype!r} is unknown; use float32, bfloat16, float16 or leave it "

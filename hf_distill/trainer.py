@@ -20,9 +20,26 @@ from transformers.trainer_pt_utils import nested_gather
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .arguments import DistillationTrainingArguments
+from .chunked import (
+    forward_with_last_hidden,
+    fused_linear_distillation_loss,
+    lm_head_of,
+    resolve_implementation,
+)
 from .distributed import prepare_teacher
 from .hidden_states import HiddenStateMatcher, check_layer_map, uniform_layer_map
 from .losses import distillation_loss, task_cross_entropy
+from .teacher_cache import (
+    CACHE_COLUMNS,
+    TEACHER_LOGITS,
+    TEMPERATURE,
+    TOPK_LOGITS,
+    TeacherCacheCollator,
+    cached_teacher_kind,
+    check_cache_matches,
+    topk_chunks,
+    topk_distillation_loss,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +156,34 @@ class DistillationTrainer(Trainer):
         self._vocab_size = self._check_compatibility(
             model, teacher_model, kwargs.get("processing_class"), teacher_processing_class
         )
+        # ---- large-vocabulary loss and cached teacher outputs (chunked.py, teacher_cache.py) ----
+        if self.task != CAUSAL_LM and args.kd_loss_implementation in ("chunked", "fused"):
+            raise ValueError(
+                f"kd_loss_implementation={args.kd_loss_implementation!r} is for causal LMs (it avoids the full "
+                f"vocabulary logits), but the student is a {self.task} model; use 'auto' or 'plain'."
+            )
+        self._kd_implementation = (
+            resolve_implementation(
+                args.kd_loss_implementation, model, self._vocab_size or _output_vocab_size(model)
+            )
+            if self.task == CAUSAL_LM
+            else "plain"
+        )
+        cached = [
+            cached_teacher_kind(getattr(kwargs.get(split), "column_names", None) or ())
+            for split in ("train_dataset", "eval_dataset")
+        ]
+        if any(cached) and args.hidden_state_weight > 0:
+            raise ValueError(
+                "The dataset carries cached teacher outputs, which hold no teacher hidden states, but "
+                f"hidden_state_weight={args.hidden_state_weight}; set it to 0 or train with the live teacher."
+            )
+        # ---- end ----
         super().__init__(model=model, args=args, **kwargs)
+        if any(cached):
+            # Cache columns of variable length (NER) must be padded along with input_ids.
+            padding_side = getattr(kwargs.get("processing_class"), "padding_side", "right")
+            self.data_collator = TeacherCacheCollator(self.data_collator, padding_side=padding_side)
 
         # We normalise every term by num_items_in_batch ourselves; Trainer then neither divides by the
         # accumulation steps again nor skips counting items.
@@ -281,6 +325,11 @@ class DistillationTrainer(Trainer):
             self._num_tokens_in_batch = None
         return batch_samples, num_items_in_batch
 
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        # The model's forward does not take the cache columns, but compute_loss reads them: keep them.
+        self._signature_columns += [c for c in CACHE_COLUMNS if c not in self._signature_columns]
+
     def _teacher_outputs(self, model_inputs: dict[str, Any], need_hidden: bool) -> Any:
         with torch.no_grad():
             return self.teacher(**model_inputs, **({"output_hidden_states": True} if need_hidden else {}))
@@ -294,16 +343,31 @@ class DistillationTrainer(Trainer):
     ):
         args = self.args
         labels = inputs.get("labels")
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        cache = {k: v for k, v in inputs.items() if k in CACHE_COLUMNS}
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels" and k not in cache}
         need_hidden = self.hidden_matcher is not None
         if labels is None and args.alpha < 1.0:
             raise ValueError(
                 f"The batch has no `labels`, but alpha={args.alpha} gives the task loss weight "
                 f"{1 - args.alpha:.2f}. Add labels to the dataset, or set alpha=1.0 to learn from the teacher only."
             )
+        if cache:
+            self._check_teacher_cache(cache, model_inputs, need_hidden)
+        chunked = self._kd_implementation != "plain" and not return_outputs and not need_hidden
+        if self.task == CAUSAL_LM and (chunked or TOPK_LOGITS in cache):
+            loss, parts, outputs = self._causal_lm_loss(
+                model, model_inputs, labels, cache, num_items_in_batch, chunked
+            )
+            if args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as below
+            self._record_loss_parts(parts, num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
 
         student_outputs = model(**model_inputs, **({"output_hidden_states": True} if need_hidden else {}))
-        teacher_outputs = self._teacher_outputs(model_inputs, need_hidden)
+        if TEACHER_LOGITS in cache:
+            teacher_outputs = {"logits": cache[TEACHER_LOGITS]}
+        else:
+            teacher_outputs = self._teacher_outputs(model_inputs, need_hidden)
         student_logits, teacher_logits = _logits_of(student_outputs), _logits_of(teacher_outputs)
         if self._vocab_size is not None:
             student_logits = student_logits[..., : self._vocab_size]
@@ -362,6 +426,109 @@ class DistillationTrainer(Trainer):
         if return_outputs:
             return loss, {"logits": student_logits}
         return loss
+
+    # ---- cached teacher outputs and the large-vocabulary loss ------------------------------------------------
+
+    def _check_teacher_cache(self, cache: dict[str, Any], model_inputs: dict[str, Any], need_hidden: bool):
+        if need_hidden:
+            raise ValueError(
+                "The batch carries cached teacher outputs, which hold no teacher hidden states, but "
+                "hidden_state_weight > 0; set it to 0 or train with the live teacher."
+            )
+        check_cache_matches({**model_inputs, **cache})
+        if TEMPERATURE in cache:
+            cached_temperature = float(torch.as_tensor(cache[TEMPERATURE]).reshape(-1)[0])
+            if abs(cached_temperature - self.args.temperature) > 1e-6:
+                raise ValueError(
+                    f"The top-k teacher cache was computed at temperature {cached_temperature}, but training uses "
+                    f"temperature={self.args.temperature}: the cached tail mass depends on it. Re-cache at "
+                    f"temperature {self.args.temperature} or train at {cached_temperature}."
+                )
+
+    def _causal_lm_loss(self, model, model_inputs, labels, cache, num_items_in_batch, chunked: bool):
+        """The causal-LM loss computed chunk by chunk from the last hidden states (``chunked``), or from full
+        student logits against a cached top-k teacher. Returns ``(loss, parts, outputs)``."""
+        args = self.args
+        alpha = args.alpha
+        attention_mask = model_inputs.get("attention_mask")
+        kd_labels = labels[:, 1:] if labels is not None else None
+        mask = attention_mask[:, 1:].bool() if labels is None and attention_mask is not None else None
+        kd_kwargs = {
+            "loss": args.distillation_loss,
+            "temperature": args.temperature,
+            "beta": args.jsd_beta,
+            "skew_lambda": args.skew_lambda,
+        }
+        topk = None
+        if TOPK_LOGITS in cache:
+            topk = [cache[c][:, :-1] for c in (TOPK_LOGITS, "teacher_topk_indices", "teacher_tail_logit")]
+        if not chunked:
+            student_logits = _logits_of(model(**model_inputs))
+            if self._vocab_size is not None:
+                student_logits = student_logits[..., : self._vocab_size]
+            kd_student = student_logits[:, :-1]
+            loss_kd = topk_distillation_loss(
+                kd_student,
+                *topk,
+                labels=kd_labels,
+                mask=mask,
+                num_items_in_batch=num_items_in_batch,
+                **kd_kwargs,
+            )
+            parts = {"loss_kd": loss_kd}
+            loss = alpha * loss_kd
+            if alpha < 1.0:
+                parts["loss_task"] = task_cross_entropy(
+                    kd_student, kd_labels, num_items_in_batch=num_items_in_batch
+                )
+                loss = loss + (1.0 - alpha) * parts["loss_task"]
+            return loss, parts, {"logits": student_logits}
+
+        unwrapped = self.accelerator.unwrap_model(model)
+        _, hidden = forward_with_last_hidden(model, unwrapped, model_inputs)
+        head = unwrapped.get_output_embeddings()
+        vocab = self._vocab_size or head.weight.shape[0]
+        bias = None if head.bias is None else head.bias[:vocab]
+        if topk is not None:
+            source = {"kd_chunk_fn": topk_chunks(*topk, **kd_kwargs)}
+        elif TEACHER_LOGITS in cache:
+            source = {"teacher_logits": cache[TEACHER_LOGITS][:, :-1, :vocab]}
+        else:
+            teacher = self.accelerator.unwrap_model(self.teacher)
+            with torch.no_grad():
+                if isinstance(lm_head_of(teacher), str):  # the teacher's logits cannot be skipped: use them
+                    source = {
+                        "teacher_logits": _logits_of(self._teacher_outputs(model_inputs, False))[
+                            :, :-1, :vocab
+                        ]
+                    }
+                else:
+                    _, teacher_hidden = forward_with_last_hidden(self.teacher, teacher, model_inputs)
+                    teacher_head = teacher.get_output_embeddings()
+                    source = {
+                        "teacher_hidden": teacher_hidden[:, :-1],
+                        "teacher_weight": teacher_head.weight[:vocab],
+                        "teacher_bias": None if teacher_head.bias is None else teacher_head.bias[:vocab],
+                    }
+        result = fused_linear_distillation_loss(
+            hidden[:, :-1],
+            head.weight[:vocab],
+            bias,
+            **source,
+            labels=kd_labels,
+            mask=mask,
+            kd_weight=alpha,
+            task_weight=1.0 - alpha,
+            num_items_in_batch=num_items_in_batch,
+            chunk_size=args.kd_chunk_size,
+            implementation=self._kd_implementation,
+            check_teacher_finite=args.check_teacher_finite,
+            **kd_kwargs,
+        )
+        parts = {"loss_kd": result.loss_kd}
+        if alpha < 1.0:
+            parts["loss_task"] = result.loss_task
+        return result.loss, parts, None
 
     def _hidden_loss(self, student_outputs: Any, teacher_outputs: Any, attention_mask: torch.Tensor | None):
         student_hidden = getattr(student_outputs, "hidden_states", None)
