@@ -238,15 +238,28 @@ class TaskData:
 
 
 def teacher_needs_fine_tune(path: str, task: TaskData, choice: str, revision: str | None = None) -> bool:
-    """Whether the checkpoint lacks a trained head for the task: its architecture or label count differs."""
+    """Whether the checkpoint lacks a trained head for the task (``choice="auto"``).
+
+    It has one when its architecture ends with the task's head (``ForSequenceClassification``), its label
+    count is the task's, and its label names are the task's or the uninformative ``LABEL_<i>``. Named labels
+    that differ mean a head trained for another label set, which is fine-tuned like a missing one.
+    """
     if choice != "auto":
         return choice == "always"
     if task.task == "causal_lm":
         return False
     config = AutoConfig.from_pretrained(path, revision=revision)
     head = task.auto_class.__name__.replace("AutoModel", "")  # "ForSequenceClassification"
-    has_head = any(a.endswith(head) for a in (config.architectures or []))
-    return not (has_head and config.num_labels == task.label_kwargs.get("num_labels", config.num_labels))
+    if not any(a.endswith(head) for a in (config.architectures or [])):
+        return True
+    wanted = task.label_kwargs.get("id2label")
+    if wanted is None:
+        return False
+    if config.num_labels != len(wanted):
+        return True
+    names = {int(i): str(n) for i, n in config.id2label.items()}
+    default = all(n == f"LABEL_{i}" for i, n in names.items())
+    return not default and names != {int(i): str(n) for i, n in wanted.items()}
 
 
 def load_teacher(args: TeacherArguments, task: TaskData) -> tuple[PreTrainedModel, bool]:
@@ -266,11 +279,24 @@ def _derived_args(args: DistillationTrainingArguments, output_dir: Path, **chang
     return dataclasses.replace(args, output_dir=str(output_dir), **changes)
 
 
+def _plain_trainer_args(args: DistillationTrainingArguments, output_dir: Path, **changes: Any):
+    """Arguments for a plain ``Trainer`` (teacher fine-tune, no-KD baseline) that trains like one process.
+
+    With ``average_tokens_across_devices`` the Trainer multiplies the loss by the number of processes whenever
+    the model's ``forward`` takes ``**kwargs``, expecting the model to divide by the global item count. BERT's
+    classification heads take ``**kwargs`` but return a plain per-process mean, so under DDP their loss and
+    gradients would be doubled with two processes. Turned off, each process's mean is averaged by DDP: the
+    global mean whenever processes hold equal item counts (always for sequence classification and full code
+    blocks). The DistillationTrainer normalises by the global count itself and keeps the setting.
+    """
+    return _derived_args(args, output_dir, average_tokens_across_devices=False, **changes)
+
+
 def fine_tune_teacher(
     teacher: PreTrainedModel, task: TaskData, args: TeacherArguments, training_args, output_dir: Path
 ) -> tuple[PreTrainedModel, list[dict]]:
     """Trains the teacher on the task's labels (plain ``Trainer``) and saves it in ``output_dir``."""
-    teacher_args = _derived_args(
+    teacher_args = _plain_trainer_args(
         training_args,
         output_dir,
         learning_rate=args.teacher_learning_rate,
@@ -297,11 +323,12 @@ def build_student(
     init: str, teacher: PreTrainedModel, args: StudentArguments, task: TaskData
 ) -> PreTrainedModel:
     """A student of the chosen kind; random parts are seeded by the caller (``set_seed``)."""
-    overrides = args.config_overrides()
     if init == "teacher_layers":
+        # Copied layers keep the teacher's sizes, so the config overrides (sizes) are for the other kinds.
         return student_from_teacher(
-            teacher, num_layers=args.student_num_layers, strategy=args.student_layer_strategy, **overrides
+            teacher, num_layers=args.student_num_layers, strategy=args.student_layer_strategy
         )
+    overrides = args.config_overrides()
     if init == "config":
         return student_from_config(teacher, num_hidden_layers=args.student_num_layers, **overrides)
     if init == "gpt2":
@@ -335,7 +362,7 @@ def train_student(
     """Trains ``student`` with the teacher (``kd=True``: :class:`DistillationTrainer`) or on the labels only
     (``kd=False``: a plain ``Trainer`` with the same arguments, data order and steps). Saves it in ``output_dir``
     and returns the Trainer's ``log_history``."""
-    args = _derived_args(training_args, output_dir)
+    args = _derived_args(training_args, output_dir) if kd else _plain_trainer_args(training_args, output_dir)
     set_seed(training_args.seed)
     common = dict(
         args=args,

@@ -171,14 +171,25 @@ def test_teacher_needs_fine_tune(tmp_path):
     classifier = tiny_bert_classifier(num_labels=2)
     classifier.save_pretrained(tmp_path / "classifier")
     BertModel(bert_config()).save_pretrained(tmp_path / "base")
-    two_labels = {"num_labels": 2}
+    two_labels = {"num_labels": 2, "id2label": {0: "negative", 1: "positive"}}
     task = _task("sequence_classification", AutoModelForSequenceClassification, label_kwargs=two_labels)
     assert not teacher_needs_fine_tune(str(tmp_path / "classifier"), task, "auto")
     assert teacher_needs_fine_tune(str(tmp_path / "base"), task, "auto")
     three = _task(
-        "sequence_classification", AutoModelForSequenceClassification, label_kwargs={"num_labels": 3}
+        "sequence_classification",
+        AutoModelForSequenceClassification,
+        label_kwargs={"id2label": dict(enumerate("abc"))},
     )
     assert teacher_needs_fine_tune(str(tmp_path / "classifier"), three, "auto"), "label count differs"
+    # LABEL_0, LABEL_1 say nothing, so the head is trusted; a head for other named labels is not.
+    classifier.config.id2label = {0: "rotten", 1: "fresh"}
+    classifier.config.label2id = {"rotten": 0, "fresh": 1}
+    classifier.save_pretrained(tmp_path / "other_labels")
+    assert teacher_needs_fine_tune(str(tmp_path / "other_labels"), task, "auto")
+    classifier.config.id2label = {0: "negative", 1: "positive"}
+    classifier.config.label2id = {"negative": 0, "positive": 1}
+    classifier.save_pretrained(tmp_path / "same_labels")
+    assert not teacher_needs_fine_tune(str(tmp_path / "same_labels"), task, "auto")
     tagger = _task("token_classification", AutoModelForTokenClassification, label_kwargs=two_labels)
     assert teacher_needs_fine_tune(str(tmp_path / "classifier"), tagger, "auto"), "wrong head"
     assert teacher_needs_fine_tune(str(tmp_path / "classifier"), task, "always")
