@@ -313,6 +313,10 @@ class DistillationTrainer(Trainer):
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.hidden_matcher is not None:
+            # Trainer zeroes only the student's gradients after each optimizer step; without this the
+            # projections would step with the running sum of all past gradients.
+            self.hidden_matcher.zero_grad(set_to_none=True)
         # Hidden-state matching is normalised by the attended tokens over the whole accumulated batch, the
         # way num_items_in_batch normalises the logit losses, so accumulation does not change the loss.
         masks = [b["attention_mask"] for b in batch_samples if isinstance(b, dict) and "attention_mask" in b]
