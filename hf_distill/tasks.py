@@ -163,7 +163,9 @@ def prepare_code(data_args: DataArguments, tokenizer: Any) -> TaskData:
         name: chunk_for_causal_lm(ds, tokenizer, block_size=data_args.max_length)
         for name, ds in corpus.items()
     }
-    # Code is capped after chunking: the caps count blocks, which is what a training step consumes.
+    # Code is capped after chunking (the caps count blocks, what a step consumes), from shuffled blocks: the
+    # first blocks of a split all come from its first few files.
+    blocks = {name: ds.shuffle(seed=data_args.split_seed) for name, ds in blocks.items()}
     splits = _splits(_cap_splits(blocks, data_args))
 
     def evaluate(model: nn.Module, dataset: Any, training_args: Any) -> dict[str, float]:
