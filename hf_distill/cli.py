@@ -3,6 +3,7 @@
     hf-distill train sentiment --config recipes/configs/sentiment.yaml [--flag value ...]
     hf-distill eval sentiment --model_name_or_path runs/sentiment/students/teacher_layers-3L-distilled
     hf-distill demo [--output_dir runs/demo]
+    hf-distill cache-teacher sentiment --config ... --teacher_model_name_or_path runs/sentiment/teacher --cache_dir c
     hf-distill report runs/sentiment          # Markdown/HTML report with plots from report.json
     hf-distill push runs/sentiment/students/teacher_layers-3L-distilled user/my-student
 
@@ -120,6 +121,45 @@ def evaluate(task: str, argv: Sequence[str]) -> dict[str, dict[str, float]]:
     return results
 
 
+@dataclass
+class CacheArguments:
+    cache_dir: str = field(metadata={"help": "Where to save the training split with the teacher's outputs."})
+    top_k: int | None = field(
+        default=None,
+        metadata={"help": "Causal LM only: logits kept per position (the rest become one tail)."},
+    )
+
+
+def cache_teacher(task: str, argv: Sequence[str]):
+    """Runs the (fine-tuned) teacher once over the task's training split and saves it with the outputs."""
+    from .config import parse_args_with_config
+    from .pipeline import RECIPE_ARGUMENTS, load_teacher, teacher_tokenizer
+    from .teacher_cache import cache_teacher_outputs
+
+    cache_args, teacher_args, _, data_args, _, training_args = parse_args_with_config(
+        (CacheArguments, *RECIPE_ARGUMENTS), argv
+    )
+    tokenizer = teacher_tokenizer(teacher_args, **({"add_prefix_space": True} if task == "ner" else {}))
+    task_data = _preparer(task)(data_args, tokenizer)
+    teacher, needs_fine_tune = load_teacher(teacher_args, task_data)
+    if needs_fine_tune:
+        raise ValueError(
+            f"the teacher {teacher_args.teacher_model_name_or_path!r} has no trained head for this task, so its "
+            "outputs would be noise; fine-tune it first (`hf-distill train` saves it under <output_dir>/teacher) "
+            "and pass that folder as --teacher_model_name_or_path."
+        )
+    cached = cache_teacher_outputs(
+        teacher.eval(),
+        task_data.train,
+        top_k=cache_args.top_k,
+        temperature=training_args.temperature,
+        batch_size=training_args.per_device_eval_batch_size,
+    )
+    cached.save_to_disk(cache_args.cache_dir)
+    print(f"cached teacher outputs for {len(cached)} training rows in {cache_args.cache_dir}", flush=True)
+    return cached
+
+
 def demo(argv: Sequence[str]) -> dict | None:
     """The sentiment recipe with :data:`DEMO_CONFIG`; flags override it. Writes the config it used."""
     parser = argparse.ArgumentParser(prog="hf-distill demo")
@@ -141,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("train", "run a recipe: teacher, distilled student, no-KD baseline, report"),
         ("eval", "score saved models on a task's test split"),
+        ("cache-teacher", "save the training split with the teacher's outputs, to train without the teacher"),
     ):
         command = commands.add_parser(name, help=help_text, add_help=False)
         command.add_argument("task", choices=TASKS)
@@ -163,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     # train/eval/demo pass the rest of the line to the recipe's own parser (its flags and --help).
     rest: list[str] = []
-    if argv[0] in ("train", "eval"):
+    if argv[0] in ("train", "eval", "cache-teacher"):
         known, rest = parser.parse_args(argv[:2]), argv[2:]
     elif argv[0] == "demo":
         known, rest = parser.parse_args(argv[:1]), argv[1:]
@@ -173,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         train(known.task, rest)
     elif known.command == "eval":
         evaluate(known.task, rest)
+    elif known.command == "cache-teacher":
+        cache_teacher(known.task, rest)
     elif known.command == "demo":
         demo(rest)
     elif known.command == "report":

@@ -88,3 +88,39 @@ def test_help_and_bad_commands(capsys):
         cli.main(["train", "translation"])
     with pytest.raises(SystemExit):
         cli.main(["distil"])
+
+
+def test_cache_teacher_saves_the_teachers_logits(trained_run, tmp_path):
+    import torch
+    from datasets import load_from_disk
+    from transformers import AutoModelForSequenceClassification
+
+    teacher = trained_run.parent / "teacher"
+    flags = ["--teacher_model_name_or_path", str(teacher), "--cache_dir", str(tmp_path / "cache")]
+    flags += ["--max_train_samples", "4", "--max_length", "32", "--use_cpu", "true", "--report_to", "none"]
+    assert cli.main(["cache-teacher", "sentiment", *flags]) == 0
+    cached = load_from_disk(str(tmp_path / "cache"))
+    assert len(cached) == 4 and "teacher_logits" in cached.column_names
+    model = AutoModelForSequenceClassification.from_pretrained(teacher).eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([cached[0]["input_ids"]])).logits[0]
+    torch.testing.assert_close(torch.tensor(cached[0]["teacher_logits"]), logits, rtol=1e-4, atol=1e-5)
+
+
+def test_cache_teacher_refuses_a_teacher_without_a_head(tmp_path, wordpiece_tokenizer):
+    from test_recipes import save_tiny_teacher
+    from transformers import BertModel
+
+    base = save_tiny_teacher(tmp_path / "base", BertModel, wordpiece_tokenizer)
+    flags = [
+        "--teacher_model_name_or_path",
+        str(base),
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        "--output_dir",
+        "x",
+    ]
+    with pytest.raises(ValueError, match="has no trained head for this task, so its outputs would be noise"):
+        cli.cache_teacher(
+            "sentiment", [*flags, "--max_train_samples", "4", "--max_length", "32", "--report_to", "none"]
+        )
