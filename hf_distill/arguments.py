@@ -53,7 +53,7 @@ class DistillationTrainingArguments(TrainingArguments):
 
     The training objective is
     ``loss = (1 - alpha) * task_loss + alpha * distillation_loss + hidden_state_weight * hidden_state_loss
-    (+ attention_weight * attention_loss)``,
+    + attention_weight * attention_loss + value_relation_weight * value_relation_loss)``,
     where KL-family distillation losses carry the ``temperature**2`` factor of Hinton et al. (2015).
     """
 
@@ -102,6 +102,20 @@ class DistillationTrainingArguments(TrainingArguments):
     attention_weight: float = field(
         default=0.0,
         metadata={"help": "Weight (>= 0) of attention-map matching over the same layer map; 0 turns it off."},
+    )
+    value_relation_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight (>= 0) of MiniLM value-relation matching over the same layer map (needs eager "
+            "attention and BERT- or Llama-like value projections); 0 turns it off."
+        },
+    )
+    value_relation_heads: int = field(
+        default=1,
+        metadata={
+            "help": "Number of relation heads the values are split into for value-relation matching; it must "
+            "divide the student's and the teacher's hidden sizes."
+        },
     )
     teacher_dtype: str | None = field(
         default=None,
@@ -159,10 +173,15 @@ class DistillationTrainingArguments(TrainingArguments):
                 f"skew_lambda must be in [0, 1), got {self.skew_lambda}: at 1 the skewed distribution "
                 "equals the first one and the loss is identically 0."
             )
-        for name in ("hidden_state_weight", "attention_weight"):
+        for name in ("hidden_state_weight", "attention_weight", "value_relation_weight"):
             value = getattr(self, name)
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}; use 0 to turn that term off.")
+        if self.value_relation_heads < 1:
+            raise ValueError(
+                f"value_relation_heads must be >= 1, got {self.value_relation_heads}: the values are split into "
+                "that many relation heads. Use 1 for one relation over the whole width."
+            )
         if self.hidden_state_loss not in HIDDEN_STATE_LOSSES:
             raise ValueError(
                 f"hidden_state_loss {self.hidden_state_loss!r} is unknown; choose one of {HIDDEN_STATE_LOSSES}."

@@ -29,6 +29,12 @@ from .chunked import (
 from .distributed import prepare_teacher
 from .hidden_states import HiddenStateMatcher, check_layer_map, uniform_layer_map
 from .losses import distillation_loss, task_cross_entropy
+from .modes.attention import (
+    ValueCapture,
+    attention_layer_pairs,
+    attention_map_loss,
+    value_relation_loss,
+)
 from .teacher_cache import (
     CACHE_COLUMNS,
     TEACHER_LOGITS,
@@ -191,6 +197,7 @@ class DistillationTrainer(Trainer):
         self._loss_shifts_labels = self.task == CAUSAL_LM
         self.teacher = self._prepare_teacher(teacher_model)
         self.hidden_matcher = self._build_hidden_matcher(model, self.teacher)
+        self.attention_pairs = self._build_attention_matching(model, self.teacher)
         self._num_tokens_in_batch: torch.Tensor | None = None
         self._loss_parts: dict[str, dict[str, list[torch.Tensor]]] = {
             "train": defaultdict(list),
@@ -320,7 +327,8 @@ class DistillationTrainer(Trainer):
         # Hidden-state matching is normalised by the attended tokens over the whole accumulated batch, the
         # way num_items_in_batch normalises the logit losses, so accumulation does not change the loss.
         masks = [b["attention_mask"] for b in batch_samples if isinstance(b, dict) and "attention_mask" in b]
-        if self.hidden_matcher is not None and len(masks) == len(batch_samples) and masks:
+        matching = self.hidden_matcher is not None or self.attention_pairs is not None
+        if matching and len(masks) == len(batch_samples) and masks:
             count = sum(m.sum() for m in masks).to(device)
             if self.args.average_tokens_across_devices and self.args.world_size > 1:
                 count = self.accelerator.gather(count).sum()
@@ -336,7 +344,7 @@ class DistillationTrainer(Trainer):
 
     def _teacher_outputs(self, model_inputs: dict[str, Any], need_hidden: bool) -> Any:
         with torch.no_grad():
-            return self.teacher(**model_inputs, **({"output_hidden_states": True} if need_hidden else {}))
+            return self.teacher(**model_inputs, **self._output_kwargs(need_hidden))
 
     def compute_loss(
         self,
@@ -357,7 +365,18 @@ class DistillationTrainer(Trainer):
             )
         if cache:
             self._check_teacher_cache(cache, model_inputs, need_hidden)
-        chunked = self._kd_implementation != "plain" and not return_outputs and not need_hidden
+        need_attention = self.attention_pairs is not None
+        if cache and need_attention:
+            raise ValueError(
+                "The batch carries cached teacher outputs, which hold no attention maps or values, but "
+                "attention_weight or value_relation_weight is > 0; set them to 0 or train with the live teacher."
+            )
+        chunked = (
+            self._kd_implementation != "plain"
+            and not return_outputs
+            and not need_hidden
+            and not need_attention
+        )
         if self.task == CAUSAL_LM and (chunked or TOPK_LOGITS in cache):
             loss, parts, outputs = self._causal_lm_loss(
                 model, model_inputs, labels, cache, num_items_in_batch, chunked
@@ -367,7 +386,7 @@ class DistillationTrainer(Trainer):
             self._record_loss_parts(parts, num_items_in_batch)
             return (loss, outputs) if return_outputs else loss
 
-        student_outputs = model(**model_inputs, **({"output_hidden_states": True} if need_hidden else {}))
+        student_outputs = model(**model_inputs, **self._output_kwargs(need_hidden))
         if TEACHER_LOGITS in cache:
             teacher_outputs = {"logits": cache[TEACHER_LOGITS]}
         else:
@@ -422,6 +441,12 @@ class DistillationTrainer(Trainer):
             loss_hidden = self._hidden_loss(student_outputs, teacher_outputs, attention_mask)
             loss = loss + args.hidden_state_weight * loss_hidden
             parts["loss_hidden"] = loss_hidden
+        if self.attention_pairs is not None:
+            weighted, attention_parts = self._attention_losses(
+                student_outputs, teacher_outputs, attention_mask, accumulated=num_items_in_batch is not None
+            )
+            loss = loss + weighted
+            parts.update(attention_parts)
 
         if args.average_tokens_across_devices and num_items_in_batch is not None:
             # The divisor counts items on all processes, and DDP averages gradients: undo that average.
@@ -551,6 +576,102 @@ class DistillationTrainer(Trainer):
         else:
             denominator = torch.tensor(student_hidden[0].shape[0] * student_hidden[0].shape[1])
         return total / denominator.to(total.device).clamp_min(1)
+
+    # ---- attention-map and value-relation matching (modes/attention.py) ----------------------------------
+
+    def _output_kwargs(self, need_hidden: bool) -> dict[str, bool]:
+        kwargs = {"output_hidden_states": True} if need_hidden else {}
+        if self.args.attention_weight > 0:
+            kwargs["output_attentions"] = True
+        return kwargs
+
+    def _build_attention_matching(
+        self, student: nn.Module, teacher: nn.Module
+    ) -> list[tuple[int, int]] | None:
+        """Checks the models and returns pairs of indices into ``attentions``; None when the terms are off."""
+        args = self.args
+        if args.attention_weight == 0 and args.value_relation_weight == 0:
+            return None
+        s_config, t_config = getattr(student, "config", None), getattr(teacher, "config", None)
+        if s_config is None or t_config is None:
+            raise ValueError(
+                "attention_weight / value_relation_weight > 0 needs models with a Transformers config (to know "
+                "their depth and attention); set both to 0 for plain modules."
+            )
+        if args.attention_weight > 0:
+            for who, config in (("student", s_config), ("teacher", t_config)):
+                implementation = getattr(config, "_attn_implementation", None)
+                if implementation not in (None, "eager"):
+                    raise ValueError(
+                        f"attention_weight > 0 needs the attention maps, but the {who} uses "
+                        f"attn_implementation={implementation!r}, which does not return them. Load it with "
+                        "from_pretrained(..., attn_implementation='eager') or call "
+                        "model.set_attn_implementation('eager') before building the trainer."
+                    )
+            dropout = getattr(
+                s_config, "attention_probs_dropout_prob", getattr(s_config, "attention_dropout", 0)
+            )
+            if dropout:
+                logger.warning(
+                    "The student's attention dropout is %s: its attention maps are returned after dropout, so the "
+                    "attention loss compares dropped maps. Build the student with attention dropout 0 for exact "
+                    "matching.",
+                    dropout,
+                )
+        num_s, num_t = s_config.num_hidden_layers, t_config.num_hidden_layers
+        pairs = check_layer_map(args.layer_map_pairs or uniform_layer_map(num_s, num_t), num_s, num_t)
+        pairs = attention_layer_pairs(pairs)
+        self._value_captures = None
+        if args.value_relation_weight > 0:
+            self._value_captures = (
+                ValueCapture(self.accelerator.unwrap_model(student)),
+                ValueCapture(self.accelerator.unwrap_model(teacher)),
+            )
+        return pairs
+
+    def _attention_losses(
+        self,
+        student_outputs: Any,
+        teacher_outputs: Any,
+        attention_mask: torch.Tensor | None,
+        accumulated: bool,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``attention_weight * loss_attention + value_relation_weight * loss_value_relation`` and the parts,
+        each a per-token mean over mapped layers' summed KL, normalised like hidden-state matching."""
+        args = self.args
+        if accumulated and self.model.training and self._num_tokens_in_batch is not None:
+            denominator = self._num_tokens_in_batch
+        elif attention_mask is not None:
+            denominator = attention_mask.sum()
+        else:
+            logits = _logits_of(student_outputs)
+            denominator = torch.tensor(logits.shape[0] * logits.shape[1])
+        total, parts = 0.0, {}
+        if args.attention_weight > 0:
+            student_maps = getattr(student_outputs, "attentions", None)
+            teacher_maps = getattr(teacher_outputs, "attentions", None)
+            if not student_maps or not teacher_maps:
+                raise ValueError(
+                    "attention_weight > 0 but the models returned no attentions with output_attentions=True; "
+                    "load them with attn_implementation='eager', or set attention_weight=0."
+                )
+            value = sum(
+                attention_map_loss(student_maps[s], teacher_maps[t], attention_mask)
+                for s, t in self.attention_pairs
+            )
+            parts["loss_attention"] = value / denominator.to(value.device).clamp_min(1)
+            total = total + args.attention_weight * parts["loss_attention"]
+        if args.value_relation_weight > 0:
+            student_values, teacher_values = (capture.take() for capture in self._value_captures)
+            value = sum(
+                value_relation_loss(
+                    student_values[s], teacher_values[t], args.value_relation_heads, attention_mask
+                )
+                for s, t in self.attention_pairs
+            )
+            parts["loss_value_relation"] = value / denominator.to(value.device).clamp_min(1)
+            total = total + args.value_relation_weight * parts["loss_value_relation"]
+        return total, parts
 
     # ---- logging --------------------------------------------------------------------------------------
 
