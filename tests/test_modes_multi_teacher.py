@@ -23,7 +23,12 @@ def _args(tmp_path, cls=MultiTeacherTrainingArguments, **kw):
 
 
 def _teachers():
-    return [tiny_bert(seed=s, hidden=16 + 8 * i) for i, s in enumerate((1, 2, 3))]
+    """Three teachers of different widths that prefer different classes (random tiny models are near uniform)."""
+    teachers = [tiny_bert(seed=s, hidden=16 + 8 * i) for i, s in enumerate((1, 2, 3))]
+    with torch.no_grad():
+        for index, teacher in enumerate(teachers):
+            teacher.classifier.bias.copy_(2.0 * torch.nn.functional.one_hot(torch.tensor(index), 3))
+    return teachers
 
 
 def test_target_is_the_weighted_mixture_of_teacher_probabilities(tmp_path):

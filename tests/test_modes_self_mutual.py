@@ -155,7 +155,7 @@ def test_mutual_gradients_are_each_students_own_loss(tmp_path):
     trainer = MutualLearningTrainer(a, peer_model=b, args=args)
     batch = batch_of(classification_data())
     a.train()
-    trainer.compute_loss(a, batch).backward()
+    trainer.compute_loss(a, batch, num_items_in_batch=len(batch["labels"])).backward()
     grad_b = [p.grad.clone() for p in b.parameters()]
     a.zero_grad(), b.zero_grad()
     inputs = {k: v for k, v in batch.items() if k != "labels"}

@@ -1,14 +1,24 @@
-"""Advanced distillation modes, one per module: attention matching, several teachers, self-distillation,
-mutual learning and on-policy distillation for causal LMs."""
+"""Advanced distillation modes, one per module: attention matching (used by the base trainer), several
+teachers, self-distillation, mutual learning, and on-policy / sequence-level distillation for causal LMs.
 
-from .multi_teacher import MultiTeacherDistillationTrainer, MultiTeacherTrainingArguments
-from .mutual import MutualLearningTrainer
-from .self_distillation import SelfDistillationTrainer, SelfDistillationTrainingArguments
+The trainers are imported on first use: the base trainer imports ``modes.attention``, so importing the
+trainer subclasses here eagerly would be circular.
+"""
 
-__all__ = [
-    "MultiTeacherDistillationTrainer",
-    "MultiTeacherTrainingArguments",
-    "MutualLearningTrainer",
-    "SelfDistillationTrainer",
-    "SelfDistillationTrainingArguments",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "MultiTeacherDistillationTrainer": "multi_teacher",
+    "MultiTeacherTrainingArguments": "multi_teacher",
+    "MutualLearningTrainer": "mutual",
+    "SelfDistillationTrainer": "self_distillation",
+    "SelfDistillationTrainingArguments": "self_distillation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
