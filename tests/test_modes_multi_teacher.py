@@ -122,6 +122,10 @@ def test_errors(tmp_path):
         MultiTeacherDistillationTrainer(
             tiny_bert(), teacher_models=_teachers(), args=_args(tmp_path, DistillationTrainingArguments)
         )
+    with pytest.raises(ValueError, match="use 'plain' \\(or 'auto'\\) here"):
+        MultiTeacherDistillationTrainer(
+            tiny_bert(), teacher_models=_teachers(), args=_args(tmp_path, kd_loss_implementation="fused")
+        )
     with pytest.raises(ValueError, match="num_labels=3 but the teacher has num_labels=2"):
         MultiTeacherDistillationTrainer(
             tiny_bert(), teacher_models=[tiny_bert(), tiny_bert(num_labels=2)], args=_args(tmp_path)

@@ -23,6 +23,7 @@ the first teacher.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ from transformers.utils import ModelOutput
 from ..arguments import DistillationTrainingArguments
 from ..trainer import DistillationTrainer, _logits_of
 
+logger = logging.getLogger(__name__)
 TEACHER_WEIGHTINGS = ("fixed", "max_prob", "entropy")
 
 
@@ -134,8 +136,20 @@ class MultiTeacherDistillationTrainer(DistillationTrainer):
                 f"{len(args.teacher_weights)} teacher_weights for {len(teacher_models)} teachers; give one weight "
                 "per teacher, in the order of teacher_models."
             )
+        if args.kd_loss_implementation in ("chunked", "fused"):
+            raise ValueError(
+                f"kd_loss_implementation={args.kd_loss_implementation!r} runs one teacher inside the chunked loss, "
+                "but several teachers are mixed from their full logits; use 'plain' (or 'auto') here."
+            )
         teacher_models = list(teacher_models)
         super().__init__(model=model, teacher_model=teacher_models[0], args=args, **kwargs)
+        if getattr(self, "_kd_implementation", "plain") != "plain":
+            logger.warning(
+                "kd_loss_implementation='auto' chose %r for this vocabulary, but the teachers' mixture needs the "
+                "full logits: using 'plain'.",
+                self._kd_implementation,
+            )
+            self._kd_implementation = "plain"
         for teacher in teacher_models[1:]:
             # Same checks as for the first teacher: label space / vocabulary shared with the student.
             vocab = self._check_compatibility(model, teacher, kwargs.get("processing_class"), None)
