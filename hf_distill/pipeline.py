@@ -503,6 +503,12 @@ def _write_cards(report: dict[str, Any]) -> None:
 # ---- the whole recipe -------------------------------------------------------------------------------------
 
 
+def _local_folder(args: TeacherArguments) -> Path | None:
+    """The teacher's folder when it is on disk: its weight files are measured instead of saving a copy."""
+    path = Path(resolve_model_path(args.teacher_model_name_or_path))
+    return path if path.is_dir() and args.teacher_revision is None else None
+
+
 def _model_entry(model: nn.Module, folder: Path | None, metrics: dict[str, float], task: TaskData) -> dict:
     return {
         "metric": float(metrics[task.metric_name]),
@@ -571,7 +577,7 @@ def run_recipe(
             "name_or_path": teacher_args.teacher_model_name_or_path,
             "revision": teacher_args.teacher_revision,
             "fine_tuned_dir": str(teacher_folder) if teacher_folder is not None else None,
-            **_model_entry(teacher, teacher_folder, metrics["teacher"], task),
+            **_model_entry(teacher, teacher_folder or _local_folder(teacher_args), metrics["teacher"], task),
         },
     )
     if teacher_history:
