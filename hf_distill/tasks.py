@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import datasets
 from datasets import ClassLabel, DatasetDict
 from torch import nn
 from transformers import (
@@ -36,6 +37,8 @@ from .data import (
 from .metrics import accuracy_f1, perplexity, seqeval_metrics
 from .pipeline import DataArguments, TaskData
 
+_CODE_COLUMNS = ("text", "content", "code")
+
 
 def _cap(dataset: Any, limit: int | None) -> Any:
     if dataset is None or limit is None or limit >= len(dataset):
@@ -44,17 +47,26 @@ def _cap(dataset: Any, limit: int | None) -> Any:
 
 
 def _ensure_test_split(splits: DatasetDict, seed: int) -> DatasetDict:
-    """Hub datasets without labelled test rows (GLUE): validation becomes the test split and a tenth of the
-    training rows the validation split, so the reported metric is never measured on data used for choices."""
+    """Gives a dataset a labelled test split that no choice was made on.
+
+    GLUE-style datasets (train + validation, hidden test labels): validation becomes the test split and a
+    tenth of the training rows the validation split. Train-only datasets (most code corpora): a tenth of the
+    rows each for test and validation, drawn with ``seed``.
+    """
     if "test" in splits:
         return splits
-    if "validation" not in splits:
+    if "train" not in splits:
         raise ValueError(
-            f"the dataset has only the splits {list(splits)}: the recipe needs a held-out split to report on; "
-            "use a dataset with a validation or test split."
+            f"the dataset has the splits {list(splits)} but no 'train' split: the recipe trains on it; "
+            "rename the training split to 'train'."
         )
     carved = splits["train"].train_test_split(test_size=0.1, seed=seed)
-    return DatasetDict({"train": carved["train"], "validation": carved["test"], "test": splits["validation"]})
+    if "validation" in splits:
+        return DatasetDict(
+            {"train": carved["train"], "validation": carved["test"], "test": splits["validation"]}
+        )
+    rest = carved["train"].train_test_split(test_size=1 / 9, seed=seed)
+    return DatasetDict({"train": rest["train"], "validation": rest["test"], "test": carved["test"]})
 
 
 def _cap_splits(splits: dict[str, Any], data_args: DataArguments) -> DatasetDict:
@@ -149,18 +161,24 @@ def prepare_ner(data_args: DataArguments, tokenizer: Any) -> TaskData:
 
 def prepare_code(data_args: DataArguments, tokenizer: Any) -> TaskData:
     """Standard-library Python files split by file, cut into ``max_length``-token blocks; test perplexity."""
+    text_column = "text"
     if data_args.dataset_name is not None:
-        from .data import _load_hub
-
-        corpus = _ensure_test_split(
-            _load_hub(data_args.dataset_name, data_args.dataset_config), data_args.split_seed
-        )
+        loaded = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config)
+        # Code datasets name the source column differently (codeparrot: "content", others "code").
+        columns = next(iter(loaded.values())).column_names
+        text_column = next((c for c in _CODE_COLUMNS if c in columns), None)
+        if text_column is None:
+            raise ValueError(
+                f"dataset {data_args.dataset_name!r} has none of the columns {_CODE_COLUMNS} (it has {columns}): "
+                "the code is read from one of them; rename its source column to 'text'."
+            )
+        corpus = _ensure_test_split(loaded, data_args.split_seed)
         label = data_args.dataset_name
     else:
         corpus = load_code_corpus(seed=data_args.split_seed, max_files=data_args.max_files)
         label = "python stdlib files (split by file)"
     blocks = {
-        name: chunk_for_causal_lm(ds, tokenizer, block_size=data_args.max_length)
+        name: chunk_for_causal_lm(ds, tokenizer, block_size=data_args.max_length, text_column=text_column)
         for name, ds in corpus.items()
     }
     # Code is capped after chunking (the caps count blocks, what a step consumes), from shuffled blocks: the
