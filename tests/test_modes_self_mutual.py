@@ -189,7 +189,7 @@ def test_mutual_errors(tmp_path):
         MutualLearningTrainer(tiny_bert(), args=args)
     with pytest.raises(ValueError, match="Pass the second student as peer_model"):
         MutualLearningTrainer(tiny_bert(), peer_model=tiny_bert(), teacher_model=tiny_bert(), args=args)
-    with pytest.raises(ValueError, match="hidden_state_weight and attention_weight are not supported"):
+    with pytest.raises(ValueError, match="value_relation_weight are not supported"):
         MutualLearningTrainer(
             tiny_bert(),
             peer_model=tiny_bert(),

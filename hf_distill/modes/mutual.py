@@ -57,12 +57,11 @@ class MutualLearningTrainer(DistillationTrainer):
                 "MutualLearningTrainer has no fixed teacher: each student teaches the other. Pass the second "
                 "student as peer_model instead of teacher_model."
             )
-        if args is not None and (
-            getattr(args, "hidden_state_weight", 0) or getattr(args, "attention_weight", 0)
-        ):
+        layer_terms = ("hidden_state_weight", "attention_weight", "value_relation_weight")
+        if args is not None and any(getattr(args, name, 0) for name in layer_terms):
             raise ValueError(
-                "hidden_state_weight and attention_weight are not supported by MutualLearningTrainer (the two "
-                "students' layers have no teacher side to match); set them to 0."
+                "hidden_state_weight, attention_weight and value_relation_weight are not supported by "
+                "MutualLearningTrainer (the two students' layers have no teacher side to match); set them to 0."
             )
         if args is not None and getattr(args, "load_best_model_at_end", False):
             raise ValueError(
