@@ -1,16 +1,70 @@
 """hf_distill: knowledge distillation for Hugging Face Transformers."""
 
 from .arguments import DistillationTrainingArguments
+from .data import (
+    SENTIMENT_LABELS,
+    NerData,
+    check_not_empty,
+    chunk_for_causal_lm,
+    load_code_corpus,
+    load_ner,
+    load_rotten_tomatoes,
+    load_sentiment,
+    load_wnut,
+    python_stdlib_files,
+    read_conll,
+    tokenize_and_align_labels,
+    tokenize_for_classification,
+)
+from .hub import push_student, render_model_card, write_model_card
 from .losses import PER_POSITION_LOSSES, distillation_loss, task_cross_entropy
+from .metrics import accuracy_f1, agreement, perplexity, seqeval_metrics
+from .report import load_report, make_report
+from .student import (
+    count_parameters,
+    gpt2_student_for,
+    model_size_on_disk,
+    select_layers,
+    student_from_config,
+    student_from_teacher,
+)
 from .trainer import DistillationTrainer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PER_POSITION_LOSSES",
+    "SENTIMENT_LABELS",
     "DistillationTrainer",
     "DistillationTrainingArguments",
+    "NerData",
     "__version__",
+    "accuracy_f1",
+    "agreement",
+    "check_not_empty",
+    "chunk_for_causal_lm",
+    "count_parameters",
     "distillation_loss",
+    "gpt2_student_for",
+    "load_code_corpus",
+    "load_ner",
+    "load_report",
+    "load_rotten_tomatoes",
+    "load_sentiment",
+    "load_wnut",
+    "make_report",
+    "model_size_on_disk",
+    "perplexity",
+    "push_student",
+    "python_stdlib_files",
+    "read_conll",
+    "render_model_card",
+    "select_layers",
+    "seqeval_metrics",
+    "student_from_config",
+    "student_from_teacher",
     "task_cross_entropy",
+    "tokenize_and_align_labels",
+    "tokenize_for_classification",
+    "write_model_card",
 ]

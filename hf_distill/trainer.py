@@ -99,6 +99,17 @@ def _output_vocab_size(model: nn.Module) -> int | None:
     return getattr(config, "vocab_size", None)
 
 
+def _attended_tokens(batch: Any) -> torch.Tensor | None:
+    """Tokens that hidden-state matching averages over: attended positions, or all of ``input_ids``."""
+    if not hasattr(batch, "keys"):
+        return None
+    if batch.get("attention_mask") is not None:
+        return batch["attention_mask"].sum()
+    if batch.get("input_ids") is not None:
+        return torch.tensor(batch["input_ids"].numel())
+    return None
+
+
 def _is_default_label_map(id2label: dict | None) -> bool:
     return not id2label or all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
 
@@ -326,10 +337,10 @@ class DistillationTrainer(Trainer):
             self.hidden_matcher.zero_grad(set_to_none=True)
         # Hidden-state matching is normalised by the attended tokens over the whole accumulated batch, the
         # way num_items_in_batch normalises the logit losses, so accumulation does not change the loss.
-        masks = [b["attention_mask"] for b in batch_samples if isinstance(b, dict) and "attention_mask" in b]
+        counts = [_attended_tokens(b) for b in batch_samples]
         matching = self.hidden_matcher is not None or self.attention_pairs is not None
-        if matching and len(masks) == len(batch_samples) and masks:
-            count = sum(m.sum() for m in masks).to(device)
+        if matching and counts and all(c is not None for c in counts):
+            count = sum(counts).to(device)
             if self.args.average_tokens_across_devices and self.args.world_size > 1:
                 count = self.accelerator.gather(count).sum()
             self._num_tokens_in_batch = count
@@ -438,7 +449,9 @@ class DistillationTrainer(Trainer):
             loss = loss + (1.0 - args.alpha) * loss_task
             parts["loss_task"] = loss_task
         if need_hidden:
-            loss_hidden = self._hidden_loss(student_outputs, teacher_outputs, attention_mask)
+            loss_hidden = self._hidden_loss(
+                student_outputs, teacher_outputs, attention_mask, accumulated=num_items_in_batch is not None
+            )
             loss = loss + args.hidden_state_weight * loss_hidden
             parts["loss_hidden"] = loss_hidden
         if self.attention_pairs is not None:
@@ -559,7 +572,15 @@ class DistillationTrainer(Trainer):
             parts["loss_task"] = result.loss_task
         return result.loss, parts, None
 
-    def _hidden_loss(self, student_outputs: Any, teacher_outputs: Any, attention_mask: torch.Tensor | None):
+    def _hidden_loss(
+        self,
+        student_outputs: Any,
+        teacher_outputs: Any,
+        attention_mask: torch.Tensor | None,
+        accumulated: bool,
+    ) -> torch.Tensor:
+        # `accumulated`: the other terms are divided by counts over the whole accumulated batch, so this one
+        # must be too; otherwise Trainer divides the micro-batch means by the accumulation steps.
         student_hidden = getattr(student_outputs, "hidden_states", None)
         teacher_hidden = getattr(teacher_outputs, "hidden_states", None)
         for who, hidden in (("student", student_hidden), ("teacher", teacher_hidden)):
@@ -569,13 +590,18 @@ class DistillationTrainer(Trainer):
                     "output_hidden_states=True; use a model that supports it, or set hidden_state_weight=0."
                 )
         total = self.hidden_matcher(student_hidden, teacher_hidden, attention_mask)
-        if self.model.training and self._num_tokens_in_batch is not None:
+        if accumulated and self.model.training and self._num_tokens_in_batch is not None:
             denominator = self._num_tokens_in_batch
         elif attention_mask is not None:
             denominator = attention_mask.sum()
         else:
             denominator = torch.tensor(student_hidden[0].shape[0] * student_hidden[0].shape[1])
-        return total / denominator.to(total.device).clamp_min(1)
+        denominator = denominator.to(total.device)
+        if accumulated and not self.model.training and self._loss_scaled_by_processes(True):
+            # Evaluation counts num_items_in_batch over all processes and compute_loss multiplies the loss by
+            # their number; a per-process token count here would make this term num_processes times too big.
+            denominator = self.accelerator.gather(denominator.reshape(1)).sum()
+        return total / denominator.clamp_min(1)
 
     # ---- attention-map and value-relation matching (modes/attention.py) ----------------------------------
 
@@ -687,7 +713,7 @@ class DistillationTrainer(Trainer):
         scale = 1.0
         if mode == "train" and num_items_in_batch is None:
             # Unscaled micro-batch means: Trainer divides the loss by the accumulation steps, so do we.
-            scale = 1.0 / self.current_gradient_accumulation_steps
+            scale = 1.0 / getattr(self, "current_gradient_accumulation_steps", 1)
         if self._loss_scaled_by_processes(num_items_in_batch is not None):
             # Scaled like the loss: log()'s mean over processes then gives the global value, not 1/num_processes.
             scale = float(self.accelerator.num_processes)
