@@ -194,7 +194,7 @@ class DistillationTrainingArguments(TrainingArguments):
             )
         if self.kd_chunk_size < 1:
             raise ValueError(
-                f"kd_chunk_size must be >= 1 token positions, got {self.kd_chunk_size}; 256 is a good default."
+                f"kd_chunk_size must be >= 1 token positions, got {self.kd_chunk_size}; 128 is a good default."
             )
         if self.teacher_dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(
