@@ -16,6 +16,8 @@ from transformers import (
     PreTrainedModel,
     Trainer,
 )
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import TrainerState
 from transformers.trainer_pt_utils import nested_gather
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -215,6 +217,7 @@ class DistillationTrainer(Trainer):
             "eval": defaultdict(list),
         }
         self._loss_parts_last_step = 0
+        self._resumed_from_step = 0
 
     # ---- set-up ---------------------------------------------------------------------------------------
 
@@ -726,6 +729,8 @@ class DistillationTrainer(Trainer):
         if parts and (mode == "eval" or "loss" in logs):
             if mode == "train":
                 # The parts of one optimizer step sum to that step's loss; average over logged steps.
+                # After a resume the first window starts at the checkpoint's step, not at 0.
+                self._loss_parts_last_step = max(self._loss_parts_last_step, self._resumed_from_step)
                 steps = max(self.state.global_step - self._loss_parts_last_step, 1)
                 self._loss_parts_last_step = self.state.global_step
             for name, values in parts.items():
@@ -754,6 +759,9 @@ class DistillationTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        state_file = os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME)
+        if os.path.isfile(state_file):
+            self._resumed_from_step = TrainerState.load_from_json(state_file).global_step
         matcher = self._unwrapped_matcher()
         path = os.path.join(resume_from_checkpoint, DISTILLATION_MODULES_NAME)
         if matcher is not None:

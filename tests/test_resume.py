@@ -11,6 +11,7 @@ match the uninterrupted run to rtol 1e-5 / atol 1e-6 (float32; in practice they 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -136,3 +138,14 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert want and want.keys() == got.keys()
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=RTOL, atol=ATOL, msg=key)
+
+    # The loss parts logged after the resume are those of the same steps in the uninterrupted run.
+    def logged(run: Path) -> dict[int, dict]:
+        history = json.loads((run / "result.json").read_text())["log_history"]
+        return {h["step"]: h for h in history if "loss_kd" in h}
+
+    want_logs, got_logs = logged(straight), logged(killed)
+    assert {4, 5, 6} <= got_logs.keys()
+    for step in (4, 5, 6):
+        for key in ("loss", "loss_kd", "loss_task", "loss_hidden"):
+            assert got_logs[step][key] == pytest.approx(want_logs[step][key], rel=1e-5), (step, key)
