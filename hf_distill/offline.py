@@ -89,6 +89,12 @@ def smollm2_folder(cache: str | os.PathLike | None = None) -> Path:
 
 
 OFFLINE_MODELS = {MINILM_ALIAS: minilm_folder, SMOLLM2_ALIAS: smollm2_folder}
+# The Hub repositories the packaged weights come from (SmolLM2's through a Q4_1 quantisation), named in
+# reports and model cards instead of the local alias.
+HUB_IDS = {
+    MINILM_ALIAS: "sentence-transformers/all-MiniLM-L6-v2",
+    SMOLLM2_ALIAS: "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
 
 
 def resolve_model_path(name_or_path: str) -> str:

@@ -33,7 +33,7 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer, set_seed
 
 from .arguments import DistillationTrainingArguments
-from .offline import resolve_model_path
+from .offline import HUB_IDS, resolve_model_path
 from .report import REPORT_FILENAME, comparison_table, markdown_table, validate_report
 from .student import (
     count_parameters,
@@ -571,10 +571,12 @@ def run_recipe(
         entry.update({f"latency_ms_b{size}": latency[name][size] for size in LATENCY_BATCH_SIZES})
         return entry
 
+    name = teacher_args.teacher_model_name_or_path
     teacher_entry = with_latency(
         "teacher",
         {
-            "name_or_path": teacher_args.teacher_model_name_or_path,
+            "name_or_path": HUB_IDS.get(name, name),
+            "offline_alias": name if name in HUB_IDS else None,
             "revision": teacher_args.teacher_revision,
             "fine_tuned_dir": str(teacher_folder) if teacher_folder is not None else None,
             **_model_entry(teacher, teacher_folder or _local_folder(teacher_args), metrics["teacher"], task),

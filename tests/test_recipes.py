@@ -295,7 +295,8 @@ def test_sentiment_recipe_with_minilm(tmp_path):
         "sentiment", [*real_flags(out), "--config", str(RECIPES / "configs" / "sentiment_smoke.yaml")]
     )
     check_run(report, out, "sequence_classification", 2)
-    assert report["teacher"]["name_or_path"] == "minilm-l6" and report["teacher"]["parameters"] > 20_000_000
+    assert report["teacher"]["name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert report["teacher"]["offline_alias"] == "minilm-l6" and report["teacher"]["parameters"] > 20_000_000
     assert [s["parameters"] < 0.8 * report["teacher"]["parameters"] for s in report["students"]] == [
         True,
         True,
