@@ -19,6 +19,13 @@ from .data import (
 from .hub import push_student, render_model_card, write_model_card
 from .losses import PER_POSITION_LOSSES, distillation_loss, task_cross_entropy
 from .metrics import accuracy_f1, agreement, perplexity, seqeval_metrics
+from .modes import (
+    MultiTeacherDistillationTrainer,
+    MultiTeacherTrainingArguments,
+    MutualLearningTrainer,
+    SelfDistillationTrainer,
+    SelfDistillationTrainingArguments,
+)
 from .report import load_report, make_report
 from .student import (
     count_parameters,
@@ -37,6 +44,11 @@ __all__ = [
     "SENTIMENT_LABELS",
     "DistillationTrainer",
     "DistillationTrainingArguments",
+    "MultiTeacherDistillationTrainer",
+    "MultiTeacherTrainingArguments",
+    "MutualLearningTrainer",
+    "SelfDistillationTrainer",
+    "SelfDistillationTrainingArguments",
     "NerData",
     "__version__",
     "accuracy_f1",
