@@ -1,6 +1,7 @@
 """hf_distill: knowledge distillation for Hugging Face Transformers."""
 
 from .arguments import DistillationTrainingArguments
+from .chunked import KDLossParts, fused_linear_distillation_loss
 from .data import (
     SENTIMENT_LABELS,
     NerData,
@@ -35,11 +36,17 @@ from .student import (
     student_from_config,
     student_from_teacher,
 )
+from .teacher_cache import TeacherCacheCollator, cache_teacher_outputs, topk_distillation_loss
 from .trainer import DistillationTrainer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "topk_distillation_loss",
+    "cache_teacher_outputs",
+    "TeacherCacheCollator",
+    "fused_linear_distillation_loss",
+    "KDLossParts",
     "PER_POSITION_LOSSES",
     "SENTIMENT_LABELS",
     "DistillationTrainer",
