@@ -1,0 +1,269 @@
+"""The model card a ``DistillationTrainer`` writes into every folder it saves, and the checks before a push.
+
+While training, the trainer knows part of what ``report.json`` holds (see :mod:`hf_distill.report`): the
+teacher and its revision, how the student was initialised (``config.distillation``, written by
+:mod:`hf_distill.student`), the distillation settings, the data sizes and the latest evaluation. This module
+builds that partial report and renders it with :func:`hf_distill.hub.render_model_card`; what only a finished
+recipe measures (the teacher's metric, latencies) reads "not measured" until the recipe rewrites the card.
+
+The card's YAML front matter also carries the run's settings under ``distillation`` (temperature, alpha,
+loss, hidden-state matching, teacher and revision), so tools reading the Hub metadata see how the model was
+made without parsing the Markdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCard
+from torch import nn
+
+from .hub import _may_replace_card, _teacher_weights, render_model_card
+from .student import count_parameters
+
+logger = logging.getLogger(__name__)
+
+STUDENT_NAME = "distilled"
+# Evaluation log keys that are bookkeeping, not quality metrics.
+_NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch", "step")
+# Metrics for which a smaller value is better; any other name is taken as higher-is-better.
+_LOWER_IS_BETTER = ("loss", "perplexity")
+# Dataset builder names that say how a dataset was read, not what it is.
+_GENERIC_BUILDERS = ("csv", "json", "parquet", "text", "arrow", "generator", "pandas", "imagefolder")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # A teacher placed by DeepSpeed / DDP is wrapped; its config and name live on `.module`.
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return model
+
+
+def describe_init(provenance: dict | None) -> str | None:
+    """How the student was initialised, from the ``config.distillation`` that :mod:`hf_distill.student` writes.
+
+    ``{"init": "teacher_layers", "layers": [0, 2]}`` reads ``"teacher layers [0, 2]"``; a random student
+    names the tensors copied from the teacher; None when the student carries no provenance.
+    """
+    if not provenance:
+        return None
+    init = provenance.get("init")
+    if init == "teacher_layers":
+        return f"teacher layers {provenance.get('layers')}"
+    if init == "random" and provenance.get("architecture") == "gpt2":
+        return "random GPT-2 over the teacher's vocabulary"
+    if init == "random":
+        copied = provenance.get("copied") or []
+        return "random" + (f", {' and '.join(copied)} copied from the teacher" if copied else "")
+    return str(init) if init else None
+
+
+def _latest_eval(log_history: list[dict]) -> dict[str, float]:
+    """The metrics of the last evaluation in ``log_history``, without the ``eval_`` prefix."""
+    for entry in reversed(log_history):
+        metrics = {
+            key[len("eval_") :]: value
+            for key, value in entry.items()
+            if key.startswith("eval_")
+            and isinstance(value, int | float)
+            and not key.endswith(_NOT_METRICS)
+            and math.isfinite(value)
+        }
+        if metrics:
+            return metrics
+    return {}
+
+
+def _main_metric(metrics: dict[str, float], args: Any) -> tuple[str | None, bool | None]:
+    """The metric the card reports and whether higher is better: ``metric_for_best_model`` when set, else
+    the first task metric of the evaluation (e.g. accuracy), else the evaluation loss."""
+    if not metrics:
+        return None, None
+    wanted = getattr(args, "metric_for_best_model", None)
+    if wanted:
+        name = wanted[len("eval_") :] if wanted.startswith("eval_") else wanted
+        if name in metrics:
+            greater = getattr(args, "greater_is_better", None)
+            return name, bool(greater) if greater is not None else not name.endswith(_LOWER_IS_BETTER)
+    # The logged loss parts (loss_kd, loss_task, ...) describe the objective, not the task.
+    task_metrics = [n for n in metrics if n != "loss" and not n.startswith("loss_")]
+    name = task_metrics[0] if task_metrics else "loss"
+    if name not in metrics:
+        return None, None
+    return name, not name.endswith(_LOWER_IS_BETTER)
+
+
+def _dataset_name(dataset: Any) -> str | None:
+    info = getattr(dataset, "info", None)
+    name = getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
+    return None if not name or name in _GENERIC_BUILDERS else str(name)
+
+
+def _size(dataset: Any) -> int | None:
+    if dataset is None or isinstance(dataset, dict):  # a dict of evaluation sets has no single size
+        return None
+    try:
+        return len(dataset)
+    except TypeError:  # an iterable dataset
+        return None
+
+
+def _weight_bytes(folder: Path) -> int | None:
+    """Bytes of the model weights saved directly in ``folder`` (shards included). Checkpoint subfolders and
+    the optimizer, scheduler and projection files beside the weights in a checkpoint are not the model."""
+    if not folder.is_dir():
+        return None
+    sizes = [
+        p.stat().st_size
+        for p in folder.iterdir()
+        if p.is_file()
+        and (
+            (p.name.startswith("model") and p.name.endswith(".safetensors"))
+            or (p.name.startswith("pytorch_model") and p.name.endswith(".bin"))
+        )
+    ]
+    # None when Trainer has not copied the weights in yet (a checkpoint push writes the card first).
+    return sum(sizes) if sizes else None
+
+
+def _teacher_size_bytes(teacher: nn.Module) -> int | None:
+    """Bytes of the teacher's weights: its folder's weight files when it was loaded from a local folder,
+    else the bytes of its distinct tensors, which is what safetensors would store (tied tensors once)."""
+    folder = Path(getattr(teacher, "name_or_path", "") or "")
+    if str(folder) and folder.is_dir() and _weight_bytes(folder) is not None:
+        return _weight_bytes(folder)
+    seen: set[int] = set()
+    total = 0
+    for tensor in teacher.state_dict().values():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    return total or None
+
+
+def trainer_report(trainer: Any, output_dir: str | Path) -> dict[str, Any]:
+    """The partial ``report.json`` a :class:`~hf_distill.DistillationTrainer` knows about the student it saves
+    in ``output_dir``: teacher name, revision (``config._commit_hash``), parameters and size; the student's
+    initialisation, parameters, size on disk and latest evaluation metrics; settings; data sizes."""
+    args = trainer.args
+    teacher = _unwrap(trainer.teacher)
+    student = _unwrap(trainer.accelerator.unwrap_model(trainer.model))
+    teacher_config = getattr(teacher, "config", None)
+    student_config = getattr(student, "config", None)
+    output_dir = Path(output_dir)
+
+    metrics = _latest_eval(trainer.state.log_history)
+    metric_name, higher_is_better = _main_metric(metrics, args)
+    student_entry = {
+        "name": STUDENT_NAME,
+        "kind": "distilled",
+        "init": describe_init(getattr(student_config, "distillation", None)),
+        "output_dir": str(output_dir),
+        "metric": metrics.get(metric_name) if metric_name else None,
+        "metrics": metrics,
+        "parameters": count_parameters(student),
+        "size_bytes": _weight_bytes(output_dir),
+        "global_step": trainer.state.global_step,
+    }
+    distillation = {
+        "distillation_loss": args.distillation_loss,
+        "temperature": args.temperature,
+        "alpha": args.alpha,
+        "hidden_state_weight": args.hidden_state_weight,
+        "hidden_state_loss": args.hidden_state_loss,
+        "hidden_layer_map": args.hidden_layer_map,
+    }
+    # Only the knobs that change this run's objective: the card's "Other settings" line lists them.
+    if "jsd" in args.distillation_loss:
+        distillation["jsd_beta"] = args.jsd_beta
+    if "skew" in args.distillation_loss:
+        distillation["skew_lambda"] = args.skew_lambda
+    for name in ("attention_weight", "value_relation_weight"):
+        if getattr(args, name, 0):
+            distillation[name] = getattr(args, name)
+    return {
+        "task": trainer.task,
+        "metric_name": metric_name,
+        "higher_is_better": higher_is_better,
+        "teacher": {
+            "name_or_path": getattr(teacher, "name_or_path", None) or None,
+            "revision": getattr(teacher_config, "_commit_hash", None),
+            "parameters": count_parameters(teacher),
+            "size_bytes": _teacher_size_bytes(teacher),
+        },
+        "students": [student_entry],
+        "distillation": distillation,
+        "data": {
+            "dataset": _dataset_name(trainer.train_dataset),
+            "train_size": _size(trainer.train_dataset),
+            "validation_size": _size(trainer.eval_dataset),
+        },
+    }
+
+
+def check_no_teacher_files(folder: str | Path, teacher: nn.Module) -> None:
+    """Refuses a folder that is about to be uploaded when it holds teacher weights.
+
+    Two signs: a weight file under a path part named ``teacher*`` (the rule of :func:`hf_distill.hub.push_student`),
+    or the teacher's own local folder (``teacher.name_or_path``) lying inside ``folder``.
+
+    Raises:
+        ValueError: naming what was found and how to fix it.
+    """
+    folder = Path(folder)
+    found = _teacher_weights(folder) if folder.is_dir() else []
+    source = Path(getattr(_unwrap(teacher), "name_or_path", "") or "")
+    if str(source) and source.is_dir() and folder.is_dir():
+        source, root = source.resolve(), folder.resolve()
+        if source != root and root in source.parents:
+            found.append(source.relative_to(root).as_posix() + "/")
+    if found:
+        raise ValueError(
+            f"{folder} holds teacher weights ({', '.join(found[:3])}), and push_to_hub uploads that whole "
+            "folder; hf_distill never uploads a teacher. Save the teacher outside the trainer's output_dir, "
+            "or push the student's own folder with `hf-distill push`."
+        )
+
+
+def write_trainer_card(
+    trainer: Any, output_dir: str | Path, *, repo_id: str | None = None, **card_kwargs: Any
+) -> Path | None:
+    """Writes the model card of the student saved in ``output_dir`` and returns its path.
+
+    A ``README.md`` written by hand (without the marker of hf_distill's or Trainer's generated cards) is kept,
+    with a warning, and None is returned. ``card_kwargs`` go to :func:`hf_distill.hub.render_model_card`
+    (``license``, ``language``, ``tags``, ``model_name``).
+    """
+    output_dir = Path(output_dir)
+    readme = output_dir / "README.md"
+    if not _may_replace_card(readme):
+        logger.warning("%s was written by hand; keeping it instead of writing the model card.", readme)
+        return None
+    report = trainer_report(trainer, output_dir)
+    student = _unwrap(trainer.accelerator.unwrap_model(trainer.model))
+    config = getattr(student, "config", None)
+    card = ModelCard(
+        render_model_card(
+            report,
+            STUDENT_NAME,
+            repo_id=repo_id,
+            student_config=config.to_dict() if config is not None else None,
+            **card_kwargs,
+        )
+    )
+    card.data.distillation = {
+        "teacher": report["teacher"]["name_or_path"],
+        "teacher_revision": report["teacher"]["revision"],
+        "student_init": report["students"][0]["init"],
+        **report["distillation"],
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # Written aside and renamed: a checkpoint push may be uploading this folder in the background, and must
+    # read the old card or the new one, never half of one. Trainer's uploads skip names starting with "_".
+    partial = output_dir / "_README.md.partial"
+    partial.write_text(str(card), encoding="utf-8")
+    partial.replace(readme)
+    return readme
