@@ -48,6 +48,7 @@ from .teacher_cache import (
     topk_chunks,
     topk_distillation_loss,
 )
+from .trainer_card import check_no_teacher_files, write_trainer_card
 
 logger = logging.getLogger(__name__)
 
@@ -771,3 +772,41 @@ class DistillationTrainer(Trainer):
                     "restart them from random. Resume from a checkpoint written with hidden_state_weight > 0."
                 )
             matcher.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    # ---- model card and push_to_hub (trainer_card.py) ----------------------------------------------------
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        # Every folder the student is saved into (save_model, each checkpoint) gets its model card.
+        if self.args.should_save:
+            write_trainer_card(self, output_dir or self.args.output_dir, repo_id=self.args.hub_model_id)
+
+    def create_model_card(self, language=None, license=None, tags=None, model_name=None, **kwargs) -> None:
+        """Called by ``Trainer.push_to_hub`` right before it uploads ``output_dir``: writes hf_distill's card
+        instead of Trainer's, and refuses (``ValueError``) a folder holding teacher weights before any upload.
+        Trainer's ``finetuned_from`` / ``tasks`` / ``dataset*`` arguments have no place in that card."""
+        if not self.is_world_process_zero():
+            return
+        ignored = sorted(k for k, v in kwargs.items() if v is not None)
+        if ignored:
+            logger.warning(
+                "create_model_card ignores %s: the hf_distill card takes them from the run.", ignored
+            )
+        check_no_teacher_files(self.args.output_dir, self.teacher)
+        tags = [tags] if isinstance(tags, str) else tags
+        write_trainer_card(
+            self,
+            self.args.output_dir,
+            repo_id=self.hub_model_id,
+            language=language,
+            license=license,
+            tags=tags,
+            model_name=model_name,
+        )
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # Checkpoint pushes (hub_strategy "every_save", "checkpoint") upload output_dir without creating a card.
+        if self.is_world_process_zero() and self.args.hub_strategy != "end":
+            check_no_teacher_files(self.args.output_dir, self.teacher)
+            write_trainer_card(self, self.args.output_dir, repo_id=self.hub_model_id)
+        super()._push_from_checkpoint(checkpoint_folder)
