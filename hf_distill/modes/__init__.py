@@ -11,6 +11,11 @@ _EXPORTS = {
     "MultiTeacherDistillationTrainer": "multi_teacher",
     "MultiTeacherTrainingArguments": "multi_teacher",
     "MutualLearningTrainer": "mutual",
+    "OnPolicyDistillationTrainer": "on_policy",
+    "OnPolicyDistillationTrainingArguments": "on_policy",
+    "PromptCompletionCollator": "on_policy",
+    "tokenize_prompt_completion": "on_policy",
+    "generate_teacher_completions": "sequence_kd",
     "SelfDistillationTrainer": "self_distillation",
     "SelfDistillationTrainingArguments": "self_distillation",
 }
