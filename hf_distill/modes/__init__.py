@@ -1,5 +1,6 @@
 """Advanced distillation modes, one per module: attention matching (used by the base trainer), several
-teachers, self-distillation, mutual learning, and on-policy / sequence-level distillation for causal LMs.
+teachers, self-distillation, mutual learning, on-policy / sequence-level distillation for causal LMs, and
+multi-task distillation (one encoder, a head and a teacher per task).
 
 The trainers are imported on first use: the base trainer imports ``modes.attention``, so importing the
 trainer subclasses here eagerly would be circular.
@@ -10,6 +11,11 @@ from importlib import import_module
 _EXPORTS = {
     "MultiTeacherDistillationTrainer": "multi_teacher",
     "MultiTeacherTrainingArguments": "multi_teacher",
+    "MultiTaskCollator": "multi_task",
+    "MultiTaskDataset": "multi_task",
+    "MultiTaskDistillationTrainer": "multi_task",
+    "MultiTaskStudent": "multi_task",
+    "TaskBatchSampler": "multi_task",
     "MutualLearningTrainer": "mutual",
     "OnPolicyDistillationTrainer": "on_policy",
     "OnPolicyDistillationTrainingArguments": "on_policy",
