@@ -21,11 +21,15 @@ from .hub import push_student, render_model_card, write_model_card
 from .losses import PER_POSITION_LOSSES, distillation_loss, task_cross_entropy
 from .metrics import accuracy_f1, agreement, perplexity, seqeval_metrics
 from .modes import (
+    MultiTaskDistillationTrainer,
     MultiTeacherDistillationTrainer,
     MultiTeacherTrainingArguments,
     MutualLearningTrainer,
+    OnPolicyDistillationTrainer,
+    OnPolicyDistillationTrainingArguments,
     SelfDistillationTrainer,
     SelfDistillationTrainingArguments,
+    generate_teacher_completions,
 )
 from .report import load_report, make_report
 from .student import (
@@ -42,6 +46,10 @@ from .trainer import DistillationTrainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "generate_teacher_completions",
+    "OnPolicyDistillationTrainingArguments",
+    "OnPolicyDistillationTrainer",
+    "MultiTaskDistillationTrainer",
     "topk_distillation_loss",
     "cache_teacher_outputs",
     "TeacherCacheCollator",
