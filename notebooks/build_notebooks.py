@@ -284,16 +284,16 @@ SENTIMENT = [
         '"intermediate_size": 768, "num_attention_heads": 6}\', ',
         small=dict(
             teacher="minilm-l6",
-            teacher_steps=4,
+            teacher_steps=3,
             student_layers=2,
             max_length=32,
-            train=48,
+            train=32,
             validation=16,
-            test=48,
+            test=32,
             latency_rounds=1,
             per_device_train_batch_size=16,
             per_device_eval_batch_size=64,
-            max_steps=3,
+            max_steps=2,
         ),
         full=dict(
             teacher="minilm-l6",
@@ -323,16 +323,16 @@ NER = [
         "",
         small=dict(
             teacher="minilm-l6",
-            teacher_steps=4,
+            teacher_steps=3,
             student_layers=2,
             max_length=32,
-            train=48,
+            train=32,
             validation=16,
-            test=48,
+            test=32,
             latency_rounds=1,
             per_device_train_batch_size=16,
             per_device_eval_batch_size=64,
-            max_steps=3,
+            max_steps=2,
         ),
         full=dict(
             teacher="minilm-l6",
@@ -415,6 +415,8 @@ NOTEBOOKS = {"quickstart": QUICKSTART, "sentiment": SENTIMENT, "ner": NER, "code
 
 def main() -> None:
     for name, cells in NOTEBOOKS.items():
+        for index, cell in enumerate(cells):
+            cell.id = f"{name}-{index}"  # stable ids: rebuilding leaves unchanged notebooks byte-identical
         notebook = new_notebook(
             cells=cells,
             metadata={
