@@ -36,10 +36,14 @@ _TRAINER_CARD_MARKER = (
     "This model card has been generated automatically according to the information the Trainer"
 )
 
+# Keyed by the recipes' task names and by the trainer's head kinds (hf_distill.trainer.detect_task).
 PIPELINE_TAGS = {
     "sentiment": "text-classification",
     "ner": "token-classification",
     "codegen": "text-generation",
+    "sequence_classification": "text-classification",
+    "token_classification": "token-classification",
+    "causal_lm": "text-generation",
 }
 _AUTO_CLASSES = {
     "text-classification": "AutoModelForSequenceClassification",

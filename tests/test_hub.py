@@ -359,3 +359,17 @@ def test_card_for_lower_is_better_codegen_run():
     assert metadata["model-index"][0]["results"][0]["metrics"][0] == {"type": "perplexity", "value": 0.8876}
     assert "| Model | Role | perplexity (lower is better) |" in body
     assert "AutoModelForCausalLM" in body and 'pipeline("text-generation"' in body
+
+
+@pytest.mark.parametrize(
+    "task, tag",
+    [
+        ("sequence_classification", "text-classification"),
+        ("token_classification", "token-classification"),
+        ("causal_lm", "text-generation"),
+    ],
+)
+def test_trainer_task_names_get_a_pipeline_tag(task, tag):
+    from hf_distill.hub import PIPELINE_TAGS
+
+    assert PIPELINE_TAGS[task] == tag
