@@ -102,6 +102,31 @@ def _output_vocab_size(model: nn.Module) -> int | None:
     return getattr(config, "vocab_size", None)
 
 
+def align_for_distillation(
+    task: str,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Pairs each prediction with its target: ``(student, teacher, labels, mask)`` for the losses.
+
+    Causal LMs are shifted (position t predicts token t+1, so the last prediction and the first label go).
+    Without labels, token-level positions are masked by the attention mask; with labels, by ``labels != -100``
+    (``mask`` is then None).
+    """
+    mask = None
+    if task == CAUSAL_LM:
+        student_logits, teacher_logits = student_logits[:, :-1], teacher_logits[:, :-1]
+        if labels is not None:
+            labels = labels[:, 1:]
+        elif attention_mask is not None:
+            mask = attention_mask[:, 1:].bool()
+    elif labels is None and attention_mask is not None and student_logits.dim() == 3:
+        mask = attention_mask.bool()
+    return student_logits, teacher_logits, labels, mask
+
+
 def _attended_tokens(batch: Any) -> torch.Tensor | None:
     """Tokens that hidden-state matching averages over: attended positions, or all of ``input_ids``."""
     if not hasattr(batch, "keys"):
@@ -417,18 +442,10 @@ class DistillationTrainer(Trainer):
                 "float32 (teacher_dtype), its weights, and the batch's inputs."
             )
 
-        kd_student, kd_teacher, kd_labels = student_logits, teacher_logits, labels
         attention_mask = model_inputs.get("attention_mask")
-        mask = None
-        if self.task == CAUSAL_LM:
-            # Position t predicts token t+1: drop the last prediction and the first label.
-            kd_student, kd_teacher = student_logits[:, :-1], teacher_logits[:, :-1]
-            if labels is not None:
-                kd_labels = labels[:, 1:]
-            elif attention_mask is not None:
-                mask = attention_mask[:, 1:].bool()
-        elif labels is None and attention_mask is not None and student_logits.dim() == 3:
-            mask = attention_mask.bool()
+        kd_student, kd_teacher, kd_labels, mask = align_for_distillation(
+            self.task, student_logits, teacher_logits, labels, attention_mask
+        )
         if kd_labels is not None and kd_labels.shape != kd_student.shape[:-1]:
             raise ValueError(
                 f"labels have shape {tuple(kd_labels.shape)} but the logits {tuple(kd_student.shape)}; "

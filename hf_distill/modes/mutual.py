@@ -23,7 +23,7 @@ from transformers import PreTrainedModel
 
 from ..arguments import DistillationTrainingArguments
 from ..losses import distillation_loss, task_cross_entropy
-from ..trainer import CAUSAL_LM, DistillationTrainer, _logits_of
+from ..trainer import DistillationTrainer, _logits_of, align_for_distillation
 
 STUDENT_A, STUDENT_B = "student_a", "student_b"
 
@@ -99,15 +99,9 @@ class MutualLearningTrainer(DistillationTrainer):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(kd, task) terms of one student against its peer's detached logits, with the base trainer's masking."""
         args = self.args
-        kd_labels, mask = labels, None
-        if self.task == CAUSAL_LM:
-            logits, peer_logits = logits[:, :-1], peer_logits[:, :-1]
-            if labels is not None:
-                kd_labels = labels[:, 1:]
-            elif attention_mask is not None:
-                mask = attention_mask[:, 1:].bool()
-        elif labels is None and attention_mask is not None and logits.dim() == 3:
-            mask = attention_mask.bool()
+        logits, peer_logits, kd_labels, mask = align_for_distillation(
+            self.task, logits, peer_logits, labels, attention_mask
+        )
         loss_kd = distillation_loss(
             logits,
             peer_logits.detach(),
