@@ -124,3 +124,17 @@ def test_cache_teacher_refuses_a_teacher_without_a_head(tmp_path, wordpiece_toke
         cli.cache_teacher(
             "sentiment", [*flags, "--max_train_samples", "4", "--max_length", "32", "--report_to", "none"]
         )
+
+
+def test_demo_config_is_the_documented_sentiment_run():
+    """`make demo` reproduces the table of recipes/configs/sentiment.yaml; the two must not drift apart."""
+    from test_recipes import RECIPES
+
+    documented = yaml.safe_load((RECIPES / "configs" / "sentiment.yaml").read_text())
+    defaults = parse_args_with_config(RECIPE_ARGUMENTS, ["--output_dir", "x"])
+    documented.pop("output_dir")
+    for key, value in documented.items():
+        if key in cli.DEMO_CONFIG:
+            assert cli.DEMO_CONFIG[key] == value, key
+        else:  # left out of the demo because it is the default anyway
+            assert any(getattr(group, key, None) == value for group in defaults), key
