@@ -27,7 +27,8 @@ TASKS = ("sentiment", "ner", "codegen")
 
 # `make demo`: the sentiment recipe with the settings of recipes/configs/sentiment.yaml (teacher fine-tune,
 # distilled student and no-KD baseline, one epoch of 2,000 training snippets each; 800 test snippets), so it
-# reproduces that run's table. About 6 minutes on 2 idle CPU cores; allow more where the cores are shared.
+# reproduces that run's table. Measured: 3 min 45 s on 2 CPU cores with light other load; about 30 minutes
+# when the 2 cores were shared with four other training jobs.
 DEMO_CONFIG: dict[str, Any] = {
     "output_dir": "runs/demo",
     "teacher_model_name_or_path": "minilm-l6",
@@ -173,7 +174,7 @@ def demo(argv: Sequence[str]) -> dict | None:
     config_path = output_dir / "demo_config.yaml"
     config_path.write_text(yaml.safe_dump({**DEMO_CONFIG, "output_dir": str(output_dir)}), encoding="utf-8")
     print(
-        f"hf-distill demo: sentiment recipe with {config_path} (about 6-10 minutes on 2 CPU cores)",
+        f"hf-distill demo: sentiment recipe with {config_path} (4-10 minutes on 2 CPU cores)",
         flush=True,
     )
     return train("sentiment", ["--config", str(config_path), *rest])
