@@ -2,6 +2,7 @@
 
 from .arguments import DistillationTrainingArguments
 from .chunked import KDLossParts, fused_linear_distillation_loss
+from .config import parse_args_with_config
 from .data import (
     SENTIMENT_LABELS,
     NerData,
@@ -31,6 +32,8 @@ from .modes import (
     SelfDistillationTrainingArguments,
     generate_teacher_completions,
 )
+from .offline import resolve_model_path, smollm2_folder
+from .pipeline import DataArguments, ReportArguments, StudentArguments, TeacherArguments, run_recipe
 from .report import load_report, make_report
 from .student import (
     count_parameters,
@@ -46,6 +49,14 @@ from .trainer import DistillationTrainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "run_recipe",
+    "TeacherArguments",
+    "StudentArguments",
+    "ReportArguments",
+    "DataArguments",
+    "smollm2_folder",
+    "resolve_model_path",
+    "parse_args_with_config",
     "generate_teacher_completions",
     "OnPolicyDistillationTrainingArguments",
     "OnPolicyDistillationTrainer",
