@@ -162,12 +162,16 @@ def _gradient_accumulation_losses(tmp_path, wordpiece_tokenizer, batch, accumula
 
 @pytest.mark.parametrize("model_kind", ["sequence", "token", "lm"])
 def test_batch_8x1_equals_2x4(tmp_path, wordpiece_tokenizer, model_kind):
-    """Logged losses and the trained weights agree to 1e-5 (relative) between 8x1 and 2x4."""
+    """Logged losses agree to 1e-5 relative (1e-7 absolute) and trained weights to 1e-4 between 8x1 and 2x4.
+
+    The absolute bound is for loss_kd near 0: KL between nearly equal float32 distributions is a difference of
+    nearly equal sums, so summing in another order moves it by ~1e-8, far beyond 1e-5 of its size.
+    """
     logs_a, weights_a = _gradient_accumulation_losses(tmp_path, wordpiece_tokenizer, 8, 1, model_kind)
     logs_b, weights_b = _gradient_accumulation_losses(tmp_path, wordpiece_tokenizer, 2, 4, model_kind)
     for a, b in zip(logs_a, logs_b, strict=True):
         for key in ("loss", "loss_task", "loss_kd", "loss_hidden"):
-            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
     for name in weights_a:
         torch.testing.assert_close(weights_a[name], weights_b[name], rtol=1e-4, atol=1e-6)
 
