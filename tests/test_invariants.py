@@ -33,6 +33,9 @@ from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.trainer import DistillationTrainer
 
 RTOL, ATOL = 1e-4, 1e-6
+# Logged loss parts near 0 (loss_kd of a student close to its teacher) are float32 differences of nearly equal
+# sums: another summation order moves them by ~1e-8 absolute, beyond RTOL of their size.
+ATOL_LOSS = 1e-7
 VOCAB = 40
 SPLITS = [(8, 1), (2, 4), (1, 8)]  # (per-device batch, accumulation steps): global batch 8 each
 SCRIPT = Path(__file__).parent / "scripts" / "distill_run.py"
@@ -164,7 +167,7 @@ def test_gradient_accumulation_gives_the_same_step(task, tmp_path):
     assert any(k.startswith("matcher.projections") for k in reference["weights"])
     for (per_device, accumulation), run in zip(SPLITS[1:], runs[1:]):
         for name in names:
-            assert run["logged"][name] == pytest.approx(reference["logged"][name], rel=RTOL), (
+            assert run["logged"][name] == pytest.approx(reference["logged"][name], rel=RTOL, abs=ATOL_LOSS), (
                 f"{name} differs for {per_device} x {accumulation}"
             )
         assert len(run["grads"]) == len(reference["grads"])
@@ -215,9 +218,11 @@ def test_two_processes_match_one_process(tmp_path):
     assert len(steps[0]) == len(steps[1]) == 2
     for want, got in zip(*steps):
         for name in ("loss", "loss_kd", "loss_task", "loss_hidden", "grad_norm"):
-            assert got[name] == pytest.approx(want[name], rel=RTOL), f"step {want['step']}: {name}"
+            assert got[name] == pytest.approx(want[name], rel=RTOL, abs=ATOL_LOSS), (
+                f"step {want['step']}: {name}"
+            )
     for name in ("eval_loss", "eval_loss_kd", "eval_loss_task", "eval_loss_hidden"):
-        assert double["eval"][name] == pytest.approx(single["eval"][name], rel=RTOL), name
+        assert double["eval"][name] == pytest.approx(single["eval"][name], rel=RTOL, abs=ATOL_LOSS), name
 
     for file in ("model.safetensors",):
         want, got = load_file(one / "final" / file), load_file(two / "final" / file)

@@ -150,6 +150,11 @@ def main() -> None:
         }
         with open(os.path.join(cli.output_dir, "result.json"), "w") as f:
             json.dump(result, f, indent=1)
+    if torch.distributed.is_initialized():
+        # Leaving a gloo group to the interpreter's exit sometimes aborts a rank ("terminate called without an
+        # active exception"); close it after everyone is done.
+        trainer.accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
