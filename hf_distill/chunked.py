@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .losses import IGNORE_INDEX, PER_POSITION_LOSSES, _upcast, check_loss_name
+from .losses import IGNORE_INDEX, PER_POSITION_LOSSES, _upcast, check_loss_name, loss_kwargs
 
 IMPLEMENTATIONS = ("plain", "chunked", "fused")
 KD_LOSS_IMPLEMENTATIONS = ("auto", *IMPLEMENTATIONS)
@@ -62,14 +62,6 @@ class KDLossParts(NamedTuple):
 KDChunkFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _loss_extra(loss: str, beta: float, skew_lambda: float) -> dict[str, float]:
-    if loss == "jsd":
-        return {"beta": beta}
-    if loss.startswith("skew_"):
-        return {"skew_lambda": skew_lambda}
-    return {}
-
-
 def _check_finite(teacher_logits: torch.Tensor) -> None:
     if not torch.isfinite(teacher_logits).all():
         raise FloatingPointError(
@@ -88,7 +80,7 @@ def teacher_logits_chunks(
     skew_lambda: float = 0.1,
 ) -> KDChunkFn:
     """Per-chunk KD loss against precomputed teacher logits ``(N, V)`` (flattened positions)."""
-    per_position, extra = PER_POSITION_LOSSES[loss], _loss_extra(loss, beta, skew_lambda)
+    per_position, extra = PER_POSITION_LOSSES[loss], loss_kwargs(loss, beta=beta, skew_lambda=skew_lambda)
     flat = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
 
     def chunk_fn(student_logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -113,7 +105,7 @@ def teacher_hidden_chunks(
     ``teacher_hidden`` ``(N, H_t)`` (flattened positions), ``teacher_weight`` ``(V, H_t)``. The teacher's
     ``(N, V)`` logits never exist at once; each chunk's are computed under ``no_grad``.
     """
-    per_position, extra = PER_POSITION_LOSSES[loss], _loss_extra(loss, beta, skew_lambda)
+    per_position, extra = PER_POSITION_LOSSES[loss], loss_kwargs(loss, beta=beta, skew_lambda=skew_lambda)
     flat = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
     weight = teacher_weight.detach()
     bias = None if teacher_bias is None else teacher_bias.detach()

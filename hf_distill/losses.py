@@ -185,12 +185,6 @@ PER_POSITION_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "mse": per_position_mse,
     "soft_cross_entropy": per_position_soft_cross_entropy,
 }
-# Extra keyword each loss takes beyond temperature, and where it comes from in the arguments.
-LOSS_EXTRA_KWARGS: dict[str, tuple[str, ...]] = {
-    "jsd": ("beta",),
-    "skew_forward_kl": ("skew_lambda",),
-    "skew_reverse_kl": ("skew_lambda",),
-}
 
 
 def resolve_mask(
@@ -258,6 +252,26 @@ def check_loss_name(name: str) -> None:
         )
 
 
+def loss_kwargs(loss: str, *, beta: float = 0.5, skew_lambda: float = 0.1) -> dict[str, float]:
+    """The extra keyword a per-position loss takes beyond temperature (``jsd``: beta, ``skew_*``: skew_lambda),
+    range-checked.
+
+    Shared by the plain, chunked and top-k losses so all three accept and refuse the same values.
+    """
+    if loss == "jsd":
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"JSD beta must be in [0, 1] (0 is forward KL, 1 reverse KL), got {beta}.")
+        return {"beta": beta}
+    if loss.startswith("skew_"):
+        if not 0.0 <= skew_lambda < 1.0:
+            raise ValueError(
+                f"skew_lambda must be in [0, 1), got {skew_lambda}: at 1 the skewed distribution equals the "
+                "first one and the loss is identically 0."
+            )
+        return {"skew_lambda": skew_lambda}
+    return {}
+
+
 def distillation_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -295,18 +309,7 @@ def distillation_loss(
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 to soften distributions, got {temperature}.")
-    extra = {}
-    if loss == "jsd":
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"JSD beta must be in [0, 1] (0 is forward KL, 1 reverse KL), got {beta}.")
-        extra["beta"] = beta
-    elif loss.startswith("skew_"):
-        if not 0.0 <= skew_lambda < 1.0:
-            raise ValueError(
-                f"skew_lambda must be in [0, 1), got {skew_lambda}: at 1 the skewed distribution equals the "
-                "first one and the loss is identically 0."
-            )
-        extra["skew_lambda"] = skew_lambda
+    extra = loss_kwargs(loss, beta=beta, skew_lambda=skew_lambda)
     per_position = PER_POSITION_LOSSES[loss](
         student_logits, teacher_logits.detach(), temperature=temperature, **extra
     )

@@ -37,7 +37,14 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-from .losses import PER_POSITION_LOSSES, _upcast, check_loss_name, reduce_positions, resolve_mask
+from .losses import (
+    PER_POSITION_LOSSES,
+    _upcast,
+    check_loss_name,
+    loss_kwargs,
+    reduce_positions,
+    resolve_mask,
+)
 
 TEACHER_LOGITS = "teacher_logits"
 TOPK_LOGITS, TOPK_INDICES, TAIL_LOGIT = "teacher_topk_logits", "teacher_topk_indices", "teacher_tail_logit"
@@ -107,9 +114,7 @@ def per_position_topk(
     teacher_buckets = torch.cat(
         [_upcast(topk_logits) / temperature, _upcast(tail_logit).clamp_min(floor).unsqueeze(-1)], dim=-1
     )
-    extra = (
-        {"beta": beta} if loss == "jsd" else {"skew_lambda": skew_lambda} if loss.startswith("skew_") else {}
-    )
+    extra = loss_kwargs(loss, beta=beta, skew_lambda=skew_lambda)
     # The buckets are log-probabilities already softened at T, so the loss runs at temperature 1 and the
     # T^2 factor of the KL family is put back here.
     value = PER_POSITION_LOSSES[loss](student_buckets, teacher_buckets.detach(), temperature=1.0, **extra)
