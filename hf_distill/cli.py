@@ -23,7 +23,9 @@ from typing import Any
 
 import yaml
 
-TASKS = ("sentiment", "ner", "codegen")
+# Each recipe's task, as the trainer names it.
+TASK_KINDS = {"sentiment": "sequence_classification", "ner": "token_classification", "codegen": "causal_lm"}
+TASKS = tuple(TASK_KINDS)
 
 # `make demo`: the sentiment recipe with the settings of recipes/configs/sentiment.yaml (teacher fine-tune,
 # distilled student and no-KD baseline, one epoch of 2,000 training snippets each; 800 test snippets), so it
@@ -69,17 +71,16 @@ def _preparer(task: str) -> Callable:
 
 def train(task: str, argv: Sequence[str]) -> dict | None:
     """Runs the recipe of ``task`` with the recipe's flags ``argv`` (``--config`` included)."""
-    from .config import parse_args_with_config
-    from .pipeline import RECIPE_ARGUMENTS, run_recipe, teacher_tokenizer
+    from .pipeline import parse_recipe_args, run_recipe, teacher_tokenizer
 
-    teacher_args, student_args, data_args, report_args, training_args = parse_args_with_config(
-        RECIPE_ARGUMENTS, argv
+    teacher_args, student_args, data_args, report_args, mode_args, training_args = parse_recipe_args(
+        argv, task=TASK_KINDS[task]
     )
     tokenizer_kwargs = {"add_prefix_space": True} if task == "ner" else {}
     tokenizer = teacher_tokenizer(teacher_args, **tokenizer_kwargs)
     with training_args.main_process_first(desc="tokenizing"):
         task_data = _preparer(task)(data_args, tokenizer)
-    return run_recipe(task_data, teacher_args, student_args, report_args, training_args)
+    return run_recipe(task_data, teacher_args, student_args, report_args, training_args, mode_args)
 
 
 @dataclass

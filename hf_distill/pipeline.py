@@ -7,7 +7,9 @@ A recipe (``recipes/<task>.py``) parses the dataclasses below, prepares its task
    (:func:`load_teacher`, :func:`fine_tune_teacher`);
 2. builds each student (:func:`build_student`): from teacher layers, from a smaller config, a GPT-2 over the
    teacher's vocabulary, or a given checkpoint;
-3. distils it (:func:`train_student` with ``kd=True``);
+3. distils it (:func:`train_student` with ``kd=True``) in the chosen ``distillation_mode``
+   (:mod:`hf_distill.modes.select`: plain KD, several teachers, self-distillation, mutual learning, or for
+   causal LMs on-policy and sequence-level KD);
 4. trains a copy of the same initial student on the labels alone, the no-KD baseline (``kd=False``);
 5. evaluates teacher and students on the held-out test split (:func:`evaluate_models`) and measures
    latency at batch 1 and 32 side by side (:func:`measure_latency`);
@@ -33,6 +35,9 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer, set_seed
 
 from .arguments import DistillationTrainingArguments
+from .config import parse_args_with_config
+from .modes.mutual import STUDENT_A
+from .modes.select import ModeArguments, arguments_class, mode_from_argv, mode_train_data, mode_trainer
 from .offline import HUB_IDS, resolve_model_path
 from .report import REPORT_FILENAME, comparison_table, markdown_table, validate_report
 from .student import (
@@ -42,7 +47,6 @@ from .student import (
     student_from_config,
     student_from_teacher,
 )
-from .trainer import DistillationTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +214,21 @@ RECIPE_ARGUMENTS = (
 )
 
 
+def parse_recipe_args(argv: list[str] | None = None, task: str | None = None) -> tuple[Any, ...]:
+    """A recipe's flags (``--config`` file included) as ``(teacher, student, data, report, mode, training)``
+    arguments; ``training`` is the class of the chosen ``distillation_mode``, so its own flags are valid.
+    With the recipe's ``task`` a mode that cannot run on it is refused here, before anything is loaded."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    training_class = arguments_class(mode_from_argv(argv))
+    parsed = parse_args_with_config((*RECIPE_ARGUMENTS[:-1], ModeArguments, training_class), argv)
+    if task is not None:
+        # A code block is max_length tokens: a prompt longer than that is refused before tokenizing.
+        parsed[-2].check_task(task, parsed[2].max_length if task == "causal_lm" else None)
+    return parsed
+
+
 # ---- the task ---------------------------------------------------------------------------------------------
 
 
@@ -293,17 +312,28 @@ def _plain_trainer_args(args: DistillationTrainingArguments, output_dir: Path, *
 
 
 def fine_tune_teacher(
-    teacher: PreTrainedModel, task: TaskData, args: TeacherArguments, training_args, output_dir: Path
+    teacher: PreTrainedModel,
+    task: TaskData,
+    args: TeacherArguments,
+    training_args,
+    output_dir: Path,
+    seed: int | None = None,
 ) -> tuple[PreTrainedModel, list[dict]]:
-    """Trains the teacher on the task's labels (plain ``Trainer``) and saves it in ``output_dir``."""
+    """Trains the teacher on the task's labels (plain ``Trainer``) and saves it in ``output_dir``.
+
+    ``seed`` (default: the run's) sets the new head's initialisation and the data order, so teachers of a
+    multi-teacher run fine-tuned from one checkpoint with different seeds become different teachers.
+    """
+    seed = training_args.seed if seed is None else seed
     teacher_args = _plain_trainer_args(
         training_args,
         output_dir,
         learning_rate=args.teacher_learning_rate,
         num_train_epochs=args.teacher_num_train_epochs,
         max_steps=args.teacher_max_steps,
+        seed=seed,
     )
-    set_seed(training_args.seed)
+    set_seed(seed)
     trainer = Trainer(
         model=teacher,
         args=teacher_args,
@@ -342,9 +372,24 @@ def build_student(
     return task.auto_class.from_pretrained(path, dtype=torch.float32, **task.label_kwargs)
 
 
-def student_name(init: str, args: StudentArguments, kd: bool) -> str:
+def attention_maps_needed(args: DistillationTrainingArguments) -> bool:
+    return args.attention_weight > 0 or args.value_relation_weight > 0
+
+
+def _with_eager_attention(model: PreTrainedModel, args: DistillationTrainingArguments) -> PreTrainedModel:
+    """Attention matching reads the attention probabilities, which only the eager implementation returns; the
+    recipes load models with the default (SDPA), so they switch when the matching is on."""
+    if attention_maps_needed(args):
+        model.set_attn_implementation("eager")
+    return model
+
+
+def student_name(init: str, args: StudentArguments, kd: bool, mode: str = "kd") -> str:
+    """``<init>-<layers>L-distilled`` (plain KD), ``...-<mode>`` (another distillation mode), ``...-no_kd``."""
     layers = "" if init == "pretrained" else f"-{args.student_num_layers}L"
-    return f"{init}{layers}-{'distilled' if kd else 'no_kd'}"
+    if not kd:
+        return f"{init}{layers}-no_kd"
+    return f"{init}{layers}-{'distilled' if mode == 'kd' else mode}"
 
 
 # ---- 3./4. training ---------------------------------------------------------------------------------------
@@ -358,26 +403,41 @@ def train_student(
     output_dir: Path,
     *,
     kd: bool,
-) -> list[dict]:
-    """Trains ``student`` with the teacher (``kd=True``: :class:`DistillationTrainer`) or on the labels only
-    (``kd=False``: a plain ``Trainer`` with the same arguments, data order and steps). Saves it in ``output_dir``
-    and returns the Trainer's ``log_history``."""
+    mode_args: ModeArguments | None = None,
+    extra_teachers: list[PreTrainedModel] | tuple = (),
+    peer: PreTrainedModel | None = None,
+) -> tuple[list[dict], Path]:
+    """Trains ``student`` with the teacher (``kd=True``: the trainer of ``mode_args.distillation_mode``, plain
+    KD by default) or on the labels only (``kd=False``: a plain ``Trainer`` with the same arguments, data order
+    and steps). Saves it under ``output_dir``; returns the Trainer's ``log_history`` and the student's folder
+    (``output_dir``, or its ``student_a/`` for mutual learning, whose peer is saved in ``student_b/``)."""
+    mode_args = mode_args or ModeArguments()
     args = _derived_args(training_args, output_dir) if kd else _plain_trainer_args(training_args, output_dir)
     set_seed(training_args.seed)
-    common = dict(
-        args=args,
-        train_dataset=task.train,
-        eval_dataset=task.validation,
-        data_collator=task.collator,
-        processing_class=task.tokenizer,
-    )
+    common = dict(eval_dataset=task.validation, processing_class=task.tokenizer)
     if kd:
-        trainer = DistillationTrainer(model=student, teacher_model=teacher, **common)
+        train, collator = mode_train_data(
+            mode_args, task.train, teacher, task.tokenizer, student, training_args.per_device_eval_batch_size
+        )
+        set_seed(training_args.seed)  # generating the training set (sequence_kd) must not shift the seed
+        trainer = mode_trainer(
+            mode_args,
+            student,
+            [teacher, *extra_teachers],
+            args,
+            peer=peer,
+            train_dataset=train,
+            data_collator=collator or task.collator,
+            **common,
+        )
     else:
-        trainer = Trainer(model=student, **common)
+        trainer = Trainer(
+            model=student, args=args, train_dataset=task.train, data_collator=task.collator, **common
+        )
     trainer.train()
     trainer.save_model(str(output_dir))
-    return trainer.state.log_history
+    folder = output_dir / STUDENT_A if kd and mode_args.distillation_mode == "mutual" else output_dir
+    return trainer.state.log_history, folder
 
 
 # ---- 5. evaluation ----------------------------------------------------------------------------------------
@@ -442,8 +502,12 @@ def build_report(
     students: list[dict[str, Any]],
     training_args: DistillationTrainingArguments,
     log_history: dict[str, list[dict]],
+    distillation_mode: str = "kd",
+    extra_teachers: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The ``report.json`` content; fills each student's ``retention`` and ``speedup_b1``/``speedup_b32``.
+
+    ``extra_teachers``: a multi-teacher run's other teachers (name, fine-tuned folder, test metric).
 
     ``retention = student / teacher`` when higher is better, ``teacher / student`` otherwise (perplexity),
     so 100 % always means "as good as the teacher"; ``speedup = teacher latency / student latency``.
@@ -463,6 +527,8 @@ def build_report(
         "teacher": teacher_entry,
         "students": students,
         "distillation": {
+            "distillation_mode": distillation_mode,
+            **({"extra_teachers": extra_teachers} if extra_teachers else {}),
             "distillation_loss": training_args.distillation_loss,
             "temperature": training_args.temperature,
             "alpha": training_args.alpha,
@@ -518,14 +584,41 @@ def _model_entry(model: nn.Module, folder: Path | None, metrics: dict[str, float
     }
 
 
+def load_extra_teachers(
+    mode_args: ModeArguments,
+    teacher_args: TeacherArguments,
+    task: TaskData,
+    training_args: DistillationTrainingArguments,
+    run_dir: Path,
+) -> list[tuple[str, PreTrainedModel, Path | None]]:
+    """The ``extra_teachers`` of a multi-teacher run as ``(name, model, fine-tuned folder or None)``; teacher
+    ``k`` (from 1) that lacks the task's head is fine-tuned like the first with seed ``seed + k``."""
+    teachers = []
+    for k, name in enumerate(mode_args.extra_teachers or [], start=1):
+        args = dataclasses.replace(teacher_args, teacher_model_name_or_path=name)
+        model, needs_fine_tune = load_teacher(args, task)
+        folder = None
+        if needs_fine_tune:
+            folder = run_dir / f"teacher_{k}"
+            model, _ = fine_tune_teacher(
+                model, task, args, training_args, folder, seed=training_args.seed + k
+            )
+        teachers.append((name, model.eval(), folder))
+    return teachers
+
+
 def run_recipe(
     task: TaskData,
     teacher_args: TeacherArguments,
     student_args: StudentArguments,
     report_args: ReportArguments,
     training_args: DistillationTrainingArguments,
+    mode_args: ModeArguments | None = None,
 ) -> dict[str, Any] | None:
     """Steps 1-6 of the module docstring. Returns the report on the main process, None on the others."""
+    mode_args = mode_args or ModeArguments()
+    mode = mode_args.distillation_mode
+    mode_args.check_task(task.task, len(task.train[0]["input_ids"]) if task.task == "causal_lm" else None)
     state = PartialState()
     run_dir = Path(training_args.output_dir)
     set_seed(training_args.seed)
@@ -536,20 +629,37 @@ def run_recipe(
         teacher, teacher_history = fine_tune_teacher(
             teacher, task, teacher_args, training_args, teacher_folder
         )
-    teacher.eval()
+    teacher = _with_eager_attention(teacher, training_args).eval()
+    extra = load_extra_teachers(mode_args, teacher_args, task, training_args, run_dir)
 
     students: list[dict[str, Any]] = []
     models: dict[str, nn.Module] = {}
     histories: dict[str, list[dict]] = {}
     for init in student_args.student_init:
         set_seed(training_args.seed)
-        initial = build_student(init, teacher, student_args, task)
+        initial = _with_eager_attention(build_student(init, teacher, student_args, task), training_args)
+        peer = None
+        if mode == "mutual":
+            # The second student is built the same way with the next seed: its random parts (a new head, a
+            # config student's weights) differ; students copied from teacher layers start equal and part
+            # through dropout.
+            set_seed(training_args.seed + 1)
+            peer = build_student(init, teacher, student_args, task)
         runs = [True, False] if student_args.run_baseline else [True]
         for kd in runs:
-            name = student_name(init, student_args, kd)
+            name = student_name(init, student_args, kd, mode)
             student = copy.deepcopy(initial) if kd and student_args.run_baseline else initial
-            folder = run_dir / "students" / name
-            histories[name] = train_student(student, teacher, task, training_args, folder, kd=kd)
+            histories[name], folder = train_student(
+                student,
+                teacher,
+                task,
+                training_args,
+                run_dir / "students" / name,
+                kd=kd,
+                mode_args=mode_args,
+                extra_teachers=[model for _, model, _ in extra],
+                peer=peer,
+            )
             models[name] = student.eval()
             students.append(
                 {
@@ -561,6 +671,7 @@ def run_recipe(
             )
 
     metrics = evaluate_models({"teacher": teacher, **models}, task, training_args)
+    extra_metrics = evaluate_models({name: model for name, model, _ in extra}, task, training_args)
     if not state.is_main_process:
         state.wait_for_everyone()
         return None
@@ -588,7 +699,15 @@ def run_recipe(
         name = entry["name"]
         entry.update(_model_entry(models[name], Path(entry["output_dir"]), metrics[name], task))
         with_latency(name, entry)
-    report = build_report(task, teacher_entry, students, training_args, histories)
+    extra_entries = [
+        {
+            "name_or_path": HUB_IDS.get(name, name),
+            "fine_tuned_dir": str(folder) if folder is not None else None,
+            "metric": float(extra_metrics[name][task.metric_name]),
+        }
+        for name, _, folder in extra
+    ]
+    report = build_report(task, teacher_entry, students, training_args, histories, mode, extra_entries)
     write_report(report, run_dir)
     if report_args.write_model_cards:
         _write_cards(report)

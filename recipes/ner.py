@@ -12,20 +12,19 @@ Writes ``<output_dir>/report.json`` and prints the comparison table.
 
 from __future__ import annotations
 
-from hf_distill.config import parse_args_with_config
-from hf_distill.pipeline import RECIPE_ARGUMENTS, run_recipe, teacher_tokenizer
+from hf_distill.pipeline import parse_recipe_args, run_recipe, teacher_tokenizer
 from hf_distill.tasks import prepare_ner
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    teacher_args, student_args, data_args, report_args, training_args = parse_args_with_config(
-        RECIPE_ARGUMENTS, argv
+    teacher_args, student_args, data_args, report_args, mode_args, training_args = parse_recipe_args(
+        argv, task="token_classification"
     )
     # Byte-level BPE tokenizers (RoBERTa, GPT-2) need a prefix space to encode pre-split words as in text.
     tokenizer = teacher_tokenizer(teacher_args, add_prefix_space=True)
     with training_args.main_process_first(desc="tokenizing"):
         task = prepare_ner(data_args, tokenizer)
-    return run_recipe(task, teacher_args, student_args, report_args, training_args)
+    return run_recipe(task, teacher_args, student_args, report_args, training_args, mode_args)
 
 
 if __name__ == "__main__":

@@ -12,20 +12,19 @@ prints the table: accuracy, parameters, size on disk, latency at batch 1 and 32,
 
 from __future__ import annotations
 
-from hf_distill.config import parse_args_with_config
-from hf_distill.pipeline import RECIPE_ARGUMENTS, run_recipe, teacher_tokenizer
+from hf_distill.pipeline import parse_recipe_args, run_recipe, teacher_tokenizer
 from hf_distill.tasks import prepare_sentiment
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    teacher_args, student_args, data_args, report_args, training_args = parse_args_with_config(
-        RECIPE_ARGUMENTS, argv
+    teacher_args, student_args, data_args, report_args, mode_args, training_args = parse_recipe_args(
+        argv, task="sequence_classification"
     )
     tokenizer = teacher_tokenizer(teacher_args)
     # One process tokenizes first and fills the datasets cache; the others then read it.
     with training_args.main_process_first(desc="tokenizing"):
         task = prepare_sentiment(data_args, tokenizer)
-    return run_recipe(task, teacher_args, student_args, report_args, training_args)
+    return run_recipe(task, teacher_args, student_args, report_args, training_args, mode_args)
 
 
 if __name__ == "__main__":
