@@ -73,6 +73,16 @@ def measure_in_fresh_process(script: str, args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def machine() -> dict:
+    """What the numbers were measured on."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+    }
+
+
 def report(name: str, rows: list[dict], meta: dict, extra: dict | None = None) -> dict:
     """Prints a table and writes ``results/<name>.json``."""
     print(f"\n{name}  ({', '.join(f'{k}={v}' for k, v in meta.items())})")
@@ -92,12 +102,7 @@ def report(name: str, rows: list[dict], meta: dict, extra: dict | None = None) -
         "meta": meta,
         "rows": rows,
         **(extra or {}),
-        "machine": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(),
-        },
+        "machine": machine(),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))

@@ -285,8 +285,9 @@ def load_teacher(args: TeacherArguments, task: TaskData) -> tuple[PreTrainedMode
     """The teacher model (float32) and whether it still has to be fine-tuned."""
     path = resolve_model_path(args.teacher_model_name_or_path)
     needs = teacher_needs_fine_tune(path, task, args.fine_tune_teacher, args.teacher_revision)
-    # A new head gets the task's labels; an already fine-tuned one keeps its own (checked by the trainer).
-    kwargs = task.label_kwargs if needs else {}
+    # A new head gets the task's labels; an already fine-tuned one keeps its own (checked by the trainer). A
+    # head trained for another label count is replaced, not an error: it is about to be fine-tuned anyway.
+    kwargs = {**task.label_kwargs, "ignore_mismatched_sizes": True} if needs else {}
     teacher = task.auto_class.from_pretrained(
         path, revision=args.teacher_revision, dtype=torch.float32, **kwargs
     )
