@@ -297,12 +297,17 @@ def test_codegen_recipe_on_policy(tmp_path, wordpiece_tokenizer):
 
 @needs_rotten_tomatoes
 def test_sentiment_recipe_attention_matching_switches_to_eager_attention(tmp_path, wordpiece_tokenizer):
-    teacher = save_tiny_teacher(tmp_path / "t", BertForSequenceClassification, wordpiece_tokenizer, num_labels=2)
+    teacher = save_tiny_teacher(
+        tmp_path / "t", BertForSequenceClassification, wordpiece_tokenizer, num_labels=2
+    )
     out = tmp_path / "run"
-    flags = tiny_flags(out, teacher_model_name_or_path=teacher, fine_tune_teacher="always", teacher_max_steps=2)
+    flags = tiny_flags(
+        out, teacher_model_name_or_path=teacher, fine_tune_teacher="always", teacher_max_steps=2
+    )
     # The default (SDPA) attention returns no maps; the recipe loads both models with eager attention.
     report = run_recipe(
-        "sentiment", [*flags, "--attention_weight", "1.0", "--hidden_layer_map", "1:2", "--run_baseline", "false"]
+        "sentiment",
+        [*flags, "--attention_weight", "1.0", "--hidden_layer_map", "1:2", "--run_baseline", "false"],
     )
     steps = _steps(report, "teacher_layers-1L-distilled")
     assert steps and all(e["loss_attention"] > 0 for e in steps)
