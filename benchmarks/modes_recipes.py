@@ -52,11 +52,18 @@ CODE_MODES = {
 
 
 def run(task: str, out: Path, extra: list[str], quick: bool) -> tuple[dict, float]:
+    """One recipe run, or the report of the same run finished earlier (rerunning the script resumes)."""
+    done, timing = out / "report.json", out / "benchmark_seconds.json"
+    if done.is_file():
+        seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else float("nan")
+        return json.loads(done.read_text()), seconds
     config = CONFIGS / f"{task}.yaml"
     flags = ["--config", str(config), "--output_dir", str(out), "--latency_rounds", "1", *extra]
     start = time.perf_counter()
     report = train(task, [*flags, *(QUICK[task] if quick else [])])
-    return report, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    timing.write_text(json.dumps({"seconds": seconds}) + "\n")
+    return report, seconds
 
 
 def rows_of(report: dict, mode: str, seconds: float) -> list[dict]:

@@ -76,7 +76,7 @@ class TeacherArguments:
         default="auto",
         metadata={
             "help": "'auto': fine-tune only when the checkpoint has no head for the task (a causal LM teacher "
-            "is never fine-tuned); 'always'; 'never'."
+            "is never fine-tuned); 'always'; 'never' (an error when the checkpoint has no head for the task)."
         },
     )
     teacher_learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate of the fine-tune."})
@@ -263,14 +263,22 @@ def teacher_needs_fine_tune(path: str, task: TaskData, choice: str, revision: st
     count is the task's, and its label names are the task's or the uninformative ``LABEL_<i>``. Named labels
     that differ mean a head trained for another label set, which is fine-tuned like a missing one.
     """
-    if choice != "auto":
-        return choice == "always"
+    if choice == "always":
+        return True
     if task.task == "causal_lm":
         return False
     config = AutoConfig.from_pretrained(path, revision=revision)
     head = task.auto_class.__name__.replace("AutoModel", "")  # "ForSequenceClassification"
     if not any(a.endswith(head) for a in (config.architectures or [])):
+        if choice == "never":
+            raise ValueError(
+                f"fine_tune_teacher='never', but {path} has no {head[3:]} head (architectures "
+                f"{config.architectures}): it would teach from a randomly initialised head. Use "
+                "fine_tune_teacher='auto' to fine-tune it first, or a checkpoint fine-tuned on the task."
+            )
         return True
+    if choice == "never":
+        return False
     wanted = task.label_kwargs.get("id2label")
     if wanted is None:
         return False
@@ -596,7 +604,10 @@ def load_extra_teachers(
     ``k`` (from 1) that lacks the task's head is fine-tuned like the first with seed ``seed + k``."""
     teachers = []
     for k, name in enumerate(mode_args.extra_teachers or [], start=1):
-        args = dataclasses.replace(teacher_args, teacher_model_name_or_path=name)
+        # fine_tune_teacher='never' is about the first teacher (often one fine-tuned by an earlier run); an
+        # extra teacher without the task's head is still fine-tuned.
+        choice = "auto" if teacher_args.fine_tune_teacher == "never" else teacher_args.fine_tune_teacher
+        args = dataclasses.replace(teacher_args, teacher_model_name_or_path=name, fine_tune_teacher=choice)
         model, needs_fine_tune = load_teacher(args, task)
         folder = None
         if needs_fine_tune:

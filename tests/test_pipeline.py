@@ -193,7 +193,12 @@ def test_teacher_needs_fine_tune(tmp_path):
     tagger = _task("token_classification", AutoModelForTokenClassification, label_kwargs=two_labels)
     assert teacher_needs_fine_tune(str(tmp_path / "classifier"), tagger, "auto"), "wrong head"
     assert teacher_needs_fine_tune(str(tmp_path / "classifier"), task, "always")
-    assert not teacher_needs_fine_tune(str(tmp_path / "base"), task, "never")
+    assert not teacher_needs_fine_tune(str(tmp_path / "classifier"), task, "never")
+    # 'never' on a checkpoint without the head would distil from a random head: refused.
+    with pytest.raises(
+        ValueError, match="fine_tune_teacher='never', but .* has no SequenceClassification head"
+    ):
+        teacher_needs_fine_tune(str(tmp_path / "base"), task, "never")
     assert not teacher_needs_fine_tune("unused", _task("causal_lm"), "auto"), "an LM teacher is used as it is"
 
 

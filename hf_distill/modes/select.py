@@ -86,7 +86,8 @@ class ModeArguments:
         default=None,
         metadata={
             "help": "multi_teacher: teachers beside teacher_model_name_or_path (folders, Hub ids or offline "
-            "aliases), loaded and fine-tuned like it (teacher k with seed + k) when they lack the task's head."
+            "aliases), each fine-tuned like the first (teacher k with seed + k) when it lacks the task's head, "
+            "even with fine_tune_teacher='never'."
         },
     )
     prompt_tokens: int = field(
