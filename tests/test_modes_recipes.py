@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_recipes import needs_rotten_tomatoes, run_recipe, save_tiny_teacher, tiny_flags
+from test_recipes import (
+    needs_rotten_tomatoes,
+    run_recipe,
+    save_tiny_code_teacher,
+    save_tiny_teacher,
+    tiny_flags,
+)
 from transformers import BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
 from hf_distill.modes.multi_teacher import MultiTeacherTrainingArguments
@@ -126,13 +132,20 @@ def _steps(report: dict, name: str) -> list[dict]:
     return [e for e in report["log_history"][name] if "loss" in e]
 
 
+def _sentiment_flags(tmp_path: Path, tokenizer, **overrides) -> list[str]:
+    """Flags of a tiny sentiment run in ``tmp_path / "run"`` whose teacher (saved in ``tmp_path / "t"``) is
+    fine-tuned for two steps."""
+    teacher = save_tiny_teacher(tmp_path / "t", BertForSequenceClassification, tokenizer, num_labels=2)
+    return tiny_flags(
+        tmp_path / "run", teacher_model_name_or_path=teacher, fine_tune_teacher="always", teacher_max_steps=2,
+        **overrides,
+    )  # fmt: skip
+
+
 @needs_rotten_tomatoes
 def test_sentiment_recipe_multi_teacher(tmp_path, wordpiece_tokenizer):
-    first = save_tiny_teacher(
-        tmp_path / "t1", BertForSequenceClassification, wordpiece_tokenizer, num_labels=2
-    )
-    out = tmp_path / "run"
-    flags = tiny_flags(out, teacher_model_name_or_path=first, fine_tune_teacher="always", teacher_max_steps=2)
+    out, flags = tmp_path / "run", _sentiment_flags(tmp_path, wordpiece_tokenizer)
+    first = tmp_path / "t"
     # The second teacher is the same checkpoint fine-tuned with the next seed: another teacher.
     report = run_recipe(
         "sentiment", [*flags, "--distillation_mode", "multi_teacher", "--extra_teachers", str(first)]
@@ -152,13 +165,7 @@ def test_sentiment_recipe_multi_teacher(tmp_path, wordpiece_tokenizer):
 
 @needs_rotten_tomatoes
 def test_sentiment_recipe_self_distillation(tmp_path, wordpiece_tokenizer):
-    teacher = save_tiny_teacher(
-        tmp_path / "t", BertForSequenceClassification, wordpiece_tokenizer, num_labels=2
-    )
-    out = tmp_path / "run"
-    flags = tiny_flags(
-        out, teacher_model_name_or_path=teacher, fine_tune_teacher="always", teacher_max_steps=2
-    )
+    flags = _sentiment_flags(tmp_path, wordpiece_tokenizer)
     report = run_recipe(
         "sentiment",
         [*flags, "--distillation_mode", "self_distillation", "--ema_decay", "0.5", "--alpha", "0.5"],
@@ -172,13 +179,7 @@ def test_sentiment_recipe_self_distillation(tmp_path, wordpiece_tokenizer):
 
 @needs_rotten_tomatoes
 def test_sentiment_recipe_mutual_learning_saves_both_students(tmp_path, wordpiece_tokenizer):
-    teacher = save_tiny_teacher(
-        tmp_path / "t", BertForSequenceClassification, wordpiece_tokenizer, num_labels=2
-    )
-    out = tmp_path / "run"
-    flags = tiny_flags(
-        out, teacher_model_name_or_path=teacher, fine_tune_teacher="always", teacher_max_steps=2
-    )
+    out, flags = tmp_path / "run", _sentiment_flags(tmp_path, wordpiece_tokenizer)
     report = run_recipe("sentiment", [*flags, "--distillation_mode", "mutual", "--run_baseline", "false"])
     (student,) = report["students"]
     folder = Path(student["output_dir"])
@@ -187,22 +188,6 @@ def test_sentiment_recipe_mutual_learning_saves_both_students(tmp_path, wordpiec
     assert (folder.parent / "student_b" / "model.safetensors").is_file()
     steps = _steps(report, student["name"])
     assert all("loss_kd_a" in e and "loss_kd_b" in e for e in steps)
-
-
-def _tiny_code_teacher(tmp_path: Path, tokenizer) -> Path:
-    tokenizer.eos_token = "[SEP]"  # files are joined with EOS
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_embd=16,
-        n_layer=2,
-        n_head=2,
-        n_positions=64,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    GPT2LMHeadModel(config).save_pretrained(tmp_path / "teacher")
-    tokenizer.save_pretrained(tmp_path / "teacher")
-    return tmp_path / "teacher"
 
 
 def _code_flags(tmp_path: Path, teacher: Path) -> list[str]:
@@ -218,23 +203,19 @@ def _code_flags(tmp_path: Path, teacher: Path) -> list[str]:
     return [*flags, "--student_init", "gpt2", "--student_config_overrides", '{"n_embd": 8, "n_head": 2}']
 
 
-def test_codegen_recipe_sequence_kd_trains_on_teacher_completions(tmp_path, wordpiece_tokenizer):
-    teacher = _tiny_code_teacher(tmp_path, wordpiece_tokenizer)
+@pytest.mark.parametrize(
+    "mode, extra",
+    [
+        ("sequence_kd", ["--prompt_tokens", "24", "--teacher_max_new_tokens", "4"]),
+        ("on_policy", ["--prompt_tokens", "24", "--alpha", "1.0", "--lmbda", "1.0", "--max_new_tokens", "4"]),
+    ],
+)
+def test_codegen_recipe_generation_modes(mode, extra, tmp_path, wordpiece_tokenizer):
+    teacher = save_tiny_code_teacher(tmp_path / "teacher", wordpiece_tokenizer)
     flags = _code_flags(tmp_path, teacher)
-    report = run_recipe(
-        "codegen",
-        [
-            *flags,
-            "--distillation_mode",
-            "sequence_kd",
-            "--prompt_tokens",
-            "24",
-            "--teacher_max_new_tokens",
-            "4",
-        ],
-    )
+    report = run_recipe("codegen", [*flags, "--distillation_mode", mode, *extra])
     (student,) = report["students"]
-    assert student["name"] == "gpt2-1L-sequence_kd"
+    assert student["name"] == f"gpt2-1L-{mode}" and report["distillation"]["distillation_mode"] == mode
     steps = _steps(report, student["name"])
     assert len(steps) == 2 and all("loss_kd" in e for e in steps)
 
@@ -269,41 +250,9 @@ def test_sequence_kd_data_is_the_prompt_and_the_teachers_greedy_completion(wordp
     assert PROMPT_INPUT_IDS not in data.column_names and collator([data[0]])["input_ids"].shape[0] == 1
 
 
-def test_codegen_recipe_on_policy(tmp_path, wordpiece_tokenizer):
-    teacher = _tiny_code_teacher(tmp_path, wordpiece_tokenizer)
-    flags = _code_flags(tmp_path, teacher)
-    report = run_recipe(
-        "codegen",
-        [
-            *flags,
-            "--distillation_mode",
-            "on_policy",
-            "--lmbda",
-            "1.0",
-            "--prompt_tokens",
-            "24",
-            "--alpha",
-            "1.0",
-            "--max_new_tokens",
-            "4",
-        ],
-    )
-    (student,) = report["students"]
-    assert (
-        student["name"] == "gpt2-1L-on_policy" and report["distillation"]["distillation_mode"] == "on_policy"
-    )
-    assert all("loss_kd" in e for e in _steps(report, student["name"]))
-
-
 @needs_rotten_tomatoes
 def test_sentiment_recipe_attention_matching_switches_to_eager_attention(tmp_path, wordpiece_tokenizer):
-    teacher = save_tiny_teacher(
-        tmp_path / "t", BertForSequenceClassification, wordpiece_tokenizer, num_labels=2
-    )
-    out = tmp_path / "run"
-    flags = tiny_flags(
-        out, teacher_model_name_or_path=teacher, fine_tune_teacher="always", teacher_max_steps=2
-    )
+    flags = _sentiment_flags(tmp_path, wordpiece_tokenizer)
     # The default (SDPA) attention returns no maps; the recipe loads both models with eager attention.
     report = run_recipe(
         "sentiment",

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from test_recipes import needs_rotten_tomatoes, run_recipe, save_tiny_teacher, tiny_flags
+from test_recipes import needs_rotten_tomatoes, run_recipe, save_tiny_teacher, tiny_flags, write_conll
 from transformers import BertForSequenceClassification
 
 from hf_distill.modes.multi_task import MultiTaskStudent
@@ -27,17 +26,6 @@ def test_task_list_errors(tasks, match):
         MultiTaskArguments(tasks=tasks)
 
 
-def _conll(path: Path) -> Path:
-    lines = []
-    words = "the movie actor plot scene story film great".split()
-    for i in range(40):
-        row = [(w, "O") for w in words[i % 3 : i % 3 + 4]]
-        row[1] = (row[1][0], "B-person")
-        lines += [f"{w}\t{t}" for w, t in row] + [""]
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
-
-
 @needs_rotten_tomatoes
 def test_multi_task_recipe_on_tiny_models(tmp_path, wordpiece_tokenizer):
     checkpoint = save_tiny_teacher(
@@ -49,7 +37,7 @@ def test_multi_task_recipe_on_tiny_models(tmp_path, wordpiece_tokenizer):
         teacher_model_name_or_path=checkpoint,
         fine_tune_teacher="always",
         teacher_max_steps=2,
-        train_file=_conll(tmp_path / "train.conll"),
+        train_file=write_conll(tmp_path / "train.conll"),
     )
     report = run_recipe("multi_task", flags)
     assert json.loads((out / REPORT_NAME).read_text())["metrics"] == report["metrics"]

@@ -94,6 +94,32 @@ def save_tiny_teacher(folder: Path, model_class, tokenizer, **config) -> Path:
     return folder
 
 
+def save_tiny_code_teacher(folder: Path, tokenizer) -> Path:
+    """A 2-layer GPT-2 over ``tokenizer`` (whose EOS becomes [SEP]: the code files are joined with EOS)."""
+    tokenizer.eos_token = "[SEP]"
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2, n_positions=64,
+        eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_conll(path: Path) -> Path:
+    """40 tagged sentences (labels O, B-person, I-person) in CoNLL format."""
+    lines = []
+    words = "the movie actor plot scene story film great".split()
+    for i in range(40):
+        row = [(w, "O") for w in words[i % 3 : i % 3 + 4]]
+        row[1] = (row[1][0], "B-person")
+        row[2] = (row[2][0], "I-person" if i % 2 else "O")
+        lines += [f"{w}\t{t}" for w, t in row] + [""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
 def check_run(report: dict, output_dir: Path, task: str, n_students: int) -> dict:
     """What every run must leave behind: a valid report.json, one folder per student, logged training."""
     on_disk = load_report(output_dir)
@@ -139,15 +165,7 @@ def test_sentiment_recipe_on_tiny_models(tmp_path, wordpiece_tokenizer):
 
 @needs_wnut
 def test_ner_recipe_on_conll_files(tmp_path, wordpiece_tokenizer):
-    lines = []
-    words = "the movie actor plot scene story film great".split()
-    for i in range(40):
-        row = [(w, "O") for w in words[i % 3 : i % 3 + 4]]
-        row[1] = (row[1][0], "B-person")
-        row[2] = (row[2][0], "I-person" if i % 2 else "O")
-        lines += [f"{w}\t{t}" for w, t in row] + [""]
-    train = tmp_path / "train.conll"
-    train.write_text("\n".join(lines), encoding="utf-8")
+    train = write_conll(tmp_path / "train.conll")
     teacher = save_tiny_teacher(
         tmp_path / "teacher",
         BertForTokenClassification,
@@ -168,19 +186,7 @@ def test_ner_recipe_on_conll_files(tmp_path, wordpiece_tokenizer):
 
 
 def test_codegen_recipe_on_tiny_models(tmp_path, wordpiece_tokenizer):
-    tokenizer = wordpiece_tokenizer
-    tokenizer.eos_token = "[SEP]"  # files are joined with EOS
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_embd=16,
-        n_layer=2,
-        n_head=2,
-        n_positions=64,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    GPT2LMHeadModel(config).save_pretrained(tmp_path / "teacher")
-    tokenizer.save_pretrained(tmp_path / "teacher")
+    save_tiny_code_teacher(tmp_path / "teacher", wordpiece_tokenizer)
     out = tmp_path / "run"
     flags = tiny_flags(
         out,
