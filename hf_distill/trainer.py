@@ -147,7 +147,8 @@ class DistillationTrainer(Trainer):
 
     Args:
         model: the student, a ``PreTrainedModel`` or any ``nn.Module`` returning logits.
-        teacher_model: a model, or a path / Hub id loaded with the Auto class of the student's task.
+        teacher_model: a model, or a path / Hub id loaded with the Auto class of the student's task; None
+            when the train (and eval) dataset carry the teacher's cached outputs (:mod:`hf_distill.teacher_cache`).
         args: :class:`DistillationTrainingArguments`.
         teacher_processing_class: the teacher's tokenizer, when it may differ from the student's; the two
             must have the same vocabulary.
@@ -180,10 +181,12 @@ class DistillationTrainer(Trainer):
             raise ValueError(
                 "DistillationTrainer needs a student `model`; build one with hf_distill.student."
             )
+        cached = [
+            cached_teacher_kind(getattr(kwargs.get(split), "column_names", None) or ())
+            for split in ("train_dataset", "eval_dataset")
+        ]
         if teacher_model is None:
-            raise ValueError(
-                "DistillationTrainer needs a `teacher_model`: a model, or a path / Hub id of a fine-tuned one."
-            )
+            self._check_cache_replaces_teacher(args, cached, kwargs.get("eval_dataset"))
         for split in ("train_dataset", "eval_dataset"):
             dataset = kwargs.get(split)
             if dataset is not None and hasattr(dataset, "__len__") and len(dataset) == 0:
@@ -214,10 +217,6 @@ class DistillationTrainer(Trainer):
             if self.task == CAUSAL_LM
             else "plain"
         )
-        cached = [
-            cached_teacher_kind(getattr(kwargs.get(split), "column_names", None) or ())
-            for split in ("train_dataset", "eval_dataset")
-        ]
         if any(cached) and args.hidden_state_weight > 0:
             raise ValueError(
                 "The dataset carries cached teacher outputs, which hold no teacher hidden states, but "
@@ -234,7 +233,9 @@ class DistillationTrainer(Trainer):
         # accumulation steps again nor skips counting items.
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = self.task == CAUSAL_LM
-        self.teacher = self._prepare_teacher(teacher_model)
+        # No teacher when every batch carries its outputs (checked above): it is never loaded, so its memory
+        # is free for the student.
+        self.teacher = self._prepare_teacher(teacher_model) if teacher_model is not None else None
         self.hidden_matcher = self._build_hidden_matcher(model, self.teacher)
         self.attention_pairs = self._build_attention_matching(model, self.teacher)
         self._num_tokens_in_batch: torch.Tensor | None = None
@@ -256,10 +257,34 @@ class DistillationTrainer(Trainer):
             )
         return auto_class.from_pretrained(name_or_path, **init_kwargs)
 
+    @staticmethod
+    def _check_cache_replaces_teacher(
+        args: DistillationTrainingArguments, cached: list, eval_dataset: Any
+    ) -> None:
+        """Without ``teacher_model`` the datasets' cached teacher outputs must stand in for every teacher call."""
+        if not cached[0]:
+            raise ValueError(
+                "DistillationTrainer needs a `teacher_model` (a model, or a path / Hub id of a fine-tuned one), or "
+                "a train_dataset that carries the teacher's outputs (hf-distill cache-teacher / "
+                "hf_distill.teacher_cache.cache_teacher_outputs)."
+            )
+        if eval_dataset is not None and not cached[1]:
+            raise ValueError(
+                "No teacher_model is given and the train_dataset carries cached teacher outputs, but the "
+                "eval_dataset does not, so evaluation would have no teacher; cache the eval split too, or pass "
+                "teacher_model."
+            )
+        if args.attention_weight > 0 or args.value_relation_weight > 0:
+            raise ValueError(
+                "attention_weight / value_relation_weight > 0 match the teacher's attention, which a cache does "
+                "not hold, and no teacher_model is given; set them to 0 or pass teacher_model."
+            )
+
     def _check_compatibility(
-        self, student: nn.Module, teacher: nn.Module, tokenizer: Any, teacher_tokenizer: Any
+        self, student: nn.Module, teacher: nn.Module | None, tokenizer: Any, teacher_tokenizer: Any
     ) -> int | None:
-        """Checks before any work that the two models can be compared; returns the vocab size to slice to."""
+        """Checks before any work that the two models can be compared; returns the vocab size to slice to.
+        Without a teacher (cached outputs) the cache's width is checked against the student's per batch."""
         if teacher_tokenizer is not None and tokenizer is not None and hasattr(tokenizer, "get_vocab"):
             if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
                 raise ValueError(
@@ -267,6 +292,8 @@ class DistillationTrainer(Trainer):
                     "same token id means different text to each and their distributions cannot be compared. "
                     "Give the student the teacher's tokenizer (e.g. build it with hf_distill.student)."
                 )
+        if teacher is None:
+            return None
         teacher_task = detect_task(teacher)
         if self.task != GENERIC and teacher_task != GENERIC and teacher_task != self.task:
             raise ValueError(
@@ -383,8 +410,16 @@ class DistillationTrainer(Trainer):
         self._signature_columns += [c for c in CACHE_COLUMNS if c not in self._signature_columns]
 
     def _teacher_outputs(self, model_inputs: dict[str, Any], need_hidden: bool) -> Any:
+        self._require_teacher()
         with torch.no_grad():
             return self.teacher(**model_inputs, **self._output_kwargs(need_hidden))
+
+    def _require_teacher(self) -> None:
+        if self.teacher is None:
+            raise ValueError(
+                "This batch carries no cached teacher outputs and the trainer has no teacher_model: every "
+                "dataset it trains or evaluates on must be cached (cache_teacher_outputs), or pass teacher_model."
+            )
 
     def compute_loss(
         self,
@@ -435,6 +470,12 @@ class DistillationTrainer(Trainer):
             teacher_outputs = self._teacher_outputs(model_inputs, need_hidden)
         student_outputs = model(**model_inputs, **self._output_kwargs(need_hidden))
         student_logits, teacher_logits = _logits_of(student_outputs), _logits_of(teacher_outputs)
+        if TEACHER_LOGITS in cache and teacher_logits.shape[-1] != student_logits.shape[-1]:
+            raise ValueError(
+                f"The cached teacher logits have {teacher_logits.shape[-1]} classes but the student has "
+                f"{student_logits.shape[-1]}; the cache was made by a teacher with another label set. Re-cache "
+                "with the teacher of this student's labels."
+            )
         if self._vocab_size is not None:
             student_logits = student_logits[..., : self._vocab_size]
             teacher_logits = teacher_logits[..., : self._vocab_size]
@@ -560,6 +601,7 @@ class DistillationTrainer(Trainer):
         elif TEACHER_LOGITS in cache:
             source = {"teacher_logits": cache[TEACHER_LOGITS][:, :-1, :vocab]}
         else:
+            self._require_teacher()
             teacher = self.accelerator.unwrap_model(self.teacher)
             with torch.no_grad():
                 if isinstance(lm_head_of(teacher), str):  # the teacher's logits cannot be skipped: use them

@@ -188,11 +188,12 @@ def trainer_report(trainer: Any, output_dir: str | Path) -> dict[str, Any]:
         "task": trainer.task,
         "metric_name": metric_name,
         "higher_is_better": higher_is_better,
+        # A run on cached teacher outputs has no teacher model to describe.
         "teacher": {
             "name_or_path": getattr(teacher, "name_or_path", None) or None,
             "revision": getattr(teacher_config, "_commit_hash", None),
-            "parameters": count_parameters(teacher),
-            "size_bytes": _teacher_size_bytes(teacher),
+            "parameters": count_parameters(teacher) if teacher is not None else None,
+            "size_bytes": _teacher_size_bytes(teacher) if teacher is not None else None,
         },
         "students": [student_entry],
         "distillation": distillation,

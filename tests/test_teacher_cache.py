@@ -7,6 +7,7 @@ import torch
 from conftest import make_sentences, tiny_bert_classifier, tiny_bert_tagger, tiny_gpt2
 from datasets import Dataset, load_from_disk
 from test_chunked import lm_dataset, make_args
+from transformers import DataCollatorWithPadding
 
 from hf_distill import DistillationTrainer
 from hf_distill.chunked import fused_linear_distillation_loss
@@ -17,6 +18,7 @@ from hf_distill.teacher_cache import (
     TEACHER_LOGITS,
     TOPK_INDICES,
     TOPK_LOGITS,
+    TeacherCacheCollator,
     cache_teacher_outputs,
     input_hash,
     per_position_topk,
@@ -257,13 +259,18 @@ def test_token_classification_cache_is_padded_by_the_collator(tmp_path, wordpiec
 
 
 @pytest.mark.parametrize("implementation", ["plain", "fused"])
-def test_topk_cache_with_whole_vocabulary_trains_like_the_live_teacher(tmp_path, implementation):
+@pytest.mark.parametrize("keep_teacher", [True, False])
+def test_topk_cache_with_whole_vocabulary_trains_like_the_live_teacher(
+    tmp_path, implementation, keep_teacher
+):
     teacher, dataset = tiny_gpt2(seed=1), lm_dataset(n=8)
     cached = cache_teacher_outputs(teacher, dataset, top_k=teacher.config.vocab_size, temperature=2.0)
     live, from_cache = tiny_gpt2(seed=2, hidden=16, layers=1), tiny_gpt2(seed=2, hidden=16, layers=1)
     kw = dict(temperature=2.0, kd_loss_implementation=implementation, kd_chunk_size=7)
     _, live_logs = _train(tmp_path, live, teacher, dataset, "live", **kw)
-    _, cached_logs = _train(tmp_path, from_cache, teacher, cached, "cached", **kw)
+    # keep_teacher=False: the teacher is not even passed; the cache stands in for it.
+    cache_teacher = teacher if keep_teacher else None
+    _, cached_logs = _train(tmp_path, from_cache, cache_teacher, cached, "cached", **kw)
     assert [x["loss_kd"] for x in cached_logs] == pytest.approx([x["loss_kd"] for x in live_logs], rel=1e-4)
 
 
@@ -307,3 +314,61 @@ def test_error_cache_with_hidden_state_matching(tmp_path, wordpiece_tokenizer):
             wordpiece_tokenizer,
             hidden_state_weight=1.0,
         )
+
+
+def test_cached_outputs_replace_the_teacher_model(tmp_path, wordpiece_tokenizer):
+    """With every batch cached, no teacher is loaded at all, and training is the live teacher's."""
+    teacher, dataset = tiny_bert_classifier(seed=1), classification_rows(wordpiece_tokenizer)
+    with torch.no_grad():
+        teacher.classifier.weight.mul_(50.0)
+    cached = cache_teacher_outputs(teacher, dataset)
+    live_student, cached_student = (
+        tiny_bert_classifier(seed=2, hidden=16),
+        tiny_bert_classifier(seed=2, hidden=16),
+    )
+    _, live_logs = _train(tmp_path, live_student, teacher, dataset, "live", wordpiece_tokenizer)
+    trainer, cached_logs = _train(tmp_path, cached_student, None, cached, "no_teacher", wordpiece_tokenizer)
+    assert trainer.teacher is None
+    assert [x["loss_kd"] for x in cached_logs] == pytest.approx([x["loss_kd"] for x in live_logs], rel=1e-4)
+    for a, b in zip(cached_student.parameters(), live_student.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    trainer.save_model(str(tmp_path / "saved"))  # the model card has no teacher to describe, and says so
+    assert (tmp_path / "saved" / "README.md").is_file()
+
+
+def test_errors_without_teacher_model(tmp_path, wordpiece_tokenizer):
+    teacher, dataset = tiny_bert_classifier(seed=1), classification_rows(wordpiece_tokenizer)
+    cached = cache_teacher_outputs(teacher, dataset)
+    student = tiny_bert_classifier(seed=2)
+
+    def build(**kwargs):
+        args = make_args(tmp_path, **kwargs.pop("args", {}))
+        return DistillationTrainer(model=student, teacher_model=None, args=args, **kwargs)
+
+    with pytest.raises(ValueError, match="needs a `teacher_model`.*or a train_dataset that carries"):
+        build(train_dataset=dataset)
+    with pytest.raises(ValueError, match="the eval_dataset does not, so evaluation would have no teacher"):
+        build(train_dataset=cached, eval_dataset=dataset)
+    with pytest.raises(ValueError, match="attention_weight / value_relation_weight > 0 .* no teacher_model"):
+        build(train_dataset=cached, args={"attention_weight": 1.0})
+    # A batch without cache columns reaching a teacherless trainer (e.g. evaluate(other_dataset)).
+    trainer = build(train_dataset=cached)
+    batch = DataCollatorWithPadding(wordpiece_tokenizer)([dataset[i] for i in range(2)])
+    with pytest.raises(
+        ValueError, match="carries no cached teacher outputs and the trainer has no teacher_model"
+    ):
+        trainer.compute_loss(student, batch)
+
+
+def test_error_cache_of_another_label_set(tmp_path, wordpiece_tokenizer):
+    dataset = classification_rows(wordpiece_tokenizer)
+    cached = cache_teacher_outputs(tiny_bert_classifier(seed=1, num_labels=3), dataset)
+    trainer = DistillationTrainer(
+        model=tiny_bert_classifier(seed=2, num_labels=2),
+        teacher_model=None,
+        args=make_args(tmp_path),
+        train_dataset=cached,
+    )
+    batch = TeacherCacheCollator(DataCollatorWithPadding(wordpiece_tokenizer))([cached[i] for i in range(2)])
+    with pytest.raises(ValueError, match="cached teacher logits have 3 classes but the student has 2"):
+        trainer.compute_loss(trainer.model, batch)
