@@ -170,6 +170,23 @@ def test_mutual_gradients_are_each_students_own_loss(tmp_path):
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("max_grad_norm", [0.5, 0.0])
+def test_mutual_clips_the_peers_gradients_like_the_students(tmp_path, max_grad_norm):
+    args = _args(tmp_path, DistillationTrainingArguments, max_grad_norm=max_grad_norm)
+    a, b = tiny_bert(seed=0), tiny_bert(seed=1)
+    trainer = MutualLearningTrainer(a, peer_model=b, args=args)
+    optimizer = trainer.create_optimizer()
+    for p in b.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    before = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in b.parameters()])).item()
+    optimizer.step()
+    after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in b.parameters()])).item()
+    if max_grad_norm:
+        assert before > 10 and after == pytest.approx(max_grad_norm, rel=1e-4)
+    else:  # 0 turns clipping off, as for Trainer
+        assert after == pytest.approx(before)
+
+
 def test_mutual_saves_both_students_to_their_folders(tmp_path):
     trainer = _mutual(tmp_path, max_steps=2)
     trainer.train()

@@ -87,6 +87,14 @@ class MutualLearningTrainer(DistillationTrainer):
             decay = [p for p in params if p.dim() >= 2]
             optimizer.add_param_group({"params": decay, "weight_decay": self.args.weight_decay})
             optimizer.add_param_group({"params": no_decay, "weight_decay": 0.0})
+            if self.args.max_grad_norm:
+                # Trainer clips only the first student's gradients (model.parameters()). Unclipped, the peer
+                # takes large steps, its predictions swing, and the first student, which learns from them,
+                # follows: on Rotten Tomatoes both ended worse than without a peer. Clip it the same way.
+                def clip_peer(*_):
+                    torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+
+                optimizer.register_step_pre_hook(clip_peer)
         return optimizer
 
     def _student_terms(
