@@ -219,7 +219,7 @@ trainer.train()
 trainer.save_model(str(distilled_dir))
 
 baseline_dir = RUN_DIR / "students" / "no_kd"
-baseline_log = train_student(baseline, None, task, training_args, baseline_dir, kd=False)
+baseline_log, _ = train_student(baseline, None, task, training_args, baseline_dir, kd=False)
 [entry for entry in trainer.state.log_history if "loss_kd" in entry][-1]"""
     ),
     new_markdown_cell("## Teacher against students: test metric, size, latency"),
