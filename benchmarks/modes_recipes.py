@@ -8,9 +8,11 @@ the same fine-tuned teacher and the same student, step budget and data order, KD
 multi-teacher (the teacher plus MiniLM-L6 fine-tuned with the next seed, equal weights), self-distillation
 (EMA of the student, no teacher) and mutual learning (two students, no teacher).
 
-Code (recipes/configs/codegen.yaml, the 6-layer GPT-2 student of SmolLM2-135M): plain KD and no KD on whole
-blocks, then sequence-level KD (the student learns the teacher's greedy continuation of each block's first
-32 tokens) and on-policy KD (GKD: half of the batches continued by the student and scored by the teacher).
+Code (recipes/configs/codegen.yaml: SmolLM2-135M, 24 steps of 4 blocks of 128 tokens; the student is 6 of the
+teacher's 30 layers, or with ``--code-student gpt2`` the random 6-layer GPT-2): plain KD and no KD on whole
+blocks, then sequence-level KD (the student learns the teacher's greedy 32-token continuation of each block's
+first 32 tokens) and on-policy KD (GKD: half of the batches continued by the student for 32 tokens and
+scored by the teacher).
 
 Accuracy / perplexity are on the held-out test split; one seed, so differences of a point or two on sentiment
 are within seed noise. Prints a table and writes results/modes_recipes.json.
@@ -45,7 +47,7 @@ SENTIMENT_MODES = {
     "mutual": ["--distillation_mode", "mutual", "--alpha", "0.5"],
 }
 CODE_MODES = {
-    "sequence_kd": ["--distillation_mode", "sequence_kd", "--prompt_tokens", "32"],
+    "sequence_kd": ["--distillation_mode", "sequence_kd", "--prompt_tokens", "32", "--teacher_max_new_tokens", "32"],
     "on_policy": ["--distillation_mode", "on_policy", "--prompt_tokens", "32", "--alpha", "1.0",
                   "--lmbda", "0.5", "--max_new_tokens", "32"],
 }  # fmt: skip
@@ -81,8 +83,8 @@ def rows_of(report: dict, mode: str, seconds: float) -> list[dict]:
     return rows
 
 
-def compare(task: str, modes: dict[str, list[str]], out: Path, quick: bool) -> dict:
-    student_flags = ["--student_init", "gpt2"] if task == "codegen" else []
+def compare(task: str, modes: dict[str, list[str]], out: Path, quick: bool, code_student: str) -> dict:
+    student_flags = ["--student_init", code_student] if task == "codegen" else []
     report, seconds = run(task, out / "kd", student_flags, quick)
     rows = rows_of(report, "kd", seconds)
     teacher = report["teacher"].get("fine_tuned_dir") or report["teacher"]["name_or_path"]
@@ -109,12 +111,15 @@ def main() -> None:
     parser.add_argument("--task", choices=("sentiment", "codegen", "all"), default="all")
     parser.add_argument("--quick", action="store_true", help="tiny subsets, to check the script runs")
     parser.add_argument("--out", default="runs/modes")
+    parser.add_argument("--code-student", choices=("teacher_layers", "gpt2"), default="teacher_layers")
     options = parser.parse_args()
     tasks = ["sentiment", "codegen"] if options.task == "all" else [options.task]
     results = {}
     for task in tasks:
         modes = SENTIMENT_MODES if task == "sentiment" else CODE_MODES
-        results[task] = compare(task, modes, Path(options.out) / task, options.quick)
+        gpt2 = task == "codegen" and options.code_student == "gpt2"
+        folder = f"{task}_gpt2" if gpt2 else task
+        results[task] = compare(task, modes, Path(options.out) / folder, options.quick, options.code_student)
     for task, result in results.items():
         print(
             f"\n{task}: test {result['metric_name']} ({'higher' if result['higher_is_better'] else 'lower'} is better)"
@@ -127,6 +132,7 @@ def main() -> None:
         "modes_recipes"
         + ("_quick" if options.quick else "")
         + ("" if options.task == "all" else f"_{options.task}")
+        + ("_gpt2" if options.task == "codegen" and options.code_student == "gpt2" else "")
     )
     path = RESULTS / f"{name}.json"
     path.write_text(
