@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import torch
@@ -151,10 +152,15 @@ def main() -> None:
         with open(os.path.join(cli.output_dir, "result.json"), "w") as f:
             json.dump(result, f, indent=1)
     if torch.distributed.is_initialized():
-        # Leaving a gloo group to the interpreter's exit sometimes aborts a rank ("terminate called without an
-        # active exception"); close it after everyone is done.
+        # Tearing a gloo group down can hang or abort a rank: its destructor, run by the garbage collector with
+        # the GIL held, joins gloo's worker thread, which may be freeing a finished barrier's tensors and waits
+        # for the GIL (seen as a rank asleep forever in ~ProcessGroupGloo); at interpreter exit it sometimes
+        # aborts instead ("terminate called without an active exception"). Everything is written once all
+        # ranks are here, so leave without running destructors.
         trainer.accelerator.wait_for_everyone()
-        torch.distributed.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
