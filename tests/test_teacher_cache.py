@@ -211,7 +211,9 @@ def _train(tmp_path, student, teacher, dataset, name, tokenizer=None, **kw):
     return trainer, [log for log in trainer.state.log_history if "loss_kd" in log]
 
 
-def test_cached_full_logits_train_exactly_like_the_live_teacher(tmp_path, wordpiece_tokenizer):
+@pytest.mark.parametrize("keep_teacher", [True, False])
+def test_cached_full_logits_train_exactly_like_the_live_teacher(tmp_path, wordpiece_tokenizer, keep_teacher):
+    """keep_teacher=False: with every batch cached, no teacher is passed (or loaded) at all."""
     teacher, dataset = tiny_bert_classifier(seed=1), classification_rows(wordpiece_tokenizer)
     with torch.no_grad():  # a confident teacher, so the KD term is far above float rounding
         teacher.classifier.weight.mul_(50.0)
@@ -221,11 +223,19 @@ def test_cached_full_logits_train_exactly_like_the_live_teacher(tmp_path, wordpi
         tiny_bert_classifier(seed=2, hidden=16),
     )
     _, live_logs = _train(tmp_path, live_student, teacher, dataset, "live", wordpiece_tokenizer)
-    trainer, cached_logs = _train(tmp_path, cached_student, teacher, cached, "cached", wordpiece_tokenizer)
+    cache_teacher = teacher if keep_teacher else None
+    trainer, cached_logs = _train(
+        tmp_path, cached_student, cache_teacher, cached, "cached", wordpiece_tokenizer
+    )
+    assert (trainer.teacher is None) == (not keep_teacher)
     assert cached_logs[0]["loss_kd"] > 0.01
     assert [x["loss_kd"] for x in cached_logs] == pytest.approx([x["loss_kd"] for x in live_logs], rel=1e-4)
     for a, b in zip(cached_student.parameters(), live_student.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    trainer.save_model(
+        str(tmp_path / "saved")
+    )  # with no teacher, the model card leaves its fields unmeasured
+    assert (tmp_path / "saved" / "README.md").is_file()
 
 
 def test_cached_teacher_is_not_run(tmp_path, wordpiece_tokenizer):
@@ -314,26 +324,6 @@ def test_error_cache_with_hidden_state_matching(tmp_path, wordpiece_tokenizer):
             wordpiece_tokenizer,
             hidden_state_weight=1.0,
         )
-
-
-def test_cached_outputs_replace_the_teacher_model(tmp_path, wordpiece_tokenizer):
-    """With every batch cached, no teacher is loaded at all, and training is the live teacher's."""
-    teacher, dataset = tiny_bert_classifier(seed=1), classification_rows(wordpiece_tokenizer)
-    with torch.no_grad():
-        teacher.classifier.weight.mul_(50.0)
-    cached = cache_teacher_outputs(teacher, dataset)
-    live_student, cached_student = (
-        tiny_bert_classifier(seed=2, hidden=16),
-        tiny_bert_classifier(seed=2, hidden=16),
-    )
-    _, live_logs = _train(tmp_path, live_student, teacher, dataset, "live", wordpiece_tokenizer)
-    trainer, cached_logs = _train(tmp_path, cached_student, None, cached, "no_teacher", wordpiece_tokenizer)
-    assert trainer.teacher is None
-    assert [x["loss_kd"] for x in cached_logs] == pytest.approx([x["loss_kd"] for x in live_logs], rel=1e-4)
-    for a, b in zip(cached_student.parameters(), live_student.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    trainer.save_model(str(tmp_path / "saved"))  # the model card has no teacher to describe, and says so
-    assert (tmp_path / "saved" / "README.md").is_file()
 
 
 def test_errors_without_teacher_model(tmp_path, wordpiece_tokenizer):
