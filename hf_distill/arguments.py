@@ -203,5 +203,20 @@ class DistillationTrainingArguments(TrainingArguments):
             )
 
     @property
+    def matches_attention(self) -> bool:
+        """Whether attention-map or value-relation matching is on; both read the models' attention layers."""
+        return self.attention_weight > 0 or self.value_relation_weight > 0
+
+    @property
+    def kd_loss_kwargs(self) -> dict:
+        """The keyword arguments of :func:`hf_distill.losses.distillation_loss` that these arguments choose."""
+        return {
+            "loss": self.distillation_loss,
+            "temperature": self.temperature,
+            "beta": self.jsd_beta,
+            "skew_lambda": self.skew_lambda,
+        }
+
+    @property
     def layer_map_pairs(self) -> list[tuple[int, int]] | None:
         return parse_layer_map(self.hidden_layer_map)

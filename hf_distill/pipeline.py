@@ -330,8 +330,9 @@ def fine_tune_teacher(
 ) -> tuple[PreTrainedModel, list[dict]]:
     """Trains the teacher on the task's labels (plain ``Trainer``) and saves it in ``output_dir``.
 
-    ``seed`` (default: the run's) sets the new head's initialisation and the data order, so teachers of a
-    multi-teacher run fine-tuned from one checkpoint with different seeds become different teachers.
+    ``seed`` (default: the run's) sets the data order and dropout, so teachers of a multi-teacher run
+    fine-tuned from one checkpoint with different seeds become different teachers. (A new head is initialised
+    earlier, when :func:`load_teacher` builds it, from the random state of that moment.)
     """
     seed = training_args.seed if seed is None else seed
     teacher_args = _plain_trainer_args(
@@ -353,6 +354,23 @@ def fine_tune_teacher(
     trainer.train()
     trainer.save_model(str(output_dir))
     return teacher, trainer.state.log_history
+
+
+def ready_teacher(
+    args: TeacherArguments,
+    task: TaskData,
+    training_args,
+    folder: Path,
+    seed: int | None = None,
+) -> tuple[PreTrainedModel, Path | None, list[dict]]:
+    """The teacher for ``task`` in eval mode: loaded (:func:`load_teacher`) and, when it lacks the task's head,
+    fine-tuned into ``folder`` (:func:`fine_tune_teacher` with ``seed``). Returns the model, the folder it was
+    fine-tuned into (None when used as it is) and the fine-tune's log history."""
+    teacher, needs_fine_tune = load_teacher(args, task)
+    if not needs_fine_tune:
+        return teacher.eval(), None, []
+    teacher, history = fine_tune_teacher(teacher, task, args, training_args, folder, seed=seed)
+    return teacher.eval(), folder, history
 
 
 # ---- 2. students ------------------------------------------------------------------------------------------
@@ -381,14 +399,10 @@ def build_student(
     return task.auto_class.from_pretrained(path, dtype=torch.float32, **task.label_kwargs)
 
 
-def attention_maps_needed(args: DistillationTrainingArguments) -> bool:
-    return args.attention_weight > 0 or args.value_relation_weight > 0
-
-
 def _with_eager_attention(model: PreTrainedModel, args: DistillationTrainingArguments) -> PreTrainedModel:
     """Attention matching reads the attention probabilities, which only the eager implementation returns; the
     recipes load models with the default (SDPA), so they switch when the matching is on."""
-    if attention_maps_needed(args):
+    if args.matches_attention:
         model.set_attn_implementation("eager")
     return model
 
@@ -608,14 +622,10 @@ def load_extra_teachers(
         # extra teacher without the task's head is still fine-tuned.
         choice = "auto" if teacher_args.fine_tune_teacher == "never" else teacher_args.fine_tune_teacher
         args = dataclasses.replace(teacher_args, teacher_model_name_or_path=name, fine_tune_teacher=choice)
-        model, needs_fine_tune = load_teacher(args, task)
-        folder = None
-        if needs_fine_tune:
-            folder = run_dir / f"teacher_{k}"
-            model, _ = fine_tune_teacher(
-                model, task, args, training_args, folder, seed=training_args.seed + k
-            )
-        teachers.append((name, model.eval(), folder))
+        model, folder, _ = ready_teacher(
+            args, task, training_args, run_dir / f"teacher_{k}", seed=training_args.seed + k
+        )
+        teachers.append((name, model, folder))
     return teachers
 
 
@@ -634,14 +644,10 @@ def run_recipe(
     state = PartialState()
     run_dir = Path(training_args.output_dir)
     set_seed(training_args.seed)
-    teacher, needs_fine_tune = load_teacher(teacher_args, task)
-    teacher_folder, teacher_history = None, []
-    if needs_fine_tune:
-        teacher_folder = run_dir / "teacher"
-        teacher, teacher_history = fine_tune_teacher(
-            teacher, task, teacher_args, training_args, teacher_folder
-        )
-    teacher = _with_eager_attention(teacher, training_args).eval()
+    teacher, teacher_folder, teacher_history = ready_teacher(
+        teacher_args, task, training_args, run_dir / "teacher"
+    )
+    teacher = _with_eager_attention(teacher, training_args)
     extra = load_extra_teachers(mode_args, teacher_args, task, training_args, run_dir)
 
     students: list[dict[str, Any]] = []

@@ -274,7 +274,7 @@ class DistillationTrainer(Trainer):
                 "eval_dataset does not, so evaluation would have no teacher; cache the eval split too, or pass "
                 "teacher_model."
             )
-        if args.attention_weight > 0 or args.value_relation_weight > 0:
+        if args.matches_attention:
             raise ValueError(
                 "attention_weight / value_relation_weight > 0 match the teacher's attention, which a cache does "
                 "not hold, and no teacher_model is given; set them to 0 or pass teacher_model."
@@ -499,13 +499,10 @@ class DistillationTrainer(Trainer):
         loss_kd = distillation_loss(
             kd_student,
             kd_teacher,
-            loss=args.distillation_loss,
-            temperature=args.temperature,
             labels=kd_labels if mask is None else None,
             mask=mask,
             num_items_in_batch=num_items_in_batch,
-            beta=args.jsd_beta,
-            skew_lambda=args.skew_lambda,
+            **args.kd_loss_kwargs,
         )
         loss = args.alpha * loss_kd
         parts = {"loss_kd": loss_kd}
@@ -560,12 +557,7 @@ class DistillationTrainer(Trainer):
         attention_mask = model_inputs.get("attention_mask")
         kd_labels = labels[:, 1:] if labels is not None else None
         mask = attention_mask[:, 1:].bool() if labels is None and attention_mask is not None else None
-        kd_kwargs = {
-            "loss": args.distillation_loss,
-            "temperature": args.temperature,
-            "beta": args.jsd_beta,
-            "skew_lambda": args.skew_lambda,
-        }
+        kd_kwargs = args.kd_loss_kwargs
         topk = None
         if TOPK_LOGITS in cache:
             topk = [cache[c][:, :-1] for c in (TOPK_LOGITS, "teacher_topk_indices", "teacher_tail_logit")]
@@ -682,7 +674,7 @@ class DistillationTrainer(Trainer):
     ) -> list[tuple[int, int]] | None:
         """Checks the models and returns pairs of indices into ``attentions``; None when the terms are off."""
         args = self.args
-        if args.attention_weight == 0 and args.value_relation_weight == 0:
+        if not args.matches_attention:
             return None
         s_config, t_config = getattr(student, "config", None), getattr(teacher, "config", None)
         if s_config is None or t_config is None:

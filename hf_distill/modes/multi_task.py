@@ -366,12 +366,9 @@ class MultiTaskDistillationTrainer(Trainer):
         loss_kd = distillation_loss(
             student_logits,
             teacher_logits,
-            loss=args.distillation_loss,
-            temperature=args.temperature,
             labels=labels if mask is None else None,
             mask=mask,
-            beta=args.jsd_beta,
-            skew_lambda=args.skew_lambda,
+            **args.kd_loss_kwargs,
         )
         loss = args.alpha * loss_kd
         self._parts[f"loss_kd_{task}"].append(loss_kd.detach())

@@ -42,9 +42,8 @@ from ..pipeline import (
     StudentArguments,
     TaskData,
     TeacherArguments,
-    fine_tune_teacher,
-    load_teacher,
     measure_latency,
+    ready_teacher,
 )
 from ..student import count_parameters, student_from_teacher
 from .multi_task import MultiTaskDataset, MultiTaskDistillationTrainer, MultiTaskStudent
@@ -106,12 +105,7 @@ def load_task_teachers(
     teachers = {}
     for name, task in tasks.items():
         set_seed(training_args.seed)
-        teacher, needs_fine_tune = load_teacher(teacher_args, task)
-        if needs_fine_tune:
-            teacher, _ = fine_tune_teacher(
-                teacher, task, teacher_args, training_args, run_dir / f"teacher_{name}"
-            )
-        teachers[name] = teacher.eval()
+        teachers[name], _, _ = ready_teacher(teacher_args, task, training_args, run_dir / f"teacher_{name}")
     return teachers
 
 

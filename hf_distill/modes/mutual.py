@@ -113,13 +113,10 @@ class MutualLearningTrainer(DistillationTrainer):
         loss_kd = distillation_loss(
             logits,
             peer_logits.detach(),
-            loss=args.distillation_loss,
-            temperature=args.temperature,
             labels=kd_labels if mask is None else None,
             mask=mask,
             num_items_in_batch=num_items_in_batch,
-            beta=args.jsd_beta,
-            skew_lambda=args.skew_lambda,
+            **args.kd_loss_kwargs,
         )
         loss_task = None
         if args.alpha < 1.0:
