@@ -87,9 +87,9 @@ def compare(task: str, modes: dict[str, list[str]], out: Path, quick: bool, code
     student_flags = ["--student_init", code_student] if task == "codegen" else []
     report, seconds = run(task, out / "kd", student_flags, quick)
     rows = rows_of(report, "kd", seconds)
-    teacher = report["teacher"].get("fine_tuned_dir") or report["teacher"]["name_or_path"]
-    if report["teacher"].get("offline_alias"):
-        teacher = report["teacher"]["fine_tuned_dir"] or report["teacher"]["offline_alias"]
+    # The teacher the kd run used: its fine-tuned folder, else the checkpoint it named.
+    first = report["teacher"]
+    teacher = first.get("fine_tuned_dir") or first.get("offline_alias") or first["name_or_path"]
     shared = [*student_flags, "--teacher_model_name_or_path", teacher, "--fine_tune_teacher", "never",
               "--run_baseline", "false"]  # fmt: skip
     for mode, flags in modes.items():
