@@ -266,3 +266,19 @@ def test_codegen_prompt_longer_than_a_block_is_refused_at_parse_time(tmp_path):
     flags = ["--output_dir", str(tmp_path), "--distillation_mode", "on_policy", "--alpha", "1.0"]
     with pytest.raises(ValueError, match="prompt_tokens=32 leaves no completion in blocks of 16 tokens"):
         parse_recipe_args([*flags, "--max_length", "16"], task="causal_lm")
+
+
+def test_mode_trainer_errors(tmp_path):
+    from transformers import BertConfig
+
+    from hf_distill import DistillationTrainingArguments
+    from hf_distill.modes.select import mode_trainer
+
+    student = BertForSequenceClassification(
+        BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    )
+    args = DistillationTrainingArguments(output_dir=str(tmp_path), report_to="none")
+    with pytest.raises(TypeError, match="'self_distillation' needs SelfDistillationTrainingArguments, got"):
+        mode_trainer(ModeArguments(distillation_mode="self_distillation"), student, [], args)
+    with pytest.raises(ValueError, match="'mutual' needs `peer`, the second student"):
+        mode_trainer(ModeArguments(distillation_mode="mutual"), student, [], args)

@@ -65,3 +65,17 @@ def test_multi_task_recipe_on_tiny_models(tmp_path, wordpiece_tokenizer):
     ids = torch.tensor([[2, 10, 11, 12, 3]])
     assert saved(input_ids=ids, task="sentiment")["logits"].shape == (1, 2)
     assert saved(input_ids=ids, task="ner")["logits"].shape == (1, 5, 3)  # O, B-person, I-person
+
+
+def test_run_multi_task_recipe_errors(tmp_path):
+    from types import SimpleNamespace
+
+    from hf_distill.modes.multi_task_recipe import run_multi_task_recipe
+
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    sentiment = SimpleNamespace(task="sequence_classification")
+    with pytest.raises(ValueError, match=r"needs two or more tasks, got \['sentiment'\]"):
+        run_multi_task_recipe({"sentiment": sentiment}, None, None, None, args)
+    code = SimpleNamespace(task="causal_lm")
+    with pytest.raises(ValueError, match=r"shares a classification encoder, but the tasks are \['causal_lm'"):
+        run_multi_task_recipe({"sentiment": sentiment, "code": code}, None, None, None, args)
