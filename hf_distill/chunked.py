@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .losses import IGNORE_INDEX, PER_POSITION_LOSSES, _upcast, check_loss_name, loss_kwargs
+from .losses import IGNORE_INDEX, PER_POSITION_LOSSES, check_loss_name, loss_kwargs, upcast
 
 IMPLEMENTATIONS = ("plain", "chunked", "fused")
 KD_LOSS_IMPLEMENTATIONS = ("auto", *IMPLEMENTATIONS)
@@ -134,7 +134,7 @@ def _chunk_objective(
     """Sum over one chunk's positions of ``kd_weight * kd + task_weight * ce``, and the two sums."""
     kd = kd_chunk_fn(logits, rows).sum() if kd_weight != 0 else logits.new_zeros((), dtype=torch.float32)
     if task_weight != 0 and labels is not None:
-        ce = F.cross_entropy(_upcast(logits), labels[rows], reduction="sum")
+        ce = F.cross_entropy(upcast(logits), labels[rows], reduction="sum")
     else:
         ce = torch.zeros_like(kd)
     return kd_weight * kd + task_weight * ce, kd.detach(), ce.detach()

@@ -29,14 +29,14 @@ IGNORE_INDEX = -100
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def _upcast(logits: torch.Tensor) -> torch.Tensor:
+def upcast(logits: torch.Tensor) -> torch.Tensor:
     # At least float32: in bf16/fp16 the log-probabilities of a 50k vocabulary lose the tail the KD signal
     # lives in. float64 inputs stay float64.
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
 def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    return F.log_softmax(_upcast(logits) / temperature, dim=-1)
+    return F.log_softmax(upcast(logits) / temperature, dim=-1)
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -158,7 +158,7 @@ def per_position_mse(
     Logit matching is the high-temperature limit of KD, so the temperature is ignored here.
     Shapes: ``(..., C)`` -> ``(...)``.
     """
-    return (_upcast(student_logits) - _upcast(teacher_logits)).pow(2).mean(-1)
+    return (upcast(student_logits) - upcast(teacher_logits)).pow(2).mean(-1)
 
 
 def per_position_soft_cross_entropy(
@@ -333,7 +333,7 @@ def task_cross_entropy(
     Shapes: logits ``(..., C)``, labels ``(...)`` with -100 at ignored positions.
     """
     per_position = F.cross_entropy(
-        _upcast(logits).reshape(-1, logits.shape[-1]),
+        upcast(logits).reshape(-1, logits.shape[-1]),
         labels.reshape(-1).long(),
         ignore_index=IGNORE_INDEX,
         reduction="none",

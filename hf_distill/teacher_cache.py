@@ -39,11 +39,11 @@ from torch import nn
 
 from .losses import (
     PER_POSITION_LOSSES,
-    _upcast,
     check_loss_name,
     loss_kwargs,
     reduce_positions,
     resolve_mask,
+    upcast,
 )
 
 TEACHER_LOGITS = "teacher_logits"
@@ -76,8 +76,8 @@ def topk_teacher(
     """The cached form of teacher logits ``(..., V)``: top-k raw logits ``(..., k)``, their indices
     ``(..., k)`` and the tail logit ``(...)`` at ``temperature``."""
     k = min(k, teacher_logits.shape[-1])
-    values, indices = _upcast(teacher_logits).topk(k, dim=-1)
-    tail = _tail_logit(_upcast(teacher_logits) / temperature, indices)
+    values, indices = upcast(teacher_logits).topk(k, dim=-1)
+    tail = _tail_logit(upcast(teacher_logits) / temperature, indices)
     return values, indices, tail
 
 
@@ -106,13 +106,13 @@ def per_position_topk(
             "forward_kl."
         )
     floor = _very_negative(torch.float32)
-    log_s = torch.log_softmax(_upcast(student_logits) / temperature, dim=-1)
+    log_s = torch.log_softmax(upcast(student_logits) / temperature, dim=-1)
     indices = topk_indices.long()
     student_buckets = torch.cat(
         [log_s.gather(-1, indices), _tail_logit(log_s, indices).clamp_min(floor).unsqueeze(-1)], dim=-1
     )
     teacher_buckets = torch.cat(
-        [_upcast(topk_logits) / temperature, _upcast(tail_logit).clamp_min(floor).unsqueeze(-1)], dim=-1
+        [upcast(topk_logits) / temperature, upcast(tail_logit).clamp_min(floor).unsqueeze(-1)], dim=-1
     )
     extra = loss_kwargs(loss, beta=beta, skew_lambda=skew_lambda)
     # The buckets are log-probabilities already softened at T, so the loss runs at temperature 1 and the
