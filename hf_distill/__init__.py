@@ -43,7 +43,8 @@ from .student import (
     student_from_config,
     student_from_teacher,
 )
-from .teacher_cache import TeacherCacheCollator, cache_teacher_outputs, topk_distillation_loss
+from .teacher_cache import TeacherCacheCollator, cache_teacher_outputs
+from .topk_losses import topk_distillation_loss
 from .trainer import DistillationTrainer
 
 __version__ = "0.1.0"

@@ -101,7 +101,7 @@ def test_vocab_padding_is_accepted(tmp_path):
         args=args(tmp_path),
         processing_class=tokenizer(list("abcdefghij")),
     )
-    assert trainer._vocab_size == 12
+    assert trainer.vocab_size == 12
 
 
 def test_num_labels_differ(tmp_path):

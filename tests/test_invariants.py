@@ -153,7 +153,7 @@ def one_step(task: str, per_device: int, accumulation: int, tmp_path) -> dict:
     trainer.train()
     logged = next(entry for entry in trainer.state.log_history if "loss" in entry)
     weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    weights.update({f"matcher.{k}": v.clone() for k, v in trainer._unwrapped_matcher().state_dict().items()})
+    weights.update({f"matcher.{k}": v.clone() for k, v in trainer.distillation_modules().state_dict().items()})
     return {"logged": logged, "grads": grab.grads, "weights": weights}
 
 

@@ -9,14 +9,14 @@ import torch
 from modes_helpers import batch_of, classification_data, tiny_bert, tiny_gpt2
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments
-from hf_distill.losses import distillation_loss
-from hf_distill.modes.attention import (
+from hf_distill.attention import (
     attention_layer_pairs,
     attention_map_loss,
     value_projections,
     value_relation,
     value_relation_loss,
 )
+from hf_distill.losses import distillation_loss
 
 EAGER = dict(attn_implementation="eager", attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0)
 
@@ -113,7 +113,7 @@ def test_trainer_adds_the_attention_term_over_the_layer_map(tmp_path):
     attention = sum(attention_map_loss(s.attentions[i], t.attentions[j], mask) for i, j in [(0, 1), (1, 3)])
     expected = distillation_loss(s.logits, t.logits, temperature=2.0) + 2.0 * attention / mask.sum()
     torch.testing.assert_close(got, expected)
-    assert "loss_attention" in trainer._loss_parts["eval"]
+    assert "loss_attention" in trainer.loss_log.parts["eval"]
 
 
 def test_training_with_attention_matching_brings_the_maps_closer(tmp_path):

@@ -21,11 +21,8 @@ from hf_distill.teacher_cache import (
     TeacherCacheCollator,
     cache_teacher_outputs,
     input_hash,
-    per_position_topk,
-    topk_chunks,
-    topk_distillation_loss,
-    topk_teacher,
 )
+from hf_distill.topk_losses import per_position_topk, topk_chunks, topk_distillation_loss, topk_teacher
 
 TOPK_LOSSES = sorted(set(PER_POSITION_LOSSES) - {"mse"})
 
@@ -339,7 +336,7 @@ def test_errors_without_teacher_model(tmp_path, wordpiece_tokenizer):
         build(train_dataset=dataset)
     with pytest.raises(ValueError, match="the eval_dataset does not, so evaluation would have no teacher"):
         build(train_dataset=cached, eval_dataset=dataset)
-    with pytest.raises(ValueError, match="attention_weight / value_relation_weight > 0 .* no teacher_model"):
+    with pytest.raises(ValueError, match="cached teacher outputs, which hold no teacher hidden states, attention maps .*no teacher_model is given"):
         build(train_dataset=cached, args={"attention_weight": 1.0})
     # A batch without cache columns reaching a teacherless trainer (e.g. evaluate(other_dataset)).
     trainer = build(train_dataset=cached)

@@ -210,7 +210,7 @@ def test_teacher_with_padded_vocab_is_aligned(tmp_path):
         processing_class=FakeTokenizer(),
     )
     trainer.train()
-    assert trainer._vocab_size == 58
+    assert trainer.vocab_size == 58
 
 
 def test_teacher_loaded_from_a_path(tmp_path, wordpiece_tokenizer):

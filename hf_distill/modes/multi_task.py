@@ -34,8 +34,9 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel, Trainer
 
 from ..arguments import DistillationTrainingArguments
 from ..distributed import prepare_teacher
-from ..losses import distillation_loss, task_cross_entropy
-from ..trainer import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, _logits_of, detect_task
+from ..logit_terms import PlainLogitTerms, StudentView, require_labels
+from ..model_kind import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, detect_task, logits_of
+from ..teacher_signals import LIVE, DistillationBatch, TeacherTarget
 
 HEAD_KINDS = (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION)
 CONFIG_NAME = "multi_task_student.json"
@@ -324,6 +325,10 @@ class MultiTaskDistillationTrainer(Trainer):
             for task, teacher in teacher_models.items()
         }
         self._parts: dict[str, list[torch.Tensor]] = defaultdict(list)
+        # The base trainer's logit terms, one per head kind, on the full logits.
+        self.logit_terms = {
+            task: PlainLogitTerms(kind, args, None) for task, (kind, _) in model.head_specs.items()
+        }
 
     def _batches(self, dataset: MultiTaskDataset, batch_size: int, shuffle: bool) -> DataLoader:
         sampler = TaskBatchSampler(dataset, batch_size, shuffle=shuffle, seed=self.args.seed)
@@ -346,37 +351,21 @@ class MultiTaskDistillationTrainer(Trainer):
         return self._batches(dataset, self.args.eval_batch_size, shuffle=False)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        args = self.args
         task = inputs[TASK]
-        labels = inputs.get("labels")
-        model_inputs = {k: v for k, v in inputs.items() if k not in (TASK, "labels")}
-        if labels is None and args.alpha < 1.0:
-            raise ValueError(
-                f"A batch of task {task!r} has no `labels`, but alpha={args.alpha} weighs the task loss by "
-                f"{1 - args.alpha:.2f}; add labels, or set alpha=1.0 to learn from the teachers only."
-            )
-        student_logits = _logits_of(model(**model_inputs, task=task))
-        with torch.no_grad():
-            teacher_logits = _logits_of(self.teachers[task](**model_inputs))
-        mask = None
-        if labels is None and student_logits.dim() == 3 and "attention_mask" in model_inputs:
-            mask = model_inputs["attention_mask"].bool()
         # Each batch is normalised by its own labelled items: examples and tokens of different tasks are not
         # comparable counts, so num_items_in_batch over a mixed accumulation window is not used.
-        loss_kd = distillation_loss(
-            student_logits,
-            teacher_logits,
-            labels=labels if mask is None else None,
-            mask=mask,
-            **args.kd_loss_kwargs,
+        batch = DistillationBatch.from_inputs({k: v for k, v in inputs.items() if k != TASK})
+        require_labels(
+            batch.labels, self.args.alpha, where=f"A batch of task {task!r}", teacher="the teachers"
         )
-        loss = args.alpha * loss_kd
-        self._parts[f"loss_kd_{task}"].append(loss_kd.detach())
-        if args.alpha < 1.0:
-            loss_task = task_cross_entropy(student_logits, labels)
-            loss = loss + (1.0 - args.alpha) * loss_task
-            self._parts[f"loss_task_{task}"].append(loss_task.detach())
-        return (loss, {"logits": student_logits}) if return_outputs else loss
+        student = StudentView(model(**batch.model_inputs, task=task))
+        student.logits = logits_of(student.outputs)
+        with torch.no_grad():
+            target = TeacherTarget(LIVE, logits=logits_of(self.teachers[task](**batch.model_inputs)))
+        loss, parts = self.logit_terms[task](student, target, batch)
+        for name, value in parts.items():
+            self._parts[f"{name}_{task}"].append(value.detach())
+        return (loss, {"logits": student.logits}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # Logits of different tasks have different shapes and cannot be concatenated: evaluate the loss only.

@@ -30,22 +30,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.utils import ModelOutput
 
 from ..arguments import DistillationTrainingArguments
-from ..trainer import DistillationTrainer, _logits_of
+from ..checks import check_compatibility
+from ..logit_terms import PlainLogitTerms
+from ..model_kind import logits_of, slice_vocab
+from ..teacher_signals import LIVE, TeacherTarget
+from ..trainer import DistillationTrainer
 
 logger = logging.getLogger(__name__)
 TEACHER_WEIGHTINGS = ("fixed", "max_prob", "entropy")
-
-
-@dataclass
-class MixtureOutput(ModelOutput):
-    """The teachers' mixture as logits ``T * log p_mix``, with the first teacher's hidden states / attentions."""
-
-    logits: torch.Tensor | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -102,6 +96,56 @@ def confidence_log_weights(teacher_logits: torch.Tensor, weighting: str) -> torc
     raise ValueError(f"Unknown confidence weighting {weighting!r}; use 'max_prob' or 'entropy'.")
 
 
+class MixtureTeacher:
+    """A live teacher signal: the teachers' mixture as the logits ``T * log p_mix`` (see the module docstring),
+    with the first teacher's outputs (hidden states, attentions) for the feature terms."""
+
+    def __init__(
+        self, teachers: list[nn.Module], args: MultiTeacherTrainingArguments, vocab_size: int | None
+    ):
+        self.teachers, self.args, self.vocab_size = teachers, args, vocab_size
+        weights = args.teacher_weights or [1.0] * len(teachers)
+        self.fixed_weights = [w / sum(weights) for w in weights]
+
+    def log_weight(self, index: int, logits: torch.Tensor) -> torch.Tensor:
+        """``log w_k`` per position for teacher ``index`` with logits ``(..., C)``."""
+        if self.args.teacher_weighting == "fixed":
+            return torch.full(logits.shape[:-1], math.log(self.fixed_weights[index]), device=logits.device)
+        return confidence_log_weights(logits, self.args.teacher_weighting)
+
+    @torch.no_grad()
+    def __call__(self, model_inputs: dict[str, Any], output_kwargs: dict[str, bool]) -> TeacherTarget:
+        temperature = self.args.temperature
+        match_logits = self.args.distillation_loss == "mse"
+        first_outputs = None
+        mixture = None  # running log-sum-exp of log(w_k) + log p_k, or weighted sum of logits for "mse"
+        log_weight_total = None
+        # One teacher at a time: its activations are freed before the next one runs.
+        for index, teacher in enumerate(self.teachers):
+            outputs = teacher(**model_inputs, **(output_kwargs if index == 0 else {}))
+            first_outputs = outputs if index == 0 else first_outputs
+            logits = slice_vocab(logits_of(outputs).float(), self.vocab_size)
+            log_weight = self.log_weight(index, logits)
+            if match_logits:
+                term = log_weight.exp().unsqueeze(-1) * logits
+                mixture = term if mixture is None else mixture + term
+                weight = log_weight.exp()
+                log_weight_total = weight if log_weight_total is None else log_weight_total + weight
+            else:
+                term = log_weight.unsqueeze(-1) + torch.log_softmax(logits / temperature, dim=-1)
+                mixture = term if mixture is None else torch.logaddexp(mixture, term)
+                log_weight_total = (
+                    log_weight if log_weight_total is None else torch.logaddexp(log_weight_total, log_weight)
+                )
+            del outputs, logits
+        if match_logits:
+            mixed_logits = mixture / log_weight_total.unsqueeze(-1)
+        else:
+            # Normalising the weights per position: log p_mix = logsumexp_k(log w_k + log p_k) - log sum_k w_k.
+            mixed_logits = temperature * (mixture - log_weight_total.unsqueeze(-1))
+        return TeacherTarget(LIVE, logits=mixed_logits, outputs=first_outputs)
+
+
 class MultiTeacherDistillationTrainer(DistillationTrainer):
     """Distills several teachers into one student.
 
@@ -121,103 +165,59 @@ class MultiTeacherDistillationTrainer(DistillationTrainer):
     ):
         if args is None:
             args = MultiTeacherTrainingArguments(output_dir="tmp_trainer", report_to="none")
-        if not isinstance(args, MultiTeacherTrainingArguments):
-            raise TypeError(
-                f"MultiTeacherDistillationTrainer needs MultiTeacherTrainingArguments, got {type(args).__name__}; "
-                "they add teacher_weights and teacher_weighting."
-            )
-        if not teacher_models or isinstance(teacher_models, nn.Module):
-            raise ValueError(
-                "MultiTeacherDistillationTrainer needs `teacher_models`, a non-empty list of teacher models; "
-                "for one teacher a list of one works (or use DistillationTrainer)."
-            )
-        if args.teacher_weights is not None and len(args.teacher_weights) != len(teacher_models):
-            raise ValueError(
-                f"{len(args.teacher_weights)} teacher_weights for {len(teacher_models)} teachers; give one weight "
-                "per teacher, in the order of teacher_models."
-            )
-        if args.kd_loss_implementation in ("chunked", "fused"):
-            raise ValueError(
-                f"kd_loss_implementation={args.kd_loss_implementation!r} runs one teacher inside the chunked loss, "
-                "but several teachers are mixed from their full logits; use 'plain' (or 'auto') here."
-            )
+        check_multi_teacher_inputs(args, teacher_models)
         teacher_models = list(teacher_models)
         super().__init__(model=model, teacher_model=teacher_models[0], args=args, **kwargs)
-        if getattr(self, "_kd_implementation", "plain") != "plain":
+        if self.kd_implementation != "plain":
             logger.warning(
                 "kd_loss_implementation='auto' chose %r for this vocabulary, but the teachers' mixture needs the "
                 "full logits: using 'plain'.",
-                self._kd_implementation,
+                self.kd_implementation,
             )
-            self._kd_implementation = "plain"
+            self.logit_terms = PlainLogitTerms(self.task, args, self.vocab_size)
         for teacher in teacher_models[1:]:
             # Same checks as for the first teacher: label space / vocabulary shared with the student.
-            vocab = self._check_compatibility(model, teacher, kwargs.get("processing_class"), None)
+            vocab = check_compatibility(self.task, model, teacher, kwargs.get("processing_class"), None)
             if vocab is not None:
-                self._vocab_size = min(vocab, self._vocab_size or vocab)
-        self.teachers = [self.teacher] + [self._prepare_teacher(t) for t in teacher_models[1:]]
-        weights = args.teacher_weights or [1.0] * len(self.teachers)
-        self.fixed_weights = [w / sum(weights) for w in weights]
+                self.vocab_size = min(vocab, self.vocab_size or vocab)
+        self.logit_terms.vocab_size = self.vocab_size
+        self.teachers = [self.teacher] + [self.prepare_teacher_model(t) for t in teacher_models[1:]]
+        self.mixture = MixtureTeacher(self.teachers, args, self.vocab_size)
+        self.teacher_signal.live = self.mixture
+        self.teacher_signal.cached.vocab_size = self.vocab_size
 
-    def _teacher_outputs(self, model_inputs: dict[str, Any], need_hidden: bool) -> Any:
-        """The first teacher's outputs with ``logits`` replaced by the mixture ``T * log p_mix``."""
-        args = self.args
-        temperature = args.temperature
-        match_logits = args.distillation_loss == "mse"
-        first_outputs = None
-        mixture = None  # running log-sum-exp of log(w_k) + log p_k, or weighted sum of logits for "mse"
-        log_weight_total = None
-        with torch.no_grad():
-            # One teacher at a time: its activations are freed before the next one runs.
-            for index, teacher in enumerate(self.teachers):
-                if index == 0:
-                    outputs = super()._teacher_outputs(model_inputs, need_hidden)
-                    first_outputs = outputs
-                else:
-                    outputs = teacher(**model_inputs)
-                logits = _logits_of(outputs).float()
-                if self._vocab_size is not None:
-                    logits = logits[..., : self._vocab_size]
-                if args.teacher_weighting == "fixed":
-                    log_weight = math.log(self.fixed_weights[index])
-                    log_weight = torch.full(logits.shape[:-1], log_weight, device=logits.device)
-                else:
-                    log_weight = confidence_log_weights(logits, args.teacher_weighting)
-                if match_logits:
-                    term = log_weight.exp().unsqueeze(-1) * logits
-                    mixture = term if mixture is None else mixture + term
-                    log_weight_total = (
-                        log_weight.exp() if log_weight_total is None else log_weight_total + log_weight.exp()
-                    )
-                else:
-                    term = log_weight.unsqueeze(-1) + torch.log_softmax(logits / temperature, dim=-1)
-                    mixture = term if mixture is None else torch.logaddexp(mixture, term)
-                    log_weight_total = (
-                        log_weight
-                        if log_weight_total is None
-                        else torch.logaddexp(log_weight_total, log_weight)
-                    )
-                del outputs, logits
-            if match_logits:
-                mixed_logits = mixture / log_weight_total.unsqueeze(-1)
-            else:
-                # Normalising the weights per position: log p_mix = logsumexp_k(log w_k + log p_k) - log sum_k w_k.
-                mixed_logits = temperature * (mixture - log_weight_total.unsqueeze(-1))
-        return MixtureOutput(
-            logits=mixed_logits,
-            hidden_states=getattr(first_outputs, "hidden_states", None),
-            attentions=getattr(first_outputs, "attentions", None),
-        )
+    @property
+    def fixed_weights(self) -> list[float]:
+        return self.mixture.fixed_weights
 
     def teacher_weights_for(self, model_inputs: dict[str, Any]) -> torch.Tensor:
         """The normalised weights ``(K, ...)`` each teacher gets per position on a batch (for inspection)."""
         with torch.no_grad():
-            log_weights = []
-            for index, teacher in enumerate(self.teachers):
-                logits = _logits_of(teacher(**model_inputs)).float()
-                if self.args.teacher_weighting == "fixed":
-                    log_weight = math.log(self.fixed_weights[index])
-                    log_weights.append(torch.full(logits.shape[:-1], log_weight, device=logits.device))
-                else:
-                    log_weights.append(confidence_log_weights(logits, self.args.teacher_weighting))
+            log_weights = [
+                self.mixture.log_weight(index, logits_of(teacher(**model_inputs)).float())
+                for index, teacher in enumerate(self.teachers)
+            ]
             return torch.softmax(torch.stack(log_weights), dim=0)
+
+
+def check_multi_teacher_inputs(args: Any, teacher_models: Any) -> None:
+    if not isinstance(args, MultiTeacherTrainingArguments):
+        raise TypeError(
+            f"MultiTeacherDistillationTrainer needs MultiTeacherTrainingArguments, got {type(args).__name__}; "
+            "they add teacher_weights and teacher_weighting."
+        )
+    if not teacher_models or isinstance(teacher_models, nn.Module):
+        raise ValueError(
+            "MultiTeacherDistillationTrainer needs `teacher_models`, a non-empty list of teacher models; "
+            "for one teacher a list of one works (or use DistillationTrainer)."
+        )
+    if args.teacher_weights is not None and len(args.teacher_weights) != len(teacher_models):
+        raise ValueError(
+            f"{len(args.teacher_weights)} teacher_weights for {len(teacher_models)} teachers; give one weight "
+            "per teacher, in the order of teacher_models."
+        )
+    if args.kd_loss_implementation in ("chunked", "fused"):
+        raise ValueError(
+            f"kd_loss_implementation={args.kd_loss_implementation!r} runs one teacher inside the chunked loss, "
+            "but several teachers are mixed from their full logits; use 'plain' (or 'auto') here."
+        )

@@ -22,10 +22,12 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from ..arguments import DistillationTrainingArguments
-from ..losses import distillation_loss, task_cross_entropy
-from ..trainer import DistillationTrainer, _logits_of, align_for_distillation
+from ..logit_terms import PlainLogitTerms, require_labels
+from ..teacher_signals import DistillationBatch, TeacherTarget
+from ..trainer import DistillationTrainer
 
 STUDENT_A, STUDENT_B = "student_a", "student_b"
+PEER = "peer"
 
 
 class MutualLearningTrainer(DistillationTrainer):
@@ -70,8 +72,10 @@ class MutualLearningTrainer(DistillationTrainer):
             )
         super().__init__(model=model, teacher_model=peer_model, args=args, **kwargs)
         self.peer = self.teacher
+        # Each student is the other's target, so both need their full logits.
+        self.logit_terms = PlainLogitTerms(self.task, self.args, self.vocab_size)
 
-    def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
+    def prepare_teacher_model(self, teacher: nn.Module) -> nn.Module:
         # The peer is a second student: trainable, placed and (with several processes) wrapped like the first.
         teacher.requires_grad_(True)
         teacher.train()
@@ -97,60 +101,27 @@ class MutualLearningTrainer(DistillationTrainer):
                 optimizer.register_step_pre_hook(clip_peer)
         return optimizer
 
-    def _student_terms(
-        self,
-        logits: torch.Tensor,
-        peer_logits: torch.Tensor,
-        labels: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        num_items_in_batch: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(kd, task) terms of one student against its peer's detached logits, with the base trainer's masking."""
-        args = self.args
-        logits, peer_logits, kd_labels, mask = align_for_distillation(
-            self.task, logits, peer_logits, labels, attention_mask
-        )
-        loss_kd = distillation_loss(
-            logits,
-            peer_logits.detach(),
-            labels=kd_labels if mask is None else None,
-            mask=mask,
-            num_items_in_batch=num_items_in_batch,
-            **args.kd_loss_kwargs,
-        )
-        loss_task = None
-        if args.alpha < 1.0:
-            loss_task = task_cross_entropy(logits, kd_labels, num_items_in_batch=num_items_in_batch)
-        return loss_kd, loss_task
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        args = self.args
-        labels = inputs.get("labels")
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        if labels is None and args.alpha < 1.0:
-            raise ValueError(
-                f"The batch has no `labels`, but alpha={args.alpha} gives the task loss weight "
-                f"{1 - args.alpha:.2f}. Add labels to the dataset, or set alpha=1.0 to learn from the peer only."
-            )
+        batch = DistillationBatch.from_inputs(
+            inputs, num_items_in_batch=num_items_in_batch, global_step=self.state.global_step
+        )
+        require_labels(batch.labels, self.args.alpha, teacher="the peer")
         # The peer follows the first student between training (dropout on) and evaluation.
         self.peer.train(model.training)
-        logits_a = _logits_of(model(**model_inputs))
+        student_a = self.logit_terms.run_student(model, batch.model_inputs, {})
         with torch.set_grad_enabled(model.training):
-            logits_b = _logits_of(self.peer(**model_inputs))
-        if self._vocab_size is not None:
-            logits_a, logits_b = logits_a[..., : self._vocab_size], logits_b[..., : self._vocab_size]
-        attention_mask = model_inputs.get("attention_mask")
-        kd_a, task_a = self._student_terms(logits_a, logits_b, labels, attention_mask, num_items_in_batch)
-        kd_b, task_b = self._student_terms(logits_b, logits_a, labels, attention_mask, num_items_in_batch)
-        loss = args.alpha * (kd_a + kd_b)
-        parts = {"loss_kd_a": kd_a, "loss_kd_b": kd_b}
-        if task_a is not None:
-            loss = loss + (1.0 - args.alpha) * (task_a + task_b)
-            parts.update(loss_task_a=task_a, loss_task_b=task_b)
-        if args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes
-        self._record_loss_parts(parts, num_items_in_batch)
-        return (loss, {"logits": logits_a}) if return_outputs else loss
+            student_b = self.logit_terms.run_student(self.peer, batch.model_inputs, {})
+        # Each student learns from the other's detached prediction, with the base trainer's terms and masking.
+        loss_a, parts_a = self.logit_terms(
+            student_a, TeacherTarget(PEER, logits=student_b.logits.detach()), batch
+        )
+        loss_b, parts_b = self.logit_terms(
+            student_b, TeacherTarget(PEER, logits=student_a.logits.detach()), batch
+        )
+        parts = {**{f"{k}_a": v for k, v in parts_a.items()}, **{f"{k}_b": v for k, v in parts_b.items()}}
+        self.record_loss_parts(parts, num_items_in_batch)
+        loss = self.normalization.scale_loss(loss_a + loss_b, num_items_in_batch)
+        return (loss, {"logits": student_a.logits}) if return_outputs else loss
 
     # ---- saving both students -------------------------------------------------------------------------
 

@@ -39,7 +39,8 @@ from torch import nn
 from transformers import GenerationConfig
 
 from ..arguments import DistillationTrainingArguments
-from ..trainer import CAUSAL_LM, DistillationTrainer, detect_task
+from ..model_kind import CAUSAL_LM, detect_task
+from ..trainer import DistillationTrainer
 
 PROMPT_INPUT_IDS, PROMPT_ATTENTION_MASK = "prompt_input_ids", "prompt_attention_mask"
 PROMPT_COLUMNS = (PROMPT_INPUT_IDS, PROMPT_ATTENTION_MASK)

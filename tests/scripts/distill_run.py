@@ -143,7 +143,7 @@ def main() -> None:
     final = os.path.join(cli.output_dir, "final")
     trainer.save_model(final)
     if trainer.args.should_save:
-        torch.save(trainer._unwrapped_matcher().state_dict(), os.path.join(final, DISTILLATION_MODULES_NAME))
+        torch.save(trainer.distillation_modules().state_dict(), os.path.join(final, DISTILLATION_MODULES_NAME))
         result = {
             "world_size": trainer.args.world_size,
             "log_history": trainer.state.log_history,

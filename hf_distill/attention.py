@@ -21,6 +21,8 @@ import math
 import torch
 from torch import nn
 
+from .losses import upcast
+
 # Module names of the per-layer value projections, in layer order, for the architectures we know.
 _VALUE_SUFFIXES = (".attention.self.value", ".self_attn.v_proj", ".attention.v_proj", ".attn.v_proj")
 
@@ -36,14 +38,9 @@ def attention_layer_pairs(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]
     return mapped
 
 
-def _upcast(tensor: torch.Tensor) -> torch.Tensor:
-    # At least float32 (half-precision logs lose the small probabilities); float64 stays float64.
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
-
-
 def _row_kl(teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> torch.Tensor:
     """KL(teacher || student) over the last dim, ``(..., T, T) -> (..., T)``; 0 * log 0 counts as 0."""
-    teacher_probs, student_probs = _upcast(teacher_probs), _upcast(student_probs)
+    teacher_probs, student_probs = upcast(teacher_probs), upcast(student_probs)
     # clamp: a student probability that is exactly 0 (a masked key, or attention dropout) must not give inf.
     log_student = student_probs.clamp_min(1e-12).log()
     return (torch.xlogy(teacher_probs, teacher_probs) - teacher_probs * log_student).sum(-1)
@@ -85,7 +82,7 @@ def value_relation(
             "number of relation heads that divides both the student's and the teacher's hidden size."
         )
     head_width = width // num_relation_heads
-    split = _upcast(values).view(batch, length, num_relation_heads, head_width).transpose(1, 2)
+    split = upcast(values).view(batch, length, num_relation_heads, head_width).transpose(1, 2)
     scores = split @ split.transpose(-1, -2) / math.sqrt(head_width)
     if key_mask is not None:
         # Padding keys get no probability, as in the attention itself.

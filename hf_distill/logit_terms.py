@@ -1,0 +1,233 @@
+"""The logit terms: the distillation (KD) term and the task cross-entropy, mixed by ``alpha``.
+
+``loss = alpha * loss_kd + (1 - alpha) * loss_task``, both normalised by ``num_items_in_batch`` (so gradient
+accumulation is exact). Two implementations behind one call, chosen once when the trainer is built and used in
+training and evaluation alike:
+
+- :class:`PlainLogitTerms`: the student's full logits against any :class:`~hf_distill.teacher_signals.TeacherTarget`
+  (full logits or top-k), with :func:`hf_distill.losses.distillation_loss` /
+  :func:`hf_distill.topk_losses.topk_distillation_loss`;
+- :class:`ChunkedLogitTerms`: causal LMs with a large vocabulary; the student's logits are never built whole
+  (:func:`hf_distill.chunked.fused_linear_distillation_loss`), the teacher given as logits, top-k, or its last
+  hidden state and head.
+
+Each term object also runs the student's forward pass, since the chunked loss needs the last hidden state
+instead of the logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .arguments import DistillationTrainingArguments
+from .chunked import forward_with_last_hidden, fused_linear_distillation_loss, resolve_implementation
+from .losses import distillation_loss, task_cross_entropy
+from .model_kind import (
+    CAUSAL_LM,
+    align_for_distillation,
+    head_rows,
+    logits_of,
+    output_vocab_size,
+    slice_vocab,
+)
+from .teacher_signals import CACHED_LOGITS, DistillationBatch, TeacherTarget
+from .topk_losses import topk_chunks, topk_distillation_loss
+
+
+def require_labels(
+    labels: Any, alpha: float, *, where: str = "The batch", teacher: str = "the teacher"
+) -> None:
+    """A task term with weight ``1 - alpha > 0`` needs labels: refuse a batch without them."""
+    if labels is None and alpha < 1.0:
+        raise ValueError(
+            f"{where} has no `labels`, but alpha={alpha} gives the task loss weight {1 - alpha:.2f}. Add labels "
+            f"to the dataset, or set alpha=1.0 to learn from {teacher} only."
+        )
+
+
+def mix_terms(
+    alpha: float, loss_kd: torch.Tensor, loss_task: torch.Tensor | None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``alpha * kd + (1 - alpha) * task`` and the named parts (``loss_task`` only when it has weight)."""
+    loss, parts = alpha * loss_kd, {"loss_kd": loss_kd}
+    if alpha < 1.0:
+        loss = loss + (1.0 - alpha) * loss_task
+        parts["loss_task"] = loss_task
+    return loss, parts
+
+
+def check_teacher_finite(logits: torch.Tensor, global_step: int) -> None:
+    if not torch.isfinite(logits).all():
+        raise FloatingPointError(
+            f"The teacher's logits hold NaN or inf at global step {global_step} (batch shape "
+            f"{tuple(logits.shape)}); the distillation target is broken. Check the teacher in float32 "
+            "(teacher_dtype), its weights, and the batch's inputs."
+        )
+
+
+@dataclass
+class StudentView:
+    """The student's forward pass: its outputs, and either its full logits (sliced to the shared vocabulary)
+    or its last hidden state ``(B, T, H)`` with the LM head's rows (chunked loss)."""
+
+    outputs: Any
+    logits: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+    head_weight: torch.Tensor | None = None
+    head_bias: torch.Tensor | None = None
+
+    def prediction_outputs(self) -> dict[str, torch.Tensor]:
+        """What ``compute_loss(return_outputs=True)`` hands to evaluation: the logits, built from the hidden
+        state on the chunked path (evaluation runs without gradients, so no backward memory is kept)."""
+        if self.logits is not None:
+            return {"logits": self.logits}
+        with torch.no_grad():
+            return {"logits": F.linear(self.hidden, self.head_weight, self.head_bias)}
+
+
+class PlainLogitTerms:
+    """KD and task terms on the student's full logits."""
+
+    implementation = "plain"
+
+    def __init__(self, task: str, args: DistillationTrainingArguments, vocab_size: int | None):
+        self.task, self.args, self.vocab_size = task, args, vocab_size
+
+    def run_student(
+        self, model: nn.Module, model_inputs: dict[str, Any], output_kwargs: dict[str, bool]
+    ) -> StudentView:
+        outputs = model(**model_inputs, **output_kwargs)
+        return StudentView(outputs, logits=slice_vocab(logits_of(outputs), self.vocab_size))
+
+    def __call__(
+        self, student: StudentView, target: TeacherTarget, batch: DistillationBatch
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        args, num_items = self.args, batch.num_items_in_batch
+        if target.logits is not None:
+            self._check_target(student.logits, target, batch.global_step)
+        kd_student, kd_teacher, kd_labels, mask = align_for_distillation(
+            self.task, student.logits, target.logits, batch.labels, batch.attention_mask
+        )
+        if kd_labels is not None and kd_labels.shape != kd_student.shape[:-1]:
+            raise ValueError(
+                f"labels have shape {tuple(kd_labels.shape)} but the logits {tuple(kd_student.shape)}; "
+                "for token classification pad labels with -100 to the input length (DataCollatorForTokenClassification)."
+            )
+        masking = {
+            "labels": kd_labels if mask is None else None,
+            "mask": mask,
+            "num_items_in_batch": num_items,
+        }
+        if target.topk is not None:
+            topk = [t[:, :-1] for t in target.topk] if self.task == CAUSAL_LM else target.topk
+            loss_kd = topk_distillation_loss(kd_student, *topk, **masking, **args.kd_loss_kwargs)
+        else:
+            loss_kd = distillation_loss(kd_student, kd_teacher, **masking, **args.kd_loss_kwargs)
+        loss_task = None
+        if args.alpha < 1.0:
+            loss_task = task_cross_entropy(kd_student, kd_labels, num_items_in_batch=num_items)
+        return mix_terms(args.alpha, loss_kd, loss_task)
+
+    def _check_target(self, student_logits: torch.Tensor, target: TeacherTarget, global_step: int) -> None:
+        if target.source == CACHED_LOGITS and target.logits.shape[-1] != student_logits.shape[-1]:
+            raise ValueError(
+                f"The cached teacher logits have {target.logits.shape[-1]} classes but the student has "
+                f"{student_logits.shape[-1]}; the cache was made by a teacher with another label set. Re-cache "
+                "with the teacher of this student's labels."
+            )
+        if self.args.check_teacher_finite:
+            check_teacher_finite(target.logits, global_step)
+
+
+class ChunkedLogitTerms:
+    """KD and task terms of a causal LM computed chunk by chunk from the last hidden state (``fused`` or
+    ``chunked``, see :mod:`hf_distill.chunked`)."""
+
+    def __init__(
+        self,
+        args: DistillationTrainingArguments,
+        vocab_size: int | None,
+        implementation: str,
+        unwrap: Callable[[nn.Module], nn.Module],
+    ):
+        self.args, self.vocab_size, self.implementation, self.unwrap = (
+            args,
+            vocab_size,
+            implementation,
+            unwrap,
+        )
+        self.task = CAUSAL_LM
+
+    def run_student(
+        self, model: nn.Module, model_inputs: dict[str, Any], output_kwargs: dict[str, bool]
+    ) -> StudentView:
+        unwrapped = self.unwrap(model)
+        outputs, hidden = forward_with_last_hidden(model, unwrapped, model_inputs, **output_kwargs)
+        weight, bias = head_rows(unwrapped.get_output_embeddings(), self.vocab_size)
+        return StudentView(outputs, hidden=hidden, head_weight=weight, head_bias=bias)
+
+    def __call__(
+        self, student: StudentView, target: TeacherTarget, batch: DistillationBatch
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        args, labels, attention_mask = self.args, batch.labels, batch.attention_mask
+        kd_labels = labels[:, 1:] if labels is not None else None
+        mask = attention_mask[:, 1:].bool() if labels is None and attention_mask is not None else None
+        result = fused_linear_distillation_loss(
+            student.hidden[:, :-1],
+            student.head_weight,
+            student.head_bias,
+            **self._teacher_source(target),
+            labels=kd_labels,
+            mask=mask,
+            kd_weight=args.alpha,
+            task_weight=1.0 - args.alpha,
+            num_items_in_batch=batch.num_items_in_batch,
+            chunk_size=args.kd_chunk_size,
+            implementation=self.implementation,
+            check_teacher_finite=args.check_teacher_finite,
+            **args.kd_loss_kwargs,
+        )
+        parts = {"loss_kd": result.loss_kd}
+        if args.alpha < 1.0:
+            parts["loss_task"] = result.loss_task
+        return result.loss, parts
+
+    def _teacher_source(self, target: TeacherTarget) -> dict[str, Any]:
+        """The target as the chunked loss takes it, shifted like the student (position t predicts t+1)."""
+        if target.topk is not None:
+            return {"kd_chunk_fn": topk_chunks(*(t[:, :-1] for t in target.topk), **self.args.kd_loss_kwargs)}
+        if target.logits is not None:
+            return {"teacher_logits": target.logits[:, :-1]}
+        return {
+            "teacher_hidden": target.hidden[:, :-1],
+            "teacher_weight": target.head_weight,
+            "teacher_bias": target.head_bias,
+        }
+
+
+LogitTerms = PlainLogitTerms | ChunkedLogitTerms
+
+
+def build_logit_terms(
+    task: str,
+    args: DistillationTrainingArguments,
+    student: nn.Module,
+    vocab_size: int | None,
+    unwrap: Callable[[nn.Module], nn.Module],
+) -> LogitTerms:
+    """The logit terms for this student, with the KD implementation resolved once (``auto`` picks the chunked
+    loss for large causal-LM vocabularies; see :func:`hf_distill.chunked.resolve_implementation`)."""
+    if task != CAUSAL_LM:
+        return PlainLogitTerms(task, args, vocab_size)
+    implementation = resolve_implementation(
+        args.kd_loss_implementation, student, vocab_size or output_vocab_size(student)
+    )
+    if implementation == "plain":
+        return PlainLogitTerms(task, args, vocab_size)
+    return ChunkedLogitTerms(args, vocab_size, implementation, unwrap)
