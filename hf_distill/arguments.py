@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .chunked import DEFAULT_CHUNK_SIZE, KD_LOSS_IMPLEMENTATIONS
+from .chunked import DEFAULT_CHUNK_SIZE
+from .lm_head import KD_LOSS_IMPLEMENTATIONS
 from .losses import PER_POSITION_LOSSES
 
 HIDDEN_STATE_LOSSES = ("mse", "cosine")

@@ -23,28 +23,18 @@ teacher's LM head (so the teacher's logits are never materialised either), or ca
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .losses import IGNORE_INDEX, PER_POSITION_LOSSES, check_loss_name, loss_kwargs, upcast
 
-IMPLEMENTATIONS = ("plain", "chunked", "fused")
-KD_LOSS_IMPLEMENTATIONS = ("auto", *IMPLEMENTATIONS)
-# "auto" switches to the fused loss from this output vocabulary size on: below it the full logits are
-# small and the plain loss is as fast; above it they dominate the step's memory (50257 x 1024 positions of
-# float32 is 206 MB per tensor).
-AUTO_MIN_VOCAB = 16384
 # 128 rows x 50257 float32 is 26 MB per tensor: the loss then peaks at about a fifth of the plain loss
 # (measured by benchmarks/bench_causal_lm.py in a fresh process; 256 gives about 37%).
 DEFAULT_CHUNK_SIZE = 128
-# Config attributes of models whose logits are not a plain linear map of the last hidden state.
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
 class KDLossParts(NamedTuple):
@@ -62,7 +52,7 @@ class KDLossParts(NamedTuple):
 KDChunkFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _check_finite(teacher_logits: torch.Tensor) -> None:
+def check_finite_logits(teacher_logits: torch.Tensor) -> None:
     if not torch.isfinite(teacher_logits).all():
         raise FloatingPointError(
             f"The teacher's logits hold NaN or inf (a chunk of shape {tuple(teacher_logits.shape)}); the "
@@ -114,7 +104,7 @@ def teacher_hidden_chunks(
         with torch.no_grad():
             logits = F.linear(flat[rows], weight, bias)
             if check_finite:
-                _check_finite(logits)
+                check_finite_logits(logits)
         return per_position(student_logits, logits, temperature=temperature, **extra)
 
     return chunk_fn
@@ -213,55 +203,25 @@ def _checkpointed_sums(hidden, weight, bias, labels, kd_chunk_fn, kd_weight, tas
     return total, kd_sum, ce_sum
 
 
-# ---- the public loss ----------------------------------------------------------------------------------------
-
-
-def fused_linear_distillation_loss(
+def check_fused_arguments(
     student_hidden: torch.Tensor,
     student_weight: torch.Tensor,
-    student_bias: torch.Tensor | None = None,
     *,
-    teacher_logits: torch.Tensor | None = None,
-    teacher_hidden: torch.Tensor | None = None,
-    teacher_weight: torch.Tensor | None = None,
-    teacher_bias: torch.Tensor | None = None,
-    kd_chunk_fn: KDChunkFn | None = None,
-    labels: torch.Tensor | None = None,
-    mask: torch.Tensor | None = None,
-    loss: str = "forward_kl",
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    skew_lambda: float = 0.1,
-    kd_weight: float = 1.0,
-    task_weight: float = 0.0,
-    reduction: str = "mean",
-    num_items_in_batch: int | torch.Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    implementation: str = "fused",
-    check_teacher_finite: bool = False,
-) -> KDLossParts:
-    """Distillation (+ task) loss from the student's last hidden states and LM head, chunk by chunk.
-
-    Equals ``kd_weight * distillation_loss(z_s, z_t, ...) + task_weight * task_cross_entropy(z_s, labels)``
-    with ``z_s = student_hidden @ student_weight^T (+ student_bias)``, without building ``z_s``.
-
-    Args:
-        student_hidden: ``(..., H)``, e.g. ``(B, T, H)`` already shifted for next-token prediction.
-        student_weight: the LM head ``(V, H)``; student_bias ``(V,)`` or None.
-        teacher_logits: ``(..., V)`` with the same leading shape; or ``teacher_hidden`` ``(..., H_t)`` with
-            ``teacher_weight`` ``(V, H_t)`` (and ``teacher_bias``); or ``kd_chunk_fn`` (e.g. the top-k loss of
-            :mod:`hf_distill.teacher_cache`). Exactly one teacher source.
-        labels: ``(...)`` with -100 at ignored positions (needed for the task term); or ``mask`` ``(...)``.
-        loss, temperature, beta, skew_lambda: as in :func:`hf_distill.losses.distillation_loss`.
-        kd_weight, task_weight: weights of the two terms (``alpha`` and ``1 - alpha`` in the trainer).
-        reduction: ``"mean"`` (divide both sums by ``num_items_in_batch``, else by the unmasked count, at
-            least 1) or ``"sum"``.
-        chunk_size: positions per chunk; memory is ``O(chunk_size * V)``.
-        implementation: ``"fused"`` (gradients in the forward pass) or ``"chunked"`` (checkpoint per chunk).
-
-    Returns:
-        :class:`KDLossParts` ``(loss, loss_kd, loss_task)``, each reduced the same way.
-    """
+    teacher_logits: torch.Tensor | None,
+    teacher_hidden: torch.Tensor | None,
+    teacher_weight: torch.Tensor | None,
+    kd_chunk_fn: KDChunkFn | None,
+    labels: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    loss: str,
+    temperature: float,
+    kd_weight: float,
+    task_weight: float,
+    reduction: str,
+    chunk_size: int,
+    implementation: str,
+) -> None:
+    """Refuses arguments :func:`fused_linear_distillation_loss` cannot serve, before any chunk runs."""
     check_loss_name(loss)
     if implementation not in ("fused", "chunked"):
         raise ValueError(
@@ -314,12 +274,28 @@ def fused_linear_distillation_loss(
                 f"{tuple(leading)}; shift labels and hidden states alike (hidden[:, :-1], labels[:, 1:])."
             )
 
-    if kd_chunk_fn is None and teacher_logits is not None:
-        kd_chunk_fn = teacher_logits_chunks(
+
+def teacher_chunk_fn(
+    teacher_logits: torch.Tensor | None,
+    teacher_hidden: torch.Tensor | None,
+    teacher_weight: torch.Tensor | None,
+    teacher_bias: torch.Tensor | None,
+    *,
+    loss: str,
+    temperature: float,
+    beta: float,
+    skew_lambda: float,
+    check_finite: bool,
+) -> KDChunkFn | None:
+    """The per-chunk KD loss for a teacher given as full logits or as hidden states with its LM head."""
+    if teacher_logits is not None:
+        if check_finite:
+            check_finite_logits(teacher_logits)
+        return teacher_logits_chunks(
             teacher_logits, loss=loss, temperature=temperature, beta=beta, skew_lambda=skew_lambda
         )
-    elif kd_chunk_fn is None and teacher_hidden is not None:
-        kd_chunk_fn = teacher_hidden_chunks(
+    if teacher_hidden is not None:
+        return teacher_hidden_chunks(
             teacher_hidden,
             teacher_weight,
             teacher_bias,
@@ -327,11 +303,16 @@ def fused_linear_distillation_loss(
             temperature=temperature,
             beta=beta,
             skew_lambda=skew_lambda,
-            check_finite=check_teacher_finite,
+            check_finite=check_finite,
         )
-    if check_teacher_finite and teacher_logits is not None:
-        _check_finite(teacher_logits)
+    return None  # kd_weight == 0: no teacher needed
 
+
+def _reduced_sums(
+    student_hidden, student_weight, student_bias, kd_chunk_fn, labels, mask, kd_weight, task_weight,
+    reduction, num_items_in_batch, chunk_size, implementation,
+) -> KDLossParts:  # fmt: skip
+    """Runs the chosen implementation over the positions that count and reduces the sums."""
     flat_hidden = student_hidden.reshape(-1, student_hidden.shape[-1])
     keep = labels.reshape(-1) != IGNORE_INDEX if labels is not None else None
     if mask is not None:
@@ -382,79 +363,85 @@ def fused_linear_distillation_loss(
     return KDLossParts(total / denominator, kd_sum / denominator, ce_sum / denominator)
 
 
-# ---- choosing the implementation and finding the LM head ----------------------------------------------------
+# ---- the public loss ----------------------------------------------------------------------------------------
 
 
-def lm_head_of(model: nn.Module) -> tuple[nn.Module, nn.Linear] | str:
-    """``(base_model, lm_head)`` when the model's logits are ``lm_head(base_model(...)[0])``, else the reason.
+def fused_linear_distillation_loss(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    student_bias: torch.Tensor | None = None,
+    *,
+    teacher_logits: torch.Tensor | None = None,
+    teacher_hidden: torch.Tensor | None = None,
+    teacher_weight: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    kd_chunk_fn: KDChunkFn | None = None,
+    labels: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    loss: str = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    skew_lambda: float = 0.1,
+    kd_weight: float = 1.0,
+    task_weight: float = 0.0,
+    reduction: str = "mean",
+    num_items_in_batch: int | torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    implementation: str = "fused",
+    check_teacher_finite: bool = False,
+) -> KDLossParts:
+    """Distillation (+ task) loss from the student's last hidden states and LM head, chunk by chunk.
 
-    The chunked path needs the last hidden state and a plain linear head. Models that scale or soft-cap
-    their logits after the head (Gemma 2's ``final_logit_softcapping``, Cohere's ``logit_scale``) or whose
-    forward cannot skip the full logits (no ``logits_to_keep`` argument) are refused with the reason.
+    Equals ``kd_weight * distillation_loss(z_s, z_t, ...) + task_weight * task_cross_entropy(z_s, labels)``
+    with ``z_s = student_hidden @ student_weight^T (+ student_bias)``, without building ``z_s``.
+
+    Args:
+        student_hidden: ``(..., H)``, e.g. ``(B, T, H)`` already shifted for next-token prediction.
+        student_weight: the LM head ``(V, H)``; student_bias ``(V,)`` or None.
+        teacher_logits: ``(..., V)`` with the same leading shape; or ``teacher_hidden`` ``(..., H_t)`` with
+            ``teacher_weight`` ``(V, H_t)`` (and ``teacher_bias``); or ``kd_chunk_fn`` (e.g. the top-k loss of
+            :mod:`hf_distill.teacher_cache`). Exactly one teacher source.
+        labels: ``(...)`` with -100 at ignored positions (needed for the task term); or ``mask`` ``(...)``.
+        loss, temperature, beta, skew_lambda: as in :func:`hf_distill.losses.distillation_loss`.
+        kd_weight, task_weight: weights of the two terms (``alpha`` and ``1 - alpha`` in the trainer).
+        reduction: ``"mean"`` (divide both sums by ``num_items_in_batch``, else by the unmasked count, at
+            least 1) or ``"sum"``.
+        chunk_size: positions per chunk; memory is ``O(chunk_size * V)``.
+        implementation: ``"fused"`` (gradients in the forward pass) or ``"chunked"`` (checkpoint per chunk).
+
+    Returns:
+        :class:`KDLossParts` ``(loss, loss_kd, loss_task)``, each reduced the same way.
     """
-    get_head = getattr(model, "get_output_embeddings", None)
-    head = get_head() if callable(get_head) else None
-    if not isinstance(head, nn.Linear):
-        return f"{type(model).__name__} has no nn.Linear output embedding (get_output_embeddings())"
-    base = getattr(model, "base_model", None)
-    if base is None or base is model:
-        return f"{type(model).__name__} has no separate base model to return the last hidden states"
-    config = getattr(model, "config", None)
-    for name in _LOGIT_TRANSFORMS:
-        value = getattr(config, name, None)
-        if value not in (None, 1, 1.0, 0, 0.0, False):
-            return f"{type(model).__name__} transforms its logits after the LM head ({name}={value})"
-    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
-        return f"{type(model).__name__}.forward has no `logits_to_keep` argument to skip the full logits"
-    return base, head
-
-
-def resolve_implementation(requested: str, model: nn.Module, vocab_size: int | None) -> str:
-    """``"plain"``, ``"chunked"`` or ``"fused"`` for a causal-LM student.
-
-    ``"auto"`` picks ``"fused"`` when the vocabulary has at least :data:`AUTO_MIN_VOCAB` entries and the model
-    allows it (:func:`lm_head_of`), else ``"plain"``. An explicit chunked choice on a model that does not
-    allow it raises, rather than falling back silently.
-    """
-    if requested not in KD_LOSS_IMPLEMENTATIONS:
-        raise ValueError(
-            f"kd_loss_implementation={requested!r} is unknown; choose one of {KD_LOSS_IMPLEMENTATIONS}."
+    check_fused_arguments(
+        student_hidden,
+        student_weight,
+        teacher_logits=teacher_logits,
+        teacher_hidden=teacher_hidden,
+        teacher_weight=teacher_weight,
+        kd_chunk_fn=kd_chunk_fn,
+        labels=labels,
+        mask=mask,
+        loss=loss,
+        temperature=temperature,
+        kd_weight=kd_weight,
+        task_weight=task_weight,
+        reduction=reduction,
+        chunk_size=chunk_size,
+        implementation=implementation,
+    )
+    if kd_chunk_fn is None:
+        kd_chunk_fn = teacher_chunk_fn(
+            teacher_logits,
+            teacher_hidden,
+            teacher_weight,
+            teacher_bias,
+            loss=loss,
+            temperature=temperature,
+            beta=beta,
+            skew_lambda=skew_lambda,
+            check_finite=check_teacher_finite,
         )
-    if requested == "plain":
-        return "plain"
-    found = lm_head_of(model)
-    if requested == "auto":
-        large = vocab_size is not None and vocab_size >= AUTO_MIN_VOCAB
-        return "fused" if large and not isinstance(found, str) else "plain"
-    if isinstance(found, str):
-        raise ValueError(
-            f"kd_loss_implementation={requested!r} needs the student's last hidden states and a linear LM "
-            f"head, but {found}. Use kd_loss_implementation='plain' (or 'auto')."
-        )
-    return requested
-
-
-def forward_with_last_hidden(
-    model: nn.Module, unwrapped: nn.Module, inputs: dict[str, Any], **kwargs: Any
-) -> tuple[Any, torch.Tensor]:
-    """Runs ``model(**inputs, logits_to_keep=1)`` and returns its outputs and the base model's last hidden
-    state ``(B, T, H)``, caught by a forward hook.
-
-    Calling the (possibly DDP-wrapped) model itself keeps the wrapper's gradient synchronisation, while
-    ``logits_to_keep=1`` makes the model project only the last position onto the vocabulary.
-    """
-    found = lm_head_of(unwrapped)
-    if isinstance(found, str):
-        raise ValueError(f"Cannot compute the chunked loss: {found}. Use kd_loss_implementation='plain'.")
-    base, _ = found
-    caught: dict[str, torch.Tensor] = {}
-
-    def hook(_module, _args, output):
-        caught["hidden"] = output[0] if isinstance(output, (tuple, list)) else output["last_hidden_state"]
-
-    handle = base.register_forward_hook(hook)
-    try:
-        outputs = model(**inputs, logits_to_keep=1, **kwargs)
-    finally:
-        handle.remove()
-    return outputs, caught["hidden"]
+    return _reduced_sums(
+        student_hidden, student_weight, student_bias, kd_chunk_fn, labels, mask, kd_weight, task_weight,
+        reduction, num_items_in_batch, chunk_size, implementation,
+    )  # fmt: skip

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arguments import DistillationTrainingArguments
-from .chunked import forward_with_last_hidden, fused_linear_distillation_loss, resolve_implementation
+from .chunked import fused_linear_distillation_loss
+from .lm_head import forward_with_last_hidden, resolve_implementation
 from .losses import distillation_loss, task_cross_entropy
 from .model_kind import (
     CAUSAL_LM,
@@ -222,7 +223,7 @@ def build_logit_terms(
     unwrap: Callable[[nn.Module], nn.Module],
 ) -> LogitTerms:
     """The logit terms for this student, with the KD implementation resolved once (``auto`` picks the chunked
-    loss for large causal-LM vocabularies; see :func:`hf_distill.chunked.resolve_implementation`)."""
+    loss for large causal-LM vocabularies; see :func:`hf_distill.lm_head.resolve_implementation`)."""
     if task != CAUSAL_LM:
         return PlainLogitTerms(task, args, vocab_size)
     implementation = resolve_implementation(

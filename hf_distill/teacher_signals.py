@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from .chunked import forward_with_last_hidden, lm_head_of
+from .lm_head import forward_with_last_hidden, lm_head_of
 from .model_kind import head_rows, logits_of, slice_vocab
 from .teacher_cache import (
     CACHE_COLUMNS,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_bert_classifier, tiny_gpt2
@@ -10,12 +11,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from hf_distill import DistillationTrainer
 from hf_distill.arguments import DistillationTrainingArguments
-from hf_distill.chunked import (
-    AUTO_MIN_VOCAB,
-    fused_linear_distillation_loss,
-    lm_head_of,
-    resolve_implementation,
-)
+from hf_distill.chunked import fused_linear_distillation_loss
+from hf_distill.lm_head import AUTO_MIN_VOCAB, lm_head_of, resolve_implementation
 from hf_distill.losses import PER_POSITION_LOSSES, distillation_loss, task_cross_entropy
 
 ALL_LOSSES = sorted(PER_POSITION_LOSSES)
@@ -328,3 +325,46 @@ def test_trainer_fused_and_chunked_train_like_plain(tmp_path, alpha):
             )
         for (name, got), want in zip(student.state_dict().items(), plain.state_dict().values()):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("hidden_state_weight", [0.0, 1.0])
+def test_evaluation_uses_the_training_kd_loss(tmp_path, monkeypatch, hidden_state_weight):
+    """evaluate() runs the KD implementation chosen for training (the fused loss, also with hidden-state
+    matching on) and gives the plain loss's values; prediction logits are still handed out when asked for."""
+    import hf_distill.logit_terms as logit_terms
+
+    calls = {"n": 0}
+    fused = logit_terms.fused_linear_distillation_loss
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(logit_terms, "fused_linear_distillation_loss", counting)
+    results, predictions = {}, {}
+    for implementation in ("plain", "fused"):
+        trainer = DistillationTrainer(
+            model=tiny_gpt2(seed=2, hidden=16, layers=1),
+            teacher_model=tiny_gpt2(seed=1),
+            args=make_args(
+                tmp_path / implementation,
+                alpha=0.5,
+                kd_loss_implementation=implementation,
+                kd_chunk_size=5,
+                hidden_state_weight=hidden_state_weight,
+                per_device_eval_batch_size=4,
+            ),
+            eval_dataset=lm_dataset(n=8, seed=5),
+        )
+        assert trainer.kd_implementation == implementation
+        before = calls["n"]
+        results[implementation] = trainer.evaluate()
+        assert (calls["n"] > before) == (implementation == "fused")
+        predictions[implementation] = trainer.predict(lm_dataset(n=4, seed=6)).predictions
+        assert predictions[implementation].shape == (4, 16, 60)
+    np.testing.assert_allclose(predictions["fused"], predictions["plain"], rtol=1e-5, atol=1e-5)
+    names = ["eval_loss", "eval_loss_kd", "eval_loss_task"] + (
+        ["eval_loss_hidden"] if hidden_state_weight else []
+    )
+    for name in names:
+        assert results["fused"][name] == pytest.approx(results["plain"][name], rel=1e-5), name

@@ -153,7 +153,9 @@ def one_step(task: str, per_device: int, accumulation: int, tmp_path) -> dict:
     trainer.train()
     logged = next(entry for entry in trainer.state.log_history if "loss" in entry)
     weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    weights.update({f"matcher.{k}": v.clone() for k, v in trainer.distillation_modules().state_dict().items()})
+    weights.update(
+        {f"matcher.{k}": v.clone() for k, v in trainer.distillation_modules().state_dict().items()}
+    )
     return {"logged": logged, "grads": grab.grads, "weights": weights}
 
 
@@ -203,7 +205,8 @@ def test_two_processes_match_one_process(tmp_path):
     # --multi_gpu selects the torch.distributed launcher, and the script's use_cpu=True puts it on CPU + gloo.
     # SGD: Adam divides by the gradient's own size, which blows float noise on zero-gradient weights (GPT-2's
     # key biases) up to full-size updates and hides what is compared here.
-    common = ["--optim", "sgd"]
+    # Attention matching on: its evaluation value must be gathered over processes like the hidden-state term's.
+    common = ["--optim", "sgd", "--attention-weight", "0.5"]
     single = _launch(
         [sys.executable, str(SCRIPT), "--output-dir", str(one), "--per-device", "8", *common], one
     )
@@ -217,11 +220,12 @@ def test_two_processes_match_one_process(tmp_path):
     steps = [[e for e in r["log_history"] if "loss" in e] for r in (single, double)]
     assert len(steps[0]) == len(steps[1]) == 2
     for want, got in zip(*steps):
-        for name in ("loss", "loss_kd", "loss_task", "loss_hidden", "grad_norm"):
+        for name in ("loss", "loss_kd", "loss_task", "loss_hidden", "loss_attention", "grad_norm"):
             assert got[name] == pytest.approx(want[name], rel=RTOL, abs=ATOL_LOSS), (
                 f"step {want['step']}: {name}"
             )
-    for name in ("eval_loss", "eval_loss_kd", "eval_loss_task", "eval_loss_hidden"):
+    assert single["eval"]["eval_loss_attention"] > 0
+    for name in ("eval_loss", "eval_loss_kd", "eval_loss_task", "eval_loss_hidden", "eval_loss_attention"):
         assert double["eval"][name] == pytest.approx(single["eval"][name], rel=RTOL, abs=ATOL_LOSS), name
 
     for file in ("model.safetensors",):

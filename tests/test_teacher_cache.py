@@ -336,7 +336,10 @@ def test_errors_without_teacher_model(tmp_path, wordpiece_tokenizer):
         build(train_dataset=dataset)
     with pytest.raises(ValueError, match="the eval_dataset does not, so evaluation would have no teacher"):
         build(train_dataset=cached, eval_dataset=dataset)
-    with pytest.raises(ValueError, match="cached teacher outputs, which hold no teacher hidden states, attention maps .*no teacher_model is given"):
+    with pytest.raises(
+        ValueError,
+        match="cached teacher outputs, which hold no teacher hidden states, attention maps .*no teacher_model is given",
+    ):
         build(train_dataset=cached, args={"attention_weight": 1.0})
     # A batch without cache columns reaching a teacherless trainer (e.g. evaluate(other_dataset)).
     trainer = build(train_dataset=cached)

@@ -99,10 +99,14 @@ def main() -> None:
     parser.add_argument("--optim", default="adamw_torch")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--hang-after-step", type=int, default=0)
+    parser.add_argument("--attention-weight", type=float, default=0.0, help="> 0: attention-map matching too")
     cli = parser.parse_args()
 
     teacher = tiny_gpt2(seed=1, hidden=32, layers=4)
     student = tiny_gpt2(seed=2, hidden=16, layers=2, dropout=cli.dropout)
+    if cli.attention_weight > 0:
+        for model in (teacher, student):
+            model.set_attn_implementation("eager")  # the only implementation that returns attention maps
     args = DistillationTrainingArguments(
         output_dir=cli.output_dir,
         per_device_train_batch_size=cli.per_device,
@@ -124,6 +128,7 @@ def main() -> None:
         temperature=2.0,
         alpha=0.5,
         hidden_state_weight=1.0,
+        attention_weight=cli.attention_weight,
     )
     callbacks = []
     if cli.hang_after_step:
@@ -143,7 +148,9 @@ def main() -> None:
     final = os.path.join(cli.output_dir, "final")
     trainer.save_model(final)
     if trainer.args.should_save:
-        torch.save(trainer.distillation_modules().state_dict(), os.path.join(final, DISTILLATION_MODULES_NAME))
+        torch.save(
+            trainer.distillation_modules().state_dict(), os.path.join(final, DISTILLATION_MODULES_NAME)
+        )
         result = {
             "world_size": trainer.args.world_size,
             "log_history": trainer.state.log_history,
