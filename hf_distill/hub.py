@@ -254,63 +254,71 @@ def render_model_card(
     """
     validate_report(report, "report", partial=True)
     student = _find_student(report, student_name)
-    teacher = report.get("teacher") or {}
-    teacher_id = teacher.get("name_or_path")
-    base_model = base_model or _hub_id(teacher_id)
-    teacher_short = (teacher_id or "teacher").rstrip("/").split("/")[-1]
-    model_name = model_name or (repo_id.split("/")[-1] if repo_id else f"{teacher_short}-{student_name}")
+    teacher_id = (report.get("teacher") or {}).get("name_or_path")
+    model_name = model_name or _default_model_name(teacher_id, student_name, repo_id)
     metadata = _metadata(
         report,
         student,
-        base_model=base_model,
+        base_model=base_model or _hub_id(teacher_id),
         license=license,
         language=language,
         tags=tags,
         model_name=model_name,
     )
+    body = _card_body(report, student, student_name, model_name, repo_id, student_config)
+    content = f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(body)
+    # Round-trip through ModelCard: it raises if the front matter is not metadata the Hub can parse.
+    return str(ModelCard(content))
 
+
+def _default_model_name(teacher_id: str | None, student_name: str, repo_id: str | None) -> str:
+    """The repo's name when the card has one, else ``<teacher's last path part>-<student>``."""
+    if repo_id:
+        return repo_id.split("/")[-1]
+    teacher_short = (teacher_id or "teacher").rstrip("/").split("/")[-1]
+    return f"{teacher_short}-{student_name}"
+
+
+def _comparison_lines(report: dict, student: dict | None, student_name: str) -> list[str]:
     header, rows = comparison_table(report, highlight=student_name)
     if student is None:
+        # A partial report has no student row yet; the card still shows where this model will go.
         rows.append([f"**{student_name}** (this model)", "student"] + [NOT_MEASURED] * 8)
-    body = [
-        CARD_MARKER,
-        "",
-        f"# {model_name}",
-        "",
-        _summary(report),
-        "",
-        "## Student",
-        "",
-        *_student_lines(student or {}, student_config),
-        "",
-        "## Distillation",
-        "",
-        *_distillation_lines(report.get("distillation") or {}),
-        "",
-        "## Data",
-        "",
-        *_data_lines(report.get("data") or {}),
-        "",
-        "## Teacher against student",
-        "",
+    return [
         "Retention is the student's metric as a share of the teacher's (inverted when lower is better); "
         "speed-up is teacher latency over student latency, at batch size 1 and 32.",
         "",
         markdown_table(header, rows),
-        "",
-        "## How to use",
-        "",
-        _usage(report, repo_id),
-        "",
-        "## License",
-        "",
-        "The student was initialised from the teacher's weights and trained on its outputs: check that the "
-        "teacher's license allows redistributing derived weights before sharing this model.",
-        "",
     ]
-    content = f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(body)
-    # Round-trip through ModelCard: it raises if the front matter is not metadata the Hub can parse.
-    return str(ModelCard(content))
+
+
+def _card_body(
+    report: dict,
+    student: dict | None,
+    student_name: str,
+    model_name: str,
+    repo_id: str | None,
+    student_config: dict | None,
+) -> list[str]:
+    """The Markdown lines under the front matter, one section after the other."""
+    sections = [
+        ("Student", _student_lines(student or {}, student_config)),
+        ("Distillation", _distillation_lines(report.get("distillation") or {})),
+        ("Data", _data_lines(report.get("data") or {})),
+        ("Teacher against student", _comparison_lines(report, student, student_name)),
+        ("How to use", [_usage(report, repo_id)]),
+        (
+            "License",
+            [
+                "The student was initialised from the teacher's weights and trained on its outputs: check "
+                "that the teacher's license allows redistributing derived weights before sharing this model."
+            ],
+        ),
+    ]
+    body = [CARD_MARKER, "", f"# {model_name}", "", _summary(report), ""]
+    for title, lines in sections:
+        body += [f"## {title}", "", *lines, ""]
+    return body
 
 
 def write_model_card(output_dir: str | Path, report: dict | str | Path, **kwargs: Any) -> Path:
