@@ -17,16 +17,8 @@ from typing import Any
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .report import (
-    NOT_MEASURED,
-    REPORT_FILENAME,
-    comparison_table,
-    format_bytes,
-    format_count,
-    load_report,
-    markdown_table,
-    validate_report,
-)
+from .report_format import NOT_MEASURED, comparison_table, format_bytes, format_count, markdown_table
+from .report_schema import REPORT_FILENAME, load_report, validate_report
 
 logger = logging.getLogger(__name__)
 
@@ -236,8 +228,8 @@ def render_model_card(
 ) -> str:
     """The README.md of a distilled student: Hub metadata in YAML front matter, then what was done.
 
-    ``report`` follows the ``report.json`` schema (see :mod:`hf_distill.report`) and may be partial, as when
-    the trainer writes a card before evaluation: what is missing reads "not measured".
+    ``report`` follows the ``report.json`` schema (see :mod:`hf_distill.report_schema`) and may be partial,
+    as when the trainer writes a card before evaluation: what is missing reads "not measured".
 
     Args:
         student_name: which entry of ``report["students"]`` the card describes.
@@ -346,7 +338,7 @@ def write_model_card(output_dir: str | Path, report: dict | str | Path, **kwargs
 def teacher_weight_files(folder: Path) -> list[str]:
     """Weight files under ``folder`` whose path has a part named ``teacher*`` (case-insensitive).
 
-    The paths are relative to ``folder``, in POSIX form and sorted; a push refuses a folder where any is found.
+    The paths are relative to ``folder``, in POSIX form and sorted; a push refuses a folder that has any.
     """
     found = []
     for path in sorted(folder.rglob("*")):
