@@ -17,16 +17,8 @@ from typing import Any
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .report import (
-    NOT_MEASURED,
-    REPORT_FILENAME,
-    comparison_table,
-    format_bytes,
-    format_count,
-    load_report,
-    markdown_table,
-    validate_report,
-)
+from .report_format import NOT_MEASURED, comparison_table, format_bytes, format_count, markdown_table
+from .report_schema import REPORT_FILENAME, load_report, validate_report
 
 logger = logging.getLogger(__name__)
 
@@ -236,8 +228,8 @@ def render_model_card(
 ) -> str:
     """The README.md of a distilled student: Hub metadata in YAML front matter, then what was done.
 
-    ``report`` follows the ``report.json`` schema (see :mod:`hf_distill.report`) and may be partial, as when
-    the trainer writes a card before evaluation: what is missing reads "not measured".
+    ``report`` follows the ``report.json`` schema (see :mod:`hf_distill.report_schema`) and may be partial,
+    as when the trainer writes a card before evaluation: what is missing reads "not measured".
 
     Args:
         student_name: which entry of ``report["students"]`` the card describes.
@@ -254,63 +246,71 @@ def render_model_card(
     """
     validate_report(report, "report", partial=True)
     student = _find_student(report, student_name)
-    teacher = report.get("teacher") or {}
-    teacher_id = teacher.get("name_or_path")
-    base_model = base_model or _hub_id(teacher_id)
-    teacher_short = (teacher_id or "teacher").rstrip("/").split("/")[-1]
-    model_name = model_name or (repo_id.split("/")[-1] if repo_id else f"{teacher_short}-{student_name}")
+    teacher_id = (report.get("teacher") or {}).get("name_or_path")
+    model_name = model_name or _default_model_name(teacher_id, student_name, repo_id)
     metadata = _metadata(
         report,
         student,
-        base_model=base_model,
+        base_model=base_model or _hub_id(teacher_id),
         license=license,
         language=language,
         tags=tags,
         model_name=model_name,
     )
+    body = _card_body(report, student, student_name, model_name, repo_id, student_config)
+    content = f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(body)
+    # Round-trip through ModelCard: it raises if the front matter is not metadata the Hub can parse.
+    return str(ModelCard(content))
 
+
+def _default_model_name(teacher_id: str | None, student_name: str, repo_id: str | None) -> str:
+    """The repo's name when the card has one, else ``<teacher's last path part>-<student>``."""
+    if repo_id:
+        return repo_id.split("/")[-1]
+    teacher_short = (teacher_id or "teacher").rstrip("/").split("/")[-1]
+    return f"{teacher_short}-{student_name}"
+
+
+def _comparison_lines(report: dict, student: dict | None, student_name: str) -> list[str]:
     header, rows = comparison_table(report, highlight=student_name)
     if student is None:
+        # A partial report has no student row yet; the card still shows where this model will go.
         rows.append([f"**{student_name}** (this model)", "student"] + [NOT_MEASURED] * 8)
-    body = [
-        CARD_MARKER,
-        "",
-        f"# {model_name}",
-        "",
-        _summary(report),
-        "",
-        "## Student",
-        "",
-        *_student_lines(student or {}, student_config),
-        "",
-        "## Distillation",
-        "",
-        *_distillation_lines(report.get("distillation") or {}),
-        "",
-        "## Data",
-        "",
-        *_data_lines(report.get("data") or {}),
-        "",
-        "## Teacher against student",
-        "",
+    return [
         "Retention is the student's metric as a share of the teacher's (inverted when lower is better); "
         "speed-up is teacher latency over student latency, at batch size 1 and 32.",
         "",
         markdown_table(header, rows),
-        "",
-        "## How to use",
-        "",
-        _usage(report, repo_id),
-        "",
-        "## License",
-        "",
-        "The student was initialised from the teacher's weights and trained on its outputs: check that the "
-        "teacher's license allows redistributing derived weights before sharing this model.",
-        "",
     ]
-    content = f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(body)
-    # Round-trip through ModelCard: it raises if the front matter is not metadata the Hub can parse.
-    return str(ModelCard(content))
+
+
+def _card_body(
+    report: dict,
+    student: dict | None,
+    student_name: str,
+    model_name: str,
+    repo_id: str | None,
+    student_config: dict | None,
+) -> list[str]:
+    """The Markdown lines under the front matter, one section after the other."""
+    sections = [
+        ("Student", _student_lines(student or {}, student_config)),
+        ("Distillation", _distillation_lines(report.get("distillation") or {})),
+        ("Data", _data_lines(report.get("data") or {})),
+        ("Teacher against student", _comparison_lines(report, student, student_name)),
+        ("How to use", [_usage(report, repo_id)]),
+        (
+            "License",
+            [
+                "The student was initialised from the teacher's weights and trained on its outputs: check "
+                "that the teacher's license allows redistributing derived weights before sharing this model."
+            ],
+        ),
+    ]
+    body = [CARD_MARKER, "", f"# {model_name}", "", _summary(report), ""]
+    for title, lines in sections:
+        body += [f"## {title}", "", *lines, ""]
+    return body
 
 
 def write_model_card(output_dir: str | Path, report: dict | str | Path, **kwargs: Any) -> Path:
@@ -335,8 +335,11 @@ def write_model_card(output_dir: str | Path, report: dict | str | Path, **kwargs
 # ---- pushing ----------------------------------------------------------------------------------------------
 
 
-def _teacher_weights(folder: Path) -> list[str]:
-    """Weight files under ``folder`` whose path has a part named ``teacher*`` (case-insensitive)."""
+def teacher_weight_files(folder: Path) -> list[str]:
+    """Weight files under ``folder`` whose path has a part named ``teacher*`` (case-insensitive).
+
+    The paths are relative to ``folder``, in POSIX form and sorted; a push refuses a folder that has any.
+    """
     found = []
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
@@ -381,7 +384,7 @@ def check_student_folder(folder: str | Path) -> Path:
             f"{folder} has a config.json but no weights (model.safetensors or pytorch_model.bin): "
             "save the student with save_pretrained before pushing."
         )
-    teacher = _teacher_weights(folder)
+    teacher = teacher_weight_files(folder)
     if teacher:
         shown = ", ".join(teacher[:3]) + (f" and {len(teacher) - 3} more" if len(teacher) > 3 else "")
         raise ValueError(
@@ -416,7 +419,11 @@ def _student_name_for(report: dict, folder: Path) -> str | None:
     return folder.name if folder.name in names else None
 
 
-def _may_replace_card(readme: Path) -> bool:
+def may_replace_card(readme: Path) -> bool:
+    """Whether ``readme`` may be (re)written: it is absent, or a card generated by hf_distill or by Trainer.
+
+    A card without either marker was written by hand, and both the push and the trainer keep it.
+    """
     if not readme.is_file():
         return True
     text = readme.read_text(encoding="utf-8", errors="replace")
@@ -446,7 +453,7 @@ def push_student(
     folder = check_student_folder(folder)
     report_path = find_report(folder)
     readme = folder / "README.md"
-    if report_path is not None and not _may_replace_card(readme):
+    if report_path is not None and not may_replace_card(readme):
         logger.warning("%s was written by hand; keeping it instead of generating a model card.", readme)
     elif report_path is not None:
         report = load_report(report_path, partial=True)

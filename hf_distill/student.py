@@ -217,6 +217,20 @@ def _check_layers(layers: Sequence[int], num_teacher_layers: int) -> list[int]:
     return layers
 
 
+def _choose_layers(
+    num_teacher_layers: int, layers: Sequence[int] | None, num_layers: int | None, strategy: str
+) -> tuple[list[int], str]:
+    """The checked teacher layers a student keeps, and how they were chosen: ``strategy`` or "explicit"."""
+    if layers is not None and num_layers is not None:
+        raise ValueError("Pass either layers or num_layers, not both.")
+    if layers is not None:
+        return _check_layers(layers, num_teacher_layers), "explicit"
+    if num_layers is None:
+        raise ValueError("Pass layers (teacher layer indices) or num_layers (with a strategy).")
+    chosen = select_layers(num_teacher_layers, num_layers, strategy)
+    return _check_layers(chosen, num_teacher_layers), strategy
+
+
 def _renumber(name: str, block_prefix: str, new_index: dict[int, int]) -> str | None:
     """Map ``<prefix><i>.<rest>`` to ``<prefix><new_index[i]>.<rest>``; None for a dropped block."""
     if not name.startswith(block_prefix):
@@ -281,16 +295,7 @@ def student_from_teacher(
     :func:`student_from_config` for those).
     """
     num_teacher_layers = _num_layers(teacher.config)
-    if layers is not None and num_layers is not None:
-        raise ValueError("Pass either layers or num_layers, not both.")
-    if layers is None:
-        if num_layers is None:
-            raise ValueError("Pass layers (teacher layer indices) or num_layers (with a strategy).")
-        layers = select_layers(num_teacher_layers, num_layers, strategy)
-        chosen_by = strategy
-    else:
-        chosen_by = "explicit"
-    layers = _check_layers(layers, num_teacher_layers)
+    layers, chosen_by = _choose_layers(num_teacher_layers, layers, num_layers, strategy)
     _validate_overrides(teacher.config, config_overrides)
 
     if getattr(teacher.config, "scale_attn_by_inverse_layer_idx", False) and layers != list(

@@ -21,7 +21,7 @@ from typing import Any
 from huggingface_hub import ModelCard
 from torch import nn
 
-from .hub import _may_replace_card, _teacher_weights, render_model_card
+from .hub import may_replace_card, render_model_card, teacher_weight_files
 from .student import count_parameters
 
 logger = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ def check_no_teacher_files(folder: str | Path, teacher: nn.Module) -> None:
         ValueError: naming what was found and how to fix it.
     """
     folder = Path(folder)
-    found = _teacher_weights(folder) if folder.is_dir() else []
+    found = teacher_weight_files(folder) if folder.is_dir() else []
     source = Path(getattr(_unwrap(teacher), "name_or_path", "") or "")
     if str(source) and source.is_dir() and folder.is_dir():
         source, root = source.resolve(), folder.resolve()
@@ -240,7 +240,7 @@ def write_trainer_card(
     """
     output_dir = Path(output_dir)
     readme = output_dir / "README.md"
-    if not _may_replace_card(readme):
+    if not may_replace_card(readme):
         logger.warning("%s was written by hand; keeping it instead of writing the model card.", readme)
         return None
     report = trainer_report(trainer, output_dir)

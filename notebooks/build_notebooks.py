@@ -8,12 +8,15 @@ to choose where runs are written (default ``runs/notebooks``).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
+# The formatter's line length for the repository (pyproject.toml), which the generated cells keep to.
+LINE_LENGTH = 110
 
 SETTINGS = """\
 import os
@@ -26,7 +29,7 @@ RUN_DIR = Path(os.environ.get("HF_DISTILL_NOTEBOOK_OUTPUT", "runs/notebooks")) /
 print("small settings" if SMALL else "full settings", "->", RUN_DIR)"""
 
 SHOW_REPORT = """\
-from IPython.display import Image, Markdown, display
+from IPython.display import Image, display
 
 from hf_distill.report import make_report
 
@@ -37,10 +40,41 @@ for name in ("losses", "metric", "latency", "size_quality"):
 print("report:", written["md"], written["html"])"""
 
 
+def _literal(value: object) -> str:
+    # Double quotes, as the formatter writes them: the generated cells are kept formatted.
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+def _size_source(small: dict, full: dict) -> str:
+    """``size = small if SMALL else full``, one key per line, laid out as the formatter lays it out."""
+
+    def dict_literal(values: dict) -> str:
+        items = "".join(f"        {_literal(key)}: {_literal(value)},\n" for key, value in values.items())
+        return f"{{\n{items}    }}"
+
+    return f"size = (\n    {dict_literal(small)}\n    if SMALL\n    else {dict_literal(full)}\n)"
+
+
+def _call_source(callee: str, arguments: list[str]) -> str:
+    """A call written on one line when it fits, else one argument per line."""
+    one_line = f"{callee}({', '.join(arguments)})"
+    if len(one_line) <= LINE_LENGTH:
+        return one_line
+    return f"{callee}(\n" + "".join(f"    {argument},\n" for argument in arguments) + ")"
+
+
 def recipe_cells(
-    task: str, prepare: str, student_init: str, small: dict, full: dict, extra: str = ""
+    task: str, prepare: str, student_arguments: list[str], small: dict, full: dict, extra: str = ""
 ) -> list:
-    """Cells that run a task's recipe pipeline (teacher, distilled students, no-KD baselines, report)."""
+    """Cells that run a task's recipe pipeline (teacher, distilled students, no-KD baselines, report).
+
+    ``student_arguments`` are the keyword arguments of ``StudentArguments`` besides the number of layers,
+    as source text; ``small`` and ``full`` the two sizes of the run.
+    """
+    student_args = _call_source(
+        "student_args = StudentArguments",
+        [*student_arguments, 'student_num_layers=size.pop("student_layers")'],
+    )
     return [
         new_code_cell(SETTINGS.format(name=task)),
         new_markdown_cell(
@@ -60,11 +94,13 @@ from hf_distill.pipeline import (
 )
 from hf_distill.tasks import {prepare}
 
-size = {small!r} if SMALL else {full!r}
+{_size_source(small, full)}
 teacher_args = TeacherArguments(
-    teacher_model_name_or_path=size.pop("teacher"), teacher_learning_rate=1e-4, teacher_max_steps=size.pop("teacher_steps")
+    teacher_model_name_or_path=size.pop("teacher"),
+    teacher_learning_rate=1e-4,
+    teacher_max_steps=size.pop("teacher_steps"),
 )
-student_args = StudentArguments({student_init}student_num_layers=size.pop("student_layers"))
+{student_args}
 data_args = DataArguments(
     max_length=size.pop("max_length"),
     max_train_samples=size.pop("train"),
@@ -92,7 +128,15 @@ training_args = DistillationTrainingArguments(
             f"""\
 tokenizer = teacher_tokenizer(teacher_args)
 task = {prepare}(data_args, tokenizer)
-print(task.dataset_label, "| train", len(task.train), "| validation", len(task.validation), "| test", len(task.test))"""
+print(
+    task.dataset_label,
+    "| train",
+    len(task.train),
+    "| validation",
+    len(task.validation),
+    "| test",
+    len(task.test),
+)"""
         ),
         new_markdown_cell(
             "`run_recipe` fine-tunes the teacher when its head is new, builds each student, distils it, trains "
@@ -110,6 +154,8 @@ print(task.dataset_label, "| train", len(task.train), "| validation", len(task.v
         ),
         new_code_cell(
             """\
+from IPython.display import Markdown
+
 from hf_distill.hub import check_student_folder
 
 distilled = next(s for s in report["students"] if s["kind"] == "distilled")
@@ -256,7 +302,11 @@ students = [
 for s in students:
     s.update(entry(s["name"], s["output_dir"]))
 report = build_report(
-    task, teacher_entry, students, training_args, {"distilled": trainer.state.log_history, "no_kd": baseline_log}
+    task,
+    teacher_entry,
+    students,
+    training_args,
+    {"distilled": trainer.state.log_history, "no_kd": baseline_log},
 )
 write_report(report, RUN_DIR)
 {name: round(m["accuracy"], 3) for name, m in metrics.items()}"""
@@ -280,8 +330,10 @@ SENTIMENT = [
     *recipe_cells(
         "sentiment",
         "prepare_sentiment",
-        'student_init=["teacher_layers", "config"], student_config_overrides=\'{"hidden_size": 192, '
-        '"intermediate_size": 768, "num_attention_heads": 6}\', ',
+        [
+            'student_init=["teacher_layers", "config"]',
+            'student_config_overrides=\'{"hidden_size": 192, "intermediate_size": 768, "num_attention_heads": 6}\'',
+        ],
         small=dict(
             teacher="minilm-l6",
             teacher_steps=3,
@@ -320,7 +372,7 @@ NER = [
     *recipe_cells(
         "ner",
         "prepare_ner",
-        "",
+        [],
         small=dict(
             teacher="minilm-l6",
             teacher_steps=3,
@@ -366,7 +418,10 @@ CODEGEN = [
     *recipe_cells(
         "codegen",
         "prepare_code",
-        'student_init=["gpt2"], student_config_overrides=\'{"n_embd": 64, "n_head": 2, "n_positions": 128}\', ',
+        [
+            'student_init=["gpt2"]',
+            'student_config_overrides=\'{"n_embd": 64, "n_head": 2, "n_positions": 128}\'',
+        ],
         small=dict(
             teacher="smollm2-135m",
             teacher_steps=-1,
@@ -405,7 +460,9 @@ prompt = tokenizer("def fibonacci(n):", return_tensors="pt")
 for name, path in (("teacher", smollm2_folder()), ("student", folder)):
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     with torch.no_grad():
-        ids = model.generate(**prompt, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        ids = model.generate(
+            **prompt, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.eos_token_id
+        )
     print(f"--- {name}\\n{tokenizer.decode(ids[0], skip_special_tokens=True)}")""",
     ),
 ]

@@ -1,41 +1,32 @@
-"""Tiny models and data shared by the tests of hf_distill.modes (random BERT / GPT-2, random token ids)."""
+"""Tiny models and data shared by the tests of hf_distill.modes (random BERT / GPT-2, random token ids).
+
+The models come from ``tiny_models.py``, with these tests' sizes and vocabulary.
+"""
 
 from __future__ import annotations
 
+from functools import partial
+
+import tiny_models
 import torch
 from datasets import Dataset
-from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
+from tiny_models import CONFIG_DEFAULT_DROPOUT, tiny_bert_classifier
 
 VOCAB = 50
 
 
-def tiny_bert(seed: int = 0, hidden: int = 16, layers: int = 2, heads: int = 2, num_labels: int = 3, **kw):
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=hidden * 2,
-        max_position_embeddings=32,
-        num_labels=num_labels,
-        **kw,
-    )
-    return BertForSequenceClassification(config)
-
-
-def tiny_gpt2(seed: int = 0, hidden: int = 16, layers: int = 2):
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=VOCAB,
-        n_embd=hidden,
-        n_layer=layers,
-        n_head=2,
-        n_positions=64,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    return GPT2LMHeadModel(config)
+# The mode tests' own sizes and vocabulary, with the configs' default dropout they were written against.
+tiny_bert = partial(
+    tiny_bert_classifier, vocab_size=VOCAB, hidden=16, positions=32, dropout=CONFIG_DEFAULT_DROPOUT
+)
+tiny_gpt2 = partial(
+    tiny_models.tiny_gpt2,
+    vocab_size=VOCAB,
+    hidden=16,
+    bos_token_id=1,
+    eos_token_id=2,
+    dropout=CONFIG_DEFAULT_DROPOUT,
+)
 
 
 def classification_data(n: int = 16, length: int = 8, num_labels: int = 3, seed: int = 0) -> Dataset:

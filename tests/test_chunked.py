@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_bert_classifier, tiny_gpt2
 from datasets import Dataset
+from tiny_models import tiny_bert_classifier, tiny_gpt2
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hf_distill import DistillationTrainer

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from accelerate.utils import DistributedType
-from conftest import tiny_bert_classifier
+from tiny_models import tiny_bert_classifier
 
 from hf_distill.distributed import prepare_teacher
 

@@ -23,6 +23,8 @@ from hf_distill.hub import (
     write_model_card,
 )
 
+GOLDEN = Path(__file__).parent / "golden"
+
 
 def make_run_report(output_dir: str = "runs/sst2/distilled") -> dict:
     teacher = {
@@ -125,6 +127,50 @@ def test_card_body_holds_settings_and_table():
     )
     assert rows[3].startswith("| no_kd_baseline | no kd baseline | 0.8512 | 92.1% |")
     assert 'AutoModelForSequenceClassification.from_pretrained("someone/sst2-student")' in body
+
+
+def test_card_of_a_fixed_report_is_unchanged():
+    # The whole card, not only the lines the other tests look for: a refactor of the renderer must not move
+    # a blank line. The body is compared as text; the front matter as data, since its YAML layout is
+    # huggingface_hub's.
+    student_config = {
+        "model_type": "bert",
+        "architectures": ["BertForSequenceClassification"],
+        "num_hidden_layers": 3,
+        "hidden_size": 768,
+        "num_attention_heads": 12,
+    }
+    card = render_model_card(
+        make_run_report(),
+        license="apache-2.0",
+        language="en",
+        repo_id="someone/sst2-student",
+        student_config=student_config,
+    )
+    metadata, body = front_matter(card)
+    assert body == (GOLDEN / "model_card_sst2.md").read_text(encoding="utf-8")
+    assert metadata == {
+        "base_model": "textattack/bert-base-uncased-SST-2",
+        "datasets": ["stanfordnlp/sst2"],
+        "language": "en",
+        "library_name": "transformers",
+        "license": "apache-2.0",
+        "metrics": ["accuracy"],
+        "pipeline_tag": "text-classification",
+        "tags": ["distillation", "hf_distill", "sentiment"],
+        "model-index": [
+            {
+                "name": "sst2-student",
+                "results": [
+                    {
+                        "task": {"type": "text-classification"},
+                        "dataset": {"name": "stanfordnlp/sst2", "type": "stanfordnlp/sst2"},
+                        "metrics": [{"type": "accuracy", "value": 0.8876}],
+                    }
+                ],
+            }
+        ],
+    }
 
 
 def test_card_for_another_student_and_overrides(tmp_path):

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import make_sentences, tiny_bert_classifier
 from datasets import Dataset
 from huggingface_hub import HfApi
 from huggingface_hub.utils import filter_repo_objects
 from safetensors.torch import load_file
+from tiny_models import make_sentences, tiny_bert_classifier
 from transformers import DataCollatorWithPadding
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import bert_config
 from datasets import Dataset
+from tiny_models import bert_config
 from transformers import (
     BertForSequenceClassification,
     BertForTokenClassification,

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_bert_classifier, tiny_gpt2
 from datasets import Dataset
+from tiny_models import tiny_bert_classifier, tiny_gpt2
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments
 from hf_distill.modes.on_policy import (

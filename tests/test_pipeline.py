@@ -8,8 +8,8 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_bert_classifier, tiny_gpt2
 from datasets import Dataset, DatasetDict
+from tiny_models import tiny_bert_classifier, tiny_gpt2
 from torch import nn
 
 from hf_distill.arguments import DistillationTrainingArguments
@@ -165,7 +165,7 @@ def test_students_of_each_kind(tmp_path):
 
 
 def test_teacher_needs_fine_tune(tmp_path):
-    from conftest import bert_config
+    from tiny_models import bert_config
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, BertModel
 
     classifier = tiny_bert_classifier(num_labels=2)

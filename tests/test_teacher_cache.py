@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_sentences, tiny_bert_classifier, tiny_bert_tagger, tiny_gpt2
 from datasets import Dataset, load_from_disk
 from test_chunked import lm_dataset, make_args
+from tiny_models import make_sentences, tiny_bert_classifier, tiny_bert_tagger, tiny_gpt2
 from transformers import DataCollatorWithPadding
 
 from hf_distill import DistillationTrainer

@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import make_sentences, tiny_bert_classifier, tiny_bert_tagger, tiny_gpt2
 from datasets import Dataset
 from safetensors.torch import load_file
+from tiny_models import make_sentences, tiny_bert_classifier, tiny_bert_tagger, tiny_gpt2
 from torch import nn
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 

@@ -28,6 +28,34 @@ from .on_policy import (
 )
 
 
+def _prompt_token_ids(
+    prompts_dataset: Dataset, tokenizer: Any, prompt_column: str, max_prompt_length: int | None
+) -> list[list[int]]:
+    """The token ids of every prompt, from ``prompt_input_ids`` or by tokenizing ``prompt_column``.
+
+    Raises ``ValueError`` when neither column is there or a prompt is left without a token.
+    """
+    columns = prompts_dataset.column_names
+    if PROMPT_INPUT_IDS in columns:
+        prompts = [list(p) for p in prompts_dataset[PROMPT_INPUT_IDS]]
+    elif prompt_column in columns:
+        prompts = tokenizer(list(prompts_dataset[prompt_column]), add_special_tokens=False)["input_ids"]
+    else:
+        raise ValueError(
+            f"The prompts dataset has neither a {prompt_column!r} text column nor {PROMPT_INPUT_IDS!r} (it has "
+            f"{columns}); pass prompt_column= naming the column that holds the prompts."
+        )
+    if max_prompt_length is not None:
+        prompts = [p[-max_prompt_length:] for p in prompts]
+    empty = [i for i, p in enumerate(prompts) if not p]
+    if empty:
+        raise ValueError(
+            f"Prompts at rows {empty[:5]} have no token; the teacher needs at least one token to continue from. "
+            "Drop empty prompts or prepend a BOS token."
+        )
+    return prompts
+
+
 @torch.no_grad()
 def generate_teacher_completions(
     teacher: nn.Module,
@@ -66,24 +94,7 @@ def generate_teacher_completions(
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 prompts per generate call, got {batch_size}.")
-    columns = prompts_dataset.column_names
-    if PROMPT_INPUT_IDS in columns:
-        prompts = [list(p) for p in prompts_dataset[PROMPT_INPUT_IDS]]
-    elif prompt_column in columns:
-        prompts = tokenizer(list(prompts_dataset[prompt_column]), add_special_tokens=False)["input_ids"]
-    else:
-        raise ValueError(
-            f"The prompts dataset has neither a {prompt_column!r} text column nor {PROMPT_INPUT_IDS!r} (it has "
-            f"{columns}); pass prompt_column= naming the column that holds the prompts."
-        )
-    if max_prompt_length is not None:
-        prompts = [p[-max_prompt_length:] for p in prompts]
-    empty = [i for i, p in enumerate(prompts) if not p]
-    if empty:
-        raise ValueError(
-            f"Prompts at rows {empty[:5]} have no token; the teacher needs at least one token to continue from. "
-            "Drop empty prompts or prepend a BOS token."
-        )
+    prompts = _prompt_token_ids(prompts_dataset, tokenizer, prompt_column, max_prompt_length)
     pad, eos = pad_and_eos_ids(tokenizer, teacher)
     collate = PromptCompletionCollator(pad)
     kwargs = {"do_sample": False, **(generation_kwargs or {})}

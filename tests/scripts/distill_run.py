@@ -20,33 +20,25 @@ import json
 import os
 import sys
 import time
+from functools import partial
+from pathlib import Path
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback
+from transformers import TrainerCallback
 
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.trainer import DISTILLATION_MODULES_NAME, DistillationTrainer
+
+# The script runs as its own process (under accelerate launch too), where pytest has not put tests/ on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_models import tiny_gpt2  # noqa: E402
 
 VOCAB = 40
 PAD_ID = 0
 
 
-def tiny_gpt2(seed: int, hidden: int, layers: int, dropout: float = 0.0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=VOCAB,
-        n_embd=hidden,
-        n_layer=layers,
-        n_head=2,
-        n_positions=32,
-        bos_token_id=1,
-        eos_token_id=1,
-        pad_token_id=PAD_ID,
-        resid_pdrop=dropout,
-        embd_pdrop=dropout,
-        attn_pdrop=dropout,
-    )
-    return GPT2LMHeadModel(config)
+# This run's vocabulary, with token 1 as BOS and EOS and 0 as padding.
+gpt2 = partial(tiny_gpt2, vocab_size=VOCAB, positions=32, bos_token_id=1, eos_token_id=1, pad_token_id=PAD_ID)
 
 
 def token_rows(n: int, seed: int) -> list[dict[str, list[int]]]:
@@ -102,8 +94,8 @@ def main() -> None:
     parser.add_argument("--attention-weight", type=float, default=0.0, help="> 0: attention-map matching too")
     cli = parser.parse_args()
 
-    teacher = tiny_gpt2(seed=1, hidden=32, layers=4)
-    student = tiny_gpt2(seed=2, hidden=16, layers=2, dropout=cli.dropout)
+    teacher = gpt2(seed=1, hidden=32, layers=4)
+    student = gpt2(seed=2, hidden=16, layers=2, dropout=cli.dropout)
     if cli.attention_weight > 0:
         for model in (teacher, student):
             model.set_attn_implementation("eager")  # the only implementation that returns attention maps

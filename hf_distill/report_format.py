@@ -1,0 +1,118 @@
+"""How the numbers of a report read: values ("45.69M", "182.7 MB", "not measured") and the comparison table.
+
+The model card (:mod:`hf_distill.hub`) and the run's report (:mod:`hf_distill.report`) show the same table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+NOT_MEASURED = "not measured"
+
+
+def is_number(value: Any) -> bool:
+    """True for an int or a float, not for a bool (which Python counts as an int)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def format_metric(value: Any) -> str:
+    return f"{value:.4g}" if is_number(value) else NOT_MEASURED
+
+
+def format_count(value: Any) -> str:
+    """Parameter counts as 4.39M / 1.10B."""
+    if not is_number(value):
+        return NOT_MEASURED
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{suffix}"
+    return str(int(value))
+
+
+def format_bytes(value: Any) -> str:
+    """Decimal units, as the Hub shows file sizes."""
+    if not is_number(value):
+        return NOT_MEASURED
+    for scale, suffix in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if abs(value) >= scale:
+            return f"{value / scale:.1f} {suffix}"
+    return f"{int(value)} B"
+
+
+def format_ms(value: Any) -> str:
+    return f"{value:.2f}" if is_number(value) else NOT_MEASURED
+
+
+def format_ratio(value: Any) -> str:
+    return f"{value:.2f}x" if is_number(value) else NOT_MEASURED
+
+
+def format_percent(value: Any) -> str:
+    return f"{100 * value:.1f}%" if is_number(value) else NOT_MEASURED
+
+
+def comparison_table(report: dict, highlight: str | None = None) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the teacher-vs-students table; missing values read "not measured".
+
+    The teacher row has retention 100 % and speed-up 1x by definition, when its own numbers are known.
+    ``highlight`` marks one student's row (the model a card describes) in bold.
+    """
+    metric_name = report.get("metric_name") or "metric"
+    direction = report.get("higher_is_better")
+    if direction is not None:
+        metric_name += " (higher is better)" if direction else " (lower is better)"
+    header = [
+        "Model",
+        "Role",
+        metric_name,
+        "Retention",
+        "Parameters",
+        "Size on disk",
+        "Latency b1 (ms)",
+        "Latency b32 (ms)",
+        "Speed-up b1",
+        "Speed-up b32",
+    ]
+    teacher = report.get("teacher") or {}
+    known = is_number(teacher.get("metric"))
+    rows = [
+        [
+            f"`{teacher.get('name_or_path') or NOT_MEASURED}`",
+            "teacher",
+            format_metric(teacher.get("metric")),
+            format_percent(1.0 if known else None),
+            format_count(teacher.get("parameters")),
+            format_bytes(teacher.get("size_bytes")),
+            format_ms(teacher.get("latency_ms_b1")),
+            format_ms(teacher.get("latency_ms_b32")),
+            format_ratio(1.0 if is_number(teacher.get("latency_ms_b1")) else None),
+            format_ratio(1.0 if is_number(teacher.get("latency_ms_b32")) else None),
+        ]
+    ]
+    for student in report.get("students") or []:
+        name = student.get("name") or NOT_MEASURED
+        rows.append(
+            [
+                f"**{name}** (this model)" if name == highlight else name,
+                (student.get("kind") or "student").replace("_", " "),
+                format_metric(student.get("metric")),
+                format_percent(student.get("retention")),
+                format_count(student.get("parameters")),
+                format_bytes(student.get("size_bytes")),
+                format_ms(student.get("latency_ms_b1")),
+                format_ms(student.get("latency_ms_b32")),
+                format_ratio(student.get("speedup_b1")),
+                format_ratio(student.get("speedup_b32")),
+            ]
+        )
+    return header, rows
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    lines = [line(header), "|" + "|".join("---" for _ in header) + "|"]
+    lines += [line(row) for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,123 @@
+"""The tiny random models and the WordPiece tokenizer the tests build: one builder per kind.
+
+The fixtures of ``conftest.py``, the mode tests' ``modes_helpers.py`` and the multi-process script
+``scripts/distill_run.py`` all build from here. Each passes the sizes (and dropout) its tests were written
+with, so a test's model does not change with the defaults of another test's.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+)
+
+WORDS = "the a movie film was is great good bad awful plot actor scene boring fun long short story loved hated".split()
+# BertConfig's and GPT2Config's own dropout: the mode tests were written against it.
+CONFIG_DEFAULT_DROPOUT = 0.1
+
+
+def make_sentences(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 10))) for _ in range(n)]
+
+
+def make_wordpiece_tokenizer(vocab_size: int = 80) -> PreTrainedTokenizerFast:
+    """A BERT-style WordPiece tokenizer trained on :func:`make_sentences`, so no test downloads one."""
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    )
+    tokenizer.train_from_iterator(make_sentences(200), trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def bert_config(
+    vocab_size: int = 80,
+    hidden: int = 32,
+    layers: int = 2,
+    num_labels: int = 3,
+    *,
+    heads: int = 2,
+    positions: int = 64,
+    dropout: float = 0.0,
+    **kw: Any,
+) -> BertConfig:
+    """A small BERT config; keywords in ``kw`` (e.g. ``hidden_dropout_prob``) win over ``dropout``.
+
+    No dropout by default: tests compare runs exactly (e.g. 8x1 vs 2x4 accumulation), and dropout masks would
+    differ.
+    """
+    settings = {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout, **kw}
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=positions,
+        num_labels=num_labels,
+        **settings,
+    )
+
+
+def tiny_bert_classifier(seed: int = 0, **kw: Any) -> BertForSequenceClassification:
+    """A random BERT sequence classifier; ``kw`` go to :func:`bert_config`."""
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(bert_config(**kw))
+
+
+def tiny_bert_tagger(seed: int = 0, **kw: Any) -> BertForTokenClassification:
+    """A random BERT token classifier; ``kw`` go to :func:`bert_config`."""
+    torch.manual_seed(seed)
+    return BertForTokenClassification(bert_config(**kw))
+
+
+def tiny_gpt2(
+    seed: int = 0,
+    vocab_size: int = 60,
+    hidden: int = 32,
+    layers: int = 2,
+    *,
+    positions: int = 64,
+    bos_token_id: int = 0,
+    eos_token_id: int = 0,
+    pad_token_id: int | None = None,
+    dropout: float = 0.0,
+) -> GPT2LMHeadModel:
+    """A random GPT-2 language model with two attention heads."""
+    torch.manual_seed(seed)
+    # Left out rather than None when not given, so the config is the one these tests always had.
+    pad = {} if pad_token_id is None else {"pad_token_id": pad_token_id}
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=2,
+        n_positions=positions,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        **pad,
+    )
+    return GPT2LMHeadModel(config)
