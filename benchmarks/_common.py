@@ -2,6 +2,11 @@
 
 Interleaving (round 1: A B C, round 2: B C A, ...) spreads slow periods of a shared machine over all
 variants instead of charging them to whichever ran last. Only medians are reported.
+
+Every call also records the cores this process used and the cores other processes kept busy meanwhile
+(from /proc/stat). A ratio taken while other work shared the cores is noise, so medians and ratios are taken
+over the quiet calls only (others below ``QUIET_CORES``); the JSON keeps every call with its CPU figures, and
+says how many calls of each variant were quiet.
 """
 
 from __future__ import annotations
@@ -21,29 +26,74 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def time_variants(
-    variants: dict[str, Callable[[], None]], rounds: int, warmup: int = 1
-) -> dict[str, list[float]]:
+# Cores other processes may keep busy during a call that still counts as quiet.
+QUIET_CORES = 0.25
+
+
+class Timings(dict):
+    """Seconds per call of each variant, with ``own[name]`` (cores this process used) and ``others[name]``
+    (cores other processes used) per call."""
+
+    def __init__(self, names: list[str]):
+        super().__init__({name: [] for name in names})
+        self.own: dict[str, list[float]] = {name: [] for name in names}
+        self.others: dict[str, list[float]] = {name: [] for name in names}
+
+    def subset(self, names: list[str]) -> Timings:
+        part = Timings(names)
+        for name in names:
+            part[name], part.own[name], part.others[name] = self[name], self.own[name], self.others[name]
+        return part
+
+
+def _busy_seconds() -> float:
+    """CPU seconds spent busy by the whole machine since boot (all cores)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def time_variants(variants: dict[str, Callable[[], None]], rounds: int, warmup: int = 1) -> Timings:
     """Seconds per call of each variant, ``rounds`` calls each, order rotated every round."""
     names = list(variants)
     for _ in range(warmup):
         for name in names:
             variants[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times = Timings(names)
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
+            busy, cpu, start = _busy_seconds(), time.process_time(), time.perf_counter()
             variants[name]()
-            times[name].append(time.perf_counter() - start)
+            wall = time.perf_counter() - start
+            own = (time.process_time() - cpu) / wall
+            times[name].append(wall)
+            times.own[name].append(own)
+            times.others[name].append(max((_busy_seconds() - busy) / wall - own, 0.0))
     return times
 
 
 def summarize(times: dict[str, list[float]], baseline: str) -> list[dict]:
-    base = statistics.median(times[baseline])
-    return [
-        {"variant": name, "median_s": statistics.median(t), "ratio": statistics.median(t) / base, "runs": t}
-        for name, t in times.items()
-    ]
+    """Median seconds and ratio to ``baseline`` per variant, over its quiet calls when CPU figures exist."""
+
+    def quiet(name: str) -> list[float]:
+        others = getattr(times, "others", {}).get(name)
+        if not others:
+            return times[name]
+        kept = [t for t, o in zip(times[name], others) if o <= QUIET_CORES]
+        return kept or times[name]
+
+    base = statistics.median(quiet(baseline))
+    rows = []
+    for name, t in times.items():
+        row = {"variant": name, "median_s": statistics.median(quiet(name)), "runs": t}
+        row["ratio"] = row["median_s"] / base
+        if getattr(times, "others", None):
+            row["quiet_runs"] = sum(o <= QUIET_CORES for o in times.others[name])
+            row["own_cores"] = times.own[name]
+            row["other_cores"] = times.others[name]
+        rows.append(row)
+    return rows
 
 
 def peak_rss_delta(fn: Callable[[], None]) -> int:
@@ -94,6 +144,11 @@ def report(name: str, rows: list[dict], meta: dict, extra: dict | None = None) -
         line = f"{row['variant']:<42} {row['median_s']:>10.4f} {row['ratio']:>7.3f}"
         if "peak_mib" in row:
             line += f" {row['peak_mib']:>9.1f}"
+        if "quiet_runs" in row:
+            line += (
+                f"  quiet {row['quiet_runs']}/{len(row['runs'])}, own cores "
+                f"{statistics.median(row['own_cores']):.2f}, others {max(row['other_cores']):.2f} max"
+            )
         print(line)
     for key, value in (extra or {}).items():
         print(f"{key}: {value}")

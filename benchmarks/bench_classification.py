@@ -102,10 +102,8 @@ def main() -> None:
         times = time_variants(variants, rounds=options.rounds)
     meta = {"batch": s["batch"], "tokens": s["tokens"], "teacher(layers,hidden)": s["teacher"],
             "student(layers,hidden)": s["student"], "rounds": options.rounds, "dtype": "float32"}  # fmt: skip
-    rows_a = summarize(
-        {k: times[k] for k in ("teacher fwd + student step", "KD step")}, "teacher fwd + student step"
-    )
-    rows_c = summarize({k: times[k] for k in ("student only", "KD step, cached teacher")}, "student only")
+    rows_a = summarize(times.subset(["teacher fwd + student step", "KD step"]), "teacher fwd + student step")
+    rows_c = summarize(times.subset(["student only", "KD step, cached teacher"]), "student only")
     suffix = "_quick" if options.quick else ""
     teacher_share = 1 - min(times["student only"]) / min(times["teacher fwd + student step"])
     report(
