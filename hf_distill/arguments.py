@@ -25,7 +25,8 @@ _TRAINING_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainingArgument
 
 
 def _is_float_value(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, int))
+    # ints are always finite (and math.isfinite overflows on huge ones); bool is an int.
+    return isinstance(value, numbers.Real) and not isinstance(value, int)
 
 
 def parse_layer_map(spec: str) -> list[tuple[int, int]] | None:

@@ -15,6 +15,13 @@ Masking convention: a position takes part when ``mask`` is true, or, when ``labe
 when ``labels != -100``. ``reduction="mean"`` divides by ``num_items_in_batch`` when given (the number of
 unmasked positions over all gradient-accumulation micro-batches, as ``transformers.Trainer`` counts them),
 otherwise by the number of unmasked positions here, ``clamp_min(1)`` so a fully masked batch gives 0.
+:func:`distillation_loss` zeroes the logits of masked positions before any softmax, so whatever they hold
+(inf or NaN padding) reaches neither the value nor the gradient.
+
+Non-finite logits: an entry at ``-inf`` (a padded vocabulary, a constrained head) has probability 0 and,
+with the convention ``0 * log 0 = 0``, contributes exactly 0 to every divergence, with a zero gradient.
+``KL(p || q)`` is ``inf`` only where ``q`` gives probability 0 to an entry ``p`` weighs, a true infinity
+(see :func:`per_position_mse` for logit matching). NaN and ``+inf`` at unmasked positions propagate.
 """
 
 from __future__ import annotations
