@@ -6,6 +6,10 @@ Every field is a dataclass field with help text, so ``HfArgumentParser`` exposes
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
+import numbers
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -15,6 +19,15 @@ from .lm_head import KD_LOSS_IMPLEMENTATIONS
 from .losses import PER_POSITION_LOSSES
 
 HIDDEN_STATE_LOSSES = ("mse", "cosine")
+# TrainingArguments' own float fields that must be finite too; the others (max_grad_norm, ...) keep their
+# transformers semantics.
+_FINITE_TRAINING_FIELDS = ("learning_rate",)
+_TRAINING_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainingArguments))
+
+
+def _is_float_value(value: object) -> bool:
+    # ints are always finite (and math.isfinite overflows on huge ones); bool is an int.
+    return isinstance(value, numbers.Real) and not isinstance(value, int)
 
 
 def parse_layer_map(spec: str) -> list[tuple[int, int]] | None:
@@ -143,10 +156,45 @@ class DistillationTrainingArguments(TrainingArguments):
         metadata={"help": "Token positions per chunk of the fused / chunked loss; memory grows with it."},
     )
 
+    def __init_subclass__(cls, **kwargs):
+        # A subclass's __post_init__ (the modes' arguments) runs its own range checks before calling ours,
+        # and `not x > 0` lets inf through them: the finiteness check goes in front of it.
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is not None and not getattr(own, "_checks_finite_first", False):
+
+            @functools.wraps(own)
+            def __post_init__(self):
+                self._check_finite_fields()
+                own(self)
+
+            __post_init__._checks_finite_first = True
+            cls.__post_init__ = __post_init__
+
     def __post_init__(self):
         # Our checks run first: a bad distillation knob must fail before TrainingArguments touches devices.
+        self._check_finite_fields()
         self._check_distillation_fields()
         super().__post_init__()
+
+    def _check_finite_fields(self) -> None:
+        """Refuses NaN and +-inf in every float field added on top of ``TrainingArguments`` (this class's and
+        any subclass's, lists and tuples of floats included) and in ``learning_rate``."""
+        for f in dataclasses.fields(self):
+            if f.name in _TRAINING_FIELDS and f.name not in _FINITE_TRAINING_FIELDS:
+                continue
+            value = getattr(self, f.name)
+            items = value if isinstance(value, (list, tuple)) else (value,)
+            if any(_is_float_value(item) and not math.isfinite(item) for item in items):
+                default = (
+                    "" if f.default in (dataclasses.MISSING, None) else f" (the default is {f.default!r})"
+                )
+                what = "every entry" if isinstance(value, (list, tuple)) else "a number"
+                raise ValueError(
+                    f"{f.name} must be finite, got {value!r}: NaN or infinity in a training knob reaches the "
+                    "loss and the updates, and training runs on to save a model of NaN weights. Give "
+                    f"{what} that is finite{default}, not nan or inf."
+                )
 
     def _check_distillation_fields(self) -> None:
         if not self.temperature > 0:

@@ -15,6 +15,13 @@ Masking convention: a position takes part when ``mask`` is true, or, when ``labe
 when ``labels != -100``. ``reduction="mean"`` divides by ``num_items_in_batch`` when given (the number of
 unmasked positions over all gradient-accumulation micro-batches, as ``transformers.Trainer`` counts them),
 otherwise by the number of unmasked positions here, ``clamp_min(1)`` so a fully masked batch gives 0.
+:func:`distillation_loss` zeroes the logits of masked positions before any softmax, so whatever they hold
+(inf or NaN padding) reaches neither the value nor the gradient.
+
+Non-finite logits: an entry at ``-inf`` (a padded vocabulary, a constrained head) has probability 0 and,
+with the convention ``0 * log 0 = 0``, contributes exactly 0 to every divergence, with a zero gradient.
+``KL(p || q)`` is ``inf`` only where ``q`` gives probability 0 to an entry ``p`` weighs, a true infinity
+(see :func:`per_position_mse` for logit matching). NaN and ``+inf`` at unmasked positions propagate.
 """
 
 from __future__ import annotations
@@ -40,9 +47,30 @@ def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) = sum_c p_c (log p_c - log q_c) over the last dim; 0 * log 0 counts as 0."""
+    """KL(p || q) = sum_{c: p_c > 0} p_c (log p_c - log q_c) over the last dim.
+
+    Entries with ``p_c = 0`` (``log p_c = -inf``, or a probability that underflows) contribute exactly 0,
+    whatever ``log q_c`` is, ``-inf`` included (0 * log 0 = 0), and pass a zero gradient to both sides.
+    An entry with ``p_c > 0`` and ``log q_c = -inf`` is a true infinite divergence and gives ``inf``.
+    Shapes: ``(..., C)``, ``(..., C)`` -> ``(...)``.
+    """
     p = log_p.exp()
-    return (p * (log_p - log_q)).sum(-1)
+    # Zeroing the difference, not the product: the product's backward multiplies by the difference, and
+    # -inf - finite or -inf - (-inf) would turn a zero gradient into NaN. In place: one pass, no new tensor.
+    diff = (log_p - log_q).masked_fill_(p == 0, 0.0)
+    return (p * diff).sum(-1)
+
+
+def _log_mixture(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> torch.Tensor:
+    """``log(weight_a * a + (1 - weight_a) * b)`` from log-probabilities, ``0 < weight_a < 1``.
+
+    An entry at ``-inf`` on both sides gives the most negative finite float instead of ``-inf``:
+    logsumexp's backward is ``exp(x - logsumexp(x))``, NaN for ``-inf - (-inf)``. The divergences built on
+    the mixture weigh such an entry by a probability 0, so the value is unchanged.
+    Shapes: ``(..., C)``, ``(..., C)`` -> ``(..., C)``.
+    """
+    stacked = torch.stack([log_a + math.log(weight_a), log_b + math.log(1.0 - weight_a)])
+    return torch.logsumexp(stacked.clamp_min(torch.finfo(stacked.dtype).min), dim=0)
 
 
 def per_position_forward_kl(
@@ -91,7 +119,7 @@ def per_position_jsd(
         return per_position_reverse_kl(student_logits, teacher_logits, temperature=temperature)
     log_s = _log_probs(student_logits, temperature)
     log_t = _log_probs(teacher_logits, temperature)
-    log_m = torch.logsumexp(torch.stack([log_t + math.log(beta), log_s + math.log(1.0 - beta)]), dim=0)
+    log_m = _log_mixture(log_t, log_s, beta)
     return (beta * _kl(log_t, log_m) + (1.0 - beta) * _kl(log_s, log_m)) * temperature**2
 
 
@@ -112,10 +140,7 @@ def per_position_skew_forward_kl(
     log_t = _log_probs(teacher_logits, temperature)
     if skew_lambda == 0.0:
         return _kl(log_t, log_s) * temperature**2
-    log_mix = torch.logsumexp(
-        torch.stack([log_t + math.log(skew_lambda), log_s + math.log(1.0 - skew_lambda)]), dim=0
-    )
-    return _kl(log_t, log_mix) * temperature**2
+    return _kl(log_t, _log_mixture(log_t, log_s, skew_lambda)) * temperature**2
 
 
 def per_position_skew_reverse_kl(
@@ -131,10 +156,7 @@ def per_position_skew_reverse_kl(
     log_t = _log_probs(teacher_logits, temperature)
     if skew_lambda == 0.0:
         return _kl(log_s, log_t) * temperature**2
-    log_mix = torch.logsumexp(
-        torch.stack([log_s + math.log(skew_lambda), log_t + math.log(1.0 - skew_lambda)]), dim=0
-    )
-    return _kl(log_s, log_mix) * temperature**2
+    return _kl(log_s, _log_mixture(log_s, log_t, skew_lambda)) * temperature**2
 
 
 def per_position_tvd(
@@ -156,9 +178,17 @@ def per_position_mse(
     """Mean squared error between raw logits, averaged over the class dim (Ba & Caruana, 2014).
 
     Logit matching is the high-temperature limit of KD, so the temperature is ignored here.
+
+    ``-inf`` logits (a vocabulary padded and masked out, a constrained head) mark classes a model cannot
+    output. An entry at ``-inf`` on both sides agrees and contributes 0. An entry at ``-inf`` on one side
+    only has no finite logit to match, so it is excluded: it contributes 0 and no gradient (the KL-family
+    losses do penalise the student's probability there). The mean still divides by ``C``, which counts excluded entries as agreeing, so padding a vocabulary does not change the value. NaN and ``+inf`` are not excluded and propagate.
     Shapes: ``(..., C)`` -> ``(...)``.
     """
-    return (upcast(student_logits) - upcast(teacher_logits)).pow(2).mean(-1)
+    student, teacher = upcast(student_logits), upcast(teacher_logits)
+    # Excluded through the difference: (-inf) - (-inf) is NaN and pow's backward multiplies by it.
+    diff = (student - teacher).masked_fill_(torch.minimum(student, teacher) == -math.inf, 0.0)
+    return diff.pow(2).mean(-1)
 
 
 def per_position_soft_cross_entropy(
@@ -171,7 +201,8 @@ def per_position_soft_cross_entropy(
     """
     log_s = _log_probs(student_logits, temperature)
     p_t = _log_probs(teacher_logits, temperature).exp()
-    return -(p_t * log_s).sum(-1) * temperature**2
+    # Entries the teacher gives probability 0 contribute 0 even where log p_s = -inf (0 * log 0 = 0).
+    return -(p_t * log_s.masked_fill(p_t == 0, 0.0)).sum(-1) * temperature**2
 
 
 # Losses by name: the names accepted by ``DistillationTrainingArguments.distillation_loss``.
@@ -213,6 +244,19 @@ def resolve_mask(
     return mask.to(device=device, dtype=torch.bool)
 
 
+def neutralise_masked(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both logit tensors with the rows of masked positions set to 0; shapes ``(..., C)``, mask ``(...)``.
+
+    Zeroing the loss of a masked position afterwards is not enough: its gradient is 0 times the
+    derivative of the softmax or divergence there, and inf/NaN logits (padding, a teacher's unused rows)
+    make that derivative NaN, and 0 * NaN = NaN. Zero rows give finite values, which the reduction drops.
+    """
+    keep = mask.unsqueeze(-1)
+    return torch.where(keep, student_logits, 0.0), torch.where(keep, teacher_logits, 0.0)
+
+
 def reduce_positions(
     per_position: torch.Tensor,
     mask: torch.Tensor | None = None,
@@ -228,7 +272,8 @@ def reduce_positions(
     if reduction not in REDUCTIONS:
         raise ValueError(f"Unknown reduction {reduction!r}; choose one of {REDUCTIONS}.")
     if mask is not None:
-        # `where` rather than multiply: a masked position holding inf/NaN (e.g. padding logits) must not leak.
+        # `where` rather than multiply: a masked position's value may be inf/NaN, and 0 * inf is NaN. This
+        # keeps the value finite only; the gradient needs the logits neutralised too (neutralise_masked).
         per_position = torch.where(mask, per_position, torch.zeros_like(per_position))
     if reduction == "none":
         return per_position
@@ -310,10 +355,11 @@ def distillation_loss(
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 to soften distributions, got {temperature}.")
     extra = loss_kwargs(loss, beta=beta, skew_lambda=skew_lambda)
-    per_position = PER_POSITION_LOSSES[loss](
-        student_logits, teacher_logits.detach(), temperature=temperature, **extra
-    )
-    resolved = resolve_mask(per_position.shape, mask=mask, labels=labels, device=per_position.device)
+    teacher_logits = teacher_logits.detach()
+    resolved = resolve_mask(student_logits.shape[:-1], mask=mask, labels=labels, device=student_logits.device)
+    if resolved is not None:
+        student_logits, teacher_logits = neutralise_masked(student_logits, teacher_logits, resolved)
+    per_position = PER_POSITION_LOSSES[loss](student_logits, teacher_logits, temperature=temperature, **extra)
     return reduce_positions(
         per_position, resolved, reduction=reduction, num_items_in_batch=num_items_in_batch
     )
