@@ -18,7 +18,15 @@ from __future__ import annotations
 
 import torch
 
-from .losses import PER_POSITION_LOSSES, check_loss_name, loss_kwargs, reduce_positions, resolve_mask, upcast
+from .losses import (
+    PER_POSITION_LOSSES,
+    check_loss_name,
+    loss_kwargs,
+    neutralise_masked,
+    reduce_positions,
+    resolve_mask,
+    upcast,
+)
 
 # Losses without the T^2 factor (see hf_distill.losses): TVD is not a KL, MSE ignores the temperature.
 NOT_T2_SCALED = ("tvd", "mse")
@@ -104,6 +112,11 @@ def topk_distillation_loss(
     """:func:`per_position_topk`, masked and reduced like :func:`hf_distill.losses.distillation_loss`."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 to soften distributions, got {temperature}.")
+    resolved = resolve_mask(student_logits.shape[:-1], mask=mask, labels=labels, device=student_logits.device)
+    if resolved is not None:
+        # Masked positions must not reach the gradient (see hf_distill.losses.neutralise_masked).
+        student_logits, topk_logits = neutralise_masked(student_logits, topk_logits, resolved)
+        tail_logit = torch.where(resolved, tail_logit, 0.0)
     per_position = per_position_topk(
         student_logits,
         topk_logits,
@@ -114,7 +127,6 @@ def topk_distillation_loss(
         beta=beta,
         skew_lambda=skew_lambda,
     )
-    resolved = resolve_mask(per_position.shape, mask=mask, labels=labels, device=per_position.device)
     return reduce_positions(
         per_position, resolved, reduction=reduction, num_items_in_batch=num_items_in_batch
     )

@@ -27,7 +27,8 @@ def test_no_private_name_crosses_modules(path):
     crossing = [
         f"line {node.lineno}: {alias.name} from {'.' * node.level}{node.module or ''}"
         for node in ast.walk(parse(path))
-        if isinstance(node, ast.ImportFrom) and (node.level > 0 or (node.module or "").startswith("hf_distill"))
+        if isinstance(node, ast.ImportFrom)
+        and (node.level > 0 or (node.module or "").startswith("hf_distill"))
         for alias in node.names
         if alias.name.startswith("_") and not alias.name.startswith("__")
     ]

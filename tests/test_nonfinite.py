@@ -287,3 +287,29 @@ def test_by_hand_with_minus_inf_on_both_sides():
     for name, value in expected.items():
         got = distillation_loss(student, teacher, loss=name, temperature=2.0).item()
         assert got == pytest.approx(value, rel=1e-12), name
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_topk_loss_masked_position_does_not_reach_the_gradient(bad):
+    """The cached top-k loss: a non-finite teacher row (values and tail) at a masked position gives the same
+    finite loss and gradient as zeros there."""
+    from hf_distill.topk_losses import topk_distillation_loss, topk_teacher
+
+    g = torch.Generator().manual_seed(3)
+    student = torch.randn(2, 4, 12, generator=g, dtype=torch.float64)
+    values, indices, tail = topk_teacher(
+        torch.randn(2, 4, 12, generator=g, dtype=torch.float64), 5, temperature=2.0
+    )
+    labels = torch.tensor([[1, 2, -100, 3], [4, -100, 5, 6]])
+    results = []
+    for fill in (bad, 0.0):
+        v, t = values.clone(), tail.clone()
+        v[0, 2], t[0, 2], v[1, 1], t[1, 1] = fill, fill, fill, fill
+        s = student.clone().requires_grad_(True)
+        loss = topk_distillation_loss(s, v, indices, t, labels=labels, temperature=2.0)
+        loss.backward()
+        results.append((loss.detach(), s.grad))
+    (loss, grad), (want_loss, want_grad) = results
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    torch.testing.assert_close(loss, want_loss)
+    torch.testing.assert_close(grad, want_grad)
