@@ -25,17 +25,13 @@ from transformers import (
     default_data_collator,
 )
 
-from .data import (
-    check_not_empty,
-    chunk_for_causal_lm,
-    load_code_corpus,
-    load_ner,
-    load_sentiment,
-    tokenize_and_align_labels,
-    tokenize_for_classification,
-)
 from .metrics import accuracy_f1, perplexity, seqeval_metrics
 from .pipeline import DataArguments, TaskData
+from .preprocessing import chunk_for_causal_lm, tokenize_and_align_labels, tokenize_for_classification
+from .recipes.data_code import load_code_corpus
+from .recipes.data_common import check_not_empty
+from .recipes.data_ner import load_ner
+from .recipes.data_sentiment import load_sentiment
 
 _CODE_COLUMNS = ("text", "content", "code")
 
