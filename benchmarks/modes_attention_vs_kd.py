@@ -20,7 +20,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments
-from hf_distill.data import load_rotten_tomatoes, tokenize_for_classification
+from hf_distill.preprocessing import tokenize_for_classification
+from hf_distill.recipes.data_sentiment import load_rotten_tomatoes
 from hf_distill.student import student_from_teacher
 
 

@@ -2,22 +2,6 @@
 
 from .arguments import DistillationTrainingArguments
 from .chunked import KDLossParts, fused_linear_distillation_loss
-from .config import parse_args_with_config
-from .data import (
-    SENTIMENT_LABELS,
-    NerData,
-    check_not_empty,
-    chunk_for_causal_lm,
-    load_code_corpus,
-    load_ner,
-    load_rotten_tomatoes,
-    load_sentiment,
-    load_wnut,
-    python_stdlib_files,
-    read_conll,
-    tokenize_and_align_labels,
-    tokenize_for_classification,
-)
 from .hub import push_student, render_model_card, write_model_card
 from .losses import PER_POSITION_LOSSES, distillation_loss, task_cross_entropy
 from .metrics import accuracy_f1, agreement, perplexity, seqeval_metrics
@@ -33,7 +17,14 @@ from .modes import (
     generate_teacher_completions,
 )
 from .offline import resolve_model_path, smollm2_folder
-from .pipeline import DataArguments, ReportArguments, StudentArguments, TeacherArguments, run_recipe
+from .preprocessing import chunk_for_causal_lm, tokenize_and_align_labels, tokenize_for_classification
+from .recipes.arguments import DataArguments, ReportArguments, StudentArguments, TeacherArguments
+from .recipes.config import parse_args_with_config
+from .recipes.data_code import load_code_corpus, python_stdlib_files
+from .recipes.data_common import check_not_empty
+from .recipes.data_ner import NerData, load_ner, load_wnut, read_conll
+from .recipes.data_sentiment import SENTIMENT_LABELS, load_rotten_tomatoes, load_sentiment
+from .recipes.run import run_recipe
 from .report import load_report, make_report
 from .student import (
     count_parameters,

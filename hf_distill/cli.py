@@ -62,7 +62,7 @@ DEMO_CONFIG: dict[str, Any] = {
 
 
 def _preparer(task: str) -> Callable:
-    from . import tasks
+    from .recipes import tasks
 
     return {"sentiment": tasks.prepare_sentiment, "ner": tasks.prepare_ner, "codegen": tasks.prepare_code}[
         task
@@ -71,7 +71,9 @@ def _preparer(task: str) -> Callable:
 
 def train(task: str, argv: Sequence[str]) -> dict | None:
     """Runs the recipe of ``task`` with the recipe's flags ``argv`` (``--config`` included)."""
-    from .pipeline import parse_recipe_args, run_recipe, teacher_tokenizer
+    from .recipes.arguments import parse_recipe_args
+    from .recipes.run import run_recipe
+    from .recipes.teacher import teacher_tokenizer
 
     teacher_args, student_args, data_args, report_args, mode_args, training_args = parse_recipe_args(
         argv, task=TASK_KINDS[task]
@@ -96,9 +98,10 @@ def evaluate(task: str, argv: Sequence[str]) -> dict[str, dict[str, float]]:
     import torch
     from transformers import AutoTokenizer
 
-    from .config import parse_args_with_config
     from .offline import resolve_model_path
-    from .pipeline import LATENCY_BATCH_SIZES, DataArguments, _latency_batch, measure_latency
+    from .recipes.arguments import DataArguments
+    from .recipes.config import parse_args_with_config
+    from .recipes.latency import LATENCY_BATCH_SIZES, latency_batch, measure_latency
     from .student import count_parameters
 
     if not any(a == "--output_dir" or a.startswith("--output_dir=") for a in argv):
@@ -116,7 +119,7 @@ def evaluate(task: str, argv: Sequence[str]) -> dict[str, dict[str, float]]:
     results = {
         name: task_data.evaluate(model, task_data.test, training_args) for name, model in models.items()
     }
-    batches = {size: _latency_batch(task_data, size) for size in LATENCY_BATCH_SIZES}
+    batches = {size: latency_batch(task_data, size) for size in LATENCY_BATCH_SIZES}
     latency = measure_latency(models, batches, rounds=eval_args.latency_rounds)
     for name, model in models.items():
         results[name].update({f"latency_ms_b{s}": latency[name][s] for s in LATENCY_BATCH_SIZES})
@@ -137,8 +140,9 @@ class CacheArguments:
 
 def cache_teacher(task: str, argv: Sequence[str]):
     """Runs the (fine-tuned) teacher once over the task's training split and saves it with the outputs."""
-    from .config import parse_args_with_config
-    from .pipeline import RECIPE_ARGUMENTS, load_teacher, teacher_tokenizer
+    from .recipes.arguments import RECIPE_ARGUMENTS
+    from .recipes.config import parse_args_with_config
+    from .recipes.teacher import load_teacher, teacher_tokenizer
     from .teacher_cache import cache_teacher_outputs
 
     cache_args, teacher_args, _, data_args, _, training_args = parse_args_with_config(

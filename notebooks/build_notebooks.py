@@ -84,15 +84,10 @@ def recipe_cells(
         new_code_cell(
             f"""\
 from hf_distill import DistillationTrainingArguments
-from hf_distill.pipeline import (
-    DataArguments,
-    ReportArguments,
-    StudentArguments,
-    TeacherArguments,
-    run_recipe,
-    teacher_tokenizer,
-)
-from hf_distill.tasks import {prepare}
+from hf_distill.recipes.arguments import DataArguments, ReportArguments, StudentArguments, TeacherArguments
+from hf_distill.recipes.run import run_recipe
+from hf_distill.recipes.tasks import {prepare}
+from hf_distill.recipes.teacher import teacher_tokenizer
 
 {_size_source(small, full)}
 teacher_args = TeacherArguments(
@@ -181,8 +176,8 @@ QUICKSTART = [
 from transformers import AutoTokenizer
 
 from hf_distill.offline import minilm_folder
-from hf_distill.pipeline import DataArguments
-from hf_distill.tasks import prepare_sentiment
+from hf_distill.recipes.arguments import DataArguments
+from hf_distill.recipes.tasks import prepare_sentiment
 
 tokenizer = AutoTokenizer.from_pretrained(minilm_folder())
 data_args = DataArguments(
@@ -201,7 +196,8 @@ print("train", len(task.train), "| test", len(task.test))"""
     new_code_cell(
         """\
 from hf_distill import DistillationTrainingArguments
-from hf_distill.pipeline import TeacherArguments, fine_tune_teacher, load_teacher
+from hf_distill.recipes.arguments import TeacherArguments
+from hf_distill.recipes.teacher import fine_tune_teacher, load_teacher
 
 training_args = DistillationTrainingArguments(
     output_dir=str(RUN_DIR),
@@ -250,7 +246,7 @@ print(f"teacher {count_parameters(teacher):,} parameters, student {count_paramet
 import dataclasses
 
 from hf_distill import DistillationTrainer
-from hf_distill.pipeline import train_student
+from hf_distill.recipes.training import train_student
 
 distilled_dir = RUN_DIR / "students" / "distilled"
 trainer = DistillationTrainer(
@@ -271,7 +267,9 @@ baseline_log, _ = train_student(baseline, None, task, training_args, baseline_di
     new_markdown_cell("## Teacher against students: test metric, size, latency"),
     new_code_cell(
         """\
-from hf_distill.pipeline import build_report, evaluate_models, measure_latency, write_report
+from hf_distill.recipes.evaluation import evaluate_models
+from hf_distill.recipes.latency import measure_latency
+from hf_distill.recipes.report_json import build_report, write_report
 from hf_distill.student import model_size_on_disk
 
 models = {"teacher": teacher, "distilled": student.eval(), "no_kd": baseline.eval()}
@@ -367,7 +365,7 @@ NER = [
     new_markdown_cell(
         "# NER: distil MiniLM-L6 on WNUT-16-style tweets\n\n"
         "The NER recipe (`recipes/ner.py`) as a notebook: labels are aligned to the first sub-token of each "
-        "word (`hf_distill.data.tokenize_and_align_labels`), and scored with seqeval's entity F1."
+        "word (`hf_distill.preprocessing.tokenize_and_align_labels`), and scored with seqeval's entity F1."
     ),
     *recipe_cells(
         "ner",

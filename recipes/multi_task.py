@@ -11,15 +11,10 @@ and prints each model's score on each task's test split and its parameters.
 from __future__ import annotations
 
 from hf_distill import DistillationTrainingArguments
-from hf_distill.config import parse_args_with_config
-from hf_distill.modes.multi_task_recipe import MultiTaskArguments, prepare_tasks, run_multi_task_recipe
-from hf_distill.pipeline import (
-    DataArguments,
-    ReportArguments,
-    StudentArguments,
-    TeacherArguments,
-    teacher_tokenizer,
-)
+from hf_distill.recipes.arguments import DataArguments, ReportArguments, StudentArguments, TeacherArguments
+from hf_distill.recipes.config import parse_args_with_config
+from hf_distill.recipes.multi_task import MultiTaskArguments, prepare_tasks, run_multi_task_recipe
+from hf_distill.recipes.teacher import teacher_tokenizer
 
 ARGUMENTS = (MultiTaskArguments, TeacherArguments, StudentArguments, DataArguments, ReportArguments,
              DistillationTrainingArguments)  # fmt: skip

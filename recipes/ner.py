@@ -12,8 +12,10 @@ Writes ``<output_dir>/report.json`` and prints the comparison table.
 
 from __future__ import annotations
 
-from hf_distill.pipeline import parse_recipe_args, run_recipe, teacher_tokenizer
-from hf_distill.tasks import prepare_ner
+from hf_distill.recipes.arguments import parse_recipe_args
+from hf_distill.recipes.run import run_recipe
+from hf_distill.recipes.tasks import prepare_ner
+from hf_distill.recipes.teacher import teacher_tokenizer
 
 
 def main(argv: list[str] | None = None) -> dict | None:

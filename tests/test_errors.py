@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from hf_distill.arguments import DistillationTrainingArguments
-from hf_distill.data import read_conll
+from hf_distill.recipes.data_ner import read_conll
 from hf_distill.trainer import DistillationTrainer
 
 

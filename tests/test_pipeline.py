@@ -13,21 +13,20 @@ from tiny_models import tiny_bert_classifier, tiny_gpt2
 from torch import nn
 
 from hf_distill.arguments import DistillationTrainingArguments
-from hf_distill.config import load_config_file, parse_args_with_config, split_config_flag
-from hf_distill.pipeline import (
+from hf_distill.recipes.arguments import (
     RECIPE_ARGUMENTS,
     DataArguments,
     ReportArguments,
     StudentArguments,
-    TaskData,
     TeacherArguments,
-    build_report,
-    build_student,
-    measure_latency,
-    teacher_needs_fine_tune,
 )
+from hf_distill.recipes.config import load_config_file, parse_args_with_config, split_config_flag
+from hf_distill.recipes.latency import measure_latency
+from hf_distill.recipes.report_json import build_report
+from hf_distill.recipes.students import build_student
+from hf_distill.recipes.tasks import TaskData, ensure_test_split
+from hf_distill.recipes.teacher import teacher_needs_fine_tune
 from hf_distill.report import validate_report
-from hf_distill.tasks import _ensure_test_split
 
 # ---- config file + flags ------------------------------------------------------------------------------
 
@@ -209,15 +208,15 @@ def test_hub_dataset_without_test_split_gets_one_from_validation():
             "validation": Dataset.from_dict({"x": [100, 101]}),
         }
     )
-    done = _ensure_test_split(splits, seed=0)
+    done = ensure_test_split(splits, seed=0)
     assert done["test"]["x"] == [100, 101]
     assert len(done["validation"]) == 5 and len(done["train"]) == 45
     assert not set(done["validation"]["x"]) & set(done["train"]["x"])
-    alone = _ensure_test_split(DatasetDict({"train": splits["train"]}), seed=0)
+    alone = ensure_test_split(DatasetDict({"train": splits["train"]}), seed=0)
     assert [len(alone[s]) for s in ("train", "validation", "test")] == [40, 5, 5]
     assert len(set(alone["train"]["x"]) | set(alone["validation"]["x"]) | set(alone["test"]["x"])) == 50
     with pytest.raises(ValueError, match="but no 'train' split: the recipe trains on it"):
-        _ensure_test_split(DatasetDict({"validation": splits["validation"]}), seed=0)
+        ensure_test_split(DatasetDict({"validation": splits["validation"]}), seed=0)
 
 
 # ---- latency ------------------------------------------------------------------------------------------
@@ -279,7 +278,7 @@ def test_report_retention_and_speedup(tmp_path, higher_is_better):
 
 def test_code_task_from_a_dataset_folder_with_a_content_column(tmp_path, wordpiece_tokenizer):
     """A `datasets` name (here a local folder, loaded the same way as a Hub id) with codeparrot's column name."""
-    from hf_distill.tasks import prepare_code
+    from hf_distill.recipes.tasks import prepare_code
 
     tokenizer = wordpiece_tokenizer
     tokenizer.eos_token = "[SEP]"

@@ -1,7 +1,8 @@
-"""The three recipe tasks as :class:`~hf_distill.pipeline.TaskData`: data, collator, metric.
+"""The three recipe tasks as :class:`TaskData`: data, collator, metric.
 
-Loading and tokenizing is done by :mod:`hf_distill.data`; this module only picks the splits, caps their size
-and says how each task is scored:
+Loading is done by the recipe data modules (``data_sentiment``, ``data_ner``, ``data_code``) and tokenizing by
+:mod:`hf_distill.preprocessing`; this module only picks the splits, caps their size and says how each task is
+scored:
 
 * sentiment: accuracy (macro F1 beside it) on the test split;
 * NER: seqeval entity F1, scoring the first sub-token of each word only (labels aligned with ``word_ids()``);
@@ -10,6 +11,8 @@ and says how each task is scored:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
@@ -25,19 +28,37 @@ from transformers import (
     default_data_collator,
 )
 
-from .data import (
-    check_not_empty,
-    chunk_for_causal_lm,
-    load_code_corpus,
-    load_ner,
-    load_sentiment,
-    tokenize_and_align_labels,
-    tokenize_for_classification,
-)
-from .metrics import accuracy_f1, perplexity, seqeval_metrics
-from .pipeline import DataArguments, TaskData
+from ..arguments import DistillationTrainingArguments
+from ..metrics import accuracy_f1, perplexity, seqeval_metrics
+from ..preprocessing import chunk_for_causal_lm, tokenize_and_align_labels, tokenize_for_classification
+from .arguments import DataArguments
+from .data_code import load_code_corpus
+from .data_common import check_not_empty
+from .data_ner import load_ner
+from .data_sentiment import load_sentiment
 
 _CODE_COLUMNS = ("text", "content", "code")
+
+
+@dataclass
+class TaskData:
+    """A task's tokenized splits and how to score them, built by the ``prepare_*`` functions below.
+
+    ``evaluate(model, dataset, args)`` returns a dict of metrics that holds ``metric_name``.
+    """
+
+    task: str
+    auto_class: type
+    metric_name: str
+    higher_is_better: bool
+    dataset_label: str
+    tokenizer: Any
+    train: Any
+    validation: Any
+    test: Any
+    collator: Callable
+    evaluate: Callable[[nn.Module, Any, DistillationTrainingArguments], dict[str, float]]
+    label_kwargs: dict[str, Any] = field(default_factory=dict)  # num_labels, id2label, label2id
 
 
 def _cap(dataset: Any, limit: int | None) -> Any:
@@ -46,7 +67,7 @@ def _cap(dataset: Any, limit: int | None) -> Any:
     return dataset.select(range(limit))
 
 
-def _ensure_test_split(splits: DatasetDict, seed: int) -> DatasetDict:
+def ensure_test_split(splits: DatasetDict, seed: int) -> DatasetDict:
     """Gives a dataset a labelled test split that no choice was made on.
 
     GLUE-style datasets (train + validation, hidden test labels): validation becomes the test split and a
@@ -99,7 +120,7 @@ def _predict_evaluator(compute_metrics, collator):
 def prepare_sentiment(data_args: DataArguments, tokenizer: Any) -> TaskData:
     """Rotten Tomatoes (offline, split by movie) or a Hub dataset with text/label columns."""
     raw = load_sentiment(data_args.dataset_name, data_args.dataset_config, seed=data_args.split_seed)
-    raw = _cap_splits(_ensure_test_split(raw, data_args.split_seed), data_args)
+    raw = _cap_splits(ensure_test_split(raw, data_args.split_seed), data_args)
     label_feature = raw["train"].features["label"]
     names = (
         label_feature.names if isinstance(label_feature, ClassLabel) else sorted(set(raw["train"]["label"]))
@@ -132,7 +153,7 @@ def prepare_ner(data_args: DataArguments, tokenizer: Any) -> TaskData:
         dataset_config=data_args.dataset_config,
         seed=data_args.split_seed,
     )
-    splits = _cap_splits(_ensure_test_split(ner.dataset, data_args.split_seed), data_args)
+    splits = _cap_splits(ensure_test_split(ner.dataset, data_args.split_seed), data_args)
     tokenized = DatasetDict(
         {
             name: ds.map(
@@ -172,7 +193,7 @@ def prepare_code(data_args: DataArguments, tokenizer: Any) -> TaskData:
                 f"dataset {data_args.dataset_name!r} has none of the columns {_CODE_COLUMNS} (it has {columns}): "
                 "the code is read from one of them; rename its source column to 'text'."
             )
-        corpus = _ensure_test_split(loaded, data_args.split_seed)
+        corpus = ensure_test_split(loaded, data_args.split_seed)
         label = data_args.dataset_name
     else:
         corpus = load_code_corpus(seed=data_args.split_seed, max_files=data_args.max_files)

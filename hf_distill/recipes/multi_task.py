@@ -1,7 +1,7 @@
 """The multi-task recipe: one student encoder with a head per task, each task taught by its own teacher, against
 one distilled student per task.
 
-:func:`run_multi_task_recipe` takes the tasks' data (:mod:`hf_distill.tasks`) and
+:func:`run_multi_task_recipe` takes the tasks' data (:mod:`hf_distill.recipes.tasks`) and
 
 1. gets a teacher per task: the checkpoint fine-tuned on that task unless it already has the task's head
    (saved in ``teacher_<task>/``), as in the single-task recipes;
@@ -35,18 +35,13 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..arguments import DistillationTrainingArguments
 from ..losses import task_cross_entropy
+from ..modes.multi_task import MultiTaskDataset, MultiTaskDistillationTrainer, MultiTaskStudent
 from ..offline import HUB_IDS, resolve_model_path
-from ..pipeline import (
-    DataArguments,
-    ReportArguments,
-    StudentArguments,
-    TaskData,
-    TeacherArguments,
-    measure_latency,
-    ready_teacher,
-)
 from ..student import count_parameters, student_from_teacher
-from .multi_task import MultiTaskDataset, MultiTaskDistillationTrainer, MultiTaskStudent
+from .arguments import DataArguments, ReportArguments, StudentArguments, TeacherArguments
+from .latency import measure_latency
+from .tasks import TaskData, prepare_ner, prepare_sentiment
+from .teacher import ready_teacher
 
 REPORT_NAME = "multi_task_report.json"
 RECIPE_TASKS = ("sentiment", "ner")
@@ -75,8 +70,6 @@ class MultiTaskArguments:
 
 def prepare_tasks(names: list[str], data_args: DataArguments, tokenizer: Any) -> dict[str, TaskData]:
     """The tokenized data of each named task, from the offline defaults unless ``data_args`` says otherwise."""
-    from ..tasks import prepare_ner, prepare_sentiment
-
     preparers = {"sentiment": prepare_sentiment, "ner": prepare_ner}
     return {name: preparers[name](data_args, tokenizer) for name in names}
 
@@ -156,6 +149,31 @@ def run_multi_task_recipe(
     training_args: DistillationTrainingArguments,
 ) -> dict[str, Any] | None:
     """Steps 1-4 of the module docstring. Returns the report on the main process, None on the others."""
+    check_multi_task(tasks)
+    state = PartialState()
+    run_dir = Path(training_args.output_dir)
+    teachers = load_task_teachers(tasks, teacher_args, training_args, run_dir)
+    initial = build_multi_task_student(teacher_args, student_args, tasks, training_args.seed)
+    students, histories = train_multi_task_students(
+        initial, teachers, tasks, training_args, run_dir, run_baseline=student_args.run_baseline
+    )
+    scores = score_heads(tasks, teachers, students, training_args)
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        return None
+    report = build_multi_task_report(
+        tasks, teacher_args, teachers, students, scores, training_args, histories
+    )
+    report["latency_ms_b8"] = multi_task_latency(tasks, teachers, students, report_args.latency_rounds)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    print(f"\n{format_multi_task_table(report)}\n\nreport: {run_dir / REPORT_NAME}", flush=True)
+    state.wait_for_everyone()
+    return report
+
+
+def check_multi_task(tasks: dict[str, TaskData]) -> None:
+    """Raises before any model is loaded unless there are two or more classification tasks to share an encoder."""
     if len(tasks) < 2:
         raise ValueError(
             f"the multi-task recipe needs two or more tasks, got {sorted(tasks)}; for one task run its own recipe."
@@ -166,11 +184,18 @@ def run_multi_task_recipe(
             f"multi-task distillation shares a classification encoder, but the tasks are {sorted(kinds)}; use "
             "sentiment and NER (sequence and token classification)."
         )
-    state = PartialState()
-    run_dir = Path(training_args.output_dir)
-    teachers = load_task_teachers(tasks, teacher_args, training_args, run_dir)
-    initial = build_multi_task_student(teacher_args, student_args, tasks, training_args.seed)
 
+
+def train_multi_task_students(
+    initial: MultiTaskStudent,
+    teachers: dict[str, nn.Module],
+    tasks: dict[str, TaskData],
+    training_args: DistillationTrainingArguments,
+    run_dir: Path,
+    run_baseline: bool = True,
+) -> tuple[dict[str, MultiTaskStudent], dict[str, list[dict]]]:
+    """Step 3, each student a copy of ``initial``: the multi-task student, one single-task student per task and
+    (``run_baseline``) the multi-task student without teachers. Returns the students and their log histories."""
     students: dict[str, MultiTaskStudent] = {"multi_task_kd": copy.deepcopy(initial)}
     histories = {"multi_task_kd": train_multi_task(students["multi_task_kd"], teachers, tasks, training_args,
                                                    run_dir / "students" / "multi_task_kd")}  # fmt: skip
@@ -182,14 +207,22 @@ def run_multi_task_recipe(
         key = f"single_task_kd_{name}"
         students[key] = single
         histories[key] = train_multi_task(single, teachers, tasks, training_args, run_dir / "students" / key)
-    if student_args.run_baseline:
+    if run_baseline:
         students["multi_task_no_kd"] = copy.deepcopy(initial)
         histories["multi_task_no_kd"] = train_multi_task(
             students["multi_task_no_kd"], teachers, tasks, training_args, run_dir / "students" / "multi_task_no_kd",
             alpha=0.0,
         )  # fmt: skip
+    return students, histories
 
-    # Every head on its own task's test split.
+
+def score_heads(
+    tasks: dict[str, TaskData],
+    teachers: dict[str, nn.Module],
+    students: dict[str, MultiTaskStudent],
+    training_args: DistillationTrainingArguments,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Every teacher and every student head on its own task's test split, ``{model: {task: metrics}}``."""
     scores: dict[str, dict[str, dict[str, float]]] = {"teacher": {}}
     for name, task in tasks.items():
         scores["teacher"][name] = task.evaluate(teachers[name], task.test, training_args)
@@ -199,10 +232,20 @@ def run_multi_task_recipe(
             name: tasks[name].evaluate(TaskView(student, name), tasks[name].test, training_args)
             for name in student.head_specs
         }
-    if not state.is_main_process:
-        state.wait_for_everyone()
-        return None
-    report = {
+    return scores
+
+
+def build_multi_task_report(
+    tasks: dict[str, TaskData],
+    teacher_args: TeacherArguments,
+    teachers: dict[str, nn.Module],
+    students: dict[str, MultiTaskStudent],
+    scores: dict[str, dict[str, dict[str, float]]],
+    training_args: DistillationTrainingArguments,
+    histories: dict[str, list[dict]],
+) -> dict[str, Any]:
+    """The ``multi_task_report.json`` content, without the latency (:func:`multi_task_latency`)."""
+    return {
         "tasks": {
             name: {
                 "task": task.task,
@@ -235,6 +278,15 @@ def run_multi_task_recipe(
         },  # fmt: skip
         "log_history": histories,
     }
+
+
+def multi_task_latency(
+    tasks: dict[str, TaskData],
+    teachers: dict[str, nn.Module],
+    students: dict[str, MultiTaskStudent],
+    rounds: int,
+) -> dict[str, float]:
+    """Median latency in ms at batch 8 of the first task's teacher and the multi-task student's head for it."""
     first = next(iter(tasks.values()))
     rows = [first.test[i] for i in range(min(8, len(first.test)))]
     batch = {k: v for k, v in first.collator(rows).items() if k in ("input_ids", "attention_mask")}
@@ -244,14 +296,9 @@ def run_multi_task_recipe(
             "student": TaskView(students["multi_task_kd"], next(iter(tasks))),
         },
         {8: batch},
-        rounds=report_args.latency_rounds,
+        rounds=rounds,
     )
-    report["latency_ms_b8"] = {name: latency[name][8] for name in latency}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    print(f"\n{format_multi_task_table(report)}\n\nreport: {run_dir / REPORT_NAME}", flush=True)
-    state.wait_for_everyone()
-    return report
+    return {name: latency[name][8] for name in latency}
 
 
 def format_multi_task_table(report: dict[str, Any]) -> str:

@@ -36,19 +36,19 @@ from datasets import Dataset
 from torch import nn
 
 from ..arguments import DistillationTrainingArguments
-from ..config import load_config_file, split_config_flag
-from ..trainer import DistillationTrainer
-from .multi_teacher import MultiTeacherDistillationTrainer, MultiTeacherTrainingArguments
-from .mutual import MutualLearningTrainer
-from .on_policy import (
+from ..modes.multi_teacher import MultiTeacherDistillationTrainer, MultiTeacherTrainingArguments
+from ..modes.mutual import MutualLearningTrainer
+from ..modes.on_policy import (
     PROMPT_INPUT_IDS,
     OnPolicyDistillationTrainer,
     OnPolicyDistillationTrainingArguments,
     PromptCompletionCollator,
     pad_and_eos_ids,
 )
-from .self_distillation import SelfDistillationTrainer, SelfDistillationTrainingArguments
-from .sequence_kd import generate_teacher_completions
+from ..modes.self_distillation import SelfDistillationTrainer, SelfDistillationTrainingArguments
+from ..modes.sequence_kd import generate_teacher_completions
+from ..trainer import DistillationTrainer
+from .config import load_config_file, split_config_flag
 
 MODE_FLAG = "--distillation_mode"
 ARGUMENT_CLASSES: dict[str, type[DistillationTrainingArguments]] = {
@@ -227,7 +227,7 @@ def mode_trainer(
     if not isinstance(args, expected):
         raise TypeError(
             f"distillation_mode {mode!r} needs {expected.__name__}, got {type(args).__name__}; parse the flags "
-            "with hf_distill.pipeline.parse_recipe_args, which picks the class from the mode."
+            "with hf_distill.recipes.arguments.parse_recipe_args, which picks the class from the mode."
         )
     if mode == "multi_teacher":
         return MultiTeacherDistillationTrainer(

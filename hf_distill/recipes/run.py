@@ -1,0 +1,164 @@
+"""The whole single-task recipe, :func:`run_recipe`.
+
+A recipe (``recipes/<task>.py``) parses its arguments (:func:`~hf_distill.recipes.arguments.parse_recipe_args`),
+prepares its task's data (:mod:`hf_distill.recipes.tasks`) and hands both to :func:`run_recipe`, which
+
+1. loads the teacher and fine-tunes it on the task unless it already has a head for it
+   (:mod:`hf_distill.recipes.teacher`);
+2. builds each student (:func:`~hf_distill.recipes.students.build_student`): from teacher layers, from a
+   smaller config, a GPT-2 over the teacher's vocabulary, or a given checkpoint;
+3. distils it (:func:`~hf_distill.recipes.training.train_student` with ``kd=True``) in the chosen
+   ``distillation_mode`` (:mod:`hf_distill.recipes.mode_select`: plain KD, several teachers,
+   self-distillation, mutual learning, or for causal LMs on-policy and sequence-level KD);
+4. trains a copy of the same initial student on the labels alone, the no-KD baseline (``kd=False``);
+5. evaluates teacher and students on the held-out test split
+   (:func:`~hf_distill.recipes.evaluation.evaluate_models`) and measures latency at batch 1 and 32 side by
+   side (:func:`~hf_distill.recipes.latency.measure_latency`);
+6. writes ``report.json`` (:mod:`hf_distill.recipes.report_json`) and prints the comparison table.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from accelerate import PartialState
+from torch import nn
+from transformers import PreTrainedModel, set_seed
+
+from ..arguments import DistillationTrainingArguments
+from ..report import REPORT_FILENAME
+from .arguments import ReportArguments, StudentArguments, TeacherArguments
+from .evaluation import evaluate_models
+from .latency import LATENCY_BATCH_SIZES, latency_batch, measure_latency
+from .mode_select import ModeArguments
+from .report_json import (
+    build_report,
+    extra_teacher_entries,
+    format_table,
+    model_entry,
+    teacher_entry,
+    with_latency,
+    write_cards,
+    write_report,
+)
+from .students import build_student, student_name
+from .tasks import TaskData
+from .teacher import load_extra_teachers, ready_teacher
+from .training import train_student
+
+
+def run_recipe(
+    task: TaskData,
+    teacher_args: TeacherArguments,
+    student_args: StudentArguments,
+    report_args: ReportArguments,
+    training_args: DistillationTrainingArguments,
+    mode_args: ModeArguments | None = None,
+) -> dict[str, Any] | None:
+    """Steps 1-6 of the module docstring. Returns the report on the main process, None on the others."""
+    mode_args = mode_args or ModeArguments()
+    mode_args.check_task(task.task, len(task.train[0]["input_ids"]) if task.task == "causal_lm" else None)
+    state = PartialState()
+    run_dir = Path(training_args.output_dir)
+    set_seed(training_args.seed)
+    teacher, teacher_folder, teacher_history = ready_teacher(
+        teacher_args, task, training_args, run_dir / "teacher"
+    )
+    teacher = _with_eager_attention(teacher, training_args)
+    extra = load_extra_teachers(mode_args, teacher_args, task, training_args, run_dir)
+    students, models, histories = _train_students(
+        task, teacher, [model for _, model, _ in extra], student_args, training_args, mode_args, run_dir
+    )
+
+    metrics = evaluate_models({"teacher": teacher, **models}, task, training_args)
+    extra_metrics = evaluate_models({name: model for name, model, _ in extra}, task, training_args)
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        return None
+    batches = {size: latency_batch(task, size) for size in LATENCY_BATCH_SIZES}
+    latency = measure_latency({"teacher": teacher, **models}, batches, rounds=report_args.latency_rounds)
+    teacher_report = teacher_entry(
+        teacher, teacher_args, teacher_folder, teacher_history, metrics["teacher"], latency["teacher"], task
+    )
+    for entry in students:
+        name = entry["name"]
+        entry.update(model_entry(models[name], Path(entry["output_dir"]), metrics[name], task))
+        with_latency(entry, latency[name])
+    extra_entries = extra_teacher_entries(extra, extra_metrics, task)
+    report = build_report(
+        task, teacher_report, students, training_args, histories, mode_args.distillation_mode, extra_entries
+    )
+    _write_outputs(report, run_dir, report_args)
+    state.wait_for_everyone()
+    return report
+
+
+def _train_students(
+    task: TaskData,
+    teacher: PreTrainedModel,
+    extra_teachers: list[PreTrainedModel],
+    student_args: StudentArguments,
+    training_args: DistillationTrainingArguments,
+    mode_args: ModeArguments,
+    run_dir: Path,
+) -> tuple[list[dict[str, Any]], dict[str, nn.Module], dict[str, list[dict]]]:
+    """Steps 2-4: every student of ``student_init``, distilled and (unless ``run_baseline`` is off) trained on
+    the labels alone from the same initial weights. Returns the students' report entries (name, kind, init,
+    folder), the trained models and their log histories, all keyed by student name."""
+    mode = mode_args.distillation_mode
+    students: list[dict[str, Any]] = []
+    models: dict[str, nn.Module] = {}
+    histories: dict[str, list[dict]] = {}
+    for init in student_args.student_init:
+        set_seed(training_args.seed)
+        initial = _with_eager_attention(build_student(init, teacher, student_args, task), training_args)
+        peer = None
+        if mode == "mutual":
+            # The second student is built the same way with the next seed: its random parts (a new head, a
+            # config student's weights) differ; students copied from teacher layers start equal and part
+            # through dropout.
+            set_seed(training_args.seed + 1)
+            peer = build_student(init, teacher, student_args, task)
+        runs = [True, False] if student_args.run_baseline else [True]
+        for kd in runs:
+            name = student_name(init, student_args, kd, mode)
+            student = copy.deepcopy(initial) if kd and student_args.run_baseline else initial
+            histories[name], folder = train_student(
+                student,
+                teacher,
+                task,
+                training_args,
+                run_dir / "students" / name,
+                kd=kd,
+                mode_args=mode_args,
+                extra_teachers=extra_teachers,
+                peer=peer,
+            )
+            models[name] = student.eval()
+            students.append(
+                {
+                    "name": name,
+                    "kind": "distilled" if kd else "no_kd_baseline",
+                    "init": init,
+                    "output_dir": str(folder),
+                }
+            )
+    return students, models, histories
+
+
+def _write_outputs(report: dict[str, Any], run_dir: Path, report_args: ReportArguments) -> None:
+    """Step 6: ``report.json``, the students' model cards when asked for, and the table on stdout."""
+    write_report(report, run_dir)
+    if report_args.write_model_cards:
+        write_cards(report)
+    print(f"\n{format_table(report)}\n\nreport: {run_dir / REPORT_FILENAME}", flush=True)
+
+
+def _with_eager_attention(model: PreTrainedModel, args: DistillationTrainingArguments) -> PreTrainedModel:
+    """Attention matching reads the attention probabilities, which only the eager implementation returns; the
+    recipes load models with the default (SDPA), so they switch when the matching is on."""
+    if args.matches_attention:
+        model.set_attn_implementation("eager")
+    return model

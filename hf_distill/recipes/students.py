@@ -1,0 +1,44 @@
+"""The recipe's students: building one of each kind (teacher layers, a smaller config, a GPT-2 over the
+teacher's vocabulary, a given checkpoint) and naming it in the report.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel
+
+from ..offline import resolve_model_path
+from ..student import gpt2_student_for, student_from_config, student_from_teacher
+from .arguments import StudentArguments
+from .tasks import TaskData
+
+
+def build_student(
+    init: str, teacher: PreTrainedModel, args: StudentArguments, task: TaskData
+) -> PreTrainedModel:
+    """A student of the chosen kind; random parts are seeded by the caller (``set_seed``)."""
+    if init == "teacher_layers":
+        # Copied layers keep the teacher's sizes, so the config overrides (sizes) are for the other kinds.
+        return student_from_teacher(
+            teacher, num_layers=args.student_num_layers, strategy=args.student_layer_strategy
+        )
+    overrides = args.config_overrides()
+    if init == "config":
+        return student_from_config(teacher, num_hidden_layers=args.student_num_layers, **overrides)
+    if init == "gpt2":
+        if task.task != "causal_lm":
+            raise ValueError(
+                f"student_init 'gpt2' builds a causal LM, but this task is {task.task}; use 'teacher_layers' "
+                "or 'config' for classification tasks."
+            )
+        return gpt2_student_for(teacher, n_layer=args.student_num_layers, **overrides)
+    path = resolve_model_path(args.student_model_name_or_path)
+    return task.auto_class.from_pretrained(path, dtype=torch.float32, **task.label_kwargs)
+
+
+def student_name(init: str, args: StudentArguments, kd: bool, mode: str = "kd") -> str:
+    """``<init>-<layers>L-distilled`` (plain KD), ``...-<mode>`` (another distillation mode), ``...-no_kd``."""
+    layers = "" if init == "pretrained" else f"-{args.student_num_layers}L"
+    if not kd:
+        return f"{init}{layers}-no_kd"
+    return f"{init}{layers}-{'distilled' if mode == 'kd' else mode}"

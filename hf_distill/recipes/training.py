@@ -1,0 +1,84 @@
+"""Training a recipe's student: with the teacher in the chosen distillation mode, or on the labels alone (the
+no-KD baseline), and the training arguments each run derives from the recipe's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel, Trainer, set_seed
+
+from ..arguments import DistillationTrainingArguments
+from ..modes.mutual import STUDENT_A
+from .mode_select import ModeArguments, mode_train_data, mode_trainer
+from .tasks import TaskData
+
+
+def derived_args(
+    args: DistillationTrainingArguments, output_dir: Path, **changes: Any
+) -> DistillationTrainingArguments:
+    """A copy of the recipe's training arguments for one run saved in ``output_dir``, with ``changes``."""
+    # replace() re-runs __post_init__, so the copy is checked like the original.
+    return dataclasses.replace(args, output_dir=str(output_dir), **changes)
+
+
+def plain_trainer_args(
+    args: DistillationTrainingArguments, output_dir: Path, **changes: Any
+) -> DistillationTrainingArguments:
+    """Arguments for a plain ``Trainer`` (teacher fine-tune, no-KD baseline) that trains like one process.
+
+    With ``average_tokens_across_devices`` the Trainer multiplies the loss by the number of processes whenever
+    the model's ``forward`` takes ``**kwargs``, expecting the model to divide by the global item count. BERT's
+    classification heads take ``**kwargs`` but return a plain per-process mean, so under DDP their loss and
+    gradients would be doubled with two processes. Turned off, each process's mean is averaged by DDP: the
+    global mean whenever processes hold equal item counts (always for sequence classification and full code
+    blocks). The DistillationTrainer normalises by the global count itself and keeps the setting.
+    """
+    return derived_args(args, output_dir, average_tokens_across_devices=False, **changes)
+
+
+def train_student(
+    student: PreTrainedModel,
+    teacher: PreTrainedModel | None,
+    task: TaskData,
+    training_args: DistillationTrainingArguments,
+    output_dir: Path,
+    *,
+    kd: bool,
+    mode_args: ModeArguments | None = None,
+    extra_teachers: list[PreTrainedModel] | tuple = (),
+    peer: PreTrainedModel | None = None,
+) -> tuple[list[dict], Path]:
+    """Trains ``student`` with the teacher (``kd=True``: the trainer of ``mode_args.distillation_mode``, plain
+    KD by default) or on the labels only (``kd=False``: a plain ``Trainer`` with the same arguments, data order
+    and steps). Saves it under ``output_dir``; returns the Trainer's ``log_history`` and the student's folder
+    (``output_dir``, or its ``student_a/`` for mutual learning, whose peer is saved in ``student_b/``)."""
+    mode_args = mode_args or ModeArguments()
+    args = derived_args(training_args, output_dir) if kd else plain_trainer_args(training_args, output_dir)
+    set_seed(training_args.seed)
+    common = dict(eval_dataset=task.validation, processing_class=task.tokenizer)
+    if kd:
+        train, collator = mode_train_data(
+            mode_args, task.train, teacher, task.tokenizer, student, training_args.per_device_eval_batch_size
+        )
+        set_seed(training_args.seed)  # generating the training set (sequence_kd) must not shift the seed
+        trainer = mode_trainer(
+            mode_args,
+            student,
+            [teacher, *extra_teachers],
+            args,
+            peer=peer,
+            train_dataset=train,
+            data_collator=collator or task.collator,
+            **common,
+        )
+    else:
+        trainer = Trainer(
+            model=student, args=args, train_dataset=task.train, data_collator=task.collator, **common
+        )
+    trainer.train()
+    trainer.save_model(str(output_dir))
+    folder = output_dir / STUDENT_A if kd and mode_args.distillation_mode == "mutual" else output_dir
+    return trainer.state.log_history, folder
