@@ -23,7 +23,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
-test: install
+# The layers and the formatting are part of the suite: a broken layer fails CI.
+test: lint
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 test-fast: install
@@ -32,6 +33,7 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check hf_distill tests recipes benchmarks notebooks
 	$(VENV)/bin/ruff format --check hf_distill tests recipes benchmarks notebooks
+	$(VENV)/bin/lint-imports
 
 format: install
 	$(VENV)/bin/ruff format hf_distill tests recipes benchmarks notebooks
