@@ -247,12 +247,21 @@ def resolve_mask(
 def neutralise_masked(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both logit tensors with the rows of masked positions set to 0; shapes ``(..., C)``, mask ``(...)``.
+    """Both logit tensors with the rows of masked positions set to 0 when any of those rows holds inf/NaN;
+    shapes ``(..., C)`` (the two last dims may differ), mask ``(...)``.
 
     Zeroing the loss of a masked position afterwards is not enough: its gradient is 0 times the
     derivative of the softmax or divergence there, and inf/NaN logits (padding, a teacher's unused rows)
     make that derivative NaN, and 0 * NaN = NaN. Zero rows give finite values, which the reduction drops.
+    Finite masked rows already give a zero gradient, so the common case keeps the tensors as they are: only
+    the masked rows are read (usually a few padding positions), and no new (N, C) tensor is made.
     """
+    masked = ~mask
+    rows_are_finite = bool(torch.isfinite(student_logits[masked]).all()) and bool(
+        torch.isfinite(teacher_logits[masked]).all()
+    )
+    if rows_are_finite:
+        return student_logits, teacher_logits
     keep = mask.unsqueeze(-1)
     return torch.where(keep, student_logits, 0.0), torch.where(keep, teacher_logits, 0.0)
 
