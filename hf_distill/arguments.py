@@ -140,7 +140,11 @@ class DistillationTrainingArguments(TrainingArguments):
     )
     check_teacher_finite: bool = field(
         default=True,
-        metadata={"help": "Raise with the batch index when the teacher's logits hold NaN or inf."},
+        metadata={
+            "help": "Raise, with the global step, when the distillation loss is not finite, naming the side at "
+            "fault (NaN / +inf teacher logits, or a diverged student). -inf teacher entries (a masked "
+            "vocabulary) are allowed: the losses give them probability 0."
+        },
     )
     kd_loss_implementation: str = field(
         default="auto",

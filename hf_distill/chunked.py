@@ -9,28 +9,36 @@ Two implementations, both exact (same value and gradients as :func:`hf_distill.l
 :func:`hf_distill.losses.task_cross_entropy`, up to float rounding):
 
 - ``"fused"``: a ``torch.autograd.Function`` that, chunk by chunk in the forward pass, computes the logits,
-  the per-position losses (the SAME functions of :data:`hf_distill.losses.PER_POSITION_LOSSES`), the gradient
-  with respect to those logits, and from it ``dL/dh = G @ W`` and ``dL/dW += G^T @ h`` (``G = dL/dz``, one
+  the per-position losses and the gradient with respect to those logits — in closed form for the default
+  forward KL + cross-entropy (:mod:`hf_distill.closed_form`), through autograd on the SAME functions of
+  :data:`hf_distill.losses.PER_POSITION_LOSSES` for the other losses — and from it ``dL/dh = G @ W`` and ``dL/dW += G^T @ h`` (``G = dL/dz``, one
   chunk). The backward pass only scales the stored gradients by the incoming gradient. One matmul forward
   and two backward per chunk: the same arithmetic as the plain loss.
 - ``"chunked"``: ``torch.utils.checkpoint`` per chunk; the backward recomputes each chunk's logits, so it
   costs one more ``h @ W^T`` than ``"fused"`` but leaves autograd in charge of everything.
 
 The task cross-entropy is fused into the same pass, since it also needs the full logits. The teacher side
-is a per-chunk callable (:class:`TeacherChunks`): full teacher logits, teacher hidden states with the
+is a per-chunk callable (:class:`hf_distill.teacher_chunks.TeacherChunks`): full teacher logits, teacher hidden states with the
 teacher's LM head (so the teacher's logits are never materialised either), or cached top-k logits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .losses import IGNORE_INDEX, PER_POSITION_LOSSES, check_loss_name, loss_kwargs, upcast
+from .closed_form import cross_entropy_value_and_grad
+from .losses import IGNORE_INDEX, check_loss_name, upcast
+from .teacher_chunks import (
+    KDChunkFn,
+    RowsOf,
+    raise_teacher_not_finite,
+    teacher_hidden_chunks,
+    teacher_logits_chunks,
+)
 
 # 128 rows x 50257 float32 is 26 MB per tensor: the loss then peaks at about a fifth of the plain loss
 # (measured by benchmarks/bench_causal_lm.py in a fresh process; 256 gives about 37%).
@@ -44,70 +52,6 @@ class KDLossParts(NamedTuple):
     loss: torch.Tensor
     loss_kd: torch.Tensor
     loss_task: torch.Tensor
-
-
-# ---- the teacher side, one chunk of positions at a time -----------------------------------------------------
-
-# (student_logits_chunk (n, V), rows (n,) indices into the flattened positions) -> per-position KD loss (n,)
-KDChunkFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def check_finite_logits(teacher_logits: torch.Tensor) -> None:
-    if not torch.isfinite(teacher_logits).all():
-        raise FloatingPointError(
-            f"The teacher's logits hold NaN or inf (a chunk of shape {tuple(teacher_logits.shape)}); the "
-            "distillation target is broken. Check the teacher in float32 (teacher_dtype), its weights, and "
-            "the batch's inputs."
-        )
-
-
-def teacher_logits_chunks(
-    teacher_logits: torch.Tensor,
-    *,
-    loss: str,
-    temperature: float,
-    beta: float = 0.5,
-    skew_lambda: float = 0.1,
-) -> KDChunkFn:
-    """Per-chunk KD loss against precomputed teacher logits ``(N, V)`` (flattened positions)."""
-    per_position, extra = PER_POSITION_LOSSES[loss], loss_kwargs(loss, beta=beta, skew_lambda=skew_lambda)
-    flat = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
-
-    def chunk_fn(student_logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return per_position(student_logits, flat[rows], temperature=temperature, **extra)
-
-    return chunk_fn
-
-
-def teacher_hidden_chunks(
-    teacher_hidden: torch.Tensor,
-    teacher_weight: torch.Tensor,
-    teacher_bias: torch.Tensor | None = None,
-    *,
-    loss: str,
-    temperature: float,
-    beta: float = 0.5,
-    skew_lambda: float = 0.1,
-    check_finite: bool = False,
-) -> KDChunkFn:
-    """Per-chunk KD loss against the teacher's logits computed on the fly: ``z_t = h_t @ W_t^T (+ b_t)``.
-
-    ``teacher_hidden`` ``(N, H_t)`` (flattened positions), ``teacher_weight`` ``(V, H_t)``. The teacher's
-    ``(N, V)`` logits never exist at once; each chunk's are computed under ``no_grad``.
-    """
-    per_position, extra = PER_POSITION_LOSSES[loss], loss_kwargs(loss, beta=beta, skew_lambda=skew_lambda)
-    flat = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
-    weight = teacher_weight.detach()
-    bias = None if teacher_bias is None else teacher_bias.detach()
-
-    def chunk_fn(student_logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            logits = F.linear(flat[rows], weight, bias)
-            if check_finite:
-                check_finite_logits(logits)
-        return per_position(student_logits, logits, temperature=temperature, **extra)
-
-    return chunk_fn
 
 
 # ---- the autograd functions ---------------------------------------------------------------------------------
@@ -130,6 +74,27 @@ def _chunk_objective(
     return kd_weight * kd + task_weight * ce, kd.detach(), ce.detach()
 
 
+def _closed_form_chunk(
+    logits: torch.Tensor,
+    rows: torch.Tensor,
+    labels: torch.Tensor | None,
+    kd_chunk_fn: RowsOf,
+    kd_weight: float,
+    task_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_chunk_objective` and its gradient with respect to the chunk's logits, in closed form
+    (:mod:`hf_distill.closed_form`), plus whether the teacher's rows were finite."""
+    values, grad, teacher_finite = kd_chunk_fn.value_and_grad(logits, rows)
+    kd = values.sum()
+    grad.mul_(kd_weight)
+    ce = torch.zeros_like(kd)
+    if task_weight != 0 and labels is not None:
+        ce_values, ce_grad = cross_entropy_value_and_grad(logits, labels[rows])
+        ce = ce_values.sum()
+        grad.add_(ce_grad, alpha=task_weight)
+    return kd_weight * kd + task_weight * ce, kd, ce, grad, teacher_finite
+
+
 class _FusedLinearKD(torch.autograd.Function):
     """Sums of the chunked objective over selected positions, gradients computed during the forward pass.
 
@@ -148,17 +113,28 @@ class _FusedLinearKD(torch.autograd.Function):
         # Three tensors, not one aliased zero: the sums are marked non-differentiable below, the total is not.
         total, kd_sum, ce_sum = (hidden.new_zeros((), dtype=torch.float32) for _ in range(3))
         any_grad = need_h or need_w or need_b
+        # The default objective (forward KL + cross-entropy) has a closed-form gradient: no autograd graph.
+        closed = any_grad and kd_weight != 0 and getattr(kd_chunk_fn, "closed_form", False)
+        teacher_finite = torch.ones((), dtype=torch.bool, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
             rows = torch.arange(start, min(start + chunk_size, hidden.shape[0]), device=hidden.device)
             h = hidden[start : start + chunk_size]
             logits = F.linear(h, weight, bias)
-            with torch.enable_grad():
-                logits = logits.detach().requires_grad_(any_grad)
-                objective, kd, ce = _chunk_objective(
+            grad_logits = None
+            if closed:
+                objective, kd, ce, grad_logits, finite = _closed_form_chunk(
                     logits, rows, labels, kd_chunk_fn, kd_weight, task_weight
                 )
-            if any_grad and objective.requires_grad:
-                (grad_logits,) = torch.autograd.grad(objective, logits)
+                teacher_finite &= finite
+            else:
+                with torch.enable_grad():
+                    logits = logits.detach().requires_grad_(any_grad)
+                    objective, kd, ce = _chunk_objective(
+                        logits, rows, labels, kd_chunk_fn, kd_weight, task_weight
+                    )
+                if any_grad and objective.requires_grad:
+                    (grad_logits,) = torch.autograd.grad(objective, logits)
+            if grad_logits is not None:
                 grad_logits = grad_logits.to(h.dtype)
                 if need_h:
                     grad_hidden[start : start + chunk_size] = grad_logits @ weight
@@ -167,6 +143,9 @@ class _FusedLinearKD(torch.autograd.Function):
                 if need_b:
                     grad_bias += grad_logits.float().sum(0)
             total, kd_sum, ce_sum = total + objective.detach(), kd_sum + kd, ce_sum + ce
+        if closed and kd_chunk_fn.check_finite and not bool(teacher_finite):
+            # Checked once per call, from the log-sum-exp the loss computed anyway (no pass over the logits).
+            raise_teacher_not_finite((hidden.shape[0], weight.shape[0]))
         ctx.save_for_backward(
             grad_hidden,
             None if grad_weight is None else grad_weight.to(weight.dtype),
@@ -288,23 +267,13 @@ def teacher_chunk_fn(
     check_finite: bool,
 ) -> KDChunkFn | None:
     """The per-chunk KD loss for a teacher given as full logits or as hidden states with its LM head."""
+    kwargs = dict(
+        loss=loss, temperature=temperature, beta=beta, skew_lambda=skew_lambda, check_finite=check_finite
+    )
     if teacher_logits is not None:
-        if check_finite:
-            check_finite_logits(teacher_logits)
-        return teacher_logits_chunks(
-            teacher_logits, loss=loss, temperature=temperature, beta=beta, skew_lambda=skew_lambda
-        )
+        return teacher_logits_chunks(teacher_logits, **kwargs)
     if teacher_hidden is not None:
-        return teacher_hidden_chunks(
-            teacher_hidden,
-            teacher_weight,
-            teacher_bias,
-            loss=loss,
-            temperature=temperature,
-            beta=beta,
-            skew_lambda=skew_lambda,
-            check_finite=check_finite,
-        )
+        return teacher_hidden_chunks(teacher_hidden, teacher_weight, teacher_bias, **kwargs)
     return None  # kd_weight == 0: no teacher needed
 
 
@@ -326,10 +295,7 @@ def _reduced_sums(
         rows = torch.arange(len(flat_hidden), device=flat_hidden.device)
         kept_hidden = flat_hidden
     kept_labels = labels.reshape(-1)[rows].long() if labels is not None else None
-    source_fn = kd_chunk_fn
-
-    def kd_on_kept(student_logits: torch.Tensor, kept_rows: torch.Tensor) -> torch.Tensor:
-        return source_fn(student_logits, rows[kept_rows])
+    kd_on_kept = None if kd_chunk_fn is None else RowsOf(kd_chunk_fn, rows)
 
     if implementation == "fused":
         total, kd_sum, ce_sum = _FusedLinearKD.apply(

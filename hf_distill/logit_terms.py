@@ -63,13 +63,26 @@ def mix_terms(
     return loss, parts
 
 
-def check_teacher_finite(logits: torch.Tensor, global_step: int) -> None:
-    if not torch.isfinite(logits).all():
+def check_kd_finite(loss_kd: torch.Tensor, teacher_logits: torch.Tensor, global_step: int) -> None:
+    """Refuses a non-finite KD term, naming the side at fault.
+
+    The loss is checked, not every logit: one scalar instead of a pass over ``(B, T, V)``, and ``-inf``
+    teacher entries (masked vocabulary), which the losses handle, pass. Only a non-finite loss is diagnosed.
+    """
+    if bool(torch.isfinite(loss_kd)):
+        return
+    broken = torch.isnan(teacher_logits) | torch.isposinf(teacher_logits)
+    if bool(broken.any()) or bool(torch.isneginf(teacher_logits).all(-1).any()):
         raise FloatingPointError(
             f"The teacher's logits hold NaN or inf at global step {global_step} (batch shape "
-            f"{tuple(logits.shape)}); the distillation target is broken. Check the teacher in float32 "
+            f"{tuple(teacher_logits.shape)}); the distillation target is broken. Check the teacher in float32 "
             "(teacher_dtype), its weights, and the batch's inputs."
         )
+    raise FloatingPointError(
+        f"The distillation loss is not finite at global step {global_step} although the teacher's logits are: "
+        "the student's logits hold NaN or inf (a diverged student). Lower the learning rate, keep "
+        "max_grad_norm on, or check the student's weights and the batch's inputs."
+    )
 
 
 @dataclass
@@ -111,7 +124,7 @@ class PlainLogitTerms:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         args, num_items = self.args, batch.num_items_in_batch
         if target.logits is not None:
-            self._check_target(student.logits, target, batch.global_step)
+            self._check_classes(student.logits, target)
         kd_student, kd_teacher, kd_labels, mask = align_for_distillation(
             self.task, student.logits, target.logits, batch.labels, batch.attention_mask
         )
@@ -130,20 +143,20 @@ class PlainLogitTerms:
             loss_kd = topk_distillation_loss(kd_student, *topk, **masking, **args.kd_loss_kwargs)
         else:
             loss_kd = distillation_loss(kd_student, kd_teacher, **masking, **args.kd_loss_kwargs)
+            if args.check_teacher_finite:
+                check_kd_finite(loss_kd, kd_teacher, batch.global_step)
         loss_task = None
         if args.alpha < 1.0:
             loss_task = task_cross_entropy(kd_student, kd_labels, num_items_in_batch=num_items)
         return mix_terms(args.alpha, loss_kd, loss_task)
 
-    def _check_target(self, student_logits: torch.Tensor, target: TeacherTarget, global_step: int) -> None:
+    def _check_classes(self, student_logits: torch.Tensor, target: TeacherTarget) -> None:
         if target.source == CACHED_LOGITS and target.logits.shape[-1] != student_logits.shape[-1]:
             raise ValueError(
                 f"The cached teacher logits have {target.logits.shape[-1]} classes but the student has "
                 f"{student_logits.shape[-1]}; the cache was made by a teacher with another label set. Re-cache "
                 "with the teacher of this student's labels."
             )
-        if self.args.check_teacher_finite:
-            check_teacher_finite(target.logits, global_step)
 
 
 class ChunkedLogitTerms:

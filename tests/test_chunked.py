@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -368,3 +370,47 @@ def test_evaluation_uses_the_training_kd_loss(tmp_path, monkeypatch, hidden_stat
     )
     for name in names:
         assert results["fused"][name] == pytest.approx(results["plain"][name], rel=1e-5), name
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.6])
+def test_closed_form_forward_kl_takes_minus_inf_teacher_entries(alpha):
+    """The closed-form path (forward KL + cross-entropy) with a teacher that masks part of its vocabulary
+    with -inf (padding rows, a constrained head): same value and gradients as the plain loss, the finiteness
+    check lets -inf through, and NaN is still refused."""
+    hidden, weight, bias, teacher_hidden, teacher_weight, labels = make_problem(seed=4)
+    teacher_logits = (teacher_hidden @ teacher_weight.T).clone()
+    teacher_logits[..., -5:] = float("-inf")
+    teacher_logits[0, 4, :7] = float("-inf")
+    reference = plain_loss(hidden, weight, bias, teacher_logits, labels, "forward_kl", alpha, temperature=2.0)
+    expected = torch.autograd.grad(reference, (hidden, weight, bias))
+    out = fused_linear_distillation_loss(
+        hidden, weight, bias, teacher_logits=teacher_logits, labels=labels, temperature=2.0, kd_weight=alpha,
+        task_weight=1 - alpha, chunk_size=4, check_teacher_finite=True,
+    )  # fmt: skip
+    assert torch.isfinite(out.loss)
+    torch.testing.assert_close(out.loss, reference)
+    for got, want in zip(torch.autograd.grad(out.loss, (hidden, weight, bias)), expected):
+        torch.testing.assert_close(got, want)
+    teacher_logits[1, 2, 3] = float("nan")
+    with pytest.raises(FloatingPointError, match="teacher's logits hold NaN or inf"):
+        fused_linear_distillation_loss(
+            hidden, weight, bias, teacher_logits=teacher_logits, labels=labels, kd_weight=alpha,
+            task_weight=1 - alpha, check_teacher_finite=True,
+        )  # fmt: skip
+
+
+def test_closed_form_values_by_hand():
+    """Two classes, T = 1: teacher logits (0, ln 3) -> p_t = (1/4, 3/4); student logits (0, 0) -> p_s = (1/2, 1/2).
+    KL = 1/4 ln(1/2) + 3/4 ln(3/2) = 0.130812...; d/dz_s = p_s - p_t = (1/4, -1/4).
+    Cross-entropy with label 1: ln 2 = 0.693147...; d/dz = (1/2, -1/2)."""
+    from hf_distill.closed_form import cross_entropy_value_and_grad, forward_kl_value_and_grad
+
+    student = torch.zeros(1, 2, dtype=torch.float64)
+    teacher = torch.tensor([[0.0, math.log(3.0)]], dtype=torch.float64)
+    values, grad, lse = forward_kl_value_and_grad(student, teacher, 1.0)
+    assert values.item() == pytest.approx(0.25 * math.log(0.5) + 0.75 * math.log(1.5), abs=1e-12)
+    assert grad[0].tolist() == pytest.approx([0.25, -0.25], abs=1e-12)
+    assert lse.item() == pytest.approx(math.log(4.0), abs=1e-12)
+    values, grad = cross_entropy_value_and_grad(student, torch.tensor([1]))
+    assert values.item() == pytest.approx(math.log(2.0), abs=1e-12)
+    assert grad[0].tolist() == pytest.approx([0.5, -0.5], abs=1e-12)

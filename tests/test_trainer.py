@@ -398,3 +398,30 @@ def test_error_teacher_nan_is_reported(tmp_path):
     batch = {"input_ids": torch.randint(0, 60, (2, 8))}
     with pytest.raises(FloatingPointError, match="teacher's logits hold NaN or inf at global step 0"):
         trainer.compute_loss(trainer.model, batch)
+
+
+def test_finite_check_names_the_student_and_lets_minus_inf_teacher_entries_through(tmp_path):
+    student = tiny_gpt2()
+    with torch.no_grad():
+        student.lm_head.weight[5, 0] = float("nan")
+    trainer = DistillationTrainer(
+        model=student, teacher_model=tiny_gpt2(seed=1), args=make_args(tmp_path, alpha=1.0)
+    )
+    batch = {"input_ids": torch.randint(0, 60, (2, 8))}
+    with pytest.raises(
+        FloatingPointError, match="although the teacher's logits are: the student's logits hold NaN"
+    ):
+        trainer.compute_loss(trainer.model, batch)
+
+    # A teacher that masks part of its vocabulary with -inf is a valid target.
+    teacher = tiny_gpt2(seed=1)
+    teacher.lm_head.register_forward_hook(
+        lambda module, args, out: out.index_fill(-1, torch.tensor([7, 8]), float("-inf"))
+    )
+    trainer = DistillationTrainer(
+        model=tiny_gpt2(), teacher_model=teacher, args=make_args(tmp_path, alpha=1.0)
+    )
+    loss = trainer.compute_loss(trainer.model, batch)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in trainer.model.parameters() if p.grad is not None)

@@ -1,0 +1,114 @@
+"""The teacher side of the chunked KD loss, one chunk of positions at a time.
+
+:class:`TeacherChunks` gives the teacher's logits for a chunk of (flattened) positions — sliced from full
+logits, or computed from the teacher's last hidden state and LM head so its ``(N, V)`` logits never exist at
+once — and the KD loss of a student chunk against them: through autograd for any loss of
+:data:`hf_distill.losses.PER_POSITION_LOSSES`, or in closed form for the forward KL
+(:mod:`hf_distill.closed_form`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .closed_form import forward_kl_value_and_grad
+from .losses import PER_POSITION_LOSSES, loss_kwargs
+
+# (student_logits_chunk (n, V), rows (n,) indices into the flattened positions) -> per-position KD loss (n,)
+KDChunkFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def check_finite_logits(teacher_logits: torch.Tensor) -> None:
+    if not torch.isfinite(teacher_logits).all():
+        raise_teacher_not_finite(tuple(teacher_logits.shape))
+
+
+def raise_teacher_not_finite(shape: tuple) -> None:
+    raise FloatingPointError(
+        f"The teacher's logits hold NaN or inf (a chunk of shape {shape}); the distillation target is broken. "
+        "Check the teacher in float32 (teacher_dtype), its weights, and the batch's inputs."
+    )
+
+
+class TeacherChunks:
+    """Per-chunk teacher logits and the KD loss against them (a :data:`KDChunkFn`).
+
+    Args:
+        logits_for_rows: rows ``(n,)`` -> the teacher's logits ``(n, V)`` for those flattened positions.
+        loss, temperature, beta, skew_lambda: as in :func:`hf_distill.losses.distillation_loss`.
+        check_finite: refuse NaN / inf teacher logits (on the closed-form path the check reads the
+            log-sum-exp the loss computes anyway, so ``-inf`` entries, e.g. masked vocabulary, pass).
+    """
+
+    def __init__(
+        self,
+        logits_for_rows: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        loss: str,
+        temperature: float,
+        beta: float = 0.5,
+        skew_lambda: float = 0.1,
+        check_finite: bool = False,
+    ):
+        self.logits_for_rows, self.temperature, self.check_finite = logits_for_rows, temperature, check_finite
+        self.per_position = PER_POSITION_LOSSES[loss]
+        self.extra = loss_kwargs(loss, beta=beta, skew_lambda=skew_lambda)
+        self.closed_form = loss == "forward_kl"
+
+    def teacher_logits(self, rows: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.logits_for_rows(rows)
+
+    def __call__(self, student_logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        logits = self.teacher_logits(rows)
+        if self.check_finite:
+            check_finite_logits(logits)
+        return self.per_position(student_logits, logits, temperature=self.temperature, **self.extra)
+
+    def value_and_grad(
+        self, student_logits: torch.Tensor, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward KL only: per-position values ``(n,)``, the gradient of their sum ``(n, V)``, and whether
+        every teacher row was finite (a 0-dim bool tensor, checked once per step by the caller)."""
+        values, grad, teacher_lse = forward_kl_value_and_grad(
+            student_logits, self.teacher_logits(rows), self.temperature
+        )
+        return values, grad, torch.isfinite(teacher_lse).all()
+
+
+def teacher_logits_chunks(teacher_logits: torch.Tensor, **kwargs) -> TeacherChunks:
+    """Chunks of precomputed teacher logits ``(..., V)`` (positions flattened)."""
+    flat = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
+    return TeacherChunks(lambda rows: flat[rows], **kwargs)
+
+
+def teacher_hidden_chunks(
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    teacher_bias: torch.Tensor | None = None,
+    **kwargs,
+) -> TeacherChunks:
+    """Chunks of the teacher's logits computed on the fly, ``z_t = h_t @ W_t^T (+ b_t)``: ``teacher_hidden``
+    ``(..., H_t)``, ``teacher_weight`` ``(V, H_t)``."""
+    flat = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
+    weight = teacher_weight.detach()
+    bias = None if teacher_bias is None else teacher_bias.detach()
+    return TeacherChunks(lambda rows: F.linear(flat[rows], weight, bias), **kwargs)
+
+
+class RowsOf:
+    """A teacher source read at other rows: kept position ``i`` is flattened position ``rows[i]``."""
+
+    def __init__(self, source: KDChunkFn, rows: torch.Tensor):
+        self.source, self.rows = source, rows
+        self.closed_form = getattr(source, "closed_form", False)
+        self.check_finite = getattr(source, "check_finite", False)
+
+    def __call__(self, student_logits: torch.Tensor, kept_rows: torch.Tensor) -> torch.Tensor:
+        return self.source(student_logits, self.rows[kept_rows])
+
+    def value_and_grad(self, student_logits: torch.Tensor, kept_rows: torch.Tensor):
+        return self.source.value_and_grad(student_logits, self.rows[kept_rows])
