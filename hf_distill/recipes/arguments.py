@@ -23,6 +23,8 @@ FINE_TUNE_CHOICES = ("auto", "always", "never")
 class TeacherArguments:
     """Which teacher, and how to fine-tune it on the task when it is not fine-tuned yet."""
 
+    _argument_group_name = "recipe: teacher"  # the --help group (HfArgumentParser)
+
     teacher_model_name_or_path: str = field(
         default="minilm-l6",
         metadata={
@@ -59,6 +61,8 @@ class TeacherArguments:
 @dataclass
 class StudentArguments:
     """Which students to build; each is distilled and, unless turned off, also trained without the teacher."""
+
+    _argument_group_name = "recipe: students"
 
     student_init: list[str] = field(
         default_factory=lambda: ["teacher_layers"],
@@ -130,6 +134,8 @@ _FILE_HELP = (
 @dataclass
 class DataArguments:
     """Where the task data comes from and how much of it to use."""
+
+    _argument_group_name = "recipe: data"
 
     dataset_name: str | None = field(
         default=None,
@@ -243,6 +249,8 @@ class DataArguments:
 class ReportArguments:
     """How the comparison is measured."""
 
+    _argument_group_name = "recipe: report"
+
     latency_rounds: int = field(
         default=5, metadata={"help": "Timed rounds per model and batch size; the median is reported."}
     )
@@ -266,15 +274,27 @@ RECIPE_ARGUMENTS = (
 )
 
 
-def parse_recipe_args(argv: list[str] | None = None, task: str | None = None) -> tuple[Any, ...]:
+def parse_recipe_args(
+    argv: list[str] | None = None,
+    task: str | None = None,
+    *,
+    prog: str | None = None,
+    description: str | None = None,
+) -> tuple[Any, ...]:
     """A recipe's flags (``--config`` file included) as ``(teacher, student, data, report, mode, training)``
     arguments; ``training`` is the class of the chosen ``distillation_mode``, so its own flags are valid.
-    With the recipe's ``task`` a mode that cannot run on it is refused here, before anything is loaded."""
+    With the recipe's ``task`` a mode that cannot run on it is refused here, before anything is loaded.
+    ``prog``/``description`` are what ``--help`` shows."""
     import sys
 
     argv = sys.argv[1:] if argv is None else list(argv)
     training_class = arguments_class(mode_from_argv(argv))
-    parsed = parse_args_with_config((*RECIPE_ARGUMENTS[:-1], ModeArguments, training_class), argv)
+    parsed = parse_args_with_config(
+        (*RECIPE_ARGUMENTS[:-1], ModeArguments, training_class),
+        argv,
+        prog=prog,
+        description=description,
+    )
     if task is not None:
         # A code block is max_length tokens: a prompt longer than that is refused before tokenizing.
         parsed[-2].check_task(task, parsed[2].max_length if task == "causal_lm" else None)
