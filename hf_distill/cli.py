@@ -77,8 +77,6 @@ DEMO_CONFIG: dict[str, Any] = {
     "eval_strategy": "no",
     "save_strategy": "no",
     "logging_steps": 10,
-    "report_to": "none",
-    "disable_tqdm": True,
     "seed": 42,
     "latency_rounds": 5,
 }
@@ -102,7 +100,7 @@ def train(task: str, argv: Sequence[str]) -> dict | None:
         argv,
         task=TASK_KINDS[task],
         prog=f"hf-distill train {task}",
-        description=f"Distil a {task} student ({TASK_HELP[task]}): fine-tune the teacher if needed, distil "
+        description=f"Distil a {task} student ({TASK_KINDS[task]}): fine-tune the teacher if needed, distil "
         "each student, train the no-KD baseline, score them all on the test split and write report.json. "
         "A distillation mode's own flags are listed with --distillation_mode MODE --help.",
     )

@@ -14,6 +14,7 @@ from ..arguments import DistillationTrainingArguments
 from .config import parse_args_with_config
 from .data_common import check_fractions
 from .mode_select import ModeArguments, arguments_class, mode_from_argv
+from .tensorboard_log import default_report_to
 
 STUDENT_INITS = ("teacher_layers", "config", "gpt2", "pretrained")
 FINE_TUNE_CHOICES = ("auto", "always", "never")
@@ -284,7 +285,9 @@ def parse_recipe_args(
     """A recipe's flags (``--config`` file included) as ``(teacher, student, data, report, mode, training)``
     arguments; ``training`` is the class of the chosen ``distillation_mode``, so its own flags are valid.
     With the recipe's ``task`` a mode that cannot run on it is refused here, before anything is loaded.
-    ``prog``/``description`` are what ``--help`` shows."""
+
+    ``report_to`` defaults to TensorBoard when it is installed (the ``tensorboard`` extra), else to none; a
+    flag or config value wins. ``prog``/``description`` are what ``--help`` shows."""
     import sys
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -294,6 +297,7 @@ def parse_recipe_args(
         argv,
         prog=prog,
         description=description,
+        defaults={"report_to": default_report_to()},
     )
     if task is not None:
         # A code block is max_length tokens: a prompt longer than that is refused before tokenizing.
