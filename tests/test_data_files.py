@@ -343,3 +343,33 @@ def test_prepare_sentiment_from_a_csv_takes_label_names_from_the_data(tmp_path, 
     # "good film 3" is [CLS] good film [UNK] [SEP]: 5 tokens, over max_length=4 like every row.
     assert task.data_check.truncated_share == 1.0 and task.data_check.unk_share == pytest.approx(1 / 3)
     assert "data check (teacher's tokenizer, 16 training examples)" in capsys.readouterr().out
+
+
+def test_hf_distill_train_on_a_csv_of_reviews(tmp_path, wordpiece_tokenizer, capsys):
+    """The issue's user: a CSV of reviews with their own column names, through the command, no Hub."""
+    from test_recipes import save_tiny_teacher, tiny_flags
+    from transformers import AutoConfig, BertForSequenceClassification
+
+    from hf_distill import cli
+    from hf_distill.report import load_report
+
+    teacher = save_tiny_teacher(
+        tmp_path / "teacher", BertForSequenceClassification, wordpiece_tokenizer, num_labels=2
+    )
+    reviews = [
+        {"review": f"the cat sat on the mat {i}", "verdict": "pos" if i % 3 else "neg"} for i in range(60)
+    ]
+    train = _write_csv(tmp_path / "reviews.csv", reviews)
+    flags = tiny_flags(tmp_path / "run", teacher_model_name_or_path=teacher, train_file=train)
+    flags += ["--run_baseline", "false", "--fine_tune_teacher", "always"]
+    assert (
+        cli.main(["train", "sentiment", *flags, "--text_column", "review", "--label_column", "verdict"]) == 0
+    )
+    report = load_report(tmp_path / "run")
+    assert report["data"] == {"dataset": str(train), "train_size": 32, "validation_size": 6, "test_size": 6}
+    out = capsys.readouterr().out
+    assert "data: validation = 6 of the 60 rows" in out
+    assert "data check (teacher's tokenizer, 32 training examples)" in out
+    # The teacher is fine-tuned on the file's labels; the student built from its layers keeps their names.
+    student = AutoConfig.from_pretrained(report["students"][0]["output_dir"])
+    assert student.id2label == {0: "neg", 1: "pos"}
