@@ -61,6 +61,7 @@ def run(task: str, out: Path, extra: list[str], quick: bool) -> tuple[dict, floa
         return json.loads(done.read_text()), seconds
     config = CONFIGS / f"{task}.yaml"
     flags = ["--config", str(config), "--output_dir", str(out), "--latency_rounds", "1", *extra]
+    flags += ["--disable_tqdm", "true", "--report_to", "none"]  # timed runs: no bar, no event files
     start = time.perf_counter()
     report = train(task, [*flags, *(QUICK[task] if quick else [])])
     seconds = time.perf_counter() - start

@@ -8,14 +8,21 @@
     hf-distill push runs/sentiment/students/teacher_layers-3L-distilled user/my-student
 
 ``train`` runs the same pipeline as ``recipes/<task>.py`` (one process; for several use
-``accelerate launch recipes/<task>.py``). Everything after the task name is parsed like the recipe's flags.
+``accelerate launch recipes/<task>.py``). Everything after the task name is parsed like the recipe's flags;
+``hf-distill <command> --help`` lists the tasks, ``hf-distill train <task> --help`` the task's flags in groups.
+
+An error found by hf_distill's own checks (a bad value, a missing file) is printed as one line and the command
+exits with status 2; ``hf-distill --debug ...`` (or ``HF_DISTILL_DEBUG=1``) shows the traceback instead.
+Other errors keep their traceback: they are not the user's input.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +33,22 @@ import yaml
 # Each recipe's task, as the trainer names it.
 TASK_KINDS = {"sentiment": "sequence_classification", "ner": "token_classification", "codegen": "causal_lm"}
 TASKS = tuple(TASK_KINDS)
+TASK_HELP = {
+    "sentiment": "sequence classification, accuracy (own data: CSV / JSON Lines / Parquet, text + label)",
+    "ner": "token classification, entity F1 (own data: CoNLL, or JSON with tokens and tags)",
+    "codegen": "causal LM, perplexity (own data: a folder of source files, or JSON Lines with a text column)",
+}
+# The commands that take a task, then that task's flags.
+TASK_COMMANDS = {
+    "train": "run a recipe: teacher, distilled student, no-KD baseline, report",
+    "eval": "score saved models on a task's test split",
+    "cache-teacher": "save the training split with the teacher's outputs, to train without the teacher",
+}
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "HF_DISTILL_DEBUG"
+# What a check of hf_distill raises for bad input; anything else is a bug and keeps its traceback.
+KNOWN_ERRORS = (ValueError, FileNotFoundError, TypeError)
+_PACKAGE_DIR = Path(__file__).resolve().parent
 
 # `make demo`: the sentiment recipe with the settings of recipes/configs/sentiment.yaml (teacher fine-tune,
 # distilled student and no-KD baseline, one epoch of 2,000 training snippets each; 800 test snippets), so it
@@ -54,8 +77,6 @@ DEMO_CONFIG: dict[str, Any] = {
     "eval_strategy": "no",
     "save_strategy": "no",
     "logging_steps": 10,
-    "report_to": "none",
-    "disable_tqdm": True,
     "seed": 42,
     "latency_rounds": 5,
 }
@@ -76,7 +97,12 @@ def train(task: str, argv: Sequence[str]) -> dict | None:
     from .recipes.teacher import teacher_tokenizer
 
     teacher_args, student_args, data_args, report_args, mode_args, training_args = parse_recipe_args(
-        argv, task=TASK_KINDS[task]
+        argv,
+        task=TASK_KINDS[task],
+        prog=f"hf-distill train {task}",
+        description=f"Distil a {task} student ({TASK_KINDS[task]}): fine-tune the teacher if needed, distil "
+        "each student, train the no-KD baseline, score them all on the test split and write report.json. "
+        "A distillation mode's own flags are listed with --distillation_mode MODE --help.",
     )
     tokenizer_kwargs = {"add_prefix_space": True} if task == "ner" else {}
     tokenizer = teacher_tokenizer(teacher_args, **tokenizer_kwargs)
@@ -87,6 +113,8 @@ def train(task: str, argv: Sequence[str]) -> dict | None:
 
 @dataclass
 class EvalArguments:
+    _argument_group_name = "models"
+
     model_name_or_path: list[str] = field(
         metadata={"help": "One or more fine-tuned models (folders, Hub ids or offline aliases) to score."}
     )
@@ -102,14 +130,16 @@ def evaluate(task: str, argv: Sequence[str]) -> dict[str, dict[str, float]]:
     from .recipes.arguments import DataArguments
     from .recipes.config import parse_args_with_config
     from .recipes.latency import LATENCY_BATCH_SIZES, latency_batch, measure_latency
-    from .student import count_parameters
 
     if not any(a == "--output_dir" or a.startswith("--output_dir=") for a in argv):
         argv = [*argv, "--output_dir", tempfile.mkdtemp(prefix="hf_distill_eval_")]
     from .arguments import DistillationTrainingArguments
 
     eval_args, data_args, training_args = parse_args_with_config(
-        (EvalArguments, DataArguments, DistillationTrainingArguments), argv
+        (EvalArguments, DataArguments, DistillationTrainingArguments),
+        argv,
+        prog=f"hf-distill eval {task}",
+        description=f"Score saved {task} models on the task's test split and time them.",
     )
     paths = [resolve_model_path(p) for p in eval_args.model_name_or_path]
     tokenizer_kwargs = {"add_prefix_space": True} if task == "ner" else {}
@@ -123,7 +153,7 @@ def evaluate(task: str, argv: Sequence[str]) -> dict[str, dict[str, float]]:
     latency = measure_latency(models, batches, rounds=eval_args.latency_rounds)
     for name, model in models.items():
         results[name].update({f"latency_ms_b{s}": latency[name][s] for s in LATENCY_BATCH_SIZES})
-        results[name]["parameters"] = count_parameters(model)
+        results[name]["parameters"] = model.num_parameters()
         shown = ", ".join(f"{k}={v:.4g}" for k, v in results[name].items())
         print(f"{name}: {task_data.metric_name} on {len(task_data.test)} test examples; {shown}", flush=True)
     return results
@@ -131,6 +161,8 @@ def evaluate(task: str, argv: Sequence[str]) -> dict[str, dict[str, float]]:
 
 @dataclass
 class CacheArguments:
+    _argument_group_name = "cache"
+
     cache_dir: str = field(metadata={"help": "Where to save the training split with the teacher's outputs."})
     top_k: int | None = field(
         default=None,
@@ -146,7 +178,10 @@ def cache_teacher(task: str, argv: Sequence[str]):
     from .teacher_cache import cache_teacher_outputs
 
     cache_args, teacher_args, _, data_args, _, training_args = parse_args_with_config(
-        (CacheArguments, *RECIPE_ARGUMENTS), argv
+        (CacheArguments, *RECIPE_ARGUMENTS),
+        argv,
+        prog=f"hf-distill cache-teacher {task}",
+        description=f"Run the {task} teacher once over the training split and save the split with its outputs.",
     )
     tokenizer = teacher_tokenizer(teacher_args, **({"add_prefix_space": True} if task == "ner" else {}))
     task_data = _preparer(task)(data_args, tokenizer)
@@ -171,8 +206,14 @@ def cache_teacher(task: str, argv: Sequence[str]):
 
 def demo(argv: Sequence[str]) -> dict | None:
     """The sentiment recipe with :data:`DEMO_CONFIG`; flags override it. Writes the config it used."""
-    parser = argparse.ArgumentParser(prog="hf-distill demo")
-    parser.add_argument("--output_dir", default=DEMO_CONFIG["output_dir"])
+    parser = argparse.ArgumentParser(
+        prog="hf-distill demo",
+        usage="%(prog)s [-h] [--output_dir DIR] [--flag VALUE ...]",
+        description="The sentiment recipe on a small subset (the settings of recipes/configs/sentiment.yaml), "
+        "4-10 minutes on 2 CPU cores. Any flag of `hf-distill train sentiment` overrides the demo's settings "
+        "(`hf-distill train sentiment --help` lists them).",
+    )
+    parser.add_argument("--output_dir", default=DEMO_CONFIG["output_dir"], help="where the run is written")
     known, rest = parser.parse_known_args(argv)
     output_dir = Path(known.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -186,15 +227,29 @@ def demo(argv: Sequence[str]) -> dict | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-distill", description="Knowledge distillation recipes.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (
-        ("train", "run a recipe: teacher, distilled student, no-KD baseline, report"),
-        ("eval", "score saved models on a task's test split"),
-        ("cache-teacher", "save the training split with the teacher's outputs, to train without the teacher"),
-    ):
-        command = commands.add_parser(name, help=help_text, add_help=False)
-        command.add_argument("task", choices=TASKS)
+    tasks = "\n".join(f"  {name:<10} {text}" for name, text in TASK_HELP.items())
+    parser = argparse.ArgumentParser(
+        prog="hf-distill",
+        description="Knowledge distillation recipes.",
+        epilog=f"tasks:\n{tasks}\n\n`hf-distill train TASK --help` lists a task's flags.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        DEBUG_FLAG,
+        action="store_true",
+        help=f"show the full traceback of an error (also: {DEBUG_ENV}=1); by default a bad input is one line",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in TASK_COMMANDS.items():
+        command = commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text[0].upper() + help_text[1:] + ".",
+            usage=f"hf-distill {name} TASK [--config FILE] [--flag VALUE ...]",
+            epilog=f"tasks:\n{tasks}\n\n`hf-distill {name} TASK --help` lists the task's flags.",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.add_argument("task", choices=TASKS, metavar="TASK", help=f"one of {', '.join(TASKS)}")
     commands.add_parser("demo", help="the sentiment recipe on a small subset (make demo)", add_help=False)
     report = commands.add_parser("report", help="Markdown/HTML report with plots of a run directory")
     report.add_argument("run_dir")
@@ -206,15 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0
-    # train/eval/demo pass the rest of the line to the recipe's own parser (its flags and --help).
+    # train/eval/cache-teacher/demo pass the rest of the line to the recipe's own parser (its flags and
+    # --help); `train --help` (no task) is the command's own help.
     rest: list[str] = []
-    if argv[0] in ("train", "eval", "cache-teacher"):
+    if argv[0] in TASK_COMMANDS:
         known, rest = parser.parse_args(argv[:2]), argv[2:]
     elif argv[0] == "demo":
         known, rest = parser.parse_args(argv[:1]), argv[1:]
@@ -238,6 +292,38 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(push_student(known.folder, known.repo_id, private=known.private or None))
     return 0
+
+
+def is_own_check(error: BaseException) -> bool:
+    """Whether ``error`` comes from a check on the user's input: raised by hf_distill's own code, or by an
+    argument class (transformers' ``TrainingArguments`` too) while the flags were parsed."""
+    frames = traceback.extract_tb(error.__traceback__)
+
+    def ours(frame: traceback.FrameSummary) -> bool:
+        return Path(frame.filename).resolve().is_relative_to(_PACKAGE_DIR)
+
+    parsing = any(ours(frame) and frame.name == "parse_args_with_config" for frame in frames)
+    return bool(frames) and (ours(frames[-1]) or parsing)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``hf-distill`` command; returns the exit status (2: a bad input, reported in one line)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
+    while argv and argv[0] == DEBUG_FLAG:
+        debug = True
+        argv.pop(0)
+    try:
+        return _run(build_parser(), argv)
+    except KNOWN_ERRORS as error:
+        if debug or not is_own_check(error):
+            raise
+        message = " ".join(str(error).split())
+        print(
+            f"hf-distill: error: {message} ({DEBUG_FLAG} or {DEBUG_ENV}=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

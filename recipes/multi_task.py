@@ -15,6 +15,7 @@ from hf_distill.recipes.arguments import DataArguments, ReportArguments, Student
 from hf_distill.recipes.config import parse_args_with_config
 from hf_distill.recipes.multi_task import MultiTaskArguments, prepare_tasks, run_multi_task_recipe
 from hf_distill.recipes.teacher import teacher_tokenizer
+from hf_distill.recipes.tensorboard_log import default_report_to
 
 ARGUMENTS = (MultiTaskArguments, TeacherArguments, StudentArguments, DataArguments, ReportArguments,
              DistillationTrainingArguments)  # fmt: skip
@@ -22,7 +23,7 @@ ARGUMENTS = (MultiTaskArguments, TeacherArguments, StudentArguments, DataArgumen
 
 def main(argv: list[str] | None = None) -> dict | None:
     multi_args, teacher_args, student_args, data_args, report_args, training_args = parse_args_with_config(
-        ARGUMENTS, argv
+        ARGUMENTS, argv, defaults={"report_to": default_report_to()}
     )
     tokenizer = teacher_tokenizer(teacher_args)
     with training_args.main_process_first(desc="tokenizing"):

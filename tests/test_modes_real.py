@@ -109,7 +109,10 @@ def test_multi_task_recipe_on_minilm(tmp_path):
     out = tmp_path / "run"
     report = run(
         "multi_task",
-        ["--config", str(RECIPES / "configs" / "multi_task_smoke.yaml"), "--output_dir", str(out)],
+        [
+            *("--config", str(RECIPES / "configs" / "multi_task_smoke.yaml"), "--output_dir", str(out)),
+            *("--disable_tqdm", "true", "--report_to", "none"),  # the config leaves both to the user
+        ],
     )
     metrics = report["metrics"]
     print(f"\nmulti-task: {metrics}")

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..arguments import DistillationTrainingArguments
 from .config import parse_args_with_config
+from .data_common import check_fractions
 from .mode_select import ModeArguments, arguments_class, mode_from_argv
+from .tensorboard_log import default_report_to
 
 STUDENT_INITS = ("teacher_layers", "config", "gpt2", "pretrained")
 FINE_TUNE_CHOICES = ("auto", "always", "never")
@@ -20,6 +23,8 @@ FINE_TUNE_CHOICES = ("auto", "always", "never")
 @dataclass
 class TeacherArguments:
     """Which teacher, and how to fine-tune it on the task when it is not fine-tuned yet."""
+
+    _argument_group_name = "recipe: teacher"  # the --help group (HfArgumentParser)
 
     teacher_model_name_or_path: str = field(
         default="minilm-l6",
@@ -57,6 +62,8 @@ class TeacherArguments:
 @dataclass
 class StudentArguments:
     """Which students to build; each is distilled and, unless turned off, also trained without the teacher."""
+
+    _argument_group_name = "recipe: students"
 
     student_init: list[str] = field(
         default_factory=lambda: ["teacher_layers"],
@@ -118,18 +125,89 @@ class StudentArguments:
         return overrides
 
 
+_FILE_HELP = (
+    "sentiment: .csv/.tsv, .jsonl/.json or .parquet with a text and a label column; ner: a CoNLL file (tab- or "
+    "space-separated, token and tag columns by position) or .jsonl/.json/.parquet with token and tag lists; "
+    "codegen: a folder of source files (--source_glob) or .jsonl/.json/.parquet with a text column"
+)
+
+
 @dataclass
 class DataArguments:
     """Where the task data comes from and how much of it to use."""
 
+    _argument_group_name = "recipe: data"
+
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "A Hub dataset ('glue/sst2', 'conll2003'); None: the offline default."},
+        metadata={
+            "help": "A Hub dataset ('glue/sst2', 'conll2003'), or with --train_file the builder that reads the "
+            "files ('csv', 'json', 'parquet'); None: the offline default, or --train_file."
+        },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "The Hub dataset's config name."})
-    train_file: str | None = field(default=None, metadata={"help": "CoNLL training file (NER)."})
-    validation_file: str | None = field(default=None, metadata={"help": "CoNLL validation file (NER)."})
-    test_file: str | None = field(default=None, metadata={"help": "CoNLL test file (NER)."})
+    train_file: str | None = field(
+        default=None, metadata={"help": f"Your own training data instead of the default: {_FILE_HELP}."}
+    )
+    validation_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Validation data in the format of train_file; without it, validation_size of the "
+            "training rows are cut out with split_seed (and the cut is reported)."
+        },
+    )
+    test_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Test data in the format of train_file; without it, test_size is cut out of training."
+        },
+    )
+    text_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "sentiment / codegen: the column holding the text (default: text, sentence, review or "
+            "content; codegen: text, content or code)."
+        },
+    )
+    label_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "sentiment: the label column (default: label, labels or sentiment). Label names come "
+            "from the data: a ClassLabel's names, else the sorted distinct values."
+        },
+    )
+    token_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "ner: CoNLL: the token column's position (1 = first, the default; -1 = last); JSON: the "
+            "column name (default tokens or words)."
+        },
+    )
+    tag_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "ner: CoNLL: the BIO tag column's position (default -1, the last); JSON: the column name "
+            "(default ner_tags, tags, ner or labels)."
+        },
+    )
+    source_glob: str = field(
+        default="**/*.py",
+        metadata={"help": "codegen: which files of a train_file folder are read, one example per file."},
+    )
+    validation_size: float | None = field(
+        default=None,
+        metadata={
+            "help": "Share of the rows held out as validation when there is no validation_file: cut out of "
+            "train_file (or of the sentiment / ner offline default); default 0.1, 0: none."
+        },
+    )
+    test_size: float | None = field(
+        default=None,
+        metadata={
+            "help": "Share of the rows held out as test when there is no test_file, like validation_size; "
+            "default 0.1 (ner 0.15)."
+        },
+    )
     max_length: int = field(default=64, metadata={"help": "Tokens per example (code: the block size)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on validation examples."})
@@ -144,11 +222,35 @@ class DataArguments:
                 raise ValueError(f"{name}={value} must be >= 1 (or unset to keep every example).")
         if self.max_length < 2:
             raise ValueError(f"max_length={self.max_length} must be >= 2 tokens.")
+        shares = {
+            n: getattr(self, n) for n in ("validation_size", "test_size") if getattr(self, n) is not None
+        }
+        check_fractions(**shares)
+        # Checked here, before any model or tokenizer is loaded: a wrong path fails at once.
+        for name in ("train_file", "validation_file", "test_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).exists():
+                raise FileNotFoundError(
+                    f"{name} {path!r} does not exist: the data is read from it; check the path (--{name})."
+                )
+        if self.dataset_name is not None and Path(self.dataset_name).is_file():
+            raise ValueError(
+                f"dataset_name={self.dataset_name!r} is a file, but dataset_name takes a Hub dataset or a "
+                f"builder name; pass the file as --train_file {self.dataset_name} (and --validation_file / "
+                "--test_file for the other splits)."
+            )
+        if self.train_file is None and (self.validation_file or self.test_file):
+            raise ValueError(
+                "validation_file/test_file were given without train_file: there would be nothing to train on; "
+                "pass train_file too."
+            )
 
 
 @dataclass
 class ReportArguments:
     """How the comparison is measured."""
+
+    _argument_group_name = "recipe: report"
 
     latency_rounds: int = field(
         default=5, metadata={"help": "Timed rounds per model and batch size; the median is reported."}
@@ -173,15 +275,30 @@ RECIPE_ARGUMENTS = (
 )
 
 
-def parse_recipe_args(argv: list[str] | None = None, task: str | None = None) -> tuple[Any, ...]:
+def parse_recipe_args(
+    argv: list[str] | None = None,
+    task: str | None = None,
+    *,
+    prog: str | None = None,
+    description: str | None = None,
+) -> tuple[Any, ...]:
     """A recipe's flags (``--config`` file included) as ``(teacher, student, data, report, mode, training)``
     arguments; ``training`` is the class of the chosen ``distillation_mode``, so its own flags are valid.
-    With the recipe's ``task`` a mode that cannot run on it is refused here, before anything is loaded."""
+    With the recipe's ``task`` a mode that cannot run on it is refused here, before anything is loaded.
+
+    ``report_to`` defaults to TensorBoard when it is installed (the ``tensorboard`` extra), else to none; a
+    flag or config value wins. ``prog``/``description`` are what ``--help`` shows."""
     import sys
 
     argv = sys.argv[1:] if argv is None else list(argv)
     training_class = arguments_class(mode_from_argv(argv))
-    parsed = parse_args_with_config((*RECIPE_ARGUMENTS[:-1], ModeArguments, training_class), argv)
+    parsed = parse_args_with_config(
+        (*RECIPE_ARGUMENTS[:-1], ModeArguments, training_class),
+        argv,
+        prog=prog,
+        description=description,
+        defaults={"report_to": default_report_to()},
+    )
     if task is not None:
         # A code block is max_length tokens: a prompt longer than that is refused before tokenizing.
         parsed[-2].check_task(task, parsed[2].max_length if task == "causal_lm" else None)

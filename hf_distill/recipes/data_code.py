@@ -1,5 +1,6 @@
 """Code data (causal LM) for the recipes: the ``.py`` files of the running Python's standard library, present on
-every machine, split by file so held-out perplexity is measured on files no training block came from.
+every machine, split by file so held-out perplexity is measured on files no training block came from; or your
+own corpus, a folder of source files or JSON Lines with a text column.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict
 
 from .data_common import check_limit, group_split
+from .data_files import builder_for, carve_missing_splits, data_files, load_data_files
+
+# The source column of code datasets (codeparrot: "content", others "code").
+CODE_COLUMNS = ("text", "content", "code")
 
 # Folders of the stdlib that hold tests, test data or third-party code rather than the library itself.
 _EXCLUDED_STDLIB_DIRS = frozenset(
@@ -82,4 +87,72 @@ def load_code_corpus(
             )
             for split, rows in splits.items()
         }
+    )
+
+
+def _source_files(folder: Path, pattern: str) -> list[Path]:
+    files = sorted(p for p in folder.glob(pattern) if p.is_file())
+    if not files:
+        raise ValueError(
+            f"the folder {str(folder)!r} has no file matching {pattern!r}: the code corpus is read from those; "
+            "pass --source_glob with the pattern of your files (e.g. '**/*.js')."
+        )
+    return files
+
+
+def code_column(loaded: DatasetDict, text_column: str | None, source: str) -> str:
+    """The column holding the code: ``text_column`` when given, else the first of :data:`CODE_COLUMNS`."""
+    columns = next(iter(loaded.values())).column_names
+    column = text_column or next((c for c in CODE_COLUMNS if c in columns), None)
+    if column is None or column not in columns:
+        raise ValueError(
+            f"dataset {source!r} has none of the columns {(text_column,) if text_column else CODE_COLUMNS} (it "
+            f"has {columns}): the code is read from one of them; rename its source column to 'text' or name it "
+            "with --text_column."
+        )
+    return column
+
+
+def load_code_files(
+    train_file: str | os.PathLike,
+    validation_file: str | os.PathLike | None = None,
+    test_file: str | os.PathLike | None = None,
+    *,
+    builder: str | None = None,
+    text_column: str | None = None,
+    source_glob: str = "**/*.py",
+    seed: int = 42,
+    validation_size: float = 0.1,
+    test_size: float = 0.1,
+) -> DatasetDict:
+    """Your own code corpus as splits of ``{"text"}``, one row per source file or per JSON record.
+
+    Each of ``train_file``/``validation_file``/``test_file`` is a folder, whose files matching ``source_glob``
+    are read whole (``datasets``' ``text`` builder, ``sample_by="document"``), or a ``.jsonl``/``.json``/
+    ``.parquet``/``.csv`` file whose ``text_column`` (default: ``text``, ``content`` or ``code``) holds the
+    code. A split without its own is cut out of the training rows with ``seed`` (by file, so held-out
+    perplexity is measured on files no training block came from), and the cut is reported.
+    """
+    files = data_files(train_file, validation_file, test_file)
+    if all(path.is_dir() for path in files.values()):
+        loaded = load_data_files(
+            {split: _source_files(path, source_glob) for split, path in files.items()},
+            "text",
+            sample_by="document",
+            keep_linebreaks=True,
+        )
+    elif any(path.is_dir() for path in files.values()):
+        raise ValueError(
+            f"{', '.join(str(p) for p in files.values())}: some are folders and some files; give every split "
+            "as a folder of source files, or every split as a JSON Lines / Parquet file."
+        )
+    else:
+        loaded = load_data_files(files, builder_for(files, builder, ("json", "parquet", "csv"), "codegen"))
+        column = code_column(loaded, text_column, str(files["train"]))
+        loaded = DatasetDict(
+            {split: ds.select_columns([column]).rename_columns({column: "text"} if column != "text" else {})
+             for split, ds in loaded.items()}
+        )  # fmt: skip
+    return carve_missing_splits(
+        loaded, seed=seed, validation_size=validation_size, test_size=test_size, source=str(files["train"])
     )

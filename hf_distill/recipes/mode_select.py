@@ -76,6 +76,8 @@ def _check_mode(mode: str) -> str:
 class ModeArguments:
     """Which distillation mode a recipe runs, and the settings that belong to the recipe, not to a trainer."""
 
+    _argument_group_name = "distillation"  # the --help group (HfArgumentParser)
+
     distillation_mode: str = field(
         default="kd",
         metadata={

