@@ -443,15 +443,28 @@ def test_recipe_resumes_each_run_from_its_last_checkpoint(tmp_path, wordpiece_to
     out = tmp_path / "resumed"
     first = run_recipe("sentiment", tiny_flags(out, **common))
     # What a kill after the student's first step leaves: later checkpoints and the outputs are gone.
-    student_dir = out / "students" / first["students"][0]["name"]
+    name = first["students"][0]["name"]
+    student_dir = out / "students" / name
     for path in sorted(student_dir.glob("checkpoint-*"))[1:]:
         shutil.rmtree(path)
     for path in student_dir.glob("*.safetensors"):
         path.unlink()
     (out / "report.json").unlink()
+    # Marked, so the resumed run shows it continued from this checkpoint rather than starting afresh.
+    state_file = student_dir / "checkpoint-1" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    (logged,) = [entry for entry in state["log_history"] if "loss" in entry]
+    logged["loss"] = 1234.5
+    state_file.write_text(json.dumps(state))
     resumed = run_recipe("sentiment", tiny_flags(out, resume_from_checkpoint="true", **common))
+    assert resumed["teacher"]["metric"] == reference["teacher"]["metric"]
     for want, got in zip(reference["students"], resumed["students"]):
         assert got["metric"] == want["metric"]
-        curves = [[e for e in r["log_history"][want["name"]] if "loss" in e] for r in (reference, resumed)]
-        assert [e["loss"] for e in curves[1]] == [e["loss"] for e in curves[0]]
-    assert resumed["teacher"]["metric"] == reference["teacher"]["metric"]
+        curves = [
+            [e["loss"] for e in r["log_history"][want["name"]] if "loss" in e] for r in (reference, resumed)
+        ]
+        assert len(curves[0]) == len(curves[1]) == 3
+        if want["name"] == name:
+            assert curves[1][0] == 1234.5 and curves[1][1:] == curves[0][1:]
+        else:
+            assert curves[1] == curves[0]
