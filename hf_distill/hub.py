@@ -17,8 +17,17 @@ from typing import Any
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from .push_guard import (
+    WEIGHT_SUFFIXES,
+    check_no_teacher_content,
+    check_not_a_listed_teacher,
+    distillation_record,
+    find_report,
+    recorded_fingerprint,
+    upload_weight_files,
+)
 from .report_format import NOT_MEASURED, comparison_table, format_bytes, format_count, markdown_table
-from .report_schema import REPORT_FILENAME, load_report, validate_report
+from .report_schema import load_report, validate_report
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +71,6 @@ UPLOAD_IGNORE_PATTERNS = (
     "rng_state*",
     "distillation_modules.pt",
 )
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx")
 
 
 # ---- the card ---------------------------------------------------------------------------------------------
@@ -353,11 +361,15 @@ def teacher_weight_files(folder: Path) -> list[str]:
 
 
 def check_student_folder(folder: str | Path) -> Path:
-    """Checks that ``folder`` is a student saved with ``save_pretrained`` and holds no teacher weights.
+    """Checks that ``folder`` is a student saved by hf_distill and holds nothing of its teacher's.
 
-    A folder with teacher weights is refused rather than filtered: it usually means the run directory
-    (or a folder the teacher was copied into) was passed instead of the student's own folder, and the
-    teacher's license may not allow re-publishing its weights. Move them out, or push the student folder.
+    Decided by content (see :mod:`hf_distill.push_guard`): the folder is not a teacher that the run's
+    ``report.json`` lists, its ``config.json`` carries the student's ``distillation`` record, and the weight
+    files the push would upload do not hold the teacher whose fingerprint that record carries (or, for a
+    student saved before fingerprints were recorded, the teacher read from its local folder). A weight file
+    under a path part named ``teacher*`` is refused too. A folder with teacher weights is refused rather than
+    filtered: it usually means the wrong folder was passed, and the teacher's license may not allow
+    re-publishing its weights.
 
     Raises:
         ValueError: naming the folder and what is wrong.
@@ -384,6 +396,8 @@ def check_student_folder(folder: str | Path) -> Path:
             f"{folder} has a config.json but no weights (model.safetensors or pytorch_model.bin): "
             "save the student with save_pretrained before pushing."
         )
+    check_not_a_listed_teacher(folder)
+    record = distillation_record(folder)
     teacher = teacher_weight_files(folder)
     if teacher:
         shown = ", ".join(teacher[:3]) + (f" and {len(teacher) - 3} more" if len(teacher) > 3 else "")
@@ -391,16 +405,10 @@ def check_student_folder(folder: str | Path) -> Path:
             f"{folder} holds what looks like teacher weights ({shown}); hf_distill never uploads a teacher. "
             "Push the student's own folder, or move the teacher's files out of it."
         )
+    fingerprint, source = recorded_fingerprint(folder, record)
+    files = upload_weight_files(folder, UPLOAD_IGNORE_PATTERNS)
+    check_no_teacher_content(folder, files, fingerprint, source=source)
     return folder
-
-
-def find_report(folder: str | Path) -> Path | None:
-    """``report.json`` in the student folder, else in its parent (the run directory), else None."""
-    folder = Path(folder)
-    for candidate in (folder / REPORT_FILENAME, folder.parent / REPORT_FILENAME):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def _student_name_for(report: dict, folder: Path) -> str | None:

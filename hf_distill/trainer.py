@@ -40,7 +40,7 @@ from .model_kind import AUTO_CLASSES, CAUSAL_LM, detect_task
 from .normalization import Normalization
 from .teacher_cache import CACHE_COLUMNS, TeacherCacheCollator, cached_teacher_kind
 from .teacher_signals import CachedTeacher, DistillationBatch, LiveTeacher, TeacherSignal
-from .trainer_card import check_no_teacher_files, write_trainer_card
+from .trainer_card import check_no_teacher_files, record_teacher, write_trainer_card
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +108,8 @@ class DistillationTrainer(Trainer):
             self.task, model, teacher_model, tokenizer, teacher_processing_class
         )
         check_feature_terms(args, model, teacher_model)
+        # Taken before the teacher is cast or sharded; every saved student carries it (see push_to_hub).
+        self.teacher_fingerprint = record_teacher(model, teacher_model)
         super().__init__(model=model, args=args, **kwargs)
         if any(cached):
             # Cache columns of variable length (NER) must be padded along with input_ids.
@@ -288,6 +290,37 @@ class DistillationTrainer(Trainer):
         if self.args.should_save:
             write_trainer_card(self, output_dir or self.args.output_dir, repo_id=self.args.hub_model_id)
 
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """Creates the Hub repo, once a push has checked the folder it uploads. Trainer calls this from its
+        constructor when ``push_to_hub`` is set, before anything is known of that folder: a refused push must
+        leave nothing on the Hub, not even an empty repo."""
+        if getattr(self, "hub_repo_allowed", False):
+            super().init_hf_repo(token=token, private=private)
+
+    def check_push_folder(self) -> None:
+        """Refuses (``ValueError``) an ``output_dir`` holding teacher weights, by name or by the teacher's
+        content (:func:`hf_distill.trainer_card.check_no_teacher_files`); then allows creating the repo."""
+        check_no_teacher_files(self.args.output_dir, self.teacher, self.teacher_fingerprint)
+        self.hub_repo_allowed = True
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs: Any,
+    ):
+        """``Trainer.push_to_hub`` after checking ``output_dir`` for teacher weights: check, then create the
+        repo, then save, write hf_distill's card (checked again, now with the saved student) and upload.
+        Every process checks, so all of them raise together rather than some waiting in the save."""
+        self.check_push_folder()
+        if self.hub_model_id is None:
+            token = token if token is not None else self.args.hub_token
+            self.init_hf_repo(token=token, private=private)
+        return super().push_to_hub(commit_message, blocking, token, revision, private, **kwargs)
+
     def create_model_card(self, language=None, license=None, tags=None, model_name=None, **kwargs) -> None:
         """Called by ``Trainer.push_to_hub`` right before it uploads ``output_dir``: writes hf_distill's card
         instead of Trainer's, and refuses (``ValueError``) a folder holding teacher weights before any upload.
@@ -299,7 +332,7 @@ class DistillationTrainer(Trainer):
             logger.warning(
                 "create_model_card ignores %s: the hf_distill card takes them from the run.", ignored
             )
-        check_no_teacher_files(self.args.output_dir, self.teacher)
+        check_no_teacher_files(self.args.output_dir, self.teacher, self.teacher_fingerprint)
         tags = [tags] if isinstance(tags, str) else tags
         write_trainer_card(
             self,
@@ -314,6 +347,8 @@ class DistillationTrainer(Trainer):
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         # Checkpoint pushes (hub_strategy "every_save", "checkpoint") upload output_dir without creating a card.
         if self.is_world_process_zero() and self.args.hub_strategy != "end":
-            check_no_teacher_files(self.args.output_dir, self.teacher)
+            self.check_push_folder()
+            if self.hub_model_id is None:
+                self.init_hf_repo()
             write_trainer_card(self, self.args.output_dir, repo_id=self.hub_model_id)
         super()._push_from_checkpoint(checkpoint_folder)

@@ -20,8 +20,10 @@ from typing import Any
 
 from huggingface_hub import ModelCard
 from torch import nn
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .hub import may_replace_card, render_model_card, teacher_weight_files
+from .push_guard import check_no_teacher_content, model_fingerprint, upload_weight_files
 from .student import count_parameters
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,8 @@ _NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch", "s
 _LOWER_IS_BETTER = ("loss", "perplexity")
 # Dataset builder names that say how a dataset was read, not what it is.
 _GENERIC_BUILDERS = ("csv", "json", "parquet", "text", "arrow", "generator", "pandas", "imagefolder")
+# What Trainer's push_to_hub leaves out of output_dir (transformers.Trainer.push_to_hub, _push_from_checkpoint).
+TRAINER_UPLOAD_IGNORE = ("_*", f"{PREFIX_CHECKPOINT_DIR}-*")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -205,19 +209,42 @@ def trainer_report(trainer: Any, output_dir: str | Path) -> dict[str, Any]:
     }
 
 
-def check_no_teacher_files(folder: str | Path, teacher: nn.Module) -> None:
+def record_teacher(student: nn.Module, teacher: nn.Module | None) -> dict[str, Any] | None:
+    """Writes the teacher's name and fingerprint (:func:`hf_distill.push_guard.model_fingerprint`) into the
+    student's ``config.distillation``, creating the record for a student built outside
+    :mod:`hf_distill.student`; returns the fingerprint. Every folder the student is saved into then says, by
+    content, which teacher must never be uploaded beside it. Call it before the teacher is cast or sharded."""
+    teacher = _unwrap(teacher) if teacher is not None else None
+    fingerprint = model_fingerprint(teacher) if teacher is not None else None
+    config = getattr(student, "config", None)
+    if config is not None:
+        record = dict(getattr(config, "distillation", None) or {})
+        if teacher is not None:
+            record.setdefault("teacher", getattr(teacher, "name_or_path", None) or None)
+        # A run on cached outputs keeps the fingerprint of a teacher recorded earlier, if any.
+        if fingerprint is not None or "teacher_fingerprint" not in record:
+            record["teacher_fingerprint"] = fingerprint
+        config.distillation = record
+    return fingerprint
+
+
+def check_no_teacher_files(
+    folder: str | Path, teacher: nn.Module | None, fingerprint: dict[str, Any] | None = None
+) -> None:
     """Refuses a folder that is about to be uploaded when it holds teacher weights.
 
-    Two signs: a weight file under a path part named ``teacher*`` (the rule of :func:`hf_distill.hub.push_student`),
-    or the teacher's own local folder (``teacher.name_or_path``) lying inside ``folder``.
+    Three signs: a weight file under a path part named ``teacher*`` (the rule of :func:`hf_distill.hub.push_student`),
+    the teacher's own local folder (``teacher.name_or_path``) lying inside ``folder``, or weight files that
+    Trainer's push would upload holding every tensor of the teacher's ``fingerprint`` (by content, whatever
+    their names).
 
     Raises:
         ValueError: naming what was found and how to fix it.
     """
     folder = Path(folder)
     found = teacher_weight_files(folder) if folder.is_dir() else []
-    source = Path(getattr(_unwrap(teacher), "name_or_path", "") or "")
-    if str(source) and source.is_dir() and folder.is_dir():
+    source = Path(getattr(_unwrap(teacher), "name_or_path", "") or "") if teacher is not None else Path()
+    if str(source) not in ("", ".") and source.is_dir() and folder.is_dir():
         source, root = source.resolve(), folder.resolve()
         if source != root and root in source.parents:
             found.append(source.relative_to(root).as_posix() + "/")
@@ -227,6 +254,9 @@ def check_no_teacher_files(folder: str | Path, teacher: nn.Module) -> None:
             "folder; hf_distill never uploads a teacher. Save the teacher outside the trainer's output_dir, "
             "or push the student's own folder with `hf-distill push`."
         )
+    if folder.is_dir():
+        files = upload_weight_files(folder, TRAINER_UPLOAD_IGNORE)
+        check_no_teacher_content(folder, files, fingerprint, source="the trainer's teacher")
 
 
 def write_trainer_card(

@@ -14,6 +14,7 @@ from hf_distill import DistillationTrainingArguments
 from hf_distill.recipes.arguments import DataArguments, ReportArguments, StudentArguments, TeacherArguments
 from hf_distill.recipes.config import parse_args_with_config
 from hf_distill.recipes.multi_task import MultiTaskArguments, prepare_tasks, run_multi_task_recipe
+from hf_distill.recipes.run import end_process_group
 from hf_distill.recipes.teacher import teacher_tokenizer
 from hf_distill.recipes.tensorboard_log import default_report_to
 
@@ -28,7 +29,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     tokenizer = teacher_tokenizer(teacher_args)
     with training_args.main_process_first(desc="tokenizing"):
         tasks = prepare_tasks(multi_args.tasks, data_args, tokenizer)
-    return run_multi_task_recipe(tasks, teacher_args, student_args, report_args, training_args)
+    report = run_multi_task_recipe(tasks, teacher_args, student_args, report_args, training_args)
+    end_process_group()
+    return report
 
 
 if __name__ == "__main__":

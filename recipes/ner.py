@@ -13,7 +13,7 @@ Writes ``<output_dir>/report.json`` and prints the comparison table.
 from __future__ import annotations
 
 from hf_distill.recipes.arguments import parse_recipe_args
-from hf_distill.recipes.run import run_recipe
+from hf_distill.recipes.run import end_process_group, run_recipe
 from hf_distill.recipes.tasks import prepare_ner
 from hf_distill.recipes.teacher import teacher_tokenizer
 
@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     tokenizer = teacher_tokenizer(teacher_args, add_prefix_space=True)
     with training_args.main_process_first(desc="tokenizing"):
         task = prepare_ner(data_args, tokenizer)
-    return run_recipe(task, teacher_args, student_args, report_args, training_args, mode_args)
+    report = run_recipe(task, teacher_args, student_args, report_args, training_args, mode_args)
+    end_process_group()
+    return report
 
 
 if __name__ == "__main__":

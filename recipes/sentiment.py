@@ -13,7 +13,7 @@ prints the table: accuracy, parameters, size on disk, latency at batch 1 and 32,
 from __future__ import annotations
 
 from hf_distill.recipes.arguments import parse_recipe_args
-from hf_distill.recipes.run import run_recipe
+from hf_distill.recipes.run import end_process_group, run_recipe
 from hf_distill.recipes.tasks import prepare_sentiment
 from hf_distill.recipes.teacher import teacher_tokenizer
 
@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     # One process tokenizes first and fills the datasets cache; the others then read it.
     with training_args.main_process_first(desc="tokenizing"):
         task = prepare_sentiment(data_args, tokenizer)
-    return run_recipe(task, teacher_args, student_args, report_args, training_args, mode_args)
+    report = run_recipe(task, teacher_args, student_args, report_args, training_args, mode_args)
+    end_process_group()
+    return report
 
 
 if __name__ == "__main__":

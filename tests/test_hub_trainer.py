@@ -331,3 +331,53 @@ def test_checkpoint_pushes_carry_our_card(tmp_path, wordpiece_tokenizer, monkeyp
     for upload in hub.uploads:
         assert "model.safetensors" in upload["files"] and CARD_MARKER in upload["readme"]
         assert not any(name.startswith(("checkpoint-", "_")) for name in upload["files"])
+
+
+# ---- check first, then create the repo ----------------------------------------------------------------------
+
+
+def pushing_trainer(tmp_path, tokenizer, teacher, **kw) -> DistillationTrainer:
+    settings = dict(push_to_hub=True, hub_model_id="someone/tiny-student", max_steps=1, eval_strategy="no")
+    return make_trainer(tmp_path, tokenizer, teacher=teacher, **{**settings, **kw})
+
+
+def test_refused_push_creates_no_repo(tmp_path, wordpiece_tokenizer, monkeypatch):
+    hub = FakeHub().install(monkeypatch)
+    teacher = hub_teacher()
+    trainer = pushing_trainer(tmp_path, wordpiece_tokenizer, teacher)
+    assert hub.repos == []  # Trainer would have created it here, before anything was checked
+    teacher.save_pretrained(tmp_path / "run" / "teacher_model")
+    with pytest.raises(ValueError, match=r"holds teacher weights \(teacher_model/model.safetensors\)"):
+        trainer.push_to_hub()
+    assert hub.repos == [] and hub.uploads == []
+
+
+def test_push_to_hub_finds_a_teacher_copy_by_content(tmp_path, wordpiece_tokenizer, monkeypatch):
+    hub = FakeHub().install(monkeypatch)
+    teacher = hub_teacher()  # a Hub id, not a local folder: only the content can tell
+    trainer = pushing_trainer(tmp_path, wordpiece_tokenizer, teacher)
+    trainer.train()
+    teacher.save_pretrained(tmp_path / "run" / "big")
+    with pytest.raises(
+        ValueError,
+        match=r"holds the teacher's weights: big/model\.safetensors contain every tensor of the trainer's "
+        r"teacher; hf_distill never uploads a teacher",
+    ):
+        trainer.push_to_hub()
+    assert hub.repos == [] and hub.uploads == []
+    # Moved out of the folder, the same push goes through and creates the repo first.
+    (tmp_path / "run" / "big").rename(tmp_path / "big")
+    trainer.push_to_hub()
+    assert hub.repos == ["someone/tiny-student"] and len(hub.uploads) == 1
+
+
+def test_checkpoint_push_checks_before_creating_the_repo(tmp_path, wordpiece_tokenizer, monkeypatch):
+    hub = FakeHub().install(monkeypatch)
+    teacher = hub_teacher()
+    trainer = pushing_trainer(
+        tmp_path, wordpiece_tokenizer, teacher, hub_strategy="every_save", save_strategy="steps", save_steps=1
+    )
+    teacher.save_pretrained(tmp_path / "run" / "big")
+    with pytest.raises(ValueError, match=r"holds the teacher's weights: big/model\.safetensors"):
+        trainer.train()
+    assert hub.repos == [] and hub.uploads == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -344,3 +345,126 @@ def test_codegen_recipe_with_smollm2(tmp_path):
     teacher = report["teacher"]["metric"]
     # A few steps cannot make a student as good as the 30-layer teacher on unseen stdlib files.
     assert all(s["metric"] > teacher for s in report["students"])
+
+
+# ---- the process group's end, and resuming a killed recipe ----------------------------------------------
+
+END_SCRIPT = """
+import torch
+from accelerate import PartialState
+from hf_distill.recipes.run import end_process_group
+
+state = PartialState(cpu=True)
+assert torch.distributed.is_initialized() and state.num_processes == 2, state
+total = torch.ones(1)
+torch.distributed.all_reduce(total)
+end_process_group()
+print(f"rank {state.process_index}: sum {total.item():.0f}, initialized {torch.distributed.is_initialized()}")
+"""
+
+
+def test_end_process_group_tears_a_gloo_group_down(tmp_path):
+    from hf_distill.recipes.run import end_process_group
+
+    end_process_group()  # one process, no group: nothing to do
+    assert not torch.distributed.is_initialized()
+    script = tmp_path / "end.py"
+    script.write_text(END_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    for rank in (0, 1):
+        assert f"rank {rank}: sum 2, initialized False" in done.stdout
+
+
+@pytest.mark.parametrize("name", ["sentiment", "ner", "codegen", "multi_task"])
+def test_recipe_scripts_end_their_process_group_after_the_run(name, tmp_path, monkeypatch):
+    import hf_distill.recipes.multi_task as multi_task
+    import hf_distill.recipes.run as run
+    import hf_distill.recipes.tasks as tasks
+    import hf_distill.recipes.teacher as teacher
+
+    order = []
+
+    def finished_run(*args, **kwargs):
+        order.append("run")
+        return {"report": name}
+
+    monkeypatch.setattr(run, "end_process_group", lambda: order.append("end"))
+    monkeypatch.setattr(run, "run_recipe", finished_run)
+    monkeypatch.setattr(multi_task, "run_multi_task_recipe", finished_run)
+    monkeypatch.setattr(teacher, "teacher_tokenizer", lambda *args, **kwargs: None)
+    for prepare in ("prepare_sentiment", "prepare_ner", "prepare_code"):
+        monkeypatch.setattr(tasks, prepare, lambda *args, **kwargs: None)
+    monkeypatch.setattr(multi_task, "prepare_tasks", lambda *args, **kwargs: None)
+    assert run_recipe(name, ["--output_dir", str(tmp_path), "--use_cpu", "true"]) == {"report": name}
+    assert order == ["run", "end"]
+
+
+def test_resume_point_of_each_run_of_a_recipe(tmp_path):
+    from hf_distill import DistillationTrainingArguments
+    from hf_distill.recipes.training import resume_point
+
+    def args(**kw):
+        return DistillationTrainingArguments(output_dir=str(tmp_path / "student"), use_cpu=True, **kw)
+
+    assert resume_point(args()) is None
+    assert resume_point(args(resume_from_checkpoint="true")) is None  # this run never saved: start afresh
+    (tmp_path / "student" / "checkpoint-3").mkdir(parents=True)
+    assert resume_point(args()) is None
+    assert resume_point(args(resume_from_checkpoint="true")) is True
+    with pytest.raises(
+        ValueError, match=r"a recipe trains several models .* Pass --resume_from_checkpoint true"
+    ):
+        resume_point(args(resume_from_checkpoint=str(tmp_path / "student" / "checkpoint-3")))
+
+
+@needs_rotten_tomatoes
+def test_recipe_resumes_each_run_from_its_last_checkpoint(tmp_path, wordpiece_tokenizer):
+    teacher = save_tiny_teacher(
+        tmp_path / "teacher", BertForSequenceClassification, wordpiece_tokenizer, num_labels=2
+    )
+    common = dict(
+        teacher_model_name_or_path=teacher,
+        fine_tune_teacher="always",
+        teacher_max_steps=2,
+        max_train_samples=24,
+        save_strategy="steps",
+        save_steps=1,
+    )
+    reference = run_recipe("sentiment", tiny_flags(tmp_path / "reference", **common))
+    out = tmp_path / "resumed"
+    first = run_recipe("sentiment", tiny_flags(out, **common))
+    # What a kill after the student's first step leaves: later checkpoints and the outputs are gone.
+    name = first["students"][0]["name"]
+    student_dir = out / "students" / name
+    for path in sorted(student_dir.glob("checkpoint-*"))[1:]:
+        shutil.rmtree(path)
+    for path in student_dir.glob("*.safetensors"):
+        path.unlink()
+    (out / "report.json").unlink()
+    # Marked, so the resumed run shows it continued from this checkpoint rather than starting afresh.
+    state_file = student_dir / "checkpoint-1" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    (logged,) = [entry for entry in state["log_history"] if "loss" in entry]
+    logged["loss"] = 1234.5
+    state_file.write_text(json.dumps(state))
+    resumed = run_recipe("sentiment", tiny_flags(out, resume_from_checkpoint="true", **common))
+    assert resumed["teacher"]["metric"] == reference["teacher"]["metric"]
+    for want, got in zip(reference["students"], resumed["students"]):
+        assert got["metric"] == want["metric"]
+        curves = [
+            [e["loss"] for e in r["log_history"][want["name"]] if "loss" in e] for r in (reference, resumed)
+        ]
+        assert len(curves[0]) == len(curves[1]) == 3
+        if want["name"] == name:
+            assert curves[1][0] == 1234.5 and curves[1][1:] == curves[0][1:]
+        else:
+            assert curves[1] == curves[0]

@@ -16,6 +16,9 @@ prepares its task's data (:mod:`hf_distill.recipes.tasks`) and hands both to :fu
    side (:func:`~hf_distill.recipes.latency.measure_latency`);
 6. writes ``report.json`` (:mod:`hf_distill.recipes.report_json`), prints the comparison table and, with
    ``report_to`` TensorBoard, logs it as the scorecard (:mod:`hf_distill.recipes.tensorboard_log`).
+
+A recipe script ends with :func:`end_process_group`, so a multi-process run tears its process group down
+itself rather than leaving it to the interpreter's exit.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import PartialState
 from torch import nn
 from transformers import PreTrainedModel, set_seed
@@ -165,3 +169,19 @@ def _with_eager_attention(model: PreTrainedModel, args: DistillationTrainingArgu
     if args.matches_attention:
         model.set_attn_implementation("eager")
     return model
+
+
+def end_process_group() -> None:
+    """Waits for every process, then destroys the process group (nothing to do in a single process).
+
+    Left to the interpreter's exit, a gloo group is torn down by its destructor while the garbage collector
+    holds the GIL; that destructor joins gloo's worker thread, which may itself be waiting for the GIL to free
+    a finished collective's tensors, and the rank sleeps forever in ``~ProcessGroupGloo`` (or aborts with
+    "terminate called without an active exception"). ``destroy_process_group`` shuts the group down while
+    the interpreter is whole, after a barrier so no rank leaves while another still talks to it.
+    """
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return
+    state = PartialState()
+    state.wait_for_everyone()
+    state.destroy_process_group()

@@ -16,7 +16,7 @@ from ..offline import resolve_model_path
 from .arguments import TeacherArguments
 from .mode_select import ModeArguments
 from .tasks import TaskData
-from .training import plain_trainer_args
+from .training import plain_trainer_args, resume_point
 
 
 def teacher_tokenizer(args: TeacherArguments, **kwargs: Any):
@@ -103,7 +103,7 @@ def fine_tune_teacher(
         data_collator=task.collator,
         processing_class=task.tokenizer,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_point(teacher_args))
     trainer.save_model(str(output_dir))
     return teacher, trainer.state.log_history
 

@@ -8,7 +8,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from transformers import PreTrainedModel, Trainer, set_seed
+from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from ..arguments import DistillationTrainingArguments
 from ..modes.mutual import STUDENT_A
@@ -22,6 +23,27 @@ def derived_args(
     """A copy of the recipe's training arguments for one run saved in ``output_dir``, with ``changes``."""
     # replace() re-runs __post_init__, so the copy is checked like the original.
     return dataclasses.replace(args, output_dir=str(output_dir), **changes)
+
+
+def resume_point(args: TrainingArguments) -> bool | None:
+    """What ``Trainer.train(resume_from_checkpoint=...)`` gets in a recipe: True (the last checkpoint of this
+    run's ``output_dir``) when the recipe was started with ``--resume_from_checkpoint true`` and this run has
+    saved one, else None (the run starts afresh: a killed recipe resumes each of its runs where it stopped).
+
+    Raises:
+        ValueError: when ``resume_from_checkpoint`` names one checkpoint: a recipe trains several models.
+    """
+    wanted = args.resume_from_checkpoint
+    if not wanted:
+        return None
+    if str(wanted).lower() not in ("true", "1", "yes"):
+        raise ValueError(
+            f"--resume_from_checkpoint {wanted!r}: a recipe trains several models (the teacher's fine-tune, "
+            "each student, each baseline), each with checkpoints in its own folder under output_dir, so one "
+            "checkpoint cannot resume it. Pass --resume_from_checkpoint true to resume each from its own."
+        )
+    folder = Path(args.output_dir)
+    return True if folder.is_dir() and get_last_checkpoint(str(folder)) is not None else None
 
 
 def plain_trainer_args(
@@ -78,7 +100,7 @@ def train_student(
         trainer = Trainer(
             model=student, args=args, train_dataset=task.train, data_collator=task.collator, **common
         )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_point(args))
     trainer.save_model(str(output_dir))
     folder = output_dir / STUDENT_A if kd and mode_args.distillation_mode == "mutual" else output_dir
     return trainer.state.log_history, folder
