@@ -8,6 +8,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -256,18 +257,25 @@ def recipe_run(tmp_path: Path, teacher, relative: bool = False) -> Path:
     return run
 
 
-def test_cli_refuses_the_recipes_fine_tuned_teacher(tmp_path, monkeypatch, teacher):
+def test_cli_refuses_the_recipes_fine_tuned_teacher(tmp_path, monkeypatch, teacher, capsys):
     api = RecordingApi().install(monkeypatch)
     run = recipe_run(tmp_path, teacher)
-    with pytest.raises(
-        ValueError,
-        match=r"runs/sentiment/teacher is the teacher that .*report\.json lists as teacher\.fine_tuned_dir "
+    # The command line reports the refusal in one line and exits 2 (--debug raises it).
+    assert cli.main(["push", str(run / "teacher"), "me/x"]) == 2
+    assert re.search(
+        r"runs/sentiment/teacher is the teacher that .*report\.json lists as teacher\.fine_tuned_dir "
         r".*never uploads a teacher\. Push a student folder of the run",
+        capsys.readouterr().err,
+    )
+    with pytest.raises(
+        ValueError, match=r"is the teacher that .*report\.json lists as teacher\.fine_tuned_dir"
     ):
-        cli.main(["push", str(run / "teacher"), "me/x"])
+        cli.main(["--debug", "push", str(run / "teacher"), "me/x"])
     teacher.save_pretrained(run / "teacher" / "checkpoint-2")  # a checkpoint of the teacher's fine-tune
-    with pytest.raises(ValueError, match=r"lies inside the teacher that .* lists as teacher\.fine_tuned_dir"):
-        cli.main(["push", str(run / "teacher" / "checkpoint-2"), "me/x"])
+    assert cli.main(["push", str(run / "teacher" / "checkpoint-2"), "me/x"]) == 2
+    assert re.search(
+        r"lies inside the teacher that .* lists as teacher\.fine_tuned_dir", capsys.readouterr().err
+    )
     assert api.calls == []
     # The run's student is pushed, with its card written from the report two levels up.
     cli.main(["push", str(run / "students" / "teacher_layers-1L-distilled"), "me/x"])
