@@ -10,6 +10,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from .arguments import DistillationTrainingArguments
@@ -209,3 +210,91 @@ def check_feature_terms(
                 "matching.",
                 dropout,
             )
+
+
+# ---- the teacher: a separate model -------------------------------------
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple[str, int] | None:
+    # Parameters share memory exactly when they live in the same storage (same device, same base address),
+    # whatever their names or Parameter objects; empty and meta storages have no address to share.
+    storage = tensor.untyped_storage()
+    address = storage.data_ptr() if storage.nbytes() else 0
+    return (str(tensor.device), address) if address else None
+
+
+def shared_parameters(student: nn.Module, teacher: nn.Module) -> dict[str, str]:
+    """``{student parameter name: teacher parameter name}`` for each student parameter stored in the same memory
+    as a teacher parameter (the same ``Parameter``, or one built on the other's data)."""
+    teacher_keys: dict[tuple[str, int], str] = {}
+    for name, parameter in teacher.named_parameters(remove_duplicate=False):
+        key = _storage_key(parameter)
+        if key is not None:
+            teacher_keys.setdefault(key, name)
+    shared = {}
+    for name, parameter in student.named_parameters(remove_duplicate=False):
+        key = _storage_key(parameter)
+        if key in teacher_keys:
+            shared[name] = teacher_keys[key]
+    return shared
+
+
+def shared_parts(student: nn.Module, teacher: nn.Module, shared: dict[str, str]) -> list[str]:
+    """The shared parts named for a person: the outermost student submodules whose parameters are all shared
+    (with the teacher's name for the same module when it differs), then any other shared parameter."""
+    teacher_names = {id(module): name for name, module in teacher.named_modules()}
+    parts, covered = [], set()
+    for name, module in student.named_modules():
+        names = [f"{name}.{p}" if name else p for p, _ in module.named_parameters(remove_duplicate=False)]
+        if not names or covered.issuperset(names) or not all(n in shared for n in names):
+            continue
+        covered.update(names)
+        other = teacher_names.get(id(module))
+        label = f"'{name}'" if name else "the whole model"
+        parts.append(label if other is None or other == name else f"{label} (the teacher's '{other}')")
+    for name in shared:
+        if name not in covered:
+            other = shared[name]
+            parts.append(f"'{name}'" if other == name else f"'{name}' (the teacher's '{other}')")
+    return parts
+
+
+def check_separate_models(
+    student: nn.Module, teacher: nn.Module, *, role: str = "teacher_model", trained: bool = False
+) -> None:
+    """Refuses a teacher that is the student, or that shares any parameter's memory with it.
+
+    ``role`` names the argument in the message (``teacher_model``, ``teacher_models[1]``, ``peer_model``);
+    ``trained``: the other model is trained too (mutual learning) instead of frozen.
+    """
+    if student is teacher:
+        consequence = (
+            "a second student trained on its own predictions: one model stepped twice per step, teaching itself"
+            if trained
+            else "frozen by the trainer (requires_grad=False), so nothing in the student would train and the "
+            "first backward would fail with 'element 0 of tensors does not require grad'"
+        )
+        raise ValueError(
+            f"{role} is the student itself (the same object): it would be {consequence}. Pass a separate model: "
+            "a fine-tuned teacher, or copy.deepcopy(model) for a copy of its current weights "
+            "(SelfDistillationTrainer keeps such a copy moving with the student)."
+        )
+    shared = shared_parameters(student, teacher)
+    if not shared:
+        return
+    if trained:
+        why = (
+            "Both are trained as separate models, so a shared part would take both students' gradients and sit "
+            "twice in the optimizer"
+        )
+        fix = f"build {role} from its own weights (e.g. copy.deepcopy)"
+    else:
+        why = (
+            "The trainer freezes the teacher (requires_grad=False) and must leave it unchanged, so a shared "
+            "part would silently stop training in the student"
+        )
+        fix = "give the student its own copy, e.g. student.bert.embeddings = copy.deepcopy(teacher.bert.embeddings)"
+    raise ValueError(
+        f"The student shares {len(shared)} parameter tensor(s) with {role} (the same memory): "
+        f"{', '.join(shared_parts(student, teacher, shared))}. {why}. Instead, {fix}."
+    )

@@ -29,6 +29,7 @@ from .checks import (
     check_compatibility,
     check_feature_terms,
     check_kd_implementation,
+    check_separate_models,
     check_trainer_inputs,
     refuse_features_from_cache,
 )
@@ -65,8 +66,9 @@ class DistillationTrainer(Trainer):
 
     Args:
         model: the student, a ``PreTrainedModel`` or any ``nn.Module`` returning logits.
-        teacher_model: a model, or a path / Hub id loaded with the Auto class of the student's task; None
-            when the train (and eval) dataset carry the teacher's cached outputs (:mod:`hf_distill.teacher_cache`).
+        teacher_model: a model that shares no parameter with the student, or a path / Hub id loaded with the
+            Auto class of the student's task; None when the train (and eval) dataset carry the teacher's cached
+            outputs (:mod:`hf_distill.teacher_cache`).
         args: :class:`DistillationTrainingArguments`.
         teacher_processing_class: the teacher's tokenizer, when it may differ from the student's; the two
             must have the same vocabulary.
@@ -100,6 +102,8 @@ class DistillationTrainer(Trainer):
         check_kd_implementation(args, self.task)
         if isinstance(teacher_model, str):
             teacher_model = load_teacher_model(self.task, teacher_model, teacher_model_init_kwargs or {})
+        if teacher_model is not None:
+            check_separate_models(model, teacher_model)
         if args.label_names is None and not isinstance(model, PreTrainedModel):
             # A plain module's forward has no `labels` argument, so Trainer would drop the column.
             args.label_names = ["labels"]
