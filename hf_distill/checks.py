@@ -12,9 +12,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
 from .arguments import DistillationTrainingArguments
 from .model_kind import (
+    AUTO_CLASSES,
     CAUSAL_LM,
     GENERIC,
     SEQUENCE_CLASSIFICATION,
@@ -158,8 +161,10 @@ def check_compatibility(
     """Checks before any work that the two models can be compared; returns the vocab size to slice to.
     Without a teacher (cached outputs) the cache's width is checked against the student's per batch."""
     check_tokenizers(tokenizer, teacher_tokenizer)
+    check_has_head(student, "student", "teacher", GENERIC if teacher is None else detect_task(teacher))
     if teacher is None:
         return None
+    check_has_head(teacher, "teacher", "student", task)
     teacher_task = detect_task(teacher)
     if task != GENERIC and teacher_task != GENERIC and teacher_task != task:
         raise ValueError(
@@ -212,7 +217,7 @@ def check_feature_terms(
             )
 
 
-# ---- the teacher: a separate model -------------------------------------
+# ---- the teacher: a separate model, with a head -------------------------------------
 
 
 def _storage_key(tensor: torch.Tensor) -> tuple[str, int] | None:
@@ -297,4 +302,29 @@ def check_separate_models(
     raise ValueError(
         f"The student shares {len(shared)} parameter tensor(s) with {role} (the same memory): "
         f"{', '.join(shared_parts(student, teacher, shared))}. {why}. Instead, {fix}."
+    )
+
+
+def headless_model(model: nn.Module) -> bool:
+    """A Transformers base model (``BertModel``, ``GPT2Model``): the class ``AutoModel`` loads for its model
+    type, which returns hidden states and no logits."""
+    if not isinstance(model, PreTrainedModel):
+        return False
+    names = MODEL_MAPPING_NAMES.get(getattr(model.config, "model_type", None)) or ()
+    return type(model).__name__ in ((names,) if isinstance(names, str) else tuple(names))
+
+
+def check_has_head(model: nn.Module, who: str, other: str, task: str) -> None:
+    """Refuses the ``who`` model when it has no task head; ``task``, the ``other`` model's, names its Auto class."""
+    if not headless_model(model):
+        return
+    if task in AUTO_CLASSES:
+        loader = f"{AUTO_CLASSES[task].__name__}.from_pretrained(...), the {other}'s kind of head ({task})"
+    else:
+        loader = "the Auto class of your task: " + ", ".join(c.__name__ for c in AUTO_CLASSES.values())
+    raise ValueError(
+        f"The {who} is a {type(model).__name__}, the bare {model.config.model_type} model without a task head: "
+        f"it returns hidden states, not the logits that distillation compares. Load it with {loader}. A new "
+        "(randomly initialised) head must be fine-tuned first, unless alpha=0 and only hidden states or "
+        "attention are matched."
     )

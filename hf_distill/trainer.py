@@ -66,9 +66,9 @@ class DistillationTrainer(Trainer):
 
     Args:
         model: the student, a ``PreTrainedModel`` or any ``nn.Module`` returning logits.
-        teacher_model: a model that shares no parameter with the student, or a path / Hub id loaded with the
-            Auto class of the student's task; None when the train (and eval) dataset carry the teacher's cached
-            outputs (:mod:`hf_distill.teacher_cache`).
+        teacher_model: a model with a task head that shares no parameter with the student, or a path / Hub id
+            loaded with the Auto class of the student's task; None when the train (and eval) dataset carry the
+            teacher's cached outputs (:mod:`hf_distill.teacher_cache`).
         args: :class:`DistillationTrainingArguments`.
         teacher_processing_class: the teacher's tokenizer, when it may differ from the student's; the two
             must have the same vocabulary.

@@ -2,6 +2,7 @@
 
 - The teacher must be a separate model: not the student, and sharing no parameter's memory with it (the trainer
   freezes the teacher, so a shared part would stop training in the student). Found by storage, not by name.
+- The teacher must have a task head: a bare ``BertModel`` returns hidden states, not logits.
 """
 
 from __future__ import annotations
@@ -9,8 +10,15 @@ from __future__ import annotations
 import copy
 
 import pytest
-from tiny_models import tiny_bert_classifier, tiny_gpt2
+import torch
+from tiny_models import bert_config, tiny_bert_classifier, tiny_bert_tagger, tiny_gpt2
 from torch import nn
+from transformers import (
+    BertModel,
+    GPT2Config,
+    GPT2Model,
+    PreTrainedModel,
+)
 
 from hf_distill import checks
 from hf_distill.arguments import DistillationTrainingArguments
@@ -137,3 +145,87 @@ def test_multi_task_teacher_sharing_the_encoder_is_refused(tmp_path):
         ValueError, match=r"with teacher_models\['sentiment'\].*: 'encoder' \(the teacher's 'bert'\)"
     ):
         MultiTaskDistillationTrainer(student, teacher_models={"sentiment": teacher}, args=args(tmp_path))
+
+
+# ---- item: the teacher has a task head -----------------------------------------------------------------------
+
+
+def bare_gpt2() -> GPT2Model:
+    return GPT2Model(GPT2Config(vocab_size=60, n_embd=32, n_layer=2, n_head=2, n_positions=64))
+
+
+@pytest.mark.parametrize(
+    ("student", "bare", "loader"),
+    [
+        (tiny_bert_classifier, lambda: BertModel(bert_config()), "AutoModelForSequenceClassification"),
+        (tiny_bert_tagger, lambda: BertModel(bert_config()), "AutoModelForTokenClassification"),
+        (tiny_gpt2, bare_gpt2, "AutoModelForCausalLM"),
+    ],
+)
+def test_headless_teacher_is_refused_naming_the_auto_class(student, bare, loader, tmp_path):
+    teacher = bare()
+    name, kind = type(teacher).__name__, teacher.config.model_type
+    with pytest.raises(
+        ValueError,
+        match=rf"The teacher is a {name}, the bare {kind} model without a task head: it returns hidden states, "
+        rf"not the logits.*Load it with {loader}\.from_pretrained",
+    ):
+        DistillationTrainer(model=student(), teacher_model=teacher, args=args(tmp_path))
+
+
+def test_headless_student_and_extra_teacher_are_refused(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"The student is a BertModel, .*Load it with AutoModelForSequenceClassification"
+    ):
+        DistillationTrainer(
+            model=BertModel(bert_config()), teacher_model=tiny_bert_classifier(), args=args(tmp_path)
+        )
+    with pytest.raises(ValueError, match=r"The teacher is a BertModel"):
+        MultiTeacherDistillationTrainer(
+            model=tiny_bert_classifier(),
+            teacher_models=[tiny_bert_classifier(seed=1), BertModel(bert_config())],
+            args=args(tmp_path, MultiTeacherTrainingArguments),
+        )
+
+
+class HeadedPretrained(PreTrainedModel):
+    """A custom Transformers model with its own head (not a registered base model)."""
+
+    config_class = type(bert_config())
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embed = nn.Embedding(config.vocab_size, 8)
+        self.head = nn.Linear(8, config.num_labels)
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        return {"logits": self.head(self.embed(input_ids).mean(1))}
+
+
+def test_only_registered_base_models_count_as_headless():
+    assert checks.headless_model(BertModel(bert_config())) and checks.headless_model(bare_gpt2())
+    assert not checks.headless_model(tiny_bert_classifier()) and not checks.headless_model(tiny_gpt2())
+    assert not checks.headless_model(HeadedPretrained(bert_config()))
+    assert not checks.headless_model(nn.Sequential(nn.Linear(4, 3)))
+
+
+def test_plain_module_teacher_still_trains(tmp_path):
+    # A CNN/MLP teacher that returns logits (as in the digits test) has no config and no Auto class: accepted.
+    torch.manual_seed(0)
+    teacher, student = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), nn.Linear(4, 3)
+
+    class Wrap(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x=None, labels=None):
+            return {"logits": self.net(x)}
+
+    rows = [{"x": torch.randn(4), "labels": i % 3} for i in range(4)]
+    trainer = DistillationTrainer(
+        model=Wrap(student), teacher_model=Wrap(teacher), args=args(tmp_path), train_dataset=rows
+    )
+    before = student.weight.detach().clone()
+    trainer.train()
+    assert trainer.state.global_step == 1 and not torch.equal(before, student.weight)
