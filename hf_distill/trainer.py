@@ -31,6 +31,7 @@ from .checks import (
     check_kd_implementation,
     check_separate_models,
     check_trainer_inputs,
+    load_pretrained,
     refuse_features_from_cache,
 )
 from .distributed import prepare_teacher
@@ -51,14 +52,15 @@ TEACHER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16
 
 
 def load_teacher_model(task: str, name_or_path: str, init_kwargs: dict) -> nn.Module:
-    """A teacher given as a path or Hub id, loaded with the Auto class of the student's task."""
+    """A teacher given as a path or Hub id, loaded with the Auto class of the student's task: a missing local
+    path is refused before any Hub call, and a Hub failure says the string is neither (``checks.load_pretrained``)."""
     auto_class = AUTO_CLASSES.get(task)
     if auto_class is None:
         raise ValueError(
             f"teacher_model is the string {name_or_path!r}, but the student has no Transformers task head "
             "(causal LM, token or sequence classification) to pick a loader from; pass the teacher as a model."
         )
-    return auto_class.from_pretrained(name_or_path, **init_kwargs)
+    return load_pretrained(auto_class.from_pretrained, name_or_path, role="teacher_model", **init_kwargs)
 
 
 class DistillationTrainer(Trainer):
@@ -66,9 +68,9 @@ class DistillationTrainer(Trainer):
 
     Args:
         model: the student, a ``PreTrainedModel`` or any ``nn.Module`` returning logits.
-        teacher_model: a model with a task head that shares no parameter with the student, or a path / Hub id
-            loaded with the Auto class of the student's task; None when the train (and eval) dataset carry the
-            teacher's cached outputs (:mod:`hf_distill.teacher_cache`).
+        teacher_model: a model with a task head that shares no parameter with the student, or a local folder /
+            Hub id loaded with the Auto class of the student's task; None when the train (and eval) dataset
+            carry the teacher's cached outputs (:mod:`hf_distill.teacher_cache`).
         args: :class:`DistillationTrainingArguments`.
         teacher_processing_class: the teacher's tokenizer, when it may differ from the student's; the two
             must have the same vocabulary.

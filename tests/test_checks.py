@@ -1,26 +1,37 @@
-"""Set-up refusals about the teacher itself, raised while the trainer is built, before any step.
+"""Set-up refusals about the teacher itself, raised while the trainer is built, before any step or Hub call.
 
 - The teacher must be a separate model: not the student, and sharing no parameter's memory with it (the trainer
   freezes the teacher, so a shared part would stop training in the student). Found by storage, not by name.
 - The teacher must have a task head: a bare ``BertModel`` returns hidden states, not logits.
+- A teacher given as a string must be an existing local folder or a Hub repo id; a missing path is refused
+  before ``from_pretrained`` is called, and a Hub id the Hub cannot provide is reported as neither.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import re
+from types import SimpleNamespace
 
+import huggingface_hub
 import pytest
 import torch
 from tiny_models import bert_config, tiny_bert_classifier, tiny_bert_tagger, tiny_gpt2
 from torch import nn
 from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
     BertModel,
     GPT2Config,
     GPT2Model,
     PreTrainedModel,
 )
 
-from hf_distill import checks
+from hf_distill import checks, cli
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.modes import (
     MultiTaskDistillationTrainer,
@@ -31,7 +42,18 @@ from hf_distill.modes import (
     SelfDistillationTrainer,
     SelfDistillationTrainingArguments,
 )
+from hf_distill.recipes import teacher as recipe_teacher
+from hf_distill.recipes.arguments import TeacherArguments
+from hf_distill.recipes.mode_select import ModeArguments
 from hf_distill.trainer import DistillationTrainer
+
+LOADERS = (
+    AutoConfig,
+    AutoTokenizer,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
 
 
 def args(tmp_path, cls=DistillationTrainingArguments, **kw):
@@ -229,3 +251,158 @@ def test_plain_module_teacher_still_trains(tmp_path):
     before = student.weight.detach().clone()
     trainer.train()
     assert trainer.state.global_step == 1 and not torch.equal(before, student.weight)
+
+
+# ---- item: a teacher path that does not exist ------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+    """Every from_pretrained the teacher could go through records its call and fails, so a test proves that no
+    Hub call (nor any load) happened."""
+    calls = []
+
+    def refuse(cls, *a, **k):
+        calls.append((cls.__name__, a))
+        raise AssertionError(f"{cls.__name__}.from_pretrained{a} was called")
+
+    for loader in LOADERS:
+        monkeypatch.setattr(loader, "from_pretrained", classmethod(refuse))
+    return calls
+
+
+MISSING = [
+    "/no/such/teacher",
+    "./no_such_teacher",
+    "../no_such_teacher",
+    "runs/no/such",
+    "~/no_such_teacher_x",
+]
+
+
+@pytest.mark.parametrize("path", MISSING)
+def test_missing_teacher_path_is_refused_before_any_hub_call(path, tmp_path, monkeypatch, no_hub):
+    monkeypatch.chdir(tmp_path)
+    absolute = os.path.abspath(os.path.expanduser(path))
+    relative = (
+        ""
+        if os.path.isabs(os.path.expanduser(path))
+        else rf" \(a relative path is resolved from {re.escape(os.getcwd())}\)"
+    )
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"teacher_model '{re.escape(path)}' does not exist: there is no folder at {re.escape(absolute)}"
+        rf"{relative}, and it is not a Hub repo id",
+    ):
+        DistillationTrainer(model=tiny_bert_classifier(), teacher_model=path, args=args(tmp_path))
+    assert no_hub == []
+
+
+def test_a_file_is_not_a_model_folder(tmp_path, no_hub):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match=r"is a file \(.*model\.safetensors\), not a model folder"):
+        DistillationTrainer(
+            model=tiny_bert_classifier(),
+            teacher_model=str(tmp_path / "model.safetensors"),
+            args=args(tmp_path),
+        )
+    assert no_hub == []
+
+
+def test_a_hub_id_still_goes_to_from_pretrained_and_its_failure_is_explained(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    original = OSError(
+        "We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them"
+    )
+    calls = []
+
+    def unreachable(cls, name, **kwargs):
+        calls.append((name, kwargs))
+        raise original
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", classmethod(unreachable))
+    with pytest.raises(
+        OSError,
+        match=rf"teacher_model 'org/no-such-teacher' is neither a local folder \(there is none at "
+        rf"{re.escape(os.path.join(os.getcwd(), 'org', 'no-such-teacher'))}\) nor a model the Hugging Face Hub could provide "
+        r"\(OSError: We couldn't connect to 'https://huggingface\.co'.*HF_HUB_OFFLINE",
+    ) as error:
+        DistillationTrainer(
+            model=tiny_bert_classifier(),
+            teacher_model="org/no-such-teacher",
+            args=args(tmp_path),
+            teacher_model_init_kwargs={"revision": "main"},
+        )
+    assert error.value.__cause__ is original
+    assert calls == [("org/no-such-teacher", {"revision": "main"})]
+
+
+def test_real_hub_failure_in_offline_mode_is_explained(tmp_path, monkeypatch):
+    # The error type from_pretrained really raises for an uncached repo id, with the Hub switched off.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        OSError, match=r"teacher_model 'hf-distill-tests/no-such-teacher' is neither a local folder"
+    ) as error:
+        DistillationTrainer(
+            model=tiny_bert_classifier(),
+            teacher_model="hf-distill-tests/no-such-teacher",
+            args=args(tmp_path),
+        )
+    assert error.value.__cause__ is not None
+
+
+def test_existing_folders_load_and_their_own_errors_pass_through(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tiny_bert_classifier(seed=1).save_pretrained(tmp_path / "teacher")
+    for given in (str(tmp_path / "teacher"), "teacher", "./teacher"):
+        trainer = DistillationTrainer(model=tiny_bert_classifier(), teacher_model=given, args=args(tmp_path))
+        assert type(trainer.teacher).__name__ == "BertForSequenceClassification"
+    (tmp_path / "empty").mkdir()
+    # An existing folder is the user's: transformers' own error about it passes through, not "neither ... nor".
+    with pytest.raises((OSError, ValueError), match=r"empty") as error:
+        DistillationTrainer(model=tiny_bert_classifier(), teacher_model="empty", args=args(tmp_path))
+    assert "neither a local folder" not in str(error.value)
+
+
+def test_check_model_source_uses_the_hub_id_rules():
+    assert checks.check_model_source("org/name") == "org/name"
+    assert checks.check_model_source("bert-base-uncased") == "bert-base-uncased"
+    for bad in ("org/name/extra", "org--x/name", ".hidden", "a..b"):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            checks.check_model_source(bad)
+    with pytest.raises(ValueError, match="give a local model folder or a Hub repo id"):
+        checks.check_model_source("  ")
+
+
+def test_recipe_teacher_paths_are_checked_before_any_hub_call(tmp_path, no_hub):
+    missing = TeacherArguments(teacher_model_name_or_path="/no/such/teacher")
+    with pytest.raises(
+        FileNotFoundError, match=r"teacher_model_name_or_path '/no/such/teacher' does not exist"
+    ):
+        recipe_teacher.teacher_tokenizer(missing)
+    task = SimpleNamespace(task="sequence_classification", auto_class=AutoModelForSequenceClassification)
+    with pytest.raises(
+        FileNotFoundError, match=r"teacher_model_name_or_path '/no/such/teacher' does not exist"
+    ):
+        recipe_teacher.teacher_needs_fine_tune("/no/such/teacher", task, "auto")
+    modes = ModeArguments(distillation_mode="multi_teacher", extra_teachers=["org/fine", "../no_such_extra"])
+    with pytest.raises(FileNotFoundError, match=r"extra_teachers\[1\] '\.\./no_such_extra' does not exist"):
+        recipe_teacher.check_teacher_sources(TeacherArguments(teacher_model_name_or_path="minilm-l6"), modes)
+    assert no_hub == []
+
+
+@pytest.mark.parametrize("command", ["train", "cache-teacher"])
+def test_cli_teacher_path_is_checked_before_any_hub_call(command, tmp_path, monkeypatch, no_hub):
+    monkeypatch.chdir(tmp_path)
+    flags = ["--teacher_model_name_or_path", "no_such_dir/../teacher", "--output_dir", str(tmp_path / "run")]
+    flags += ["--report_to", "none", "--use_cpu", "true"]
+    if command == "cache-teacher":
+        flags += ["--cache_dir", str(tmp_path / "cache")]
+    with pytest.raises(
+        FileNotFoundError, match=r"teacher_model_name_or_path 'no_such_dir/\.\./teacher' does not exist"
+    ):
+        cli.main([command, "sentiment", *flags])
+    assert no_hub == []
