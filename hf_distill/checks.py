@@ -7,13 +7,20 @@ wrong, why it matters, and how to fix it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
+import torch
+from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from torch import nn
+from transformers import PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
 from .arguments import DistillationTrainingArguments
 from .model_kind import (
+    AUTO_CLASSES,
     CAUSAL_LM,
     GENERIC,
     SEQUENCE_CLASSIFICATION,
@@ -24,6 +31,7 @@ from .model_kind import (
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train_dataset", "eval_dataset")
+T = TypeVar("T")
 
 
 def check_trainer_inputs(args: Any, model: nn.Module | None, datasets: dict[str, Any]) -> None:
@@ -157,8 +165,10 @@ def check_compatibility(
     """Checks before any work that the two models can be compared; returns the vocab size to slice to.
     Without a teacher (cached outputs) the cache's width is checked against the student's per batch."""
     check_tokenizers(tokenizer, teacher_tokenizer)
+    check_has_head(student, "student", "teacher", GENERIC if teacher is None else detect_task(teacher))
     if teacher is None:
         return None
+    check_has_head(teacher, "teacher", "student", task)
     teacher_task = detect_task(teacher)
     if task != GENERIC and teacher_task != GENERIC and teacher_task != task:
         raise ValueError(
@@ -209,3 +219,178 @@ def check_feature_terms(
                 "matching.",
                 dropout,
             )
+
+
+# ---- the teacher: a separate model, with a head, from a path that exists -------------------------------------
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple[str, int] | None:
+    # Parameters share memory exactly when they live in the same storage (same device, same base address),
+    # whatever their names or Parameter objects; empty and meta storages have no address to share.
+    storage = tensor.untyped_storage()
+    address = storage.data_ptr() if storage.nbytes() else 0
+    return (str(tensor.device), address) if address else None
+
+
+def shared_parameters(student: nn.Module, teacher: nn.Module) -> dict[str, str]:
+    """``{student parameter name: teacher parameter name}`` for each student parameter stored in the same memory
+    as a teacher parameter (the same ``Parameter``, or one built on the other's data)."""
+    teacher_keys: dict[tuple[str, int], str] = {}
+    for name, parameter in teacher.named_parameters(remove_duplicate=False):
+        key = _storage_key(parameter)
+        if key is not None:
+            teacher_keys.setdefault(key, name)
+    shared = {}
+    for name, parameter in student.named_parameters(remove_duplicate=False):
+        key = _storage_key(parameter)
+        if key in teacher_keys:
+            shared[name] = teacher_keys[key]
+    return shared
+
+
+def shared_parts(student: nn.Module, teacher: nn.Module, shared: dict[str, str]) -> list[str]:
+    """The shared parts named for a person: the outermost student submodules whose parameters are all shared
+    (with the teacher's name for the same module when it differs), then any other shared parameter."""
+    teacher_names = {id(module): name for name, module in teacher.named_modules()}
+    parts, covered = [], set()
+    for name, module in student.named_modules():
+        names = [f"{name}.{p}" if name else p for p, _ in module.named_parameters(remove_duplicate=False)]
+        if not names or covered.issuperset(names) or not all(n in shared for n in names):
+            continue
+        covered.update(names)
+        other = teacher_names.get(id(module))
+        label = f"'{name}'" if name else "the whole model"
+        parts.append(label if other is None or other == name else f"{label} (the teacher's '{other}')")
+    for name in shared:
+        if name not in covered:
+            other = shared[name]
+            parts.append(f"'{name}'" if other == name else f"'{name}' (the teacher's '{other}')")
+    return parts
+
+
+def check_separate_models(
+    student: nn.Module, teacher: nn.Module, *, role: str = "teacher_model", trained: bool = False
+) -> None:
+    """Refuses a teacher that is the student, or that shares any parameter's memory with it.
+
+    ``role`` names the argument in the message (``teacher_model``, ``teacher_models[1]``, ``peer_model``);
+    ``trained``: the other model is trained too (mutual learning) instead of frozen.
+    """
+    if student is teacher:
+        consequence = (
+            "a second student trained on its own predictions: one model stepped twice per step, teaching itself"
+            if trained
+            else "frozen by the trainer (requires_grad=False), so nothing in the student would train and the "
+            "first backward would fail with 'element 0 of tensors does not require grad'"
+        )
+        raise ValueError(
+            f"{role} is the student itself (the same object): it would be {consequence}. Pass a separate model: "
+            "a fine-tuned teacher, or copy.deepcopy(model) for a copy of its current weights "
+            "(SelfDistillationTrainer keeps such a copy moving with the student)."
+        )
+    shared = shared_parameters(student, teacher)
+    if not shared:
+        return
+    if trained:
+        why = (
+            "Both are trained as separate models, so a shared part would take both students' gradients and sit "
+            "twice in the optimizer"
+        )
+        fix = f"build {role} from its own weights (e.g. copy.deepcopy)"
+    else:
+        why = (
+            "The trainer freezes the teacher (requires_grad=False) and must leave it unchanged, so a shared "
+            "part would silently stop training in the student"
+        )
+        fix = "give the student its own copy, e.g. student.bert.embeddings = copy.deepcopy(teacher.bert.embeddings)"
+    raise ValueError(
+        f"The student shares {len(shared)} parameter tensor(s) with {role} (the same memory): "
+        f"{', '.join(shared_parts(student, teacher, shared))}. {why}. Instead, {fix}."
+    )
+
+
+def headless_model(model: nn.Module) -> bool:
+    """A Transformers base model (``BertModel``, ``GPT2Model``): the class ``AutoModel`` loads for its model
+    type, which returns hidden states and no logits."""
+    if not isinstance(model, PreTrainedModel):
+        return False
+    names = MODEL_MAPPING_NAMES.get(getattr(model.config, "model_type", None)) or ()
+    return type(model).__name__ in ((names,) if isinstance(names, str) else tuple(names))
+
+
+def check_has_head(model: nn.Module, who: str, other: str, task: str) -> None:
+    """Refuses the ``who`` model when it has no task head; ``task``, the ``other`` model's, names its Auto class."""
+    if not headless_model(model):
+        return
+    if task in AUTO_CLASSES:
+        loader = f"{AUTO_CLASSES[task].__name__}.from_pretrained(...), the {other}'s kind of head ({task})"
+    else:
+        loader = "the Auto class of your task: " + ", ".join(c.__name__ for c in AUTO_CLASSES.values())
+    raise ValueError(
+        f"The {who} is a {type(model).__name__}, the bare {model.config.model_type} model without a task head: "
+        f"it returns hidden states, not the logits that distillation compares. Load it with {loader}. A new "
+        "(randomly initialised) head must be fine-tuned first, unless alpha=0 and only hidden states or "
+        "attention are matched."
+    )
+
+
+# ---- teacher sources: a local folder or a Hub id, checked before any Hub call ---------------------------------
+
+
+def check_model_source(name_or_path: str, role: str = "teacher_model") -> str:
+    """What to hand ``from_pretrained``: an existing local folder (``~`` expanded), or a valid Hub repo id
+    (``name`` or ``org/name``, per ``huggingface_hub.utils.validate_repo_id``) that is not a local folder.
+
+    Anything else (``/no/such``, ``./x``, ``../x``, ``a/b/c``, a file) is refused here, with the absolute
+    path it was looked for at, before any Hub call. ``role`` names the argument in the message.
+    """
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ValueError(
+            f"{role} is {name_or_path!r}; give a local model folder or a Hub repo id ('org/name')."
+        )
+    path = os.path.expanduser(name_or_path)
+    if os.path.isdir(path):
+        return path
+    absolute = os.path.abspath(path)
+    if os.path.exists(path):
+        raise NotADirectoryError(
+            f"{role} {name_or_path!r} is a file ({absolute}), not a model folder: from_pretrained loads the "
+            "folder that holds config.json and the weights; pass that folder."
+        )
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        relative = "" if os.path.isabs(path) else f" (a relative path is resolved from {os.getcwd()})"
+        raise FileNotFoundError(
+            f"{role} {name_or_path!r} does not exist: there is no folder at {absolute}{relative}, and it is not "
+            "a Hub repo id ('name' or 'org/name') either. Check the path, or pass the folder a fine-tuned "
+            "teacher was saved to."
+        ) from None
+    return name_or_path
+
+
+# What from_pretrained raises when the Hub cannot provide a model: no connection, offline mode, no such repo or
+# file, no access (all OSError subclasses in huggingface_hub and transformers, which also wraps them in OSError).
+HUB_ERRORS = (OSError, EntryNotFoundError)
+
+
+def load_pretrained(
+    load: Callable[..., T], name_or_path: str, *, role: str = "teacher_model", **kwargs: Any
+) -> T:
+    """``load(source, **kwargs)`` for a ``from_pretrained`` loader, ``source`` checked by
+    :func:`check_model_source` first. When ``source`` is not a local folder and the Hub cannot provide it, the
+    error says it is neither, chained to the Hub's own error."""
+    source = check_model_source(name_or_path, role)
+    try:
+        return load(source, **kwargs)
+    except HUB_ERRORS as error:
+        if os.path.isdir(source):
+            raise
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise OSError(
+            f"{role} {name_or_path!r} is neither a local folder (there is none at {os.path.abspath(source)}) nor "
+            f"a model the Hugging Face Hub could provide ({type(error).__name__}: {reason}). For a local folder, "
+            "check the path; for a Hub repo id, check its spelling and the connection (with HF_HUB_OFFLINE=1 only "
+            "models already in the cache load), and log in (`hf auth login` or HF_TOKEN) for a private or gated "
+            "repo."
+        ) from error

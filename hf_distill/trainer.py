@@ -29,7 +29,9 @@ from .checks import (
     check_compatibility,
     check_feature_terms,
     check_kd_implementation,
+    check_separate_models,
     check_trainer_inputs,
+    load_pretrained,
     refuse_features_from_cache,
 )
 from .distributed import prepare_teacher
@@ -50,14 +52,15 @@ TEACHER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16
 
 
 def load_teacher_model(task: str, name_or_path: str, init_kwargs: dict) -> nn.Module:
-    """A teacher given as a path or Hub id, loaded with the Auto class of the student's task."""
+    """A teacher given as a path or Hub id, loaded with the Auto class of the student's task: a missing local
+    path is refused before any Hub call, and a Hub failure says the string is neither (``checks.load_pretrained``)."""
     auto_class = AUTO_CLASSES.get(task)
     if auto_class is None:
         raise ValueError(
             f"teacher_model is the string {name_or_path!r}, but the student has no Transformers task head "
             "(causal LM, token or sequence classification) to pick a loader from; pass the teacher as a model."
         )
-    return auto_class.from_pretrained(name_or_path, **init_kwargs)
+    return load_pretrained(auto_class.from_pretrained, name_or_path, role="teacher_model", **init_kwargs)
 
 
 class DistillationTrainer(Trainer):
@@ -65,8 +68,9 @@ class DistillationTrainer(Trainer):
 
     Args:
         model: the student, a ``PreTrainedModel`` or any ``nn.Module`` returning logits.
-        teacher_model: a model, or a path / Hub id loaded with the Auto class of the student's task; None
-            when the train (and eval) dataset carry the teacher's cached outputs (:mod:`hf_distill.teacher_cache`).
+        teacher_model: a model with a task head that shares no parameter with the student, or a local folder /
+            Hub id loaded with the Auto class of the student's task; None when the train (and eval) dataset
+            carry the teacher's cached outputs (:mod:`hf_distill.teacher_cache`).
         args: :class:`DistillationTrainingArguments`.
         teacher_processing_class: the teacher's tokenizer, when it may differ from the student's; the two
             must have the same vocabulary.
@@ -100,6 +104,8 @@ class DistillationTrainer(Trainer):
         check_kd_implementation(args, self.task)
         if isinstance(teacher_model, str):
             teacher_model = load_teacher_model(self.task, teacher_model, teacher_model_init_kwargs or {})
+        if teacher_model is not None:
+            check_separate_models(model, teacher_model)
         if args.label_names is None and not isinstance(model, PreTrainedModel):
             # A plain module's forward has no `labels` argument, so Trainer would drop the column.
             args.label_names = ["labels"]

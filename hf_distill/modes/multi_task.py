@@ -33,6 +33,7 @@ from torch.utils.data import Dataset as TorchDataset
 from transformers import AutoConfig, AutoModel, PreTrainedModel, Trainer
 
 from ..arguments import DistillationTrainingArguments
+from ..checks import check_separate_models
 from ..distributed import prepare_teacher
 from ..logit_terms import PlainLogitTerms, StudentView, require_labels
 from ..model_kind import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, detect_task, logits_of
@@ -284,19 +285,7 @@ class MultiTaskDistillationTrainer(Trainer):
                 f"teacher_models are for tasks {sorted(teacher_models)} but the student has heads for "
                 f"{sorted(model.head_specs)}; give exactly one teacher per head."
             )
-        for task, teacher in teacher_models.items():
-            kind, num_labels = model.head_specs[task]
-            if detect_task(teacher) != kind:
-                raise ValueError(
-                    f"The teacher of task {task!r} is a {type(teacher).__name__} ({detect_task(teacher)}) but the "
-                    f"student's head is {kind}; the teacher needs the same kind of head."
-                )
-            teacher_labels = getattr(getattr(teacher, "config", None), "num_labels", num_labels)
-            if teacher_labels != num_labels:
-                raise ValueError(
-                    f"The teacher of task {task!r} has num_labels={teacher_labels} but the student's head has "
-                    f"{num_labels}; distillation compares their label distributions, so they must match."
-                )
+        check_task_teachers(model, teacher_models)
         for split in ("train_dataset", "eval_dataset"):
             dataset = kwargs.get(split)
             if dataset is not None and not isinstance(dataset, MultiTaskDataset):
@@ -385,3 +374,21 @@ class MultiTaskDistillationTrainer(Trainer):
         super()._save(output_dir, state_dict)
         if self.args.should_save:
             self.accelerator.unwrap_model(self.model).save_config(output_dir or self.args.output_dir)
+
+
+def check_task_teachers(model: MultiTaskStudent, teacher_models: Mapping[str, nn.Module]) -> None:
+    """Each task's teacher is a separate model with the kind of head and ``num_labels`` of the student's head."""
+    for task, teacher in teacher_models.items():
+        check_separate_models(model, teacher, role=f"teacher_models[{task!r}]")
+        kind, num_labels = model.head_specs[task]
+        if detect_task(teacher) != kind:
+            raise ValueError(
+                f"The teacher of task {task!r} is a {type(teacher).__name__} ({detect_task(teacher)}) but the "
+                f"student's head is {kind}; the teacher needs the same kind of head."
+            )
+        teacher_labels = getattr(getattr(teacher, "config", None), "num_labels", num_labels)
+        if teacher_labels != num_labels:
+            raise ValueError(
+                f"The teacher of task {task!r} has num_labels={teacher_labels} but the student's head has "
+                f"{num_labels}; distillation compares their label distributions, so they must match."
+            )

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..arguments import DistillationTrainingArguments
-from ..checks import check_compatibility
+from ..checks import check_compatibility, check_separate_models
 from ..logit_terms import PlainLogitTerms
 from ..model_kind import logits_of, slice_vocab
 from ..teacher_signals import LIVE, TeacherTarget
@@ -167,6 +167,9 @@ class MultiTeacherDistillationTrainer(DistillationTrainer):
             args = MultiTeacherTrainingArguments(output_dir="tmp_trainer", report_to="none")
         check_multi_teacher_inputs(args, teacher_models)
         teacher_models = list(teacher_models)
+        if model is not None:
+            for index, teacher in enumerate(teacher_models):
+                check_separate_models(model, teacher, role=f"teacher_models[{index}]")
         super().__init__(model=model, teacher_model=teacher_models[0], args=args, **kwargs)
         if self.kd_implementation != "plain":
             logger.warning(

@@ -22,6 +22,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from ..arguments import DistillationTrainingArguments
+from ..checks import check_separate_models
 from ..logit_terms import PlainLogitTerms, require_labels
 from ..teacher_signals import DistillationBatch, TeacherTarget
 from ..trainer import DistillationTrainer
@@ -59,6 +60,8 @@ class MutualLearningTrainer(DistillationTrainer):
                 "MutualLearningTrainer has no fixed teacher: each student teaches the other. Pass the second "
                 "student as peer_model instead of teacher_model."
             )
+        if model is not None:
+            check_separate_models(model, peer_model, role="peer_model", trained=True)
         layer_terms = ("hidden_state_weight", "attention_weight", "value_relation_weight")
         if args is not None and any(getattr(args, name, 0) for name in layer_terms):
             raise ValueError(

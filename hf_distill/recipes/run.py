@@ -50,7 +50,7 @@ from .report_json import (
 )
 from .students import build_student, student_name
 from .tasks import TaskData
-from .teacher import load_extra_teachers, ready_teacher
+from .teacher import check_teacher_sources, load_extra_teachers, ready_teacher
 from .tensorboard_log import log_scorecard
 from .training import train_student
 
@@ -66,6 +66,7 @@ def run_recipe(
     """Steps 1-6 of the module docstring. Returns the report on the main process, None on the others."""
     mode_args = mode_args or ModeArguments()
     mode_args.check_task(task.task, len(task.train[0]["input_ids"]) if task.task == "causal_lm" else None)
+    check_teacher_sources(teacher_args, mode_args)
     state = PartialState()
     run_dir = Path(training_args.output_dir)
     set_seed(training_args.seed)

@@ -1,5 +1,8 @@
 """The recipe's teachers: the tokenizer they share with the students, whether a checkpoint still needs
 fine-tuning on the task, loading it, fine-tuning it, and the extra teachers of a multi-teacher run.
+
+Every teacher is loaded through :func:`hf_distill.checks.load_pretrained`: a local path that does not exist is
+refused before any Hub call, and a Hub id the Hub cannot provide is reported as neither a folder nor reachable.
 """
 
 from __future__ import annotations
@@ -12,21 +15,30 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer, set_seed
 
 from ..arguments import DistillationTrainingArguments
+from ..checks import check_model_source, load_pretrained
 from ..offline import resolve_model_path
 from .arguments import TeacherArguments
 from .mode_select import ModeArguments
 from .tasks import TaskData
 from .training import plain_trainer_args, resume_point
 
+TEACHER_FLAG = "teacher_model_name_or_path"
+
 
 def teacher_tokenizer(args: TeacherArguments, **kwargs: Any):
     """The teacher's tokenizer (students share it)."""
-    return AutoTokenizer.from_pretrained(
-        resolve_model_path(args.teacher_model_name_or_path), revision=args.teacher_revision, **kwargs
+    return load_pretrained(
+        AutoTokenizer.from_pretrained,
+        resolve_model_path(args.teacher_model_name_or_path),
+        role=TEACHER_FLAG,
+        revision=args.teacher_revision,
+        **kwargs,
     )
 
 
-def teacher_needs_fine_tune(path: str, task: TaskData, choice: str, revision: str | None = None) -> bool:
+def teacher_needs_fine_tune(
+    path: str, task: TaskData, choice: str, revision: str | None = None, role: str = TEACHER_FLAG
+) -> bool:
     """Whether the checkpoint lacks a trained head for the task (``choice="auto"``).
 
     It has one when its architecture ends with the task's head (``ForSequenceClassification``), its label
@@ -37,7 +49,7 @@ def teacher_needs_fine_tune(path: str, task: TaskData, choice: str, revision: st
         return True
     if task.task == "causal_lm":
         return False
-    config = AutoConfig.from_pretrained(path, revision=revision)
+    config = load_pretrained(AutoConfig.from_pretrained, path, role=role, revision=revision)
     head = task.auto_class.__name__.replace("AutoModel", "")  # "ForSequenceClassification"
     if not any(a.endswith(head) for a in (config.architectures or [])):
         if choice == "never":
@@ -59,15 +71,23 @@ def teacher_needs_fine_tune(path: str, task: TaskData, choice: str, revision: st
     return not default and names != {int(i): str(n) for i, n in wanted.items()}
 
 
-def load_teacher(args: TeacherArguments, task: TaskData) -> tuple[PreTrainedModel, bool]:
-    """The teacher model (float32) and whether it still has to be fine-tuned."""
+def load_teacher(
+    args: TeacherArguments, task: TaskData, role: str = TEACHER_FLAG
+) -> tuple[PreTrainedModel, bool]:
+    """The teacher model (float32) and whether it still has to be fine-tuned; ``role`` names the flag that gave
+    the teacher in errors."""
     path = resolve_model_path(args.teacher_model_name_or_path)
-    needs = teacher_needs_fine_tune(path, task, args.fine_tune_teacher, args.teacher_revision)
+    needs = teacher_needs_fine_tune(path, task, args.fine_tune_teacher, args.teacher_revision, role)
     # A new head gets the task's labels; an already fine-tuned one keeps its own (checked by the trainer). A
     # head trained for another label count is replaced, not an error: it is about to be fine-tuned anyway.
     kwargs = {**task.label_kwargs, "ignore_mismatched_sizes": True} if needs else {}
-    teacher = task.auto_class.from_pretrained(
-        path, revision=args.teacher_revision, dtype=torch.float32, **kwargs
+    teacher = load_pretrained(
+        task.auto_class.from_pretrained,
+        path,
+        role=role,
+        revision=args.teacher_revision,
+        dtype=torch.float32,
+        **kwargs,
     )
     return teacher, needs
 
@@ -114,11 +134,12 @@ def ready_teacher(
     training_args,
     folder: Path,
     seed: int | None = None,
+    role: str = TEACHER_FLAG,
 ) -> tuple[PreTrainedModel, Path | None, list[dict]]:
     """The teacher for ``task`` in eval mode: loaded (:func:`load_teacher`) and, when it lacks the task's head,
     fine-tuned into ``folder`` (:func:`fine_tune_teacher` with ``seed``). Returns the model, the folder it was
     fine-tuned into (None when used as it is) and the fine-tune's log history."""
-    teacher, needs_fine_tune = load_teacher(args, task)
+    teacher, needs_fine_tune = load_teacher(args, task, role)
     if not needs_fine_tune:
         return teacher.eval(), None, []
     teacher, history = fine_tune_teacher(teacher, task, args, training_args, folder, seed=seed)
@@ -141,7 +162,23 @@ def load_extra_teachers(
         choice = "auto" if teacher_args.fine_tune_teacher == "never" else teacher_args.fine_tune_teacher
         args = dataclasses.replace(teacher_args, teacher_model_name_or_path=name, fine_tune_teacher=choice)
         model, folder, _ = ready_teacher(
-            args, task, training_args, run_dir / f"teacher_{k}", seed=training_args.seed + k
+            args,
+            task,
+            training_args,
+            run_dir / f"teacher_{k}",
+            training_args.seed + k,
+            f"extra_teachers[{k - 1}]",
         )
         teachers.append((name, model, folder))
     return teachers
+
+
+def check_teacher_sources(teacher_args: TeacherArguments, mode_args: ModeArguments) -> None:
+    """Every teacher the run names (``teacher_model_name_or_path`` and ``extra_teachers``) is an existing local
+    folder, a Hub repo id or an offline alias: checked before the first teacher is loaded or fine-tuned, so a
+    mistyped extra teacher does not fail after that work."""
+    names = [(TEACHER_FLAG, teacher_args.teacher_model_name_or_path)]
+    names += [(f"extra_teachers[{i}]", name) for i, name in enumerate(mode_args.extra_teachers or [])]
+    for role, name in names:
+        # An offline alias is a valid repo id, so it passes without resolving (which may convert a model).
+        check_model_source(name, role)
