@@ -126,6 +126,7 @@ def evaluate(task: str, argv: Sequence[str]) -> dict[str, dict[str, float]]:
     import torch
     from transformers import AutoTokenizer
 
+    from .checks import load_pretrained
     from .offline import resolve_model_path
     from .recipes.arguments import DataArguments
     from .recipes.config import parse_args_with_config
@@ -143,9 +144,16 @@ def evaluate(task: str, argv: Sequence[str]) -> dict[str, dict[str, float]]:
     )
     paths = [resolve_model_path(p) for p in eval_args.model_name_or_path]
     tokenizer_kwargs = {"add_prefix_space": True} if task == "ner" else {}
-    tokenizer = AutoTokenizer.from_pretrained(paths[0], **tokenizer_kwargs)
+    tokenizer = load_pretrained(
+        AutoTokenizer.from_pretrained, paths[0], role="model_name_or_path", **tokenizer_kwargs
+    )
     task_data = _preparer(task)(data_args, tokenizer)
-    models = {p: task_data.auto_class.from_pretrained(p, dtype=torch.float32).eval() for p in paths}
+    models = {
+        p: load_pretrained(
+            task_data.auto_class.from_pretrained, p, role="model_name_or_path", dtype=torch.float32
+        ).eval()
+        for p in paths
+    }
     results = {
         name: task_data.evaluate(model, task_data.test, training_args) for name, model in models.items()
     }

@@ -395,14 +395,20 @@ def test_recipe_teacher_paths_are_checked_before_any_hub_call(tmp_path, no_hub):
 
 
 @pytest.mark.parametrize("command", ["train", "cache-teacher"])
-def test_cli_teacher_path_is_checked_before_any_hub_call(command, tmp_path, monkeypatch, no_hub):
+def test_cli_teacher_path_is_checked_before_any_hub_call(command, tmp_path, monkeypatch, no_hub, capsys):
     monkeypatch.chdir(tmp_path)
     flags = ["--teacher_model_name_or_path", "no_such_dir/../teacher", "--output_dir", str(tmp_path / "run")]
     flags += ["--report_to", "none", "--use_cpu", "true"]
     if command == "cache-teacher":
         flags += ["--cache_dir", str(tmp_path / "cache")]
+    # One clean line and exit 2 for the user; --debug raises the error itself.
+    assert cli.main([command, "sentiment", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(
+        r"teacher_model_name_or_path 'no_such_dir/\.\./teacher' does not exist", err[0]
+    )
     with pytest.raises(
         FileNotFoundError, match=r"teacher_model_name_or_path 'no_such_dir/\.\./teacher' does not exist"
     ):
-        cli.main([command, "sentiment", *flags])
+        cli.main(["--debug", command, "sentiment", *flags])
     assert no_hub == []

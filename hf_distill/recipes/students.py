@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
+from ..checks import load_pretrained
 from ..offline import resolve_model_path
 from ..student import gpt2_student_for, student_from_config, student_from_teacher
 from .arguments import StudentArguments
@@ -33,7 +34,13 @@ def build_student(
             )
         return gpt2_student_for(teacher, n_layer=args.student_num_layers, **overrides)
     path = resolve_model_path(args.student_model_name_or_path)
-    return task.auto_class.from_pretrained(path, dtype=torch.float32, **task.label_kwargs)
+    return load_pretrained(
+        task.auto_class.from_pretrained,
+        path,
+        role="student_model_name_or_path",
+        dtype=torch.float32,
+        **task.label_kwargs,
+    )
 
 
 def student_name(init: str, args: StudentArguments, kd: bool, mode: str = "kd") -> str:
