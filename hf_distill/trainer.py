@@ -6,7 +6,8 @@ The trainer orchestrates; the work lives beside it:
 - :mod:`hf_distill.teacher_signals`: what the teacher says about a batch (live model or cached outputs);
 - :mod:`hf_distill.logit_terms`: the KD and task terms (plain or chunked, chosen once);
 - :mod:`hf_distill.feature_terms`: hidden-state and attention matching;
-- :mod:`hf_distill.normalization` and :mod:`hf_distill.loss_log`: counts, process scaling, logged parts.
+- :mod:`hf_distill.normalization` and :mod:`hf_distill.loss_log`: counts, process scaling, logged parts;
+- :mod:`hf_distill.checkpoints`: checkpoints that survive a kill at any moment, and resuming from them.
 """
 
 from __future__ import annotations
@@ -18,11 +19,17 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .arguments import DistillationTrainingArguments
+from .checkpoints import (
+    CheckpointExtra,
+    CheckpointSave,
+    checkpoint_step,
+    load_extras,
+    resolve_resume,
+    rotate_checkpoints,
+)
 from .checks import (
     SPLITS,
     check_cache_replaces_teacher,
@@ -262,31 +269,55 @@ class DistillationTrainer(Trainer):
         self.loss_log.add_to(logs, self.state.global_step, self.args.parallel_mode)
         super().log(logs, start_time)
 
-    # ---- checkpoints ----------------------------------------------------------------------------------
+    # ---- checkpoints (checkpoints.py) ------------------------------------------------------------------
+
+    def checkpoint_extras(self) -> list[CheckpointExtra]:
+        """What each checkpoint keeps beside Trainer's files; a mode adds its own to ``super()``'s list, and
+        :mod:`hf_distill.checkpoints` writes them atomically, checks them on resume and restores them."""
+        modules = self.distillation_modules()
+        if modules is None:
+            return []
+        return [
+            CheckpointExtra(
+                DISTILLATION_MODULES_NAME,
+                "hidden-state projections",
+                "resuming would restart them from random",
+                "Resume from a checkpoint written with hidden_state_weight > 0.",
+                modules,
+            )
+        ]
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        """``Trainer.train``; ``resume_from_checkpoint=True`` skips incomplete checkpoints (a save cut short by a
+        kill) with a warning, and a path to an incomplete one is refused, naming what is missing."""
+        resume = resolve_resume(resume_from_checkpoint, self.args.output_dir, self.checkpoint_extras())
+        if isinstance(resume, str):
+            self.loss_log.resumed_from_step = checkpoint_step(resume) or 0
+        return super().train(resume, *args, **kwargs)
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        modules = self.distillation_modules()
-        if modules is not None and self.args.should_save:
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
-            torch.save(modules.state_dict(), os.path.join(folder, DISTILLATION_MODULES_NAME))
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        save = CheckpointSave(
+            folder, self.args.should_save, self.checkpoint_extras(), self.accelerator.wait_for_everyone
+        )
+        save.begin(self.state.global_step)
+        # Trainer rotates and pushes at the end of its save, before the extras and the marker exist: hold both
+        # back until the checkpoint is complete.
+        limit, self.args.save_total_limit, self.held_back_pushes = self.args.save_total_limit, None, []
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit, pushes, self.held_back_pushes = limit, self.held_back_pushes, None
+        save.finish(self.state.global_step)
+        for pushed in pushes:
+            self._push_from_checkpoint(pushed)
+        if self.args.should_save:
+            rotate_checkpoints(run_dir, limit, keep=(folder, self.state.best_model_checkpoint))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        state_file = os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME)
-        if os.path.isfile(state_file):
-            self.loss_log.resumed_from_step = TrainerState.load_from_json(state_file).global_step
-        modules = self.distillation_modules()
-        path = os.path.join(resume_from_checkpoint, DISTILLATION_MODULES_NAME)
-        if modules is not None:
-            if not os.path.isfile(path):
-                raise FileNotFoundError(
-                    f"{path} is missing: the checkpoint has no hidden-state projections, so resuming would "
-                    "restart them from random. Resume from a checkpoint written with hidden_state_weight > 0."
-                )
-            modules.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        load_extras(resume_from_checkpoint, self.checkpoint_extras())
 
     # ---- model card and push_to_hub (trainer_card.py) ----------------------------------------------------
 
@@ -351,6 +382,10 @@ class DistillationTrainer(Trainer):
         )
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # Inside _save_checkpoint the push waits until the checkpoint is complete (see there).
+        if getattr(self, "held_back_pushes", None) is not None:
+            self.held_back_pushes.append(checkpoint_folder)
+            return
         # Checkpoint pushes (hub_strategy "every_save", "checkpoint") upload output_dir without creating a card.
         if self.is_world_process_zero() and self.args.hub_strategy != "end":
             self.check_push_folder()

@@ -22,6 +22,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from ..arguments import DistillationTrainingArguments
+from ..checkpoints import CheckpointExtra
 from ..checks import check_separate_models
 from ..logit_terms import PlainLogitTerms, require_labels
 from ..teacher_signals import DistillationBatch, TeacherTarget
@@ -140,6 +141,18 @@ class MutualLearningTrainer(DistillationTrainer):
                 torch.save(peer.state_dict(), os.path.join(output_dir, STUDENT_B, "pytorch_model.bin"))
             if self.processing_class is not None:
                 self.processing_class.save_pretrained(os.path.join(output_dir, STUDENT_B))
+
+    def checkpoint_extras(self) -> list[CheckpointExtra]:
+        # Both folders are written by save_model, before Trainer's trainer_state.json and the marker.
+        return super().checkpoint_extras() + [
+            CheckpointExtra(
+                folder,
+                f"{which} student ({folder}/)",
+                "the two students cannot be restored",
+                "Resume from a checkpoint written by MutualLearningTrainer.",
+            )
+            for folder, which in ((STUDENT_A, "first"), (STUDENT_B, "second"))
+        ]
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         folder_a = os.path.join(resume_from_checkpoint, STUDENT_A)

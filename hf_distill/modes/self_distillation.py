@@ -11,22 +11,22 @@ Two teachers are offered:
 
 Both start as a copy of the student, so the distillation term is 0 at step 0 and grows as the student moves
 away from its own past; a task loss (``alpha < 1``) is what moves it. The teacher's state is saved in each
-checkpoint (``self_distillation_teacher.pt``) so that resuming continues the same average.
+checkpoint (``self_distillation_teacher.pt``, written and restored by :mod:`hf_distill.checkpoints` like every
+extra) so that resuming continues the same average.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..arguments import DistillationTrainingArguments
+from ..checkpoints import CheckpointExtra
 from ..trainer import DistillationTrainer
 
 SELF_TEACHERS = ("ema", "snapshot")
@@ -142,20 +142,13 @@ class SelfDistillationTrainer(DistillationTrainer):
         elif global_step % self.args.snapshot_steps == 0:
             ema_update(self._teacher_module(), student, 0.0)
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+    def checkpoint_extras(self) -> list[CheckpointExtra]:
+        return super().checkpoint_extras() + [
+            CheckpointExtra(
+                SELF_TEACHER_NAME,
+                "self-distillation teacher",
+                "resuming would restart the teacher from the current student",
+                "Resume from a checkpoint written by SelfDistillationTrainer.",
+                self._teacher_module(),
             )
-            torch.save(self._teacher_module().state_dict(), os.path.join(folder, SELF_TEACHER_NAME))
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = os.path.join(resume_from_checkpoint, SELF_TEACHER_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{path} is missing: the checkpoint holds no self-distillation teacher, so resuming would restart "
-                "the teacher from the current student. Resume from a checkpoint written by SelfDistillationTrainer."
-            )
-        self._teacher_module().load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        ]
