@@ -410,6 +410,7 @@ def test_recipe_scripts_end_their_process_group_after_the_run(name, tmp_path, mo
 
 def test_resume_point_of_each_run_of_a_recipe(tmp_path):
     from hf_distill import DistillationTrainingArguments
+    from hf_distill.checkpoints import SAVING_NAME
     from hf_distill.recipes.training import resume_point
 
     def args(**kw):
@@ -417,7 +418,13 @@ def test_resume_point_of_each_run_of_a_recipe(tmp_path):
 
     assert resume_point(args()) is None
     assert resume_point(args(resume_from_checkpoint="true")) is None  # this run never saved: start afresh
-    (tmp_path / "student" / "checkpoint-3").mkdir(parents=True)
+    checkpoint = tmp_path / "student" / "checkpoint-3"
+    checkpoint.mkdir(parents=True)
+    # Killed while writing its first checkpoint: nothing complete to resume from, so the run starts afresh.
+    (checkpoint / SAVING_NAME).write_text("{}")
+    assert resume_point(args(resume_from_checkpoint="true")) is None
+    (checkpoint / SAVING_NAME).unlink()
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 3}))
     assert resume_point(args()) is None
     assert resume_point(args(resume_from_checkpoint="true")) is True
     with pytest.raises(

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..arguments import DistillationTrainingArguments
+from ..checkpoints import checkpoint_problems, checkpoints_in
 from ..modes.mutual import STUDENT_A
 from .mode_select import ModeArguments, mode_train_data, mode_trainer
 from .tasks import TaskData
@@ -26,9 +26,9 @@ def derived_args(
 
 
 def resume_point(args: TrainingArguments) -> bool | None:
-    """What ``Trainer.train(resume_from_checkpoint=...)`` gets in a recipe: True (the last checkpoint of this
-    run's ``output_dir``) when the recipe was started with ``--resume_from_checkpoint true`` and this run has
-    saved one, else None (the run starts afresh: a killed recipe resumes each of its runs where it stopped).
+    """What ``Trainer.train(resume_from_checkpoint=...)`` gets in a recipe: True (the last complete checkpoint
+    of this run's ``output_dir``) when the recipe was started with ``--resume_from_checkpoint true`` and this run
+    has completed one, else None (the run starts afresh: a killed recipe resumes each of its runs where it stopped).
 
     Raises:
         ValueError: when ``resume_from_checkpoint`` names one checkpoint: a recipe trains several models.
@@ -42,8 +42,9 @@ def resume_point(args: TrainingArguments) -> bool | None:
             "each student, each baseline), each with checkpoints in its own folder under output_dir, so one "
             "checkpoint cannot resume it. Pass --resume_from_checkpoint true to resume each from its own."
         )
-    folder = Path(args.output_dir)
-    return True if folder.is_dir() and get_last_checkpoint(str(folder)) is not None else None
+    # Only a complete checkpoint counts: a run killed while writing its first one starts afresh.
+    complete = [c for c in checkpoints_in(str(Path(args.output_dir))) if not checkpoint_problems(c)]
+    return True if complete else None
 
 
 def plain_trainer_args(
