@@ -435,6 +435,8 @@ def test_resume_point_of_each_run_of_a_recipe(tmp_path):
 
 @needs_rotten_tomatoes
 def test_recipe_resumes_each_run_from_its_last_checkpoint(tmp_path, wordpiece_tokenizer):
+    from hf_distill.checkpoints import write_marker
+
     teacher = save_tiny_teacher(
         tmp_path / "teacher", BertForSequenceClassification, wordpiece_tokenizer, num_labels=2
     )
@@ -463,6 +465,7 @@ def test_recipe_resumes_each_run_from_its_last_checkpoint(tmp_path, wordpiece_to
     (logged,) = [entry for entry in state["log_history"] if "loss" in entry]
     logged["loss"] = 1234.5
     state_file.write_text(json.dumps(state))
+    write_marker(str(student_dir / "checkpoint-1"), 1)  # the marker lists file sizes: keep it true
     resumed = run_recipe("sentiment", tiny_flags(out, resume_from_checkpoint="true", **common))
     assert resumed["teacher"]["metric"] == reference["teacher"]["metric"]
     for want, got in zip(reference["students"], resumed["students"]):

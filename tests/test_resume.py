@@ -451,6 +451,7 @@ def test_a_run_with_save_total_limit_keeps_only_complete_checkpoints(tmp_path, m
         pushed.append((Path(folder).name, (Path(folder) / MARKER_NAME).exists()))
 
     monkeypatch.setattr(Trainer, "_push_from_checkpoint", record_push)
+    monkeypatch.setattr(Trainer, "init_hf_repo", lambda self, *args, **kwargs: None)  # no Hub here
     out = tmp_path / "run"
     trainer = small_run(out, "--save-total-limit", "1")
     trainer.args.push_to_hub, trainer.args.hub_strategy = True, "checkpoint"
