@@ -132,7 +132,12 @@ def per_position_aligned(
     b = p_s_rest.topk(min(a.shape[-1], p_s_rest.shape[-1]), dim=-1).values
     uld_rest = sorted_l1(a, rest_t, b, log_rest_s.exp())
     matched_loss = kl * temperature**2 + uld_rest
+    matched = matched.expand(matched_loss.shape)
     if bool(matched.all()):
         return matched_loss
-    whole = per_position_uld(student_logits, teacher_log_p, teacher_log_rest, temperature=temperature)
-    return torch.where(matched, matched_loss, whole)
+    # The whole-distribution ULD only where it is used: its sorts are the step's most expensive part.
+    unmatched = ~matched
+    whole = per_position_uld(
+        student_logits[unmatched], teacher_log_p[unmatched], teacher_log_rest[unmatched], temperature=temperature
+    )
+    return matched_loss.masked_scatter(unmatched, whole)
