@@ -335,17 +335,19 @@ class CrossTokenizerLogitTerms:
 def cross_tokenizer_signal(
     args: DistillationTrainingArguments,
     teacher: nn.Module | None,
+    unwrapped_teacher: nn.Module | None,
     student: nn.Module,
     tokenizer: Any,
     teacher_tokenizer: Any,
 ) -> CrossTokenizerTeacher:
-    """The trainer's signal for ``cross_tokenizer_loss``, sized to both models' output rows."""
+    """The trainer's signal for ``cross_tokenizer_loss``: ``teacher`` as placed for the backend runs, the
+    vocabulary map is sized to the output rows of ``unwrapped_teacher`` and ``student``."""
     return CrossTokenizerTeacher(
         teacher,
         teacher_tokenizer,
         tokenizer,
         temperature=args.temperature,
-        teacher_rows=output_vocab_size(teacher) if teacher is not None else None,
+        teacher_rows=output_vocab_size(unwrapped_teacher) if unwrapped_teacher is not None else None,
         student_rows=output_vocab_size(student),
         check_finite=args.check_teacher_finite,
     )

@@ -138,6 +138,9 @@ def per_position_aligned(
     # The whole-distribution ULD only where it is used: its sorts are the step's most expensive part.
     unmatched = ~matched
     whole = per_position_uld(
-        student_logits[unmatched], teacher_log_p[unmatched], teacher_log_rest[unmatched], temperature=temperature
+        student_logits[unmatched],
+        teacher_log_p[unmatched],
+        teacher_log_rest[unmatched],
+        temperature=temperature,
     )
     return matched_loss.masked_scatter(unmatched, whole)

@@ -133,7 +133,9 @@ class DistillationTrainer(Trainer):
         # No teacher when every batch carries its outputs (checked above): it is never loaded.
         self.teacher = self.prepare_teacher_model(teacher_model) if teacher_model is not None else None
         self.teacher_signal = (
-            cross_tokenizer_signal(args, self.teacher, model, tokenizer, teacher_processing_class)
+            cross_tokenizer_signal(
+                args, self.teacher, teacher_model, model, tokenizer, teacher_processing_class
+            )
             if cross
             else TeacherSignal(self.live_teacher(), CachedTeacher(args.temperature, self.vocab_size))
         )
