@@ -246,13 +246,16 @@ def add_cross_tokenizer_students(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..offline import resolve_model_path
+    from ..offline import HUB_IDS, resolve_model_path
     from .data_code import load_code_corpus
 
     teacher_path = resolve_model_path(teacher_args.teacher_model_name_or_path)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32).eval()
     teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(student_args.student_tokenizer))
+    # Reports, caches and model cards name the models' Hub ids, not this machine's folders of the aliases.
+    teacher_tokenizer.name_or_path = HUB_IDS.get(teacher_args.teacher_model_name_or_path, teacher_path)
+    tokenizer.name_or_path = HUB_IDS.get(student_args.student_tokenizer, student_args.student_tokenizer)
     corpus = load_code_corpus(seed=data_args.split_seed, max_files=data_args.max_files)
     train_texts = list(corpus["train"]["text"])
     if data_args.max_train_samples is not None:
@@ -291,7 +294,7 @@ def add_cross_tokenizer_students(
         entries.append(
             {
                 "name": name,
-                "tokenizer": str(teacher_args.teacher_model_name_or_path),
+                "tokenizer": str(teacher_tokenizer.name_or_path),
                 **bits_per_byte(model, teacher_tokenizer, test_texts, data_args.max_length, batch),
             }  # fmt: skip
         )
