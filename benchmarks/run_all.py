@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     options = parser.parse_args()
     flags = ["--rounds", str(options.rounds)] + (["--quick"] if options.quick else [])
-    for script in ("bench_classification.py", "bench_causal_lm.py"):
+    for script in ("bench_classification.py", "bench_causal_lm.py", "bench_cross_tokenizer.py"):
         subprocess.run([sys.executable, str(HERE / script), *flags], check=True)
     peers = os.environ.get("BENCH_PEERS_PYTHON")
     if peers:

@@ -19,6 +19,7 @@ from .lm_head import KD_LOSS_IMPLEMENTATIONS
 from .losses import PER_POSITION_LOSSES
 
 HIDDEN_STATE_LOSSES = ("mse", "cosine")
+CROSS_TOKENIZER_LOSSES = ("uld", "aligned")
 # TrainingArguments' own float fields that must be finite too; the others (max_grad_norm, ...) keep their
 # transformers semantics.
 _FINITE_TRAINING_FIELDS = ("learning_rate",)
@@ -159,6 +160,15 @@ class DistillationTrainingArguments(TrainingArguments):
         default=DEFAULT_CHUNK_SIZE,
         metadata={"help": "Token positions per chunk of the fused / chunked loss; memory grows with it."},
     )
+    cross_tokenizer_loss: str | None = field(
+        default=None,
+        metadata={
+            "help": "Distil from a teacher with another tokenizer (processing_class = the student's, "
+            "teacher_processing_class = the teacher's): 'aligned' compares the tokens both vocabularies share "
+            "where the two prefixes end at the same character and uses ULD for the rest; 'uld' compares sorted "
+            "probabilities everywhere. None: both must share one vocabulary (see hf_distill.cross_tokenizer)."
+        },
+    )
 
     def __init_subclass__(cls, **kwargs):
         # A subclass's __post_init__ (the modes' arguments) runs its own range checks before calling ours,
@@ -249,10 +259,36 @@ class DistillationTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"kd_chunk_size must be >= 1 token positions, got {self.kd_chunk_size}; 128 is a good default."
             )
+        self._check_cross_tokenizer()
         if self.teacher_dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(
                 f"teacher_dtype {self.teacher_dtype!r} is unknown; use float32, bfloat16, float16 or leave it "
                 "unset to keep the teacher's own dtype."
+            )
+
+    def _check_cross_tokenizer(self) -> None:
+        if self.cross_tokenizer_loss is None:
+            return
+        if self.cross_tokenizer_loss not in CROSS_TOKENIZER_LOSSES:
+            raise ValueError(
+                f"cross_tokenizer_loss {self.cross_tokenizer_loss!r} is unknown; choose one of "
+                f"{CROSS_TOKENIZER_LOSSES}, or leave it unset when teacher and student share a tokenizer."
+            )
+        asked = [
+            n
+            for n in ("hidden_state_weight", "attention_weight", "value_relation_weight")
+            if getattr(self, n)
+        ]
+        if asked:
+            raise ValueError(
+                f"cross_tokenizer_loss is set, but {asked} > 0 match hidden states or attention position by "
+                "position, and the two tokenizations have different positions; set them to 0."
+            )
+        if self.distillation_loss != "forward_kl":
+            raise ValueError(
+                f"distillation_loss={self.distillation_loss!r} compares two distributions over one vocabulary; "
+                f"cross_tokenizer_loss={self.cross_tokenizer_loss!r} brings its own (a forward KL on shared tokens, "
+                "ULD on the rest). Leave distillation_loss at 'forward_kl'."
             )
 
     @property

@@ -28,6 +28,7 @@ from .model_kind import (
     detect_task,
     output_vocab_size,
 )
+from .token_alignment import require_offsets
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train_dataset", "eval_dataset")
@@ -99,13 +100,29 @@ def is_default_label_map(id2label: dict | None) -> bool:
     return not id2label or all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
 
 
-def check_tokenizers(tokenizer: Any, teacher_tokenizer: Any) -> None:
+def check_tokenizers(tokenizer: Any, teacher_tokenizer: Any, cross_tokenizer_loss: str | None = None) -> None:
+    """Same vocabulary (``cross_tokenizer_loss`` None), or both tokenizers given and fast (offsets) for a
+    cross-tokenizer loss."""
+    if cross_tokenizer_loss is not None:
+        for given, who, argument in (
+            (teacher_tokenizer, "teacher", "teacher_processing_class"),
+            (tokenizer, "student", "processing_class"),
+        ):
+            if given is None:
+                raise ValueError(
+                    f"cross_tokenizer_loss={cross_tokenizer_loss!r} needs the {who}'s tokenizer as {argument}: "
+                    "each text is tokenized by both tokenizers and their vocabularies are mapped onto each other. "
+                    f"Pass DistillationTrainer(..., {argument}=AutoTokenizer.from_pretrained(<the {who}>))."
+                )
+            require_offsets(given, who)
+        return
     if teacher_tokenizer is not None and tokenizer is not None and hasattr(tokenizer, "get_vocab"):
         if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise ValueError(
                 "The teacher's tokenizer and the student's tokenizer have different vocabularies, so the "
                 "same token id means different text to each and their distributions cannot be compared. "
-                "Give the student the teacher's tokenizer (e.g. build it with hf_distill.student)."
+                "Give the student the teacher's tokenizer (e.g. build it with hf_distill.student), or set "
+                "cross_tokenizer_loss='aligned' (or 'uld') to distil across tokenizers."
             )
 
 

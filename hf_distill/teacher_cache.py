@@ -8,7 +8,15 @@
   and ``teacher_temperature``: the ``k`` largest raw logits per position and one pseudo-logit for all the
   other tokens (see :func:`hf_distill.topk_losses.per_position_topk`);
 - always ``teacher_input_hash``: a hash of the row's attended ``input_ids``, so the trainer can tell a cache
-  made for other data (another tokenizer, ``max_length`` or split) and refuse it.
+  made for other data (another tokenizer, ``max_length`` or split) and refuse it;
+- cross-tokenizer (``teacher_tokenizer=`` given, causal LM): the teacher tokenizes the row's text column
+  (``distill_text``) itself, and per *teacher* position the cache keeps ``xtok_teacher_topk_logits`` /
+  ``xtok_teacher_topk_indices`` ``(T_t, k)``, ``xtok_teacher_tail_logit`` ``(T_t,)``, the tokens' UTF-8 byte
+  ends ``xtok_teacher_ends`` (:func:`hf_distill.token_alignment.byte_ends`) and special flags ``xtok_teacher_special`` ``(T_t,)``, plus ``xtok_teacher_temperature``,
+  the teacher tokenizer's name and fingerprint and a hash of the text. No student tokenization is involved,
+  so one cache serves students of any tokenizer: :class:`hf_distill.cross_tokenizer.CrossTokenizerTeacher`
+  aligns it to the student's positions when each batch is loaded, and refuses it for another text or
+  another teacher tokenizer.
 
 The result is an ordinary ``Dataset``: ``save_to_disk`` / ``load_from_disk`` and ``push_to_hub`` work on it.
 
@@ -27,12 +35,42 @@ from datasets import Dataset
 from torch import nn
 
 from .model_kind import CAUSAL_LM, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, detect_task
+from .token_alignment import (
+    OFFSETS_COLUMN,
+    TEXT_COLUMN,
+    encode_for_alignment,
+    require_offsets,
+    tokenizer_fingerprint,
+)
 from .topk_losses import topk_teacher
 
 TEACHER_LOGITS = "teacher_logits"
 TOPK_LOGITS, TOPK_INDICES, TAIL_LOGIT = "teacher_topk_logits", "teacher_topk_indices", "teacher_tail_logit"
 TEMPERATURE, INPUT_HASH = "teacher_temperature", "teacher_input_hash"
-CACHE_COLUMNS = (TEACHER_LOGITS, TOPK_LOGITS, TOPK_INDICES, TAIL_LOGIT, TEMPERATURE, INPUT_HASH)
+XTOK_TOPK_LOGITS, XTOK_TOPK_INDICES = "xtok_teacher_topk_logits", "xtok_teacher_topk_indices"
+XTOK_TAIL_LOGIT, XTOK_ENDS, XTOK_SPECIAL = (
+    "xtok_teacher_tail_logit",
+    "xtok_teacher_ends",
+    "xtok_teacher_special",
+)
+XTOK_TEMPERATURE, XTOK_TEXT_HASH = "xtok_teacher_temperature", "xtok_text_hash"
+XTOK_TOKENIZER, XTOK_FINGERPRINT = "xtok_teacher_tokenizer", "xtok_teacher_fingerprint"
+# Per teacher position: padded to the batch's longest teacher row, not to the student's input_ids.
+XTOK_POSITION_COLUMNS = (XTOK_TOPK_LOGITS, XTOK_TOPK_INDICES, XTOK_TAIL_LOGIT, XTOK_ENDS, XTOK_SPECIAL)
+XTOK_COLUMNS = (*XTOK_POSITION_COLUMNS, XTOK_TEMPERATURE, XTOK_TEXT_HASH, XTOK_TOKENIZER, XTOK_FINGERPRINT)
+# Columns a batch carries for the teacher signal rather than for the model's forward (the trainer keeps them).
+CACHE_COLUMNS = (
+    TEACHER_LOGITS,
+    TOPK_LOGITS,
+    TOPK_INDICES,
+    TAIL_LOGIT,
+    TEMPERATURE,
+    INPUT_HASH,
+    TEXT_COLUMN,
+    OFFSETS_COLUMN,
+    *XTOK_COLUMNS,
+)
+STRING_COLUMNS = (TEXT_COLUMN, XTOK_TOKENIZER, XTOK_FINGERPRINT)
 TASKS = (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, CAUSAL_LM)
 
 
@@ -47,6 +85,13 @@ def input_hash(input_ids: Sequence[int], attention_mask: Sequence[int] | None = 
         ids = ids[np.asarray(attention_mask, dtype=bool)]
     digest = hashlib.blake2b(ids.tobytes(), digest_size=8).digest()
     return int.from_bytes(digest, "little", signed=True)
+
+
+def text_hash(text: str) -> int:
+    """A signed 64-bit hash of a text's UTF-8 bytes (the cross-tokenizer cache's ``xtok_text_hash``)."""
+    return int.from_bytes(
+        hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True
+    )
 
 
 def batch_input_hashes(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[int]:
@@ -127,6 +172,8 @@ def cache_teacher_outputs(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    teacher_tokenizer: Any = None,
+    text_column: str = TEXT_COLUMN,
 ) -> Dataset:
     """Runs ``teacher`` once over ``dataset`` and returns it with the teacher's outputs as columns.
 
@@ -142,11 +189,16 @@ def cache_teacher_outputs(
         batch_size: rows per teacher forward pass.
         device: where the teacher runs; default the teacher's device.
         dtype: storage dtype of the cached logits.
+        teacher_tokenizer, text_column: a cross-tokenizer cache (causal LM): the teacher tokenizes the raw
+            texts of ``text_column`` itself, and students of any tokenizer train from the result.
 
     Returns:
         ``dataset`` plus the columns described in the module docstring.
     """
     task = task or detect_task(teacher)
+    if teacher_tokenizer is not None:
+        settings = (task, top_k, temperature, batch_size, device, dtype)
+        return _cache_cross_tokenizer(teacher, dataset, teacher_tokenizer, text_column, *settings)
     check_cache_request(dataset, task, top_k, temperature, batch_size)
     device = torch.device(device) if device is not None else next(teacher.parameters()).device
     was_training = teacher.training
@@ -186,8 +238,98 @@ def cache_teacher_outputs(
         teacher.train(was_training)
 
 
+def _check_cross_tokenizer_request(
+    dataset: Dataset, teacher_tokenizer: Any, text_column: str, task: str, top_k: int | None, batch_size: int
+) -> None:
+    if task != CAUSAL_LM:
+        raise ValueError(
+            f"A cross-tokenizer cache (teacher_tokenizer given) is for causal LM teachers, got a {task} teacher; "
+            "classifiers' outputs do not depend on the tokenizer: cache them without teacher_tokenizer."
+        )
+    require_offsets(teacher_tokenizer, "teacher")
+    if text_column not in dataset.column_names:
+        raise ValueError(
+            f"The dataset has no {text_column!r} column (it has {dataset.column_names}); a cross-tokenizer cache "
+            "is made from the raw text, which the teacher tokenizes itself. Pass text_column=<the text column>."
+        )
+    if len(dataset) == 0:
+        raise ValueError("The dataset is empty, so there is nothing to cache; check the split and filters.")
+    if top_k is None or top_k < 1:
+        raise ValueError(
+            f"top_k={top_k}: a causal LM's full logits (vocabulary x positions per row) are too large to store, "
+            "so the cache keeps the top-k per position; pass top_k >= 1 (e.g. 64)."
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    clashing = [c for c in XTOK_COLUMNS if c in dataset.column_names]
+    if clashing:
+        raise ValueError(
+            f"The dataset already has cross-tokenizer cache columns {clashing}; remove them first "
+            "(dataset.remove_columns(...)) so old and new outputs are not mixed."
+        )
+
+
+def _cache_cross_tokenizer(
+    teacher: nn.Module,
+    dataset: Dataset,
+    teacher_tokenizer: Any,
+    text_column: str,
+    task: str,
+    top_k: int | None,
+    temperature: float,
+    batch_size: int,
+    device: str | torch.device | None,
+    dtype: torch.dtype,
+) -> Dataset:
+    """The cross-tokenizer cache: per teacher position of the teacher's own tokenization of each text."""
+    _check_cross_tokenizer_request(dataset, teacher_tokenizer, text_column, task, top_k, batch_size)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    device = torch.device(device) if device is not None else next(teacher.parameters()).device
+    name, fingerprint = str(teacher_tokenizer.name_or_path), tokenizer_fingerprint(teacher_tokenizer)
+    was_training = teacher.training
+    teacher.eval()
+
+    def run(batch: dict[str, list]) -> dict[str, list]:
+        texts = batch[text_column]
+        encoded = encode_for_alignment(teacher_tokenizer, texts)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        inputs = {
+            "input_ids": _pad(encoded["input_ids"], 0),
+            "attention_mask": _pad(encoded["attention_mask"], 0),
+        }
+        with torch.inference_mode():
+            logits = teacher(**{k: v.to(device) for k, v in inputs.items()}).logits
+        values, indices, tail = topk_teacher(logits, top_k, temperature=temperature)
+        values, indices = values.to(dtype).cpu().numpy(), indices.to(torch.int32).cpu().numpy()
+        tail = tail.float().cpu().numpy()
+        return {
+            XTOK_TOPK_LOGITS: [v[:n] for v, n in zip(values, lengths)],
+            XTOK_TOPK_INDICES: [i[:n] for i, n in zip(indices, lengths)],
+            XTOK_TAIL_LOGIT: [t[:n] for t, n in zip(tail, lengths)],
+            XTOK_ENDS: encoded["ends"],
+            XTOK_SPECIAL: encoded["special"],
+            XTOK_TEMPERATURE: [float(temperature)] * len(texts),
+            XTOK_TEXT_HASH: [text_hash(t) for t in texts],
+            XTOK_TOKENIZER: [name] * len(texts),
+            XTOK_FINGERPRINT: [fingerprint] * len(texts),
+        }
+
+    try:
+        new_fingerprint = hashlib.blake2b(
+            f"{dataset._fingerprint}-xtok-{id(teacher)}-{fingerprint}-{top_k}-{temperature}".encode(),
+            digest_size=8,
+        ).hexdigest()
+        return dataset.map(run, batched=True, batch_size=batch_size, new_fingerprint=new_fingerprint)
+    finally:
+        teacher.train(was_training)
+
+
 def cached_teacher_kind(column_names: Sequence[str]) -> str | None:
-    """``"logits"``, ``"topk"`` or None: which teacher cache a dataset (or batch) carries."""
+    """``"logits"``, ``"topk"``, ``"cross_tokenizer"`` or None: which teacher cache a dataset (or batch)
+    carries."""
+    if XTOK_TOPK_LOGITS in column_names:
+        return "cross_tokenizer"
     if TEACHER_LOGITS in column_names:
         return "logits"
     if TOPK_LOGITS in column_names:
@@ -210,17 +352,27 @@ class TeacherCacheCollator:
         self.padding_side = padding_side
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        present = [name for name in CACHE_COLUMNS if name in features[0]]
+        strings = {name: [f.pop(name) for f in features] for name in present if name in STRING_COLUMNS}
         cached = {
             name: [torch.as_tensor(np.asarray(f.pop(name))) for f in features]
-            for name in CACHE_COLUMNS
-            if name in features[0]
+            for name in present
+            if name not in STRING_COLUMNS
         }
         batch = self.collator(features)
         length = batch["input_ids"].shape[1] if "input_ids" in batch else None
         for name, values in cached.items():
-            if values[0].dim() >= 1 and length is not None and name not in (TEMPERATURE, INPUT_HASH):
+            if name in XTOK_POSITION_COLUMNS:
+                # Teacher positions: right-padded to the longest teacher row; padded ends are -1.
+                width = max(v.shape[0] for v in values)
+                fill = -1 if name == XTOK_ENDS else 0
+                values = [
+                    torch.cat([v, v.new_full((width - v.shape[0], *v.shape[1:]), fill)]) for v in values
+                ]
+            elif values[0].dim() >= 1 and length is not None and name not in (TEMPERATURE, INPUT_HASH):
                 values = [self._pad_positions(v, length, name) for v in values]
             batch[name] = torch.stack(values)
+        batch.update(strings)
         return batch
 
     def _pad_positions(self, value: torch.Tensor, length: int, name: str) -> torch.Tensor:

@@ -41,6 +41,7 @@ from .checks import (
     load_pretrained,
     refuse_features_from_cache,
 )
+from .cross_tokenizer import CrossTokenizerLogitTerms, check_cross_tokenizer_setup, cross_tokenizer_signal
 from .distributed import prepare_teacher
 from .feature_terms import build_feature_terms
 from .logit_terms import ChunkedLogitTerms, LogitTerms, build_logit_terms, require_labels
@@ -80,7 +81,8 @@ class DistillationTrainer(Trainer):
             carry the teacher's cached outputs (:mod:`hf_distill.teacher_cache`).
         args: :class:`DistillationTrainingArguments`.
         teacher_processing_class: the teacher's tokenizer, when it may differ from the student's; the two
-            must have the same vocabulary.
+            must have the same vocabulary unless ``args.cross_tokenizer_loss`` is set
+            (:mod:`hf_distill.cross_tokenizer`).
         teacher_model_init_kwargs: keyword arguments for ``from_pretrained`` when ``teacher_model`` is a string.
         **kwargs: everything ``transformers.Trainer`` takes (datasets, collator, processing_class, ...).
 
@@ -117,15 +119,20 @@ class DistillationTrainer(Trainer):
             # A plain module's forward has no `labels` argument, so Trainer would drop the column.
             args.label_names = ["labels"]
         tokenizer = kwargs.get("processing_class")
-        self.vocab_size = check_compatibility(
-            self.task, model, teacher_model, tokenizer, teacher_processing_class
+        check_cross_tokenizer_setup(args, self.task, tokenizer, teacher_processing_class, cached)
+        cross = args.cross_tokenizer_loss is not None
+        self.vocab_size = (
+            None
+            if cross
+            else check_compatibility(self.task, model, teacher_model, tokenizer, teacher_processing_class)
         )
         check_feature_terms(args, model, teacher_model)
         # Taken before the teacher is cast or sharded; every saved student carries it (see push_to_hub).
         self.teacher_fingerprint = record_teacher(model, teacher_model)
         super().__init__(model=model, args=args, **kwargs)
-        if any(cached):
-            # Cache columns of variable length (NER) must be padded along with input_ids.
+        if any(cached) or cross:
+            # Cache columns of variable length (NER) must be padded along with input_ids; the text and teacher
+            # positions of cross-tokenizer batches are batched beside them.
             self.data_collator = TeacherCacheCollator(
                 self.data_collator, getattr(tokenizer, "padding_side", "right")
             )
@@ -133,13 +140,19 @@ class DistillationTrainer(Trainer):
         # accumulation steps again nor skips counting items.
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = self.task == CAUSAL_LM
-        self.logit_terms: LogitTerms = build_logit_terms(
-            self.task, args, model, self.vocab_size, self.accelerator.unwrap_model
+        self.logit_terms: LogitTerms | CrossTokenizerLogitTerms = (
+            CrossTokenizerLogitTerms(args)
+            if cross
+            else build_logit_terms(self.task, args, model, self.vocab_size, self.accelerator.unwrap_model)
         )
         # No teacher when every batch carries its outputs (checked above): it is never loaded.
         self.teacher = self.prepare_teacher_model(teacher_model) if teacher_model is not None else None
-        self.teacher_signal = TeacherSignal(
-            self.live_teacher(), CachedTeacher(args.temperature, self.vocab_size)
+        self.teacher_signal = (
+            cross_tokenizer_signal(
+                args, self.teacher, teacher_model, model, tokenizer, teacher_processing_class
+            )
+            if cross
+            else TeacherSignal(self.live_teacher(), CachedTeacher(args.temperature, self.vocab_size))
         )
         self.hidden_matcher, self.feature_terms = build_feature_terms(
             args, model, self.teacher, self.accelerator

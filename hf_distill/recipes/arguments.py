@@ -91,6 +91,18 @@ class StudentArguments:
     run_baseline: bool = field(
         default=True, metadata={"help": "Also train each student without distillation, as a baseline."}
     )
+    student_tokenizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "codegen: also train a GPT-2 student with this tokenizer (an offline alias such as "
+            "'gpt2-tokenizer', a Hub id or a folder), distilled across tokenizers from a cross-tokenizer cache "
+            "of the teacher with student_tokenizer_loss, and without KD; every model gets bits per byte."
+        },
+    )
+    student_tokenizer_loss: str = field(
+        default="aligned",
+        metadata={"help": "The cross-tokenizer loss of that student: 'aligned' or 'uld'."},
+    )
 
     def __post_init__(self):
         if isinstance(self.student_init, str):
@@ -107,6 +119,11 @@ class StudentArguments:
             )
         if self.student_config_overrides is not None:
             self.config_overrides()
+        if self.student_tokenizer_loss not in ("aligned", "uld"):
+            raise ValueError(
+                f"student_tokenizer_loss={self.student_tokenizer_loss!r}: choose 'aligned' (shared tokens where "
+                "the prefixes match, ULD elsewhere) or 'uld'."
+            )
 
     def config_overrides(self) -> dict[str, Any]:
         if self.student_config_overrides is None:

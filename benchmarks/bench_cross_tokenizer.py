@@ -1,0 +1,123 @@
+"""Cross-tokenizer KD step / same-vocabulary KD step on the same shapes, and cache bytes per token.
+
+    python benchmarks/bench_cross_tokenizer.py [--rounds 7] [--quick]
+
+Step = DistillationTrainer.compute_loss + backward + AdamW step on one batch of standard-library code. The
+student is a GPT-2 over GPT-2's tokenizer in every variant; the teacher is a random GPT-2-architecture model of
+one size, over GPT-2's vocabulary for the same-vocabulary baseline and over SmolLM2's (49,152 tokens, its real
+tokenizer) for the cross-tokenizer variants, so the difference is the cross-tokenizer work: tokenizing the text
+for the teacher, aligning positions, and the ``aligned`` / ``uld`` losses (live: all teacher logits; cached:
+the top-k). Also reports the cross-tokenizer cache's bytes per teacher token (top-k 32, float32 logits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, default_data_collator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import report, summarize, time_variants  # noqa: E402
+
+from hf_distill import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
+from hf_distill.offline import resolve_model_path  # noqa: E402
+from hf_distill.recipes.cross_tokenizer import join_cache, text_blocks  # noqa: E402
+from hf_distill.recipes.data_code import load_code_corpus  # noqa: E402
+from hf_distill.teacher_cache import XTOK_COLUMNS, XTOK_ENDS, cache_teacher_outputs  # noqa: E402
+from hf_distill.token_alignment import OFFSETS_COLUMN, TEXT_COLUMN  # noqa: E402
+
+TOP_K = 32
+
+
+def gpt2(vocab: int, layers: int, hidden: int, seed: int) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=max(hidden // 64, 1), n_positions=512
+    )
+    return GPT2LMHeadModel(config)
+
+
+def shapes(quick: bool) -> dict:
+    if quick:
+        return {"batch": 2, "tokens": 32, "student": (1, 64), "teacher": (1, 128)}
+    return {"batch": 4, "tokens": 128, "student": (2, 128), "teacher": (4, 256)}
+
+
+def step_fn(student, teacher, rows: Dataset, out: str, student_tokenizer, teacher_tokenizer, loss):
+    args = DistillationTrainingArguments(
+        output_dir=out, report_to="none", use_cpu=True, alpha=0.5, temperature=1.0,
+        kd_loss_implementation="plain", cross_tokenizer_loss=loss,
+    )  # fmt: skip
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=rows, data_collator=default_data_collator,
+        processing_class=student_tokenizer, teacher_processing_class=teacher_tokenizer,
+    )  # fmt: skip
+    columns = [
+        c for c in rows.column_names if loss is not None or c in ("input_ids", "attention_mask", "labels")
+    ]
+    batch = trainer.data_collator([{c: rows[i][c] for c in columns} for i in range(len(rows))])
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
+
+    def step():
+        trainer.compute_loss(student, batch).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="small shapes, to check the script runs")
+    options = parser.parse_args()
+    s = shapes(options.quick)
+    gpt2_tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("gpt2-tokenizer"))
+    smollm2_tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m"))
+    texts = load_code_corpus(seed=42, max_files=40)["train"]["text"]
+    rows = text_blocks(texts, gpt2_tokenizer, s["tokens"]).select(range(s["batch"]))
+    cross_teacher = gpt2(len(smollm2_tokenizer), *s["teacher"], seed=1).eval()
+    same_teacher = gpt2(len(gpt2_tokenizer), *s["teacher"], seed=1).eval()
+    cache = cache_teacher_outputs(
+        cross_teacher, Dataset.from_dict({TEXT_COLUMN: rows[TEXT_COLUMN]}), teacher_tokenizer=smollm2_tokenizer,
+        top_k=TOP_K, temperature=1.0,
+    )  # fmt: skip
+    cached_rows = join_cache(rows, cache)
+    plain_rows = rows.remove_columns([TEXT_COLUMN, OFFSETS_COLUMN])
+    with tempfile.TemporaryDirectory() as out:
+        students = {name: gpt2(len(gpt2_tokenizer), *s["student"], seed=2) for name in range(4)}
+        variants = {
+            "same-vocabulary KD step": step_fn(
+                students[0], same_teacher, plain_rows, out, gpt2_tokenizer, gpt2_tokenizer, None
+            ),
+            "cross-tokenizer KD step, aligned (live)": step_fn(
+                students[1], cross_teacher, rows, out, gpt2_tokenizer, smollm2_tokenizer, "aligned"
+            ),
+            "cross-tokenizer KD step, uld (live)": step_fn(
+                students[2], cross_teacher, rows, out, gpt2_tokenizer, smollm2_tokenizer, "uld"
+            ),
+            "cross-tokenizer KD step, aligned (cached top-32)": step_fn(
+                students[3], None, cached_rows, out, gpt2_tokenizer, smollm2_tokenizer, "aligned"
+            ),
+        }
+        times = time_variants(variants, rounds=options.rounds)
+    rows_out = summarize(times, baseline="same-vocabulary KD step")
+    teacher_tokens = sum(len(ends) for ends in cache[XTOK_ENDS])
+    cache_bytes = sum(cache.data.column(c).nbytes for c in XTOK_COLUMNS)
+    extra = {
+        "cache bytes per teacher token (xtok columns, arrow)": round(cache_bytes / teacher_tokens, 1),
+        "cache bytes per teacher token, top-k logits + ids alone": TOP_K * (4 + 4),
+    }
+    meta = {"batch": s["batch"], "student tokens": s["tokens"], "student(layers,hidden)": s["student"],
+            "teacher(layers,hidden)": s["teacher"], "student vocab": len(gpt2_tokenizer),
+            "cross teacher vocab": len(smollm2_tokenizer), "rounds": options.rounds, "top_k": TOP_K}  # fmt: skip
+    report("cross_tokenizer" + ("_quick" if options.quick else ""), rows_out, meta, extra)
+
+
+if __name__ == "__main__":
+    main()

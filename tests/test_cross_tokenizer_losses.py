@@ -1,0 +1,154 @@
+"""The cross-tokenizer losses against hand computations and independent references written here."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hf_distill.cross_tokenizer_losses import (
+    per_position_aligned,
+    per_position_uld,
+    sorted_l1,
+    teacher_log_probs,
+)
+from hf_distill.losses import per_position_forward_kl
+from hf_distill.topk_losses import topk_teacher
+
+
+def reference_uld(p_s: np.ndarray, p_t: np.ndarray) -> float:
+    """Boizard et al.: both vectors sorted decreasingly, the shorter zero-padded, L1 distance."""
+    a, b = np.sort(p_t)[::-1], np.sort(p_s)[::-1]
+    n = max(len(a), len(b))
+    a, b = np.pad(a, (0, n - len(a))), np.pad(b, (0, n - len(b)))
+    return float(np.abs(a - b).sum())
+
+
+def softmax(x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.exp((x - x.max()) / temperature)
+    return z / z.sum()
+
+
+def test_uld_by_hand():
+    # Student [0.5, 0.3, 0.2], teacher [0.1, 0.6, 0.2, 0.1]: sorted [0.6, 0.2, 0.1, 0.1] against
+    # [0.5, 0.3, 0.2, 0] -> 0.1 + 0.1 + 0.1 + 0.1 = 0.4.
+    student = torch.log(torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64))
+    log_p, log_rest = teacher_log_probs(
+        torch.log(torch.tensor([[0.1, 0.6, 0.2, 0.1]], dtype=torch.float64)), None, 1.0
+    )
+    value = per_position_uld(student, log_p, log_rest, temperature=1.0)
+    assert value.item() == pytest.approx(0.4, abs=1e-12)
+
+
+def test_uld_temperature_softens_both_and_has_no_t_squared():
+    # At T = 2 the probabilities are softmax(z / 2); ULD, like TVD, is not multiplied by T^2.
+    z_s, z_t = np.array([2.0, 0.0, -1.0]), np.array([1.0, 3.0, 0.0, -2.0, 0.5])
+    expected = reference_uld(softmax(z_s, 2.0), softmax(z_t, 2.0))
+    log_p, log_rest = teacher_log_probs(torch.from_numpy(z_t[None]), None, 2.0)
+    value = per_position_uld(torch.from_numpy(z_s[None]), log_p, log_rest, temperature=2.0)
+    assert value.item() == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("sizes", [(7, 11), (11, 7), (5, 5)])
+def test_uld_matches_reference_on_random_vectors(sizes):
+    generator = torch.Generator().manual_seed(sum(sizes))
+    z_s = torch.randn(6, sizes[0], generator=generator, dtype=torch.float64) * 2
+    z_t = torch.randn(6, sizes[1], generator=generator, dtype=torch.float64) * 2
+    log_p, log_rest = teacher_log_probs(z_t, None, 1.5)
+    values = per_position_uld(z_s, log_p, log_rest, temperature=1.5)
+    for row in range(6):
+        expected = reference_uld(softmax(z_s[row].numpy(), 1.5), softmax(z_t[row].numpy(), 1.5))
+        assert values[row].item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_uld_from_top_k_is_exact_with_all_tokens_and_a_lower_bound_otherwise():
+    generator = torch.Generator().manual_seed(0)
+    z_s, z_t = torch.randn(4, 9, generator=generator), torch.randn(4, 12, generator=generator)
+    full = per_position_uld(z_s, *teacher_log_probs(z_t, None, 1.0), temperature=1.0)
+    values, _, tail = topk_teacher(z_t, 12, temperature=1.0)
+    assert torch.allclose(
+        per_position_uld(z_s, *teacher_log_probs(values, tail, 1.0), temperature=1.0), full, atol=1e-6
+    )
+    values, _, tail = topk_teacher(z_t, 3, temperature=1.0)
+    truncated = per_position_uld(z_s, *teacher_log_probs(values, tail, 1.0), temperature=1.0)
+    assert (truncated <= full + 1e-6).all() and (truncated < full - 1e-4).any()
+
+
+def test_sorted_l1_counts_mass_beyond_the_listed_entries():
+    a, b = torch.tensor([0.5, 0.2]), torch.tensor([0.4])
+    # a listed whole (total 0.7), b's total 1.0 with 0.4 listed: |0.5 - 0.4| + |(0.7 - 0.5) - (1.0 - 0.4)|.
+    assert sorted_l1(a, torch.tensor(0.7), b, torch.tensor(1.0)).item() == pytest.approx(0.1 + 0.4)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_aligned_with_identical_vocabularies_is_the_forward_kl(temperature):
+    generator = torch.Generator().manual_seed(1)
+    student = torch.randn(5, 13, generator=generator, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(5, 13, generator=generator, dtype=torch.float64)
+    log_p, log_rest = teacher_log_probs(teacher, None, temperature)
+    aligned = per_position_aligned(
+        student, log_p, log_rest, torch.arange(13), torch.ones(5, dtype=torch.bool), temperature=temperature
+    )
+    kl = per_position_forward_kl(student, teacher, temperature=temperature)
+    assert torch.allclose(aligned, kl, atol=1e-12, rtol=0)
+    (grad_aligned,) = torch.autograd.grad(aligned.sum(), student)
+    (grad_kl,) = torch.autograd.grad(kl.sum(), student)
+    assert torch.allclose(grad_aligned, grad_kl, atol=1e-12, rtol=0)
+
+
+def reference_aligned(p_s: np.ndarray, p_t: np.ndarray, mapping: list[int], temperature: float) -> float:
+    """Matched position, written out: buckets = the teacher tokens with a student twin + one bucket for the
+    rest; T^2 KL over the buckets, plus ULD of the rest (teacher's unshared probabilities against the
+    student's probabilities outside the twins)."""
+    shared_t = [i for i, j in enumerate(mapping) if j >= 0]
+    twins = {mapping[i] for i in shared_t}
+    q_t = [p_t[i] for i in shared_t] + [1 - sum(p_t[i] for i in shared_t)]
+    q_s = [p_s[mapping[i]] for i in shared_t] + [1 - sum(p_s[j] for j in twins)]
+    kl = sum(a * (math.log(a) - math.log(b)) for a, b in zip(q_t, q_s) if a > 0)
+    rest_t = np.array([p_t[i] for i, j in enumerate(mapping) if j < 0])
+    rest_s = np.array([p_s[j] for j in range(len(p_s)) if j not in twins])
+    return temperature**2 * kl + reference_uld(rest_s, rest_t)
+
+
+def test_aligned_on_a_partial_vocabulary_map_matches_the_written_out_reference():
+    generator = torch.Generator().manual_seed(2)
+    z_s = torch.randn(3, 6, generator=generator, dtype=torch.float64)
+    z_t = torch.randn(3, 8, generator=generator, dtype=torch.float64)
+    mapping = [3, -1, 0, -1, 5, 1, -1, -1]  # teacher id -> student id; students 2 and 4 have no twin
+    log_p, log_rest = teacher_log_probs(z_t, None, 2.0)
+    values = per_position_aligned(
+        z_s, log_p, log_rest, torch.tensor(mapping), torch.ones(3, dtype=torch.bool), temperature=2.0
+    )
+    for row in range(3):
+        expected = reference_aligned(
+            softmax(z_s[row].numpy(), 2.0), softmax(z_t[row].numpy(), 2.0), mapping, 2.0
+        )
+        assert values[row].item() == pytest.approx(expected, abs=1e-10)
+
+
+def test_aligned_uses_uld_on_unmatched_positions():
+    generator = torch.Generator().manual_seed(3)
+    z_s, z_t = torch.randn(4, 6, generator=generator), torch.randn(4, 6, generator=generator)
+    log_p, log_rest = teacher_log_probs(z_t, None, 1.0)
+    matched = torch.tensor([True, False, True, False])
+    values = per_position_aligned(z_s, log_p, log_rest, torch.arange(6), matched, temperature=1.0)
+    uld = per_position_uld(z_s, log_p, log_rest, temperature=1.0)
+    kl = per_position_forward_kl(z_s, z_t)
+    assert torch.allclose(values[~matched], uld[~matched]) and torch.allclose(
+        values[matched], kl[matched], atol=1e-6
+    )
+
+
+def test_aligned_from_a_full_top_k_cache_equals_the_live_form():
+    # The cached form lists the same tokens in another order with their ids: the loss is the same.
+    generator = torch.Generator().manual_seed(4)
+    z_s, z_t = torch.randn(3, 7, generator=generator), torch.randn(3, 9, generator=generator)
+    mapping = torch.tensor([0, -1, 2, 3, -1, 6, 5, -1, 1])
+    matched = torch.tensor([True, True, False])
+    live = per_position_aligned(z_s, *teacher_log_probs(z_t, None, 2.0), mapping, matched, temperature=2.0)
+    values, indices, tail = topk_teacher(z_t, 9, temperature=2.0)
+    log_p, log_rest = teacher_log_probs(values, tail, 2.0)
+    cached = per_position_aligned(z_s, log_p, log_rest, mapping[indices], matched, temperature=2.0)
+    assert torch.allclose(live, cached, atol=1e-5)

@@ -1,0 +1,79 @@
+"""The codegen recipe's cross-tokenizer parts: text blocks, bits per byte, the student's run, the arguments."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from xtok_helpers import TEXTS, byte_level_tokenizer, metaspace_tokenizer, tiny_gpt2
+
+from hf_distill import DistillationTrainingArguments
+from hf_distill.recipes.arguments import StudentArguments
+from hf_distill.recipes.cross_tokenizer import bits_per_byte, run_cross_tokenizer_students, text_blocks
+from hf_distill.token_alignment import OFFSETS_COLUMN, TEXT_COLUMN
+
+
+class Uniform(torch.nn.Module):
+    """Logits of zeros: every next token has probability 1 / V."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab, self.weight = vocab, torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None):
+        return type("Out", (), {"logits": torch.zeros(*input_ids.shape, self.vocab)})()
+
+
+def test_text_blocks_keep_the_text_their_tokens_cover():
+    tokenizer = metaspace_tokenizer()
+    blocks = text_blocks(TEXTS[3:20], tokenizer, block_size=3)
+    assert len(blocks) > 10 and all(len(ids) == 3 for ids in blocks["input_ids"])
+    for ids, offsets, text in zip(blocks["input_ids"], blocks[OFFSETS_COLUMN], blocks[TEXT_COLUMN]):
+        assert tokenizer.decode(ids) == text  # the block's text is exactly what its tokens spell
+        assert offsets[0][0] == 0 and offsets[-1][1] == len(text)
+        assert [tokenizer.decode([i]) for i in ids] == [text[s:e] for s, e in offsets]
+
+
+@pytest.mark.parametrize("make", [byte_level_tokenizer, metaspace_tokenizer])
+def test_bits_per_byte_of_a_uniform_model_by_hand(make):
+    # Uniform over V tokens: each predicted token costs log2(V) bits; the bytes are those the predicted tokens
+    # cover (a block's text after its first token, or all of it behind a BOS).
+    tokenizer = make()
+    texts = TEXTS[:4]
+    got = bits_per_byte(Uniform(len(tokenizer)), tokenizer, texts, block_size=6, batch_size=3)
+    tokens, scored = 0, 0
+    for text in texts:
+        encoded = tokenizer(text, return_offsets_mapping=True)
+        for start in range(0, len(encoded["input_ids"]), 6):
+            ends = [e for _, e in encoded["offset_mapping"][start : start + 6]]
+            if len(ends) < 2:
+                continue
+            tokens += len(ends) - 1
+            scored += len(text[ends[0] : ends[-1]].encode())
+    assert got["tokens"] == tokens and got["bytes"] == scored
+    assert got["bits_per_byte"] == pytest.approx(tokens * math.log2(len(tokenizer)) / scored)
+    assert got["perplexity"] == pytest.approx(len(tokenizer))
+
+
+def test_cross_tokenizer_students_train_from_one_cache(tmp_path):
+    teacher_tokenizer, tokenizer = byte_level_tokenizer(), metaspace_tokenizer()
+    teacher = tiny_gpt2(len(teacher_tokenizer), seed=1)
+    args = DistillationTrainingArguments(
+        output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=2, per_device_train_batch_size=4,
+        per_device_eval_batch_size=4, save_strategy="no", temperature=1.0, disable_tqdm=True,
+    )  # fmt: skip
+    entries = run_cross_tokenizer_students(
+        teacher, teacher_tokenizer, tokenizer, TEXTS[3:20], TEXTS[:3], args, tmp_path,
+        block_size=8, n_layer=1, overrides={"n_embd": 16, "n_head": 2, "n_positions": 64},
+        losses=("aligned", "uld", None), top_k=4,
+    )  # fmt: skip
+    assert [e["cross_tokenizer_loss"] for e in entries] == ["aligned", "uld", None]
+    assert all(math.isfinite(e["bits_per_byte"]) and e["bits_per_byte"] > 0 for e in entries)
+    assert len({round(e["bits_per_byte"], 6) for e in entries}) == 3  # three different trainings
+    assert (tmp_path / "students" / "gpt2-tokenizer-1L-aligned" / "config.json").is_file()
+
+
+def test_student_tokenizer_loss_is_checked():
+    with pytest.raises(ValueError, match="student_tokenizer_loss='kl'.*'aligned'.*'uld'"):
+        StudentArguments(student_tokenizer_loss="kl")
