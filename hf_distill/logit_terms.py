@@ -63,14 +63,9 @@ def mix_terms(
     return loss, parts
 
 
-def check_kd_finite(loss_kd: torch.Tensor, teacher_logits: torch.Tensor, global_step: int) -> None:
-    """Refuses a non-finite KD term, naming the side at fault.
-
-    The loss is checked, not every logit: one scalar instead of a pass over ``(B, T, V)``, and ``-inf``
-    teacher entries (masked vocabulary), which the losses handle, pass. Only a non-finite loss is diagnosed.
-    """
-    if bool(torch.isfinite(loss_kd)):
-        return
+def check_teacher_finite(teacher_logits: torch.Tensor, global_step: int) -> None:
+    """Refuses teacher logits holding NaN or +inf, or a row that is all -inf (no distribution at all);
+    single -inf entries (a masked vocabulary) are a valid target: the losses give them probability 0."""
     broken = torch.isnan(teacher_logits) | torch.isposinf(teacher_logits)
     if bool(broken.any()) or bool(torch.isneginf(teacher_logits).all(-1).any()):
         raise FloatingPointError(
@@ -78,6 +73,17 @@ def check_kd_finite(loss_kd: torch.Tensor, teacher_logits: torch.Tensor, global_
             f"{tuple(teacher_logits.shape)}); the distillation target is broken. Check the teacher in float32 "
             "(teacher_dtype), its weights, and the batch's inputs."
         )
+
+
+def check_kd_finite(loss_kd: torch.Tensor, teacher_logits: torch.Tensor, global_step: int) -> None:
+    """Refuses a non-finite KD term, naming the side at fault.
+
+    The loss is checked, not every logit: one scalar instead of a pass over ``(B, T, V)``; only a non-finite
+    loss is diagnosed.
+    """
+    if bool(torch.isfinite(loss_kd)):
+        return
+    check_teacher_finite(teacher_logits, global_step)
     raise FloatingPointError(
         f"The distillation loss is not finite at global step {global_step} although the teacher's logits are: "
         "the student's logits hold NaN or inf (a diverged student). Lower the learning rate, keep "
