@@ -19,6 +19,8 @@ from .lm_head import KD_LOSS_IMPLEMENTATIONS
 from .losses import PER_POSITION_LOSSES
 
 HIDDEN_STATE_LOSSES = ("mse", "cosine")
+# The weights of the feature terms: they match the teacher's insides position by position.
+FEATURE_WEIGHTS = ("hidden_state_weight", "attention_weight", "value_relation_weight")
 CROSS_TOKENIZER_LOSSES = ("uld", "aligned")
 # TrainingArguments' own float fields that must be finite too; the others (max_grad_norm, ...) keep their
 # transformers semantics.
@@ -236,7 +238,7 @@ class DistillationTrainingArguments(TrainingArguments):
                 f"skew_lambda must be in [0, 1), got {self.skew_lambda}: at 1 the skewed distribution "
                 "equals the first one and the loss is identically 0."
             )
-        for name in ("hidden_state_weight", "attention_weight", "value_relation_weight"):
+        for name in FEATURE_WEIGHTS:
             value = getattr(self, name)
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}; use 0 to turn that term off.")
@@ -274,11 +276,7 @@ class DistillationTrainingArguments(TrainingArguments):
                 f"cross_tokenizer_loss {self.cross_tokenizer_loss!r} is unknown; choose one of "
                 f"{CROSS_TOKENIZER_LOSSES}, or leave it unset when teacher and student share a tokenizer."
             )
-        asked = [
-            n
-            for n in ("hidden_state_weight", "attention_weight", "value_relation_weight")
-            if getattr(self, n)
-        ]
+        asked = list(self.feature_weights)
         if asked:
             raise ValueError(
                 f"cross_tokenizer_loss is set, but {asked} > 0 match hidden states or attention position by "
@@ -290,6 +288,11 @@ class DistillationTrainingArguments(TrainingArguments):
                 f"cross_tokenizer_loss={self.cross_tokenizer_loss!r} brings its own (a forward KL on shared tokens, "
                 "ULD on the rest). Leave distillation_loss at 'forward_kl'."
             )
+
+    @property
+    def feature_weights(self) -> dict[str, float]:
+        """The feature-term weights that are on (> 0), by name."""
+        return {name: getattr(self, name) for name in FEATURE_WEIGHTS if getattr(self, name) > 0}
 
     @property
     def matches_attention(self) -> bool:

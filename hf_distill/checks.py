@@ -72,11 +72,7 @@ def check_cache_replaces_teacher(cached: Sequence[str | None], has_eval_dataset:
 
 def refuse_features_from_cache(args: DistillationTrainingArguments, where: str, has_teacher: bool) -> None:
     """Cached teacher outputs hold logits only: refuse feature terms on data that carries them."""
-    asked = {
-        name: getattr(args, name)
-        for name in ("hidden_state_weight", "attention_weight", "value_relation_weight")
-        if getattr(args, name) > 0
-    }
+    asked = args.feature_weights
     if not asked:
         return
     knobs = ", ".join(f"{name}={value}" for name, value in asked.items())

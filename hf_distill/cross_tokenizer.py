@@ -42,6 +42,7 @@ from .teacher_cache import (
     XTOK_TOKENIZER,
     XTOK_TOPK_INDICES,
     XTOK_TOPK_LOGITS,
+    check_cached_temperature,
     text_hash,
 )
 from .teacher_signals import DistillationBatch, TeacherTarget
@@ -210,13 +211,7 @@ class CrossTokenizerTeacher:
                 "belong to other data. Re-run cache_teacher_outputs(..., teacher_tokenizer=...) on exactly these "
                 "texts, then tokenize them for the student."
             )
-        cached_temperature = float(torch.as_tensor(cache[XTOK_TEMPERATURE]).reshape(-1)[0])
-        if abs(cached_temperature - self.temperature) > 1e-6:
-            raise ValueError(
-                f"The cross-tokenizer cache was computed at temperature {cached_temperature}, but training uses "
-                f"temperature={self.temperature}: the cached tail mass depends on it. Re-cache at "
-                f"temperature {self.temperature} or train at {cached_temperature}."
-            )
+        check_cached_temperature(cache[XTOK_TEMPERATURE], self.temperature, "cross-tokenizer cache")
         # Rows come back from `datasets` as Python floats (float64): computed in float32 like a live teacher.
         values, tail = cache[XTOK_TOPK_LOGITS].float(), cache[XTOK_TAIL_LOGIT].float()
         log_p, log_rest = teacher_log_probs(values, tail, self.temperature)

@@ -83,15 +83,17 @@ def input_hash(input_ids: Sequence[int], attention_mask: Sequence[int] | None = 
     ids = np.asarray(input_ids, dtype=np.int64)
     if attention_mask is not None:
         ids = ids[np.asarray(attention_mask, dtype=bool)]
-    digest = hashlib.blake2b(ids.tobytes(), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
+    return hash64(ids.tobytes())
+
+
+def hash64(data: bytes) -> int:
+    """A signed 64-bit BLAKE2b hash (fits an int64 dataset column)."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
 
 
 def text_hash(text: str) -> int:
     """A signed 64-bit hash of a text's UTF-8 bytes (the cross-tokenizer cache's ``xtok_text_hash``)."""
-    return int.from_bytes(
-        hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True
-    )
+    return hash64(text.encode("utf-8"))
 
 
 def batch_input_hashes(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[int]:
@@ -124,6 +126,32 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
+def topk_rows(
+    logits: torch.Tensor, lengths: Sequence[int], top_k: int, temperature: float, dtype: torch.dtype
+) -> tuple[list, list, list]:
+    """The top-k cache of a right-padded batch of logits ``(B, T, V)``, cut back to each row's length: top-k
+    logits (``dtype``), their ids (int32) and the tail logit (float32), one array per row."""
+    values, indices, tail = topk_teacher(logits, top_k, temperature=temperature)
+    values, indices = values.to(dtype).cpu().numpy(), indices.to(torch.int32).cpu().numpy()
+    tail = tail.float().cpu().numpy()
+    return (
+        [v[:n] for v, n in zip(values, lengths)],
+        [i[:n] for i, n in zip(indices, lengths)],
+        [t[:n] for t, n in zip(tail, lengths)],
+    )
+
+
+def check_cached_temperature(cached: Any, temperature: float, kind: str) -> None:
+    """A top-k cache's tail mass depends on the temperature it was computed at: training must use it."""
+    cached_temperature = float(torch.as_tensor(cached).reshape(-1)[0])
+    if abs(cached_temperature - temperature) > 1e-6:
+        raise ValueError(
+            f"The {kind} was computed at temperature {cached_temperature}, but training uses "
+            f"temperature={temperature}: the cached tail mass depends on it. Re-cache at "
+            f"temperature {temperature} or train at {cached_temperature}."
+        )
+
+
 def check_cache_request(
     dataset: Dataset, task: str, top_k: int | None, temperature: float, batch_size: int
 ) -> None:
@@ -138,26 +166,40 @@ def check_cache_request(
             f"The dataset has no `input_ids` column (it has {dataset.column_names}); tokenize it first, the "
             "same way as for training."
         )
-    if len(dataset) == 0:
-        raise ValueError("The dataset is empty, so there is nothing to cache; check the split and filters.")
-    if task == "causal_lm" and (top_k is None or top_k < 1):
-        raise ValueError(
-            f"top_k={top_k}: a causal LM's full logits (vocabulary x positions per row) are too large to store, "
-            "so the cache keeps the top-k per position; pass top_k >= 1 (e.g. 64)."
-        )
-    if task != "causal_lm" and top_k is not None:
+    if task != CAUSAL_LM and top_k is not None:
         raise ValueError(
             f"top_k={top_k} was given for a {task} teacher, whose full logits are small and stored whole; "
             "leave top_k unset."
+        )
+    check_cache_settings(dataset, task, top_k, temperature, batch_size, CACHE_COLUMNS, "teacher cache")
+
+
+def check_cache_settings(
+    dataset: Dataset,
+    task: str,
+    top_k: int | None,
+    temperature: float,
+    batch_size: int,
+    columns: Sequence[str],
+    kind: str,
+) -> None:
+    """What both caches (same tokenizer and cross-tokenizer) require: rows, a top-k for a causal LM, a
+    positive temperature and batch size, and no cache columns of ``kind`` already there."""
+    if len(dataset) == 0:
+        raise ValueError("The dataset is empty, so there is nothing to cache; check the split and filters.")
+    if task == CAUSAL_LM and (top_k is None or top_k < 1):
+        raise ValueError(
+            f"top_k={top_k}: a causal LM's full logits (vocabulary x positions per row) are too large to store, "
+            "so the cache keeps the top-k per position; pass top_k >= 1 (e.g. 64)."
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    clashing = [c for c in CACHE_COLUMNS if c in dataset.column_names]
+    clashing = [c for c in columns if c in dataset.column_names]
     if clashing:
         raise ValueError(
-            f"The dataset already has teacher cache columns {clashing}; remove them first "
+            f"The dataset already has {kind} columns {clashing}; remove them first "
             "(dataset.remove_columns(...)) so old and new outputs are not mixed."
         )
 
@@ -218,12 +260,8 @@ def cache_teacher_outputs(
         elif task == "token_classification":
             out[TEACHER_LOGITS] = [row[:n] for row, n in zip(logits.to(dtype).cpu().numpy(), lengths)]
         else:
-            values, indices, tail = topk_teacher(logits, top_k, temperature=temperature)
-            values, indices = values.to(dtype).cpu().numpy(), indices.to(torch.int32).cpu().numpy()
-            tail = tail.float().cpu().numpy()
-            out[TOPK_LOGITS] = [v[:n] for v, n in zip(values, lengths)]
-            out[TOPK_INDICES] = [i[:n] for i, n in zip(indices, lengths)]
-            out[TAIL_LOGIT] = [t[:n] for t, n in zip(tail, lengths)]
+            rows = topk_rows(logits, lengths, top_k, temperature, dtype)
+            out.update(zip((TOPK_LOGITS, TOPK_INDICES, TAIL_LOGIT), rows))
             out[TEMPERATURE] = [float(temperature)] * len(lengths)
         return out
 
@@ -239,7 +277,13 @@ def cache_teacher_outputs(
 
 
 def _check_cross_tokenizer_request(
-    dataset: Dataset, teacher_tokenizer: Any, text_column: str, task: str, top_k: int | None, batch_size: int
+    dataset: Dataset,
+    teacher_tokenizer: Any,
+    text_column: str,
+    task: str,
+    top_k: int | None,
+    temperature: float,
+    batch_size: int,
 ) -> None:
     if task != CAUSAL_LM:
         raise ValueError(
@@ -252,21 +296,7 @@ def _check_cross_tokenizer_request(
             f"The dataset has no {text_column!r} column (it has {dataset.column_names}); a cross-tokenizer cache "
             "is made from the raw text, which the teacher tokenizes itself. Pass text_column=<the text column>."
         )
-    if len(dataset) == 0:
-        raise ValueError("The dataset is empty, so there is nothing to cache; check the split and filters.")
-    if top_k is None or top_k < 1:
-        raise ValueError(
-            f"top_k={top_k}: a causal LM's full logits (vocabulary x positions per row) are too large to store, "
-            "so the cache keeps the top-k per position; pass top_k >= 1 (e.g. 64)."
-        )
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    clashing = [c for c in XTOK_COLUMNS if c in dataset.column_names]
-    if clashing:
-        raise ValueError(
-            f"The dataset already has cross-tokenizer cache columns {clashing}; remove them first "
-            "(dataset.remove_columns(...)) so old and new outputs are not mixed."
-        )
+    check_cache_settings(dataset, task, top_k, temperature, batch_size, XTOK_COLUMNS, "cross-tokenizer cache")
 
 
 def _cache_cross_tokenizer(
@@ -282,9 +312,9 @@ def _cache_cross_tokenizer(
     dtype: torch.dtype,
 ) -> Dataset:
     """The cross-tokenizer cache: per teacher position of the teacher's own tokenization of each text."""
-    _check_cross_tokenizer_request(dataset, teacher_tokenizer, text_column, task, top_k, batch_size)
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    _check_cross_tokenizer_request(
+        dataset, teacher_tokenizer, text_column, task, top_k, temperature, batch_size
+    )
     device = torch.device(device) if device is not None else next(teacher.parameters()).device
     name, fingerprint = str(teacher_tokenizer.name_or_path), tokenizer_fingerprint(teacher_tokenizer)
     was_training = teacher.training
@@ -300,13 +330,11 @@ def _cache_cross_tokenizer(
         }
         with torch.inference_mode():
             logits = teacher(**{k: v.to(device) for k, v in inputs.items()}).logits
-        values, indices, tail = topk_teacher(logits, top_k, temperature=temperature)
-        values, indices = values.to(dtype).cpu().numpy(), indices.to(torch.int32).cpu().numpy()
-        tail = tail.float().cpu().numpy()
+        values, indices, tail = topk_rows(logits, lengths, top_k, temperature, dtype)
         return {
-            XTOK_TOPK_LOGITS: [v[:n] for v, n in zip(values, lengths)],
-            XTOK_TOPK_INDICES: [i[:n] for i, n in zip(indices, lengths)],
-            XTOK_TAIL_LOGIT: [t[:n] for t, n in zip(tail, lengths)],
+            XTOK_TOPK_LOGITS: values,
+            XTOK_TOPK_INDICES: indices,
+            XTOK_TAIL_LOGIT: tail,
             XTOK_ENDS: encoded["ends"],
             XTOK_SPECIAL: encoded["special"],
             XTOK_TEMPERATURE: [float(temperature)] * len(texts),

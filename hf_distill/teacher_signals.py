@@ -31,6 +31,7 @@ from .teacher_cache import (
     TOPK_INDICES,
     TOPK_LOGITS,
     check_cache_matches,
+    check_cached_temperature,
 )
 
 LIVE, CACHED_LOGITS, CACHED_TOPK = "live teacher", "cached teacher logits", "cached top-k teacher logits"
@@ -126,13 +127,7 @@ class CachedTeacher:
         check_cache_matches({**batch.model_inputs, **cache})
         if TEACHER_LOGITS in cache:
             return TeacherTarget(CACHED_LOGITS, logits=slice_vocab(cache[TEACHER_LOGITS], self.vocab_size))
-        cached_temperature = float(torch.as_tensor(cache[TEMPERATURE]).reshape(-1)[0])
-        if abs(cached_temperature - self.temperature) > 1e-6:
-            raise ValueError(
-                f"The top-k teacher cache was computed at temperature {cached_temperature}, but training uses "
-                f"temperature={self.temperature}: the cached tail mass depends on it. Re-cache at "
-                f"temperature {self.temperature} or train at {cached_temperature}."
-            )
+        check_cached_temperature(cache[TEMPERATURE], self.temperature, "top-k teacher cache")
         return TeacherTarget(
             CACHED_TOPK, topk=tuple(cache[c] for c in (TOPK_LOGITS, TOPK_INDICES, TAIL_LOGIT))
         )

@@ -250,3 +250,18 @@ def test_prompt_masking_and_padding_side_carry_across_the_alignment(
         assert torch.equal(
             left_target.aligned.matched[row][left_keep], target.aligned.matched[row][right_keep]
         )
+
+
+def test_a_cache_at_another_temperature_or_cached_twice_is_refused(
+    tmp_path, student_tokenizer, teacher_tokenizer
+):
+    teacher = tiny_gpt2(len(teacher_tokenizer), seed=1)
+    rows = cached_rows(teacher, teacher_tokenizer, student_tokenizer, top_k=8, n=4)  # at temperature 2.0
+    trainer = trainer_for(tmp_path, student_tokenizer, teacher_tokenizer, rows, teacher=None, temperature=3.0)
+    with pytest.raises(
+        ValueError,
+        match="cross-tokenizer cache was computed at temperature 2.0, but training uses temperature=3.0",
+    ):
+        trainer.compute_loss(trainer.model, first_batch(trainer, [0, 1]))
+    with pytest.raises(ValueError, match="already has cross-tokenizer cache columns"):
+        cache_teacher_outputs(teacher, rows, teacher_tokenizer=teacher_tokenizer, top_k=8, temperature=2.0)

@@ -269,11 +269,7 @@ class MultiTaskDistillationTrainer(Trainer):
                 f"MultiTaskDistillationTrainer trains a MultiTaskStudent, got {type(model).__name__}; build "
                 "one from an encoder and a head per task."
             )
-        unsupported = [
-            n
-            for n in ("hidden_state_weight", "attention_weight", "value_relation_weight")
-            if getattr(args, n)
-        ]
+        unsupported = list(args.feature_weights)
         if unsupported:
             raise ValueError(
                 f"{unsupported} > 0, but multi-task distillation matches only the heads' outputs (each task's "

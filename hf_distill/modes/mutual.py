@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..arguments import DistillationTrainingArguments
+from ..arguments import FEATURE_WEIGHTS, DistillationTrainingArguments
 from ..checkpoints import CheckpointExtra
 from ..checks import check_separate_models
 from ..logit_terms import PlainLogitTerms, require_labels
@@ -63,8 +63,7 @@ class MutualLearningTrainer(DistillationTrainer):
             )
         if model is not None:
             check_separate_models(model, peer_model, role="peer_model", trained=True)
-        layer_terms = ("hidden_state_weight", "attention_weight", "value_relation_weight")
-        if args is not None and any(getattr(args, name, 0) for name in layer_terms):
+        if args is not None and any(getattr(args, name, 0) for name in FEATURE_WEIGHTS):
             raise ValueError(
                 "hidden_state_weight, attention_weight and value_relation_weight are not supported by "
                 "MutualLearningTrainer (the two students' layers have no teacher side to match); set them to 0."
