@@ -102,6 +102,7 @@ def tiny_gpt2(
     eos_token_id: int = 0,
     pad_token_id: int | None = None,
     dropout: float = 0.0,
+    tied: bool = True,
 ) -> GPT2LMHeadModel:
     """A random GPT-2 language model with two attention heads."""
     torch.manual_seed(seed)
@@ -118,6 +119,7 @@ def tiny_gpt2(
         resid_pdrop=dropout,
         embd_pdrop=dropout,
         attn_pdrop=dropout,
+        tie_word_embeddings=tied,
         **pad,
     )
     return GPT2LMHeadModel(config)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 
-import torch
 from tiny_models import make_sentences
+from tiny_models import tiny_gpt2 as gpt2
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 TEXTS = [
     "def add(a, b):\n    return a + b\n",
@@ -75,18 +75,8 @@ def metaspace_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
 
 
 def tiny_gpt2(vocab_size: int, *, hidden: int = 16, layers: int = 1, seed: int = 0, tied: bool = True):
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=vocab_size,
-        n_embd=hidden,
-        n_layer=layers,
-        n_head=2,
-        n_positions=128,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        tie_word_embeddings=tied,
-        bos_token_id=None,
-        eos_token_id=None,
-    )
-    return GPT2LMHeadModel(config).eval()
+    """The cross-tokenizer tests' GPT-2: the one builder of tests/tiny_models.py at their sizes, no BOS/EOS
+    ids, in eval mode."""
+    return gpt2(
+        seed, vocab_size, hidden, layers, positions=128, bos_token_id=None, eos_token_id=None, tied=tied
+    ).eval()
