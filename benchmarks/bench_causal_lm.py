@@ -77,6 +77,21 @@ def lower_bound_fn(student, teacher, batch):
     return step
 
 
+def loss_from_hidden(variant: str, hidden, weight, t_hidden, t_weight, labels) -> torch.Tensor:
+    """The benchmarked objective from both models' last hidden states: 0.5 * forward KL at T = 2 + 0.5 * task
+    cross-entropy, with the plain loss on full logits or a chunked implementation (``fused`` / ``chunked``)."""
+    if variant == "plain":
+        with torch.no_grad():
+            t_logits = t_hidden @ t_weight.T
+        logits = hidden @ weight.T
+        loss = 0.5 * distillation_loss(logits, t_logits, temperature=2.0, labels=labels)
+        return loss + 0.5 * task_cross_entropy(logits, labels)
+    return fused_linear_distillation_loss(
+        hidden, weight, teacher_hidden=t_hidden, teacher_weight=t_weight, labels=labels, temperature=2.0,
+        kd_weight=0.5, task_weight=0.5, implementation=variant, chunk_size=DEFAULT_CHUNK_SIZE,
+    ).loss  # fmt: skip
+
+
 def loss_memory(variant: str, quick: bool) -> int:
     """Peak memory of the loss alone, from last hidden states of both models to the gradients."""
     s = shapes(quick)
@@ -90,18 +105,7 @@ def loss_memory(variant: str, quick: bool) -> int:
     hidden.grad = torch.zeros_like(hidden)
 
     def run():
-        if variant == "plain":
-            with torch.no_grad():
-                t_logits = t_hidden @ t_weight.T
-            logits = hidden @ weight.T
-            loss = 0.5 * distillation_loss(logits, t_logits, temperature=2.0, labels=labels)
-            loss = loss + 0.5 * task_cross_entropy(logits, labels)
-        else:
-            loss = fused_linear_distillation_loss(
-                hidden, weight, teacher_hidden=t_hidden, teacher_weight=t_weight, labels=labels, temperature=2.0,
-                kd_weight=0.5, task_weight=0.5, implementation=variant, chunk_size=DEFAULT_CHUNK_SIZE,
-            ).loss  # fmt: skip
-        loss.backward()
+        loss_from_hidden(variant, hidden, weight, t_hidden, t_weight, labels).backward()
 
     return peak_rss_delta(run)
 

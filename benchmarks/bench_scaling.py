@@ -19,9 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, measure_in_fresh_process, peak_rss_delta, report, summarize, time_variants  # noqa: E402
-
-from hf_distill.chunked import DEFAULT_CHUNK_SIZE, fused_linear_distillation_loss  # noqa: E402
-from hf_distill.losses import distillation_loss, task_cross_entropy  # noqa: E402
+from bench_causal_lm import loss_from_hidden  # noqa: E402
 
 VOCABS = (32_000, 64_000, 128_000, 256_000)
 TOKENS = (512, 1024, 2048)
@@ -42,18 +40,7 @@ def loss_step(variant: str, vocab: int, tokens: int):
     hidden, weight, t_hidden, t_weight, labels = problem(vocab, tokens)
 
     def step():
-        if variant == "plain":
-            with torch.no_grad():
-                t_logits = t_hidden @ t_weight.T
-            logits = hidden @ weight.T
-            loss = 0.5 * distillation_loss(logits, t_logits, temperature=2.0, labels=labels)
-            loss = loss + 0.5 * task_cross_entropy(logits, labels)
-        else:
-            loss = fused_linear_distillation_loss(
-                hidden, weight, teacher_hidden=t_hidden, teacher_weight=t_weight, labels=labels,
-                temperature=2.0, kd_weight=0.5, task_weight=0.5, chunk_size=DEFAULT_CHUNK_SIZE,
-            ).loss  # fmt: skip
-        loss.backward()
+        loss_from_hidden(variant, hidden, weight, t_hidden, t_weight, labels).backward()
         hidden.grad = weight.grad = None
 
     return step
