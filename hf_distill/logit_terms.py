@@ -37,6 +37,7 @@ from .model_kind import (
     output_vocab_size,
     slice_vocab,
 )
+from .teacher_chunks import teacher_logits_broken
 from .teacher_signals import CACHED_LOGITS, DistillationBatch, TeacherTarget
 from .topk_losses import topk_chunks, topk_distillation_loss
 
@@ -64,10 +65,8 @@ def mix_terms(
 
 
 def check_teacher_finite(teacher_logits: torch.Tensor, global_step: int) -> None:
-    """Refuses teacher logits holding NaN or +inf, or a row that is all -inf (no distribution at all);
-    single -inf entries (a masked vocabulary) are a valid target: the losses give them probability 0."""
-    broken = torch.isnan(teacher_logits) | torch.isposinf(teacher_logits)
-    if bool(broken.any()) or bool(torch.isneginf(teacher_logits).all(-1).any()):
+    """Refuses broken teacher logits (:func:`hf_distill.teacher_chunks.teacher_logits_broken`), naming the step."""
+    if teacher_logits_broken(teacher_logits):
         raise FloatingPointError(
             f"The teacher's logits hold NaN or inf at global step {global_step} (batch shape "
             f"{tuple(teacher_logits.shape)}); the distillation target is broken. Check the teacher in float32 "

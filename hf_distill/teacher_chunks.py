@@ -21,8 +21,15 @@ from .losses import PER_POSITION_LOSSES, loss_kwargs
 KDChunkFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def teacher_logits_broken(teacher_logits: torch.Tensor) -> bool:
+    """Whether teacher logits ``(..., V)`` hold NaN or +inf, or a row that is all -inf (no distribution at all).
+    Single -inf entries (a masked vocabulary) are a valid target: every loss gives them probability 0."""
+    broken = torch.isnan(teacher_logits) | torch.isposinf(teacher_logits)
+    return bool(broken.any()) or bool(torch.isneginf(teacher_logits).all(-1).any())
+
+
 def check_finite_logits(teacher_logits: torch.Tensor) -> None:
-    if not torch.isfinite(teacher_logits).all():
+    if teacher_logits_broken(teacher_logits):
         raise_teacher_not_finite(tuple(teacher_logits.shape))
 
 

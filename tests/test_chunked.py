@@ -414,3 +414,23 @@ def test_closed_form_values_by_hand():
     values, grad = cross_entropy_value_and_grad(student, torch.tensor([1]))
     assert values.item() == pytest.approx(math.log(2.0), abs=1e-12)
     assert grad[0].tolist() == pytest.approx([0.5, -0.5], abs=1e-12)
+
+
+@pytest.mark.parametrize("name", ["jsd", "reverse_kl"])
+def test_autograd_chunk_path_takes_minus_inf_teacher_entries_like_the_closed_form(name):
+    """The finiteness rule is one for every path: -inf entries pass (and match the plain loss), NaN is refused."""
+    hidden, weight, bias, teacher_hidden, teacher_weight, labels = make_problem(seed=5)
+    teacher_logits = (teacher_hidden @ teacher_weight.T).clone()
+    teacher_logits[..., -5:] = float("-inf")
+    reference = plain_loss(hidden, weight, bias, teacher_logits, labels, name, 0.7, temperature=2.0)
+    out = fused_linear_distillation_loss(
+        hidden, weight, bias, teacher_logits=teacher_logits, labels=labels, loss=name, temperature=2.0,
+        kd_weight=0.7, task_weight=0.3, chunk_size=4, check_teacher_finite=True,
+    )  # fmt: skip
+    torch.testing.assert_close(out.loss, reference)
+    teacher_logits[0, 5, 1] = float("nan")
+    with pytest.raises(FloatingPointError, match="teacher's logits hold NaN or inf"):
+        fused_linear_distillation_loss(
+            hidden, weight, bias, teacher_logits=teacher_logits, labels=labels, loss=name,
+            kd_weight=0.7, task_weight=0.3, check_teacher_finite=True,
+        )  # fmt: skip
