@@ -1,18 +1,33 @@
-"""How the teacher is placed per accelerate backend. DeepSpeed and FSDP need GPUs (and deepspeed) that CI does
-not have, so their branches run here against stand-ins that record what they were given."""
+"""How the teacher is placed per accelerate backend.
+
+- FSDP2 for real: two CPU processes (gloo) launched with the shipped ``recipes/accelerate_configs/fsdp.yaml``
+  (``tests/scripts/fsdp_run.py``) shard the student for training and the teacher for inference; the losses, the
+  gradient norms and the final weights equal a single-process run's, each process holds half of the teacher,
+  and the teacher is byte-identical after training.
+- DeepSpeed needs a CUDA build of ``deepspeed`` that CI does not have (see the README's "Sharded teachers"), so
+  its branches run against a stand-in that records what it was given; so does FSDP's plugin hand-off.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 import types
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from accelerate.utils import DistributedType
+from safetensors.torch import load_file
 from tiny_models import tiny_bert_classifier
 
 from hf_distill.distributed import prepare_teacher
+
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+import fsdp_run  # noqa: E402
 
 
 class _Engine:
@@ -99,3 +114,71 @@ def test_single_process_teacher_is_placed_without_wrapping():
     teacher = tiny_bert_classifier()
     prepared = prepare_teacher(accelerator, teacher)
     assert prepared is teacher and next(prepared.parameters()).device == torch.device("cpu")
+
+
+# ---- FSDP2 for real: two CPU processes (gloo), the student and the teacher sharded ---------------------------
+
+SCRIPT = Path(__file__).parent / "scripts" / "fsdp_run.py"
+FSDP_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "accelerate_configs" / "fsdp.yaml"
+RTOL, ATOL = 1e-4, 1e-6  # float32 summation order only, as in test_invariants
+
+
+def _launch(command: list[str], out: Path) -> dict:
+    env = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads((out / "result.json").read_text())
+
+
+def test_fsdp2_two_processes_shard_the_teacher_and_match_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = _launch([sys.executable, str(SCRIPT), "--output-dir", str(one), "--per-device", "8"], one)
+    # The shipped FSDP2 config, on two CPU processes without mixed precision (see fsdp_run.py for the one
+    # line that lets accelerate keep FSDP on CPUs).
+    double = _launch(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
+         "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT),
+         "--output-dir", str(two), "--per-device", "4"],
+        two,
+    )  # fmt: skip
+    assert (single["world_size"], double["world_size"]) == (1, 2)
+
+    ranks = [json.loads((two / f"rank{r}.json").read_text()) for r in range(2)]
+    (reference,) = [json.loads((one / "rank0.json").read_text())]
+    for rank in ranks:
+        assert rank["distributed_type"] == "DistributedType.FSDP" and rank["student_sharded"]
+        # Each process holds about half of the teacher: its DTensor shards, measured.
+        assert 0.45 * rank["teacher_numel"] <= rank["teacher_local_numel"] <= 0.55 * rank["teacher_numel"]
+        # Inference only: eval mode, no gradients, nothing of it in the optimizer, and byte-identical after
+        # training (the full state dict gathered from the shards, hashed), equal to the unsharded teacher's.
+        assert not rank["teacher_training_mode"] and not rank["teacher_requires_grad"]
+        assert not rank["teacher_in_optimizer"]
+        assert rank["teacher_hash_after"] == rank["teacher_hash_before"] == reference["teacher_hash_before"]
+    assert sum(r["teacher_local_numel"] for r in ranks) == ranks[0]["teacher_numel"]
+    assert reference["teacher_local_numel"] == reference["teacher_numel"], "the reference is not sharded"
+
+    steps = [[e for e in r["log_history"] if "loss" in e] for r in (single, double)]
+    assert len(steps[0]) == len(steps[1]) == 3
+    for want, got in zip(*steps):
+        for name in ("loss", "loss_kd", "loss_task", "grad_norm"):
+            assert got[name] == pytest.approx(want[name], rel=RTOL, abs=1e-7), f"step {want['step']}: {name}"
+
+    want, got = load_file(one / "final" / "model.safetensors"), load_file(two / "final" / "model.safetensors")
+    # FSDP's full state dict keeps the tied output head under its own name too; it must be the embedding.
+    assert set(got) - set(want) == {"lm_head.weight"} and set(want) <= set(got)
+    torch.testing.assert_close(got.pop("lm_head.weight"), got["transformer.wte.weight"], rtol=0, atol=0)
+    initial = fsdp_run.gpt2(seed=2, hidden=16, layers=2).state_dict()
+    moved = max((want[k] - initial[k]).abs().max().item() for k in want)
+    assert moved > 100 * ATOL, "training must move the weights, or equal weights prove nothing"
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=RTOL, atol=ATOL, msg=key)
+    # The teacher is never saved: the final folder holds the student alone.
+    assert sum(t.numel() for t in got.values()) < ranks[0]["teacher_numel"]
+    assert sorted(p.name for p in (two / "final").iterdir()) == sorted(
+        p.name for p in (one / "final").iterdir()
+    )
