@@ -13,11 +13,12 @@ What it needs depends on the backend, following how TRL prepares its reference a
   then put in eval mode. (``prepare_model(evaluation_mode=True)`` would leave it unsharded, and on the CPU,
   since accelerate skips device placement under FSDP.)
 
-FSDP2 is tested for real on two CPU processes (gloo): ``tests/scripts/fsdp_run.py``, launched with the shipped
-``recipes/accelerate_configs/fsdp.yaml``, checks that the teacher ends up half on each process and unchanged
-after training, and that the run equals a single-process one. accelerate itself turns FSDP on only for
-GPU-like distributed types (a CPU run stays ``MULTI_CPU`` and its plugin is dropped), so that script promotes
-its CPU state to FSDP before the Trainer is built; the code above then runs as it does on GPUs.
+FSDP2 and ZeRO-3 are tested for real on two CPU processes (gloo): ``tests/scripts/sharded_run.py``, launched
+with the shipped ``recipes/accelerate_configs/fsdp.yaml`` or ``deepspeed_zero3.yaml``, checks that the teacher
+ends up half on each process and unchanged after training, and that the run equals a single-process one.
+accelerate itself turns FSDP and DeepSpeed on only for GPUs and other accelerators (a CPU run stays
+``MULTI_CPU`` and its plugin is dropped), so that script promotes its CPU state to FSDP / DeepSpeed before the
+Trainer is built; the code above then runs as it does on GPUs.
 """
 
 from __future__ import annotations
