@@ -177,18 +177,30 @@ def medians(times) -> dict:
 
 
 def memory_and_latency(sizes: dict, device: torch.device, rounds: int) -> dict:
-    result = {"sizes": sizes, "peak_mib": {}, "latency": {}}
+    """Peak memory and latency of the loss step per dtype and variant. A variant that runs out of memory (the
+    plain loss on a small GPU) is recorded as such (peak None, in ``out_of_memory``) and not timed."""
+    result = {"sizes": sizes, "peak_mib": {}, "latency": {}, "out_of_memory": []}
     for name, dtype in DTYPES.items():
         p = problem(sizes, device, dtype)
-        steps = {v: loss_step(v, p) for v in ("plain", "fused")}
-        for v, step in steps.items():
-            step()  # warm-up: kernels compiled and the allocator's pools filled before the peak is read
-            result["peak_mib"][f"{name} {v}"] = peak_bytes(step, device) / 2**20
+        steps = {}
+        for v in ("plain", "fused"):
+            step = loss_step(v, p)
+            try:
+                step()  # warm-up: kernels chosen and compiled before the peak is read
+                result["peak_mib"][f"{name} {v}"] = peak_bytes(step, device) / 2**20
+                steps[v] = step
+            except torch.OutOfMemoryError:
+                result["peak_mib"][f"{name} {v}"] = None
+                result["out_of_memory"].append(f"{name} {v}")
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
         times = time_variants({v: timed(s, device) for v, s in steps.items()}, rounds=rounds)
         result["latency"][name] = medians(times)
         del p, steps
     result["fused_over_plain_peak"] = {
-        n: result["peak_mib"][f"{n} fused"] / max(result["peak_mib"][f"{n} plain"], 1e-9) for n in DTYPES
+        n: result["peak_mib"][f"{n} fused"] / result["peak_mib"][f"{n} plain"]
+        for n in DTYPES
+        if result["peak_mib"][f"{n} plain"] and result["peak_mib"][f"{n} fused"] is not None
     }
     return result
 
@@ -285,8 +297,8 @@ def summary(r: dict, path: Path) -> None:
     for name in DTYPES:
         e = r["equality"][name]["fused_vs_plain"]
         print(f"{name}: fused vs plain loss rel {e['loss_rel_diff']:.2e}, grads {e['grad_rel_diff']}, "
-              f"passed {e['passed']}; peak MiB plain {r['memory_latency']['peak_mib'][name + ' plain']:.1f} "
-              f"fused {r['memory_latency']['peak_mib'][name + ' fused']:.1f}")  # fmt: skip
+              f"passed {e['passed']}; peak MiB plain {r['memory_latency']['peak_mib'][name + ' plain']} "
+              f"fused {r['memory_latency']['peak_mib'][name + ' fused']}")  # fmt: skip
     print(
         f"fused step / bound: {r['step_ratio']['fused_over_bound']:.3f}; total {r['seconds']:.1f} s -> {path}"
     )

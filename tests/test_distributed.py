@@ -182,7 +182,25 @@ def test_two_sharded_processes_shard_the_teacher_and_match_one_process(tmp_path,
     assert moved > 100 * ATOL, "training must move the weights, or equal weights prove nothing"
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=RTOL, atol=ATOL, msg=key)
-    # The teacher is never saved: the final folder holds the student alone.
+    # The teacher is never saved: the checkpoint's model and optimizer files and the final folder hold the
+    # student alone (whatever the backend writes: FSDP's full state dict, ZeRO-3's 16-bit gather).
+    checkpoint, model_files = two / "checkpoint-3", 0
+    for path in checkpoint.iterdir():
+        if path.suffix == ".safetensors" or path.name.startswith("pytorch_model"):
+            saved = load_file(path) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+            assert set(saved) <= set(want) | {"lm_head.weight"}, path.name
+            model_files += 1
+        if path.name.startswith("optimizer") and path.suffix == ".bin":  # FSDP: parameters named in groups
+            groups = torch.load(path, weights_only=True)["param_groups"]
+            assert {n for g in groups for n in g["params"]} <= set(want) | {"lm_head.weight"}, path.name
+    assert model_files >= 1, sorted(p.name for p in checkpoint.iterdir())
+    if kind == "DEEPSPEED":  # the ZeRO-3 partitions of the checkpoint, put back together, are the student
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        rebuilt = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint))
+        assert set(rebuilt) <= set(want) | {"lm_head.weight"}
+        for key in want:
+            torch.testing.assert_close(rebuilt[key], got[key], rtol=0, atol=0, msg=key)
     assert sum(t.numel() for t in got.values()) < ranks[0]["teacher_numel"]
     assert sorted(p.name for p in (two / "final").iterdir()) == sorted(
         p.name for p in (one / "final").iterdir()

@@ -46,6 +46,7 @@ def test_tiny_cpu_mode_writes_every_part(tiny_run):
     assert written["equality"]["passed"], written["equality"]
     assert written["equality"]["tolerances"]["float32"] == {"loss_rel": 1e-5, "grad_rel": 1e-4}
     memory = written["memory_latency"]
+    assert memory["out_of_memory"] == []
     assert set(memory["peak_mib"]) == {
         f"{d} {v}" for d in ("float32", "bfloat16") for v in ("plain", "fused")
     }
@@ -94,3 +95,22 @@ def test_equality_fails_when_the_fused_loss_is_off(monkeypatch):
     # The scaled loss scales its gradients too: 1% off, beyond float32's tolerance.
     assert min(fp32["grad_rel_diff"].values()) > 5e-3
     assert result["float32"]["plain_vs_float64"]["passed"], "the plain path is untouched"
+
+
+def test_a_variant_out_of_memory_is_recorded_not_fatal(monkeypatch):
+    real = gpu_check.loss_step
+
+    def plain_runs_out(variant, p):
+        if variant != "plain":
+            return real(variant, p)
+
+        def step():
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+        return step
+
+    monkeypatch.setattr(gpu_check, "loss_step", plain_runs_out)
+    result = gpu_check.memory_and_latency(gpu_check.TINY["memory"], torch.device("cpu"), rounds=1)
+    assert result["out_of_memory"] == ["float32 plain", "bfloat16 plain"]
+    assert result["peak_mib"]["float32 plain"] is None and result["peak_mib"]["float32 fused"] is not None
+    assert set(result["latency"]["float32"]) == {"fused"} and result["fused_over_plain_peak"] == {}

@@ -158,7 +158,9 @@ def build_trainer(cli: argparse.Namespace, teacher: nn.Module) -> DistillationTr
         # SGD: Adam divides by the gradient's own size and blows float noise up (see test_invariants).
         optim="sgd",
         logging_steps=1,
-        save_strategy="no",
+        # One checkpoint, at the last step: it must hold the student alone, like the final folder.
+        save_strategy="steps",
+        save_steps=cli.max_steps,
         report_to="none",
         use_cpu=True,
         seed=7,
