@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import types
@@ -124,6 +125,14 @@ CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "accelerate_configs"
 RTOL, ATOL = 1e-4, 1e-6  # float32 summation order only, as in test_invariants
 
 
+def _free_port() -> int:
+    """A port nobody listens on now, so that runs started at once (other tests, other checkouts) do not meet on
+    torchrun's default 29500."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _launch(command: list[str], out: Path) -> dict:
     env = {
         **os.environ,
@@ -146,7 +155,8 @@ def test_two_sharded_processes_shard_the_teacher_and_match_one_process(tmp_path,
     # thing that lets accelerate keep FSDP / DeepSpeed on CPUs).
     double = _launch(
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
-         "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT),
+         "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "--main_process_port", str(_free_port()), str(SCRIPT),
          "--output-dir", str(two), "--per-device", "4"],
         two,
     )  # fmt: skip
