@@ -64,6 +64,16 @@ def has_label(value: Any) -> bool:
     return value is not None and value != -100
 
 
+def any_label(dataset: Any, column: str, block: int = 1024) -> bool:
+    """Whether any row of ``column`` holds a label, read a block of rows at a time (labeled rows usually come
+    first: a large training set is not read whole)."""
+    return any(
+        has_label(v)
+        for start in range(0, len(dataset), block)
+        for v in dataset[start : start + block][column]
+    )
+
+
 def check_train_labels(args: DistillationTrainingArguments, dataset: Any, custom_collator: bool) -> None:
     """A task term (``alpha < 1``) needs labeled rows: refuse, before training, a training set whose label
     column is all -100 (a transfer set alone), or one without a label column that no custom collator could
@@ -76,7 +86,7 @@ def check_train_labels(args: DistillationTrainingArguments, dataset: Any, custom
         if custom_collator:
             return
         problem = f"has no label column (it has {names})"
-    elif any(has_label(v) for v in dataset[columns[0]]):
+    elif any_label(dataset, columns[0]):
         return
     else:
         problem = (

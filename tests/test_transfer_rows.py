@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 from datasets import Dataset
-from tiny_models import tiny_bert_classifier, tiny_gpt2
+from tiny_models import tiny_bert_classifier, tiny_bert_tagger, tiny_gpt2
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments
 from hf_distill.logit_terms import PlainLogitTerms, StudentView
@@ -234,6 +234,17 @@ def test_training_set_without_any_label_is_refused_with_alpha_below_one(tmp_path
             teacher_model=tiny_bert_classifier(seed=1),
             args=make_args(tmp_path, alpha=0.9),
             train_dataset=Dataset.from_dict({"input_ids": [[2, 5, 3]] * 4}),
+        )
+
+
+def test_token_rows_without_any_label_are_refused(tmp_path):
+    rows = Dataset.from_dict({"input_ids": [[2, 5, 3]] * 3, "labels": [[-100, -100, -100]] * 3})
+    with pytest.raises(ValueError, match="every value of its 'labels' column is -100.*alpha=0.5"):
+        DistillationTrainer(
+            model=tiny_bert_tagger(seed=2),
+            teacher_model=tiny_bert_tagger(seed=1),
+            args=make_args(tmp_path, alpha=0.5),
+            train_dataset=rows,
         )
 
 
