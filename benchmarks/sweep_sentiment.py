@@ -231,7 +231,7 @@ def main() -> None:
     start, load = time.perf_counter(), os.getloadavg()
     result = sweep(ns, extra) if ns.what == "sweep" else test(ns, extra)
     result.update(
-        config=ns.config, overrides=extra, command=" ".join(sys.argv), wall_s=round(time.perf_counter() - start, 1),
+        config=os.path.relpath(ns.config, ROOT), overrides=extra, command=" ".join(sys.argv), wall_s=round(time.perf_counter() - start, 1),
         load_start=load, load_end=os.getloadavg(), machine=machine(), quick=ns.quick,
     )  # fmt: skip
     name = ns.name or ("sweep_sentiment" if ns.what == "sweep" else "sweep_sentiment_test")

@@ -13,8 +13,11 @@ from hf_distill import DistillationTrainingArguments
 from hf_distill.recipes.arguments import DataArguments, StudentArguments
 from hf_distill.recipes.data_transfer import (
     load_transfer_file,
+    refuse_transfer_file,
+    rows_past,
     tokenize_transfer,
     transfer_texts,
+    unlabeled,
     with_transfer,
 )
 from hf_distill.recipes.tasks import TaskData
@@ -113,3 +116,22 @@ def test_recipe_argument_errors():
         DataArguments(transfer_samples=0)
     with pytest.raises(FileNotFoundError, match="transfer_file 'nowhere.csv' does not exist"):
         DataArguments(transfer_file="nowhere.csv")
+
+
+def test_token_level_transfer_rows_are_all_minus_100_and_join_their_labeled_rows():
+    blocks = Dataset.from_dict(
+        {"input_ids": [[i, i + 1, i + 2] for i in range(6)], "attention_mask": [[1, 1, 1]] * 6,
+         "labels": [[i, i + 1, i + 2] for i in range(6)]}
+    )  # fmt: skip
+    transfer = unlabeled(rows_past(blocks, 2, 3, "codegen"))
+    assert transfer["input_ids"] == [[2, 3, 4], [3, 4, 5], [4, 5, 6]]
+    assert transfer["labels"] == [[-100] * 3] * 3
+    joined = with_transfer(blocks.select(range(2)), transfer)
+    assert joined["labels"] == [[0, 1, 2], [1, 2, 3]] + [[-100] * 3] * 3
+    assert rows_past(blocks, 2, None, "ner") is None
+    with pytest.raises(ValueError, match="none is left; lower max_train_samples"):
+        rows_past(blocks, 6, 3, "ner")
+    with pytest.raises(
+        ValueError, match="--transfer_file is read by the sentiment recipe only.*--transfer_samples"
+    ):
+        refuse_transfer_file("more.txt", "ner")

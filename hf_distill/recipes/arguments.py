@@ -254,8 +254,8 @@ class DataArguments:
     transfer_samples: int | None = field(
         default=None,
         metadata={
-            "help": "sentiment: cap on transfer rows; without --transfer_file the transfer set is the training "
-            "rows past max_train_samples, labels dropped."
+            "help": "Cap on transfer rows; without --transfer_file (sentiment) the transfer set is the training "
+            "rows past max_train_samples with their labels dropped (ner: sentences, codegen: blocks)."
         },
     )
     split_seed: int = field(default=42, metadata={"help": "Seed of the offline train/validation/test split."})

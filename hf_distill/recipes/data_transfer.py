@@ -3,11 +3,13 @@ teacher's soft targets alone (the labels of its rows are -100; see :mod:`hf_dist
 
 Where the rows come from:
 
-* ``--transfer_file``: a CSV / TSV, JSON Lines, Parquet or plain-text file (one example per line), read with
+* ``--transfer_file`` (sentiment): a CSV / TSV, JSON Lines, Parquet or plain-text file (one example per line), read with
   ``datasets.load_dataset`` through :mod:`.data_files`; ``--text_column`` names its text column (default
   ``text``); any label column in it is ignored.
 * without a file, the offline default: the training rows the recipe does not use as labeled rows (those past
-  ``max_train_samples``), with their labels dropped.
+  ``max_train_samples``), with their labels dropped. Sentiment: more Rotten Tomatoes snippets; NER: more
+  sentences of the same tweet corpus, tags dropped (the same corpus, not another source of tweets); code: more
+  blocks of the training files (held-out files never), each a KD-only row (labels -100).
 
 ``--transfer_samples N`` caps the rows (the first N). The transfer rows never reach the teacher's fine-tune nor
 the no-KD baseline: both see the labeled rows only, the baseline's real alternative.
@@ -18,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, Features, Value, concatenate_datasets
+from datasets import ClassLabel, Dataset, Features, Value, concatenate_datasets
 
 from .data_common import check_not_empty
 from .data_files import builder_for, load_data_files
@@ -110,9 +112,9 @@ def with_transfer(labeled: Dataset, transfer: Dataset | None) -> Dataset:
     set."""
     if transfer is None:
         return labeled
-    labels = Value("int64")
     features = {name: labeled.features[name] for name in labeled.column_names}
-    features["labels"] = labels
+    if isinstance(features.get("labels"), ClassLabel):
+        features["labels"] = Value("int64")  # a ClassLabel holds no -100
     missing = sorted(set(labeled.column_names) ^ set(transfer.column_names))
     if missing:
         raise ValueError(
@@ -122,3 +124,34 @@ def with_transfer(labeled: Dataset, transfer: Dataset | None) -> Dataset:
     labeled = labeled.cast(Features(features))
     transfer = transfer.cast(Features(features))
     return concatenate_datasets([labeled, transfer])
+
+
+def rows_past(train: Dataset, labeled_rows: int | None, samples: int | None, task: str) -> Dataset | None:
+    """The training rows past the first ``labeled_rows`` (at most ``samples``): the offline transfer set of the
+    NER and code recipes, whose labels the caller drops (:func:`unlabeled`); None when ``samples`` is None."""
+    if samples is None:
+        return None
+    if labeled_rows is None or labeled_rows >= len(train):
+        raise ValueError(
+            f"transfer_samples={samples} takes the {task} training rows past max_train_samples ({labeled_rows}) "
+            f"as the transfer set, but there are {len(train)}, so none is left; lower max_train_samples."
+        )
+    return train.select(range(labeled_rows, min(len(train), labeled_rows + samples)))
+
+
+def unlabeled(tokenized: Dataset) -> Dataset:
+    """Token-level rows (NER, causal LM) with every label -100: the KD term alone learns from them."""
+
+    def drop(batch: dict[str, list]) -> dict[str, list]:
+        return {"labels": [[-100] * len(labels) for labels in batch["labels"]]}
+
+    return tokenized.map(drop, batched=True)
+
+
+def refuse_transfer_file(transfer_file: str | None, task: str) -> None:
+    """A transfer file is read by the sentiment recipe only (NER needs words, code needs blocks)."""
+    if transfer_file is not None:
+        raise ValueError(
+            f"--transfer_file is read by the sentiment recipe only; the {task} recipe takes --transfer_samples N "
+            "(its training rows past max_train_samples, labels dropped) as its transfer set."
+        )

@@ -42,7 +42,7 @@ from .data_files import BUILDER_NAMES
 from .data_ner import load_ner
 from .data_sanity import DataCheck, check_data, report_data_check
 from .data_sentiment import load_sentiment
-from .data_transfer import tokenize_transfer, transfer_texts
+from .data_transfer import refuse_transfer_file, rows_past, tokenize_transfer, transfer_texts, unlabeled
 
 
 @dataclass
@@ -190,7 +190,12 @@ def prepare_ner(data_args: DataArguments, tokenizer: Any) -> TaskData:
         tag_column=data_args.tag_column,
         **_split_kwargs(data_args),
     )
-    splits = _cap_splits(ensure_test_split(ner.dataset, data_args.split_seed), data_args)
+    refuse_transfer_file(data_args.transfer_file, "ner")
+    full = ensure_test_split(ner.dataset, data_args.split_seed)
+    transfer = rows_past(full["train"], data_args.max_train_samples, data_args.transfer_samples, "ner")
+    splits = _cap_splits(full, data_args)
+    if transfer is not None:
+        splits["transfer"] = transfer
     check = report_data_check(
         check_data(splits["train"]["tokens"], tokenizer, data_args.max_length, words=True)
     )
@@ -205,6 +210,7 @@ def prepare_ner(data_args: DataArguments, tokenizer: Any) -> TaskData:
             for name, ds in splits.items()
         }
     )
+    transfer = unlabeled(tokenized.pop("transfer")) if "transfer" in tokenized else None
     collator = DataCollatorForTokenClassification(tokenizer)
     return TaskData(
         task="token_classification",
@@ -217,6 +223,7 @@ def prepare_ner(data_args: DataArguments, tokenizer: Any) -> TaskData:
         evaluate=_predict_evaluator(seqeval_metrics(ner.label_list), collator),
         label_kwargs=_label_kwargs(ner.label_list),
         data_check=check,
+        transfer=transfer,
         **_splits(tokenized),
     )
 
@@ -263,6 +270,8 @@ def prepare_code(data_args: DataArguments, tokenizer: Any) -> TaskData:
     # Code is capped after chunking (the caps count blocks, what a step consumes), from shuffled blocks: the
     # first blocks of a split all come from its first few files.
     blocks = {name: ds.shuffle(seed=data_args.split_seed) for name, ds in blocks.items()}
+    refuse_transfer_file(data_args.transfer_file, "codegen")
+    transfer = rows_past(blocks["train"], data_args.max_train_samples, data_args.transfer_samples, "codegen")
     splits = _splits(_cap_splits(blocks, data_args))
 
     def evaluate(model: nn.Module, dataset: Any, training_args: Any) -> dict[str, float]:
@@ -278,6 +287,7 @@ def prepare_code(data_args: DataArguments, tokenizer: Any) -> TaskData:
         collator=default_data_collator,
         evaluate=evaluate,
         data_check=check,
+        transfer=None if transfer is None else unlabeled(transfer),
         **splits,
     )
 
