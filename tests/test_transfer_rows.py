@@ -259,3 +259,62 @@ def test_transfer_set_alone_with_alpha_one_and_mixed_sets_are_accepted(tmp_path)
         trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+
+
+TRANSFER_ROWS = (1, 4, 5)  # with micro-batches of 2, the third (rows 4, 5) holds transfer rows only
+
+
+def transfer_collate(batch: list[dict]) -> dict[str, torch.Tensor]:
+    """test_invariants' collate, then every label of the rows marked ``transfer`` set to -100."""
+    from test_invariants import collate
+
+    out = collate([{k: v for k, v in r.items() if k != "transfer"} for r in batch])
+    for i, row in enumerate(batch):
+        if row["transfer"]:
+            out["labels"][i] = -100
+    return out
+
+
+def one_transfer_step(task: str, per_device: int, accumulation: int, tmp_path, implementation: str) -> dict:
+    from test_invariants import GradientGrab, models, rows
+
+    student, teacher = models(task)
+    data = [{**row, "transfer": i in TRANSFER_ROWS} for i, row in enumerate(rows(task))]
+    args = make_args(
+        tmp_path / f"{task}-{per_device}x{accumulation}",
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        optim="sgd",
+        learning_rate=0.5,
+        max_grad_norm=1e9,
+        logging_steps=1,
+        train_sampling_strategy="sequential",
+        temperature=2.0,
+        alpha=0.3,
+        kd_loss_implementation=implementation,
+        remove_unused_columns=False,  # the collator reads the rows' `transfer` mark
+    )
+    grab = GradientGrab()
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=data, data_collator=transfer_collate,
+        callbacks=[grab],
+    )  # fmt: skip
+    trainer.train()
+    logged = next(entry for entry in trainer.state.log_history if "loss" in entry)
+    return {"logged": logged, "grads": grab.grads}
+
+
+@pytest.mark.parametrize(
+    "task,implementation",
+    [("sequence", "plain"), ("token", "plain"), ("causal", "plain"), ("causal", "fused")],
+)
+def test_gradient_accumulation_with_transfer_rows_gives_the_same_step(task, implementation, tmp_path):
+    """Batch 8 x accumulation 1 and 2 x 4 (one micro-batch of transfer rows only) give the same step: the KD
+    term's count spans the micro-batches."""
+    whole, split = (one_transfer_step(task, b, a, tmp_path, implementation) for b, a in ((8, 1), (2, 4)))
+    for name in ("loss", "loss_kd", "loss_task", "grad_norm"):
+        assert whole["logged"][name] > 0
+        assert split["logged"][name] == pytest.approx(whole["logged"][name], rel=1e-4, abs=1e-7), name
+    for got, want in zip(split["grads"], whole["grads"]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
