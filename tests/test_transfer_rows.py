@@ -318,3 +318,26 @@ def test_gradient_accumulation_with_transfer_rows_gives_the_same_step(task, impl
         assert split["logged"][name] == pytest.approx(whole["logged"][name], rel=1e-4, abs=1e-7), name
     for got, want in zip(split["grads"], whole["grads"]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_cached_teacher_targets_follow_the_same_per_row_rule(tmp_path):
+    """Cached logits and a top-k cache of a 3-class head (top 2 plus the tail, the third class: exact) give the live
+    teacher's mixed-batch loss: the rule does not depend on where the teacher's targets come from."""
+    from hf_distill.teacher_signals import CACHED_LOGITS, CACHED_TOPK
+    from hf_distill.topk_losses import topk_teacher
+
+    g = torch.Generator().manual_seed(6)
+    student, teacher = torch.randn(2, 4, 3, generator=g), torch.randn(2, 4, 3, generator=g)
+    labels = torch.tensor([[1, -100, 2, 0], [-100] * 4])
+    attention = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    made = terms(tmp_path, "token_classification", alpha=0.4)
+    batch = DistillationBatch(model_inputs={"attention_mask": attention}, labels=labels)
+    view = StudentView(None, logits=student)
+    live, _ = made(view, TeacherTarget("live", logits=teacher), batch)
+    cached, _ = made(view, TeacherTarget(CACHED_LOGITS, logits=teacher), batch)
+    topk, _ = made(view, TeacherTarget(CACHED_TOPK, topk=topk_teacher(teacher, 2, temperature=2.0)), batch)
+    kd, ce = reference_kl(student, teacher, 2.0), reference_ce(student, labels)
+    labeled, transfer = labels != -100, torch.tensor([[False] * 4, [True, True, True, False]])
+    expected = (0.4 * kd[labeled].sum() + kd[transfer].sum()) / 6 + 0.6 * ce[labeled].sum() / 3
+    for value in (live, cached, topk):
+        assert value.item() == pytest.approx(expected.item(), rel=1e-5)
