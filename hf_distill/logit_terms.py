@@ -16,7 +16,9 @@ shrink the learning rate on exactly the rows a transfer set adds). Over a batch:
 over all accumulation micro-batches and processes (:meth:`hf_distill.normalization.Normalization.num_kd_items`):
 a transfer row weighs in per position (a token of a transfer sentence counts as much as a labeled token), and
 accumulation stays exact. With no transfer row both are the old terms; a batch of transfer rows only has a task
-term 0 (``clamp_min(1)``, no 0/0). The logged ``loss_kd`` is the KD term over all its positions at weight 1.
+term 0 (``clamp_min(1)``, no 0/0). The logged ``loss_kd`` is the KD term over all its positions at weight 1, so
+with transfer rows the logged ``loss`` exceeds ``alpha * loss_kd + (1 - alpha) * loss_task`` by ``1 - alpha``
+times the transfer rows' KD sum over ``N_kd``.
 
 Two implementations behind one call, chosen once when the trainer is built and used in
 training and evaluation alike:
