@@ -91,6 +91,14 @@ class StudentArguments:
     run_baseline: bool = field(
         default=True, metadata={"help": "Also train each student without distillation, as a baseline."}
     )
+    baseline_steps: str = field(
+        default="match",
+        metadata={
+            "help": "Optimizer steps of the no-KD baseline: 'match' (as many as the distilled student, which "
+            "with a transfer set sees more rows per epoch: the baseline repeats the labeled rows) or 'epochs' "
+            "(the same num_train_epochs over the labeled rows)."
+        },
+    )
     student_tokenizer: str | None = field(
         default=None,
         metadata={
@@ -123,6 +131,11 @@ class StudentArguments:
             raise ValueError(
                 f"student_tokenizer_loss={self.student_tokenizer_loss!r}: choose 'aligned' (shared tokens where "
                 "the prefixes match, ULD elsewhere) or 'uld'."
+            )
+        if self.baseline_steps not in ("match", "epochs"):
+            raise ValueError(
+                f"baseline_steps={self.baseline_steps!r}: choose 'match' (the baseline gets as many optimizer steps "
+                "as the distilled student) or 'epochs' (the same epochs over the labeled rows)."
             )
 
     def config_overrides(self) -> dict[str, Any]:
@@ -230,10 +243,31 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on validation examples."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Cap on test examples."})
     max_files: int | None = field(default=None, metadata={"help": "Code: sample this many stdlib files."})
+    transfer_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "sentiment: a transfer set, in-domain text without labels (CSV/TSV, JSON Lines, Parquet, or "
+            ".txt with one example per line; --text_column names the text) that the distilled student learns "
+            "from through the teacher alone. Neither the teacher's fine-tune nor the baseline sees it."
+        },
+    )
+    transfer_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Cap on transfer rows; without --transfer_file (sentiment) the transfer set is the training "
+            "rows past max_train_samples with their labels dropped (ner: sentences, codegen: blocks)."
+        },
+    )
     split_seed: int = field(default=42, metadata={"help": "Seed of the offline train/validation/test split."})
 
     def __post_init__(self):
-        for name in ("max_train_samples", "max_eval_samples", "max_test_samples", "max_files"):
+        for name in (
+            "max_train_samples",
+            "max_eval_samples",
+            "max_test_samples",
+            "max_files",
+            "transfer_samples",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name}={value} must be >= 1 (or unset to keep every example).")
@@ -244,7 +278,7 @@ class DataArguments:
         }
         check_fractions(**shares)
         # Checked here, before any model or tokenizer is loaded: a wrong path fails at once.
-        for name in ("train_file", "validation_file", "test_file"):
+        for name in ("train_file", "validation_file", "test_file", "transfer_file"):
             path = getattr(self, name)
             if path is not None and not Path(path).exists():
                 raise FileNotFoundError(

@@ -143,6 +143,7 @@ def _train_students(
                 mode_args=mode_args,
                 extra_teachers=extra_teachers,
                 peer=peer,
+                baseline_steps=student_args.baseline_steps,
             )
             models[name] = student.eval()
             students.append(

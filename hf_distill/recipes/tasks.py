@@ -4,7 +4,8 @@ Loading is done by the recipe data modules (``data_sentiment``, ``data_ner``, ``
 :mod:`hf_distill.preprocessing`; this module only picks the splits, caps their size and says how each task is
 scored:
 
-* sentiment: accuracy (macro F1 beside it) on the test split;
+* sentiment: accuracy (macro F1 beside it) on the test split; optionally a transfer set (text without labels,
+  :mod:`.data_transfer`) for the distilled student;
 * NER: seqeval entity F1, scoring the first sub-token of each word only (labels aligned with ``word_ids()``);
 * code: held-out perplexity on files that no training block came from.
 
@@ -41,6 +42,7 @@ from .data_files import BUILDER_NAMES
 from .data_ner import load_ner
 from .data_sanity import DataCheck, check_data, report_data_check
 from .data_sentiment import load_sentiment
+from .data_transfer import refuse_transfer_file, rows_past, tokenize_transfer, transfer_texts, unlabeled
 
 
 @dataclass
@@ -63,6 +65,7 @@ class TaskData:
     evaluate: Callable[[nn.Module, Any, DistillationTrainingArguments], dict[str, float]]
     label_kwargs: dict[str, Any] = field(default_factory=dict)  # num_labels, id2label, label2id
     data_check: DataCheck | None = None  # how the teacher's tokenizer sees the training text
+    transfer: Any = None  # tokenized transfer rows (labels -100) for the distilled student only
 
 
 def _cap(dataset: Any, limit: int | None) -> Any:
@@ -143,7 +146,15 @@ def prepare_sentiment(data_args: DataArguments, tokenizer: Any) -> TaskData:
         label_column=data_args.label_column,
         **_split_kwargs(data_args),
     )
-    raw = _cap_splits(ensure_test_split(raw, data_args.split_seed), data_args)
+    raw = ensure_test_split(raw, data_args.split_seed)
+    transfer = transfer_texts(
+        raw["train"],
+        data_args.max_train_samples,
+        data_args.transfer_file,
+        data_args.text_column,
+        data_args.transfer_samples,
+    )
+    raw = _cap_splits(raw, data_args)
     names = [str(n) for n in raw["train"].features["label"].names]
     check = report_data_check(check_data(raw["train"]["text"], tokenizer, data_args.max_length))
     tokenized = tokenize_for_classification(raw, tokenizer, max_length=data_args.max_length)
@@ -162,6 +173,7 @@ def prepare_sentiment(data_args: DataArguments, tokenizer: Any) -> TaskData:
         evaluate=_predict_evaluator(accuracy_f1, collator),
         label_kwargs=_label_kwargs(names),
         data_check=check,
+        transfer=None if transfer is None else tokenize_transfer(transfer, tokenizer, data_args.max_length),
         **splits,
     )
 
@@ -178,7 +190,12 @@ def prepare_ner(data_args: DataArguments, tokenizer: Any) -> TaskData:
         tag_column=data_args.tag_column,
         **_split_kwargs(data_args),
     )
-    splits = _cap_splits(ensure_test_split(ner.dataset, data_args.split_seed), data_args)
+    refuse_transfer_file(data_args.transfer_file, "ner")
+    full = ensure_test_split(ner.dataset, data_args.split_seed)
+    transfer = rows_past(full["train"], data_args.max_train_samples, data_args.transfer_samples, "ner")
+    splits = _cap_splits(full, data_args)
+    if transfer is not None:
+        splits["transfer"] = transfer
     check = report_data_check(
         check_data(splits["train"]["tokens"], tokenizer, data_args.max_length, words=True)
     )
@@ -193,6 +210,7 @@ def prepare_ner(data_args: DataArguments, tokenizer: Any) -> TaskData:
             for name, ds in splits.items()
         }
     )
+    transfer = unlabeled(tokenized.pop("transfer")) if "transfer" in tokenized else None
     collator = DataCollatorForTokenClassification(tokenizer)
     return TaskData(
         task="token_classification",
@@ -205,6 +223,7 @@ def prepare_ner(data_args: DataArguments, tokenizer: Any) -> TaskData:
         evaluate=_predict_evaluator(seqeval_metrics(ner.label_list), collator),
         label_kwargs=_label_kwargs(ner.label_list),
         data_check=check,
+        transfer=transfer,
         **_splits(tokenized),
     )
 
@@ -251,6 +270,8 @@ def prepare_code(data_args: DataArguments, tokenizer: Any) -> TaskData:
     # Code is capped after chunking (the caps count blocks, what a step consumes), from shuffled blocks: the
     # first blocks of a split all come from its first few files.
     blocks = {name: ds.shuffle(seed=data_args.split_seed) for name, ds in blocks.items()}
+    refuse_transfer_file(data_args.transfer_file, "codegen")
+    transfer = rows_past(blocks["train"], data_args.max_train_samples, data_args.transfer_samples, "codegen")
     splits = _splits(_cap_splits(blocks, data_args))
 
     def evaluate(model: nn.Module, dataset: Any, training_args: Any) -> dict[str, float]:
@@ -266,6 +287,7 @@ def prepare_code(data_args: DataArguments, tokenizer: Any) -> TaskData:
         collator=default_data_collator,
         evaluate=evaluate,
         data_check=check,
+        transfer=None if transfer is None else unlabeled(transfer),
         **splits,
     )
 
