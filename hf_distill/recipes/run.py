@@ -37,7 +37,7 @@ from transformers import PreTrainedModel, set_seed
 from ..arguments import DistillationTrainingArguments
 from ..report import REPORT_FILENAME
 from ..report_format import report_notes
-from ..timing import time_models
+from ..timing import Timings, time_models
 from .arguments import ReportArguments, StudentArguments, TeacherArguments
 from .evaluation import evaluate_models
 from .latency import LATENCY_BATCH_SIZES, latency_batch, latency_entries
@@ -105,13 +105,23 @@ def run_recipe(
     report = build_report(
         task, teacher_report, students, training_args, histories, mode_args.distillation_mode, extra_entries
     )
-    report["latency_measurement"] = timings.measurement()
-    report["teacher_check"] = teacher_check
-    warn_teacher_check(teacher_check)
+    _add_checks(report, timings, teacher_check, task)
     _write_outputs(report, run_dir, report_args)
     log_scorecard(report, run_dir, training_args.report_to)
     state.wait_for_everyone()
     return report
+
+
+def _add_checks(
+    report: dict[str, Any], timings: Timings, teacher_check: dict[str, Any], task: TaskData
+) -> None:
+    """How latency was measured, the teacher check (warned about when the teacher is not better) and, for
+    NER, what evaluation covered (long sentences scored through windows, anything left unscored)."""
+    report["latency_measurement"] = timings.measurement()
+    report["teacher_check"] = teacher_check
+    warn_teacher_check(teacher_check)
+    if task.eval_coverage:
+        report["data"]["eval_coverage"] = task.eval_coverage
 
 
 def _train_students(
