@@ -215,3 +215,13 @@ def test_table_prints_unreliable_instead_of_a_speedup_and_shows_the_spread():
     assert "5 interleaved rounds" in note and "2 thread(s)" in note and "90%" in note
     # Old reports without the spread still read as before.
     assert format_speedup({"speedup_b1": 3.0}, 1) == "3.00x"
+
+
+def test_the_default_timer_synchronises_the_accelerator(monkeypatch):
+    # On a GPU the kernels run asynchronously: torch.utils.benchmark's default timer calls
+    # torch.accelerator.synchronize() before reading the clock. Pretend an accelerator is there and count.
+    synced = []
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(torch.accelerator, "synchronize", lambda *a: synced.append(1))
+    time_models({"m": nn.Linear(2, 2)}, {1: {"input": torch.zeros(1, 2)}}, rounds=1, min_run_time=0.001)
+    assert len(synced) >= 2, "the clock is read after a synchronisation, before and after each block"
