@@ -89,3 +89,24 @@ def test_the_report_prints_the_check_under_the_table():
     check = teacher_verdict(0.5, {"s": 0.6}, metric_name="accuracy", higher_is_better=True)
     assert report_notes({"teacher_check": check}) == [check["message"]]
     assert report_notes({}) == []
+
+
+def test_report_md_html_and_card_carry_the_check_and_the_latency_note(tmp_path):
+    import json
+
+    from test_report import make_run_report
+
+    from hf_distill.hub import render_model_card
+    from hf_distill.report import make_report
+
+    report = make_run_report()
+    report["teacher_check"] = teacher_verdict(0.5, {"s": 0.6}, metric_name="accuracy", higher_is_better=True)
+    report["latency_measurement"] = {"rounds": 5, "threads": 2, "device": "cpu", "cores": 2, "cpu_busy": True}
+    (tmp_path / "report.json").write_text(json.dumps(report), encoding="utf-8")
+    written = make_report(tmp_path)
+    for kind in ("md", "html"):
+        text = written[kind].read_text(encoding="utf-8")
+        assert "the teacher is not better than the student trained alone" in text
+        assert "re-time on a quiet machine" in text
+    card = render_model_card(report, report["students"][0]["name"])
+    assert report["teacher_check"]["message"] in card
