@@ -89,7 +89,7 @@ def coverage_line(split: str, counts: dict[str, int], max_length: int) -> str:
     return (
         f"NER evaluation ({split}): {counts['long_sentences']:,} of {counts['sentences']:,} sentences longer than "
         f"max_length={max_length} scored whole through {counts['windows'] - counts['sentences']:,} extra "
-        f"overlapping windows; {counts['unscored_words']:,} of {counts['words']:,} words and "
+        f"overlapping window(s); {counts['unscored_words']:,} of {counts['words']:,} words and "
         f"{counts['unscored_entities']:,} of {counts['entities']:,} gold entities not scored (words the "
         "tokenizer gives no sub-token)."
     )
