@@ -106,6 +106,8 @@ def test_argument_errors():
         DataArguments(max_length=1)
     with pytest.raises(ValueError, match="latency_rounds=0 must be >= 1"):
         ReportArguments(latency_rounds=0)
+    with pytest.raises(ValueError, match="latency_threads=0 must be >= 1"):
+        ReportArguments(latency_threads=0)
     assert StudentArguments(student_init="teacher_layers, gpt2").student_init == ["teacher_layers", "gpt2"]
 
 

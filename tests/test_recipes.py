@@ -212,8 +212,14 @@ def test_a_teacher_worse_than_the_baseline_is_flagged(tmp_path, wordpiece_tokeni
         student_init="config",
         num_train_epochs=6,
         learning_rate=1e-2,
+        latency_threads=1,
     )
     report = run_recipe("ner", flags)
+    # The run's latency: pinned threads recorded, each student's speed-up with its spread and flag.
+    assert report["latency_measurement"]["threads"] == 1 and report["latency_measurement"]["rounds"] == 1
+    for student in report["students"]:
+        assert student["latency"]["b32"]["threads"] == 1
+        assert student["speedup"]["b1"]["reliable"] is False, "one round: no spread to judge"
     check = load_report(out)["teacher_check"]
     assert check == report["teacher_check"]
     assert check["verdict"] == "teacher_not_better" and check["split"] == "validation"

@@ -92,7 +92,12 @@ def run_recipe(
         state.wait_for_everyone()
         return None
     batches = {size: latency_batch(task, size) for size in LATENCY_BATCH_SIZES}
-    timings = time_models({"teacher": teacher, **models}, batches, rounds=report_args.latency_rounds)
+    timings = time_models(
+        {"teacher": teacher, **models},
+        batches,
+        rounds=report_args.latency_rounds,
+        threads=report_args.latency_threads,
+    )
     latency = latency_entries(timings, reference="teacher")
     teacher_report = teacher_entry(
         teacher, teacher_args, teacher_folder, teacher_history, metrics["teacher"], latency["teacher"], task
