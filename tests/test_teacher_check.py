@@ -102,8 +102,17 @@ def test_report_md_html_and_card_carry_the_check_and_the_latency_note(tmp_path):
     report = make_run_report()
     report["teacher_check"] = teacher_verdict(0.5, {"s": 0.6}, metric_name="accuracy", higher_is_better=True)
     report["latency_measurement"] = {"rounds": 5, "threads": 2, "device": "cpu", "cores": 2, "cpu_busy": True}
+    for entry in [report["teacher"], *report["students"]]:  # the latency plot draws quartile whiskers
+        entry["latency"] = {
+            f"b{size}": {
+                "q25_ms": 0.9 * entry[f"latency_ms_b{size}"],
+                "q75_ms": 1.2 * entry[f"latency_ms_b{size}"],
+            }
+            for size in (1, 32)
+        }
     (tmp_path / "report.json").write_text(json.dumps(report), encoding="utf-8")
     written = make_report(tmp_path)
+    assert written["latency"].is_file()
     for kind in ("md", "html"):
         text = written[kind].read_text(encoding="utf-8")
         assert "the teacher is not better than the student trained alone" in text
