@@ -26,7 +26,14 @@ from .push_guard import (
     recorded_fingerprint,
     upload_weight_files,
 )
-from .report_format import NOT_MEASURED, comparison_table, format_bytes, format_count, markdown_table
+from .report_format import (
+    NOT_MEASURED,
+    comparison_table,
+    format_bytes,
+    format_count,
+    markdown_table,
+    report_notes,
+)
 from .report_schema import load_report, validate_report
 
 logger = logging.getLogger(__name__)
@@ -289,6 +296,7 @@ def _comparison_lines(report: dict, student: dict | None, student_name: str) -> 
         "speed-up is teacher latency over student latency, at batch size 1 and 32.",
         "",
         markdown_table(header, rows),
+        *(f"\n{note}" for note in report_notes(report)),
     ]
 
 

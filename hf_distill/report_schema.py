@@ -12,6 +12,12 @@ A run directory written by the recipes holds ``report.json``::
      "data": {"dataset", "train_size", "validation_size", "test_size"},
      "log_history": {"<student name>": [Trainer ``state.log_history`` entries]}}
 
+Optional keys written by the recipes: per model ``latency`` (``{"b1": {"median_ms", "q25_ms", "q75_ms",
+"iqr_ms", "rounds", "threads", "samples_ms"}, ...}``) and per student ``speedup`` (``{"b1": {"median", "q25",
+"q75", "ratios", "reliable", "why"}, ...}``); ``latency_measurement`` (timer, rounds, threads, device, CPU
+share, ``cpu_busy``); ``teacher_check`` (:mod:`hf_distill.recipes.teacher_check`); ``data.eval_coverage``
+(NER: sentences scored through windows, words and entities left unscored).
+
 ``retention`` is student metric / teacher metric, or teacher / student when lower is better (perplexity),
 so 100 % always means "as good as the teacher". ``speedup_b*`` is teacher latency / student latency.
 """

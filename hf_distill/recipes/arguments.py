@@ -304,7 +304,18 @@ class ReportArguments:
     _argument_group_name = "recipe: report"
 
     latency_rounds: int = field(
-        default=5, metadata={"help": "Timed rounds per model and batch size; the median is reported."}
+        default=5,
+        metadata={
+            "help": "Timed rounds per model and batch size (models interleaved); the median and quartiles are "
+            "reported, and a speed-up from fewer than 2 rounds is marked unreliable."
+        },
+    )
+    latency_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "torch threads while timing latency (default: torch's current count); recorded in "
+            "report.json. On a shared machine, fewer threads than cores keeps others' load off the timing."
+        },
     )
     write_model_cards: bool = field(
         default=True, metadata={"help": "Write README.md into each student folder."}
@@ -314,6 +325,11 @@ class ReportArguments:
         if self.latency_rounds < 1:
             raise ValueError(
                 f"latency_rounds={self.latency_rounds} must be >= 1: the median needs one timing."
+            )
+        if self.latency_threads is not None and self.latency_threads < 1:
+            raise ValueError(
+                f"latency_threads={self.latency_threads} must be >= 1 (torch.set_num_threads needs a thread); "
+                "leave it unset to time with torch's current thread count."
             )
 
 

