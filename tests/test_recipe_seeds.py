@@ -79,3 +79,24 @@ def test_two_seeds_write_intervals_and_a_verdict(tmp_path, wordpiece_tokenizer, 
         ValueError, match=r"scorecard.comparisons\[0\].interval' must be a list \[low, high\]"
     ):
         load_report(out)
+
+
+def test_demo_runs_three_seeds_and_ends_with_the_verdict(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from hf_distill import cli
+    from hf_distill.recipes.arguments import RECIPE_ARGUMENTS
+    from hf_distill.recipes.config import parse_args_with_config
+
+    line = (
+        "distillation beats training alone by +2.1 points [0.9, 3.3] (accuracy KD - no-KD, 3 seeds, 800 ...)"
+    )
+    report = {"scorecard": {"comparisons": [{"distilled": "kd", "baseline": "no_kd", "verdict": line}]}}
+    seen = {}
+    monkeypatch.setattr(cli, "train", lambda task, argv: seen.update(argv=list(argv)) or report)
+    assert cli.main(["demo", "--output_dir", str(tmp_path / "demo")]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(f"verdict: kd vs no_kd: {line}")
+    config = yaml.safe_load((tmp_path / "demo" / "demo_config.yaml").read_text())
+    assert config["seeds"] == [1, 2, 3]
+    _, students, *_ = parse_args_with_config(RECIPE_ARGUMENTS, seen["argv"])
+    assert students.seeds == [1, 2, 3]
