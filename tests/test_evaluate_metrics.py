@@ -5,6 +5,7 @@ same corpus metrics as the modules."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import evaluate
 import numpy as np
@@ -115,3 +116,13 @@ def test_language_model_scores_against_a_per_token_loop():
     np.testing.assert_array_equal(scores.statistics["bytes"], [4, 2, 3])  # ASCII ids: one byte each
     assert scores.metrics["bits_per_byte"] == pytest.approx(sum(nll) / 9 / math.log(2), rel=1e-5)
     assert scores.metrics["perplexity"] == pytest.approx(math.exp(sum(nll) / 9), rel=1e-5)
+
+
+def test_an_installed_wheel_carries_the_modules():
+    # The scripts sit in folders without __init__.py, so only package-data puts them into a wheel.
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["hf_distill"]
+    package = EVALUATE_METRICS_DIR.parent
+    shipped = {path for pattern in patterns for path in package.glob(pattern)}
+    assert {EVALUATE_METRICS_DIR / name / f"{name}.py" for name in LOCAL_METRICS} <= shipped
