@@ -19,7 +19,8 @@ A run directory written by the recipes holds ``report.json``::
 ``scorecard`` (optional; :mod:`hf_distill.scorecard`) holds each model's mean over seeds with its 95%
 interval and, per distilled student, the paired difference KD - no-KD with its interval and verdict line;
 each student entry then also holds its own ``scorecard`` (mean, interval, ``versus_no_kd``) and ``seeds``
-(every seed's folder and metric), with ``metric`` the mean over seeds.
+(every seed's folder and metric), with ``metric`` the mean over seeds; ``log_history``, latency, size and
+parameters are those of the first seed's models.
 
 ``retention`` is student metric / teacher metric, or teacher / student when lower is better (perplexity),
 so 100 % always means "as good as the teacher". ``speedup_b*`` is teacher latency / student latency.
