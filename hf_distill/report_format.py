@@ -154,18 +154,18 @@ def verdict_lines(report: dict) -> list[str]:
 
 
 def scorecard_lines(student: dict) -> list[str]:
-    """What a model card says of the student's ``scorecard``: mean and interval over seeds, and the verdict
-    against the same student trained without the teacher. Empty without a scorecard."""
+    """What a model card says of the student's ``scorecard`` (Markdown list items): mean and interval over
+    seeds, and the verdict against the same student trained without the teacher. Empty without a scorecard."""
     scorecard = student.get("scorecard") if isinstance(student, dict) else None
     if not scorecard:
         return []
     seeds = scorecard.get("seeds") or []
     lines = [
-        f"{scorecard.get('metric_name')} over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) on "
+        f"- {scorecard.get('metric_name')} over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) on "
         f"{scorecard.get('test_examples')} test examples: mean {format_metric(scorecard.get('mean'))}, 95% "
         f"interval {format_interval(scorecard.get('interval'))}."
     ]
     versus = scorecard.get("versus_no_kd")
     if versus:
-        lines.append(f"Against the same student trained without the teacher: {versus.get('verdict')}.")
+        lines.append(f"- Against the same student trained without the teacher: {versus.get('verdict')}.")
     return lines

@@ -56,7 +56,9 @@ def test_two_seeds_write_intervals_and_a_verdict(tmp_path, wordpiece_tokenizer, 
         assert model["interval"][0] <= model["mean"] <= model["interval"][1]
         assert student["scorecard"]["interval"] == model["interval"]
         card = (Path(seeds[1]["output_dir"]) / "README.md").read_text()
-        assert "over 2 seed(s) (1, 2) on 16 test examples" in card
+        assert "- accuracy over 2 seed(s) (1, 2) on 16 test examples" in card
+        if student["kind"] == "distilled":
+            assert "- Against the same student trained without the teacher: " in card
     (comparison,) = scorecard["comparisons"]
     distilled, baseline = (s for s in on_disk["students"])
     assert (comparison["distilled"], comparison["baseline"]) == (distilled["name"], baseline["name"])
