@@ -175,3 +175,56 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     lines = [line(header), "|" + "|".join("---" for _ in header) + "|"]
     lines += [line(row) for row in rows]
     return "\n".join(lines)
+
+
+def format_interval(values: Any) -> str:
+    """``[low, high]`` of a 95% interval, or "not measured"."""
+    if not isinstance(values, list | tuple) or len(values) != 2 or not all(map(is_number, values)):
+        return NOT_MEASURED
+    return f"[{format_metric(values[0])}, {format_metric(values[1])}]"
+
+
+def scorecard_table(report: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the multi-seed scorecard: each model's mean over seeds, its 95% interval and the
+    value of every seed (the teacher, trained once, has one)."""
+    scorecard = report.get("scorecard") or {}
+    seeds = scorecard.get("seeds") or []
+    header = [
+        "Model",
+        f"{scorecard.get('metric_name') or 'metric'}: mean over {len(seeds)} seed(s)",
+        f"{100 * (scorecard.get('confidence_level') or 0.95):.0f}% interval",
+        "Per seed",
+    ]
+    rows = []
+    for name, model in (scorecard.get("models") or {}).items():
+        per_seed = ", ".join(format_metric(v) for v in model.get("per_seed") or [])
+        rows.append(
+            [name, format_metric(model.get("mean")), format_interval(model.get("interval")), per_seed]
+        )
+    return header, rows
+
+
+def verdict_lines(report: dict) -> list[str]:
+    """One line per distilled student: "<name> vs <baseline>: <verdict>"."""
+    return [
+        f"{comparison.get('distilled')} vs {comparison.get('baseline')}: {comparison.get('verdict')}"
+        for comparison in (report.get("scorecard") or {}).get("comparisons") or []
+    ]
+
+
+def scorecard_lines(student: dict) -> list[str]:
+    """What a model card says of the student's ``scorecard`` (Markdown list items): mean and interval over
+    seeds, and the verdict against the same student trained without the teacher. Empty without a scorecard."""
+    scorecard = student.get("scorecard") if isinstance(student, dict) else None
+    if not scorecard:
+        return []
+    seeds = scorecard.get("seeds") or []
+    lines = [
+        f"- {scorecard.get('metric_name')} over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) on "
+        f"{scorecard.get('test_examples')} test examples: mean {format_metric(scorecard.get('mean'))}, 95% "
+        f"interval {format_interval(scorecard.get('interval'))}."
+    ]
+    versus = scorecard.get("versus_no_kd")
+    if versus:
+        lines.append(f"- Against the same student trained without the teacher: {versus.get('verdict')}.")
+    return lines

@@ -99,6 +99,14 @@ class StudentArguments:
             "(the same num_train_epochs over the labeled rows)."
         },
     )
+    seeds: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Train every student and its baseline once per seed, e.g. --seeds 1,2,3 (a YAML list in a "
+            "config): the teacher is fine-tuned once; the report gives each model's mean and 95% interval and "
+            "the paired difference KD - no-KD with its interval. Default: the one run of --seed."
+        },
+    )
     student_tokenizer: str | None = field(
         default=None,
         metadata={
@@ -115,6 +123,7 @@ class StudentArguments:
     def __post_init__(self):
         if isinstance(self.student_init, str):
             self.student_init = [s.strip() for s in self.student_init.split(",") if s.strip()]
+        self.seeds = parse_seeds(self.seeds)
         unknown = [s for s in self.student_init if s not in STUDENT_INITS]
         if unknown or not self.student_init:
             raise ValueError(
@@ -153,6 +162,24 @@ class StudentArguments:
                 f"student_config_overrides must be a JSON object of config fields, got {type(overrides).__name__}."
             )
         return overrides
+
+
+def parse_seeds(seeds: Any) -> list[int]:
+    """``--seeds`` as a list of distinct integers: "1,2,3", ["1", "2", "3"] (``--seeds 1 2 3``) or [1, 2, 3]."""
+    items = seeds.split(",") if isinstance(seeds, str) else [p for s in seeds for p in str(s).split(",")]
+    items = [item.strip() for item in items if item.strip()]
+    try:
+        parsed = [int(item) for item in items]
+    except ValueError:
+        raise ValueError(
+            f"seeds {seeds!r} holds something that is not an integer; pass whole numbers, e.g. --seeds 1,2,3."
+        ) from None
+    if len(set(parsed)) != len(parsed):
+        raise ValueError(
+            f"seeds {parsed} repeats a seed: a repeated seed trains the same student twice and would count it "
+            "twice in the interval; pass distinct seeds, e.g. --seeds 1,2,3."
+        )
+    return parsed
 
 
 _FILE_HELP = (

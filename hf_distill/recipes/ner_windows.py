@@ -25,9 +25,11 @@ from .data_common import notice
 
 def windowed_evaluator(compute_metrics: Callable, collator: Callable) -> Callable:
     """Scores a token classifier with ``Trainer.predict`` on window rows, regrouped into sentences first
-    (datasets without the window columns are scored row by row, as before)."""
+    (datasets without the window columns are scored row by row, as before). Returns what ``compute_metrics``
+    returns for ``(predictions, labels)``: a dict of metrics, or the per-sentence
+    :class:`~hf_distill.metrics.ExampleScores` the scorecard resamples."""
 
-    def evaluate(model: nn.Module, dataset: Any, training_args: Any) -> dict[str, float]:
+    def evaluate(model: nn.Module, dataset: Any, training_args: Any) -> Any:
         columns = [c for c in (WINDOW_SENTENCE, WINDOW_WORDS) if c in dataset.column_names]
         trainer = Trainer(model=model, args=training_args, data_collator=collator)
         output = trainer.predict(dataset.remove_columns(columns))

