@@ -289,6 +289,11 @@ def write_trainer_card(
         "teacher": report["teacher"]["name_or_path"],
         "teacher_revision": report["teacher"]["revision"],
         "student_init": report["students"][0]["init"],
+        # What `hf-distill report <output_dir>` reads back when no recipe wrote a report.json.
+        "task": report["task"],
+        "metric_name": report["metric_name"],
+        "higher_is_better": report["higher_is_better"],
+        "student_metric": report["students"][0]["metric"],
         **report["distillation"],
     }
     output_dir.mkdir(parents=True, exist_ok=True)
