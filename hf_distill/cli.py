@@ -266,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("folder")
     push.add_argument("repo_id")
     push.add_argument("--private", action="store_true")
+    push.add_argument(
+        "--license",
+        default=None,
+        help="the card's license (a Hub license id, e.g. apache-2.0); default: the teacher's, read from its card",
+    )
     return parser
 
 
@@ -298,7 +303,8 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     elif known.command == "push":
         from .hub import push_student
 
-        print(push_student(known.folder, known.repo_id, private=known.private or None))
+        card = {"license": known.license} if known.license else {}
+        print(push_student(known.folder, known.repo_id, private=known.private or None, **card))
     return 0
 
 

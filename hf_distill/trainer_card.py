@@ -3,7 +3,7 @@
 While training, the trainer knows part of what ``report.json`` holds (see :mod:`hf_distill.report`): the
 teacher and its revision, how the student was initialised (``config.distillation``, written by
 :mod:`hf_distill.student`), the distillation settings, the data sizes and the latest evaluation. This module
-builds that partial report and renders it with :func:`hf_distill.hub.render_model_card`; what only a finished
+builds that partial report and renders it with :func:`hf_distill.model_card.render_model_card`; what only a finished
 recipe measures (the teacher's metric, latencies) reads "not measured" until the recipe rewrites the card.
 
 The card's YAML front matter also carries the run's settings under ``distillation`` (temperature, alpha,
@@ -20,9 +20,11 @@ from typing import Any
 
 from huggingface_hub import ModelCard
 from torch import nn
+from transformers import PreTrainedModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .hub import may_replace_card, render_model_card, teacher_weight_files
+from .hub import teacher_weight_files
+from .model_card import may_replace_card, render_model_card
 from .push_guard import check_no_teacher_content, model_fingerprint, upload_weight_files
 from .student import count_parameters
 
@@ -44,6 +46,15 @@ def _unwrap(model: nn.Module) -> nn.Module:
     while hasattr(model, "module") and isinstance(model.module, nn.Module):
         model = model.module
     return model
+
+
+def plain_module_class(model: nn.Module) -> str | None:
+    """The import path of a model that is not a transformers ``PreTrainedModel`` (a plain ``nn.Module``
+    such as a small CNN), whose card must say how to load its state dict; None for a transformers model."""
+    if isinstance(model, PreTrainedModel):
+        return None
+    cls = type(model)
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def describe_init(provenance: dict | None) -> str | None:
@@ -265,7 +276,7 @@ def write_trainer_card(
     """Writes the model card of the student saved in ``output_dir`` and returns its path.
 
     A ``README.md`` written by hand (without the marker of hf_distill's or Trainer's generated cards) is kept,
-    with a warning, and None is returned. ``card_kwargs`` go to :func:`hf_distill.hub.render_model_card`
+    with a warning, and None is returned. ``card_kwargs`` go to :func:`hf_distill.model_card.render_model_card`
     (``license``, ``language``, ``tags``, ``model_name``).
     """
     output_dir = Path(output_dir)
@@ -282,6 +293,7 @@ def write_trainer_card(
             STUDENT_NAME,
             repo_id=repo_id,
             student_config=config.to_dict() if config is not None else None,
+            student_class=plain_module_class(student),
             **card_kwargs,
         )
     )

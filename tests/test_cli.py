@@ -79,6 +79,8 @@ def test_push_is_wired_to_the_hub_helper(monkeypatch, capsys):
     assert cli.main(["push", "folder", "user/model", "--private"]) == 0
     assert calls == [(("folder", "user/model"), {"private": True})]
     assert capsys.readouterr().out.strip() == "url"
+    assert cli.main(["push", "folder", "user/model", "--license", "mit"]) == 0
+    assert calls[-1] == (("folder", "user/model"), {"private": None, "license": "mit"})
 
 
 def test_help_and_bad_commands(capsys):
