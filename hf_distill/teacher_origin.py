@@ -4,6 +4,10 @@ A model card names the teacher as ``base_model`` (a Hub id) and should carry a `
 Hub id is its own ``base_model``; one given as a local folder often still says which Hub model it is: its
 ``config.json`` keeps ``_name_or_path`` from the model it was saved from, and its ``README.md`` card may carry
 ``base_model`` and ``license``. A Hub teacher's card is read from the local Hub cache when it was downloaded.
+
+``_name_or_path`` is the model the folder was loaded from before it was saved: for a teacher fine-tuned from a
+Hub model, that model. The student's card then names the teacher's nearest Hub ancestor as its base, which is
+where the Hub's model tree can place it.
 """
 
 from __future__ import annotations

@@ -70,8 +70,8 @@ def test_report_of_a_trainer_only_folder_draws_its_loss_parts(trainer_folder, tm
     history = json.loads(state_path.read_text())["log_history"]
 
     written = make_report(trainer_folder, tmp_path)
-    assert {"losses", "md", "html"} <= set(written)
-    assert "latency" not in written  # no latency was measured: no bars of "not measured"
+    # The trainer measured the teacher and both latencies on the evaluation set: the card holds them.
+    assert set(written) == {"losses", "metric", "latency", "md", "html"}
     report = trainer_folder_report(trainer_folder)
     task_axis, terms_axis = draw_loss_curves(report).axes
     task = {line.get_label(): list(line.get_ydata()) for line in task_axis.get_lines()}
@@ -86,6 +86,7 @@ def test_report_of_a_trainer_only_folder_draws_its_loss_parts(trainer_folder, tm
     last_accuracy = [e for e in history if "eval_accuracy" in e][-1]["eval_accuracy"]
     assert report["students"][0]["metric"] == pytest.approx(last_accuracy)
     assert report["metric_name"] == "accuracy"
+    assert report["teacher"]["latency_ms_b32"] > 0 and 0 < report["teacher"]["metric"] <= 1
     assert "temperature 2.0, alpha 0.5" in markdown
     assert f"| distilled | distilled | {last_accuracy:.4g} |" in markdown
     assert "checkpoint-4/trainer_state.json and README.md (no report.json)" in markdown
@@ -105,3 +106,14 @@ def test_report_refuses_a_state_file_that_is_not_trainers(tmp_path):
     (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 3}))
     with pytest.raises(ValueError, match=r"trainer_state\.json: has no 'log_history' list"):
         make_report(tmp_path)
+
+
+def test_report_of_a_trainer_folder_without_a_card_draws_only_curves(trainer_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(trainer_folder / "checkpoint-4", folder / "checkpoint-4")
+    (folder / "checkpoint-4" / "README.md").unlink()
+    written = make_report(folder, tmp_path / "out")
+    assert set(written) == {"losses", "md", "html"}  # no bars of numbers no one measured
+    assert "| distilled | distilled | not measured |" in written["md"].read_text()
