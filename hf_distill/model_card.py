@@ -179,7 +179,8 @@ def _teacher_text(teacher: dict) -> str:
     teacher_id = teacher.get("name_or_path")
     if hub_id(teacher_id):
         return f"[{teacher_id}](https://huggingface.co/{teacher_id})"
-    return f"`{teacher_id}`" if teacher_id else f"a teacher ({NOT_MEASURED})"
+    # A plain module, or a teacher built in memory, has no name to show.
+    return f"`{teacher_id}`" if teacher_id else "(a model whose name was not recorded)"
 
 
 def _summary(facts: CardFacts) -> str:

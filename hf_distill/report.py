@@ -107,7 +107,7 @@ def _settings_lines(report: dict) -> list[str]:
     setting = {key: _known(distillation.get(key)) for key in DISTILLATION_SCHEMA}
     sizes = {key: _known(data.get(key)) for key in DATA_SCHEMA}
     lines = [
-        f"Task: {_known(report.get('task'))}; teacher `{_known(teacher.get('name_or_path'))}`"
+        f"Task: {_known(report.get('task'))}; teacher `{teacher.get('name_or_path') or 'name not recorded'}`"
         f" (revision {teacher.get('revision') or 'not pinned'}).",
         f"Distillation loss: {setting['distillation_loss']}, temperature {setting['temperature']}, "
         f"alpha {setting['alpha']}; hidden-state weight {setting['hidden_state_weight']} "

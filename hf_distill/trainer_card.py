@@ -321,11 +321,13 @@ def check_no_teacher_files(
 def _measured_numbers(report: dict[str, Any]) -> dict[str, Any]:
     """The card's numbers in its front matter, for ``hf-distill report`` to read back (None: not measured)."""
     teacher, student = report["teacher"], report["students"][0]
-    keys = ("metric", "parameters", "latency_ms_b1", "latency_ms_b32")
+    keys = ("metric", "parameters", "size_bytes", "latency_ms_b1", "latency_ms_b32")
     return {
         **{f"teacher_{k}": teacher.get(k) for k in keys},
         **{f"student_{k}": student.get(k) for k in keys[1:]},
         "retention": student.get("retention"),
+        "speedup_b1": student.get("speedup_b1"),
+        "speedup_b32": student.get("speedup_b32"),
     }
 
 

@@ -27,6 +27,8 @@ _SETTING_KEYS = (
     "hidden_state_loss",
     "hidden_layer_map",
 )
+# The numbers the trainer's card records under ``distillation.measured`` as ``teacher_<key>`` / ``student_<key>``.
+_MEASURED = ("metric", "parameters", "size_bytes", "latency_ms_b1", "latency_ms_b32")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -104,8 +106,8 @@ def trainer_folder_report(folder: str | Path) -> dict[str, Any]:
         "output_dir": str(folder),
         "metric": metric if metric is not None else recorded.get("student_metric"),
         "global_step": state.get("global_step"),
-        **{k: measured.get(f"student_{k}") for k in ("latency_ms_b1", "latency_ms_b32", "parameters")},
-        "retention": measured.get("retention"),
+        **{k: measured.get(f"student_{k}") for k in _MEASURED[1:]},
+        **{k: measured.get(k) for k in ("retention", "speedup_b1", "speedup_b32")},
     }
     report = {
         "task": recorded.get("task"),
@@ -114,10 +116,7 @@ def trainer_folder_report(folder: str | Path) -> dict[str, Any]:
         "teacher": {
             "name_or_path": recorded.get("teacher"),
             "revision": recorded.get("teacher_revision"),
-            **{
-                k: measured.get(f"teacher_{k}")
-                for k in ("metric", "latency_ms_b1", "latency_ms_b32", "parameters")
-            },
+            **{k: measured.get(f"teacher_{k}") for k in _MEASURED},
         },
         "students": [student],
         "distillation": {k: recorded[k] for k in _SETTING_KEYS if k in recorded},

@@ -87,6 +87,9 @@ def test_report_of_a_trainer_only_folder_draws_its_loss_parts(trainer_folder, tm
     assert report["students"][0]["metric"] == pytest.approx(last_accuracy)
     assert report["metric_name"] == "accuracy"
     assert report["teacher"]["latency_ms_b32"] > 0 and 0 < report["teacher"]["metric"] <= 1
+    teacher, student = report["teacher"], report["students"][0]
+    assert student["speedup_b1"] == pytest.approx(teacher["latency_ms_b1"] / student["latency_ms_b1"])
+    assert student["size_bytes"] == (trainer_folder / "model.safetensors").stat().st_size
     assert "temperature 2.0, alpha 0.5" in markdown
     assert f"| distilled | distilled | {last_accuracy:.4g} |" in markdown
     assert "checkpoint-4/trainer_state.json and README.md (no report.json)" in markdown
