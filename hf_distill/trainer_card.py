@@ -369,6 +369,7 @@ def write_trainer_card(
         "student_metric": report["students"][0]["metric"],
         **report["distillation"],
         "measured": _measured_numbers(report),
+        "data": report["data"],
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     # Written aside and renamed: a checkpoint push may be uploading this folder in the background, and must

@@ -120,7 +120,7 @@ def trainer_folder_report(folder: str | Path) -> dict[str, Any]:
         },
         "students": [student],
         "distillation": {k: recorded[k] for k in _SETTING_KEYS if k in recorded},
-        "data": {},
+        "data": recorded.get("data") or {},
         "log_history": {"distilled": history},
         "source": f"{state_path.relative_to(folder).as_posix()} and {CARD_NAME} (no {REPORT_FILENAME})",
     }

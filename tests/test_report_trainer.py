@@ -91,6 +91,7 @@ def test_report_of_a_trainer_only_folder_draws_its_loss_parts(trainer_folder, tm
     assert student["speedup_b1"] == pytest.approx(teacher["latency_ms_b1"] / student["latency_ms_b1"])
     assert student["size_bytes"] == (trainer_folder / "model.safetensors").stat().st_size
     assert "temperature 2.0, alpha 0.5" in markdown
+    assert "32 train, 16 validation, not measured test examples" in markdown
     assert f"| distilled | distilled | {last_accuracy:.4g} |" in markdown
     assert "checkpoint-4/trainer_state.json and README.md (no report.json)" in markdown
 
