@@ -6,13 +6,14 @@ The teacher is scored like the student: its logits over the evaluation dataloade
 ``compute_metrics`` (after ``preprocess_logits_for_metrics``), and without one its task cross-entropy is
 compared with the student's logged ``eval_loss_task``. Latency is the median of timed forward passes
 (``torch.utils.benchmark.Timer``, which handles warm-up and CUDA synchronisation) at batch size 1 and 32,
-on evaluation rows repeated to fill the batch, as the recipes time theirs.
+on evaluation rows repeated to fill the batch, teacher and student taking turns, as the recipes time theirs.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import statistics
 from typing import Any
 
 import torch
@@ -27,7 +28,9 @@ logger = logging.getLogger(__name__)
 
 LATENCY_BATCH_SIZES = (1, 32)
 # Timed time per model and batch size, after the untimed passes that size the timing blocks.
-MIN_RUN_SECONDS = 0.1
+MIN_RUN_SECONDS = 0.05
+# Rounds in which teacher and student take turns (:func:`side_by_side_latency_ms`).
+SIDE_BY_SIDE_ROUNDS = 3
 TASK_LOSS = "loss_task"
 
 
@@ -129,3 +132,20 @@ def ratio(numerator: Any, denominator: Any) -> float | None:
     if not all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in values):
         return None
     return float(numerator / denominator)
+
+
+def side_by_side_latency_ms(
+    models: dict[str, nn.Module], batches: dict[int, dict[str, Any]], rounds: int = SIDE_BY_SIDE_ROUNDS
+) -> dict[str, dict[int, float | None]]:
+    """Median over ``rounds`` of :func:`latency_ms`, the models taking turns in each round, so a slow patch of
+    a shared machine slows all of them alike instead of one (as the recipes time theirs)."""
+    times: dict[str, dict[int, list[float]]] = {name: {size: [] for size in batches} for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            for size, value in latency_ms(model, batches).items():
+                if value is not None:
+                    times[name][size].append(value)
+    return {
+        name: {size: statistics.median(values) if values else None for size, values in sizes.items()}
+        for name, sizes in times.items()
+    }

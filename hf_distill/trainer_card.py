@@ -24,7 +24,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .card_measures import TASK_LOSS, latency_batches, latency_ms, ratio, teacher_metrics
+from .card_measures import TASK_LOSS, latency_batches, ratio, side_by_side_latency_ms, teacher_metrics
 from .hub import teacher_weight_files
 from .model_card import may_replace_card, render_model_card
 from .model_kind import CAUSAL_LM
@@ -165,7 +165,7 @@ def _teacher_size_bytes(teacher: nn.Module) -> int | None:
 
 def measure_for_card(trainer: Any, teacher: nn.Module | None, student: nn.Module) -> dict[str, Any]:
     """The teacher's metrics and both models' latency (:mod:`hf_distill.card_measures`) when the trainer has
-    one evaluation set, a live teacher and one process; {} otherwise. The teacher's numbers are measured once
+    one evaluation set, a live teacher and one process; {} otherwise. The teacher's metrics are measured once
     and kept on the trainer (``card_teacher_measures``): the teacher does not change during training."""
     dataset = trainer.eval_dataset
     if dataset is None or isinstance(dataset, dict) or teacher is None or trainer.args.world_size != 1:
@@ -177,13 +177,14 @@ def measure_for_card(trainer: Any, teacher: nn.Module | None, student: nn.Module
             "dataset": dataset,
             "batches": batches,
             "metrics": teacher_metrics(trainer, teacher, causal=trainer.task == CAUSAL_LM),
-            "latency": latency_ms(teacher, batches),
         }
         trainer.card_teacher_measures = kept
+    # Timed again at each write, side by side with the student: never compared across moments of the run.
+    latency = side_by_side_latency_ms({"teacher": teacher, "student": student}, kept["batches"])
     return {
         "teacher_metrics": kept["metrics"],
-        "teacher_latency": kept["latency"],
-        "student_latency": latency_ms(student, kept["batches"]),
+        "teacher_latency": latency["teacher"],
+        "student_latency": latency["student"],
     }
 
 

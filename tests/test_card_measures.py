@@ -115,3 +115,25 @@ def test_ratio_refuses_what_is_not_a_positive_number():
     assert ratio(3.0, 2.0) == 1.5
     assert ratio(None, 2.0) is None and ratio(1.0, 0.0) is None and ratio(float("nan"), 1.0) is None
     assert ratio(float("inf"), 1.0) is None and ratio(1.0, -2.0) is None
+
+
+def test_teacher_and_student_take_turns_when_timed():
+    from hf_distill.card_measures import side_by_side_latency_ms
+
+    calls: list[str] = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, name: str):
+            super().__init__()
+            self.name, self.weight = name, torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            calls.append(self.name)
+            return x * self.weight
+
+    models = {"teacher": Recorder("teacher"), "student": Recorder("student")}
+    times = side_by_side_latency_ms(models, {1: {"x": torch.ones(1)}}, rounds=3)
+    assert set(times) == {"teacher", "student"} and all(times[n][1] > 0 for n in times)
+    turns = [name for i, name in enumerate(calls) if i == 0 or calls[i - 1] != name]
+    assert turns == ["teacher", "student"] * 3  # three rounds, each model once per round
+    assert all(model.training for model in models.values())  # timed in eval mode, train mode restored
