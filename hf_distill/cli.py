@@ -259,7 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.add_argument("task", choices=TASKS, metavar="TASK", help=f"one of {', '.join(TASKS)}")
     commands.add_parser("demo", help="the sentiment recipe on a small subset (make demo)", add_help=False)
-    report = commands.add_parser("report", help="Markdown/HTML report with plots of a run directory")
+    report = commands.add_parser(
+        "report",
+        help="Markdown/HTML report with plots of a recipe's run directory or a DistillationTrainer output_dir",
+    )
     report.add_argument("run_dir")
     report.add_argument("--output_dir", default=None)
     push = commands.add_parser("push", help="upload a saved student (with its model card) to the Hub")
