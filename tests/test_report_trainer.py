@@ -69,6 +69,8 @@ def test_report_of_a_trainer_only_folder_draws_its_loss_parts(trainer_folder, tm
     assert state_path == trainer_folder / "checkpoint-4" / "trainer_state.json"
     history = json.loads(state_path.read_text())["log_history"]
 
+    assert cli.main(["report", str(trainer_folder), "--output_dir", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "figures" / "losses.png").is_file()
     written = make_report(trainer_folder, tmp_path)
     # The trainer measured the teacher and both latencies on the evaluation set: the card holds them.
     assert set(written) == {"losses", "metric", "latency", "md", "html"}
