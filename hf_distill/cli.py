@@ -264,13 +264,21 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.add_argument("task", choices=TASKS, metavar="TASK", help=f"one of {', '.join(TASKS)}")
     commands.add_parser("demo", help="the sentiment recipe on a small subset (make demo)", add_help=False)
-    report = commands.add_parser("report", help="Markdown/HTML report with plots of a run directory")
+    report = commands.add_parser(
+        "report",
+        help="Markdown/HTML report with plots of a recipe's run directory or a DistillationTrainer output_dir",
+    )
     report.add_argument("run_dir")
     report.add_argument("--output_dir", default=None)
     push = commands.add_parser("push", help="upload a saved student (with its model card) to the Hub")
     push.add_argument("folder")
     push.add_argument("repo_id")
     push.add_argument("--private", action="store_true")
+    push.add_argument(
+        "--license",
+        default=None,
+        help="the card's license (a Hub license id, e.g. apache-2.0); default: the teacher's, read from its card",
+    )
     return parser
 
 
@@ -303,7 +311,8 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     elif known.command == "push":
         from .hub import push_student
 
-        print(push_student(known.folder, known.repo_id, private=known.private or None))
+        card = {"license": known.license} if known.license else {}
+        print(push_student(known.folder, known.repo_id, private=known.private or None, **card))
     return 0
 
 

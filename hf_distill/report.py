@@ -21,6 +21,7 @@ from .report_format import (
     format_ms,
     format_percent,
     format_ratio,
+    is_number,
     markdown_table,
     report_notes,
     scorecard_table,
@@ -43,6 +44,7 @@ from .report_schema import (
     load_report,
     validate_report,
 )
+from .trainer_output import trainer_folder_report
 
 __all__ = [
     "DATA_SCHEMA",
@@ -75,7 +77,7 @@ __all__ = [
 REPORT_FORMATS = ("md", "html")
 FIGURES_DIRNAME = "figures"
 _CAPTIONS = {
-    "losses": "Training curves of each part of the loss",
+    "losses": "Training curves: every run's task cross-entropy, and the distillation terms apart",
     "metric": "Teacher against students: quality",
     "latency": "Teacher against students: latency",
     "size_quality": "Parameters against quality",
@@ -106,17 +108,54 @@ def _html_scorecard(report: dict) -> str:
     return f"<h2>Over seeds</h2>\n{_html_table(*scorecard_table(report))}\n<ul>{verdicts}</ul>\n"
 
 
+def _known(value) -> str:
+    return NOT_MEASURED if value is None else str(value)
+
+
 def _settings_lines(report: dict) -> list[str]:
-    distillation, data = report["distillation"], report["data"]
-    return [
-        f"Task: {report['task']}; teacher `{report['teacher']['name_or_path']}`"
-        f" (revision {report['teacher']['revision'] or 'not pinned'}).",
-        f"Distillation loss: {distillation['distillation_loss']}, temperature {distillation['temperature']}, "
-        f"alpha {distillation['alpha']}; hidden-state weight {distillation['hidden_state_weight']} "
-        f"({distillation['hidden_state_loss']}, layer map {distillation['hidden_layer_map']}).",
-        f"Data: {data['dataset']}: {data['train_size']} train, {data['validation_size']} validation, "
-        f"{data['test_size']} test examples.",
+    teacher = report.get("teacher") or {}
+    distillation, data = report.get("distillation") or {}, report.get("data") or {}
+    setting = {key: _known(distillation.get(key)) for key in DISTILLATION_SCHEMA}
+    sizes = {key: _known(data.get(key)) for key in DATA_SCHEMA}
+    lines = [
+        f"Task: {_known(report.get('task'))}; teacher `{teacher.get('name_or_path') or 'name not recorded'}`"
+        f" (revision {teacher.get('revision') or 'not pinned'}).",
+        f"Distillation loss: {setting['distillation_loss']}, temperature {setting['temperature']}, "
+        f"alpha {setting['alpha']}; hidden-state weight {setting['hidden_state_weight']} "
+        f"({setting['hidden_state_loss']}, layer map {setting['hidden_layer_map']}).",
+        f"Data: {sizes['dataset']}: {sizes['train_size']} train, {sizes['validation_size']} validation, "
+        f"{sizes['test_size']} test examples.",
     ]
+    if report.get("source"):
+        lines.append(f"Read from {report['source']}: what only a recipe measures reads {NOT_MEASURED}.")
+    return lines
+
+
+def _load_run(run_dir: Path) -> dict:
+    """A recipe's ``report.json``, else the partial report of a DistillationTrainer output folder."""
+    if run_dir.is_dir() and not (run_dir / REPORT_FILENAME).is_file():
+        return trainer_folder_report(run_dir)
+    return load_report(run_dir)
+
+
+def _measured(report: dict, *keys: str) -> bool:
+    models = [report.get("teacher") or {}, *report["students"]]
+    return all(is_number(model.get(key)) for model in models for key in keys)
+
+
+def _draw(report: dict, figures_dir: Path) -> dict[str, Path]:
+    """The plots the report's numbers allow: a trainer-only folder has curves, and bars only when measured."""
+    written: dict[str, Path] = {}
+    curves = plot_loss_curves(report, figures_dir / "losses.png")
+    if curves is not None:
+        written["losses"] = curves
+    if _measured(report, "metric"):
+        written["metric"] = plot_metric_bars(report, figures_dir / "metric.png")
+    if _measured(report, "latency_ms_b1", "latency_ms_b32"):
+        written["latency"] = plot_latency_bars(report, figures_dir / "latency.png")
+    if len(report["students"]) >= 2 and _measured(report, "metric", "parameters"):
+        written["size_quality"] = plot_size_quality(report, figures_dir / "size_quality.png")
+    return written
 
 
 def make_report(
@@ -125,39 +164,37 @@ def make_report(
     """Draws the plots of a run and writes ``report.md`` / ``report.html`` that embed them.
 
     Args:
-        run_dir: the run directory (or its ``report.json``).
+        run_dir: the run directory (or its ``report.json``), or the ``output_dir`` of a ``DistillationTrainer``
+            run without a recipe: its ``trainer_state.json`` and model card make a partial report
+            (:mod:`hf_distill.trainer_output`); curves are drawn, numbers no one measured read "not measured".
         output_dir: where to write; defaults to the run directory. PNGs go to ``<output_dir>/figures/``
             and the documents link them by relative path, so the folder can be moved or zipped whole.
         formats: any of ``"md"``, ``"html"``; empty to draw the plots only.
 
     Returns:
-        The written files by name: ``losses`` (absent when nothing was logged), ``metric``, ``latency``,
-        ``size_quality`` (only with two or more students), ``md``, ``html``.
+        The written files by name: ``losses`` (absent when nothing was logged), ``metric``, ``latency``
+        (each when measured for every model), ``size_quality`` (only with two or more students), ``md``, ``html``.
+
+    Raises:
+        FileNotFoundError: when ``run_dir`` holds neither ``report.json`` nor a Trainer state, naming what to run.
     """
     unknown = sorted(set(formats) - set(REPORT_FORMATS))
     if unknown:
         raise ValueError(f"Unknown report format(s) {unknown}; choose from {list(REPORT_FORMATS)}.")
     run_dir = Path(run_dir)
-    report = load_report(run_dir)
+    report = _load_run(run_dir)
     output_dir = (
         Path(output_dir) if output_dir is not None else (run_dir if run_dir.is_dir() else run_dir.parent)
     )
     figures_dir = output_dir / FIGURES_DIRNAME
     figures_dir.mkdir(parents=True, exist_ok=True)
 
-    written: dict[str, Path] = {}
-    curves = plot_loss_curves(report, figures_dir / "losses.png")
-    if curves is not None:
-        written["losses"] = curves
-    written["metric"] = plot_metric_bars(report, figures_dir / "metric.png")
-    written["latency"] = plot_latency_bars(report, figures_dir / "latency.png")
-    if len(report["students"]) >= 2:
-        written["size_quality"] = plot_size_quality(report, figures_dir / "size_quality.png")
+    written = _draw(report, figures_dir)
     figures = {name: f"{FIGURES_DIRNAME}/{path.name}" for name, path in written.items()}
 
-    title = f"Distillation report: {report['task']}"
+    title = f"Distillation report: {_known(report.get('task'))}"
     header, rows = comparison_table(report)
-    notes = [] if curves is not None else ["No training logs in report.json, so no training curves."]
+    notes = [] if "losses" in written else ["No training logs in report.json, so no training curves."]
     if "md" in formats:
         parts = [f"# {title}", "\n".join(f"- {line}" for line in _settings_lines(report))]
         parts += ["## Teacher against students", markdown_table(header, rows), *report_notes(report)]

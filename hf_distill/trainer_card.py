@@ -2,9 +2,10 @@
 
 While training, the trainer knows part of what ``report.json`` holds (see :mod:`hf_distill.report`): the
 teacher and its revision, how the student was initialised (``config.distillation``, written by
-:mod:`hf_distill.student`), the distillation settings, the data sizes and the latest evaluation. This module
-builds that partial report and renders it with :func:`hf_distill.hub.render_model_card`; what only a finished
-recipe measures (the teacher's metric, latencies) reads "not measured" until the recipe rewrites the card.
+:mod:`hf_distill.student`), the distillation settings, the data sizes and the latest evaluation. Given an
+evaluation set, it also measures the teacher's metric on it and both models' latency
+(:mod:`hf_distill.card_measures`), hence retention and speed-up. This module builds that partial report and
+renders it with :func:`hf_distill.model_card.render_model_card`; what is not measured reads "not measured".
 
 The card's YAML front matter also carries the run's settings under ``distillation`` (temperature, alpha,
 loss, hidden-state matching, teacher and revision), so tools reading the Hub metadata see how the model was
@@ -20,9 +21,13 @@ from typing import Any
 
 from huggingface_hub import ModelCard
 from torch import nn
+from transformers import PreTrainedModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .hub import may_replace_card, render_model_card, teacher_weight_files
+from .card_measures import TASK_LOSS, latency_batches, ratio, side_by_side_latency_ms, teacher_metrics
+from .hub import teacher_weight_files
+from .model_card import may_replace_card, render_model_card
+from .model_kind import CAUSAL_LM
 from .push_guard import check_no_teacher_content, model_fingerprint, upload_weight_files
 from .student import count_parameters
 
@@ -32,7 +37,7 @@ STUDENT_NAME = "distilled"
 # Evaluation log keys that are bookkeeping, not quality metrics.
 _NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch", "step")
 # Metrics for which a smaller value is better; any other name is taken as higher-is-better.
-_LOWER_IS_BETTER = ("loss", "perplexity")
+_LOWER_IS_BETTER = ("loss", "loss_task", "perplexity")
 # Dataset builder names that say how a dataset was read, not what it is.
 _GENERIC_BUILDERS = ("csv", "json", "parquet", "text", "arrow", "generator", "pandas", "imagefolder")
 # What Trainer's push_to_hub leaves out of output_dir (transformers.Trainer.push_to_hub, _push_from_checkpoint).
@@ -44,6 +49,15 @@ def _unwrap(model: nn.Module) -> nn.Module:
     while hasattr(model, "module") and isinstance(model.module, nn.Module):
         model = model.module
     return model
+
+
+def plain_module_class(model: nn.Module) -> str | None:
+    """The import path of a model that is not a transformers ``PreTrainedModel`` (a plain ``nn.Module``
+    such as a small CNN), whose card must say how to load its state dict; None for a transformers model."""
+    if isinstance(model, PreTrainedModel):
+        return None
+    cls = type(model)
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def describe_init(provenance: dict | None) -> str | None:
@@ -92,9 +106,10 @@ def _main_metric(metrics: dict[str, float], args: Any) -> tuple[str | None, bool
         if name in metrics:
             greater = getattr(args, "greater_is_better", None)
             return name, bool(greater) if greater is not None else not name.endswith(_LOWER_IS_BETTER)
-    # The logged loss parts (loss_kd, loss_task, ...) describe the objective, not the task.
+    # The logged loss parts (loss_kd, loss_task, ...) describe the objective, not the task; without a task
+    # metric, the task cross-entropy (loss_task) compares with the teacher's where the objective would not.
     task_metrics = [n for n in metrics if n != "loss" and not n.startswith("loss_")]
-    name = task_metrics[0] if task_metrics else "loss"
+    name = task_metrics[0] if task_metrics else (TASK_LOSS if TASK_LOSS in metrics else "loss")
     if name not in metrics:
         return None, None
     return name, not name.endswith(_LOWER_IS_BETTER)
@@ -148,10 +163,54 @@ def _teacher_size_bytes(teacher: nn.Module) -> int | None:
     return total or None
 
 
+def measure_for_card(trainer: Any, teacher: nn.Module | None, student: nn.Module) -> dict[str, Any]:
+    """The teacher's metrics and both models' latency (:mod:`hf_distill.card_measures`) when the trainer has
+    one evaluation set, a live teacher and one process; {} otherwise. The teacher's metrics are measured once
+    and kept on the trainer (``card_teacher_measures``): the teacher does not change during training."""
+    dataset = trainer.eval_dataset
+    if dataset is None or isinstance(dataset, dict) or teacher is None or trainer.args.world_size != 1:
+        return {}
+    kept = getattr(trainer, "card_teacher_measures", None)
+    if kept is None or kept["dataset"] is not dataset:
+        batches = latency_batches(trainer)
+        kept = {
+            "dataset": dataset,
+            "batches": batches,
+            "metrics": teacher_metrics(trainer, teacher, causal=trainer.task == CAUSAL_LM),
+        }
+        trainer.card_teacher_measures = kept
+    # Timed again at each write, side by side with the student: never compared across moments of the run.
+    latency = side_by_side_latency_ms({"teacher": teacher, "student": student}, kept["batches"])
+    return {
+        "teacher_metrics": kept["metrics"],
+        "teacher_latency": latency["teacher"],
+        "student_latency": latency["student"],
+    }
+
+
+def _with_measures(report: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
+    """Fills the teacher's metric and latency, and the student's latency, retention and speed-ups."""
+    if not measured:
+        return report
+    teacher, student = report["teacher"], report["students"][0]
+    metric_name = report["metric_name"]
+    teacher["metric"] = measured["teacher_metrics"].get(metric_name) if metric_name else None
+    teacher["metrics"] = measured["teacher_metrics"]
+    for size, value in measured["teacher_latency"].items():
+        teacher[f"latency_ms_b{size}"] = value
+        student[f"latency_ms_b{size}"] = measured["student_latency"][size]
+        student[f"speedup_b{size}"] = ratio(value, measured["student_latency"][size])
+    if report["higher_is_better"] is not None:
+        pair = (student["metric"], teacher["metric"])
+        student["retention"] = ratio(*pair) if report["higher_is_better"] else ratio(*reversed(pair))
+    return report
+
+
 def trainer_report(trainer: Any, output_dir: str | Path) -> dict[str, Any]:
     """The partial ``report.json`` a :class:`~hf_distill.DistillationTrainer` knows about the student it saves
     in ``output_dir``: teacher name, revision (``config._commit_hash``), parameters and size; the student's
-    initialisation, parameters, size on disk and latest evaluation metrics; settings; data sizes."""
+    initialisation, parameters, size on disk and latest evaluation metrics; settings; data sizes; and, with
+    an evaluation set, the teacher's metric, both latencies, retention and speed-ups (:func:`measure_for_card`)."""
     args = trainer.args
     teacher = _unwrap(trainer.teacher)
     student = _unwrap(trainer.accelerator.unwrap_model(trainer.model))
@@ -188,7 +247,7 @@ def trainer_report(trainer: Any, output_dir: str | Path) -> dict[str, Any]:
     for name in ("attention_weight", "value_relation_weight"):
         if getattr(args, name, 0):
             distillation[name] = getattr(args, name)
-    return {
+    report = {
         "task": trainer.task,
         "metric_name": metric_name,
         "higher_is_better": higher_is_better,
@@ -207,6 +266,7 @@ def trainer_report(trainer: Any, output_dir: str | Path) -> dict[str, Any]:
             "validation_size": _size(trainer.eval_dataset),
         },
     }
+    return _with_measures(report, measure_for_card(trainer, teacher, student))
 
 
 def record_teacher(student: nn.Module, teacher: nn.Module | None) -> dict[str, Any] | None:
@@ -259,13 +319,26 @@ def check_no_teacher_files(
         check_no_teacher_content(folder, files, fingerprint, source="the trainer's teacher")
 
 
+def _measured_numbers(report: dict[str, Any]) -> dict[str, Any]:
+    """The card's numbers in its front matter, for ``hf-distill report`` to read back (None: not measured)."""
+    teacher, student = report["teacher"], report["students"][0]
+    keys = ("metric", "parameters", "size_bytes", "latency_ms_b1", "latency_ms_b32")
+    return {
+        **{f"teacher_{k}": teacher.get(k) for k in keys},
+        **{f"student_{k}": student.get(k) for k in keys[1:]},
+        "retention": student.get("retention"),
+        "speedup_b1": student.get("speedup_b1"),
+        "speedup_b32": student.get("speedup_b32"),
+    }
+
+
 def write_trainer_card(
     trainer: Any, output_dir: str | Path, *, repo_id: str | None = None, **card_kwargs: Any
 ) -> Path | None:
     """Writes the model card of the student saved in ``output_dir`` and returns its path.
 
     A ``README.md`` written by hand (without the marker of hf_distill's or Trainer's generated cards) is kept,
-    with a warning, and None is returned. ``card_kwargs`` go to :func:`hf_distill.hub.render_model_card`
+    with a warning, and None is returned. ``card_kwargs`` go to :func:`hf_distill.model_card.render_model_card`
     (``license``, ``language``, ``tags``, ``model_name``).
     """
     output_dir = Path(output_dir)
@@ -282,6 +355,7 @@ def write_trainer_card(
             STUDENT_NAME,
             repo_id=repo_id,
             student_config=config.to_dict() if config is not None else None,
+            student_class=plain_module_class(student),
             **card_kwargs,
         )
     )
@@ -289,7 +363,14 @@ def write_trainer_card(
         "teacher": report["teacher"]["name_or_path"],
         "teacher_revision": report["teacher"]["revision"],
         "student_init": report["students"][0]["init"],
+        # What `hf-distill report <output_dir>` reads back when no recipe wrote a report.json.
+        "task": report["task"],
+        "metric_name": report["metric_name"],
+        "higher_is_better": report["higher_is_better"],
+        "student_metric": report["students"][0]["metric"],
         **report["distillation"],
+        "measured": _measured_numbers(report),
+        "data": report["data"],
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     # Written aside and renamed: a checkpoint push may be uploading this folder in the background, and must

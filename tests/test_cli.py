@@ -37,6 +37,26 @@ def test_train_writes_the_report(trained_run):
     assert [s["kind"] for s in report["students"]] == ["distilled", "no_kd_baseline"]
 
 
+def test_recipe_cards_parse_and_tell_the_distilled_student_from_the_baseline(trained_run):
+    from pathlib import Path
+
+    from huggingface_hub import ModelCard
+
+    report = load_report(trained_run)
+    for student in report["students"]:
+        card = ModelCard.load(Path(student["output_dir"]) / "README.md")
+        data = card.data
+        assert data.library_name == "transformers" and data.pipeline_tag == "text-classification"
+        result = data.eval_results[0]
+        assert result.metric_value == pytest.approx(student["metric"])
+        assert result.dataset_type == "rotten_tomatoes" and result.dataset_name == report["data"]["dataset"]
+        distilled = student["kind"] == "distilled"
+        assert ("distillation" in data.tags) is distilled
+        assert ("It is not a distilled model" in card.text) is not distilled
+    # The test's teacher is a local folder that names no Hub model and has no card: no guesses.
+    assert data.base_model is None and data.license is None
+
+
 def test_eval_scores_saved_models_like_the_recipe(trained_run, capsys):
     report = load_report(trained_run)
     student = report["students"][0]
@@ -79,6 +99,8 @@ def test_push_is_wired_to_the_hub_helper(monkeypatch, capsys):
     assert cli.main(["push", "folder", "user/model", "--private"]) == 0
     assert calls == [(("folder", "user/model"), {"private": True})]
     assert capsys.readouterr().out.strip() == "url"
+    assert cli.main(["push", "folder", "user/model", "--license", "mit"]) == 0
+    assert calls[-1] == (("folder", "user/model"), {"private": None, "license": "mit"})
 
 
 def test_help_and_bad_commands(capsys):

@@ -175,12 +175,12 @@ def test_card_of_a_fixed_report_is_unchanged():
 
 def test_card_for_another_student_and_overrides(tmp_path):
     report = make_run_report()
-    report["teacher"]["name_or_path"] = str(tmp_path)  # a local teacher is no Hub id
-    metadata, body = front_matter(render_model_card(report, student_name="no_kd_baseline", tags=["bert"]))
+    report["teacher"]["name_or_path"] = str(tmp_path)  # a local teacher folder that names no Hub id
+    metadata, body = front_matter(render_model_card(report, tags=["bert"]))
     assert "base_model" not in metadata
-    assert metadata["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.8512
+    assert metadata["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.8876
     assert metadata["tags"] == ["distillation", "hf_distill", "sentiment", "bert"]
-    assert "| **no_kd_baseline** (this model) |" in body
+    assert "| **distilled** (this model) |" in body
     metadata, _ = front_matter(render_model_card(report, base_model="google-bert/bert-base-uncased"))
     assert metadata["base_model"] == "google-bert/bert-base-uncased"
 

@@ -22,17 +22,23 @@ Image = pytest.importorskip("PIL.Image")
 np = pytest.importorskip("numpy")
 
 
-def _log_history(seed: float, steps: int = 12) -> list[dict]:
+def _log_history(seed: float, steps: int = 12, distilled: bool = True) -> list[dict]:
+    """A DistillationTrainer's log (``loss`` is the objective, with its parts) or, with ``distilled=False``,
+    a plain Trainer's (``loss`` is the task cross-entropy)."""
     entries = []
     for step in range(1, steps + 1):
+        parts = {
+            "loss_task": 1.2 * seed / step + 0.05,
+            "loss_kd": 0.8 * seed / step + 0.05,
+            "loss_hidden": 0.0,
+        }
+        loss = 0.3 * parts["loss_task"] + 0.7 * parts["loss_kd"] if distilled else 1.2 * seed / step + 0.05
         entries.append(
             {
                 "step": step,
                 "epoch": step / steps,
-                "loss": 2.0 * seed / step + 0.1,
-                "loss_task": 1.2 * seed / step + 0.05,
-                "loss_kd": 0.8 * seed / step + 0.05,
-                "loss_hidden": 0.0,
+                "loss": loss,
+                **(parts if distilled else {}),
                 "learning_rate": 5e-5,
             }
         )
@@ -95,7 +101,7 @@ def make_run_report() -> dict:
             "hidden_layer_map": "uniform",
         },
         "data": {"dataset": "stanfordnlp/sst2", "train_size": 2000, "validation_size": 500, "test_size": 872},
-        "log_history": {"distilled": _log_history(1.0), "no_kd_baseline": _log_history(1.3)},
+        "log_history": {"distilled": _log_history(1.0), "no_kd_baseline": _log_history(1.3, distilled=False)},
     }
 
 
@@ -309,3 +315,74 @@ def test_report_is_not_mutated(run_dir, tmp_path):
     comparison_table(report, highlight="distilled")
     validate_report(report)
     assert report == original
+
+
+# ---- what the plots show ----------------------------------------------------------------------------------
+
+
+def _lines(axis) -> dict[str, list[float]]:
+    return {line.get_label(): list(line.get_ydata()) for line in axis.get_lines()}
+
+
+def test_loss_curves_compare_task_loss_like_with_like():
+    from hf_distill.report_plots import draw_loss_curves
+
+    report = make_run_report()
+    task_axis, terms_axis = draw_loss_curves(report).axes
+    task, terms = _lines(task_axis), _lines(terms_axis)
+    distilled = [e for e in report["log_history"]["distilled"] if "loss_task" in e]
+    baseline = [e for e in report["log_history"]["no_kd_baseline"] if "loss" in e and "eval_loss" not in e]
+    # The distilled run's task term against the baseline's plain loss, which is its task cross-entropy.
+    assert task["distilled (train)"] == [e["loss_task"] for e in distilled]
+    assert task["no_kd_baseline (train)"] == [e["loss"] for e in baseline]
+    # A run with loss parts logs eval_loss as its objective: it has no task cross-entropy to show in eval.
+    assert "distilled (eval)" not in task and len(task["no_kd_baseline (eval)"]) == 3
+    # The combined objective is on no panel; the KD terms are on their own, only for the run that has them.
+    objective = [e["loss"] for e in distilled]
+    assert all(values != objective for values in [*task.values(), *terms.values()])
+    assert set(terms) == {"distilled: loss_kd", "distilled: loss_hidden"}
+    assert terms["distilled: loss_kd"] == [e["loss_kd"] for e in distilled]
+    for axis in (task_axis, terms_axis):
+        assert axis.get_yscale() == "linear" and axis.get_ylim()[0] == 0.0
+
+
+def test_loss_curves_do_not_zoom_on_a_flat_curve():
+    from hf_distill.report_plots import draw_loss_curves
+
+    report = make_run_report()
+    for entries in report["log_history"].values():
+        for step, entry in enumerate(entries):
+            if "loss_task" in entry:
+                entry["loss_task"] = 0.500 + 0.001 * (step % 2)  # a change of 0.001 must look flat
+    task_axis, _ = draw_loss_curves(report).axes
+    low, high = task_axis.get_ylim()
+    assert low == 0.0 and high >= 0.5
+
+
+def test_loss_curves_use_a_labelled_log_scale_for_terms_of_different_sizes():
+    from hf_distill.report_plots import draw_loss_curves
+
+    report = make_run_report()
+    for entry in report["log_history"]["distilled"]:
+        if "loss_hidden" in entry:
+            entry["loss_hidden"] = entry["loss_kd"] * 1e-3
+    figure = draw_loss_curves(report)
+    _, terms_axis = figure.axes
+    assert terms_axis.get_yscale() == "log"
+    figure.canvas.draw()
+    assert any(label.get_text() for label in terms_axis.get_yticklabels())
+
+
+def test_size_quality_names_each_model_once_in_a_legend():
+    from hf_distill.report_plots import draw_size_quality
+
+    report = make_run_report()
+    report["students"][1]["metric"] = report["students"][0]["metric"] - 0.001  # same size, close scores
+    axis = draw_size_quality(report).axes[0]
+    assert len(axis.texts) == 0  # no label printed beside a point, where two would overlap
+    labels = [text.get_text() for text in axis.get_legend().get_texts()]
+    assert labels == [
+        "teacher: 109.48M, 0.9243",
+        "distilled: 45.69M, 0.8876",
+        "no_kd_baseline: 45.69M, 0.8866",
+    ]

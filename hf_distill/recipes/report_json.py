@@ -25,6 +25,7 @@ from ..scorecard import (
     verdict,
 )
 from ..student import count_parameters, model_size_on_disk
+from ..teacher_origin import teacher_license
 from .arguments import TeacherArguments
 from .latency import LATENCY_BATCH_SIZES
 from .tasks import TaskData
@@ -205,6 +206,8 @@ def teacher_entry(
             "name_or_path": HUB_IDS.get(name, name),
             "offline_alias": name if name in HUB_IDS else None,
             "revision": args.teacher_revision,
+            # The model card's license (an offline teacher's folder carries its card).
+            "license": teacher_license(resolve_model_path(name), args.teacher_revision),
             "fine_tuned_dir": str(folder) if folder is not None else None,
             **model_entry(teacher, folder or _local_folder(args), metrics, task),
         },
