@@ -86,6 +86,25 @@ def cut(teacher, dropped: int):
     return student
 
 
+def coarse_student(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """The student's coarse distribution over a position's k ids and the rest, as k + 1 normalised log-probs
+    (at T=1 ``per_position_topk`` of these with ids ``0..k-1`` is its value on the full logits, for a
+    fraction of the cost)."""
+    log_p = torch.log_softmax(logits.double(), -1).gather(-1, ids)
+    rest = torch.log1p(-torch.exp(torch.logsumexp(log_p, -1)).clamp_max(1 - 1e-15))
+    return torch.cat([log_p, rest.unsqueeze(-1)], -1).float()
+
+
+def check_coarse(logits: torch.Tensor, coarse: torch.Tensor, reference: dict) -> None:
+    positions = torch.arange(K).expand_as(reference[TOPK_INDICES])
+    for loss in LOSSES:
+        full = per_position_topk(logits[:1], *(reference[n][:1] for n in SAME_TOKENIZER.decoded), loss=loss)
+        cheap = per_position_topk(
+            coarse[:1], reference[TOPK_LOGITS][:1], positions[:1], reference[TAIL_LOGIT][:1], loss=loss
+        )
+        torch.testing.assert_close(cheap, full, rtol=1e-4, atol=1e-5)
+
+
 def shard_bytes(table: pa.Table, folder: Path) -> int:
     writer = ShardWriter(folder, rows_per_shard=1 << 20)
     writer.write(table)
@@ -107,7 +126,7 @@ def size_and_error(teacher, students, rows: torch.Tensor, out: Path) -> dict:
             split = [list(values.numpy()), list(indices.numpy().astype(np.int32)), list(tail.numpy())]
             gaps.append(np.diff(np.sort(indices.numpy(), -1), axis=-1).reshape(-1, K - 1))
             reference = {TOPK_LOGITS: values, TOPK_INDICES: indices, TAIL_LOGIT: tail}
-            decoded = {"float32": reference}
+            decoded: dict[str, dict] = {}
             # The float32 format as cache_teacher_outputs stores it: float32 logits, int32 ids, float32 tail.
             tables["float32"].append(pa.table({n: to_arrow(v) for n, v in zip(reference, split)}))
             for name, codec in CODECS.items():
@@ -121,12 +140,21 @@ def size_and_error(teacher, students, rows: torch.Tensor, out: Path) -> dict:
                 decoded[name] = {
                     n: torch.as_tensor(np.stack([f[n] for f in features])) for n in SAME_TOKENIZER.decoded
                 }
+            order = indices.argsort(-1)
+            sorted_ids = indices.gather(-1, order)
+            decoded["float32"] = {
+                TOPK_LOGITS: values.gather(-1, order), TOPK_INDICES: sorted_ids, TAIL_LOGIT: tail
+            }  # fmt: skip
             for student_name, student in students.items():
                 logits = student(input_ids=batch).logits.float()
+                coarse = coarse_student(logits, sorted_ids)
+                check_coarse(logits, coarse, decoded["float32"])
+                positions = torch.arange(K).expand_as(sorted_ids)
                 for name, target in decoded.items():
+                    assert torch.equal(target[TOPK_INDICES].long(), sorted_ids)  # ids are exact
                     for loss in LOSSES:
                         value = per_position_topk(
-                            logits, *(target[n] for n in SAME_TOKENIZER.decoded), loss=loss
+                            coarse, target[TOPK_LOGITS], positions, target[TAIL_LOGIT], loss=loss
                         )
                         per_token[name][loss].append((student_name, value.reshape(-1).numpy()))
             print(f"size/error: rows {start + len(batch)} of {len(rows)}", flush=True)
@@ -223,6 +251,7 @@ def main() -> None:
     start = time.perf_counter()
     measured = size_and_error(teacher, students, rows, Path(tempfile.mkdtemp()))
     print(f"size/error took {time.perf_counter() - start:.0f} s", flush=True)
+    print(json.dumps({"sizes": measured["sizes"], "errors": measured["errors"]}), flush=True)
     bound = information_bound(teacher.config.vocab_size, K, measured["gaps"])
     timing = throughput(teacher, rows[: 2 * BATCH], options.rounds)
     memory = [

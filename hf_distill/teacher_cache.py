@@ -65,14 +65,9 @@ XTOK_TEMPERATURE, XTOK_TEXT_HASH = "xtok_teacher_temperature", "xtok_text_hash"
 XTOK_TOKENIZER, XTOK_FINGERPRINT = "xtok_teacher_tokenizer", "xtok_teacher_fingerprint"
 # Per teacher position: padded to the batch's longest teacher row, not to the student's input_ids.
 XTOK_POSITION_COLUMNS = (XTOK_TOPK_LOGITS, XTOK_TOPK_INDICES, XTOK_TAIL_LOGIT, XTOK_ENDS, XTOK_SPECIAL)
-XTOK_COLUMNS = (
-    *XTOK_POSITION_COLUMNS,
-    XTOK_TEMPERATURE,
-    XTOK_TEXT_HASH,
-    XTOK_TOKENIZER,
-    XTOK_FINGERPRINT,
-    *CROSS_TOKENIZER.stored,
-)
+XTOK_COLUMNS = (*XTOK_POSITION_COLUMNS, XTOK_TEMPERATURE, XTOK_TEXT_HASH, XTOK_TOKENIZER, XTOK_FINGERPRINT)
+# Every column a cross-tokenizer cache may hold, float32 or compact (:mod:`hf_distill.compact_cache`).
+XTOK_ALL_COLUMNS = (*XTOK_COLUMNS, *CROSS_TOKENIZER.stored)
 # Columns a batch carries for the teacher signal rather than for the model's forward (the trainer keeps them).
 CACHE_COLUMNS = (
     TEACHER_LOGITS,
@@ -84,7 +79,7 @@ CACHE_COLUMNS = (
     TEXT_COLUMN,
     OFFSETS_COLUMN,
     *SAME_TOKENIZER.stored,
-    *XTOK_COLUMNS,
+    *XTOK_ALL_COLUMNS,
 )
 STRING_COLUMNS = (TEXT_COLUMN, XTOK_TOKENIZER, XTOK_FINGERPRINT)
 TASKS = (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, CAUSAL_LM)
@@ -377,7 +372,9 @@ def check_cross_tokenizer_request(
             f"The dataset has no {text_column!r} column (it has {dataset.column_names}); a cross-tokenizer cache "
             "is made from the raw text, which the teacher tokenizes itself. Pass text_column=<the text column>."
         )
-    check_cache_settings(dataset, task, top_k, temperature, batch_size, XTOK_COLUMNS, "cross-tokenizer cache")
+    check_cache_settings(
+        dataset, task, top_k, temperature, batch_size, XTOK_ALL_COLUMNS, "cross-tokenizer cache"
+    )
 
 
 def cross_tokenizer_batch_fn(

@@ -11,7 +11,7 @@ from xtok_helpers import byte_level_tokenizer, metaspace_tokenizer, tiny_gpt2
 from hf_distill import DistillationTrainer, DistillationTrainingArguments, cli
 from hf_distill.cache_shards import load_teacher_cache
 from hf_distill.compact_cache import CROSS_TOKENIZER, SAME_TOKENIZER
-from hf_distill.teacher_cache import XTOK_COLUMNS
+from hf_distill.teacher_cache import XTOK_ALL_COLUMNS
 
 DATA = ["--max_files", "6", "--max_train_samples", "6", "--max_length", "16", "--split_seed", "1"]
 RUN = [
@@ -77,7 +77,7 @@ def test_cache_teacher_with_teacher_tokenizer_trains_like_the_live_teacher(folde
         )
 
     cached = trainer(rows, None)
-    stored = [c for c in rows.column_names if c in XTOK_COLUMNS]
+    stored = [c for c in rows.column_names if c in XTOK_ALL_COLUMNS]
     live = trainer(rows.remove_columns(stored), AutoModelForCausalLM.from_pretrained(teacher_dir))
     live.model.load_state_dict(cached.model.state_dict())
     for batch in ([0, 1, 2], [3, 4, 5]):
