@@ -289,3 +289,32 @@ def test_rows_of_two_codecs_are_refused(written, tmp_path):
     with pytest.raises(ValueError, match="mixes rows of different top-k codecs"):
         TeacherCacheCollator(default_data_collator)(rows)
     assert isinstance(other, Dataset)
+
+
+def test_a_compact_cross_tokenizer_cache_of_another_text_or_tokenizer_is_refused(tmp_path):
+    from test_cross_tokenizer_trainer import first_batch, texts_dataset, trainer_for
+    from xtok_helpers import byte_level_tokenizer, metaspace_tokenizer
+    from xtok_helpers import tiny_gpt2 as xtok_gpt2
+
+    from hf_distill.compact_cache import CROSS_TOKENIZER
+    from hf_distill.token_alignment import TEXT_COLUMN, prepare_cross_tokenizer_dataset
+
+    teacher_tokenizer, student_tokenizer = byte_level_tokenizer(), metaspace_tokenizer()
+    cache = cache_teacher_outputs(
+        xtok_gpt2(len(teacher_tokenizer), seed=1), texts_dataset(4), teacher_tokenizer=teacher_tokenizer,
+        top_k=8, temperature=2.0, codec=TopkCodec(),
+    )  # fmt: skip
+    assert CROSS_TOKENIZER.codes in cache.column_names
+    rows = prepare_cross_tokenizer_dataset(cache, student_tokenizer, text_column=TEXT_COLUMN)
+    edited = rows.map(lambda row: {TEXT_COLUMN: row[TEXT_COLUMN] + " edited"})
+    trainer = trainer_for(tmp_path / "a", student_tokenizer, teacher_tokenizer, edited, teacher=None)
+    with pytest.raises(
+        ValueError, match="other than the one the cross-tokenizer teacher cache was computed on"
+    ):
+        trainer.compute_loss(trainer.model, first_batch(trainer, [0, 1]))
+    other = byte_level_tokenizer(vocab_size=300)
+    trainer = trainer_for(tmp_path / "b", student_tokenizer, other, rows, teacher=None)
+    with pytest.raises(ValueError, match="made with the teacher tokenizer.*fingerprint.*Pass the tokenizer"):
+        trainer.compute_loss(trainer.model, first_batch(trainer, [0, 1]))
+    trainer = trainer_for(tmp_path / "c", student_tokenizer, teacher_tokenizer, rows, teacher=None)
+    assert torch.isfinite(trainer.compute_loss(trainer.model, first_batch(trainer, [0, 1])))
