@@ -48,7 +48,7 @@ class CacheArguments:
         default="auto",
         metadata={
             "help": "'shards': Parquet shards written as the teacher runs (memory flat in the rows; a causal "
-            "LM's top-k compact, ~200 bytes per token at k=128); 'arrow': a save_to_disk folder of float32 "
+            "LM's top-k compact, ~240 bytes per token at k=128); 'arrow': a save_to_disk folder of float32 "
             "columns; 'auto': shards for codegen, arrow for the classifiers."
         },
     )
