@@ -1,6 +1,8 @@
 """hf_distill: knowledge distillation for Hugging Face Transformers."""
 
 from .arguments import DistillationTrainingArguments
+from .cache_shards import load_teacher_cache
+from .cache_writer import write_teacher_cache
 from .chunked import KDLossParts, fused_linear_distillation_loss
 from .hub import push_student, render_model_card, write_model_card
 from .losses import PER_POSITION_LOSSES, distillation_loss, task_cross_entropy
@@ -36,6 +38,7 @@ from .student import (
 )
 from .teacher_cache import TeacherCacheCollator, cache_teacher_outputs
 from .token_alignment import prepare_cross_tokenizer_dataset, vocabulary_map
+from .topk_codec import TopkCodec
 from .topk_losses import topk_distillation_loss
 from .trainer import DistillationTrainer
 from .vocab_transfer import transfer_vocabulary
@@ -61,6 +64,9 @@ __all__ = [
     "MultiTaskDistillationTrainer",
     "topk_distillation_loss",
     "cache_teacher_outputs",
+    "write_teacher_cache",
+    "load_teacher_cache",
+    "TopkCodec",
     "TeacherCacheCollator",
     "fused_linear_distillation_loss",
     "KDLossParts",

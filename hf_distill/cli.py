@@ -4,6 +4,8 @@
     hf-distill eval sentiment --model_name_or_path runs/sentiment/students/teacher_layers-3L-distilled
     hf-distill demo [--output_dir runs/demo]
     hf-distill cache-teacher sentiment --config ... --teacher_model_name_or_path runs/sentiment/teacher --cache_dir c
+    hf-distill cache-teacher codegen --teacher_model_name_or_path smollm2-135m --top_k 128 --cache_dir c
+    hf-distill cache-teacher codegen --teacher_tokenizer smollm2-135m --student_tokenizer gpt2-tokenizer --cache_dir c
     hf-distill report runs/sentiment          # Markdown/HTML report with plots from report.json
     hf-distill push runs/sentiment/students/teacher_layers-3L-distilled user/my-student
 
@@ -171,49 +173,27 @@ def evaluate(task: str, argv: Sequence[str]) -> dict[str, dict[str, float]]:
     return results
 
 
-@dataclass
-class CacheArguments:
-    _argument_group_name = "cache"
-
-    cache_dir: str = field(metadata={"help": "Where to save the training split with the teacher's outputs."})
-    top_k: int | None = field(
-        default=None,
-        metadata={"help": "Causal LM only: logits kept per position (the rest become one tail)."},
-    )
-
-
-def cache_teacher(task: str, argv: Sequence[str]):
-    """Runs the (fine-tuned) teacher once over the task's training split and saves it with the outputs."""
+def cache_teacher(task: str, argv: Sequence[str]) -> dict[str, Any]:
+    """Runs the (fine-tuned) teacher once over the task's training split and saves it with the outputs
+    (:mod:`hf_distill.recipes.caching`: same-tokenizer or, with ``--teacher_tokenizer``, cross-tokenizer)."""
     from .recipes.arguments import RECIPE_ARGUMENTS
+    from .recipes.caching import CacheArguments, cache_task
     from .recipes.config import parse_args_with_config
-    from .recipes.teacher import load_teacher, teacher_tokenizer
-    from .teacher_cache import cache_teacher_outputs
 
-    cache_args, teacher_args, _, data_args, _, training_args = parse_args_with_config(
+    cache_args, teacher_args, student_args, data_args, _, training_args = parse_args_with_config(
         (CacheArguments, *RECIPE_ARGUMENTS),
         argv,
         prog=f"hf-distill cache-teacher {task}",
         description=f"Run the {task} teacher once over the training split and save the split with its outputs.",
     )
-    tokenizer = teacher_tokenizer(teacher_args, **({"add_prefix_space": True} if task == "ner" else {}))
-    task_data = _preparer(task)(data_args, tokenizer)
-    teacher, needs_fine_tune = load_teacher(teacher_args, task_data)
-    if needs_fine_tune:
-        raise ValueError(
-            f"the teacher {teacher_args.teacher_model_name_or_path!r} has no trained head for this task, so its "
-            "outputs would be noise; fine-tune it first (`hf-distill train` saves it under <output_dir>/teacher) "
-            "and pass that folder as --teacher_model_name_or_path."
-        )
-    cached = cache_teacher_outputs(
-        teacher.eval(),
-        task_data.train,
-        top_k=cache_args.top_k,
-        temperature=training_args.temperature,
-        batch_size=training_args.per_device_eval_batch_size,
+    saved = cache_task(
+        task, _preparer(task), cache_args, teacher_args, student_args, data_args, training_args
     )
-    cached.save_to_disk(cache_args.cache_dir)
-    print(f"cached teacher outputs for {len(cached)} training rows in {cache_args.cache_dir}", flush=True)
-    return cached
+    print(
+        f"cached teacher outputs for {saved['rows']} training rows in {saved['path']} ({saved['format']})",
+        flush=True,
+    )
+    return saved
 
 
 def demo(argv: Sequence[str]) -> dict | None:

@@ -18,6 +18,12 @@
   aligns it to the student's positions when each batch is loaded, and refuses it for another text or
   another teacher tokenizer.
 
+With ``codec=`` (:class:`hf_distill.topk_codec.TopkCodec`) a causal LM's top-k is stored compactly instead
+(``<prefix>topk_ids_lo`` / ``topk_ids_hi`` / ``topk_codes`` / ``tail_rel`` / ``topk_codec``, see
+:mod:`hf_distill.compact_cache`): about 240 bytes per position at k=128 in zstd Parquet instead of ~1 KB.
+:class:`TeacherCacheCollator` decodes such rows back to the float32 columns, so training reads both formats.
+:func:`hf_distill.cache_writer.write_teacher_cache` writes either format in Parquet shards as the teacher runs.
+
 The result is an ordinary ``Dataset``: ``save_to_disk`` / ``load_from_disk`` and ``push_to_hub`` work on it.
 
 The top-k loss these columns feed is in :mod:`hf_distill.topk_losses`.
@@ -34,6 +40,7 @@ import torch
 from datasets import Dataset
 from torch import nn
 
+from .compact_cache import CROSS_TOKENIZER, SAME_TOKENIZER, decode_rows, encode_rows
 from .model_kind import CAUSAL_LM, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, detect_task
 from .token_alignment import (
     OFFSETS_COLUMN,
@@ -42,6 +49,7 @@ from .token_alignment import (
     require_offsets,
     tokenizer_fingerprint,
 )
+from .topk_codec import TopkCodec
 from .topk_losses import topk_teacher
 
 TEACHER_LOGITS = "teacher_logits"
@@ -58,6 +66,8 @@ XTOK_TOKENIZER, XTOK_FINGERPRINT = "xtok_teacher_tokenizer", "xtok_teacher_finge
 # Per teacher position: padded to the batch's longest teacher row, not to the student's input_ids.
 XTOK_POSITION_COLUMNS = (XTOK_TOPK_LOGITS, XTOK_TOPK_INDICES, XTOK_TAIL_LOGIT, XTOK_ENDS, XTOK_SPECIAL)
 XTOK_COLUMNS = (*XTOK_POSITION_COLUMNS, XTOK_TEMPERATURE, XTOK_TEXT_HASH, XTOK_TOKENIZER, XTOK_FINGERPRINT)
+# Every column a cross-tokenizer cache may hold, float32 or compact (:mod:`hf_distill.compact_cache`).
+XTOK_ALL_COLUMNS = (*XTOK_COLUMNS, *CROSS_TOKENIZER.stored)
 # Columns a batch carries for the teacher signal rather than for the model's forward (the trainer keeps them).
 CACHE_COLUMNS = (
     TEACHER_LOGITS,
@@ -68,7 +78,8 @@ CACHE_COLUMNS = (
     INPUT_HASH,
     TEXT_COLUMN,
     OFFSETS_COLUMN,
-    *XTOK_COLUMNS,
+    *SAME_TOKENIZER.stored,
+    *XTOK_ALL_COLUMNS,
 )
 STRING_COLUMNS = (TEXT_COLUMN, XTOK_TOKENIZER, XTOK_FINGERPRINT)
 TASKS = (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, CAUSAL_LM)
@@ -216,6 +227,7 @@ def cache_teacher_outputs(
     dtype: torch.dtype = torch.float32,
     teacher_tokenizer: Any = None,
     text_column: str = TEXT_COLUMN,
+    codec: TopkCodec | None = None,
 ) -> Dataset:
     """Runs ``teacher`` once over ``dataset`` and returns it with the teacher's outputs as columns.
 
@@ -233,18 +245,90 @@ def cache_teacher_outputs(
         dtype: storage dtype of the cached logits.
         teacher_tokenizer, text_column: a cross-tokenizer cache (causal LM): the teacher tokenizes the raw
             texts of ``text_column`` itself, and students of any tokenizer train from the result.
+        codec: causal LM only: store the top-k compactly (:class:`hf_distill.topk_codec.TopkCodec`, about a
+            quarter of the float32 bytes) instead of float32 logits and int32 ids. For a cache larger than
+            memory, write it in shards with :func:`hf_distill.cache_writer.write_teacher_cache`.
 
     Returns:
         ``dataset`` plus the columns described in the module docstring.
     """
     task = task or detect_task(teacher)
     if teacher_tokenizer is not None:
-        settings = (task, top_k, temperature, batch_size, device, dtype)
-        return _cache_cross_tokenizer(teacher, dataset, teacher_tokenizer, text_column, *settings)
-    check_cache_request(dataset, task, top_k, temperature, batch_size)
+        check_cross_tokenizer_request(
+            dataset, teacher_tokenizer, text_column, task, top_k, temperature, batch_size
+        )
+    else:
+        check_cache_request(dataset, task, top_k, temperature, batch_size)
+    check_codec(codec, task)
     device = torch.device(device) if device is not None else next(teacher.parameters()).device
+    settings = (task, top_k, temperature, device, dtype, codec)
+    if teacher_tokenizer is not None:
+        run = cross_tokenizer_batch_fn(teacher, teacher_tokenizer, text_column, *settings)
+        key = f"xtok-{tokenizer_fingerprint(teacher_tokenizer)}"
+    else:
+        run, key = teacher_batch_fn(teacher, *settings), task
     was_training = teacher.training
     teacher.eval()
+    try:
+        # new_fingerprint: otherwise `datasets` would hash the teacher's weights to name the cache file.
+        fingerprint = hashlib.blake2b(
+            f"{dataset._fingerprint}-{type(teacher).__name__}-{id(teacher)}-{key}-{top_k}-{temperature}-"
+            f"{codec}".encode(),
+            digest_size=8,
+        ).hexdigest()
+        return dataset.map(run, batched=True, batch_size=batch_size, new_fingerprint=fingerprint)
+    finally:
+        teacher.train(was_training)
+
+
+def check_codec(codec: Any, task: str) -> None:
+    """A codec is a :class:`TopkCodec`, and only for a causal LM's top-k cache."""
+    if codec is None:
+        return
+    if not isinstance(codec, TopkCodec):
+        raise TypeError(
+            f"codec must be a hf_distill.topk_codec.TopkCodec (or None for float32), got {type(codec).__name__}; "
+            "e.g. TopkCodec(value_bits=6)."
+        )
+    if task != CAUSAL_LM:
+        raise ValueError(
+            f"codec={codec} compresses a causal LM's top-k logits, but the teacher is a {task} model whose full "
+            "logits are stored as they are; leave codec=None."
+        )
+
+
+def topk_columns(
+    logits: torch.Tensor,
+    lengths: Sequence[int],
+    top_k: int,
+    temperature: float,
+    dtype: torch.dtype,
+    codec: TopkCodec | None,
+    cross: bool,
+) -> dict[str, list]:
+    """The top-k columns of a batch of logits ``(B, T, V)``: float32 (``codec`` None) or compact."""
+    rows = topk_rows(logits, lengths, top_k, temperature, dtype if codec is None else torch.float32)
+    if codec is not None:
+        columns = CROSS_TOKENIZER if cross else SAME_TOKENIZER
+        return encode_rows(codec, columns, rows, temperature, logits.shape[-1])
+    names = (
+        (XTOK_TOPK_LOGITS, XTOK_TOPK_INDICES, XTOK_TAIL_LOGIT)
+        if cross
+        else (TOPK_LOGITS, TOPK_INDICES, TAIL_LOGIT)
+    )
+    return dict(zip(names, rows))
+
+
+def teacher_batch_fn(
+    teacher: nn.Module,
+    task: str,
+    top_k: int | None,
+    temperature: float,
+    device: torch.device,
+    dtype: torch.dtype,
+    codec: TopkCodec | None = None,
+):
+    """``batch (dict of lists) -> the cache columns of its rows``: one teacher forward per call."""
 
     def run(batch: dict[str, list]) -> dict[str, list]:
         lengths = [len(ids) for ids in batch["input_ids"]]
@@ -260,23 +344,14 @@ def cache_teacher_outputs(
         elif task == "token_classification":
             out[TEACHER_LOGITS] = [row[:n] for row, n in zip(logits.to(dtype).cpu().numpy(), lengths)]
         else:
-            rows = topk_rows(logits, lengths, top_k, temperature, dtype)
-            out.update(zip((TOPK_LOGITS, TOPK_INDICES, TAIL_LOGIT), rows))
+            out.update(topk_columns(logits, lengths, top_k, temperature, dtype, codec, cross=False))
             out[TEMPERATURE] = [float(temperature)] * len(lengths)
         return out
 
-    try:
-        # new_fingerprint: otherwise `datasets` would hash the teacher's weights to name the cache file.
-        fingerprint = hashlib.blake2b(
-            f"{dataset._fingerprint}-{type(teacher).__name__}-{id(teacher)}-{task}-{top_k}-{temperature}".encode(),
-            digest_size=8,
-        ).hexdigest()
-        return dataset.map(run, batched=True, batch_size=batch_size, new_fingerprint=fingerprint)
-    finally:
-        teacher.train(was_training)
+    return run
 
 
-def _check_cross_tokenizer_request(
+def check_cross_tokenizer_request(
     dataset: Dataset,
     teacher_tokenizer: Any,
     text_column: str,
@@ -285,6 +360,7 @@ def _check_cross_tokenizer_request(
     temperature: float,
     batch_size: int,
 ) -> None:
+    """Refuses, before the teacher runs, a cross-tokenizer cache request that cannot be served."""
     if task != CAUSAL_LM:
         raise ValueError(
             f"A cross-tokenizer cache (teacher_tokenizer given) is for causal LM teachers, got a {task} teacher; "
@@ -296,29 +372,25 @@ def _check_cross_tokenizer_request(
             f"The dataset has no {text_column!r} column (it has {dataset.column_names}); a cross-tokenizer cache "
             "is made from the raw text, which the teacher tokenizes itself. Pass text_column=<the text column>."
         )
-    check_cache_settings(dataset, task, top_k, temperature, batch_size, XTOK_COLUMNS, "cross-tokenizer cache")
+    check_cache_settings(
+        dataset, task, top_k, temperature, batch_size, XTOK_ALL_COLUMNS, "cross-tokenizer cache"
+    )
 
 
-def _cache_cross_tokenizer(
+def cross_tokenizer_batch_fn(
     teacher: nn.Module,
-    dataset: Dataset,
     teacher_tokenizer: Any,
     text_column: str,
     task: str,
     top_k: int | None,
     temperature: float,
-    batch_size: int,
-    device: str | torch.device | None,
+    device: torch.device,
     dtype: torch.dtype,
-) -> Dataset:
-    """The cross-tokenizer cache: per teacher position of the teacher's own tokenization of each text."""
-    _check_cross_tokenizer_request(
-        dataset, teacher_tokenizer, text_column, task, top_k, temperature, batch_size
-    )
-    device = torch.device(device) if device is not None else next(teacher.parameters()).device
+    codec: TopkCodec | None = None,
+):
+    """The cross-tokenizer cache of a batch: per teacher position of the teacher's own tokenization of each
+    text (``batch (dict of lists) -> columns``)."""
     name, fingerprint = str(teacher_tokenizer.name_or_path), tokenizer_fingerprint(teacher_tokenizer)
-    was_training = teacher.training
-    teacher.eval()
 
     def run(batch: dict[str, list]) -> dict[str, list]:
         texts = batch[text_column]
@@ -330,11 +402,8 @@ def _cache_cross_tokenizer(
         }
         with torch.inference_mode():
             logits = teacher(**{k: v.to(device) for k, v in inputs.items()}).logits
-        values, indices, tail = topk_rows(logits, lengths, top_k, temperature, dtype)
         return {
-            XTOK_TOPK_LOGITS: values,
-            XTOK_TOPK_INDICES: indices,
-            XTOK_TAIL_LOGIT: tail,
+            **topk_columns(logits, lengths, top_k, temperature, dtype, codec, cross=True),
             XTOK_ENDS: encoded["ends"],
             XTOK_SPECIAL: encoded["special"],
             XTOK_TEMPERATURE: [float(temperature)] * len(texts),
@@ -343,24 +412,17 @@ def _cache_cross_tokenizer(
             XTOK_FINGERPRINT: [fingerprint] * len(texts),
         }
 
-    try:
-        new_fingerprint = hashlib.blake2b(
-            f"{dataset._fingerprint}-xtok-{id(teacher)}-{fingerprint}-{top_k}-{temperature}".encode(),
-            digest_size=8,
-        ).hexdigest()
-        return dataset.map(run, batched=True, batch_size=batch_size, new_fingerprint=new_fingerprint)
-    finally:
-        teacher.train(was_training)
+    return run
 
 
 def cached_teacher_kind(column_names: Sequence[str]) -> str | None:
     """``"logits"``, ``"topk"``, ``"cross_tokenizer"`` or None: which teacher cache a dataset (or batch)
-    carries."""
-    if XTOK_TOPK_LOGITS in column_names:
+    carries (float32 or compact)."""
+    if XTOK_TOPK_LOGITS in column_names or CROSS_TOKENIZER.codes in column_names:
         return "cross_tokenizer"
     if TEACHER_LOGITS in column_names:
         return "logits"
-    if TOPK_LOGITS in column_names:
+    if TOPK_LOGITS in column_names or SAME_TOKENIZER.codes in column_names:
         return "topk"
     return None
 
@@ -380,6 +442,9 @@ class TeacherCacheCollator:
         self.padding_side = padding_side
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        for columns in (SAME_TOKENIZER, CROSS_TOKENIZER):
+            if columns.codes in features[0]:  # a compact cache: decoded to the float32 columns first
+                decode_rows(features, columns)
         present = [name for name in CACHE_COLUMNS if name in features[0]]
         strings = {name: [f.pop(name) for f in features] for name in present if name in STRING_COLUMNS}
         cached = {

@@ -257,16 +257,7 @@ def add_cross_tokenizer_students(
     teacher_tokenizer.name_or_path = HUB_IDS.get(teacher_args.teacher_model_name_or_path, teacher_path)
     tokenizer.name_or_path = HUB_IDS.get(student_args.student_tokenizer, student_args.student_tokenizer)
     corpus = load_code_corpus(seed=data_args.split_seed, max_files=data_args.max_files)
-    train_texts = list(corpus["train"]["text"])
-    if data_args.max_train_samples is not None:
-        # Enough files for the capped number of blocks, not the whole split.
-        kept, count = [], 0
-        for text in train_texts:
-            kept.append(text)
-            count += len(tokenizer(text)["input_ids"]) // data_args.max_length
-            if count >= data_args.max_train_samples:
-                break
-        train_texts = kept
+    train_texts = training_texts(corpus["train"]["text"], tokenizer, data_args)
     test_files = list(corpus["test"]["text"])[: data_args.max_test_samples or None]
     test_texts = [text[:EVAL_CHARS_PER_FILE] for text in test_files]
     run_dir = Path(training_args.output_dir)
@@ -300,6 +291,21 @@ def add_cross_tokenizer_students(
         )
     report["cross_tokenizer"] = {"student_tokenizer": student_args.student_tokenizer, "models": entries}
     return report
+
+
+def training_texts(texts: Sequence[str], tokenizer: Any, data_args: Any) -> list[str]:
+    """The training files the recipe's cross-tokenizer students use: with ``max_train_samples``, only enough
+    files for that many blocks of ``max_length`` tokens of ``tokenizer``, not the whole split."""
+    texts = list(texts)
+    if data_args.max_train_samples is None:
+        return texts
+    kept, count = [], 0
+    for text in texts:
+        kept.append(text)
+        count += len(tokenizer(text)["input_ids"]) // data_args.max_length
+        if count >= data_args.max_train_samples:
+            break
+    return kept
 
 
 def bits_per_byte_table(report: dict[str, Any]) -> str:
