@@ -116,9 +116,22 @@ def paired_interval(kd: np.ndarray, baseline: np.ndarray) -> dict:
     return {"mean": 100 * per_example.mean(), "low": 100 * low, "high": 100 * high}
 
 
-def grid_points() -> list[dict]:
-    names = list(KD_GRID)
-    return [dict(zip(names, values)) for values in itertools.product(*(KD_GRID[n] for n in names))]
+def grid_points(grid: dict[str, list[float]]) -> list[dict]:
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def parse_grid(text: str | None) -> dict[str, list[float]]:
+    """``KD_GRID`` with the axes ``--grid "temperature=2,4;alpha=0.9,1.0"`` names replaced."""
+    grid = dict(KD_GRID)
+    for part in filter(None, (text or "").split(";")):
+        name, _, values = part.partition("=")
+        if name.strip() not in grid or not values:
+            raise SystemExit(f"--grid: {part!r} is not AXIS=v1,v2 with AXIS one of {sorted(grid)}")
+        grid[name.strip()] = [
+            float(v) if name.strip() != "num_train_epochs" else int(v) for v in values.split(",")
+        ]
+    return grid
 
 
 def sweep(ns: argparse.Namespace, extra: list[str]) -> dict:
@@ -126,9 +139,11 @@ def sweep(ns: argparse.Namespace, extra: list[str]) -> dict:
     out = Path(ns.out)
     task, teacher, student_args, training_args = setup(ns.config, extra, out)
     seeds, rows = [int(s) for s in ns.seeds.split(",")], []
-    epochs = sorted(set(KD_GRID["num_train_epochs"]))
-    kd_points = grid_points()[: 1 if ns.quick else None]
-    baseline_lrs = BASELINE_LRS[: 1 if ns.quick else None]
+    grid = parse_grid(ns.grid)
+    epochs = sorted(set(grid["num_train_epochs"]))
+    kd_points = grid_points(grid)[: 1 if ns.quick else None]
+    lrs = [float(v) for v in ns.baseline_lrs.split(",")] if ns.baseline_lrs else BASELINE_LRS
+    baseline_lrs = lrs[: 1 if ns.quick else None]
     runs = [(True, point) for point in kd_points]
     runs += [(False, {"learning_rate": lr, "num_train_epochs": e}) for lr in baseline_lrs for e in epochs]
     for kd, point in runs:
@@ -223,6 +238,12 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "recipes" / "configs" / "sentiment_transfer.yaml"))
     parser.add_argument("--seeds", default="1,2")
     parser.add_argument("--baseline_lr", type=float, default=None, help="test: the baseline's learning rate")
+    parser.add_argument(
+        "--grid", default=None, help='sweep: replace axes of KD_GRID, "temperature=2,4;alpha=0.9,1"'
+    )
+    parser.add_argument(
+        "--baseline_lrs", default=None, help="sweep: the baseline's learning rates, 1e-4,2e-4"
+    )
     parser.add_argument("--out", default="runs/sweep_sentiment")
     parser.add_argument("--name", default=None, help="results/<name>.json (default: sweep_sentiment[_test])")
     parser.add_argument("--quick", action="store_true")
