@@ -103,7 +103,7 @@ class StudentArguments:
         default_factory=list,
         metadata={
             "help": "Train every student and its baseline once per seed, e.g. --seeds 1,2,3 (a YAML list in a "
-            "config): the teacher is fine-tuned once; the report gives each model's mean and 95% interval and "
+            "config): the teacher is fine-tuned once; the report gives each model's mean and 95%% interval and "
             "the paired difference KD - no-KD with its interval. Default: the one run of --seed."
         },
     )
