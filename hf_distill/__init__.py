@@ -2,6 +2,7 @@
 
 from .arguments import DistillationTrainingArguments
 from .chunked import KDLossParts, fused_linear_distillation_loss
+from .feature_maps import FeatureMapMatcher
 from .hub import push_student, render_model_card, write_model_card
 from .losses import PER_POSITION_LOSSES, distillation_loss, task_cross_entropy
 from .metrics import accuracy_f1, agreement, perplexity, seqeval_metrics
@@ -37,6 +38,7 @@ from .student import (
 from .teacher_cache import TeacherCacheCollator, cache_teacher_outputs
 from .topk_losses import topk_distillation_loss
 from .trainer import DistillationTrainer
+from .tuple_batches import TupleCollator
 
 __version__ = "0.1.0"
 
@@ -61,6 +63,8 @@ __all__ = [
     "PER_POSITION_LOSSES",
     "SENTIMENT_LABELS",
     "DistillationTrainer",
+    "TupleCollator",
+    "FeatureMapMatcher",
     "DistillationTrainingArguments",
     "MultiTeacherDistillationTrainer",
     "MultiTeacherTrainingArguments",
