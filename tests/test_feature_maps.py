@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import TinyCNN, TupleImages, tiny_resnet
+from tiny_models import TinyCNN, TupleImages, tiny_resnet, tiny_vit
 from torch import nn
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments, TupleCollator
@@ -119,6 +119,20 @@ def test_feature_maps_train_a_student_from_a_resnet_teacher(tmp_path, student_ki
     assert not torch.equal(projection.weight.detach(), start), "the projection did not train"
     for key, value in teacher.state_dict().items():
         assert torch.equal(value, teacher_before[key]), f"teacher changed: {key}"
+
+
+def test_vit_token_maps_through_the_same_path(tmp_path):
+    # A ViT layer's output is (B, T, D) tokens: a linear projection 8 -> 16 wide, tokens matched one to one.
+    trainer = DistillationTrainer(
+        model=tiny_vit(hidden=8),
+        teacher_model=tiny_vit(seed=1, hidden=16),
+        args=make_args(tmp_path, feature_layers="vit.layers.1:vit.layers.1", max_steps=2),
+        train_dataset=TupleImages(),
+    )
+    projection = trainer.feature_map_matcher.projections["vit__layers__1"]
+    assert isinstance(projection, nn.Linear) and (projection.in_features, projection.out_features) == (8, 16)
+    trainer.train()
+    assert len(losses_logged(trainer, "loss_feature_map")) == 2
 
 
 def test_the_term_is_its_weight_times_the_logged_part(tmp_path):

@@ -179,3 +179,21 @@ class TupleImages(torch.utils.data.Dataset):
         image = 0.1 * torch.randn(self.num_channels, self.size, self.size, generator=generator)
         image[:, label % self.size, :] += 1.0  # a stripe per class, so the task is learnable
         return image, label
+
+
+def tiny_vit(seed: int = 0, hidden: int = 8, *, image_size: int = 16, num_labels: int = 10):
+    """A random ``ViTForImageClassification`` on 1-channel images, 4x4 patches, two layers."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=4,
+        num_channels=1,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        num_labels=num_labels,
+    )
+    return ViTForImageClassification(config)
