@@ -19,7 +19,7 @@ def latency_batch(task: TaskData, batch_size: int) -> dict[str, torch.Tensor]:
     while len(rows) < batch_size:  # a tiny test split still gives a full batch
         rows += rows[: batch_size - len(rows)]
     batch = task.collator(rows)
-    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    return {k: v for k, v in batch.items() if k in task.model_inputs}
 
 
 @torch.inference_mode()
