@@ -84,28 +84,9 @@ def module_width(module: nn.Module) -> int | None:
     return None
 
 
-def output_width(model: nn.Module, name: str, who: str) -> int:
-    """Channels (or token width) of layer ``name``'s output: that of the last conv / norm / linear layer that
-    runs up to it in registration order (inside a block, its last one; for a ReLU or pooling layer, the one
-    before it). The first forward pass checks it against the real map."""
-    width, inside = None, False
-    for module_name, module in model.named_modules():
-        if module_name == name:
-            inside = True
-        elif inside and not module_name.startswith(name + "."):
-            break
-        width = module_width(module) or width
-    if width is None:
-        raise ValueError(
-            f"feature_layers names {who} layer {name!r}, whose output width cannot be read: no Conv2d, "
-            "BatchNorm2d, GroupNorm, Linear or LayerNorm runs up to it. Name a layer after a convolution."
-        )
-    return width
-
-
-def makes_maps(model: nn.Module, name: str) -> bool:
-    """Whether layer ``name`` gives ``(B, C, H, W)`` maps: the last width-stating layer up to it is a
-    convolution or a 2-d norm (else ``(B, T, D)`` tokens are assumed)."""
+def last_width_layer(model: nn.Module, name: str) -> nn.Module | None:
+    """The last conv / norm / linear layer that runs up to layer ``name`` in registration order: inside a block,
+    its last one; for a ReLU or pooling layer, the one before it."""
     last, inside = None, False
     for module_name, module in model.named_modules():
         if module_name == name:
@@ -114,7 +95,25 @@ def makes_maps(model: nn.Module, name: str) -> bool:
             break
         if module_width(module) is not None:
             last = module
-    return isinstance(last, (nn.Conv2d, nn.BatchNorm2d, nn.GroupNorm))
+    return last
+
+
+def output_width(model: nn.Module, name: str, who: str) -> int:
+    """Channels (or token width) of layer ``name``'s output, read from :func:`last_width_layer`; the first
+    forward pass checks it against the real map."""
+    last = last_width_layer(model, name)
+    if last is None:
+        raise ValueError(
+            f"feature_layers names {who} layer {name!r}, whose output width cannot be read: no Conv2d, "
+            "BatchNorm2d, GroupNorm, Linear or LayerNorm runs up to it. Name a layer after a convolution."
+        )
+    return module_width(last)
+
+
+def makes_maps(model: nn.Module, name: str) -> bool:
+    """Whether layer ``name`` gives ``(B, C, H, W)`` maps (its :func:`last_width_layer` is a convolution or a
+    2-d norm) rather than ``(B, T, D)`` tokens."""
+    return isinstance(last_width_layer(model, name), (nn.Conv2d, nn.BatchNorm2d, nn.GroupNorm))
 
 
 def first_tensor(output: Any) -> torch.Tensor:
