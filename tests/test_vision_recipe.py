@@ -80,6 +80,8 @@ def test_vision_recipe_resnet_teacher_to_plain_cnn(tmp_path):
     on_disk = load_report(out)
     assert on_disk["task"] == report["task"] == "image_classification"
     assert report["teacher"]["fine_tuned_dir"] == str(out / "teacher"), "the ResNet is trained from scratch"
+    assert report["distillation"]["feature_map_weight"] == 1.0
+    assert report["distillation"]["feature_layers"] == "features.1:resnet.encoder.stages.1"
     assert (out / "teacher" / "config.json").is_file()
     students = {s["kind"]: s for s in report["students"]}
     assert set(students) == {"distilled", "no_kd_baseline"}
