@@ -263,3 +263,28 @@ def test_a_forward_without_pixel_values_is_refused_naming_the_collator(tmp_path)
             args=make_args(tmp_path, feature_map_weight=0.0, feature_layers=""),
             train_dataset=TupleImages(),
         )
+
+
+def test_gradient_accumulation_does_not_change_the_feature_term(tmp_path):
+    # One image counts once whether the 8 images of a step come as 8 x 1 or as 4 x 2 micro-batches.
+    weights = []
+    for batch, accumulation in ((8, 1), (4, 2)):
+        student = TinyCNN()
+        trainer = DistillationTrainer(
+            model=student,
+            teacher_model=tiny_resnet(),
+            args=make_args(
+                tmp_path / f"b{batch}",
+                per_device_train_batch_size=batch,
+                gradient_accumulation_steps=accumulation,
+                max_steps=2,
+                feature_map_weight=5.0,
+            ),
+            train_dataset=TupleImages(),
+        )
+        trainer.train()
+        weights.append(
+            [p.detach().clone() for p in (*student.parameters(), *trainer.feature_map_matcher.parameters())]
+        )
+    for one, two in zip(*weights):
+        torch.testing.assert_close(one, two, rtol=1e-5, atol=1e-6)
