@@ -23,11 +23,10 @@ from pathlib import Path
 
 import torch
 
+# The machine's busy time and the quiet threshold are the package's, shared with the recipes' latency.
+from hf_distill.timing import QUIET_CORES, busy_cpu_seconds
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-# Cores other processes may keep busy during a call that still counts as quiet.
-QUIET_CORES = 0.25
 
 
 class Timings(dict):
@@ -46,14 +45,6 @@ class Timings(dict):
         return part
 
 
-def _busy_seconds() -> float:
-    """CPU seconds spent busy by the whole machine since boot (all cores)."""
-    with open("/proc/stat") as stat:
-        fields = [int(v) for v in stat.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 def time_variants(variants: dict[str, Callable[[], None]], rounds: int, warmup: int = 1) -> Timings:
     """Seconds per call of each variant, ``rounds`` calls each, order rotated every round."""
     names = list(variants)
@@ -63,13 +54,13 @@ def time_variants(variants: dict[str, Callable[[], None]], rounds: int, warmup: 
     times = Timings(names)
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            busy, cpu, start = _busy_seconds(), time.process_time(), time.perf_counter()
+            busy, cpu, start = busy_cpu_seconds(), time.process_time(), time.perf_counter()
             variants[name]()
             wall = time.perf_counter() - start
             own = (time.process_time() - cpu) / wall
             times[name].append(wall)
             times.own[name].append(own)
-            times.others[name].append(max((_busy_seconds() - busy) / wall - own, 0.0))
+            times.others[name].append(max((busy_cpu_seconds() - busy) / wall - own, 0.0))
     return times
 
 

@@ -17,7 +17,7 @@ from .modes import (
     SelfDistillationTrainingArguments,
     generate_teacher_completions,
 )
-from .offline import resolve_model_path, smollm2_folder
+from .offline import gpt2_tokenizer_folder, resolve_model_path, smollm2_folder
 from .preprocessing import chunk_for_causal_lm, tokenize_and_align_labels, tokenize_for_classification
 from .recipes.arguments import DataArguments, ReportArguments, StudentArguments, TeacherArguments
 from .recipes.config import parse_args_with_config
@@ -36,9 +36,11 @@ from .student import (
     student_from_teacher,
 )
 from .teacher_cache import TeacherCacheCollator, cache_teacher_outputs
+from .token_alignment import prepare_cross_tokenizer_dataset, vocabulary_map
 from .topk_losses import topk_distillation_loss
 from .trainer import DistillationTrainer
 from .tuple_batches import TupleCollator
+from .vocab_transfer import transfer_vocabulary
 
 __version__ = "0.1.0"
 
@@ -49,6 +51,10 @@ __all__ = [
     "ReportArguments",
     "DataArguments",
     "smollm2_folder",
+    "gpt2_tokenizer_folder",
+    "prepare_cross_tokenizer_dataset",
+    "vocabulary_map",
+    "transfer_vocabulary",
     "resolve_model_path",
     "parse_args_with_config",
     "generate_teacher_completions",

@@ -52,6 +52,52 @@ def check_trainer_inputs(args: Any, model: nn.Module | None, datasets: dict[str,
                 f"The {split} is empty, so there is nothing to distill on; check the split name and any "
                 "filtering (e.g. max_length or label filters) that produced it."
             )
+    check_train_labels(args, datasets.get("train_dataset"), custom_collator="data_collator" in datasets)
+
+
+LABEL_COLUMNS = ("labels", "label", "label_ids")
+
+
+def has_label(value: Any) -> bool:
+    """Whether a dataset cell holds a label: a value other than -100, or a list holding one (token labels)."""
+    if isinstance(value, (list, tuple)):
+        return any(has_label(v) for v in value)
+    return value is not None and value != -100
+
+
+def any_label(dataset: Any, column: str, block: int = 1024) -> bool:
+    """Whether any row of ``column`` holds a label, read a block of rows at a time (labeled rows usually come
+    first: a large training set is not read whole)."""
+    return any(
+        has_label(v)
+        for start in range(0, len(dataset), block)
+        for v in dataset[start : start + block][column]
+    )
+
+
+def check_train_labels(args: DistillationTrainingArguments, dataset: Any, custom_collator: bool) -> None:
+    """A task term (``alpha < 1``) needs labeled rows: refuse, before training, a training set whose label
+    column is all -100 (a transfer set alone), or one without a label column that no custom collator could
+    fill in (``DataCollatorForLanguageModeling`` makes causal-LM labels from the inputs)."""
+    names = getattr(dataset, "column_names", None)
+    if args.alpha >= 1.0 or not isinstance(names, list):
+        return
+    columns = [c for c in (args.label_names or LABEL_COLUMNS) if c in names]
+    if not columns:
+        if custom_collator:
+            return
+        problem = f"has no label column (it has {names})"
+    elif any_label(dataset, columns[0]):
+        return
+    else:
+        problem = (
+            f"has no label anywhere: every value of its {columns[0]!r} column is -100 (rows without labels)"
+        )
+    raise ValueError(
+        f"The train_dataset {problem}, but alpha={args.alpha} gives the task loss weight "
+        f"{1 - args.alpha:.2f}, which would learn from nothing. Set alpha=1.0 to learn from the teacher's soft "
+        "targets alone (a transfer set), or add labeled rows to the training set."
+    )
 
 
 def check_cache_replaces_teacher(cached: Sequence[str | None], has_eval_dataset: bool) -> None:

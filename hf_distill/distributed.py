@@ -12,6 +12,13 @@ What it needs depends on the backend, following how TRL prepares its reference a
 * FSDP: sharded with the run's FSDP plugin (FSDP1 ``FullyShardedDataParallel`` or FSDP2 ``fully_shard``),
   then put in eval mode. (``prepare_model(evaluation_mode=True)`` would leave it unsharded, and on the CPU,
   since accelerate skips device placement under FSDP.)
+
+FSDP2 and ZeRO-3 are tested for real on two CPU processes (gloo): ``tests/scripts/sharded_run.py``, launched
+with the shipped ``recipes/accelerate_configs/fsdp.yaml`` or ``deepspeed_zero3.yaml``, checks that the teacher
+ends up half on each process and unchanged after training, and that the run equals a single-process one.
+accelerate itself turns FSDP and DeepSpeed on only for GPUs and other accelerators (a CPU run stays
+``MULTI_CPU`` and its plugin is dropped), so that script promotes its CPU state to FSDP / DeepSpeed before the
+Trainer is built; the code above then runs as it does on GPUs.
 """
 
 from __future__ import annotations

@@ -26,7 +26,15 @@ from .push_guard import (
     recorded_fingerprint,
     upload_weight_files,
 )
-from .report_format import NOT_MEASURED, comparison_table, format_bytes, format_count, markdown_table
+from .report_format import (
+    NOT_MEASURED,
+    comparison_table,
+    format_bytes,
+    format_count,
+    markdown_table,
+    report_notes,
+    scorecard_lines,
+)
 from .report_schema import load_report, validate_report
 
 logger = logging.getLogger(__name__)
@@ -285,11 +293,14 @@ def _comparison_lines(report: dict, student: dict | None, student_name: str) -> 
     if student is None:
         # A partial report has no student row yet; the card still shows where this model will go.
         rows.append([f"**{student_name}** (this model)", "student"] + [NOT_MEASURED] * 8)
+    seeded = scorecard_lines(student or {})
     return [
         "Retention is the student's metric as a share of the teacher's (inverted when lower is better); "
         "speed-up is teacher latency over student latency, at batch size 1 and 32.",
         "",
         markdown_table(header, rows),
+        *(f"\n{note}" for note in report_notes(report)),
+        *(["", *seeded] if seeded else []),
     ]
 
 

@@ -1,22 +1,97 @@
 """Evaluation metrics that work offline: ``compute_metrics`` functions for the Trainer, perplexity, agreement.
 
-``evaluate.load("accuracy")`` and friends fetch their scripts from the Hub and fail without it, so the
-metrics here call scikit-learn and the ``seqeval`` package directly. Positions labelled ``-100`` (special
-tokens, later sub-tokens, padding) never count.
+The metrics are ``evaluate`` modules shipped in the package (``hf_distill/evaluate_metrics/<name>/``) and
+loaded by path with :func:`load_metric`, so they work without the Hub: ``accuracy_f1`` (scikit-learn),
+``seqeval_entities`` (``seqeval``) and ``bits_per_byte`` (bits per byte and perplexity from per-text sums).
+Online, :func:`load_metric` also takes any Hub name; :data:`HUB_EQUIVALENTS` says which Hub module computes
+the same numbers as each local one.
+
+Each task's scoring keeps per-example statistics beside the metrics (:class:`ExampleScores`), from which the
+corpus metric is recomputed on any resample of the test examples (:data:`CORPUS_METRICS`): the correct
+predictions for accuracy, each sentence's gold / predicted / correct entity counts for entity F1, each text's
+NLL, tokens and bytes for bits per byte and perplexity. Positions labelled ``-100`` (special tokens, later
+sub-tokens, padding) never count.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, f1_score
 
 IGNORE_INDEX = -100
+EVALUATE_METRICS_DIR = Path(__file__).resolve().parent / "evaluate_metrics"
+LOCAL_METRICS = ("accuracy_f1", "seqeval_entities", "bits_per_byte")
+# The Hub's evaluate modules that give the same numbers as each local one (when the Hub can be reached).
+HUB_EQUIVALENTS = {
+    "accuracy_f1": ("accuracy", "f1 (average='macro')"),
+    "seqeval_entities": ("seqeval",),
+    "bits_per_byte": ("perplexity (perplexity only; it runs a Hub model itself)",),
+}
+
+
+@functools.cache
+def load_metric(name: str) -> Any:
+    """The ``evaluate`` module ``name``: one shipped in the package (:data:`LOCAL_METRICS`, loaded by path, so
+    offline) or else whatever ``evaluate.load(name)`` finds (a Hub name such as ``"accuracy"`` or a path)."""
+    import evaluate
+
+    if name in LOCAL_METRICS:
+        return evaluate.load(str(EVALUATE_METRICS_DIR / name))
+    return evaluate.load(name)
+
+
+@dataclass
+class ExampleScores:
+    """A model's metrics on a split and the per-example statistics they are recomputed from.
+
+    ``statistics`` maps each name of the task's entry in :data:`CORPUS_METRICS` to an array with one value per
+    test example, in the split's order (so two models' arrays pair example by example).
+    """
+
+    metrics: dict[str, float]
+    statistics: dict[str, np.ndarray]
+
+
+def corpus_accuracy(correct: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Share of correct predictions along ``axis`` (``correct`` holds 0/1 per example)."""
+    return np.mean(correct, axis=axis)
+
+
+def corpus_entity_f1(
+    gold: np.ndarray, predicted: np.ndarray, correct: np.ndarray, axis: int = -1
+) -> np.ndarray:
+    """Micro entity F1 from per-sentence counts, summed along ``axis`` first:
+    ``2 * correct / (gold + predicted)`` (= 2PR / (P + R)); 0 when neither side has an entity, as seqeval."""
+    total = np.sum(gold, axis=axis) + np.sum(predicted, axis=axis)
+    doubled = 2.0 * np.sum(correct, axis=axis)
+    return np.divide(doubled, total, out=np.zeros_like(doubled, dtype=float), where=total > 0)
+
+
+def corpus_bits_per_byte(nll: Any, n_bytes: Any, axis: int = -1) -> np.ndarray:
+    """``sum(nll) / sum(bytes) / ln 2`` along ``axis``: NLL in nats of the predicted tokens, bytes they cover."""
+    return np.sum(np.asarray(nll, dtype=float), axis=axis) / np.sum(n_bytes, axis=axis) / math.log(2)
+
+
+def corpus_perplexity(nll: Any, tokens: Any, axis: int = -1) -> np.ndarray:
+    """``exp(sum(nll) / sum(tokens))`` along ``axis``: every token weighs the same."""
+    return np.exp(np.sum(np.asarray(nll, dtype=float), axis=axis) / np.sum(tokens, axis=axis))
+
+
+# For each task metric: the per-example statistics it needs, in order, and the function of them.
+CORPUS_METRICS: dict[str, tuple[tuple[str, ...], Callable[..., np.ndarray]]] = {
+    "accuracy": (("correct",), corpus_accuracy),
+    "f1": (("gold_entities", "predicted_entities", "correct_entities"), corpus_entity_f1),
+    "bits_per_byte": (("nll", "bytes"), corpus_bits_per_byte),
+    "perplexity": (("nll", "tokens"), corpus_perplexity),
+}
 
 
 def _predictions_and_labels(eval_pred: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -30,22 +105,27 @@ def _predictions_and_labels(eval_pred: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(predictions), np.asarray(labels)
 
 
+def classification_scores(eval_pred: Any) -> ExampleScores:
+    """Accuracy and macro F1 (the ``accuracy_f1`` module) of logits ``(N, C)`` against labels ``(N,)``, with
+    each example's ``correct`` (0/1) kept for resampling."""
+    logits, labels = _predictions_and_labels(eval_pred)
+    predictions = logits.argmax(-1)
+    metrics = load_metric("accuracy_f1").compute(predictions=predictions, references=labels)
+    return ExampleScores(metrics, {"correct": (predictions == labels).astype(float)})
+
+
 def accuracy_f1(eval_pred: Any) -> dict[str, float]:
     """``compute_metrics`` for sequence classification: accuracy and macro F1.
 
     ``eval_pred``: logits ``(N, C)`` and labels ``(N,)``. Macro F1 weighs every class equally, so a
     model that ignores the smaller class cannot hide behind accuracy on an unbalanced set.
     """
-    logits, labels = _predictions_and_labels(eval_pred)
-    predictions = logits.argmax(-1)
-    return {
-        "accuracy": float(accuracy_score(labels, predictions)),
-        "f1": float(f1_score(labels, predictions, average="macro", zero_division=0)),
-    }
+    return classification_scores(eval_pred).metrics
 
 
-def seqeval_metrics(label_list: Sequence[str]) -> Callable[[Any], dict[str, float]]:
-    """A ``compute_metrics`` for token classification: entity-level precision, recall and F1 (``seqeval``).
+def entity_scores(label_list: Sequence[str]) -> Callable[[Any], ExampleScores]:
+    """Entity-level precision, recall and F1 (the ``seqeval_entities`` module) of token logits, with each
+    sentence's gold, predicted and correct entity counts kept for resampling.
 
     Entities are scored whole, as in the CoNLL evaluation: a predicted entity counts only when its type
     and span both match. Logits ``(B, T, C)`` become tag names through ``label_list``; positions labelled
@@ -53,9 +133,7 @@ def seqeval_metrics(label_list: Sequence[str]) -> Callable[[Any], dict[str, floa
     the token-level accuracy over those positions.
     """
     try:
-        from seqeval.metrics import accuracy_score as seq_accuracy
-        from seqeval.metrics import f1_score as seq_f1
-        from seqeval.metrics import precision_score, recall_score
+        from seqeval.metrics import sequence_labeling
     except ImportError as error:
         raise ImportError(
             "the seqeval package is not installed: entity-level NER metrics are computed with it; "
@@ -63,7 +141,7 @@ def seqeval_metrics(label_list: Sequence[str]) -> Callable[[Any], dict[str, floa
         ) from error
     names = list(label_list)
 
-    def compute_metrics(eval_pred: Any) -> dict[str, float]:
+    def score(eval_pred: Any) -> ExampleScores:
         logits, labels = _predictions_and_labels(eval_pred)
         predictions = logits.argmax(-1)
         true_tags, predicted_tags = [], []
@@ -71,14 +149,28 @@ def seqeval_metrics(label_list: Sequence[str]) -> Callable[[Any], dict[str, floa
             keep = label_row != IGNORE_INDEX
             true_tags.append([names[i] for i in label_row[keep]])
             predicted_tags.append([names[i] for i in predicted_row[keep]])
-        return {
-            "precision": float(precision_score(true_tags, predicted_tags, zero_division=0)),
-            "recall": float(recall_score(true_tags, predicted_tags, zero_division=0)),
-            "f1": float(seq_f1(true_tags, predicted_tags, zero_division=0)),
-            "accuracy": float(seq_accuracy(true_tags, predicted_tags)),
-        }
+        metrics = load_metric("seqeval_entities").compute(predictions=predicted_tags, references=true_tags)
+        counts = np.zeros((3, len(true_tags)))
+        for index, (gold, predicted) in enumerate(zip(true_tags, predicted_tags)):
+            gold_entities, predicted_entities = (
+                set(sequence_labeling.get_entities(gold)),
+                set(sequence_labeling.get_entities(predicted)),
+            )
+            counts[:, index] = (
+                len(gold_entities),
+                len(predicted_entities),
+                len(gold_entities & predicted_entities),
+            )
+        statistics = dict(zip(CORPUS_METRICS["f1"][0], counts))
+        return ExampleScores(metrics, statistics)
 
-    return compute_metrics
+    return score
+
+
+def seqeval_metrics(label_list: Sequence[str]) -> Callable[[Any], dict[str, float]]:
+    """A ``compute_metrics`` for token classification: the metrics of :func:`entity_scores`."""
+    score = entity_scores(label_list)
+    return lambda eval_pred: score(eval_pred).metrics
 
 
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -87,17 +179,22 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def perplexity(
-    model: torch.nn.Module, dataset: Any, batch_size: int = 8, device: str | torch.device | None = None
-) -> float:
-    """Held-out perplexity of a causal LM: ``exp(sum of token NLL / number of predicted tokens)``.
+def text_nll(
+    model: torch.nn.Module,
+    dataset: Any,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    tokenizer: Any = None,
+) -> dict[str, np.ndarray]:
+    """Each row's summed token NLL (nats) under a causal LM, its number of predicted tokens and, given the
+    ``tokenizer``, the UTF-8 bytes of those tokens: ``{"nll", "tokens"[, "bytes"]}``, one value per row.
 
     ``dataset`` rows hold ``input_ids`` and optionally ``attention_mask`` and ``labels`` (default: the
     input ids; -100 marks tokens not to score). Position ``t`` predicts label ``t + 1``, as in the models'
-    own loss. Summing over all tokens before dividing weighs every token equally, unlike a mean of
-    per-batch losses, which over-weighs short batches. The model runs in eval mode on ``device`` (default:
-    where its parameters are) and its training mode is restored afterwards. Rows of different lengths are
-    padded on the right (labels with -100).
+    own loss. The bytes are those of the predicted tokens decoded without clean-up (exact for byte-level BPE
+    tokenizers such as GPT-2's and SmolLM2's). The model runs in eval mode on ``device`` (default: where its
+    parameters are) and its training mode is restored afterwards. Rows of different lengths are padded on
+    the right (labels with -100).
     """
     if batch_size < 1:
         raise ValueError(
@@ -106,7 +203,7 @@ def perplexity(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total_nll, total_tokens = 0.0, 0
+    nll, tokens, n_bytes = [], [], []
     try:
         for start in range(0, len(dataset), batch_size):
             rows = dataset[start : start + batch_size]
@@ -115,23 +212,61 @@ def perplexity(
             labels = _pad(rows.get("labels") or rows["input_ids"], IGNORE_INDEX)
             labels = labels.masked_fill(attention_mask == 0, IGNORE_INDEX)
             logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-            shifted_logits = logits[:, :-1].float()
-            shifted_labels = labels[:, 1:].to(device)
-            total_nll += F.cross_entropy(
-                shifted_logits.reshape(-1, shifted_logits.size(-1)),
-                shifted_labels.reshape(-1),
+            shifted_labels = labels[:, 1:]
+            token_nll = F.cross_entropy(
+                logits[:, :-1].float().transpose(1, 2),
+                shifted_labels.to(device),
                 ignore_index=IGNORE_INDEX,
-                reduction="sum",
-            ).item()
-            total_tokens += int((shifted_labels != IGNORE_INDEX).sum())
+                reduction="none",
+            )
+            nll += token_nll.sum(-1).double().tolist()
+            scored = shifted_labels != IGNORE_INDEX
+            tokens += scored.sum(-1).tolist()
+            if tokenizer is not None:
+                n_bytes += [
+                    len(tokenizer.decode(row[keep].tolist(), clean_up_tokenization_spaces=False).encode())
+                    for row, keep in zip(shifted_labels, scored)
+                ]
     finally:
         model.train(was_training)
-    if total_tokens == 0:
+    result = {"nll": np.asarray(nll, dtype=float), "tokens": np.asarray(tokens, dtype=float)}
+    if tokenizer is not None:
+        result["bytes"] = np.asarray(n_bytes, dtype=float)
+    return result
+
+
+def perplexity(
+    model: torch.nn.Module, dataset: Any, batch_size: int = 8, device: str | torch.device | None = None
+) -> float:
+    """Held-out perplexity of a causal LM: ``exp(sum of token NLL / number of predicted tokens)``.
+
+    Rows as in :func:`text_nll`. Summing over all tokens before dividing weighs every token equally, unlike
+    a mean of per-batch losses, which over-weighs short batches.
+    """
+    sums = text_nll(model, dataset, batch_size, device)
+    if sums["tokens"].sum() == 0:
         raise ValueError(
             "no token to score: every label after the first position is -100 (or the dataset is empty), so "
             "perplexity is 0/0; check that the held-out split has rows and that labels are not all masked."
         )
-    return math.exp(total_nll / total_tokens)
+    return float(corpus_perplexity(sums["nll"], sums["tokens"]))
+
+
+def language_model_scores(
+    model: torch.nn.Module, dataset: Any, tokenizer: Any, batch_size: int = 8
+) -> ExampleScores:
+    """Bits per byte and perplexity (the ``bits_per_byte`` module) of a causal LM on ``dataset``, with each
+    row's NLL, tokens and bytes kept for resampling (:func:`text_nll`)."""
+    sums = text_nll(model, dataset, batch_size, tokenizer=tokenizer)
+    if sums["bytes"].sum() == 0:
+        raise ValueError(
+            "no byte to score: no row has a predicted token (the dataset is empty or its labels are all "
+            "-100), so bits per byte is 0/0; check that the held-out split has rows."
+        )
+    metrics = load_metric("bits_per_byte").compute(
+        nll=sums["nll"], tokens=sums["tokens"], bytes=sums["bytes"]
+    )
+    return ExampleScores(metrics, sums)
 
 
 def agreement(

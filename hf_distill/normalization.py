@@ -1,7 +1,10 @@
 """How every term is normalised, in one place.
 
 Logit terms divide by ``num_items_in_batch`` (Trainer's count of label positions over all gradient-accumulation
-micro-batches, and over all processes with ``average_tokens_across_devices``). Feature terms divide by the
+micro-batches, and over all processes with ``average_tokens_across_devices``). Rows of a transfer set (rows
+whose labels are all -100, see :func:`transfer_positions`) add KD positions that Trainer does not count: the KD
+term divides by the label positions plus those (:meth:`Normalization.num_kd_items`, counted over the same
+micro-batches and processes), the task term by the label positions alone. Feature terms divide by the
 attended tokens counted the same way (:meth:`Normalization.num_tokens`). Where the count spans processes, each
 process's loss is a partial sum and DDP averages gradients, so the loss is multiplied by the number of
 processes (:meth:`Normalization.scale_loss`), as Trainer does.
@@ -14,6 +17,35 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from transformers import TrainingArguments
+
+IGNORE_INDEX = -100
+
+
+def transfer_positions(
+    labels: torch.Tensor | None, attention_mask: torch.Tensor | None, *, shifted: bool
+) -> torch.Tensor | None:
+    """The positions of the rows without labels (a transfer set), where the KD term alone applies.
+
+    A row is unlabeled when all its labels are -100: a sequence-classification row with label -100, a
+    token-classification or causal-LM row whose labels are all -100. Its positions are the attended ones (all
+    of them without an attention mask); a labeled row has none here (its KD positions are its label positions).
+    ``shifted`` (causal LMs): labels and mask are cut like the logits (position t predicts t+1).
+
+    Shapes: labels ``(B,)`` -> ``(B,)``; labels ``(B, T)`` -> ``(B, T)`` (``(B, T - 1)`` shifted). None
+    without labels.
+    """
+    if labels is None:
+        return None
+    if shifted:
+        labels = labels[:, 1:]
+        attention_mask = None if attention_mask is None else attention_mask[:, 1:]
+    unlabeled = labels == IGNORE_INDEX
+    if labels.dim() < 2:
+        return unlabeled
+    rows = unlabeled.all(dim=-1, keepdim=True)
+    if attention_mask is None or attention_mask.shape != labels.shape:
+        return rows.expand_as(labels)
+    return rows & attention_mask.to(device=labels.device).bool()
 
 
 def attended_tokens(batch: Any) -> torch.Tensor | None:
@@ -36,6 +68,7 @@ class Normalization:
     def __init__(self, accelerator: Accelerator, args: TrainingArguments):
         self.accelerator, self.args = accelerator, args
         self.accumulated_tokens: torch.Tensor | None = None
+        self.accumulated_transfer: torch.Tensor | None = None
 
     def scales_by_processes(self, has_num_items: bool) -> bool:
         """Whether the loss is multiplied by the number of processes: each process's terms are then partial
@@ -61,6 +94,41 @@ class Normalization:
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             count = self.accelerator.gather(count).sum()
         self.accumulated_tokens = count
+
+    def count_accumulated_transfer(self, batch_samples: list, shifted: bool, device: torch.device) -> None:
+        """Transfer positions (:func:`transfer_positions`) over the micro-batches of one optimizer step, counted
+        over the processes exactly when Trainer counts ``num_items_in_batch`` over them."""
+        counts = []
+        for batch in batch_samples:
+            labels = batch.get("labels") if hasattr(batch, "get") else None
+            positions = transfer_positions(labels, batch.get("attention_mask"), shifted=shifted)
+            counts.append(None if positions is None else positions.sum())
+        if not counts or any(c is None for c in counts):
+            self.accumulated_transfer = None
+            return
+        count = sum(counts).to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        self.accumulated_transfer = count
+
+    def num_kd_items(
+        self, num_items_in_batch: Any, transfer: torch.Tensor | None, training: bool
+    ) -> torch.Tensor | None:
+        """The denominator of the KD term: ``num_items_in_batch`` (label positions) plus the transfer
+        positions, both over the accumulated batch; None when Trainer gave no count (the terms then divide by
+        this micro-batch's own counts) or no row lacks labels. ``transfer``: this micro-batch's transfer
+        positions."""
+        if num_items_in_batch is None or transfer is None:
+            return None
+        if training and self.accumulated_transfer is not None:
+            extra = self.accumulated_transfer
+        else:
+            extra = transfer.sum()
+            if not training and self.scales_by_processes(True):
+                extra = self.accelerator.gather(extra.to(self.args.device).reshape(1)).sum()
+        if not bool(extra > 0):
+            return None  # no transfer row anywhere in the step: the KD term divides by num_items_in_batch
+        return torch.as_tensor(num_items_in_batch, device=extra.device) + extra
 
     def num_tokens(self, model_inputs: dict[str, Any], training: bool, accumulated: bool) -> torch.Tensor:
         """The denominator of every feature term on this batch (at least 1).

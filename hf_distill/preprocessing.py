@@ -216,3 +216,109 @@ def chunk_for_causal_lm(
             "labels": [list(b) for b in blocks],
         }
     )
+
+
+# Bookkeeping columns of windowed evaluation rows (not model inputs): the sentence a window came from, and per
+# position the sentence's word index where that word is scored in this window, else -1.
+WINDOW_SENTENCE, WINDOW_WORDS = "window_sentence", "window_words"
+
+
+def word_windows(counts: Sequence[int], budget: int) -> list[tuple[int, int]]:
+    """Word ranges ``[start, end)`` covering a sentence whose words have ``counts`` sub-tokens, each range
+    within ``budget`` sub-tokens (a single word over it gets a range of its own), consecutive ranges
+    overlapping by about half: the next range starts at the middle word of the previous one."""
+    windows, start, n = [], 0, len(counts)
+    while True:
+        end, used = start, 0
+        while end < n and used + counts[end] <= budget:
+            used, end = used + counts[end], end + 1
+        end = max(end, start + 1)  # one word longer than the budget: alone, and cut by the tokenizer
+        windows.append((start, end))
+        if end >= n:
+            return windows
+        start = max(start + 1, (start + end) // 2)
+
+
+def home_windows(windows: Sequence[tuple[int, int]], n_words: int) -> list[int]:
+    """For each word, the window in which it is most central (the most words on its shorter side; the first
+    such window on a tie): its prediction is taken there, where it has the most context on both sides."""
+    home, best = [0] * n_words, [-1] * n_words
+    for index, (start, end) in enumerate(windows):
+        for word in range(start, end):
+            centrality = min(word - start, end - 1 - word)
+            if centrality > best[word]:
+                home[word], best[word] = index, centrality
+    return home
+
+
+def tokenize_windows_and_align_labels(
+    examples: dict[str, list],
+    indices: Sequence[int],
+    tokenizer: Any,
+    max_length: int = 128,
+    *,
+    tokens_column: str = "tokens",
+    tags_column: str = "ner_tags",
+) -> dict[str, list]:
+    """Like :func:`tokenize_and_align_labels` for evaluation, but nothing is cut: a sentence longer than
+    ``max_length`` sub-tokens becomes overlapping windows of whole words (:func:`word_windows`), and each word
+    is labelled (first sub-token) in the one window where it is most central (:func:`home_windows`), so every
+    word and every gold entity is scored exactly once. A batched ``Dataset.map(..., with_indices=True)``
+    function; rows are windows, with ``WINDOW_SENTENCE`` (the sentence's index) and ``WINDOW_WORDS`` (per
+    position the sentence's word index where the word is labelled, else -1), which
+    :func:`regroup_windows` uses to put the predictions back into whole sentences.
+    """
+    check_token_classification_tokenizer(tokenizer)
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    if budget < 1:
+        raise ValueError(
+            f"max_length={max_length} leaves no room for a word beside the tokenizer's special tokens; raise it."
+        )
+    full = tokenizer(examples[tokens_column], is_split_into_words=True, truncation=False, verbose=False)
+    window_words, owners, spans = [], [], []
+    for row, words in enumerate(examples[tokens_column]):
+        counts = [0] * len(words)
+        for word in full.word_ids(batch_index=row):
+            if word is not None:
+                counts[word] += 1
+        windows = word_windows(counts, budget) if words else [(0, 0)]
+        home = home_windows(windows, len(words))
+        for index, (start, end) in enumerate(windows):
+            window_words.append(list(words[start:end]))
+            owners.append((row, index, home))
+            spans.append(start)
+    encoding = tokenizer(window_words, is_split_into_words=True, truncation=True, max_length=max_length)
+    labels, positions = [], []
+    for window, ((row, index, home), start) in enumerate(zip(owners, spans)):
+        row_labels, row_words, previous = [], [], None
+        for local in encoding.word_ids(batch_index=window):
+            word = None if local is None else start + local
+            scored = word is not None and word != previous and home[word] == index
+            row_labels.append(examples[tags_column][row][word] if scored else IGNORE_INDEX)
+            row_words.append(word if scored else -1)
+            previous = word
+        labels.append(row_labels)
+        positions.append(row_words)
+    encoding["labels"] = labels
+    encoding[WINDOW_SENTENCE] = [indices[row] for row, _, _ in owners]
+    encoding[WINDOW_WORDS] = positions
+    return encoding
+
+
+def regroup_windows(
+    predictions: np.ndarray, sentences: Sequence[int], words: Sequence[Sequence[int]], labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Window-level ``predictions (W, T, C)`` and ``labels (W, T)`` (padded with -100 past each window) back
+    into sentence-level arrays ``(S, max words, C)`` and ``(S, max words)`` in word order, from the columns
+    of :func:`tokenize_windows_and_align_labels`; positions no window scored stay -100."""
+    scored = [
+        (sentences[w], word, w, p) for w, row in enumerate(words) for p, word in enumerate(row) if word >= 0
+    ]
+    n_sentences = max(sentences) + 1 if len(sentences) else 0
+    n_words = max((word for _, word, _, _ in scored), default=-1) + 1
+    out_predictions = np.zeros((n_sentences, n_words, predictions.shape[-1]), dtype=predictions.dtype)
+    out_labels = np.full((n_sentences, n_words), IGNORE_INDEX, dtype=np.int64)
+    for sentence, word, w, p in scored:
+        out_predictions[sentence, word] = predictions[w, p]
+        out_labels[sentence, word] = labels[w, p]
+    return out_predictions, out_labels

@@ -22,6 +22,9 @@ from .report_format import (
     format_percent,
     format_ratio,
     markdown_table,
+    report_notes,
+    scorecard_table,
+    verdict_lines,
 )
 from .report_plots import (
     LOSS_KEYS,
@@ -95,6 +98,14 @@ def _html_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
 
 
+def _html_scorecard(report: dict) -> str:
+    """The "Over seeds" section: the scorecard table and the verdicts (empty without a scorecard)."""
+    if not report.get("scorecard"):
+        return ""
+    verdicts = "".join(f"<li>{html.escape(line)}</li>" for line in verdict_lines(report))
+    return f"<h2>Over seeds</h2>\n{_html_table(*scorecard_table(report))}\n<ul>{verdicts}</ul>\n"
+
+
 def _settings_lines(report: dict) -> list[str]:
     distillation, data = report["distillation"], report["data"]
     return [
@@ -149,7 +160,11 @@ def make_report(
     notes = [] if curves is not None else ["No training logs in report.json, so no training curves."]
     if "md" in formats:
         parts = [f"# {title}", "\n".join(f"- {line}" for line in _settings_lines(report))]
-        parts += ["## Teacher against students", markdown_table(header, rows), "## Plots"]
+        parts += ["## Teacher against students", markdown_table(header, rows), *report_notes(report)]
+        if report.get("scorecard"):
+            parts += ["## Over seeds", markdown_table(*scorecard_table(report))]
+            parts += ["\n".join(f"- {line}" for line in verdict_lines(report))]
+        parts += ["## Plots"]
         parts += [f"![{_CAPTIONS[name]}]({ref})" for name, ref in figures.items()] + notes
         written["md"] = output_dir / "report.md"
         written["md"].write_text("\n\n".join(parts) + "\n", encoding="utf-8")
@@ -168,7 +183,9 @@ def make_report(
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
             "img{max-width:100%}</style></head>\n<body>\n"
             f"<h1>{html.escape(title)}</h1>\n<ul>{settings}</ul>\n<h2>Teacher against students</h2>\n"
-            f"{_html_table(header, rows)}\n<h2>Plots</h2>\n{images}\n"
+            f"{_html_table(header, rows)}\n"
+            + "".join(f"<p>{html.escape(n)}</p>" for n in report_notes(report))
+            + f"\n{_html_scorecard(report)}<h2>Plots</h2>\n{images}\n"
             + "".join(f"<p>{html.escape(n)}</p>" for n in notes)
             + "\n</body>\n</html>\n"
         )

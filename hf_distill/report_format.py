@@ -52,6 +52,65 @@ def format_percent(value: Any) -> str:
     return f"{100 * value:.1f}%" if is_number(value) else NOT_MEASURED
 
 
+UNRELIABLE = "unreliable"
+
+
+def format_latency(entry: dict, batch_size: int) -> str:
+    """The median latency in ms with its interquartile range when known: ``"12.95 (12.10-13.40)"``."""
+    stats = (entry.get("latency") or {}).get(f"b{batch_size}") or {}
+    median = entry.get(f"latency_ms_b{batch_size}")
+    if not (is_number(median) and is_number(stats.get("q25_ms")) and is_number(stats.get("q75_ms"))):
+        return format_ms(median)
+    return f"{median:.2f} ({stats['q25_ms']:.2f}-{stats['q75_ms']:.2f})"
+
+
+def format_speedup(entry: dict, batch_size: int) -> str:
+    """The speed-up with the quartiles of its round-level ratios, ``"3.10x (2.90-3.30)"``; a measurement
+    flagged unreliable reads ``"unreliable (0.80-1.50x)"``, never as a speed-up."""
+    stats = (entry.get("speedup") or {}).get(f"b{batch_size}") or {}
+    value = entry.get(f"speedup_b{batch_size}")
+    if not (is_number(value) and is_number(stats.get("q25")) and is_number(stats.get("q75"))):
+        return format_ratio(value)
+    spread = f"{stats['q25']:.2f}-{stats['q75']:.2f}"
+    if not stats.get("reliable", False):
+        return f"{UNRELIABLE} ({spread}x)"
+    return f"{value:.2f}x ({spread})"
+
+
+def latency_note(report: dict) -> str | None:
+    """One sentence on how latency was measured and what the spread means, or None when not recorded."""
+    how = report.get("latency_measurement") or {}
+    if not how:
+        return None
+    share, others = how.get("own_cpu_share"), how.get("other_cores")
+    cpu = (
+        f"this process had {share:.0%} of its {how.get('threads')} thread(s), other processes kept "
+        f"{others:.2f} of {how.get('cores')} cores busy"
+        if is_number(share) and is_number(others)
+        else "the machine's load was not measured"
+    )
+    note = (
+        f"Latency: median over {how.get('rounds')} interleaved rounds of torch.utils.benchmark "
+        f"blocked_autorange on {how.get('device')} with {how.get('threads')} thread(s), interquartile range in "
+        f"brackets; speed-up = teacher median / student median, brackets the quartiles of the per-round "
+        f'ratios, and "{UNRELIABLE}" where that range is wider than the speed-up\'s distance from 1, there '
+        f"was one round only, or the CPU was busy ({cpu})."
+    )
+    return note + (" The CPU was busy: re-time on a quiet machine." if how.get("cpu_busy") else "")
+
+
+def teacher_check_note(report: dict) -> str | None:
+    """The sentence of the report's ``teacher_check`` (the teacher against the no-KD baseline on the
+    validation split), or None when the report has none."""
+    check = report.get("teacher_check") or {}
+    return check.get("message") or None
+
+
+def report_notes(report: dict) -> list[str]:
+    """The sentences printed under the comparison table: the teacher check, then how latency was measured."""
+    return [note for note in (teacher_check_note(report), latency_note(report)) if note]
+
+
 def comparison_table(report: dict, highlight: str | None = None) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the teacher-vs-students table; missing values read "not measured".
 
@@ -84,8 +143,8 @@ def comparison_table(report: dict, highlight: str | None = None) -> tuple[list[s
             format_percent(1.0 if known else None),
             format_count(teacher.get("parameters")),
             format_bytes(teacher.get("size_bytes")),
-            format_ms(teacher.get("latency_ms_b1")),
-            format_ms(teacher.get("latency_ms_b32")),
+            format_latency(teacher, 1),
+            format_latency(teacher, 32),
             format_ratio(1.0 if is_number(teacher.get("latency_ms_b1")) else None),
             format_ratio(1.0 if is_number(teacher.get("latency_ms_b32")) else None),
         ]
@@ -100,10 +159,10 @@ def comparison_table(report: dict, highlight: str | None = None) -> tuple[list[s
                 format_percent(student.get("retention")),
                 format_count(student.get("parameters")),
                 format_bytes(student.get("size_bytes")),
-                format_ms(student.get("latency_ms_b1")),
-                format_ms(student.get("latency_ms_b32")),
-                format_ratio(student.get("speedup_b1")),
-                format_ratio(student.get("speedup_b32")),
+                format_latency(student, 1),
+                format_latency(student, 32),
+                format_speedup(student, 1),
+                format_speedup(student, 32),
             ]
         )
     return header, rows
@@ -116,3 +175,56 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     lines = [line(header), "|" + "|".join("---" for _ in header) + "|"]
     lines += [line(row) for row in rows]
     return "\n".join(lines)
+
+
+def format_interval(values: Any) -> str:
+    """``[low, high]`` of a 95% interval, or "not measured"."""
+    if not isinstance(values, list | tuple) or len(values) != 2 or not all(map(is_number, values)):
+        return NOT_MEASURED
+    return f"[{format_metric(values[0])}, {format_metric(values[1])}]"
+
+
+def scorecard_table(report: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the multi-seed scorecard: each model's mean over seeds, its 95% interval and the
+    value of every seed (the teacher, trained once, has one)."""
+    scorecard = report.get("scorecard") or {}
+    seeds = scorecard.get("seeds") or []
+    header = [
+        "Model",
+        f"{scorecard.get('metric_name') or 'metric'}: mean over {len(seeds)} seed(s)",
+        f"{100 * (scorecard.get('confidence_level') or 0.95):.0f}% interval",
+        "Per seed",
+    ]
+    rows = []
+    for name, model in (scorecard.get("models") or {}).items():
+        per_seed = ", ".join(format_metric(v) for v in model.get("per_seed") or [])
+        rows.append(
+            [name, format_metric(model.get("mean")), format_interval(model.get("interval")), per_seed]
+        )
+    return header, rows
+
+
+def verdict_lines(report: dict) -> list[str]:
+    """One line per distilled student: "<name> vs <baseline>: <verdict>"."""
+    return [
+        f"{comparison.get('distilled')} vs {comparison.get('baseline')}: {comparison.get('verdict')}"
+        for comparison in (report.get("scorecard") or {}).get("comparisons") or []
+    ]
+
+
+def scorecard_lines(student: dict) -> list[str]:
+    """What a model card says of the student's ``scorecard`` (Markdown list items): mean and interval over
+    seeds, and the verdict against the same student trained without the teacher. Empty without a scorecard."""
+    scorecard = student.get("scorecard") if isinstance(student, dict) else None
+    if not scorecard:
+        return []
+    seeds = scorecard.get("seeds") or []
+    lines = [
+        f"- {scorecard.get('metric_name')} over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) on "
+        f"{scorecard.get('test_examples')} test examples: mean {format_metric(scorecard.get('mean'))}, 95% "
+        f"interval {format_interval(scorecard.get('interval'))}."
+    ]
+    versus = scorecard.get("versus_no_kd")
+    if versus:
+        lines.append(f"- Against the same student trained without the teacher: {versus.get('verdict')}.")
+    return lines

@@ -124,8 +124,20 @@ def plot_latency_bars(report: dict, path: Path) -> Path:
         _bars(
             axis, labels, values, _colours(report), f"latency, batch {batch[1:]} (ms, lower is better)", ".3g"
         )
+        _interquartile_whiskers(axis, [report["teacher"], *report["students"]], batch, values)
     figure.savefig(path)
     return path
+
+
+def _interquartile_whiskers(axis, entries: list[dict], batch: str, medians: list[float]) -> None:
+    """Whiskers from the first to the third quartile of each model's per-round latency, where recorded."""
+    spreads = [(entry.get("latency") or {}).get(batch) or {} for entry in entries]
+    if not all("q25_ms" in s and "q75_ms" in s for s in spreads):
+        return
+    below = [m - s["q25_ms"] for m, s in zip(medians, spreads)]
+    above = [s["q75_ms"] - m for m, s in zip(medians, spreads)]
+    axis.errorbar(range(len(medians)), medians, yerr=[below, above], fmt="none", ecolor="black", capsize=4)
+    axis.set_xlabel("whiskers: interquartile range over rounds", fontsize="small")
 
 
 def plot_size_quality(report: dict, path: Path) -> Path:

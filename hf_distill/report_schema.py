@@ -10,7 +10,23 @@ A run directory written by the recipes holds ``report.json``::
      "distillation": {"distillation_loss", "temperature", "alpha", "hidden_state_weight",
                       "hidden_state_loss", "hidden_layer_map"},
      "data": {"dataset", "train_size", "validation_size", "test_size"},
-     "log_history": {"<student name>": [Trainer ``state.log_history`` entries]}}
+     "log_history": {"<student name>": [Trainer ``state.log_history`` entries]},
+     "scorecard": {"metric_name", "seeds": [int], "test_examples", "confidence_level",
+                   "models": {"<model>": {"mean", "interval": [low, high], "per_seed": [float]}},
+                   "comparisons": [{"distilled", "baseline", "difference", "interval", "per_seed",
+                                    "verdict"}]}}
+
+``scorecard`` (optional; :mod:`hf_distill.scorecard`) holds each model's mean over seeds with its 95%
+interval and, per distilled student, the paired difference KD - no-KD with its interval and verdict line;
+each student entry then also holds its own ``scorecard`` (mean, interval, ``versus_no_kd``) and ``seeds``
+(every seed's folder and metric), with ``metric`` the mean over seeds; ``log_history``, latency, size and
+parameters are those of the first seed's models.
+
+Optional keys written by the recipes: per model ``latency`` (``{"b1": {"median_ms", "q25_ms", "q75_ms",
+"iqr_ms", "rounds", "threads", "samples_ms"}, ...}``) and per student ``speedup`` (``{"b1": {"median", "q25",
+"q75", "ratios", "reliable", "why"}, ...}``); ``latency_measurement`` (timer, rounds, threads, device, CPU
+share, ``cpu_busy``); ``teacher_check`` (:mod:`hf_distill.recipes.teacher_check`); ``data.eval_coverage``
+(NER: sentences scored through windows, words and entities left unscored).
 
 ``retention`` is student metric / teacher metric, or teacher / student when lower is better (perplexity),
 so 100 % always means "as good as the teacher". ``speedup_b*`` is teacher latency / student latency.
@@ -58,6 +74,14 @@ DISTILLATION_SCHEMA = {
 }
 DATA_SCHEMA = {"dataset": "str", "train_size": "int", "validation_size": "int", "test_size": "int"}
 TOP_LEVEL_SCHEMA = {"task": "str", "metric_name": "str", "higher_is_better": "bool"}
+SCORECARD_SCHEMA = {
+    "metric_name": "str",
+    "seeds": "list",
+    "test_examples": "int",
+    "confidence_level": "float",
+}
+INTERVAL_SCHEMA = {"interval": "interval", "per_seed": "list"}
+COMPARISON_SCHEMA = {"distilled": "str", "baseline": "str", "difference": "float", "verdict": "str"}
 
 _TYPE_WORDS = {
     "str": "a string",
@@ -67,6 +91,7 @@ _TYPE_WORDS = {
     "bool": "true or false",
     "dict": "an object",
     "list": "a list",
+    "interval": "a list [low, high] of two numbers, low <= high",
 }
 
 
@@ -85,6 +110,9 @@ def _has_type(value: Any, expected: str) -> bool:
         return isinstance(value, dict)
     if expected == "list":
         return isinstance(value, list)
+    if expected == "interval":
+        numbers = isinstance(value, list) and len(value) == 2 and all(_has_type(v, "float") for v in value)
+        return numbers and value[0] <= value[1]
     raise AssertionError(expected)  # a typo in the schemas above, not user input
 
 
@@ -151,6 +179,8 @@ def validate_report(report: Any, source: str = "report", *, partial: bool = Fals
         raise ValueError(
             f"{source}: student names must be unique (log_history is keyed by them); repeated: {duplicates}."
         )
+    if "scorecard" in report:
+        _check_scorecard(check, report)
     histories = check.key(report, "log_history", "dict", "")
     for name, entries in (histories or {}).items():
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -158,6 +188,19 @@ def validate_report(report: Any, source: str = "report", *, partial: bool = Fals
                 f"{source}: 'log_history.{name}' must be a list of objects (Trainer log entries)."
             )
     return report
+
+
+def _check_scorecard(check: _Checker, report: dict) -> None:
+    """The optional ``scorecard``: its keys, each model's mean and interval, each comparison."""
+    check.section(report, "scorecard", SCORECARD_SCHEMA)
+    scorecard = report["scorecard"] if isinstance(report["scorecard"], dict) else {}
+    for name, model in (check.key(scorecard, "models", "dict", "scorecard") or {}).items():
+        check.key(model, "mean", "float", f"scorecard.models.{name}")
+        for key, expected in INTERVAL_SCHEMA.items():
+            check.key(model, key, expected, f"scorecard.models.{name}")
+    for index, comparison in enumerate(check.key(scorecard, "comparisons", "list", "scorecard") or []):
+        for key, expected in {**COMPARISON_SCHEMA, **INTERVAL_SCHEMA}.items():
+            check.key(comparison, key, expected, f"scorecard.comparisons[{index}]")
 
 
 def load_report(path: str | Path, *, partial: bool = False) -> dict:

@@ -40,12 +40,14 @@ LIVE, CACHED_LOGITS, CACHED_TOPK = "live teacher", "cached teacher logits", "cac
 @dataclass
 class DistillationBatch:
     """One batch as the loss terms see it: the model's inputs, the labels, the cache columns, and the counts
-    that normalise the terms (``num_items_in_batch`` for the logit terms, ``num_tokens`` for feature terms)."""
+    that normalise the terms (``num_items_in_batch`` for the task term, ``num_kd_items`` for the KD term when
+    the batch may hold transfer rows, ``num_tokens`` for feature terms)."""
 
     model_inputs: dict[str, Any]
     labels: torch.Tensor | None = None
     cache: dict[str, Any] = field(default_factory=dict)
     num_items_in_batch: Any = None
+    num_kd_items: Any = None  # label positions + transfer rows' positions (hf_distill.normalization)
     num_tokens: torch.Tensor | None = None
     global_step: int = 0
 

@@ -47,7 +47,7 @@ from .feature_terms import build_feature_terms, feature_map_matcher
 from .logit_terms import ChunkedLogitTerms, LogitTerms, build_logit_terms, require_labels
 from .loss_log import LossPartsLog
 from .model_kind import AUTO_CLASSES, CAUSAL_LM, detect_task
-from .normalization import Normalization
+from .normalization import Normalization, transfer_positions
 from .teacher_cache import CACHE_COLUMNS, TeacherCacheCollator, cached_teacher_kind
 from .teacher_signals import CachedTeacher, DistillationBatch, LiveTeacher, TeacherSignal
 from .trainer_card import check_no_teacher_files, record_teacher, write_trainer_card
@@ -233,6 +233,7 @@ class DistillationTrainer(Trainer):
             module.zero_grad(set_to_none=True)
         if self.feature_terms:
             self.normalization.count_accumulated_tokens(batch_samples, device)
+        self.normalization.count_accumulated_transfer(batch_samples, self.task == CAUSAL_LM, device)
         return batch_samples, num_items_in_batch
 
     def distillation_batch(self, inputs: dict[str, Any], num_items_in_batch: Any) -> DistillationBatch:
@@ -242,6 +243,10 @@ class DistillationTrainer(Trainer):
             inputs, num_items_in_batch=num_items_in_batch, global_step=self.state.global_step
         )
         require_labels(batch.labels, self.args.alpha)
+        transfer = transfer_positions(batch.labels, batch.attention_mask, shifted=self.task == CAUSAL_LM)
+        batch.num_kd_items = self.normalization.num_kd_items(
+            num_items_in_batch, transfer, self.model.training
+        )
         if batch.cache:
             refuse_features_from_cache(self.args, "The batch", has_teacher=self.teacher is not None)
         if self.feature_terms:

@@ -65,3 +65,21 @@ def test_the_checks_see_a_violation(tmp_path):
         test_no_private_name_crosses_modules(bad)
     with pytest.raises(AssertionError, match="long has 91 lines"):
         test_modules_and_functions_stay_small(bad)
+
+
+def test_public_names_resolve_and_cover_cross_tokenizer_distillation():
+    """``from hf_distill import *`` gives every name of ``__all__``, and a user needs no internal module path
+    for teachers with another tokenizer: the dataset preparation, the vocabulary map, the embedding transfer
+    and GPT-2's offline tokenizer are exported at the top."""
+    import hf_distill
+
+    missing = [name for name in hf_distill.__all__ if not hasattr(hf_distill, name)]
+    assert missing == []
+    assert len(set(hf_distill.__all__)) == len(hf_distill.__all__)
+    for name in (
+        "prepare_cross_tokenizer_dataset",
+        "vocabulary_map",
+        "transfer_vocabulary",
+        "gpt2_tokenizer_folder",
+    ):
+        assert name in hf_distill.__all__

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
 from tiny_models import tiny_bert_classifier, tiny_gpt2
-from torch import nn
 
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.recipes.arguments import (
@@ -21,7 +19,6 @@ from hf_distill.recipes.arguments import (
     TeacherArguments,
 )
 from hf_distill.recipes.config import load_config_file, parse_args_with_config, split_config_flag
-from hf_distill.recipes.latency import measure_latency
 from hf_distill.recipes.report_json import build_report
 from hf_distill.recipes.students import build_student
 from hf_distill.recipes.tasks import TaskData, ensure_test_split
@@ -109,6 +106,8 @@ def test_argument_errors():
         DataArguments(max_length=1)
     with pytest.raises(ValueError, match="latency_rounds=0 must be >= 1"):
         ReportArguments(latency_rounds=0)
+    with pytest.raises(ValueError, match="latency_threads=0 must be >= 1"):
+        ReportArguments(latency_threads=0)
     assert StudentArguments(student_init="teacher_layers, gpt2").student_init == ["teacher_layers", "gpt2"]
 
 
@@ -217,38 +216,6 @@ def test_hub_dataset_without_test_split_gets_one_from_validation():
     assert len(set(alone["train"]["x"]) | set(alone["validation"]["x"]) | set(alone["test"]["x"])) == 50
     with pytest.raises(ValueError, match="but no 'train' split: the recipe trains on it"):
         ensure_test_split(DatasetDict({"validation": splits["validation"]}), seed=0)
-
-
-# ---- latency ------------------------------------------------------------------------------------------
-
-
-class _Sleeper(nn.Module):
-    """Sleeps ``per_row`` seconds per row and records when it ran, to check the timing and its order."""
-
-    def __init__(self, name: str, per_row: float, calls: list):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(1))
-        self.name, self.per_row, self.calls = name, per_row, calls
-
-    def forward(self, input_ids, attention_mask=None):
-        self.calls.append((self.name, input_ids.shape[0]))
-        time.sleep(self.per_row * input_ids.shape[0])
-        return input_ids
-
-
-def test_latency_is_measured_side_by_side_with_medians():
-    calls: list = []
-    models = {"slow": _Sleeper("slow", 0.004, calls), "fast": _Sleeper("fast", 0.001, calls)}
-    batches = {
-        1: {"input_ids": torch.zeros(1, 4, dtype=torch.long)},
-        4: {"input_ids": torch.zeros(4, 4, dtype=torch.long)},
-    }
-    latency = measure_latency(models, batches, rounds=3)
-    # One warm-up round plus three timed ones; within a round the models alternate for each batch size.
-    assert len(calls) == 4 * 2 * 2
-    assert calls[:4] == [("slow", 1), ("fast", 1), ("slow", 4), ("fast", 4)]
-    assert latency["slow"][4] >= 16.0 and latency["fast"][1] >= 1.0
-    assert latency["slow"][4] > latency["fast"][4] > latency["fast"][1]
 
 
 # ---- report -------------------------------------------------------------------------------------------

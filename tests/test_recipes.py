@@ -186,6 +186,52 @@ def test_ner_recipe_on_conll_files(tmp_path, wordpiece_tokenizer):
     assert set(config["id2label"].values()) == {"O", "B-person", "I-person"}
 
 
+@needs_wnut
+def test_a_teacher_worse_than_the_baseline_is_flagged(tmp_path, wordpiece_tokenizer, capsys):
+    """A teacher that tags every word O (entity F1 0) used as it is, and a random student trained on the labels
+    long enough to find some entities: the teacher is worse on the validation split, so report.json, the
+    console and the card say it is not worth distilling."""
+    train = write_conll(tmp_path / "train.conll")
+    folder = save_tiny_teacher(
+        tmp_path / "teacher",
+        BertForTokenClassification,
+        wordpiece_tokenizer,
+        id2label={0: "O", 1: "B-person", 2: "I-person"},
+    )
+    teacher = BertForTokenClassification.from_pretrained(folder)
+    with torch.no_grad():
+        teacher.classifier.weight.zero_()
+        teacher.classifier.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
+    teacher.save_pretrained(folder)
+    out = tmp_path / "run"
+    flags = tiny_flags(
+        out,
+        teacher_model_name_or_path=folder,
+        train_file=train,
+        fine_tune_teacher="never",
+        student_init="config",
+        num_train_epochs=6,
+        learning_rate=1e-2,
+        latency_threads=1,
+    )
+    report = run_recipe("ner", flags)
+    # The run's latency: pinned threads recorded, each student's speed-up with its spread and flag.
+    assert report["latency_measurement"]["threads"] == 1 and report["latency_measurement"]["rounds"] == 1
+    for student in report["students"]:
+        assert student["latency"]["b32"]["threads"] == 1
+        assert student["speedup"]["b1"]["reliable"] is False, "one round: no spread to judge"
+    check = load_report(out)["teacher_check"]
+    assert check == report["teacher_check"]
+    assert check["verdict"] == "teacher_not_better" and check["split"] == "validation"
+    assert check["teacher_metric"] == 0.0 and all(v > 0.0 for v in check["baselines"].values())
+    assert list(check["baselines"]) == [
+        s["name"] for s in report["students"] if s["kind"] == "no_kd_baseline"
+    ]
+    assert "WARNING: the teacher is not better than the student trained alone" in capsys.readouterr().out
+    card = (Path(report["students"][0]["output_dir"]) / "README.md").read_text()
+    assert "the teacher is not better than the student trained alone" in card
+
+
 def test_codegen_recipe_on_tiny_models(tmp_path, wordpiece_tokenizer):
     save_tiny_code_teacher(tmp_path / "teacher", wordpiece_tokenizer)
     out = tmp_path / "run"

@@ -91,6 +91,22 @@ class StudentArguments:
     run_baseline: bool = field(
         default=True, metadata={"help": "Also train each student without distillation, as a baseline."}
     )
+    baseline_steps: str = field(
+        default="match",
+        metadata={
+            "help": "Optimizer steps of the no-KD baseline: 'match' (as many as the distilled student, which "
+            "with a transfer set sees more rows per epoch: the baseline repeats the labeled rows) or 'epochs' "
+            "(the same num_train_epochs over the labeled rows)."
+        },
+    )
+    seeds: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Train every student and its baseline once per seed, e.g. --seeds 1,2,3 (a YAML list in a "
+            "config): the teacher is fine-tuned once; the report gives each model's mean and 95% interval and "
+            "the paired difference KD - no-KD with its interval. Default: the one run of --seed."
+        },
+    )
     student_tokenizer: str | None = field(
         default=None,
         metadata={
@@ -107,6 +123,7 @@ class StudentArguments:
     def __post_init__(self):
         if isinstance(self.student_init, str):
             self.student_init = [s.strip() for s in self.student_init.split(",") if s.strip()]
+        self.seeds = parse_seeds(self.seeds)
         unknown = [s for s in self.student_init if s not in STUDENT_INITS]
         if unknown or not self.student_init:
             raise ValueError(
@@ -124,6 +141,11 @@ class StudentArguments:
                 f"student_tokenizer_loss={self.student_tokenizer_loss!r}: choose 'aligned' (shared tokens where "
                 "the prefixes match, ULD elsewhere) or 'uld'."
             )
+        if self.baseline_steps not in ("match", "epochs"):
+            raise ValueError(
+                f"baseline_steps={self.baseline_steps!r}: choose 'match' (the baseline gets as many optimizer steps "
+                "as the distilled student) or 'epochs' (the same epochs over the labeled rows)."
+            )
 
     def config_overrides(self) -> dict[str, Any]:
         if self.student_config_overrides is None:
@@ -140,6 +162,24 @@ class StudentArguments:
                 f"student_config_overrides must be a JSON object of config fields, got {type(overrides).__name__}."
             )
         return overrides
+
+
+def parse_seeds(seeds: Any) -> list[int]:
+    """``--seeds`` as a list of distinct integers: "1,2,3", ["1", "2", "3"] (``--seeds 1 2 3``) or [1, 2, 3]."""
+    items = seeds.split(",") if isinstance(seeds, str) else [p for s in seeds for p in str(s).split(",")]
+    items = [item.strip() for item in items if item.strip()]
+    try:
+        parsed = [int(item) for item in items]
+    except ValueError:
+        raise ValueError(
+            f"seeds {seeds!r} holds something that is not an integer; pass whole numbers, e.g. --seeds 1,2,3."
+        ) from None
+    if len(set(parsed)) != len(parsed):
+        raise ValueError(
+            f"seeds {parsed} repeats a seed: a repeated seed trains the same student twice and would count it "
+            "twice in the interval; pass distinct seeds, e.g. --seeds 1,2,3."
+        )
+    return parsed
 
 
 _FILE_HELP = (
@@ -231,10 +271,31 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on validation examples."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Cap on test examples."})
     max_files: int | None = field(default=None, metadata={"help": "Code: sample this many stdlib files."})
+    transfer_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "sentiment: a transfer set, in-domain text without labels (CSV/TSV, JSON Lines, Parquet, or "
+            ".txt with one example per line; --text_column names the text) that the distilled student learns "
+            "from through the teacher alone. Neither the teacher's fine-tune nor the baseline sees it."
+        },
+    )
+    transfer_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Cap on transfer rows; without --transfer_file (sentiment) the transfer set is the training "
+            "rows past max_train_samples with their labels dropped (ner: sentences, codegen: blocks)."
+        },
+    )
     split_seed: int = field(default=42, metadata={"help": "Seed of the offline train/validation/test split."})
 
     def __post_init__(self):
-        for name in ("max_train_samples", "max_eval_samples", "max_test_samples", "max_files"):
+        for name in (
+            "max_train_samples",
+            "max_eval_samples",
+            "max_test_samples",
+            "max_files",
+            "transfer_samples",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name}={value} must be >= 1 (or unset to keep every example).")
@@ -245,7 +306,7 @@ class DataArguments:
         }
         check_fractions(**shares)
         # Checked here, before any model or tokenizer is loaded: a wrong path fails at once.
-        for name in ("train_file", "validation_file", "test_file"):
+        for name in ("train_file", "validation_file", "test_file", "transfer_file"):
             path = getattr(self, name)
             if path is not None and not Path(path).exists():
                 raise FileNotFoundError(
@@ -271,7 +332,18 @@ class ReportArguments:
     _argument_group_name = "recipe: report"
 
     latency_rounds: int = field(
-        default=5, metadata={"help": "Timed rounds per model and batch size; the median is reported."}
+        default=5,
+        metadata={
+            "help": "Timed rounds per model and batch size (models interleaved); the median and quartiles are "
+            "reported, and a speed-up from fewer than 2 rounds is marked unreliable."
+        },
+    )
+    latency_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "torch threads while timing latency (default: torch's current count); recorded in "
+            "report.json. On a shared machine, fewer threads than cores keeps others' load off the timing."
+        },
     )
     write_model_cards: bool = field(
         default=True, metadata={"help": "Write README.md into each student folder."}
@@ -281,6 +353,11 @@ class ReportArguments:
         if self.latency_rounds < 1:
             raise ValueError(
                 f"latency_rounds={self.latency_rounds} must be >= 1: the median needs one timing."
+            )
+        if self.latency_threads is not None and self.latency_threads < 1:
+            raise ValueError(
+                f"latency_threads={self.latency_threads} must be >= 1 (torch.set_num_threads needs a thread); "
+                "leave it unset to time with torch's current thread count."
             )
 
 

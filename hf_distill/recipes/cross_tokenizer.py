@@ -12,7 +12,6 @@ compares only models of one tokenizer.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from transformers import PreTrainedModel, Trainer, default_data_collator, set_se
 
 from ..arguments import DistillationTrainingArguments
 from ..losses import IGNORE_INDEX
+from ..metrics import corpus_bits_per_byte, corpus_perplexity
 from ..student import gpt2_student_for
 from ..teacher_cache import cache_teacher_outputs
 from ..token_alignment import OFFSETS_COLUMN, TEXT_COLUMN
@@ -90,8 +90,8 @@ def bits_per_byte(
     finally:
         model.train(was_training)
     return {
-        "bits_per_byte": nll / max(scored_bytes, 1) / math.log(2),
-        "perplexity": math.exp(nll / max(tokens, 1)),
+        "bits_per_byte": float(corpus_bits_per_byte(nll, max(scored_bytes, 1))),
+        "perplexity": float(corpus_perplexity(nll, max(tokens, 1))),
         "tokens": tokens,
         "bytes": scored_bytes,
     }

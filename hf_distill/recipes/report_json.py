@@ -11,8 +11,19 @@ from typing import Any
 from torch import nn
 
 from ..arguments import DistillationTrainingArguments
+from ..metrics import ExampleScores
 from ..offline import HUB_IDS, resolve_model_path
 from ..report import REPORT_FILENAME, comparison_table, markdown_table, validate_report
+from ..report_format import scorecard_table, verdict_lines
+from ..scorecard import (
+    BOOTSTRAP_SEED,
+    CONFIDENCE_LEVEL,
+    N_RESAMPLES,
+    model_interval,
+    paired_difference,
+    stack_statistics,
+    verdict,
+)
 from ..student import count_parameters, model_size_on_disk
 from .arguments import TeacherArguments
 from .latency import LATENCY_BATCH_SIZES
@@ -85,17 +96,71 @@ def write_report(report: dict[str, Any], run_dir: Path) -> Path:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """The report's comparison table in Markdown."""
+    """The report's comparison table in Markdown, then the scorecard's table and verdicts when it has one."""
     header, rows = comparison_table(report)
-    return markdown_table(header, rows)
+    parts = [markdown_table(header, rows)]
+    if report.get("scorecard"):
+        parts += [markdown_table(*scorecard_table(report)), "\n".join(verdict_lines(report))]
+    return "\n\n".join(parts)
 
 
 def write_cards(report: dict[str, Any]) -> None:
-    """A model card (``README.md``) in each student's folder, from the report."""
+    """A model card (``README.md``) in each student's folder (every seed's, with several), from the report."""
     from ..hub import write_model_card
 
     for student in report["students"]:
-        write_model_card(student["output_dir"], report, student_name=student["name"])
+        folders = [seed["output_dir"] for seed in student.get("seeds") or []] or [student["output_dir"]]
+        for folder in folders:
+            write_model_card(folder, report, student_name=student["name"])
+
+
+def build_scorecard(
+    task: TaskData,
+    seeds: list[int],
+    teacher_scores: ExampleScores,
+    students: list[dict[str, Any]],
+    scores: dict[str, list[ExampleScores]],
+) -> dict[str, Any]:
+    """The report's ``scorecard`` (:mod:`hf_distill.scorecard`): every model's mean over seeds and 95% interval,
+    and for each distilled student the paired difference with the no-KD baseline of the same ``init``, its
+    interval and verdict. Each student entry gets the same numbers as its own ``scorecard`` (what its model
+    card shows)."""
+    metric = task.metric_name
+    stacked = {
+        entry["name"]: stack_statistics([s.statistics for s in scores[entry["name"]]], metric)
+        for entry in students
+    }
+    teacher = stack_statistics([teacher_scores.statistics], metric)
+    n_examples = teacher.shape[-1]
+    models = {"teacher": model_interval(teacher, metric)}
+    comparisons = []
+    for entry in students:
+        models[entry["name"]] = model_interval(stacked[entry["name"]], metric)
+        entry["scorecard"] = {"metric_name": metric, "seeds": seeds, "test_examples": n_examples}
+        entry["scorecard"].update(models[entry["name"]])
+    for entry in students:
+        baseline = next(
+            (b for b in students if b["kind"] == "no_kd_baseline" and b["init"] == entry["init"]), None
+        )
+        if entry["kind"] != "distilled" or baseline is None:
+            continue
+        difference = paired_difference(stacked[entry["name"]], stacked[baseline["name"]], metric)
+        line = verdict(difference, metric, task.higher_is_better, len(seeds), n_examples)
+        comparison = {"distilled": entry["name"], "baseline": baseline["name"], **difference, "verdict": line}
+        comparisons.append(comparison)
+        entry["scorecard"]["versus_no_kd"] = comparison
+    return {
+        "metric_name": metric,
+        "higher_is_better": task.higher_is_better,
+        "seeds": seeds,
+        "test_examples": n_examples,
+        "confidence_level": CONFIDENCE_LEVEL,
+        "n_resamples": N_RESAMPLES,
+        "bootstrap_seed": BOOTSTRAP_SEED,
+        "method": "paired percentile bootstrap over test examples (scipy.stats.bootstrap), every seed kept",
+        "models": models,
+        "comparisons": comparisons,
+    }
 
 
 def _local_folder(args: TeacherArguments) -> Path | None:
@@ -114,9 +179,14 @@ def model_entry(model: nn.Module, folder: Path | None, metrics: dict[str, float]
     }
 
 
-def with_latency(entry: dict[str, Any], latency: dict[int, float]) -> dict[str, Any]:
-    """Adds a model's ``latency_ms_b<size>`` for every batch size of :data:`LATENCY_BATCH_SIZES`."""
-    entry.update({f"latency_ms_b{size}": latency[size] for size in LATENCY_BATCH_SIZES})
+def with_latency(entry: dict[str, Any], latency: dict[str, Any]) -> dict[str, Any]:
+    """Adds a model's latency fields from :func:`~hf_distill.recipes.latency.latency_entries`:
+    ``latency_ms_b<size>`` for every batch size of :data:`LATENCY_BATCH_SIZES`, with the spread
+    (``latency``) and, for a student, the speed-up's spread and reliability (``speedup``)."""
+    missing = [size for size in LATENCY_BATCH_SIZES if f"latency_ms_b{size}" not in latency]
+    if missing:
+        raise ValueError(f"latency was not measured at batch size(s) {missing}; time every model at each.")
+    entry.update(latency)
     return entry
 
 
@@ -126,7 +196,7 @@ def teacher_entry(
     folder: Path | None,
     history: list[dict],
     metrics: dict[str, float],
-    latency: dict[int, float],
+    latency: dict[str, Any],
     task: TaskData,
 ) -> dict[str, Any]:
     """The report's ``teacher``: where it came from, the folder it was fine-tuned into (``folder``, None when

@@ -10,10 +10,14 @@ prepares its task's data (:mod:`hf_distill.recipes.tasks`) and hands both to :fu
 3. distils it (:func:`~hf_distill.recipes.training.train_student` with ``kd=True``) in the chosen
    ``distillation_mode`` (:mod:`hf_distill.recipes.mode_select`: plain KD, several teachers,
    self-distillation, mutual learning, or for causal LMs on-policy and sequence-level KD);
-4. trains a copy of the same initial student on the labels alone, the no-KD baseline (``kd=False``);
-5. evaluates teacher and students on the held-out test split
-   (:func:`~hf_distill.recipes.evaluation.evaluate_models`) and measures latency at batch 1 and 32 side by
-   side (:func:`~hf_distill.recipes.latency.measure_latency`);
+4. trains a copy of the same initial student on the labels alone, the no-KD baseline (``kd=False``), and
+   checks on the validation split that the teacher beats it (:mod:`hf_distill.recipes.teacher_check`);
+5. evaluates teacher and students on the held-out test split, keeping per-example results
+   (:func:`~hf_distill.recipes.evaluation.score_models`), and measures latency at batch 1 and 32 side by
+   side, in interleaved rounds with their spread (:func:`~hf_distill.timing.time_models`,
+   :func:`~hf_distill.recipes.latency.latency_entries`); with ``--seeds 1,2,3`` steps 2-5 run once per
+   seed against the same teacher, and the scorecard (:mod:`hf_distill.scorecard`) gives each model's mean
+   and 95% interval and the paired difference KD - no-KD with its interval and verdict;
 6. writes ``report.json`` (:mod:`hf_distill.recipes.report_json`), prints the comparison table and, with
    ``report_to`` TensorBoard, logs it as the scorecard (:mod:`hf_distill.recipes.tensorboard_log`).
 
@@ -33,13 +37,17 @@ from torch import nn
 from transformers import PreTrainedModel, set_seed
 
 from ..arguments import DistillationTrainingArguments
-from ..report import REPORT_FILENAME
+from ..metrics import ExampleScores
+from ..report import REPORT_FILENAME, validate_report
+from ..report_format import report_notes
+from ..timing import Timings, time_models
 from .arguments import ReportArguments, StudentArguments, TeacherArguments
-from .evaluation import evaluate_models
-from .latency import LATENCY_BATCH_SIZES, latency_batch, measure_latency
+from .evaluation import evaluate_models, mean_metrics, score_models
+from .latency import LATENCY_BATCH_SIZES, latency_batch, latency_entries
 from .mode_select import ModeArguments
 from .report_json import (
     build_report,
+    build_scorecard,
     extra_teacher_entries,
     format_table,
     model_entry,
@@ -51,8 +59,9 @@ from .report_json import (
 from .students import build_student, student_name
 from .tasks import TaskData
 from .teacher import check_teacher_sources, load_extra_teachers, ready_teacher
+from .teacher_check import check_teacher_worth, warn_teacher_check
 from .tensorboard_log import log_scorecard
-from .training import train_student
+from .training import derived_args, train_student
 
 
 def run_recipe(
@@ -75,32 +84,111 @@ def run_recipe(
     )
     teacher = _with_eager_attention(teacher, training_args)
     extra = load_extra_teachers(mode_args, teacher_args, task, training_args, run_dir)
-    students, models, histories = _train_students(
-        task, teacher, [model for _, model, _ in extra], student_args, training_args, mode_args, run_dir
+    seeds = student_args.seeds or [training_args.seed]
+    students, models, histories, scores = _train_seeds(
+        task,
+        teacher,
+        [model for _, model, _ in extra],
+        student_args,
+        training_args,
+        mode_args,
+        run_dir,
+        seeds,
     )
-
-    metrics = evaluate_models({"teacher": teacher, **models}, task, training_args)
+    teacher_scores = score_models({"teacher": teacher}, task, training_args)["teacher"]
     extra_metrics = evaluate_models({name: model for name, model, _ in extra}, task, training_args)
+    baselines = {s["name"]: models[s["name"]] for s in students if s["kind"] == "no_kd_baseline"}
+    teacher_check = check_teacher_worth(teacher, baselines, task, training_args)
     if not state.is_main_process:
         state.wait_for_everyone()
         return None
     batches = {size: latency_batch(task, size) for size in LATENCY_BATCH_SIZES}
-    latency = measure_latency({"teacher": teacher, **models}, batches, rounds=report_args.latency_rounds)
+    timings = time_models(
+        {"teacher": teacher, **models},
+        batches,
+        rounds=report_args.latency_rounds,
+        threads=report_args.latency_threads,
+    )
+    latency = latency_entries(timings, reference="teacher")
     teacher_report = teacher_entry(
-        teacher, teacher_args, teacher_folder, teacher_history, metrics["teacher"], latency["teacher"], task
+        teacher,
+        teacher_args,
+        teacher_folder,
+        teacher_history,
+        teacher_scores.metrics,
+        latency["teacher"],
+        task,
     )
     for entry in students:
         name = entry["name"]
-        entry.update(model_entry(models[name], Path(entry["output_dir"]), metrics[name], task))
+        entry.update(model_entry(models[name], Path(entry["output_dir"]), mean_metrics(scores[name]), task))
         with_latency(entry, latency[name])
+    scorecard = build_scorecard(task, seeds, teacher_scores, students, scores)
     extra_entries = extra_teacher_entries(extra, extra_metrics, task)
     report = build_report(
         task, teacher_report, students, training_args, histories, mode_args.distillation_mode, extra_entries
     )
+    _add_checks(report, timings, teacher_check, task)
+    report["scorecard"] = scorecard
+    report = validate_report(report)
     _write_outputs(report, run_dir, report_args)
     log_scorecard(report, run_dir, training_args.report_to)
     state.wait_for_everyone()
     return report
+
+
+def _add_checks(
+    report: dict[str, Any], timings: Timings, teacher_check: dict[str, Any], task: TaskData
+) -> None:
+    """How latency was measured, the teacher check (warned about when the teacher is not better) and, for
+    NER, what evaluation covered (long sentences scored through windows, anything left unscored)."""
+    report["latency_measurement"] = timings.measurement()
+    report["teacher_check"] = teacher_check
+    warn_teacher_check(teacher_check)
+    if task.eval_coverage:
+        report["data"]["eval_coverage"] = task.eval_coverage
+
+
+def _train_seeds(
+    task: TaskData,
+    teacher: PreTrainedModel,
+    extra_teachers: list[PreTrainedModel],
+    student_args: StudentArguments,
+    training_args: DistillationTrainingArguments,
+    mode_args: ModeArguments,
+    run_dir: Path,
+    seeds: list[int],
+) -> tuple[list[dict[str, Any]], dict[str, nn.Module], dict[str, list[dict]], dict[str, list[ExampleScores]]]:
+    """Steps 2-5 once per seed: each seed builds its students afresh (its own initial weights, shared by the
+    distilled student and its baseline), trains them with that seed's data order and scores them on the test
+    split. Several seeds write ``students/<name>/seed-<s>/``, one seed ``students/<name>/``.
+
+    Returns the first seed's report entries (each with ``seeds``: every seed's folder and metrics), models (for
+    latency and sizes) and log histories, and every seed's scores by student name."""
+    scores: dict[str, list[ExampleScores]] = {}
+    records: dict[str, list[dict[str, Any]]] = {}
+    first = None
+    for seed in seeds:
+        seed_args = derived_args(training_args, Path(training_args.output_dir), seed=seed)
+        seed_folder = f"seed-{seed}" if len(seeds) > 1 else ""
+        entries, models, histories = _train_students(
+            task, teacher, extra_teachers, student_args, seed_args, mode_args, run_dir, seed_folder
+        )
+        first = first or (entries, models, histories)
+        for entry in entries:
+            result = task.score_examples(models[entry["name"]], task.test, seed_args)
+            scores.setdefault(entry["name"], []).append(result)
+            records.setdefault(entry["name"], []).append(
+                {
+                    "seed": seed,
+                    "output_dir": entry["output_dir"],
+                    "metric": float(result.metrics[task.metric_name]),
+                    "metrics": result.metrics,
+                }
+            )
+    for entry in first[0]:
+        entry["seeds"] = records[entry["name"]]
+    return (*first, scores)
 
 
 def _train_students(
@@ -111,10 +199,12 @@ def _train_students(
     training_args: DistillationTrainingArguments,
     mode_args: ModeArguments,
     run_dir: Path,
+    seed_folder: str = "",
 ) -> tuple[list[dict[str, Any]], dict[str, nn.Module], dict[str, list[dict]]]:
     """Steps 2-4: every student of ``student_init``, distilled and (unless ``run_baseline`` is off) trained on
-    the labels alone from the same initial weights. Returns the students' report entries (name, kind, init,
-    folder), the trained models and their log histories, all keyed by student name."""
+    the labels alone from the same initial weights, with ``training_args.seed``. Returns the students' report
+    entries (name, kind, init, folder), the trained models and their log histories, all keyed by student
+    name. Each is saved in ``students/<name>/<seed_folder>``."""
     mode = mode_args.distillation_mode
     students: list[dict[str, Any]] = []
     models: dict[str, nn.Module] = {}
@@ -138,11 +228,12 @@ def _train_students(
                 teacher,
                 task,
                 training_args,
-                run_dir / "students" / name,
+                run_dir / "students" / name / seed_folder,
                 kd=kd,
                 mode_args=mode_args,
                 extra_teachers=extra_teachers,
                 peer=peer,
+                baseline_steps=student_args.baseline_steps,
             )
             models[name] = student.eval()
             students.append(
@@ -161,7 +252,8 @@ def _write_outputs(report: dict[str, Any], run_dir: Path, report_args: ReportArg
     write_report(report, run_dir)
     if report_args.write_model_cards:
         write_cards(report)
-    print(f"\n{format_table(report)}\n\nreport: {run_dir / REPORT_FILENAME}", flush=True)
+    notes = "".join(f"\n{note}" for note in report_notes(report))
+    print(f"\n{format_table(report)}\n{notes}\n\nreport: {run_dir / REPORT_FILENAME}", flush=True)
 
 
 def _with_eager_attention(model: PreTrainedModel, args: DistillationTrainingArguments) -> PreTrainedModel:

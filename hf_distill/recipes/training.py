@@ -5,6 +5,7 @@ no-KD baseline), and the training arguments each run derives from the recipe's.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from ..arguments import DistillationTrainingArguments
 from ..checkpoints import checkpoint_problems, checkpoints_in
 from ..model_kind import logits_of
 from ..modes.mutual import STUDENT_A
+from .data_common import notice
+from .data_transfer import with_transfer
 from .mode_select import ModeArguments, mode_train_data, mode_trainer
 from .tasks import TaskData
 
@@ -82,6 +85,39 @@ def plain_module_loss(student: nn.Module, args: TrainingArguments) -> dict[str, 
     return {"compute_loss_func": loss}
 
 
+def optimizer_steps(rows: int, args: TrainingArguments) -> int:
+    """Optimizer steps of a run over ``rows`` training rows, counted as Trainer counts them: ``max_steps`` when
+    set, else ``num_train_epochs`` times the steps of one epoch (batches of ``per_device_train_batch_size`` on
+    every process, ``gradient_accumulation_steps`` batches a step, a last partial step included)."""
+    if args.max_steps > 0:
+        return args.max_steps
+    batches = math.ceil(rows / (args.per_device_train_batch_size * max(args.world_size, 1)))
+    per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
+    return math.ceil(args.num_train_epochs * per_epoch)
+
+
+def baseline_changes(task: TaskData, args: TrainingArguments, baseline_steps: str) -> dict[str, Any]:
+    """What the no-KD baseline's arguments change: with a transfer set and ``baseline_steps="match"``, as many
+    optimizer steps (``max_steps``) as the distilled student, which sees the transfer rows too; announced with
+    both counts. Nothing otherwise (the same epochs over the same rows are the same steps)."""
+    if task.transfer is None:
+        return {}
+    labeled = optimizer_steps(len(task.train), args)
+    distilled = optimizer_steps(len(task.train) + len(task.transfer), args)
+    if baseline_steps != "match":
+        notice(
+            f"steps: distilled student {distilled} ({len(task.train)} labeled + {len(task.transfer)} transfer "
+            f"rows), no-KD baseline {labeled} (baseline_steps=epochs: the same epochs over the labeled rows)."
+        )
+        return {}
+    notice(
+        f"steps: distilled student {distilled} ({len(task.train)} labeled + {len(task.transfer)} transfer rows), "
+        f"no-KD baseline {distilled} on the {len(task.train)} labeled rows (baseline_steps=match; one epoch of "
+        f"them is {optimizer_steps(len(task.train), dataclasses.replace(args, num_train_epochs=1))} steps)."
+    )
+    return {"max_steps": distilled} if distilled != labeled else {}
+
+
 def train_student(
     student: PreTrainedModel,
     teacher: PreTrainedModel | None,
@@ -93,18 +129,30 @@ def train_student(
     mode_args: ModeArguments | None = None,
     extra_teachers: list[PreTrainedModel] | tuple = (),
     peer: PreTrainedModel | None = None,
+    baseline_steps: str = "match",
 ) -> tuple[list[dict], Path]:
     """Trains ``student`` with the teacher (``kd=True``: the trainer of ``mode_args.distillation_mode``, plain
-    KD by default) or on the labels only (``kd=False``: a plain ``Trainer`` with the same arguments, data order
-    and steps). Saves it under ``output_dir``; returns the Trainer's ``log_history`` and the student's folder
-    (``output_dir``, or its ``student_a/`` for mutual learning, whose peer is saved in ``student_b/``)."""
+        KD by default) or on the labels only (``kd=False``: a plain ``Trainer`` with the same arguments, data order
+        and steps; ``baseline_steps="match"`` gives it as many steps as the distilled student when a transfer set
+    makes that one longer, see :func:`baseline_changes`). The distilled student also learns from the task's transfer
+    rows (:func:`~hf_distill.recipes.data_transfer.with_transfer`). Saves it under ``output_dir``; returns the Trainer's ``log_history`` and the student's folder
+        (``output_dir``, or its ``student_a/`` for mutual learning, whose peer is saved in ``student_b/``)."""
     mode_args = mode_args or ModeArguments()
-    args = derived_args(training_args, output_dir) if kd else plain_trainer_args(training_args, output_dir)
+    if kd:
+        args = derived_args(training_args, output_dir)
+    else:
+        changes = baseline_changes(task, training_args, baseline_steps)
+        args = plain_trainer_args(training_args, output_dir, **changes)
     set_seed(training_args.seed)
     common = dict(eval_dataset=task.validation, processing_class=task.tokenizer)
     if kd:
         train, collator = mode_train_data(
-            mode_args, task.train, teacher, task.tokenizer, student, training_args.per_device_eval_batch_size
+            mode_args,
+            with_transfer(task.train, task.transfer),
+            teacher,
+            task.tokenizer,
+            student,
+            training_args.per_device_eval_batch_size,
         )
         set_seed(training_args.seed)  # generating the training set (sequence_kd) must not shift the seed
         trainer = mode_trainer(
