@@ -4,6 +4,7 @@ from .arguments import DistillationTrainingArguments
 from .cache_shards import load_teacher_cache
 from .cache_writer import write_teacher_cache
 from .chunked import KDLossParts, fused_linear_distillation_loss
+from .feature_maps import FeatureMapMatcher
 from .hub import push_student, render_model_card, write_model_card
 from .losses import PER_POSITION_LOSSES, distillation_loss, task_cross_entropy
 from .metrics import accuracy_f1, agreement, perplexity, seqeval_metrics
@@ -41,6 +42,7 @@ from .token_alignment import prepare_cross_tokenizer_dataset, vocabulary_map
 from .topk_codec import TopkCodec
 from .topk_losses import topk_distillation_loss
 from .trainer import DistillationTrainer
+from .tuple_batches import TupleCollator
 from .vocab_transfer import transfer_vocabulary
 
 __version__ = "0.1.0"
@@ -73,6 +75,8 @@ __all__ = [
     "PER_POSITION_LOSSES",
     "SENTIMENT_LABELS",
     "DistillationTrainer",
+    "TupleCollator",
+    "FeatureMapMatcher",
     "DistillationTrainingArguments",
     "MultiTeacherDistillationTrainer",
     "MultiTeacherTrainingArguments",

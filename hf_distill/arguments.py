@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .chunked import DEFAULT_CHUNK_SIZE
+from .feature_maps import parse_feature_layers
 from .lm_head import KD_LOSS_IMPLEMENTATIONS
 from .losses import PER_POSITION_LOSSES
 
 HIDDEN_STATE_LOSSES = ("mse", "cosine")
 # The weights of the feature terms: they match the teacher's insides position by position.
-FEATURE_WEIGHTS = ("hidden_state_weight", "attention_weight", "value_relation_weight")
+FEATURE_WEIGHTS = ("hidden_state_weight", "attention_weight", "value_relation_weight", "feature_map_weight")
 CROSS_TOKENIZER_LOSSES = ("uld", "aligned")
 # TrainingArguments' own float fields that must be finite too; the others (max_grad_norm, ...) keep their
 # transformers semantics.
@@ -70,7 +71,8 @@ class DistillationTrainingArguments(TrainingArguments):
 
     The training objective is
     ``loss = (1 - alpha) * task_loss + alpha * distillation_loss + hidden_state_weight * hidden_state_loss
-    + attention_weight * attention_loss + value_relation_weight * value_relation_loss)``,
+    + attention_weight * attention_loss + value_relation_weight * value_relation_loss
+    + feature_map_weight * feature_map_loss)``,
     where KL-family distillation losses carry the ``temperature**2`` factor of Hinton et al. (2015).
     """
 
@@ -132,6 +134,21 @@ class DistillationTrainingArguments(TrainingArguments):
         metadata={
             "help": "Number of relation heads the values are split into for value-relation matching; it must "
             "divide the student's and the teacher's hidden sizes."
+        },
+    )
+    feature_map_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight (>= 0) of feature-map matching (FitNets) between the layers of feature_layers, for "
+            "any torch model (CNNs, ResNet, ViT); 0 turns it off."
+        },
+    )
+    feature_layers: str = field(
+        default="",
+        metadata={
+            "help": "Which student layer's output matches which teacher layer's, as 'student:teacher' pairs of "
+            "module names from model.named_modules(), e.g. 'features.3:resnet.encoder.stages.1'. A 1x1 "
+            "convolution is learned where channels differ; maps are average-pooled to the smaller size."
         },
     )
     teacher_dtype: str | None = field(
@@ -252,6 +269,12 @@ class DistillationTrainingArguments(TrainingArguments):
                 f"hidden_state_loss {self.hidden_state_loss!r} is unknown; choose one of {HIDDEN_STATE_LOSSES}."
             )
         parse_layer_map(self.hidden_layer_map)
+        if not parse_feature_layers(self.feature_layers) and self.feature_map_weight > 0:
+            raise ValueError(
+                f"feature_map_weight={self.feature_map_weight} but feature_layers is empty, so no layers are "
+                "matched; name them as 'student_layer:teacher_layer' pairs (module names from "
+                "model.named_modules()), or set feature_map_weight=0."
+            )
         if self.kd_loss_implementation not in KD_LOSS_IMPLEMENTATIONS:
             raise ValueError(
                 f"kd_loss_implementation {self.kd_loss_implementation!r} is unknown; choose one of "
@@ -308,6 +331,10 @@ class DistillationTrainingArguments(TrainingArguments):
             "beta": self.jsd_beta,
             "skew_lambda": self.skew_lambda,
         }
+
+    @property
+    def feature_layer_pairs(self) -> list[tuple[str, str]]:
+        return parse_feature_layers(self.feature_layers)
 
     @property
     def layer_map_pairs(self) -> list[tuple[int, int]] | None:

@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
 from .arguments import DistillationTrainingArguments
+from .feature_maps import find_layer
 from .model_kind import (
     AUTO_CLASSES,
     CAUSAL_LM,
@@ -241,17 +242,37 @@ def check_compatibility(
     return None
 
 
+def check_hidden_state_models(student: nn.Module, teacher: nn.Module | None) -> None:
+    """Hidden-state matching reads ``num_hidden_layers`` and ``hidden_size`` from both configs: a plain module
+    or a vision model with per-stage widths (ResNet's ``hidden_sizes``) has neither."""
+    for who, model in (("student", student), ("teacher", teacher)):
+        config = getattr(model, "config", None)
+        missing = [k for k in ("num_hidden_layers", "hidden_size") if not hasattr(config, k)]
+        if config is None or missing:
+            what = (
+                "is a plain module without a Transformers config"
+                if config is None
+                else (f"has a {type(config).__name__} without {' or '.join(missing)}")
+            )
+            raise ValueError(
+                f"hidden_state_weight > 0 matches hidden states layer by layer, but the {who} "
+                f"({type(model).__name__}) {what}, so its depth and width are unknown. For CNNs and other "
+                "vision models use feature-map matching: feature_map_weight > 0 with feature_layers="
+                "'student_layer:teacher_layer' (module names); or set hidden_state_weight=0."
+            )
+
+
 def check_feature_terms(
     args: DistillationTrainingArguments, student: nn.Module, teacher: nn.Module | None
 ) -> None:
-    """Hidden-state and attention matching need Transformers models (depth, width, attention maps)."""
-    if args.hidden_state_weight > 0 and (
-        getattr(student, "config", None) is None or getattr(teacher, "config", None) is None
-    ):
-        raise ValueError(
-            "hidden_state_weight > 0 needs models with a Transformers config (to know their depth and "
-            "width and to ask for output_hidden_states); set hidden_state_weight=0 for plain modules."
-        )
+    """Hidden-state and attention matching need Transformers models (depth, width, attention maps); feature-map
+    matching needs layers of those names in both models."""
+    if args.hidden_state_weight > 0:
+        check_hidden_state_models(student, teacher)
+    for student_layer, teacher_layer in args.feature_layer_pairs if args.feature_map_weight > 0 else ():
+        find_layer(student, student_layer, "student")
+        if teacher is not None:
+            find_layer(teacher, teacher_layer, "teacher")
     if not args.matches_attention:
         return
     s_config, t_config = getattr(student, "config", None), getattr(teacher, "config", None)

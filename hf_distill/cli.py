@@ -35,13 +35,21 @@ import yaml
 from .report_format import verdict_lines
 
 # Each recipe's task, as the trainer names it.
-TASK_KINDS = {"sentiment": "sequence_classification", "ner": "token_classification", "codegen": "causal_lm"}
+TASK_KINDS = {
+    "sentiment": "sequence_classification",
+    "ner": "token_classification",
+    "codegen": "causal_lm",
+    "vision": "image_classification",
+}
 TASKS = tuple(TASK_KINDS)
 TASK_HELP = {
     "sentiment": "sequence classification, accuracy (own data: CSV / JSON Lines / Parquet, text + label)",
     "ner": "token classification, entity F1 (own data: CoNLL, or JSON with tokens and tags)",
     "codegen": "causal LM, perplexity (own data: a folder of source files, or JSON Lines with a text column)",
+    "vision": "image classification, accuracy; ResNet -> plain CNN (own data: cifar10, an image folder)",
 }
+# Tasks without a tokenizer: only `train` runs them so far.
+TRAIN_ONLY_TASKS = ("vision",)
 # The commands that take a task, then that task's flags.
 TASK_COMMANDS = {
     "train": "run a recipe: teacher, distilled student, no-KD baseline, report",
@@ -91,9 +99,20 @@ DEMO_CONFIG: dict[str, Any] = {
 def _preparer(task: str) -> Callable:
     from .recipes import tasks
 
-    return {"sentiment": tasks.prepare_sentiment, "ner": tasks.prepare_ner, "codegen": tasks.prepare_code}[
-        task
-    ]
+    return {
+        "sentiment": tasks.prepare_sentiment,
+        "ner": tasks.prepare_ner,
+        "codegen": tasks.prepare_code,
+        "vision": tasks.prepare_vision,
+    }[task]
+
+
+def refuse_train_only(task: str, command: str) -> None:
+    if task in TRAIN_ONLY_TASKS:
+        raise ValueError(
+            f"hf-distill {command} {task} is not available: the {task} task has no tokenizer to load, and only "
+            f"`hf-distill train {task}` supports it so far; its report.json holds every model's test accuracy."
+        )
 
 
 def train(task: str, argv: Sequence[str]) -> dict | None:
@@ -111,7 +130,7 @@ def train(task: str, argv: Sequence[str]) -> dict | None:
         "A distillation mode's own flags are listed with --distillation_mode MODE --help.",
     )
     tokenizer_kwargs = {"add_prefix_space": True} if task == "ner" else {}
-    tokenizer = teacher_tokenizer(teacher_args, **tokenizer_kwargs)
+    tokenizer = None if task in TRAIN_ONLY_TASKS else teacher_tokenizer(teacher_args, **tokenizer_kwargs)
     with training_args.main_process_first(desc="tokenizing"):
         task_data = _preparer(task)(data_args, tokenizer)
     return run_recipe(task_data, teacher_args, student_args, report_args, training_args, mode_args)
@@ -148,6 +167,7 @@ def evaluate(task: str, argv: Sequence[str]) -> dict[str, dict[str, float]]:
         prog=f"hf-distill eval {task}",
         description=f"Score saved {task} models on the task's test split and time them.",
     )
+    refuse_train_only(task, "eval")
     paths = [resolve_model_path(p) for p in eval_args.model_name_or_path]
     tokenizer_kwargs = {"add_prefix_space": True} if task == "ner" else {}
     tokenizer = load_pretrained(
@@ -186,6 +206,7 @@ def cache_teacher(task: str, argv: Sequence[str]) -> dict[str, Any]:
         prog=f"hf-distill cache-teacher {task}",
         description=f"Run the {task} teacher once over the training split and save the split with its outputs.",
     )
+    refuse_train_only(task, "cache-teacher")
     saved = cache_task(
         task, _preparer(task), cache_args, teacher_args, student_args, data_args, training_args
     )

@@ -3,7 +3,9 @@
 - :class:`HiddenStateTerm`: hidden states of mapped layers (DistilBERT, TinyBERT, MiniLM style), through learned
   projections where widths differ (:class:`hf_distill.hidden_states.HiddenStateMatcher`);
 - :class:`AttentionTerms`: attention maps and value relations of mapped layers (TinyBERT, MiniLM;
-  :mod:`hf_distill.attention`).
+  :mod:`hf_distill.attention`);
+- :class:`FeatureMapTerm`: outputs of named layers of any torch model, CNN feature maps or ViT tokens (FitNets;
+  :mod:`hf_distill.feature_maps`), through learned 1x1-convolution projections where channels differ.
 
 Each term is called as ``term(student, target, batch) -> (weighted value, {name: value})`` and divides its sum
 over tokens by ``batch.num_tokens``, the one token count of :class:`hf_distill.normalization.Normalization`
@@ -20,6 +22,7 @@ from torch import nn
 
 from .arguments import DistillationTrainingArguments
 from .attention import ValueCapture, attention_layer_pairs, attention_map_loss, value_relation_loss
+from .feature_maps import FeatureCapture, build_feature_map_matcher
 from .hidden_states import HiddenStateMatcher, check_layer_map, uniform_layer_map
 from .teacher_signals import DistillationBatch, TeacherTarget
 
@@ -86,6 +89,48 @@ class AttentionTerms:
         return total, parts
 
 
+class FeatureMapTerm:
+    """``feature_map_weight * loss_feature_map``: the per-example feature-map loss summed over mapped layers,
+    divided by ``batch.num_tokens`` (for image batches, the examples; :mod:`hf_distill.normalization`)."""
+
+    def __init__(self, matcher: nn.Module, weight: float, captures: tuple[FeatureCapture, FeatureCapture]):
+        self.matcher, self.weight, self.captures = matcher, weight, captures
+        self.output_kwargs: dict[str, bool] = {}  # forward hooks capture the maps
+
+    def __call__(
+        self, student: Any, target: TeacherTarget, batch: DistillationBatch
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        student_maps, teacher_maps = (capture.take() for capture in self.captures)
+        total = self.matcher(student_maps, teacher_maps)
+        value = total / batch.num_tokens.to(total.device)
+        return self.weight * value, {"loss_feature_map": value}
+
+
+def place_trainable(
+    module: nn.Module, args: DistillationTrainingArguments, accelerator: Accelerator
+) -> nn.Module:
+    """A module trained beside the student, on the run's device; wrapped for gradient averaging when several
+    processes train."""
+    module.to(args.device)
+    if accelerator.num_processes > 1 and len(list(module.parameters())) > 0:
+        module = accelerator.prepare_model(module)
+    return module
+
+
+def build_feature_map_term(
+    args: DistillationTrainingArguments, student: nn.Module, teacher: nn.Module, accelerator: Accelerator
+) -> FeatureMapTerm:
+    """The feature-map term over ``args.feature_layers``, its hooks on the unwrapped models."""
+    student, teacher = accelerator.unwrap_model(student), accelerator.unwrap_model(teacher)
+    pairs = args.feature_layer_pairs
+    matcher: nn.Module = build_feature_map_matcher(pairs, student, teacher)
+    captures = (
+        FeatureCapture(student, [s for s, _ in pairs], "student"),
+        FeatureCapture(teacher, [t for _, t in pairs], "teacher"),
+    )
+    return FeatureMapTerm(place_trainable(matcher, args, accelerator), args.feature_map_weight, captures)
+
+
 def build_hidden_matcher(
     args: DistillationTrainingArguments, student: nn.Module, teacher: nn.Module, accelerator: Accelerator
 ) -> nn.Module:
@@ -97,10 +142,7 @@ def build_hidden_matcher(
         teacher.config.hidden_size,
         args.hidden_state_loss,
     )
-    matcher.to(args.device)
-    if accelerator.num_processes > 1 and len(list(matcher.parameters())) > 0:
-        matcher = accelerator.prepare_model(matcher)
-    return matcher
+    return place_trainable(matcher, args, accelerator)
 
 
 def build_feature_terms(
@@ -124,4 +166,11 @@ def build_feature_terms(
                 ValueCapture(accelerator.unwrap_model(teacher)),
             )
         terms.append(AttentionTerms(pairs, args, captures))
+    if args.feature_map_weight > 0:
+        terms.append(build_feature_map_term(args, student, teacher, accelerator))
     return matcher, terms
+
+
+def feature_map_matcher(terms: list) -> nn.Module | None:
+    """The projections of the feature-map term among ``terms`` (None without one)."""
+    return next((term.matcher for term in terms if isinstance(term, FeatureMapTerm)), None)

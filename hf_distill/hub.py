@@ -63,6 +63,7 @@ UPLOAD_IGNORE_PATTERNS = (
     "scaler.pt",
     "rng_state*",
     "distillation_modules.pt",
+    "feature_map_projections.pt",
 )
 
 

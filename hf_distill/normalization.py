@@ -49,14 +49,17 @@ def transfer_positions(
 
 
 def attended_tokens(batch: Any) -> torch.Tensor | None:
-    """Tokens that feature terms average over: attended positions, or all of ``input_ids``."""
+    """Tokens that feature terms average over: attended positions, or all of ``input_ids``; for image batches
+    (``pixel_values`` and no tokens) each example counts once."""
     if not hasattr(batch, "keys"):
         return None
     if batch.get("attention_mask") is not None:
         return batch["attention_mask"].sum()
     if batch.get("input_ids") is not None:
         return torch.tensor(batch["input_ids"].numel())
-    return None
+    # Image batches (pixel_values, or a plain module's own input name) have no tokens: each example counts once.
+    tensors = [value for value in batch.values() if isinstance(value, torch.Tensor) and value.dim() > 0]
+    return torch.tensor(tensors[0].shape[0]) if tensors else None
 
 
 class Normalization:

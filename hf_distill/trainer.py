@@ -43,7 +43,7 @@ from .checks import (
 )
 from .cross_tokenizer import CrossTokenizerLogitTerms, check_cross_tokenizer_setup, cross_tokenizer_signal
 from .distributed import prepare_teacher
-from .feature_terms import build_feature_terms
+from .feature_terms import build_feature_terms, feature_map_matcher
 from .logit_terms import ChunkedLogitTerms, LogitTerms, build_logit_terms, require_labels
 from .loss_log import LossPartsLog
 from .model_kind import AUTO_CLASSES, CAUSAL_LM, detect_task
@@ -51,11 +51,14 @@ from .normalization import Normalization, transfer_positions
 from .teacher_cache import CACHE_COLUMNS, TeacherCacheCollator, cached_teacher_kind
 from .teacher_signals import CachedTeacher, DistillationBatch, LiveTeacher, TeacherSignal
 from .trainer_card import check_no_teacher_files, record_teacher, write_trainer_card
+from .tuple_batches import tuple_collator_for
 
 logger = logging.getLogger(__name__)
 
 # The projection heads of hidden-state matching live beside the student in each checkpoint.
 DISTILLATION_MODULES_NAME = "distillation_modules.pt"
+# The 1x1-convolution projections of feature-map matching, likewise.
+FEATURE_MAP_MODULES_NAME = "feature_map_projections.pt"
 TEACHER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -129,6 +132,9 @@ class DistillationTrainer(Trainer):
         check_feature_terms(args, model, teacher_model)
         # Taken before the teacher is cast or sharded; every saved student carries it (see push_to_hub).
         self.teacher_fingerprint = record_teacher(model, teacher_model)
+        tuple_collator = tuple_collator_for(kwargs, {"student": model, "teacher": teacher_model})
+        if tuple_collator is not None:  # torchvision-style (image, label) items
+            kwargs["data_collator"] = tuple_collator
         super().__init__(model=model, args=args, **kwargs)
         if any(cached) or cross:
             # Cache columns of variable length (NER) must be padded along with input_ids; the text and teacher
@@ -157,6 +163,7 @@ class DistillationTrainer(Trainer):
         self.hidden_matcher, self.feature_terms = build_feature_terms(
             args, model, self.teacher, self.accelerator
         )
+        self.feature_map_matcher = feature_map_matcher(self.feature_terms)
         self.normalization = Normalization(self.accelerator, args)
         self.loss_log = LossPartsLog(self.normalization)
         self.eval_wants_logits = True
@@ -199,10 +206,14 @@ class DistillationTrainer(Trainer):
         """The trainable modules that are not the student (hidden-state projections), unwrapped; None if none."""
         return None if self.hidden_matcher is None else self.accelerator.unwrap_model(self.hidden_matcher)
 
+    def trained_beside(self) -> list[nn.Module]:
+        """The modules trained with the student but not part of it (hidden-state and feature-map projections)."""
+        return [m for m in (self.hidden_matcher, getattr(self, "feature_map_matcher", None)) if m is not None]
+
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
-        if self.hidden_matcher is not None:
-            params = [p for p in self.hidden_matcher.parameters() if p.requires_grad]
+        for module in self.trained_beside():
+            params = [p for p in module.parameters() if p.requires_grad]
             if params and not any(p is params[0] for g in optimizer.param_groups for p in g["params"]):
                 optimizer.add_param_group({"params": params, "weight_decay": 0.0})
         return optimizer
@@ -216,10 +227,10 @@ class DistillationTrainer(Trainer):
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        if self.hidden_matcher is not None:
+        for module in self.trained_beside():
             # Trainer zeroes only the student's gradients after each optimizer step; without this the
             # projections would step with the running sum of all past gradients.
-            self.hidden_matcher.zero_grad(set_to_none=True)
+            module.zero_grad(set_to_none=True)
         if self.feature_terms:
             self.normalization.count_accumulated_tokens(batch_samples, device)
         self.normalization.count_accumulated_transfer(batch_samples, self.task == CAUSAL_LM, device)
@@ -292,18 +303,30 @@ class DistillationTrainer(Trainer):
     def checkpoint_extras(self) -> list[CheckpointExtra]:
         """What each checkpoint keeps beside Trainer's files; a mode adds its own to ``super()``'s list, and
         :mod:`hf_distill.checkpoints` writes them atomically, checks them on resume and restores them."""
-        modules = self.distillation_modules()
-        if modules is None:
-            return []
-        return [
-            CheckpointExtra(
+        extras, unwrap = [], self.accelerator.unwrap_model
+        kept = (
+            (
+                self.hidden_matcher,
                 DISTILLATION_MODULES_NAME,
                 "hidden-state projections",
-                "resuming would restart them from random",
-                "Resume from a checkpoint written with hidden_state_weight > 0.",
-                modules,
-            )
-        ]
+                "hidden_state_weight",
+            ),
+            (
+                self.feature_map_matcher,
+                FEATURE_MAP_MODULES_NAME,
+                "feature-map projections",
+                "feature_map_weight",
+            ),
+        )
+        for module, name, what, knob in kept:
+            if module is not None:
+                fix = f"Resume from a checkpoint written with {knob} > 0."
+                extras.append(
+                    CheckpointExtra(
+                        name, what, "resuming would restart them from random", fix, unwrap(module)
+                    )
+                )
+        return extras
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         """``Trainer.train``; ``resume_from_checkpoint=True`` skips incomplete checkpoints (a save cut short by a

@@ -317,6 +317,7 @@ def test_push_student_ignore_patterns_leave_only_the_student(run_dir):
         "scheduler.pt",
         "rng_state.pth",
         "distillation_modules.pt",
+        "feature_map_projections.pt",
         "teacher_config.json",
         "teacher_notes/README.md",
     ):

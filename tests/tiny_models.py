@@ -123,3 +123,77 @@ def tiny_gpt2(
         **pad,
     )
     return GPT2LMHeadModel(config)
+
+
+def tiny_resnet(
+    seed: int = 0, *, num_channels: int = 1, widths: tuple[int, ...] = (8, 16), num_labels: int = 10
+):
+    """A random ``ResNetForImageClassification`` of basic blocks, one per stage (no Hub)."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(seed)
+    config = ResNetConfig(
+        num_channels=num_channels,
+        embedding_size=widths[0],
+        hidden_sizes=list(widths),
+        depths=[1] * len(widths),
+        layer_type="basic",
+        num_labels=num_labels,
+    )
+    return ResNetForImageClassification(config)
+
+
+class TinyCNN(torch.nn.Module):
+    """A plain CNN classifier (no Transformers config): ``features`` (conv, ReLU, strided conv, ReLU), a head."""
+
+    def __init__(
+        self, seed: int = 0, num_channels: int = 1, widths: tuple[int, int] = (4, 6), num_labels: int = 10
+    ):
+        super().__init__()
+        torch.manual_seed(seed)
+        nn = torch.nn
+        self.features = nn.Sequential(
+            nn.Conv2d(num_channels, widths[0], 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(widths[0], widths[1], 3, padding=1, stride=2),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(widths[1], num_labels)
+
+    def forward(self, pixel_values):
+        return self.head(self.features(pixel_values).mean((2, 3)))
+
+
+class TupleImages(torch.utils.data.Dataset):
+    """A torchvision-style dataset: ``(image (C, H, W), label)`` tuples, the label written into the image."""
+
+    def __init__(self, n: int = 16, size: int = 16, num_channels: int = 1, num_labels: int = 10):
+        self.n, self.size, self.num_channels, self.num_labels = n, size, num_channels, num_labels
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        label = i % self.num_labels
+        generator = torch.Generator().manual_seed(i)
+        image = 0.1 * torch.randn(self.num_channels, self.size, self.size, generator=generator)
+        image[:, label % self.size, :] += 1.0  # a stripe per class, so the task is learnable
+        return image, label
+
+
+def tiny_vit(seed: int = 0, hidden: int = 8, *, image_size: int = 16, num_labels: int = 10):
+    """A random ``ViTForImageClassification`` on 1-channel images, 4x4 patches, two layers."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=4,
+        num_channels=1,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        num_labels=num_labels,
+    )
+    return ViTForImageClassification(config)

@@ -16,7 +16,7 @@ from .data_common import check_fractions
 from .mode_select import ModeArguments, arguments_class, mode_from_argv
 from .tensorboard_log import default_report_to
 
-STUDENT_INITS = ("teacher_layers", "config", "gpt2", "pretrained")
+STUDENT_INITS = ("teacher_layers", "config", "gpt2", "pretrained", "cnn")
 FINE_TUNE_CHOICES = ("auto", "always", "never")
 
 
@@ -70,7 +70,7 @@ class StudentArguments:
         metadata={
             "help": f"One or more of {STUDENT_INITS}: teacher layers (DistilBERT-style), a random model from "
             "the teacher's config with student_config_overrides, a GPT-2 over the teacher's vocabulary "
-            "(causal LM), or student_model_name_or_path."
+            "(causal LM), student_model_name_or_path, or (vision) the task's small plain CNN."
         },
     )
     student_num_layers: int = field(default=3, metadata={"help": "Layers of the student."})
@@ -266,6 +266,7 @@ class DataArguments:
         },
     )
     max_length: int = field(default=64, metadata={"help": "Tokens per example (code: the block size)."})
+    image_size: int = field(default=32, metadata={"help": "vision: images are resized to image_size^2."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on validation examples."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Cap on test examples."})

@@ -13,7 +13,6 @@ from ..timing import Timings, latency_stats, speedup_stats, time_models
 from .tasks import TaskData
 
 LATENCY_BATCH_SIZES = (1, 32)
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def latency_batch(task: TaskData, batch_size: int) -> dict[str, torch.Tensor]:
@@ -22,9 +21,9 @@ def latency_batch(task: TaskData, batch_size: int) -> dict[str, torch.Tensor]:
     while len(rows) < batch_size:  # a tiny test split still gives a full batch
         rows += rows[: batch_size - len(rows)]
     # Labels stay for the collator (it pads them); bookkeeping columns (NER windows) are not model inputs.
-    rows = [{k: v for k, v in row.items() if k in (*MODEL_INPUTS, "labels")} for row in rows]
+    rows = [{k: v for k, v in row.items() if k in (*task.model_inputs, "labels")} for row in rows]
     batch = task.collator(rows)
-    return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+    return {k: v for k, v in batch.items() if k in task.model_inputs}
 
 
 def measure_latency(

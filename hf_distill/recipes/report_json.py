@@ -74,6 +74,8 @@ def build_report(
             "hidden_state_weight": training_args.hidden_state_weight,
             "hidden_state_loss": training_args.hidden_state_loss,
             "hidden_layer_map": training_args.hidden_layer_map,
+            "feature_map_weight": training_args.feature_map_weight,
+            "feature_layers": training_args.feature_layers,
         },
         "data": {
             "dataset": task.dataset_label,

@@ -26,6 +26,13 @@ def build_student(
     overrides = args.config_overrides()
     if init == "config":
         return student_from_config(teacher, num_hidden_layers=args.student_num_layers, **overrides)
+    if init == "cnn":
+        if task.new_student is None:
+            raise ValueError(
+                f"student_init 'cnn' builds the vision recipe's plain CNN, but this task is {task.task}; use "
+                "'teacher_layers' or 'config'."
+            )
+        return task.new_student()
     if init == "gpt2":
         if task.task != "causal_lm":
             raise ValueError(
@@ -45,7 +52,7 @@ def build_student(
 
 def student_name(init: str, args: StudentArguments, kd: bool, mode: str = "kd") -> str:
     """``<init>-<layers>L-distilled`` (plain KD), ``...-<mode>`` (another distillation mode), ``...-no_kd``."""
-    layers = "" if init == "pretrained" else f"-{args.student_num_layers}L"
+    layers = "" if init in ("pretrained", "cnn") else f"-{args.student_num_layers}L"
     if not kd:
         return f"{init}{layers}-no_kd"
     return f"{init}{layers}-{'distilled' if mode == 'kd' else mode}"

@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
+import torch
 from datasets import DatasetDict
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
+    AutoModelForImageClassification,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     DataCollatorForTokenClassification,
@@ -53,7 +55,12 @@ from .data_ner import load_ner
 from .data_sanity import DataCheck, check_data, report_data_check
 from .data_sentiment import load_sentiment
 from .data_transfer import refuse_transfer_file, rows_past, tokenize_transfer, transfer_texts, unlabeled
+from .data_vision import DIGITS_LABEL, load_digits_images, load_image_dataset
 from .ner_windows import windowed_coverage, windowed_evaluator
+from .vision_models import SmallCNN, resnet_teacher
+
+# teacher_model_name_or_path of a task that builds its teacher (vision): train a new one from scratch.
+NEW_TEACHER = "new"
 
 # Rows the students train on are cut at max_length; the rows they are scored on are windows of whole sentences.
 TRAINING_SPLITS = ("train", "transfer")
@@ -82,6 +89,11 @@ class TaskData:
     score_examples: Callable[[nn.Module, Any, DistillationTrainingArguments], ExampleScores] | None = None
     label_kwargs: dict[str, Any] = field(default_factory=dict)  # num_labels, id2label, label2id
     data_check: DataCheck | None = None  # how the teacher's tokenizer sees the training text
+    # Tasks whose models are built here rather than loaded (vision): a fresh teacher to train when the teacher
+    # flag is NEW_TEACHER, and the student of student_init 'cnn'.
+    new_teacher: Callable[[], nn.Module] | None = None
+    new_student: Callable[[], nn.Module] | None = None
+    model_inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")  # what latency times
     transfer: Any = None  # tokenized transfer rows (labels -100) for the distilled student only
     # NER: per evaluation split, the sentences scored whole through windows (:mod:`.ner_windows`).
     eval_coverage: dict[str, dict[str, int]] | None = None
@@ -323,6 +335,66 @@ def prepare_code(data_args: DataArguments, tokenizer: Any) -> TaskData:
         data_check=check,
         transfer=None if transfer is None else unlabeled(transfer),
         **splits,
+    )
+
+
+def _image_scorer(score, batch_size: int = 256):
+    """Scores an image classifier (any module taking ``pixel_values``) batch by batch on one process."""
+
+    def score_examples(model: nn.Module, dataset: Any, training_args: Any) -> ExampleScores:
+        model.eval()
+        device = next(model.parameters()).device
+        logits, labels = [], []
+        with torch.no_grad():
+            for start in range(0, len(dataset), batch_size):
+                batch = dataset[start : start + batch_size]
+                outputs = model(pixel_values=batch["pixel_values"].to(device))
+                logits.append(getattr(outputs, "logits", outputs).float().cpu())
+                labels.append(batch["labels"])
+        return score((torch.cat(logits).numpy(), torch.cat(labels).numpy()))
+
+    return score_examples
+
+
+def prepare_vision(data_args: DataArguments, tokenizer: Any = None) -> TaskData:
+    """scikit-learn's digits upsampled to ``image_size`` (offline), CIFAR-10 (``--dataset_name cifar10``) or an
+    image folder (``--dataset_name imagefolder --train_file DIR``); accuracy on the test split. The teacher is a
+    small ResNet trained from scratch (``teacher_model_name_or_path: new``), the student a plain CNN."""
+    size, seed = data_args.image_size, data_args.split_seed
+    if data_args.dataset_name is None and data_args.train_file is None:
+        splits, label, channels = load_digits_images(size, seed=seed), DIGITS_LABEL, 1
+    else:
+        name = data_args.dataset_name or "imagefolder"
+        channels = 3
+        splits = load_image_dataset(
+            name,
+            data_args.dataset_config,
+            train_dir=data_args.train_file,
+            image_size=size,
+            channels=channels,
+            label_column=data_args.label_column,
+            seed=seed,
+        )
+        label = data_args.train_file or name
+    splits = _cap_splits(splits, data_args)
+    names = splits["train"].features["labels"].names
+    labels = _label_kwargs(names)
+    score = _image_scorer(classification_scores)
+    return TaskData(
+        task="image_classification",
+        auto_class=AutoModelForImageClassification,
+        metric_name="accuracy",
+        higher_is_better=True,
+        dataset_label=label,
+        tokenizer=None,
+        collator=default_data_collator,
+        evaluate=_metrics_of(score),
+        score_examples=score,
+        label_kwargs=labels,
+        new_teacher=lambda: resnet_teacher(len(names), channels, id2label=labels["id2label"]),
+        new_student=lambda: SmallCNN(len(names), channels),
+        model_inputs=("pixel_values",),
+        **_splits(splits),
     )
 
 

@@ -19,7 +19,7 @@ from ..checks import check_model_source, load_pretrained
 from ..offline import resolve_model_path
 from .arguments import TeacherArguments
 from .mode_select import ModeArguments
-from .tasks import TaskData
+from .tasks import NEW_TEACHER, TaskData
 from .training import plain_trainer_args, resume_point
 
 TEACHER_FLAG = "teacher_model_name_or_path"
@@ -139,7 +139,10 @@ def ready_teacher(
     """The teacher for ``task`` in eval mode: loaded (:func:`load_teacher`) and, when it lacks the task's head,
     fine-tuned into ``folder`` (:func:`fine_tune_teacher` with ``seed``). Returns the model, the folder it was
     fine-tuned into (None when used as it is) and the fine-tune's log history."""
-    teacher, needs_fine_tune = load_teacher(args, task, role)
+    if task.new_teacher is not None and args.teacher_model_name_or_path == NEW_TEACHER:
+        teacher, needs_fine_tune = task.new_teacher(), True  # trained from scratch on the task
+    else:
+        teacher, needs_fine_tune = load_teacher(args, task, role)
     if not needs_fine_tune:
         return teacher.eval(), None, []
     teacher, history = fine_tune_teacher(teacher, task, args, training_args, folder, seed=seed)

@@ -9,10 +9,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
 
 from ..arguments import DistillationTrainingArguments
 from ..checkpoints import checkpoint_problems, checkpoints_in
+from ..model_kind import logits_of
 from ..modes.mutual import STUDENT_A
 from .data_common import notice
 from .data_transfer import with_transfer
@@ -63,6 +67,22 @@ def plain_trainer_args(
     blocks). The DistillationTrainer normalises by the global count itself and keeps the setting.
     """
     return derived_args(args, output_dir, average_tokens_across_devices=False, **changes)
+
+
+def plain_module_loss(student: nn.Module, args: TrainingArguments) -> dict[str, Any]:
+    """For a plain ``nn.Module`` student (no loss of its own, e.g. the vision recipe's CNN): Trainer's
+    ``compute_loss_func`` with the task cross-entropy, and ``labels`` kept as the label column."""
+    if isinstance(student, PreTrainedModel):
+        return {}
+    args.label_names = args.label_names or ["labels"]
+
+    def loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+        logits = logits_of(outputs)
+        total = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum")
+        count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum().clamp_min(1)
+        return total / count
+
+    return {"compute_loss_func": loss}
 
 
 def optimizer_steps(rows: int, args: TrainingArguments) -> int:
@@ -147,7 +167,12 @@ def train_student(
         )
     else:
         trainer = Trainer(
-            model=student, args=args, train_dataset=task.train, data_collator=task.collator, **common
+            model=student,
+            args=args,
+            train_dataset=task.train,
+            data_collator=task.collator,
+            **common,
+            **plain_module_loss(student, args),
         )
     trainer.train(resume_from_checkpoint=resume_point(args))
     trainer.save_model(str(output_dir))
