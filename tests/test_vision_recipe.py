@@ -97,6 +97,19 @@ def test_vision_recipe_resnet_teacher_to_plain_cnn(tmp_path):
     # One initial CNN for both; the baseline's loss is the cross-entropy the distilled run logs as loss_task.
     assert distilled[0]["loss_task"] == pytest.approx(baseline[0]["loss"], rel=1e-4)
 
+    # The card of a plain-CNN student distilled from a teacher trained in the run: no transformers library, no
+    # Hub base model (the teacher has no id), a snippet that loads the state dict into the class.
+    from huggingface_hub import ModelCard
+
+    from hf_distill import write_model_card
+
+    for student in students.values():
+        assert student["model_class"].endswith("SmallCNN") or "CNN" in student["model_class"]
+        card = ModelCard.load(write_model_card(student["output_dir"], report, student_name=student["name"]))
+        assert card.data.library_name is None and card.data.base_model is None
+        assert "pytorch" in card.data.tags and "from_pretrained" not in card.text
+        assert "load_state_dict" in card.text and "trained from scratch" in card.text
+
 
 def test_cli_trains_vision_but_refuses_eval_with_a_clear_message(capsys):
     assert cli.TASK_KINDS["vision"] == "image_classification"

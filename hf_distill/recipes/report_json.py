@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
+from transformers import PreTrainedModel
 
 from ..arguments import DistillationTrainingArguments
 from ..metrics import ExampleScores
@@ -28,7 +29,7 @@ from ..student import count_parameters, model_size_on_disk
 from ..teacher_origin import teacher_license
 from .arguments import TeacherArguments
 from .latency import LATENCY_BATCH_SIZES
-from .tasks import TaskData
+from .tasks import NEW_TEACHER, TaskData
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -172,12 +173,16 @@ def _local_folder(args: TeacherArguments) -> Path | None:
 
 def model_entry(model: nn.Module, folder: Path | None, metrics: dict[str, float], task: TaskData) -> dict:
     """A model's test metric and metrics, parameter count and size on disk (of ``folder`` when given)."""
-    return {
+    entry = {
         "metric": float(metrics[task.metric_name]),
         "metrics": metrics,
         "parameters": count_parameters(model),
         "size_bytes": model_size_on_disk(folder if folder is not None else model),
     }
+    if not isinstance(model, PreTrainedModel):
+        # A plain torch module: its card says how to rebuild the class and load the state dict.
+        entry["model_class"] = f"{type(model).__module__}.{type(model).__qualname__}"
+    return entry
 
 
 def with_latency(entry: dict[str, Any], latency: dict[str, Any]) -> dict[str, Any]:
@@ -203,13 +208,19 @@ def teacher_entry(
     """The report's ``teacher``: where it came from, the folder it was fine-tuned into (``folder``, None when
     used as it is), its entry and latency, and the fine-tune's log ``history`` when there was one."""
     name = args.teacher_model_name_or_path
+    # A teacher trained from scratch in this run has no name a Hub or a card could point to.
+    from_scratch = name == NEW_TEACHER
     entry = with_latency(
         {
-            "name_or_path": HUB_IDS.get(name, name),
+            "name_or_path": f"{type(teacher).__name__} trained from scratch"
+            if from_scratch
+            else HUB_IDS.get(name, name),
             "offline_alias": name if name in HUB_IDS else None,
             "revision": args.teacher_revision,
             # The model card's license (an offline teacher's folder carries its card).
-            "license": teacher_license(resolve_model_path(name), args.teacher_revision),
+            "license": None
+            if from_scratch
+            else teacher_license(resolve_model_path(name), args.teacher_revision),
             "fine_tuned_dir": str(folder) if folder is not None else None,
             **model_entry(teacher, folder or _local_folder(args), metrics, task),
         },
