@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .closed_form import forward_kl_value_and_grad
+from .closed_form import forward_kl_and_cross_entropy
 from .losses import PER_POSITION_LOSSES, loss_kwargs
 
 # (student_logits_chunk (n, V), rows (n,) indices into the flattened positions) -> per-position KD loss (n,)
@@ -44,7 +44,8 @@ class TeacherChunks:
     """Per-chunk teacher logits and the KD loss against them (a :data:`KDChunkFn`).
 
     Args:
-        logits_for_rows: rows ``(n,)`` -> the teacher's logits ``(n, V)`` for those flattened positions.
+        logits_for_rows: rows ``(n,)`` -> the teacher's logits ``(n, V)`` for those flattened positions, as a
+            fresh tensor (the closed-form loss overwrites it).
         loss, temperature, beta, skew_lambda: as in :func:`hf_distill.losses.distillation_loss`.
         check_finite: refuse NaN / inf teacher logits (on the closed-form path the check reads the
             log-sum-exp the loss computes anyway, so ``-inf`` entries, e.g. masked vocabulary, pass).
@@ -75,15 +76,22 @@ class TeacherChunks:
             check_finite_logits(logits)
         return self.per_position(student_logits, logits, temperature=self.temperature, **self.extra)
 
-    def value_and_grad(
-        self, student_logits: torch.Tensor, rows: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Forward KL only: per-position values ``(n,)``, the gradient of their sum ``(n, V)``, and whether
-        every teacher row was finite (a 0-dim bool tensor, checked once per step by the caller)."""
-        values, grad, teacher_lse = forward_kl_value_and_grad(
-            student_logits, self.teacher_logits(rows), self.temperature
+    def kl_and_cross_entropy(
+        self,
+        student_logits: torch.Tensor,
+        rows: torch.Tensor,
+        labels: torch.Tensor | None,
+        kd_weight: float,
+        task_weight: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward KL only, with the task cross-entropy (:func:`hf_distill.closed_form.forward_kl_and_cross_entropy`,
+        which consumes ``student_logits``): per-position KD and CE values ``(n,)``, the gradient of
+        ``kd_weight * sum(kd) + task_weight * sum(ce)`` ``(n, V)``, and whether every teacher row was finite
+        (a 0-dim bool tensor, checked once per step by the caller)."""
+        kd, ce, grad, teacher_lse = forward_kl_and_cross_entropy(
+            student_logits, self.teacher_logits(rows), labels, self.temperature, kd_weight, task_weight
         )
-        return values, grad, torch.isfinite(teacher_lse).all()
+        return kd, ce, grad, torch.isfinite(teacher_lse).all()
 
 
 def teacher_logits_chunks(teacher_logits: torch.Tensor, **kwargs) -> TeacherChunks:
@@ -117,5 +125,5 @@ class RowsOf:
     def __call__(self, student_logits: torch.Tensor, kept_rows: torch.Tensor) -> torch.Tensor:
         return self.source(student_logits, self.rows[kept_rows])
 
-    def value_and_grad(self, student_logits: torch.Tensor, kept_rows: torch.Tensor):
-        return self.source.value_and_grad(student_logits, self.rows[kept_rows])
+    def kl_and_cross_entropy(self, student_logits: torch.Tensor, kept_rows: torch.Tensor, *args):
+        return self.source.kl_and_cross_entropy(student_logits, self.rows[kept_rows], *args)
