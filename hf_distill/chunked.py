@@ -34,6 +34,7 @@ from .losses import IGNORE_INDEX, check_loss_name, upcast
 from .teacher_chunks import (
     KDChunkFn,
     RowsOf,
+    linear_into,
     raise_teacher_not_finite,
     teacher_hidden_chunks,
     teacher_logits_chunks,
@@ -80,12 +81,13 @@ def _closed_form_chunk(
     kd_chunk_fn: RowsOf,
     kd_weight: float,
     task_weight: float,
+    scratch: list[torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`_chunk_objective` and its gradient with respect to the chunk's logits (which it consumes), in
     closed form (:mod:`hf_distill.closed_form`), plus whether the teacher's rows were finite."""
     chunk_labels = labels[rows] if labels is not None and task_weight != 0 else None
     kd_values, ce_values, grad, teacher_finite = kd_chunk_fn.kl_and_cross_entropy(
-        logits, rows, chunk_labels, kd_weight, task_weight
+        logits, rows, chunk_labels, kd_weight, task_weight, scratch
     )
     kd, ce = kd_values.sum(), ce_values.sum()
     return kd_weight * kd + task_weight * ce, kd, ce, grad, teacher_finite
@@ -112,17 +114,23 @@ class _FusedLinearKD(torch.autograd.Function):
         # The default objective (forward KL + cross-entropy) has a closed-form gradient: no autograd graph.
         closed = any_grad and kd_weight != 0 and getattr(kd_chunk_fn, "closed_form", False)
         teacher_finite = torch.ones((), dtype=torch.bool, device=hidden.device)
+        # The closed form's (chunk, V) buffers, allocated by the first (largest) chunk and reused by the others.
+        scratch: list[torch.Tensor] = []
+        logits_buffer = None
         for start in range(0, hidden.shape[0], chunk_size):
             rows = torch.arange(start, min(start + chunk_size, hidden.shape[0]), device=hidden.device)
             h = hidden[start : start + chunk_size]
-            logits = F.linear(h, weight, bias)
             grad_logits = None
             if closed:
+                out = None if logits_buffer is None else logits_buffer[: len(h)]
+                logits = linear_into(h, weight, bias, out)
+                logits_buffer = logits if logits_buffer is None else logits_buffer
                 objective, kd, ce, grad_logits, finite = _closed_form_chunk(
-                    logits, rows, labels, kd_chunk_fn, kd_weight, task_weight
+                    logits, rows, labels, kd_chunk_fn, kd_weight, task_weight, scratch
                 )
                 teacher_finite &= finite
             else:
+                logits = F.linear(h, weight, bias)
                 with torch.enable_grad():
                     logits = logits.detach().requires_grad_(any_grad)
                     objective, kd, ce = _chunk_objective(

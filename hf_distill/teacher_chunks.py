@@ -44,8 +44,8 @@ class TeacherChunks:
     """Per-chunk teacher logits and the KD loss against them (a :data:`KDChunkFn`).
 
     Args:
-        logits_for_rows: rows ``(n,)`` -> the teacher's logits ``(n, V)`` for those flattened positions, as a
-            fresh tensor (the closed-form loss overwrites it).
+        logits_for_rows: ``(rows (n,), out)`` -> the teacher's logits ``(n, V)`` for those flattened positions,
+            written into ``out`` when it is not None (the closed-form loss overwrites them).
         loss, temperature, beta, skew_lambda: as in :func:`hf_distill.losses.distillation_loss`.
         check_finite: refuse NaN / inf teacher logits (on the closed-form path the check reads the
             log-sum-exp the loss computes anyway, so ``-inf`` entries, e.g. masked vocabulary, pass).
@@ -53,7 +53,7 @@ class TeacherChunks:
 
     def __init__(
         self,
-        logits_for_rows: Callable[[torch.Tensor], torch.Tensor],
+        logits_for_rows: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
         *,
         loss: str,
         temperature: float,
@@ -65,10 +65,13 @@ class TeacherChunks:
         self.per_position = PER_POSITION_LOSSES[loss]
         self.extra = loss_kwargs(loss, beta=beta, skew_lambda=skew_lambda)
         self.closed_form = loss == "forward_kl"
+        self.buffer: torch.Tensor | None = (
+            None  # the closed-form path's teacher logits, reused chunk to chunk
+        )
 
     def teacher_logits(self, rows: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.logits_for_rows(rows)
+            return self.logits_for_rows(rows, None)
 
     def __call__(self, student_logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         logits = self.teacher_logits(rows)
@@ -83,13 +86,19 @@ class TeacherChunks:
         labels: torch.Tensor | None,
         kd_weight: float,
         task_weight: float,
+        scratch: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Forward KL only, with the task cross-entropy (:func:`hf_distill.closed_form.forward_kl_and_cross_entropy`,
         which consumes ``student_logits``): per-position KD and CE values ``(n,)``, the gradient of
         ``kd_weight * sum(kd) + task_weight * sum(ce)`` ``(n, V)``, and whether every teacher row was finite
         (a 0-dim bool tensor, checked once per step by the caller)."""
+        with torch.no_grad():
+            fits = self.buffer is not None and len(self.buffer) >= len(rows)
+            teacher = self.logits_for_rows(rows, self.buffer[: len(rows)] if fits else None)
+        if not fits:
+            self.buffer = teacher
         kd, ce, grad, teacher_lse = forward_kl_and_cross_entropy(
-            student_logits, self.teacher_logits(rows), labels, self.temperature, kd_weight, task_weight
+            student_logits, teacher, labels, self.temperature, kd_weight, task_weight, scratch
         )
         return kd, ce, grad, torch.isfinite(teacher_lse).all()
 
@@ -97,7 +106,7 @@ class TeacherChunks:
 def teacher_logits_chunks(teacher_logits: torch.Tensor, **kwargs) -> TeacherChunks:
     """Chunks of precomputed teacher logits ``(..., V)`` (positions flattened)."""
     flat = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
-    return TeacherChunks(lambda rows: flat[rows], **kwargs)
+    return TeacherChunks(lambda rows, out: torch.index_select(flat, 0, rows, out=out), **kwargs)
 
 
 def teacher_hidden_chunks(
@@ -111,7 +120,16 @@ def teacher_hidden_chunks(
     flat = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
     weight = teacher_weight.detach()
     bias = None if teacher_bias is None else teacher_bias.detach()
-    return TeacherChunks(lambda rows: F.linear(flat[rows], weight, bias), **kwargs)
+    return TeacherChunks(lambda rows, out: linear_into(flat[rows], weight, bias, out), **kwargs)
+
+
+def linear_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor | None):
+    """``F.linear(x, weight, bias)``, written into ``out`` when given (the same matmul, no fresh tensor)."""
+    if out is None:
+        return F.linear(x, weight, bias)
+    if bias is None:
+        return torch.mm(x, weight.t(), out=out)
+    return torch.addmm(bias, x, weight.t(), out=out)
 
 
 class RowsOf:
