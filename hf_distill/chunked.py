@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .closed_form import cross_entropy_value_and_grad
 from .losses import IGNORE_INDEX, check_loss_name, upcast
 from .teacher_chunks import (
     KDChunkFn,
     RowsOf,
+    linear_into,
     raise_teacher_not_finite,
     teacher_hidden_chunks,
     teacher_logits_chunks,
@@ -81,17 +81,15 @@ def _closed_form_chunk(
     kd_chunk_fn: RowsOf,
     kd_weight: float,
     task_weight: float,
+    scratch: list[torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`_chunk_objective` and its gradient with respect to the chunk's logits, in closed form
-    (:mod:`hf_distill.closed_form`), plus whether the teacher's rows were finite."""
-    values, grad, teacher_finite = kd_chunk_fn.value_and_grad(logits, rows)
-    kd = values.sum()
-    grad.mul_(kd_weight)
-    ce = torch.zeros_like(kd)
-    if task_weight != 0 and labels is not None:
-        ce_values, ce_grad = cross_entropy_value_and_grad(logits, labels[rows])
-        ce = ce_values.sum()
-        grad.add_(ce_grad, alpha=task_weight)
+    """:func:`_chunk_objective` and its gradient with respect to the chunk's logits (which it consumes), in
+    closed form (:mod:`hf_distill.closed_form`), plus whether the teacher's rows were finite."""
+    chunk_labels = labels[rows] if labels is not None and task_weight != 0 else None
+    kd_values, ce_values, grad, teacher_finite = kd_chunk_fn.kl_and_cross_entropy(
+        logits, rows, chunk_labels, kd_weight, task_weight, scratch
+    )
+    kd, ce = kd_values.sum(), ce_values.sum()
     return kd_weight * kd + task_weight * ce, kd, ce, grad, teacher_finite
 
 
@@ -108,7 +106,7 @@ class _FusedLinearKD(torch.autograd.Function):
         need_b = bias is not None and ctx.needs_input_grad[2]
         # float32 accumulators: summing hundreds of chunk gradients in bf16 would lose the small ones.
         grad_hidden = torch.zeros_like(hidden) if need_h else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        grad_weight = None  # the first chunk's product, then accumulated into (no zero-filled (V, H) pass)
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
         # Three tensors, not one aliased zero: the sums are marked non-differentiable below, the total is not.
         total, kd_sum, ce_sum = (hidden.new_zeros((), dtype=torch.float32) for _ in range(3))
@@ -116,17 +114,23 @@ class _FusedLinearKD(torch.autograd.Function):
         # The default objective (forward KL + cross-entropy) has a closed-form gradient: no autograd graph.
         closed = any_grad and kd_weight != 0 and getattr(kd_chunk_fn, "closed_form", False)
         teacher_finite = torch.ones((), dtype=torch.bool, device=hidden.device)
+        # The closed form's (chunk, V) buffers, allocated by the first (largest) chunk and reused by the others.
+        scratch: list[torch.Tensor] = []
+        logits_buffer = None
         for start in range(0, hidden.shape[0], chunk_size):
             rows = torch.arange(start, min(start + chunk_size, hidden.shape[0]), device=hidden.device)
             h = hidden[start : start + chunk_size]
-            logits = F.linear(h, weight, bias)
             grad_logits = None
             if closed:
+                out = None if logits_buffer is None else logits_buffer[: len(h)]
+                logits = linear_into(h, weight, bias, out)
+                logits_buffer = logits if logits_buffer is None else logits_buffer
                 objective, kd, ce, grad_logits, finite = _closed_form_chunk(
-                    logits, rows, labels, kd_chunk_fn, kd_weight, task_weight
+                    logits, rows, labels, kd_chunk_fn, kd_weight, task_weight, scratch
                 )
                 teacher_finite &= finite
             else:
+                logits = F.linear(h, weight, bias)
                 with torch.enable_grad():
                     logits = logits.detach().requires_grad_(any_grad)
                     objective, kd, ce = _chunk_objective(
@@ -138,7 +142,9 @@ class _FusedLinearKD(torch.autograd.Function):
                 grad_logits = grad_logits.to(h.dtype)
                 if need_h:
                     grad_hidden[start : start + chunk_size] = grad_logits @ weight
-                if need_w:
+                if need_w and grad_weight is None:
+                    grad_weight = grad_logits.t().float() @ h.float()
+                elif need_w:
                     grad_weight.addmm_(grad_logits.t().float(), h.float())
                 if need_b:
                     grad_bias += grad_logits.float().sum(0)
@@ -146,7 +152,11 @@ class _FusedLinearKD(torch.autograd.Function):
         if closed and kd_chunk_fn.check_finite and not bool(teacher_finite):
             # Checked once per call, from the log-sum-exp the loss computed anyway (no pass over the logits).
             raise_teacher_not_finite((hidden.shape[0], weight.shape[0]))
-        ctx.save_for_backward(
+        if need_w and grad_weight is None:  # no position counted
+            grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        # Kept on ctx rather than saved: backward scales them in place and hands them over, so autograd can
+        # take them as the parameters' .grad without copying the (V, H) head gradient.
+        ctx.grads = (
             grad_hidden,
             None if grad_weight is None else grad_weight.to(weight.dtype),
             None if grad_bias is None else grad_bias.to(bias.dtype),
@@ -156,9 +166,15 @@ class _FusedLinearKD(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_total, _grad_kd, _grad_ce):
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:
+            raise RuntimeError(
+                "The fused distillation loss was backpropagated a second time: its gradients were computed in "
+                "the forward pass and handed over by the first backward. Compute the loss again for another "
+                "backward, or use kd_loss_implementation='chunked' to keep a graph that retain_graph can reuse."
+            )
         scale = grad_total.to(torch.float32)
-        out = [None if g is None else g * scale.to(g.dtype) for g in (grad_hidden, grad_weight, grad_bias)]
+        out = [None if g is None else g.mul_(scale.to(g.dtype)) for g in grads]
         return (*out, None, None, None, None, None)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .closed_form import forward_kl_value_and_grad
+from .closed_form import forward_kl_and_cross_entropy
 from .losses import PER_POSITION_LOSSES, loss_kwargs
 
 # (student_logits_chunk (n, V), rows (n,) indices into the flattened positions) -> per-position KD loss (n,)
@@ -44,7 +44,8 @@ class TeacherChunks:
     """Per-chunk teacher logits and the KD loss against them (a :data:`KDChunkFn`).
 
     Args:
-        logits_for_rows: rows ``(n,)`` -> the teacher's logits ``(n, V)`` for those flattened positions.
+        logits_for_rows: ``(rows (n,), out)`` -> the teacher's logits ``(n, V)`` for those flattened positions,
+            written into ``out`` when it is not None (the closed-form loss overwrites them).
         loss, temperature, beta, skew_lambda: as in :func:`hf_distill.losses.distillation_loss`.
         check_finite: refuse NaN / inf teacher logits (on the closed-form path the check reads the
             log-sum-exp the loss computes anyway, so ``-inf`` entries, e.g. masked vocabulary, pass).
@@ -52,7 +53,7 @@ class TeacherChunks:
 
     def __init__(
         self,
-        logits_for_rows: Callable[[torch.Tensor], torch.Tensor],
+        logits_for_rows: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
         *,
         loss: str,
         temperature: float,
@@ -64,10 +65,13 @@ class TeacherChunks:
         self.per_position = PER_POSITION_LOSSES[loss]
         self.extra = loss_kwargs(loss, beta=beta, skew_lambda=skew_lambda)
         self.closed_form = loss == "forward_kl"
+        self.buffer: torch.Tensor | None = (
+            None  # the closed-form path's teacher logits, reused chunk to chunk
+        )
 
     def teacher_logits(self, rows: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.logits_for_rows(rows)
+            return self.logits_for_rows(rows, None)
 
     def __call__(self, student_logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         logits = self.teacher_logits(rows)
@@ -75,21 +79,34 @@ class TeacherChunks:
             check_finite_logits(logits)
         return self.per_position(student_logits, logits, temperature=self.temperature, **self.extra)
 
-    def value_and_grad(
-        self, student_logits: torch.Tensor, rows: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Forward KL only: per-position values ``(n,)``, the gradient of their sum ``(n, V)``, and whether
-        every teacher row was finite (a 0-dim bool tensor, checked once per step by the caller)."""
-        values, grad, teacher_lse = forward_kl_value_and_grad(
-            student_logits, self.teacher_logits(rows), self.temperature
+    def kl_and_cross_entropy(
+        self,
+        student_logits: torch.Tensor,
+        rows: torch.Tensor,
+        labels: torch.Tensor | None,
+        kd_weight: float,
+        task_weight: float,
+        scratch: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward KL only, with the task cross-entropy (:func:`hf_distill.closed_form.forward_kl_and_cross_entropy`,
+        which consumes ``student_logits``): per-position KD and CE values ``(n,)``, the gradient of
+        ``kd_weight * sum(kd) + task_weight * sum(ce)`` ``(n, V)``, and whether every teacher row was finite
+        (a 0-dim bool tensor, checked once per step by the caller)."""
+        with torch.no_grad():
+            fits = self.buffer is not None and len(self.buffer) >= len(rows)
+            teacher = self.logits_for_rows(rows, self.buffer[: len(rows)] if fits else None)
+        if not fits:
+            self.buffer = teacher
+        kd, ce, grad, teacher_lse = forward_kl_and_cross_entropy(
+            student_logits, teacher, labels, self.temperature, kd_weight, task_weight, scratch
         )
-        return values, grad, torch.isfinite(teacher_lse).all()
+        return kd, ce, grad, torch.isfinite(teacher_lse).all()
 
 
 def teacher_logits_chunks(teacher_logits: torch.Tensor, **kwargs) -> TeacherChunks:
     """Chunks of precomputed teacher logits ``(..., V)`` (positions flattened)."""
     flat = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
-    return TeacherChunks(lambda rows: flat[rows], **kwargs)
+    return TeacherChunks(lambda rows, out: torch.index_select(flat, 0, rows, out=out), **kwargs)
 
 
 def teacher_hidden_chunks(
@@ -103,7 +120,16 @@ def teacher_hidden_chunks(
     flat = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
     weight = teacher_weight.detach()
     bias = None if teacher_bias is None else teacher_bias.detach()
-    return TeacherChunks(lambda rows: F.linear(flat[rows], weight, bias), **kwargs)
+    return TeacherChunks(lambda rows, out: linear_into(flat[rows], weight, bias, out), **kwargs)
+
+
+def linear_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor | None):
+    """``F.linear(x, weight, bias)``, written into ``out`` when given (the same matmul, no fresh tensor)."""
+    if out is None:
+        return F.linear(x, weight, bias)
+    if bias is None:
+        return torch.mm(x, weight.t(), out=out)
+    return torch.addmm(bias, x, weight.t(), out=out)
 
 
 class RowsOf:
@@ -117,5 +143,5 @@ class RowsOf:
     def __call__(self, student_logits: torch.Tensor, kept_rows: torch.Tensor) -> torch.Tensor:
         return self.source(student_logits, self.rows[kept_rows])
 
-    def value_and_grad(self, student_logits: torch.Tensor, kept_rows: torch.Tensor):
-        return self.source.value_and_grad(student_logits, self.rows[kept_rows])
+    def kl_and_cross_entropy(self, student_logits: torch.Tensor, kept_rows: torch.Tensor, *args):
+        return self.source.kl_and_cross_entropy(student_logits, self.rows[kept_rows], *args)
