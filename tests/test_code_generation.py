@@ -7,11 +7,13 @@ written here; the generation plumbing runs on a tiny random GPT-2 with a byte-le
 from __future__ import annotations
 
 import pytest
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from hf_distill.recipes.arguments import ReportArguments
 from hf_distill.recipes.code_generation import (
+    DedentStop,
     body_from_answer,
     cut_at_dedent,
     generation_metrics,
@@ -221,6 +223,24 @@ def test_greedy_completions_are_bounded_deterministic_and_cut_at_the_function_en
         assert all(not line.strip() or line.startswith("    ") for line in result["completion"].splitlines())
 
 
+@pytest.mark.parametrize(
+    ("new_text", "stops"),
+    [
+        ("    x = 1\n    return x", False),
+        ("    x = 1\n\n   ", False),  # a blank line, then indentation still growing
+        ("    x = 1\n\ndef g", True),
+        ("def g", True),  # the first new line starts right after the prompt
+        ("    if x:\n  y", True),
+    ],
+)
+def test_dedent_stop_fires_once_a_line_starts_left_of_the_body(tiny_lm, new_text, stops):
+    _, tokenizer = tiny_lm
+    prompt_ids = tokenizer("def f(x):\n", add_special_tokens=False)["input_ids"]
+    ids = prompt_ids + tokenizer(new_text, add_special_tokens=False)["input_ids"]
+    stop = DedentStop(tokenizer, len(prompt_ids), "    ")
+    assert stop(torch.tensor([ids]), None).tolist() == [stops]
+
+
 def test_evaluate_model_scores_the_completions_it_returns(tiny_lm):
     model, tokenizer = tiny_lm
     prompts = function_prompts(SOURCE, "mod.py")
@@ -291,3 +311,41 @@ def test_generation_section_renders_the_table_and_samples():
     assert "| student | raw | 25% | 50% | n/a of 0 | n/a |" in text
     assert "### `f` (m.py)" in text and "(blank)" in text
     assert generation_section({}) == []
+
+
+@pytest.mark.slow
+def test_add_generation_eval_scores_teacher_both_ways_and_students_on_held_out_files(tiny_lm, tmp_path):
+    from types import SimpleNamespace
+
+    from hf_distill.recipes.arguments import DataArguments
+    from hf_distill.recipes.data_code import load_code_corpus
+    from hf_distill.recipes.generation_eval import add_generation_eval
+
+    model, tokenizer = tiny_lm
+    tokenizer.chat_template = "{% for m in messages %}<user>{{ m['content'] }}{% endfor %}<bot>"
+    try:
+        model.save_pretrained(tmp_path / "teacher")
+        tokenizer.save_pretrained(tmp_path / "teacher")
+    finally:
+        tokenizer.chat_template = None
+    tiny_gpt2(seed=1, vocab_size=len(tokenizer), positions=512).save_pretrained(tmp_path / "student")
+    report = {"students": [{"name": "student", "output_dir": str(tmp_path / "student")}]}
+    data_args = DataArguments(max_files=20, max_test_samples=2, max_length=32)
+    report = add_generation_eval(
+        report,
+        SimpleNamespace(teacher_model_name_or_path=str(tmp_path / "teacher")),
+        data_args,
+        ReportArguments(generation_prompts=2, generation_max_new_tokens=6, teacher_prompt_style="both"),
+        SimpleNamespace(per_device_eval_batch_size=2),
+    )
+    generation = report["generation"]
+    assert [m["name"] for m in generation["models"]] == ["teacher", "teacher (raw)", "student"]
+    assert [m["prompt_style"] for m in generation["models"]] == ["chat", "raw", "raw"]
+    corpus = load_code_corpus(seed=data_args.split_seed, max_files=20)
+    trained_on = set(corpus["train"]["path"]) | set(corpus["validation"]["path"])
+    assert generation["prompts"] == 2 and not set(generation["files"]) & trained_on
+    for entry in generation["models"]:
+        assert 0 <= entry["parse_rate"] <= 1 and 0 <= entry["degenerate_rate"] <= 1
+        assert entry["bits_per_byte"] > 0
+    assert len(generation["samples"]) == 2
+    assert set(generation["samples"][0]["completions"]) == {"teacher", "teacher (raw)", "student"}

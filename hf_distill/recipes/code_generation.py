@@ -111,17 +111,27 @@ def body_from_answer(answer: str, prompt: CodePrompt) -> str:
     return _reindent(body, prompt.body_indent) if body.strip() else ""
 
 
-class _DedentStop(StoppingCriteria):
+class DedentStop(StoppingCriteria):
     """Stops each row once its new text holds a line indented less than the body (the function has ended)."""
 
     def __init__(self, tokenizer: Any, prompt_width: int, indent: str):
         self.tokenizer, self.prompt_width = tokenizer, prompt_width
-        self.pattern = re.compile(r"\n(?!" + re.escape(indent) + r"|[ \t]*\n)[^\n]")
+        # A line that shows a visible character before the body's indentation is complete; a line still
+        # growing its indentation ("\n   " on the way to four spaces) is not a dedent yet.
+        self.pattern = re.compile(r"\n(?!" + re.escape(indent) + r")[ \t]*\S")
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
         # The prompt ends with a newline, so the first new line is a line start too.
         return torch.tensor([bool(self.pattern.search("\n" + t)) for t in texts], device=input_ids.device)
+
+
+def context_length(model: torch.nn.Module) -> int:
+    """The most positions the model reads (``n_positions`` / ``max_position_embeddings``; 2048 when unknown)."""
+    config = model.config
+    return int(
+        getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
+    )
 
 
 def prompt_text(prompt: CodePrompt, tokenizer: Any, style: str) -> str:
@@ -161,6 +171,12 @@ def greedy_completions(
             f"max_new_tokens={max_new_tokens}, batch_size={batch_size}: both must be >= 1 (tokens per "
             "completion, prompts per generate call)."
         )
+    room = context_length(model) - max_new_tokens
+    if room < 1:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's context of "
+            f"{context_length(model)} tokens; ask for fewer new tokens."
+        )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else model.config.eos_token_id
     device = next(model.parameters()).device
@@ -175,9 +191,11 @@ def greedy_completions(
     try:
         for rows in chunks:
             texts = [prompt_text(prompts[i], tokenizer, style) for i in rows]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            # A prompt longer than the context keeps its end (the signature may go, the docstring's end stays).
+            encoded = [ids[-room:] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            batch = tokenizer.pad({"input_ids": encoded}, return_tensors="pt").to(device)
             width = batch["input_ids"].shape[1]
-            stop = [] if style == "chat" else [_DedentStop(tokenizer, width, prompts[rows[0]].body_indent)]
+            stop = [] if style == "chat" else [DedentStop(tokenizer, width, prompts[rows[0]].body_indent)]
             output = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,

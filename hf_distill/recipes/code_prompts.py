@@ -114,9 +114,16 @@ def held_out_prompts(
         raise ValueError(
             f"limit={limit}: ask for at least one prompt (or turn the generation evaluation off)."
         )
-    found = [
-        p for path, text in files for p in function_prompts(text, path) if len(p.prompt) <= max_prompt_chars
-    ]
+    found: list[CodePrompt] = []
+    doctest_files, other_files = set(), set()
+    for path, text in files:
+        # Parsing stops once the round-robin below has its pick: a first prompt from enough files of each kind.
+        if len(doctest_files) >= limit // 2 and len(other_files) >= limit:
+            break
+        for prompt in function_prompts(text, path):
+            if len(prompt.prompt) <= max_prompt_chars:
+                found.append(prompt)
+                (doctest_files if prompt.doctest else other_files).add(path)
     with_doctest = _round_robin([p for p in found if p.doctest])[: limit // 2]
     others = _round_robin([p for p in found if not p.doctest])
     return with_doctest + others[: limit - len(with_doctest)]
