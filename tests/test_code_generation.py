@@ -251,6 +251,10 @@ def test_evaluate_model_scores_the_completions_it_returns(tiny_lm):
     expected = sum(_naive_parses(p.prompt, c) for p, c in zip(prompts, completions)) / 2
     assert metrics["parse_rate"] == pytest.approx(expected)
     assert metrics["degenerate_rate"] == pytest.approx(sum(map(_naive_degenerate, completions)) / 2)
+    per_prompt = metrics["per_prompt"]
+    assert per_prompt["parses"] == [_naive_parses(p.prompt, c) for p, c in zip(prompts, completions)]
+    assert per_prompt["degenerate"] == [_naive_degenerate(c) for c in completions]
+    assert per_prompt["doctest"][1] is None  # the second prompt's doctests are not counted
 
 
 def test_chat_prompting_needs_a_chat_template_and_uses_it(tiny_lm):

@@ -21,7 +21,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..offline import resolve_model_path
-from .code_generation import doctest_outcomes, generation_metrics, greedy_completions
+from .code_generation import (
+    doctest_outcomes,
+    generation_metrics,
+    greedy_completions,
+    is_degenerate,
+    parses,
+)
 from .code_prompts import CodePrompt, held_out_prompts
 from .cross_tokenizer import EVAL_CHARS_PER_FILE, bits_per_byte
 from .data_code import load_code_corpus, python_stdlib_files
@@ -86,6 +92,12 @@ def evaluate_model(
     passed = doctest_outcomes(prompts, completions)
     doctests = [p if c else None for p, c in zip(passed, counted)]
     metrics = generation_metrics(prompts, completions, doctests)
+    # Per prompt, in prompt order: what a paired comparison across models and seeds needs.
+    metrics["per_prompt"] = {
+        "parses": [parses(p.prompt, c) for p, c in zip(prompts, completions)],
+        "degenerate": [is_degenerate(c) for c in completions],
+        "doctest": doctests,
+    }
     metrics["seconds"] = time.perf_counter() - start
     metrics["prompt_style"] = style
     return metrics, completions
