@@ -216,7 +216,9 @@ def test_greedy_completions_are_bounded_deterministic_and_cut_at_the_function_en
     first = greedy_completions(model, tokenizer, prompts, max_new_tokens=12, batch_size=2)
     again = greedy_completions(model, tokenizer, prompts, max_new_tokens=12, batch_size=3)
     assert first == again  # greedy, and batching does not change a row's text
-    assert len(first) == len(prompts) and tokenizer.padding_side == "right"  # padding side restored
+    assert len(first) == len(prompts) and tokenizer.padding_side == "right"  # the tokenizer is left as it was
+    # A row's text does not depend on the others in its batch: each prompt alone gives the same.
+    assert [greedy_completions(model, tokenizer, [p], max_new_tokens=12)[0] for p in prompts] == first
     for prompt, result in zip(prompts, first):
         assert len(tokenizer(result["generated"], add_special_tokens=False)["input_ids"]) <= 12 + 1
         assert result["completion"] == cut_at_dedent(result["generated"], prompt.body_indent)

@@ -163,7 +163,7 @@ def greedy_completions(
 ) -> list[dict[str, str]]:
     """Each prompt's ``{"generated": decoded new text, "completion": the body taken from it}`` (greedy).
 
-    Prompts are batched (left-padded) by body indentation, so one stopping rule serves a batch; in ``raw``
+    Prompts are batched (left-padded, by hand) by body indentation, so one stopping rule serves a batch; in ``raw``
     style a row stops at the end of its function, in ``chat`` style at EOS.
     """
     if max_new_tokens < 1 or batch_size < 1:
@@ -177,12 +177,16 @@ def greedy_completions(
             f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's context of "
             f"{context_length(model)} tokens; ask for fewer new tokens."
         )
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else model.config.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    if pad is None:
+        raise ValueError(
+            "Neither the tokenizer nor the model's config defines an EOS or pad token, so prompts cannot be "
+            "batched; set tokenizer.eos_token (or pad_token)."
+        )
     device = next(model.parameters()).device
-    was_training, side = model.training, tokenizer.padding_side
+    was_training = model.training
     model.eval()
-    tokenizer.padding_side = "left"
     groups: dict[str, list[int]] = {}
     for index, prompt in enumerate(prompts):
         groups.setdefault(prompt.body_indent, []).append(index)
@@ -193,8 +197,16 @@ def greedy_completions(
             texts = [prompt_text(prompts[i], tokenizer, style) for i in rows]
             # A prompt longer than the context keeps its end (the signature may go, the docstring's end stays).
             encoded = [ids[-room:] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-            batch = tokenizer.pad({"input_ids": encoded}, return_tensors="pt").to(device)
-            width = batch["input_ids"].shape[1]
+            width = max(len(ids) for ids in encoded)
+            # Left padding by hand: a tokenizer without a pad token (GPT-2's) pads with EOS, masked out.
+            batch = {
+                "input_ids": torch.tensor(
+                    [[pad] * (width - len(ids)) + ids for ids in encoded], device=device
+                ),
+                "attention_mask": torch.tensor(
+                    [[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device
+                ),
+            }
             stop = [] if style == "chat" else [DedentStop(tokenizer, width, prompts[rows[0]].body_indent)]
             output = model.generate(
                 **batch,
@@ -214,7 +226,6 @@ def greedy_completions(
                 results[i] = {"generated": generated, "completion": body}
     finally:
         model.train(was_training)
-        tokenizer.padding_side = side
     return [results[i] for i in range(len(prompts))]
 
 
