@@ -175,6 +175,10 @@ def test_body_from_answer_takes_the_function_body_out_of_a_chat_answer():
     assert body_from_answer("```python\ndef f(x):\n    return (\n```", prompt) == "    return (\n"  # broken
     assert body_from_answer("I cannot help with that.", prompt) == "    I cannot help with that.\n"
     assert body_from_answer("```python\n```", prompt) == ""
+    # Cut off before the end (does not parse): a repeated docstring is skipped, an unclosed one leaves no body.
+    cut = '```python\ndef f(x):\n    """Double x."""\n    return (2 *'
+    assert body_from_answer(cut, prompt) == "    return (2 *\n"
+    assert body_from_answer('```python\ndef f(x):\n    """Double', prompt) == ""
 
 
 def test_doctest_program_passes_a_right_body_and_fails_a_wrong_one_in_the_sandbox():

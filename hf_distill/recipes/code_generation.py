@@ -108,6 +108,12 @@ def body_from_answer(answer: str, prompt: CodePrompt) -> str:
     if body is None:
         header = re.search(rf"^\s*def\s+{re.escape(prompt.name)}\b.*?:\s*$", code, re.MULTILINE | re.DOTALL)
         body = code[header.end() :].lstrip("\n") if header else code
+        # A repeated docstring is not the body; one left open (the answer ran out of tokens) leaves no body.
+        docstring = re.match(r'\s*(?:"""|\'\'\')', body)
+        if docstring:
+            quote = body[docstring.end() - 3 : docstring.end()]
+            close = body.find(quote, docstring.end())
+            body = body[close + 3 :].lstrip("\n") if close >= 0 else ""
     return _reindent(body, prompt.body_indent) if body.strip() else ""
 
 
@@ -164,7 +170,8 @@ def greedy_completions(
     """Each prompt's ``{"generated": decoded new text, "completion": the body taken from it}`` (greedy).
 
     Prompts are batched (left-padded, by hand) by body indentation, so one stopping rule serves a batch; in ``raw``
-    style a row stops at the end of its function, in ``chat`` style at EOS.
+    style a row stops at the end of its function, in ``chat`` style at EOS, with the prompt's length in tokens
+    added to ``max_new_tokens`` (the answer repeats signature and docstring before the body).
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(
@@ -208,9 +215,16 @@ def greedy_completions(
                 ),
             }
             stop = [] if style == "chat" else [DedentStop(tokenizer, width, prompts[rows[0]].body_indent)]
+            # A chat answer repeats the signature and docstring before the body: it gets their length on top,
+            # so every model has the same budget for the body itself.
+            extra = 0
+            if style == "chat":
+                extra = max(
+                    len(tokenizer(prompts[i].prompt, add_special_tokens=False)["input_ids"]) for i in rows
+                )
             output = model.generate(
                 **batch,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=max_new_tokens + extra,
                 do_sample=False,
                 pad_token_id=pad,
                 eos_token_id=eos,
