@@ -20,12 +20,11 @@ from pathlib import Path
 
 from hf_distill.recipes.arguments import parse_recipe_args
 from hf_distill.recipes.cross_tokenizer import add_cross_tokenizer_students, bits_per_byte_table
-from hf_distill.recipes.generation_eval import add_generation_eval
+from hf_distill.recipes.generation_eval import write_generation_eval
 from hf_distill.recipes.report_json import write_report
 from hf_distill.recipes.run import end_process_group, run_recipe
 from hf_distill.recipes.tasks import prepare_code
 from hf_distill.recipes.teacher import teacher_tokenizer
-from hf_distill.report import generation_section
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -41,9 +40,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         write_report(report, Path(training_args.output_dir))
         print(f"\n{bits_per_byte_table(report)}\n", flush=True)
     if report is not None and report_args.generation_prompts:
-        report = add_generation_eval(report, teacher_args, data_args, report_args, training_args)
-        write_report(report, Path(training_args.output_dir))
-        print("\n" + "\n\n".join(generation_section(report)[:2]) + "\n", flush=True)
+        report = write_generation_eval(report, teacher_args, data_args, report_args, training_args)
     end_process_group()
     return report
 

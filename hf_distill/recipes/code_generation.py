@@ -157,6 +157,18 @@ def prompt_text(prompt: CodePrompt, tokenizer: Any, style: str) -> str:
     )
 
 
+def left_padded(encoded: list[list[int]], pad: int, device: Any) -> dict[str, torch.Tensor]:
+    """``input_ids`` / ``attention_mask`` of token lists padded on the left with ``pad`` (masked out), by hand:
+    a tokenizer without a pad token (GPT-2's) pads with EOS."""
+    width = max(len(ids) for ids in encoded)
+    return {
+        "input_ids": torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=device),
+        "attention_mask": torch.tensor(
+            [[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device
+        ),
+    }
+
+
 @torch.no_grad()
 def greedy_completions(
     model: torch.nn.Module,
@@ -204,24 +216,13 @@ def greedy_completions(
             texts = [prompt_text(prompts[i], tokenizer, style) for i in rows]
             # A prompt longer than the context keeps its end (the signature may go, the docstring's end stays).
             encoded = [ids[-room:] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-            width = max(len(ids) for ids in encoded)
-            # Left padding by hand: a tokenizer without a pad token (GPT-2's) pads with EOS, masked out.
-            batch = {
-                "input_ids": torch.tensor(
-                    [[pad] * (width - len(ids)) + ids for ids in encoded], device=device
-                ),
-                "attention_mask": torch.tensor(
-                    [[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device
-                ),
-            }
+            batch = left_padded(encoded, pad, device)
+            width = batch["input_ids"].shape[1]
             stop = [] if style == "chat" else [DedentStop(tokenizer, width, prompts[rows[0]].body_indent)]
             # A chat answer repeats the signature and docstring before the body: it gets their length on top,
             # so every model has the same budget for the body itself.
-            extra = 0
-            if style == "chat":
-                extra = max(
-                    len(tokenizer(prompts[i].prompt, add_special_tokens=False)["input_ids"]) for i in rows
-                )
+            lengths = [len(ids) for ids in tokenizer([prompts[i].prompt for i in rows])["input_ids"]]
+            extra = max(lengths) if style == "chat" else 0
             output = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens + extra,

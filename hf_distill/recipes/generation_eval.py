@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..offline import resolve_model_path
+from ..report import generation_section
 from .code_generation import (
     doctest_outcomes,
     generation_metrics,
@@ -31,6 +32,7 @@ from .code_generation import (
 from .code_prompts import CodePrompt, held_out_prompts
 from .cross_tokenizer import EVAL_CHARS_PER_FILE, bits_per_byte
 from .data_code import load_code_corpus, python_stdlib_files
+from .report_json import write_report
 from .tasks import code_corpus
 
 TEACHER_PROMPT_STYLES = ("auto", "chat", "raw", "both")
@@ -171,6 +173,16 @@ def add_generation_eval(
         "models": entries,
         "samples": _samples(prompts, completions),
     }
+    return report
+
+
+def write_generation_eval(
+    report: dict[str, Any], teacher_args: Any, data_args: Any, report_args: Any, training_args: Any
+) -> dict[str, Any]:
+    """:func:`add_generation_eval`, then ``report.json`` rewritten and the generation table printed."""
+    report = add_generation_eval(report, teacher_args, data_args, report_args, training_args)
+    write_report(report, Path(training_args.output_dir))
+    print("\n" + "\n\n".join(generation_section(report)[:2]) + "\n", flush=True)
     return report
 
 
