@@ -133,7 +133,12 @@ def train(task: str, argv: Sequence[str]) -> dict | None:
     tokenizer = None if task in TRAIN_ONLY_TASKS else teacher_tokenizer(teacher_args, **tokenizer_kwargs)
     with training_args.main_process_first(desc="tokenizing"):
         task_data = _preparer(task)(data_args, tokenizer)
-    return run_recipe(task_data, teacher_args, student_args, report_args, training_args, mode_args)
+    report = run_recipe(task_data, teacher_args, student_args, report_args, training_args, mode_args)
+    if report is not None and task == "codegen" and report_args.generation_prompts:
+        from .recipes.generation_eval import write_generation_eval
+
+        report = write_generation_eval(report, teacher_args, data_args, report_args, training_args)
+    return report
 
 
 @dataclass

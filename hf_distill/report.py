@@ -158,6 +158,40 @@ def _draw(report: dict, figures_dir: Path) -> dict[str, Path]:
     return written
 
 
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
+def generation_section(report: dict) -> list[str]:
+    """The codegen recipe's ``generation`` part as Markdown blocks: the table of parse rate, degenerate share,
+    doctest pass rate and bits per byte per model, then the sample completions; empty without it."""
+    generation = report.get("generation")
+    if not generation:
+        return []
+    header = ["model", "prompting", "parses", "degenerate", "doctests pass", "bits/byte"]
+    rows = [
+        [
+            entry["name"],
+            entry["prompt_style"],
+            _rate(entry["parse_rate"]),
+            _rate(entry["degenerate_rate"]),
+            f"{_rate(entry['doctest_pass_rate'])} of {entry['doctest_prompts']}",
+            "n/a" if entry.get("bits_per_byte") is None else f"{entry['bits_per_byte']:.3f}",
+        ]
+        for entry in generation["models"]
+    ]
+    blocks = [
+        f"Greedy completions of {generation['prompts']} held-out functions (at most "
+        f"{generation['max_new_tokens']} new tokens); doctests run in a sandboxed child process.",
+        markdown_table(header, rows),
+    ]
+    for sample in generation.get("samples", []):
+        blocks.append(f"### `{sample['function']}` ({sample['path']})\n\n```python\n{sample['prompt']}```")
+        for name, completion in sample["completions"].items():
+            blocks.append(f"{name}:\n\n```python\n{completion or '(blank)'}\n```")
+    return blocks
+
+
 def make_report(
     run_dir: str | Path, output_dir: str | Path | None = None, formats: Sequence[str] = REPORT_FORMATS
 ) -> dict[str, Path]:
@@ -203,6 +237,8 @@ def make_report(
             parts += ["\n".join(f"- {line}" for line in verdict_lines(report))]
         parts += ["## Plots"]
         parts += [f"![{_CAPTIONS[name]}]({ref})" for name, ref in figures.items()] + notes
+        generated = generation_section(report)
+        parts += ["## Generated code", *generated] if generated else []
         written["md"] = output_dir / "report.md"
         written["md"].write_text("\n\n".join(parts) + "\n", encoding="utf-8")
     if "html" in formats:

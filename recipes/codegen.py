@@ -20,6 +20,7 @@ from pathlib import Path
 
 from hf_distill.recipes.arguments import parse_recipe_args
 from hf_distill.recipes.cross_tokenizer import add_cross_tokenizer_students, bits_per_byte_table
+from hf_distill.recipes.generation_eval import write_generation_eval
 from hf_distill.recipes.report_json import write_report
 from hf_distill.recipes.run import end_process_group, run_recipe
 from hf_distill.recipes.tasks import prepare_code
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         report = add_cross_tokenizer_students(report, teacher_args, student_args, data_args, training_args)
         write_report(report, Path(training_args.output_dir))
         print(f"\n{bits_per_byte_table(report)}\n", flush=True)
+    if report is not None and report_args.generation_prompts:
+        report = write_generation_eval(report, teacher_args, data_args, report_args, training_args)
     end_process_group()
     return report
 

@@ -391,6 +391,11 @@ def test_codegen_recipe_with_smollm2(tmp_path):
     teacher = report["teacher"]["metric"]
     # A few steps cannot make a student as good as the 30-layer teacher on unseen stdlib files.
     assert all(s["metric"] > teacher for s in report["students"])
+    # The smoke config's generation evaluation: the teacher through its chat template and raw, each student raw.
+    generation = report["generation"]
+    names = ["teacher", "teacher (raw)", *(s["name"] for s in report["students"])]
+    assert [m["name"] for m in generation["models"]] == names
+    assert generation["prompts"] == 2 and all(0 <= m["parse_rate"] <= 1 for m in generation["models"])
 
 
 # ---- the process group's end, and resuming a killed recipe ----------------------------------------------

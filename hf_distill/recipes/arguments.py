@@ -349,7 +349,35 @@ class ReportArguments:
         default=True, metadata={"help": "Write README.md into each student folder."}
     )
 
+    generation_prompts: int = field(
+        default=0,
+        metadata={
+            "help": "Code: held-out documented functions whose bodies the teacher and students complete "
+            "(parse rate, degenerate share, doctests run in a sandboxed child process); 0: off."
+        },
+    )
+    generation_max_new_tokens: int = field(
+        default=128, metadata={"help": "Code: the longest completion, in tokens (greedy decoding)."}
+    )
+    teacher_prompt_style: str = field(
+        default="auto",
+        metadata={
+            "help": "Code: how the teacher is prompted: 'chat' (its chat template), 'raw' (the code itself), "
+            "'auto' (chat where the tokenizer has a template) or 'both' (measured both ways)."
+        },
+    )
+
     def __post_init__(self):
+        if self.generation_prompts < 0 or self.generation_max_new_tokens < 1:
+            raise ValueError(
+                f"generation_prompts={self.generation_prompts}, generation_max_new_tokens="
+                f"{self.generation_max_new_tokens}: prompts must be >= 0 (0 turns the generation evaluation "
+                "off) and new tokens >= 1."
+            )
+        if self.teacher_prompt_style not in ("auto", "chat", "raw", "both"):
+            raise ValueError(
+                f"teacher_prompt_style={self.teacher_prompt_style!r} is not one of 'auto', 'chat', 'raw', 'both'."
+            )
         if self.latency_rounds < 1:
             raise ValueError(
                 f"latency_rounds={self.latency_rounds} must be >= 1: the median needs one timing."

@@ -273,7 +273,7 @@ def prepare_ner(data_args: DataArguments, tokenizer: Any) -> TaskData:
     )
 
 
-def _code_corpus(data_args: DataArguments) -> tuple[DatasetDict, str]:
+def code_corpus(data_args: DataArguments) -> tuple[DatasetDict, str]:
     """The code splits (a ``text`` column each) and how the report names them."""
     if data_args.train_file is not None:
         builder = data_args.dataset_name if data_args.dataset_name in BUILDER_NAMES else None
@@ -304,7 +304,7 @@ def _code_corpus(data_args: DataArguments) -> tuple[DatasetDict, str]:
 def prepare_code(data_args: DataArguments, tokenizer: Any) -> TaskData:
     """Standard-library Python files split by file (or your folder / JSON Lines, or a Hub dataset), cut into
     ``max_length``-token blocks; test perplexity."""
-    corpus, label = _code_corpus(data_args)
+    corpus, label = code_corpus(data_args)
     check = report_data_check(
         check_data(corpus["train"]["text"], tokenizer, data_args.max_length, truncates=False)
     )
