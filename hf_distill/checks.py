@@ -87,7 +87,8 @@ def check_train_labels(args: DistillationTrainingArguments, dataset: Any, custom
         if custom_collator:
             return
         problem = f"has no label column (it has {names})"
-    elif any_label(dataset, columns[0]):
+    elif not hasattr(dataset, "__len__") or any_label(dataset, columns[0]):
+        # A streamed (iterable) dataset is not read ahead: scanning it would consume it.
         return
     else:
         problem = (
