@@ -279,6 +279,23 @@ def test_chat_prompting_needs_a_chat_template_and_uses_it(tiny_lm):
         tokenizer.chat_template = None
 
 
+def test_a_chat_answer_never_runs_past_the_model_context():
+    """The chat budget (max_new_tokens + the prompt's length) is cut at the model's context: with room for the
+    prompt and 12 tokens more, but not for the prompt's length on top, generation stops at the last position
+    (beyond it, GPT-2 has no position embedding and generate raised IndexError)."""
+    tokenizer = _byte_level_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    try:
+        prompt = _prompt()
+        width = len(tokenizer(prompt_text(prompt, tokenizer, "chat"), add_special_tokens=False)["input_ids"])
+        assert len(tokenizer(prompt.prompt)["input_ids"]) > 12  # so 8 + the prompt's length would not fit
+        model = tiny_gpt2(vocab_size=len(tokenizer), positions=width + 12, eos_token_id=None)
+        result = greedy_completions(model, tokenizer, [prompt], style="chat", max_new_tokens=8)[0]
+        assert len(tokenizer(result["generated"], add_special_tokens=False)["input_ids"]) <= 12
+    finally:
+        tokenizer.chat_template = None
+
+
 def test_report_arguments_refuse_bad_generation_settings():
     with pytest.raises(ValueError, match="prompts must be >= 0"):
         ReportArguments(generation_prompts=-1)

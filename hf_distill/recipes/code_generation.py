@@ -225,7 +225,8 @@ def greedy_completions(
             extra = max(lengths) if style == "chat" else 0
             output = model.generate(
                 **batch,
-                max_new_tokens=max_new_tokens + extra,
+                # Never past the model's context: positions beyond it have no embedding.
+                max_new_tokens=min(max_new_tokens + extra, context_length(model) - width),
                 do_sample=False,
                 pad_token_id=pad,
                 eos_token_id=eos,
