@@ -21,9 +21,7 @@ from torch import nn
 from .cache_shards import ShardWriter, check_empty_folder, to_arrow
 from .model_kind import CAUSAL_LM, detect_task
 from .teacher_cache import (
-    check_cache_request,
-    check_codec,
-    check_cross_tokenizer_request,
+    check_cache_inputs,
     cross_tokenizer_batch_fn,
     teacher_batch_fn,
 )
@@ -62,13 +60,7 @@ def write_teacher_cache(
         if codec != "default":
             raise ValueError(f"codec={codec!r}: pass 'default', a TopkCodec, or None (float32 top-k logits).")
         codec = DEFAULT_CODEC if task == CAUSAL_LM else None
-    if teacher_tokenizer is not None:
-        check_cross_tokenizer_request(
-            dataset, teacher_tokenizer, text_column, task, top_k, temperature, batch_size
-        )
-    else:
-        check_cache_request(dataset, task, top_k, temperature, batch_size)
-    check_codec(codec, task)
+    check_cache_inputs(dataset, task, top_k, temperature, batch_size, codec, teacher_tokenizer, text_column)
     check_empty_folder(Path(output_dir))
     device = torch.device(device) if device is not None else next(teacher.parameters()).device
     settings = (task, top_k, temperature, device, torch.float32, codec)

@@ -253,13 +253,7 @@ def cache_teacher_outputs(
         ``dataset`` plus the columns described in the module docstring.
     """
     task = task or detect_task(teacher)
-    if teacher_tokenizer is not None:
-        check_cross_tokenizer_request(
-            dataset, teacher_tokenizer, text_column, task, top_k, temperature, batch_size
-        )
-    else:
-        check_cache_request(dataset, task, top_k, temperature, batch_size)
-    check_codec(codec, task)
+    check_cache_inputs(dataset, task, top_k, temperature, batch_size, codec, teacher_tokenizer, text_column)
     device = torch.device(device) if device is not None else next(teacher.parameters()).device
     settings = (task, top_k, temperature, device, dtype, codec)
     if teacher_tokenizer is not None:
@@ -279,6 +273,27 @@ def cache_teacher_outputs(
         return dataset.map(run, batched=True, batch_size=batch_size, new_fingerprint=fingerprint)
     finally:
         teacher.train(was_training)
+
+
+def check_cache_inputs(
+    dataset: Any,
+    task: str,
+    top_k: int | None,
+    temperature: float,
+    batch_size: int,
+    codec: Any,
+    teacher_tokenizer: Any = None,
+    text_column: str = TEXT_COLUMN,
+) -> None:
+    """Every refusal of a cache request, in memory or in shards, before the teacher runs: the dataset and
+    settings (same-tokenizer or, with ``teacher_tokenizer``, cross-tokenizer) and the codec."""
+    if teacher_tokenizer is not None:
+        check_cross_tokenizer_request(
+            dataset, teacher_tokenizer, text_column, task, top_k, temperature, batch_size
+        )
+    else:
+        check_cache_request(dataset, task, top_k, temperature, batch_size)
+    check_codec(codec, task)
 
 
 def check_codec(codec: Any, task: str) -> None:
