@@ -50,8 +50,32 @@ def topk_teacher(
     ``(..., k)`` and the tail logit ``(...)`` at ``temperature``."""
     k = min(k, teacher_logits.shape[-1])
     values, indices = upcast(teacher_logits).topk(k, dim=-1)
-    tail = tail_logsumexp(upcast(teacher_logits) / temperature, indices)
+    if torch.is_grad_enabled() and teacher_logits.requires_grad:
+        tail = tail_logsumexp(upcast(teacher_logits) / temperature, indices)
+    else:
+        tail = _tail_logsumexp_in_blocks(teacher_logits, indices, temperature)
     return values, indices, tail
+
+
+def _tail_logsumexp_in_blocks(
+    logits: torch.Tensor, indices: torch.Tensor, temperature: float, rows: int = 64
+) -> torch.Tensor:
+    """:func:`tail_logsumexp` of ``logits / temperature`` without autograd, the same arithmetic done a block of
+    ``rows`` positions at a time in one reused buffer: a cache of a large vocabulary otherwise makes three
+    fresh (positions, V) copies (the scaled logits, the scattered copy, the exponentials), whose first writes
+    cost as much as the arithmetic."""
+    vocab = logits.shape[-1]
+    flat, flat_indices = logits.reshape(-1, vocab), indices.reshape(-1, indices.shape[-1])
+    dtype = upcast(flat[:0]).dtype
+    out = torch.empty(flat.shape[0], dtype=dtype, device=logits.device)
+    buffer = torch.empty((min(rows, flat.shape[0]), vocab), dtype=dtype, device=logits.device)
+    for start in range(0, flat.shape[0], rows):
+        end = min(start + rows, flat.shape[0])
+        block = buffer[: end - start]
+        torch.div(flat[start:end], temperature, out=block)
+        block.scatter_(-1, flat_indices[start:end], very_negative(dtype))
+        out[start:end] = torch.logsumexp(block, dim=-1)
+    return out.reshape(logits.shape[:-1])
 
 
 def per_position_topk(

@@ -282,3 +282,23 @@ def test_error_beta_and_lambda_ranges():
         distillation_loss(torch.zeros(2, 3), torch.zeros(2, 3), loss="jsd", beta=1.5)
     with pytest.raises(ValueError, match=r"skew_lambda must be in \[0, 1\)"):
         distillation_loss(torch.zeros(2, 3), torch.zeros(2, 3), loss="skew_forward_kl", skew_lambda=1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_topk_teacher_tail_in_blocks_equals_the_masked_logsumexp(dtype):
+    """The cache's tail logit (computed without autograd a block of positions at a time, in one buffer) is the
+    log-sum-exp of logits / T over the tokens outside the top k, computed here with a boolean mask; positions
+    that do not fill the last block, and -inf logits, included."""
+    from hf_distill.topk_losses import topk_teacher
+
+    torch.manual_seed(0)
+    logits = (torch.randn(3, 50, 300) * 4).to(dtype)  # 150 positions: two full blocks of 64 and one of 22
+    logits[0, 0, :7] = float("-inf")
+    values, indices, tail = topk_teacher(logits, 16, temperature=2.0)
+    keep = torch.ones(logits.shape, dtype=torch.bool).scatter(-1, indices, False)
+    reference = torch.logsumexp((logits.float() / 2.0).masked_fill(~keep, float("-inf")), dim=-1)
+    assert tail.dtype == torch.float32 and torch.equal(values, logits.float().topk(16, dim=-1).values)
+    torch.testing.assert_close(tail, reference, rtol=1e-6, atol=1e-6)
+    # By hand on one position: logits [3, 1, 0], k = 1, T = 1 -> tail = log(e^1 + e^0) = 1.3132617.
+    _, _, one = topk_teacher(torch.tensor([[3.0, 1.0, 0.0]]), 1, temperature=1.0)
+    assert one.item() == pytest.approx(1.3132617, abs=1e-6)
