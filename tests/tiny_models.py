@@ -128,19 +128,12 @@ def tiny_gpt2(
 def tiny_resnet(
     seed: int = 0, *, num_channels: int = 1, widths: tuple[int, ...] = (8, 16), num_labels: int = 10
 ):
-    """A random ``ResNetForImageClassification`` of basic blocks, one per stage (no Hub)."""
-    from transformers import ResNetConfig, ResNetForImageClassification
+    """A random ``ResNetForImageClassification`` of basic blocks, one per stage (no Hub): the vision recipe's
+    own teacher builder at a tiny size."""
+    from hf_distill.recipes.vision_models import resnet_teacher
 
     torch.manual_seed(seed)
-    config = ResNetConfig(
-        num_channels=num_channels,
-        embedding_size=widths[0],
-        hidden_sizes=list(widths),
-        depths=[1] * len(widths),
-        layer_type="basic",
-        num_labels=num_labels,
-    )
-    return ResNetForImageClassification(config)
+    return resnet_teacher(num_labels, num_channels, widths)
 
 
 class TinyCNN(torch.nn.Module):
