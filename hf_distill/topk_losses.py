@@ -53,28 +53,44 @@ def topk_teacher(
     if torch.is_grad_enabled() and teacher_logits.requires_grad:
         tail = tail_logsumexp(upcast(teacher_logits) / temperature, indices)
     else:
-        tail = _tail_logsumexp_in_blocks(teacher_logits, indices, temperature)
+        tail = _tail_logsumexp_in_blocks(teacher_logits, values, indices, temperature)
     return values, indices, tail
 
 
 def _tail_logsumexp_in_blocks(
-    logits: torch.Tensor, indices: torch.Tensor, temperature: float, rows: int = 64
+    logits: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, temperature: float, rows: int = 64
 ) -> torch.Tensor:
-    """:func:`tail_logsumexp` of ``logits / temperature`` without autograd, the same arithmetic done a block of
-    ``rows`` positions at a time in one reused buffer: a cache of a large vocabulary otherwise makes three
-    fresh (positions, V) copies (the scaled logits, the scattered copy, the exponentials), whose first writes
-    cost as much as the arithmetic."""
+    """:func:`tail_logsumexp` of ``logits / temperature`` without autograd, a block of ``rows`` positions at a
+    time in one reused buffer: a cache of a large vocabulary otherwise makes three fresh (positions, V) copies
+    (the scaled logits, the scattered copy, the exponentials), whose first writes cost as much as the arithmetic.
+
+    The shift is the k-th largest logit (``values[..., -1]``, sorted descending), which bounds every tail
+    logit from above, so the exponentials cannot overflow and no pass looks for the maximum: per block one
+    subtraction into the buffer, ``exp_``, the top-k entries zeroed, a row sum. Rows where that sum is too
+    small to trust (the tail far below the k-th logit, underflowing) or the shift is not finite take
+    :func:`tail_logsumexp`'s arithmetic instead."""
     vocab = logits.shape[-1]
     flat, flat_indices = logits.reshape(-1, vocab), indices.reshape(-1, indices.shape[-1])
     dtype = upcast(flat[:0]).dtype
-    out = torch.empty(flat.shape[0], dtype=dtype, device=logits.device)
+    shift = values.reshape(-1, values.shape[-1])[:, -1:].to(dtype)
+    sums = torch.empty(flat.shape[0], dtype=dtype, device=logits.device)
     buffer = torch.empty((min(rows, flat.shape[0]), vocab), dtype=dtype, device=logits.device)
     for start in range(0, flat.shape[0], rows):
         end = min(start + rows, flat.shape[0])
         block = buffer[: end - start]
-        torch.div(flat[start:end], temperature, out=block)
-        block.scatter_(-1, flat_indices[start:end], very_negative(dtype))
-        out[start:end] = torch.logsumexp(block, dim=-1)
+        torch.sub(flat[start:end], shift[start:end], out=block)
+        if temperature != 1.0:
+            block.mul_(1.0 / temperature)
+        block.exp_()
+        block.scatter_(-1, flat_indices[start:end], 0.0)
+        torch.sum(block, dim=-1, out=sums[start:end])
+    # A sum of exponentials of at most 1 each: below 1e-20 its largest term is below 1e-20, and terms that
+    # underflowed (below ~1e-38) could add up to a visible share; those rows are recomputed with their own max.
+    redo = ~(torch.isfinite(shift[:, 0]) & (sums > 1e-20))
+    out = sums.log_().add_(shift[:, 0] / temperature)
+    if redo.any():
+        rest = upcast(flat[redo]) / temperature
+        out[redo] = tail_logsumexp(rest, flat_indices[redo])
     return out.reshape(logits.shape[:-1])
 
 

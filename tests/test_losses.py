@@ -302,3 +302,17 @@ def test_topk_teacher_tail_in_blocks_equals_the_masked_logsumexp(dtype):
     # By hand on one position: logits [3, 1, 0], k = 1, T = 1 -> tail = log(e^1 + e^0) = 1.3132617.
     _, _, one = topk_teacher(torch.tensor([[3.0, 1.0, 0.0]]), 1, temperature=1.0)
     assert one.item() == pytest.approx(1.3132617, abs=1e-6)
+
+
+def test_topk_teacher_tail_far_below_the_kth_logit_and_a_tail_of_minus_inf():
+    """The tail is shifted by the k-th logit, so a tail hundreds of nats below it underflows: such rows are
+    recomputed with their own maximum, and a tail of -inf only keeps the masked form's finite stand-in."""
+    from hf_distill.topk_losses import tail_logsumexp, topk_teacher
+
+    logits = torch.tensor([[200.0, 0.0, -1.0], [5.0, 4.0, 3.0], [1.0, float("-inf"), float("-inf")]])
+    _, indices, tail = topk_teacher(logits, 1, temperature=1.0)
+    # Row 0 by hand: log(e^0 + e^-1) = 0.3132617; row 1: log(e^4 + e^3) = 4.3132617.
+    assert tail[:2].tolist() == pytest.approx([0.3132617, 4.3132617], abs=1e-6)
+    assert tail[2].item() == tail_logsumexp(logits[2:], indices[2:]).item() < -1e37
+    _, _, cooled = topk_teacher(logits[:2], 1, temperature=0.5)  # log(e^0 + e^-2), log(e^8 + e^6)
+    assert cooled.tolist() == pytest.approx([0.1269280, 8.1269280], abs=1e-6)
