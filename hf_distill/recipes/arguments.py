@@ -107,6 +107,15 @@ class StudentArguments:
             "the paired difference KD - no-KD with its interval. Default: the one run of --seed."
         },
     )
+    teacher_outputs_once: bool = field(
+        default=True,
+        metadata={
+            "help": "With several seeds, run the teacher once over the distilled student's training rows and "
+            "train every seed from its saved logits (classification and NER, plain KD from logits; the teacher "
+            "is frozen in eval mode, so its outputs are the same every seed). Off: the teacher runs live in "
+            "every seed's training."
+        },
+    )
     student_tokenizer: str | None = field(
         default=None,
         metadata={

@@ -60,6 +60,7 @@ from .students import build_student, student_name
 from .tasks import TaskData
 from .teacher import check_teacher_sources, load_extra_teachers, ready_teacher
 from .teacher_check import check_teacher_worth, warn_teacher_check
+from .teacher_reuse import with_teacher_outputs
 from .tensorboard_log import log_scorecard
 from .training import derived_args, train_student
 
@@ -168,6 +169,8 @@ def _train_seeds(
     scores: dict[str, list[ExampleScores]] = {}
     records: dict[str, list[dict[str, Any]]] = {}
     first = None
+    if student_args.teacher_outputs_once:
+        task = with_teacher_outputs(task, teacher, training_args, mode_args.distillation_mode, seeds)
     for seed in seeds:
         seed_args = derived_args(training_args, Path(training_args.output_dir), seed=seed)
         seed_folder = f"seed-{seed}" if len(seeds) > 1 else ""

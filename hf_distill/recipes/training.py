@@ -19,9 +19,9 @@ from ..checkpoints import checkpoint_problems, checkpoints_in
 from ..model_kind import logits_of
 from ..modes.mutual import STUDENT_A
 from .data_common import notice
-from .data_transfer import with_transfer
 from .mode_select import ModeArguments, mode_train_data, mode_trainer
 from .tasks import TaskData
+from .teacher_reuse import distilled_rows
 
 
 def derived_args(
@@ -135,7 +135,8 @@ def train_student(
         KD by default) or on the labels only (``kd=False``: a plain ``Trainer`` with the same arguments, data order
         and steps; ``baseline_steps="match"`` gives it as many steps as the distilled student when a transfer set
     makes that one longer, see :func:`baseline_changes`). The distilled student also learns from the task's transfer
-    rows (:func:`~hf_distill.recipes.data_transfer.with_transfer`). Saves it under ``output_dir``; returns the Trainer's ``log_history`` and the student's folder
+    rows (:func:`~hf_distill.recipes.teacher_reuse.distilled_rows`: with the teacher's logits when they were
+    computed once for every seed). Saves it under ``output_dir``; returns the Trainer's ``log_history`` and the student's folder
         (``output_dir``, or its ``student_a/`` for mutual learning, whose peer is saved in ``student_b/``)."""
     mode_args = mode_args or ModeArguments()
     if kd:
@@ -148,7 +149,7 @@ def train_student(
     if kd:
         train, collator = mode_train_data(
             mode_args,
-            with_transfer(task.train, task.transfer),
+            distilled_rows(task),
             teacher,
             task.tokenizer,
             student,
