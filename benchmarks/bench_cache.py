@@ -39,7 +39,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import measure_in_fresh_process, peak_rss_delta, report, summarize, time_variants  # noqa: E402
+from _common import RESULTS, measure_in_fresh_process, peak_rss_delta, report, summarize, time_variants  # noqa: E402
 
 from hf_distill.cache_shards import ShardWriter, to_arrow  # noqa: E402
 from hf_distill.cache_writer import write_teacher_cache  # noqa: E402
@@ -236,6 +236,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rss_rows", type=int, default=64, help="N of the memory check (N and 4N rows)")
     parser.add_argument("--quick", action="store_true", help="few rows, to check the script runs")
+    parser.add_argument("--plot", action="store_true", help="only redraw results/cache_size_error.png")
     parser.add_argument("--rss_child", type=int, default=None, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.rss_child is not None:
@@ -279,7 +280,46 @@ def main() -> None:
     print(f"information bound: {json.dumps(bound)}")
     forward, cached = (row["median_s"] for row in timing)
     print(f"caching throughput / forward-alone throughput: {forward / cached:.3f} (quiet machine needed)")
+    plot_size_error(RESULTS / ("cache" + ("_quick" if options.quick else "") + ".json"))
+
+
+def plot_size_error(path: Path) -> Path:
+    """``results/cache_size_error.png`` from a results JSON: bytes per token of each encoding against the worst
+    batch's relative loss error (any loss, either student), with the 250-byte / 1e-3 target box and the
+    information bound of the index set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(path.read_text())
+    sizes, errors = data["bytes_per_token"], data["loss_errors"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, size in sizes.items():
+        if name not in errors:
+            continue
+        worst = max(e["worst_batch_rel_error"] for e in errors[name].values())
+        ax.scatter(size, worst, color="C0")
+        ax.annotate(name, (size, worst), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    bound = data["information_bound"]["log2_C(V,k)_bytes_per_token"]
+    ax.axvline(bound, color="C3", linestyle=":", label=f"index set alone, log2 C(V, k): {bound:.0f} B")
+    ax.axvline(250, color="C2", linestyle="--", label="target: 250 B/token")
+    ax.axhline(1e-3, color="C2", linestyle="-.", label="target: loss within 1e-3")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("bytes per token on disk (zstd Parquet)")
+    ax.set_ylabel("worst batch's relative loss error vs float32")
+    ax.set_title(f"Top-{data['meta']['k']} teacher cache, vocabulary {data['meta']['vocab']}")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    out = path.with_name(path.stem + "_size_error.png")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--plot"]:  # redraw the figure from results/cache.json without measuring
+        print(plot_size_error(RESULTS / "cache.json"))
+        sys.exit(0)
     main()
