@@ -92,8 +92,8 @@ def latency_note(report: dict) -> str | None:
     note = (
         f"Latency: median over {how.get('rounds')} interleaved rounds of torch.utils.benchmark "
         f"blocked_autorange on {how.get('device')} with {how.get('threads')} thread(s), interquartile range in "
-        f"brackets; speed-up = teacher median / student median, brackets the quartiles of the per-round "
-        f'ratios, and "{UNRELIABLE}" where that range is wider than the speed-up\'s distance from 1, there '
+        f"brackets; speed-up = the median of the per-round ratios teacher / student, brackets their "
+        f'quartiles, and "{UNRELIABLE}" where that range is wider than the speed-up\'s distance from 1, there '
         f"was one round only, or the CPU was busy ({cpu})."
     )
     return note + (" The CPU was busy: re-time on a quiet machine." if how.get("cpu_busy") else "")

@@ -124,8 +124,9 @@ def latency_stats(samples_ms: list[float], threads: int) -> dict[str, Any]:
 def speedup_stats(teacher_ms: list[float], student_ms: list[float], *, busy: bool) -> dict[str, Any]:
     """Speed-up of a student over the teacher from the two models' samples of the same rounds (ms).
 
-    ``median`` is teacher median / student median; ``q25``/``q75`` are the quartiles of the round-level
-    ratios ``teacher[r] / student[r]``. ``reliable`` is False, with the reason in ``why``, when there was
+    ``median``, ``q25`` and ``q75`` are the quartiles of the round-level ratios ``teacher[r] / student[r]``
+    (the two models timed in the same round share its machine state), so the speed-up always sits inside the
+    range printed beside it; the ratio of the two models' own medians can fall outside it. ``reliable`` is False, with the reason in ``why``, when there was
     one round, when ``q75 - q25 > |median - 1|`` (the spread is wider than the effect), or when ``busy``.
     """
     if len(teacher_ms) != len(student_ms) or not teacher_ms:
@@ -136,8 +137,7 @@ def speedup_stats(teacher_ms: list[float], student_ms: list[float], *, busy: boo
     if min(student_ms) <= 0 or min(teacher_ms) <= 0:
         raise ValueError(f"latency samples must be positive, got {teacher_ms} and {student_ms}.")
     ratios = [t / s for t, s in zip(teacher_ms, student_ms)]
-    q25, _, q75 = quartiles(ratios)
-    median = quartiles(teacher_ms)[1] / quartiles(student_ms)[1]
+    q25, median, q75 = quartiles(ratios)
     spread, effect = q75 - q25, abs(median - 1.0)
     why = []
     if len(ratios) < 2:

@@ -44,7 +44,7 @@ def test_latency_stats_median_and_interquartile_range():
 
 def test_a_clear_speedup_is_reliable():
     stats = speedup_stats([10.0, 10.4, 9.8, 10.2, 10.0], [5.0, 5.1, 5.0, 4.9, 5.0], busy=False)
-    # Hand: teacher median 10.0 / student median 5.0 = 2.0; the ratios sit around 2.
+    # Hand: the ratios 2.0, 2.039, 1.96, 2.082, 2.0 have the median 2.0.
     assert stats["median"] == pytest.approx(2.0)
     ratios = [10.0 / 5.0, 10.4 / 5.1, 9.8 / 5.0, 10.2 / 4.9, 10.0 / 5.0]
     q25, _, q75 = reference_quartiles(ratios)
@@ -56,12 +56,22 @@ def test_a_spread_wider_than_the_effect_is_unreliable():
     teacher, student = [10.0, 10.0, 10.0, 10.0], [8.0, 12.0, 6.0, 9.0]
     stats = speedup_stats(teacher, student, busy=False)
     # Hand: ratios 1.25, 0.833, 1.667, 1.111; sorted quartiles 1.0417 and 1.3542 (spread 0.3125); speed-up
-    # 10 / 8.5 = 1.176, effect 0.176 < 0.3125: unreliable.
+    # their median (1.111 + 1.25) / 2 = 1.1806, effect 0.1806 < 0.3125: unreliable.
     q25, _, q75 = reference_quartiles([t / s for t, s in zip(teacher, student)])
     assert stats["q25"] == pytest.approx(q25) == pytest.approx(1.0416667)
     assert stats["q75"] == pytest.approx(q75) == pytest.approx(1.3541667)
-    assert stats["median"] == pytest.approx(10.0 / 8.5)
+    assert stats["median"] == pytest.approx(1.1805556)
     assert not stats["reliable"] and "wider than the effect" in stats["why"]
+
+
+def test_the_speedup_sits_inside_the_quartiles_printed_beside_it():
+    """A demo run's batch-1 samples (ms): the teacher's median over the student's is 9.66 / 4.31 = 2.24, outside
+    the per-round ratios' quartiles 2.06-2.11; the speed-up is the ratios' median, 2.074, inside them."""
+    teacher, student = [10.06, 8.85, 9.66, 8.80, 9.88], [4.77, 4.31, 4.98, 4.24, 4.25]
+    stats = speedup_stats(teacher, student, busy=False)
+    ratios = sorted(t / s for t, s in zip(teacher, student))
+    assert stats["median"] == pytest.approx(ratios[2]) == pytest.approx(8.80 / 4.24)
+    assert stats["q25"] <= stats["median"] <= stats["q75"]
 
 
 def test_identical_models_give_a_reliable_ratio_near_one_only_when_the_spread_is_small():
