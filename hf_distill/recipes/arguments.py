@@ -6,6 +6,7 @@ training arguments) from flags and a ``--config`` file.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,14 @@ class StudentArguments:
             "(the same num_train_epochs over the labeled rows)."
         },
     )
+    baseline_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of the no-KD baseline (default: learning_rate). Tune it on validation data "
+            "as the distilled student's is tuned (benchmarks/sweep_sentiment.py --baseline_lrs): a baseline held "
+            "at the distilled student's learning rate can flatter distillation."
+        },
+    )
     seeds: list[str] = field(
         default_factory=list,
         metadata={
@@ -149,6 +158,12 @@ class StudentArguments:
             raise ValueError(
                 f"student_tokenizer_loss={self.student_tokenizer_loss!r}: choose 'aligned' (shared tokens where "
                 "the prefixes match, ULD elsewhere) or 'uld'."
+            )
+        rate = self.baseline_learning_rate
+        if rate is not None and not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
+            raise ValueError(
+                f"baseline_learning_rate={rate!r} must be a positive number (the no-KD baseline's learning rate, "
+                "e.g. 2e-4), or leave it out to train the baseline at learning_rate."
             )
         if self.baseline_steps not in ("match", "epochs"):
             raise ValueError(

@@ -237,6 +237,7 @@ def _train_students(
                 extra_teachers=extra_teachers,
                 peer=peer,
                 baseline_steps=student_args.baseline_steps,
+                baseline_learning_rate=student_args.baseline_learning_rate,
             )
             models[name] = student.eval()
             students.append(
@@ -245,6 +246,11 @@ def _train_students(
                     "kind": "distilled" if kd else "no_kd_baseline",
                     "init": init,
                     "output_dir": str(folder),
+                    "learning_rate": float(
+                        training_args.learning_rate
+                        if kd or student_args.baseline_learning_rate is None
+                        else student_args.baseline_learning_rate
+                    ),
                 }
             )
     return students, models, histories

@@ -130,11 +130,13 @@ def train_student(
     extra_teachers: list[PreTrainedModel] | tuple = (),
     peer: PreTrainedModel | None = None,
     baseline_steps: str = "match",
+    baseline_learning_rate: float | None = None,
 ) -> tuple[list[dict], Path]:
     """Trains ``student`` with the teacher (``kd=True``: the trainer of ``mode_args.distillation_mode``, plain
         KD by default) or on the labels only (``kd=False``: a plain ``Trainer`` with the same arguments, data order
         and steps; ``baseline_steps="match"`` gives it as many steps as the distilled student when a transfer set
-    makes that one longer, see :func:`baseline_changes`). The distilled student also learns from the task's transfer
+    makes that one longer, see :func:`baseline_changes`; ``baseline_learning_rate``, when given, replaces
+    ``learning_rate`` for it). The distilled student also learns from the task's transfer
     rows (:func:`~hf_distill.recipes.teacher_reuse.distilled_rows`: with the teacher's logits when they were
     computed once for every seed). Saves it under ``output_dir``; returns the Trainer's ``log_history`` and the student's folder
         (``output_dir``, or its ``student_a/`` for mutual learning, whose peer is saved in ``student_b/``)."""
@@ -143,6 +145,8 @@ def train_student(
         args = derived_args(training_args, output_dir)
     else:
         changes = baseline_changes(task, training_args, baseline_steps)
+        if baseline_learning_rate is not None:
+            changes["learning_rate"] = baseline_learning_rate
         args = plain_trainer_args(training_args, output_dir, **changes)
     set_seed(training_args.seed)
     common = dict(eval_dataset=task.validation, processing_class=task.tokenizer)
