@@ -133,13 +133,14 @@ def train_student(
     baseline_learning_rate: float | None = None,
 ) -> tuple[list[dict], Path]:
     """Trains ``student`` with the teacher (``kd=True``: the trainer of ``mode_args.distillation_mode``, plain
-        KD by default) or on the labels only (``kd=False``: a plain ``Trainer`` with the same arguments, data order
-        and steps; ``baseline_steps="match"`` gives it as many steps as the distilled student when a transfer set
-    makes that one longer, see :func:`baseline_changes`; ``baseline_learning_rate``, when given, replaces
-    ``learning_rate`` for it). The distilled student also learns from the task's transfer
-    rows (:func:`~hf_distill.recipes.teacher_reuse.distilled_rows`: with the teacher's logits when they were
-    computed once for every seed). Saves it under ``output_dir``; returns the Trainer's ``log_history`` and the student's folder
-        (``output_dir``, or its ``student_a/`` for mutual learning, whose peer is saved in ``student_b/``)."""
+    KD by default) or on the labels only (``kd=False``: a plain ``Trainer`` with the same arguments and data
+    order; ``baseline_steps="match"`` gives it as many steps as the distilled student when a transfer set makes
+    that one longer, see :func:`baseline_changes`; ``baseline_learning_rate``, when given, replaces
+    ``learning_rate`` for it). The distilled student learns from the labeled and the transfer rows
+    (:func:`~hf_distill.recipes.teacher_reuse.distilled_rows`, with the teacher's logits when they were computed
+    once for every seed). Saves the student under ``output_dir``; returns the Trainer's ``log_history`` and the
+    student's folder (``output_dir``, or its ``student_a/`` for mutual learning, whose peer is saved in
+    ``student_b/``)."""
     mode_args = mode_args or ModeArguments()
     if kd:
         args = derived_args(training_args, output_dir)
