@@ -30,10 +30,11 @@ logger = logging.getLogger(__name__)
 def piece_ids(new_tokenizer: Any, old_tokenizer: Any) -> list[list[int]]:
     """For each id of ``new_tokenizer`` (``len`` of it), the old ids whose rows its new row averages."""
     direct = vocabulary_map(new_tokenizer, old_tokenizer).tolist()
-    byte_level = is_byte_level(new_tokenizer)
+    # is_byte_level reads the tokenizer's whole serialised form: once per tokenizer, never per token.
+    byte_level, old_byte_level = is_byte_level(new_tokenizer), is_byte_level(old_tokenizer)
     old_bytes = {}
     for token, index in old_tokenizer.get_vocab().items():
-        spelled, _ = token_bytes(token, is_byte_level(old_tokenizer))
+        spelled, _ = token_bytes(token, old_byte_level)
         if len(spelled) == 1 and spelled not in old_bytes:
             old_bytes[spelled] = index
     tokens = new_tokenizer.convert_ids_to_tokens(list(range(len(new_tokenizer))))

@@ -74,3 +74,17 @@ def test_gpt2_student_for_with_its_own_tokenizer(tokenizers):
     assert student.config.n_embd == 32  # sizes from the teacher
     assert student.config.eos_token_id == new_tokenizer.eos_token_id
     assert "tiny-spm" in student.config.distillation["shared"]
+
+
+def test_each_tokenizer_is_read_once_not_once_per_token(tokenizers, monkeypatch):
+    """``is_byte_level`` parses a tokenizer's whole serialised form; called per teacher token, moving a
+    SmolLM2 cut to GPT-2's vocabulary (49,152 teacher tokens) took longer than ten minutes."""
+    from hf_distill import vocab_transfer
+
+    calls = []
+    real = vocab_transfer.is_byte_level
+    monkeypatch.setattr(vocab_transfer, "is_byte_level", lambda t: calls.append(t) or real(t))
+    teacher_tokenizer, new_tokenizer = tokenizers
+    pieces = vocab_transfer.piece_ids(new_tokenizer, teacher_tokenizer)
+    assert len(pieces) == len(new_tokenizer) and len(teacher_tokenizer) > 2
+    assert len(calls) == 2 and {id(t) for t in calls} == {id(teacher_tokenizer), id(new_tokenizer)}
