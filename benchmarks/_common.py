@@ -150,6 +150,13 @@ def report(name: str, rows: list[dict], meta: dict, extra: dict | None = None) -
         **(extra or {}),
         "machine": machine(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+    write_result(result)
     return result
+
+
+def write_result(result: dict) -> Path:
+    """Writes ``result`` to ``results/<result["benchmark"]>.json`` and returns the path."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{result['benchmark']}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

@@ -27,7 +27,7 @@ from scipy import stats
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine  # noqa: E402
+from _common import machine, write_result  # noqa: E402
 
 from hf_distill import DistillationTrainingArguments  # noqa: E402
 from hf_distill.offline import resolve_model_path  # noqa: E402
@@ -136,8 +136,7 @@ def main() -> None:
         "machine": machine(),
     }
     print(json.dumps(summary, indent=2))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{result['benchmark']}.json").write_text(json.dumps(result, indent=2))
+    write_result(result)
 
 
 if __name__ == "__main__":

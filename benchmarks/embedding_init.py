@@ -28,7 +28,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine  # noqa: E402
+from _common import machine, write_result  # noqa: E402
 from cross_tokenizer_codegen import interval  # noqa: E402
 
 from hf_distill import DistillationTrainingArguments, student_from_teacher  # noqa: E402
@@ -123,8 +123,7 @@ def main() -> None:
         "machine": machine(),
     }
     print(json.dumps(summary, indent=2))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{result['benchmark']}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result)
 
 
 if __name__ == "__main__":
