@@ -126,8 +126,9 @@ def speedup_stats(teacher_ms: list[float], student_ms: list[float], *, busy: boo
 
     ``median``, ``q25`` and ``q75`` are the quartiles of the round-level ratios ``teacher[r] / student[r]``
     (the two models timed in the same round share its machine state), so the speed-up always sits inside the
-    range printed beside it; the ratio of the two models' own medians can fall outside it. ``reliable`` is False, with the reason in ``why``, when there was
-    one round, when ``q75 - q25 > |median - 1|`` (the spread is wider than the effect), or when ``busy``.
+    range printed beside it; the ratio of the two models' own medians can fall outside it. ``reliable`` is
+    False, with the reason in ``why``, when there was one round, when ``q75 - q25 > |median - 1|`` (the spread
+    is wider than the effect), or when ``busy``.
     """
     if len(teacher_ms) != len(student_ms) or not teacher_ms:
         raise ValueError(

@@ -62,7 +62,7 @@ from .teacher import check_teacher_sources, load_extra_teachers, ready_teacher
 from .teacher_check import check_teacher_worth, warn_teacher_check
 from .teacher_reuse import with_teacher_outputs
 from .tensorboard_log import log_scorecard
-from .training import derived_args, train_student
+from .training import derived_args, student_learning_rate, train_student
 
 
 def run_recipe(
@@ -246,10 +246,8 @@ def _train_students(
                     "kind": "distilled" if kd else "no_kd_baseline",
                     "init": init,
                     "output_dir": str(folder),
-                    "learning_rate": float(
-                        training_args.learning_rate
-                        if kd or student_args.baseline_learning_rate is None
-                        else student_args.baseline_learning_rate
+                    "learning_rate": student_learning_rate(
+                        training_args, kd, student_args.baseline_learning_rate
                     ),
                 }
             )

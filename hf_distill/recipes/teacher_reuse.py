@@ -60,7 +60,6 @@ def with_teacher_outputs(
         rows,
         task=task.task,
         batch_size=args.per_device_eval_batch_size,
-        device=next(teacher.parameters()).device,
     )
     notice(
         f"teacher_outputs_once: the teacher ran once over the distilled student's {len(rows)} training rows; "

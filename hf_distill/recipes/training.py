@@ -118,6 +118,12 @@ def baseline_changes(task: TaskData, args: TrainingArguments, baseline_steps: st
     return {"max_steps": distilled} if distilled != labeled else {}
 
 
+def student_learning_rate(args: TrainingArguments, kd: bool, baseline_learning_rate: float | None) -> float:
+    """The learning rate a student trains at: ``args.learning_rate``, or for the no-KD baseline
+    ``baseline_learning_rate`` when given."""
+    return float(args.learning_rate if kd or baseline_learning_rate is None else baseline_learning_rate)
+
+
 def train_student(
     student: PreTrainedModel,
     teacher: PreTrainedModel | None,
@@ -146,8 +152,7 @@ def train_student(
         args = derived_args(training_args, output_dir)
     else:
         changes = baseline_changes(task, training_args, baseline_steps)
-        if baseline_learning_rate is not None:
-            changes["learning_rate"] = baseline_learning_rate
+        changes["learning_rate"] = student_learning_rate(training_args, False, baseline_learning_rate)
         args = plain_trainer_args(training_args, output_dir, **changes)
     set_seed(training_args.seed)
     common = dict(eval_dataset=task.validation, processing_class=task.tokenizer)
