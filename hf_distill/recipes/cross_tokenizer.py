@@ -27,8 +27,12 @@ from ..metrics import corpus_bits_per_byte, corpus_perplexity
 from ..student import gpt2_student_for
 from ..teacher_cache import cache_teacher_outputs
 from ..token_alignment import OFFSETS_COLUMN, TEXT_COLUMN
+from ..topk_codec import TopkCodec
 from ..trainer import DistillationTrainer
 from .training import derived_args, plain_trainer_args
+
+# The cache the recipe keeps in memory: top-k values in 6-bit codes (a batch's loss within about 2e-4 of float32).
+COMPACT = TopkCodec()
 
 
 def text_blocks(texts: Sequence[str], tokenizer: Any, block_size: int, keep_tail: bool = False) -> Dataset:
@@ -147,9 +151,15 @@ def train_cross_tokenizer_student(
 
 
 def cache_for_students(
-    teacher: PreTrainedModel, teacher_tokenizer: Any, texts: Sequence[str], top_k: int, temperature: float
+    teacher: PreTrainedModel,
+    teacher_tokenizer: Any,
+    texts: Sequence[str],
+    top_k: int,
+    temperature: float,
+    codec: TopkCodec | None = COMPACT,
 ) -> Dataset:
-    """The teacher's cross-tokenizer cache of ``texts`` (run once; any student tokenizer trains from it)."""
+    """The teacher's cross-tokenizer cache of ``texts`` (run once; any student tokenizer trains from it), its
+    top-k kept compactly by ``codec`` (the 6-bit default, about a quarter of float32's bytes; None: float32)."""
     return cache_teacher_outputs(
         teacher,
         Dataset.from_dict({TEXT_COLUMN: list(texts)}),
@@ -157,6 +167,7 @@ def cache_for_students(
         top_k=top_k,
         temperature=temperature,
         batch_size=8,
+        codec=codec,
     )
 
 
