@@ -135,10 +135,12 @@ def train(task: str, argv: Sequence[str]) -> dict | None:
     with training_args.main_process_first(desc="tokenizing"):
         task_data = _preparer(task)(data_args, tokenizer)
     report = run_recipe(task_data, teacher_args, student_args, report_args, training_args, mode_args)
-    if report is not None and task == "codegen" and report_args.generation_prompts:
-        from .recipes.generation_eval import write_generation_eval
+    if task == "codegen":
+        from .recipes.codegen_extras import finish_codegen_report
 
-        report = write_generation_eval(report, teacher_args, data_args, report_args, training_args)
+        report = finish_codegen_report(
+            report, teacher_args, student_args, data_args, report_args, training_args
+        )
     return report
 
 

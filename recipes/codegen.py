@@ -16,12 +16,8 @@ Writes ``<output_dir>/report.json`` and prints the comparison table.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hf_distill.recipes.arguments import parse_recipe_args
-from hf_distill.recipes.cross_tokenizer import add_cross_tokenizer_students, bits_per_byte_table
-from hf_distill.recipes.generation_eval import write_generation_eval
-from hf_distill.recipes.report_json import write_report
+from hf_distill.recipes.codegen_extras import finish_codegen_report
 from hf_distill.recipes.run import end_process_group, run_recipe
 from hf_distill.recipes.tasks import prepare_code
 from hf_distill.recipes.teacher import teacher_tokenizer
@@ -35,12 +31,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     with training_args.main_process_first(desc="tokenizing"):
         task = prepare_code(data_args, tokenizer)
     report = run_recipe(task, teacher_args, student_args, report_args, training_args, mode_args)
-    if report is not None and student_args.student_tokenizer:
-        report = add_cross_tokenizer_students(report, teacher_args, student_args, data_args, training_args)
-        write_report(report, Path(training_args.output_dir))
-        print(f"\n{bits_per_byte_table(report)}\n", flush=True)
-    if report is not None and report_args.generation_prompts:
-        report = write_generation_eval(report, teacher_args, data_args, report_args, training_args)
+    report = finish_codegen_report(report, teacher_args, student_args, data_args, report_args, training_args)
     end_process_group()
     return report
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import default_data_collator
 from xtok_helpers import TEXTS, byte_level_tokenizer, metaspace_tokenizer, tiny_gpt2
 
-from hf_distill import DistillationTrainer, DistillationTrainingArguments
+from hf_distill import DistillationTrainer, DistillationTrainingArguments, cli
 from hf_distill.compact_cache import CROSS_TOKENIZER
 from hf_distill.recipes.arguments import StudentArguments
 from hf_distill.recipes.cross_tokenizer import (
@@ -21,6 +24,8 @@ from hf_distill.recipes.cross_tokenizer import (
 )
 from hf_distill.token_alignment import OFFSETS_COLUMN, TEXT_COLUMN
 from hf_distill.topk_codec import TopkCodec
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 class Uniform(torch.nn.Module):
@@ -129,3 +134,36 @@ def test_the_recipe_cache_is_compact_and_trains_like_the_float32_one(tmp_path):
     error, finer = (abs(losses[n] - losses["float32"]) for n in ("compact", "8-bit"))
     assert 0 < error < 5e-3 * losses["float32"]
     assert finer < error
+
+
+@pytest.mark.parametrize("entry", ["cli", "script"])
+def test_student_tokenizer_in_the_codegen_run_of_the_cli_and_the_script(tmp_path, entry):
+    # `hf-distill train codegen` and `recipes/codegen.py` take --student_tokenizer alike: the report gets the
+    # GPT-2-tokenizer students (distilled and not) and bits per byte of every model, teacher included.
+    teacher_tokenizer, tokenizer = byte_level_tokenizer(), metaspace_tokenizer()
+    tiny_gpt2(len(teacher_tokenizer), seed=1).save_pretrained(tmp_path / "teacher")
+    teacher_tokenizer.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "student")
+    flags = {
+        "teacher_model_name_or_path": tmp_path / "teacher", "student_tokenizer": tmp_path / "student",
+        "student_init": "gpt2", "student_num_layers": 1,
+        "student_config_overrides": '{"n_embd": 16, "n_head": 2, "n_positions": 64}',
+        "output_dir": tmp_path / "run", "max_files": 6, "max_train_samples": 4, "max_test_samples": 2,
+        "max_length": 16, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 4, "max_steps": 1,
+        "report_to": "none", "save_strategy": "no", "use_cpu": "true", "latency_rounds": 1,
+        "generation_prompts": 0, "split_seed": 1,
+    }  # fmt: skip
+    argv = [part for key, value in flags.items() for part in (f"--{key}", str(value))]
+    if entry == "cli":
+        report = cli.train("codegen", argv)
+    else:
+        spec = importlib.util.spec_from_file_location("codegen_script", RECIPES / "codegen.py")
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+        report = script.main(argv)
+    models = report["cross_tokenizer"]["models"]
+    names = [m["name"] for m in models]
+    assert names[:2] == ["gpt2-tokenizer-1L-aligned", "gpt2-tokenizer-1L-no_kd"] and "teacher" in names
+    assert all(math.isfinite(m["bits_per_byte"]) and m["bits_per_byte"] > 0 for m in models)
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert [m["name"] for m in saved["cross_tokenizer"]["models"]] == names
