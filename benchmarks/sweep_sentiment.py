@@ -11,7 +11,8 @@ The recipe's own pieces do the work (``prepare_sentiment``, ``ready_teacher``, `
 reused by later runs), each seed trains the distilled student (labeled + transfer rows) and the no-KD baseline
 (labeled rows only, as many optimizer steps: ``baseline_steps: match``) from the same initial student.
 
-``sweep`` scores every point of ``KD_GRID`` (temperature, alpha, learning rate, epochs) and the baseline at every
+``sweep`` scores every point of ``KD_GRID`` (temperature, alpha, learning rate, epochs, and the weights of
+hidden-state and attention matching, off by default) and the baseline at every
 learning rate of ``BASELINE_LRS`` with the same epochs (so the same steps as the KD run of those epochs) on the
 validation split (``--max_eval_samples`` rows), and names the best of each by mean accuracy. The test split is
 never read. ``test`` takes the config's values (or ``--set temperature=2 ...``) and the baseline's learning rate
@@ -54,6 +55,9 @@ KD_GRID = {
     "alpha": [0.5, 0.9],
     "learning_rate": [1e-4, 2e-4],
     "num_train_epochs": [1],
+    # Intermediate-layer terms (TinyBERT-style) for the layer-cut student: off unless the grid names them.
+    "hidden_state_weight": [0.0],
+    "attention_weight": [0.0],
 }
 BASELINE_LRS = [5e-5, 1e-4, 2e-4]
 QUICK = ["--max_train_samples", "48", "--transfer_samples", "48", "--max_eval_samples", "32",
