@@ -31,7 +31,8 @@ from ..topk_codec import TopkCodec
 from ..trainer import DistillationTrainer
 from .training import derived_args, plain_trainer_args
 
-# The cache the recipe keeps in memory: top-k values in 6-bit codes (a batch's loss within about 2e-4 of float32).
+# The cache the recipe keeps in memory: top-k values in 6-bit codes (on SmolLM2's code batches a batch's
+# aligned / uld loss within 4e-4 of the float32 cache's).
 COMPACT = TopkCodec()
 
 
