@@ -116,8 +116,9 @@ def refuse_train_only(task: str, command: str) -> None:
         )
 
 
-def train(task: str, argv: Sequence[str]) -> dict | None:
-    """Runs the recipe of ``task`` with the recipe's flags ``argv`` (``--config`` included)."""
+def train(task: str, argv: Sequence[str], prog: str | None = None) -> dict | None:
+    """Runs the recipe of ``task`` with the recipe's flags ``argv`` (``--config`` included); the scripts under
+    ``recipes/`` run it too, so both entries do the same (``prog`` names the script in ``--help``)."""
     from .recipes.arguments import parse_recipe_args
     from .recipes.run import run_recipe
     from .recipes.teacher import teacher_tokenizer
@@ -125,7 +126,7 @@ def train(task: str, argv: Sequence[str]) -> dict | None:
     teacher_args, student_args, data_args, report_args, mode_args, training_args = parse_recipe_args(
         argv,
         task=TASK_KINDS[task],
-        prog=f"hf-distill train {task}",
+        prog=prog or f"hf-distill train {task}",
         description=f"Distil a {task} student ({TASK_KINDS[task]}): fine-tune the teacher if needed, distil "
         "each student, train the no-KD baseline, score them all on the test split and write report.json. "
         "A distillation mode's own flags are listed with --distillation_mode MODE --help.",

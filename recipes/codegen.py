@@ -16,22 +16,13 @@ Writes ``<output_dir>/report.json`` and prints the comparison table.
 
 from __future__ import annotations
 
-from hf_distill.recipes.arguments import parse_recipe_args
-from hf_distill.recipes.codegen_extras import finish_codegen_report
-from hf_distill.recipes.run import end_process_group, run_recipe
-from hf_distill.recipes.tasks import prepare_code
-from hf_distill.recipes.teacher import teacher_tokenizer
+from hf_distill.cli import train
+from hf_distill.recipes.run import end_process_group
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    teacher_args, student_args, data_args, report_args, mode_args, training_args = parse_recipe_args(
-        argv, task="causal_lm"
-    )
-    tokenizer = teacher_tokenizer(teacher_args)
-    with training_args.main_process_first(desc="tokenizing"):
-        task = prepare_code(data_args, tokenizer)
-    report = run_recipe(task, teacher_args, student_args, report_args, training_args, mode_args)
-    report = finish_codegen_report(report, teacher_args, student_args, data_args, report_args, training_args)
+    # The same run as `hf-distill train codegen` (hf_distill.cli.train), then the process group ends.
+    report = train("codegen", argv, prog="recipes/codegen.py")
     end_process_group()
     return report
 

@@ -12,21 +12,13 @@ Writes ``<output_dir>/report.json`` and prints the comparison table.
 
 from __future__ import annotations
 
-from hf_distill.recipes.arguments import parse_recipe_args
-from hf_distill.recipes.run import end_process_group, run_recipe
-from hf_distill.recipes.tasks import prepare_ner
-from hf_distill.recipes.teacher import teacher_tokenizer
+from hf_distill.cli import train
+from hf_distill.recipes.run import end_process_group
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    teacher_args, student_args, data_args, report_args, mode_args, training_args = parse_recipe_args(
-        argv, task="token_classification"
-    )
-    # Byte-level BPE tokenizers (RoBERTa, GPT-2) need a prefix space to encode pre-split words as in text.
-    tokenizer = teacher_tokenizer(teacher_args, add_prefix_space=True)
-    with training_args.main_process_first(desc="tokenizing"):
-        task = prepare_ner(data_args, tokenizer)
-    report = run_recipe(task, teacher_args, student_args, report_args, training_args, mode_args)
+    # The same run as `hf-distill train ner` (hf_distill.cli.train), then the process group ends.
+    report = train("ner", argv, prog="recipes/ner.py")
     end_process_group()
     return report
 

@@ -12,21 +12,13 @@ prints the table: accuracy, parameters, size on disk, latency at batch 1 and 32,
 
 from __future__ import annotations
 
-from hf_distill.recipes.arguments import parse_recipe_args
-from hf_distill.recipes.run import end_process_group, run_recipe
-from hf_distill.recipes.tasks import prepare_sentiment
-from hf_distill.recipes.teacher import teacher_tokenizer
+from hf_distill.cli import train
+from hf_distill.recipes.run import end_process_group
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    teacher_args, student_args, data_args, report_args, mode_args, training_args = parse_recipe_args(
-        argv, task="sequence_classification"
-    )
-    tokenizer = teacher_tokenizer(teacher_args)
-    # One process tokenizes first and fills the datasets cache; the others then read it.
-    with training_args.main_process_first(desc="tokenizing"):
-        task = prepare_sentiment(data_args, tokenizer)
-    report = run_recipe(task, teacher_args, student_args, report_args, training_args, mode_args)
+    # The same run as `hf-distill train sentiment` (hf_distill.cli.train), then the process group ends.
+    report = train("sentiment", argv, prog="recipes/sentiment.py")
     end_process_group()
     return report
 

@@ -14,18 +14,13 @@ classifier on the Hub or on disk (``AutoModelForImageClassification``) instead o
 
 from __future__ import annotations
 
-from hf_distill.recipes.arguments import parse_recipe_args
-from hf_distill.recipes.run import end_process_group, run_recipe
-from hf_distill.recipes.tasks import prepare_vision
+from hf_distill.cli import train
+from hf_distill.recipes.run import end_process_group
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    teacher_args, student_args, data_args, report_args, mode_args, training_args = parse_recipe_args(
-        argv, task="image_classification"
-    )
-    with training_args.main_process_first(desc="loading images"):
-        task = prepare_vision(data_args)
-    report = run_recipe(task, teacher_args, student_args, report_args, training_args, mode_args)
+    # The same run as `hf-distill train vision` (hf_distill.cli.train), then the process group ends.
+    report = train("vision", argv, prog="recipes/vision.py")
     end_process_group()
     return report
 

@@ -1,5 +1,5 @@
-"""What the codegen recipe adds to a run's report, the same for ``recipes/codegen.py`` and ``hf-distill train
-codegen``: students with their own tokenizer (``--student_tokenizer``, :mod:`.cross_tokenizer`) with held-out
+"""What the codegen recipe adds to a run's report (``hf-distill train codegen``, which ``recipes/codegen.py``
+runs): students with their own tokenizer (``--student_tokenizer``, :mod:`.cross_tokenizer`) with held-out
 bits per byte of every model, then greedy completions of held-out functions (``--generation_prompts``,
 :mod:`.generation_eval`)."""
 
