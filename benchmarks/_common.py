@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 # The machine's busy time and the quiet threshold are the package's, shared with the recipes' latency.
-from hf_distill.timing import QUIET_CORES, busy_cpu_seconds
+from hf_distill.reports.timing import QUIET_CORES, busy_cpu_seconds
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -41,14 +41,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, measure_in_fresh_process, peak_rss_delta, report, summarize, time_variants  # noqa: E402
 
-from hf_distill.cache_shards import ShardWriter, to_arrow  # noqa: E402
-from hf_distill.cache_writer import write_teacher_cache  # noqa: E402
-from hf_distill.compact_cache import SAME_TOKENIZER, decode_rows, encode_rows  # noqa: E402
-from hf_distill.offline import resolve_model_path  # noqa: E402
+from hf_distill.cache.build import TAIL_LOGIT, TEMPERATURE, TOPK_INDICES, TOPK_LOGITS  # noqa: E402
+from hf_distill.cache.codec import TopkCodec  # noqa: E402
+from hf_distill.cache.compact import SAME_TOKENIZER, decode_rows, encode_rows  # noqa: E402
+from hf_distill.cache.shards import ShardWriter, to_arrow  # noqa: E402
+from hf_distill.cache.writer import write_teacher_cache  # noqa: E402
+from hf_distill.losses.topk import per_position_topk, topk_teacher  # noqa: E402
 from hf_distill.recipes.data_code import load_code_corpus  # noqa: E402
-from hf_distill.teacher_cache import TAIL_LOGIT, TEMPERATURE, TOPK_INDICES, TOPK_LOGITS  # noqa: E402
-from hf_distill.topk_codec import TopkCodec  # noqa: E402
-from hf_distill.topk_losses import per_position_topk, topk_teacher  # noqa: E402
+from hf_distill.recipes.offline import resolve_model_path  # noqa: E402
 
 K, LENGTH, TEMPERATURE_T, BATCH = 128, 256, 1.0, 4
 CODECS = {

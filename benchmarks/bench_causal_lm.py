@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import measure_in_fresh_process, peak_rss_delta, report, summarize, time_variants  # noqa: E402
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
-from hf_distill.chunked import DEFAULT_CHUNK_SIZE, fused_linear_distillation_loss  # noqa: E402
-from hf_distill.losses import distillation_loss, task_cross_entropy  # noqa: E402
+from hf_distill.losses.divergences import distillation_loss, task_cross_entropy  # noqa: E402
+from hf_distill.losses.fused.chunked import DEFAULT_CHUNK_SIZE, fused_linear_distillation_loss  # noqa: E402
 
 VOCAB = 50257
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report, summarize, time_variants  # noqa: E402
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
-from hf_distill.teacher_cache import INPUT_HASH, TEACHER_LOGITS, batch_input_hashes  # noqa: E402
+from hf_distill.cache.build import INPUT_HASH, TEACHER_LOGITS, batch_input_hashes  # noqa: E402
 
 
 def shapes(quick: bool) -> dict:

@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report, summarize, time_variants  # noqa: E402
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
-from hf_distill.offline import resolve_model_path  # noqa: E402
+from hf_distill.cache.build import XTOK_COLUMNS, XTOK_ENDS, cache_teacher_outputs  # noqa: E402
 from hf_distill.recipes.cross_tokenizer import join_cache, text_blocks  # noqa: E402
 from hf_distill.recipes.data_code import load_code_corpus  # noqa: E402
-from hf_distill.teacher_cache import XTOK_COLUMNS, XTOK_ENDS, cache_teacher_outputs  # noqa: E402
+from hf_distill.recipes.offline import resolve_model_path  # noqa: E402
 from hf_distill.token_alignment import OFFSETS_COLUMN, TEXT_COLUMN  # noqa: E402
 
 TOP_K = 32

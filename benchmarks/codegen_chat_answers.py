@@ -44,8 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write_result  # noqa: E402
 
 from hf_distill import student_from_teacher  # noqa: E402
-from hf_distill.losses import IGNORE_INDEX  # noqa: E402
-from hf_distill.offline import resolve_model_path  # noqa: E402
+from hf_distill.losses.divergences import IGNORE_INDEX  # noqa: E402
 from hf_distill.recipes.code_generation import (  # noqa: E402
     generation_metrics,
     greedy_completions,
@@ -54,6 +53,7 @@ from hf_distill.recipes.code_generation import (  # noqa: E402
 )
 from hf_distill.recipes.code_prompts import function_prompts, held_out_prompts  # noqa: E402
 from hf_distill.recipes.data_code import load_code_corpus  # noqa: E402
+from hf_distill.recipes.offline import resolve_model_path  # noqa: E402
 
 FENCE = "```"
 

@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write_result  # noqa: E402
 
 from hf_distill import DistillationTrainingArguments  # noqa: E402
-from hf_distill.offline import resolve_model_path  # noqa: E402
 from hf_distill.recipes.cross_tokenizer import (  # noqa: E402
     bits_per_byte,
     cache_for_students,
@@ -40,6 +39,7 @@ from hf_distill.recipes.cross_tokenizer import (  # noqa: E402
     train_cross_tokenizer_student,
 )
 from hf_distill.recipes.data_code import load_code_corpus  # noqa: E402
+from hf_distill.recipes.offline import resolve_model_path  # noqa: E402
 from hf_distill.token_alignment import TEXT_COLUMN  # noqa: E402
 
 VARIANTS = ("aligned", "uld", None)

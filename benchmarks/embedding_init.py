@@ -4,7 +4,7 @@
 
 ``student_from_teacher(teacher, num_layers=..., tokenizer=gpt2_tokenizer)`` keeps some of SmolLM2-135M's blocks
 and gives each GPT-2 token the teacher's embedding of the same string, or the mean of its pieces' embeddings
-(:func:`hf_distill.vocab_transfer.transfer_vocabulary`; the head is tied to them, as in SmolLM2). The control is
+(:func:`hf_distill.students.vocab_transfer.transfer_vocabulary`; the head is tied to them, as in SmolLM2). The control is
 the same student with those rows drawn afresh from the model's own initialisation (normal, std
 ``initializer_range``): same blocks, same data, same order, same steps. Both are trained on the labels alone
 (plain causal-LM loss, no teacher), so the difference is the initialisation only. Per seed: held-out bits per
@@ -32,9 +32,9 @@ from _common import machine, write_result  # noqa: E402
 from cross_tokenizer_codegen import interval  # noqa: E402
 
 from hf_distill import DistillationTrainingArguments, student_from_teacher  # noqa: E402
-from hf_distill.offline import resolve_model_path  # noqa: E402
 from hf_distill.recipes.cross_tokenizer import bits_per_byte, text_blocks, train_cross_tokenizer_student  # noqa: E402
 from hf_distill.recipes.data_code import load_code_corpus  # noqa: E402
+from hf_distill.recipes.offline import resolve_model_path  # noqa: E402
 
 
 def sizes(quick: bool) -> dict:

@@ -4,7 +4,7 @@
 
 The demo's models (recipes/configs/sentiment.yaml): the MiniLM-L6 teacher with a 2-label head and its 3-layer
 student copied from teacher layers, twice (the distilled student and the no-KD baseline have this one
-architecture). Timed with the recipes' own code (hf_distill.timing.time_models: torch.utils.benchmark
+architecture). Timed with the recipes' own code (hf_distill.reports.timing.time_models: torch.utils.benchmark
 blocked_autorange per model per round, rounds interleaved with the order rotated, one warm-up call each,
 threads pinned) on the demo's latency batches (Rotten Tomatoes test snippets at max_length 64, batch 1 and
 32). The weights do not change the time, so nothing is trained.
@@ -35,8 +35,8 @@ def load_models(device: str):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from hf_distill.offline import resolve_model_path
-    from hf_distill.student import student_from_teacher
+    from hf_distill.recipes.offline import resolve_model_path
+    from hf_distill.students.build import student_from_teacher
 
     path = resolve_model_path("minilm-l6")
     torch.manual_seed(0)
@@ -74,7 +74,7 @@ def main() -> None:
     options = parser.parse_args()
 
     from hf_distill.recipes.latency import LATENCY_BATCH_SIZES, latency_entries
-    from hf_distill.timing import speedup_stats, time_models
+    from hf_distill.reports.timing import speedup_stats, time_models
 
     models, tokenizer = load_models(options.device)
     sizes = (1,) if options.quick else LATENCY_BATCH_SIZES

@@ -20,9 +20,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments
-from hf_distill.preprocessing import tokenize_for_classification
 from hf_distill.recipes.data_sentiment import load_rotten_tomatoes
-from hf_distill.student import student_from_teacher
+from hf_distill.students.build import student_from_teacher
+from hf_distill.training.preprocessing import tokenize_for_classification
 
 
 def accuracy(model, dataset, collator, batch_size=64) -> float:

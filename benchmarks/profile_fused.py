@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine  # noqa: E402
 from bench_causal_lm import VOCAB, gpt2, kd_step_fn, lower_bound_fn, make_batch, shapes  # noqa: E402
 
-from hf_distill.chunked import DEFAULT_CHUNK_SIZE, fused_linear_distillation_loss  # noqa: E402
+from hf_distill.losses.fused.chunked import DEFAULT_CHUNK_SIZE, fused_linear_distillation_loss  # noqa: E402
 
 
 def loss_fns(s: dict, chunk_size: int) -> dict:

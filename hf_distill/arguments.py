@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .chunked import DEFAULT_CHUNK_SIZE
-from .feature_maps import parse_feature_layers
-from .lm_head import KD_LOSS_IMPLEMENTATIONS
-from .losses import PER_POSITION_LOSSES
+from hf_distill.losses.divergences import PER_POSITION_LOSSES
+from hf_distill.losses.fused.chunked import DEFAULT_CHUNK_SIZE
+from hf_distill.losses.fused.lm_head import KD_LOSS_IMPLEMENTATIONS
 
 HIDDEN_STATE_LOSSES = ("mse", "cosine")
 # The weights of the feature terms: they match the teacher's insides position by position.
@@ -61,6 +60,27 @@ def parse_layer_map(spec: str) -> list[tuple[int, int]] | None:
     if len(set(students)) != len(students):
         raise ValueError(
             f"hidden_layer_map {spec!r} names a student layer twice; give each student layer one teacher layer."
+        )
+    return pairs
+
+
+def parse_feature_layers(spec: str) -> list[tuple[str, str]]:
+    """``"student_layer:teacher_layer,..."`` -> ``[(student_layer, teacher_layer), ...]``; ``""`` -> ``[]``."""
+    pairs: list[tuple[str, str]] = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        names = [name.strip() for name in item.split(":")]
+        if len(names) != 2 or not all(names):
+            raise ValueError(
+                f"feature_layers entry {item!r} is not of the form 'student_layer:teacher_layer'; write module "
+                "names as model.named_modules() prints them, e.g. 'features.3:resnet.encoder.stages.1'."
+            )
+        pairs.append((names[0], names[1]))
+    students = [s for s, _ in pairs]
+    if len(set(students)) != len(students):
+        raise ValueError(
+            f"feature_layers {spec!r} names a student layer twice; give each student layer one teacher layer."
         )
     return pairs
 
@@ -185,7 +205,7 @@ class DistillationTrainingArguments(TrainingArguments):
             "help": "Distil from a teacher with another tokenizer (processing_class = the student's, "
             "teacher_processing_class = the teacher's): 'aligned' compares the tokens both vocabularies share "
             "where the two prefixes end at the same character and uses ULD for the rest; 'uld' compares sorted "
-            "probabilities everywhere. None: both must share one vocabulary (see hf_distill.cross_tokenizer)."
+            "probabilities everywhere. None: both must share one vocabulary (see hf_distill.teachers.cross_tokenizer)."
         },
     )
 
@@ -324,7 +344,7 @@ class DistillationTrainingArguments(TrainingArguments):
 
     @property
     def kd_loss_kwargs(self) -> dict:
-        """The keyword arguments of :func:`hf_distill.losses.distillation_loss` that these arguments choose."""
+        """The keyword arguments of :func:`hf_distill.losses.divergences.distillation_loss` that these arguments choose."""
         return {
             "loss": self.distillation_loss,
             "temperature": self.temperature,

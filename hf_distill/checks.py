@@ -7,20 +7,16 @@ wrong, why it matters, and how to fix it.
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import torch
-from huggingface_hub.errors import EntryNotFoundError, HFValidationError
-from huggingface_hub.utils import validate_repo_id
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
-from .arguments import DistillationTrainingArguments
-from .feature_maps import find_layer
-from .model_kind import (
+from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.model_kind import (
     AUTO_CLASSES,
     CAUSAL_LM,
     GENERIC,
@@ -29,7 +25,8 @@ from .model_kind import (
     detect_task,
     output_vocab_size,
 )
-from .token_alignment import require_offsets
+from hf_distill.terms.feature_maps import find_layer
+from hf_distill.token_alignment import require_offsets
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train_dataset", "eval_dataset")
@@ -44,7 +41,9 @@ def check_trainer_inputs(args: Any, model: nn.Module | None, datasets: dict[str,
             "the arguments with hf_distill.DistillationTrainingArguments(...) so the distillation knobs exist."
         )
     if model is None:
-        raise ValueError("DistillationTrainer needs a student `model`; build one with hf_distill.student.")
+        raise ValueError(
+            "DistillationTrainer needs a student `model`; build one with hf_distill.students.build."
+        )
     for split in SPLITS:
         dataset = datasets.get(split)
         if dataset is not None and hasattr(dataset, "__len__") and len(dataset) == 0:
@@ -103,12 +102,12 @@ def check_train_labels(args: DistillationTrainingArguments, dataset: Any, custom
 
 def check_cache_replaces_teacher(cached: Sequence[str | None], has_eval_dataset: bool) -> None:
     """Without ``teacher_model``, the datasets' cached teacher outputs must stand in for every teacher call.
-    ``cached``: the cache kind of the train and eval datasets (:func:`hf_distill.teacher_cache.cached_teacher_kind`)."""
+    ``cached``: the cache kind of the train and eval datasets (:func:`hf_distill.cache.build.cached_teacher_kind`)."""
     if not cached[0]:
         raise ValueError(
             "DistillationTrainer needs a `teacher_model` (a model, or a path / Hub id of a fine-tuned one), or "
             "a train_dataset that carries the teacher's outputs (hf-distill cache-teacher / "
-            "hf_distill.teacher_cache.cache_teacher_outputs)."
+            "hf_distill.cache.build.cache_teacher_outputs)."
         )
     if has_eval_dataset and not cached[1]:
         raise ValueError(
@@ -165,7 +164,7 @@ def check_tokenizers(tokenizer: Any, teacher_tokenizer: Any, cross_tokenizer_los
             raise ValueError(
                 "The teacher's tokenizer and the student's tokenizer have different vocabularies, so the "
                 "same token id means different text to each and their distributions cannot be compared. "
-                "Give the student the teacher's tokenizer (e.g. build it with hf_distill.student), or set "
+                "Give the student the teacher's tokenizer (e.g. build it with hf_distill.students.build), or set "
                 "cross_tokenizer_loss='aligned' (or 'uld') to distil across tokenizers."
             )
 
@@ -415,63 +414,27 @@ def check_has_head(model: nn.Module, who: str, other: str, task: str) -> None:
     )
 
 
-# ---- teacher sources: a local folder or a Hub id, checked before any Hub call ---------------------------------
-
-
-def check_model_source(name_or_path: str, role: str = "teacher_model") -> str:
-    """What to hand ``from_pretrained``: an existing local folder (``~`` expanded), or a valid Hub repo id
-    (``name`` or ``org/name``, per ``huggingface_hub.utils.validate_repo_id``) that is not a local folder.
-
-    Anything else (``/no/such``, ``./x``, ``../x``, ``a/b/c``, a file) is refused here, with the absolute
-    path it was looked for at, before any Hub call. ``role`` names the argument in the message.
-    """
-    if not isinstance(name_or_path, str) or not name_or_path.strip():
+def check_cross_tokenizer_setup(
+    args: DistillationTrainingArguments,
+    task: str,
+    tokenizer: Any,
+    teacher_tokenizer: Any,
+    cached: list[str | None],
+) -> None:
+    """Before any work: the tokenizers (both given, both fast), a causal LM, and a cross-tokenizer cache
+    only with a cross-tokenizer loss."""
+    if not args.cross_tokenizer_loss:
+        if "cross_tokenizer" in cached:
+            raise ValueError(
+                "The dataset carries a cross-tokenizer teacher cache (xtok_teacher_* columns), which holds the "
+                "teacher's outputs on its own tokenization, but cross_tokenizer_loss is not set; set "
+                "cross_tokenizer_loss='aligned' (or 'uld') and pass teacher_processing_class."
+            )
+        return
+    check_tokenizers(tokenizer, teacher_tokenizer, args.cross_tokenizer_loss)
+    if task != CAUSAL_LM:
         raise ValueError(
-            f"{role} is {name_or_path!r}; give a local model folder or a Hub repo id ('org/name')."
+            f"cross_tokenizer_loss={args.cross_tokenizer_loss!r} is for causal LMs (next-token distributions "
+            f"over two vocabularies), but the student is a {task} model; classifiers share their label set "
+            "whatever the tokenizers, so leave cross_tokenizer_loss unset."
         )
-    path = os.path.expanduser(name_or_path)
-    if os.path.isdir(path):
-        return path
-    absolute = os.path.abspath(path)
-    if os.path.exists(path):
-        raise NotADirectoryError(
-            f"{role} {name_or_path!r} is a file ({absolute}), not a model folder: from_pretrained loads the "
-            "folder that holds config.json and the weights; pass that folder."
-        )
-    try:
-        validate_repo_id(name_or_path)
-    except HFValidationError:
-        relative = "" if os.path.isabs(path) else f" (a relative path is resolved from {os.getcwd()})"
-        raise FileNotFoundError(
-            f"{role} {name_or_path!r} does not exist: there is no folder at {absolute}{relative}, and it is not "
-            "a Hub repo id ('name' or 'org/name') either. Check the path, or pass the folder a fine-tuned "
-            "teacher was saved to."
-        ) from None
-    return name_or_path
-
-
-# What from_pretrained raises when the Hub cannot provide a model: no connection, offline mode, no such repo or
-# file, no access (all OSError subclasses in huggingface_hub and transformers, which also wraps them in OSError).
-HUB_ERRORS = (OSError, EntryNotFoundError)
-
-
-def load_pretrained(
-    load: Callable[..., T], name_or_path: str, *, role: str = "teacher_model", **kwargs: Any
-) -> T:
-    """``load(source, **kwargs)`` for a ``from_pretrained`` loader, ``source`` checked by
-    :func:`check_model_source` first. When ``source`` is not a local folder and the Hub cannot provide it, the
-    error says it is neither, chained to the Hub's own error."""
-    source = check_model_source(name_or_path, role)
-    try:
-        return load(source, **kwargs)
-    except HUB_ERRORS as error:
-        if os.path.isdir(source):
-            raise
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise OSError(
-            f"{role} {name_or_path!r} is neither a local folder (there is none at {os.path.abspath(source)}) nor "
-            f"a model the Hugging Face Hub could provide ({type(error).__name__}: {reason}). For a local folder, "
-            "check the path; for a Hub repo id, check its spelling and the connection (with HF_HUB_OFFLINE=1 only "
-            "models already in the cache load), and log in (`hf auth login` or HF_TOKEN) for a private or gated "
-            "repo."
-        ) from error

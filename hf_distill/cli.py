@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from .report_format import verdict_lines
+from hf_distill.reports.format import verdict_lines
 
 # Each recipe's task, as the trainer names it.
 TASK_KINDS = {
@@ -98,7 +98,7 @@ DEMO_CONFIG: dict[str, Any] = {
 
 
 def _preparer(task: str) -> Callable:
-    from .recipes import tasks
+    from hf_distill.recipes import tasks
 
     return {
         "sentiment": tasks.prepare_sentiment,
@@ -119,9 +119,9 @@ def refuse_train_only(task: str, command: str) -> None:
 def train(task: str, argv: Sequence[str], prog: str | None = None) -> dict | None:
     """Runs the recipe of ``task`` with the recipe's flags ``argv`` (``--config`` included); the scripts under
     ``recipes/`` run it too, so both entries do the same (``prog`` names the script in ``--help``)."""
-    from .recipes.arguments import parse_recipe_args
-    from .recipes.run import run_recipe
-    from .recipes.teacher import teacher_tokenizer
+    from hf_distill.recipes.arguments import parse_recipe_args
+    from hf_distill.recipes.run import run_recipe
+    from hf_distill.recipes.teacher import teacher_tokenizer
 
     teacher_args, student_args, data_args, report_args, mode_args, training_args = parse_recipe_args(
         argv,
@@ -137,7 +137,7 @@ def train(task: str, argv: Sequence[str], prog: str | None = None) -> dict | Non
         task_data = _preparer(task)(data_args, tokenizer)
     report = run_recipe(task_data, teacher_args, student_args, report_args, training_args, mode_args)
     if task == "codegen":
-        from .recipes.codegen_extras import finish_codegen_report
+        from hf_distill.recipes.codegen_extras import finish_codegen_report
 
         report = finish_codegen_report(
             report, teacher_args, student_args, data_args, report_args, training_args
@@ -160,15 +160,15 @@ def evaluate(task: str, argv: Sequence[str]) -> dict[str, dict[str, float]]:
     import torch
     from transformers import AutoTokenizer
 
-    from .checks import load_pretrained
-    from .offline import resolve_model_path
-    from .recipes.arguments import DataArguments
-    from .recipes.config import parse_args_with_config
-    from .recipes.latency import LATENCY_BATCH_SIZES, latency_batch, measure_latency
+    from hf_distill.loading import load_pretrained
+    from hf_distill.recipes.arguments import DataArguments
+    from hf_distill.recipes.config import parse_args_with_config
+    from hf_distill.recipes.latency import LATENCY_BATCH_SIZES, latency_batch, measure_latency
+    from hf_distill.recipes.offline import resolve_model_path
 
     if not any(a == "--output_dir" or a.startswith("--output_dir=") for a in argv):
         argv = [*argv, "--output_dir", tempfile.mkdtemp(prefix="hf_distill_eval_")]
-    from .arguments import DistillationTrainingArguments
+    from hf_distill.arguments import DistillationTrainingArguments
 
     eval_args, data_args, training_args = parse_args_with_config(
         (EvalArguments, DataArguments, DistillationTrainingArguments),
@@ -205,9 +205,9 @@ def evaluate(task: str, argv: Sequence[str]) -> dict[str, dict[str, float]]:
 def cache_teacher(task: str, argv: Sequence[str]) -> dict[str, Any]:
     """Runs the (fine-tuned) teacher once over the task's training split and saves it with the outputs
     (:mod:`hf_distill.recipes.caching`: same-tokenizer or, with ``--teacher_tokenizer``, cross-tokenizer)."""
-    from .recipes.arguments import RECIPE_ARGUMENTS
-    from .recipes.caching import CacheArguments, cache_task
-    from .recipes.config import parse_args_with_config
+    from hf_distill.recipes.arguments import RECIPE_ARGUMENTS
+    from hf_distill.recipes.caching import CacheArguments, cache_task
+    from hf_distill.recipes.config import parse_args_with_config
 
     cache_args, teacher_args, student_args, data_args, _, training_args = parse_args_with_config(
         (CacheArguments, *RECIPE_ARGUMENTS),
@@ -314,12 +314,12 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     elif known.command == "demo":
         demo(rest)
     elif known.command == "report":
-        from .report import make_report
+        from hf_distill.reports.report import make_report
 
         for name, path in make_report(known.run_dir, known.output_dir).items():
             print(f"{name}: {path}")
     elif known.command == "push":
-        from .hub import push_student
+        from hf_distill.hub.push import push_student
 
         card = {"license": known.license} if known.license else {}
         print(push_student(known.folder, known.repo_id, private=known.private or None, **card))

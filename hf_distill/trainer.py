@@ -3,11 +3,11 @@
 The trainer orchestrates; the work lives beside it:
 
 - :mod:`hf_distill.checks`: set-up checks of arguments, models, tokenizers and data;
-- :mod:`hf_distill.teacher_signals`: what the teacher says about a batch (live model or cached outputs);
-- :mod:`hf_distill.logit_terms`: the KD and task terms (plain or chunked, chosen once);
-- :mod:`hf_distill.feature_terms`: hidden-state and attention matching;
-- :mod:`hf_distill.normalization` and :mod:`hf_distill.loss_log`: counts, process scaling, logged parts;
-- :mod:`hf_distill.checkpoints`: checkpoints that survive a kill at any moment, and resuming from them.
+- :mod:`hf_distill.teachers.sources`: what the teacher says about a batch (live model or cached outputs);
+- :mod:`hf_distill.terms.logits`: the KD and task terms (plain or chunked, chosen once);
+- :mod:`hf_distill.terms.features`: hidden-state and attention matching;
+- :mod:`hf_distill.terms.normalization` and :mod:`hf_distill.terms.loss_log`: counts, process scaling, logged parts;
+- :mod:`hf_distill.training.checkpoints`: checkpoints that survive a kill at any moment, and resuming from them.
 """
 
 from __future__ import annotations
@@ -21,8 +21,31 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .arguments import DistillationTrainingArguments
-from .checkpoints import (
+from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.batch import DistillationBatch
+from hf_distill.cache.build import CACHE_COLUMNS, TeacherCacheCollator, cached_teacher_kind
+from hf_distill.checks import (
+    SPLITS,
+    check_cache_replaces_teacher,
+    check_compatibility,
+    check_cross_tokenizer_setup,
+    check_feature_terms,
+    check_kd_implementation,
+    check_separate_models,
+    check_trainer_inputs,
+    refuse_features_from_cache,
+)
+from hf_distill.hub.trainer_card import check_no_teacher_files, record_teacher, write_trainer_card
+from hf_distill.loading import load_teacher_model
+from hf_distill.model_kind import CAUSAL_LM, detect_task
+from hf_distill.teachers.cross_tokenizer import cross_tokenizer_signal
+from hf_distill.teachers.sources import CachedTeacher, LiveTeacher, TeacherSignal
+from hf_distill.terms.cross_tokenizer import CrossTokenizerLogitTerms
+from hf_distill.terms.features import build_feature_terms, feature_map_matcher
+from hf_distill.terms.logits import ChunkedLogitTerms, LogitTerms, build_logit_terms, require_labels
+from hf_distill.terms.loss_log import LossPartsLog
+from hf_distill.terms.normalization import Normalization, transfer_positions
+from hf_distill.training.checkpoints import (
     CheckpointExtra,
     CheckpointSave,
     checkpoint_step,
@@ -30,28 +53,8 @@ from .checkpoints import (
     resolve_resume,
     rotate_checkpoints,
 )
-from .checks import (
-    SPLITS,
-    check_cache_replaces_teacher,
-    check_compatibility,
-    check_feature_terms,
-    check_kd_implementation,
-    check_separate_models,
-    check_trainer_inputs,
-    load_pretrained,
-    refuse_features_from_cache,
-)
-from .cross_tokenizer import CrossTokenizerLogitTerms, check_cross_tokenizer_setup, cross_tokenizer_signal
-from .distributed import prepare_teacher
-from .feature_terms import build_feature_terms, feature_map_matcher
-from .logit_terms import ChunkedLogitTerms, LogitTerms, build_logit_terms, require_labels
-from .loss_log import LossPartsLog
-from .model_kind import AUTO_CLASSES, CAUSAL_LM, detect_task
-from .normalization import Normalization, transfer_positions
-from .teacher_cache import CACHE_COLUMNS, TeacherCacheCollator, cached_teacher_kind
-from .teacher_signals import CachedTeacher, DistillationBatch, LiveTeacher, TeacherSignal
-from .trainer_card import check_no_teacher_files, record_teacher, write_trainer_card
-from .tuple_batches import tuple_collator_for
+from hf_distill.training.placement import prepare_teacher
+from hf_distill.training.tuple_batches import tuple_collator_for
 
 logger = logging.getLogger(__name__)
 
@@ -62,18 +65,6 @@ FEATURE_MAP_MODULES_NAME = "feature_map_projections.pt"
 TEACHER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_teacher_model(task: str, name_or_path: str, init_kwargs: dict) -> nn.Module:
-    """A teacher given as a path or Hub id, loaded with the Auto class of the student's task: a missing local
-    path is refused before any Hub call, and a Hub failure says the string is neither (``checks.load_pretrained``)."""
-    auto_class = AUTO_CLASSES.get(task)
-    if auto_class is None:
-        raise ValueError(
-            f"teacher_model is the string {name_or_path!r}, but the student has no Transformers task head "
-            "(causal LM, token or sequence classification) to pick a loader from; pass the teacher as a model."
-        )
-    return load_pretrained(auto_class.from_pretrained, name_or_path, role="teacher_model", **init_kwargs)
-
-
 class DistillationTrainer(Trainer):
     """Trains ``model`` (the student) to match ``teacher_model`` while also fitting the task labels.
 
@@ -81,11 +72,11 @@ class DistillationTrainer(Trainer):
         model: the student, a ``PreTrainedModel`` or any ``nn.Module`` returning logits.
         teacher_model: a model with a task head that shares no parameter with the student, or a local folder /
             Hub id loaded with the Auto class of the student's task; None when the train (and eval) dataset
-            carry the teacher's cached outputs (:mod:`hf_distill.teacher_cache`).
+            carry the teacher's cached outputs (:mod:`hf_distill.cache.build`).
         args: :class:`DistillationTrainingArguments`.
         teacher_processing_class: the teacher's tokenizer, when it may differ from the student's; the two
             must have the same vocabulary unless ``args.cross_tokenizer_loss`` is set
-            (:mod:`hf_distill.cross_tokenizer`).
+            (:mod:`hf_distill.teachers.cross_tokenizer`).
         teacher_model_init_kwargs: keyword arguments for ``from_pretrained`` when ``teacher_model`` is a string.
         **kwargs: everything ``transformers.Trainer`` takes (datasets, collator, processing_class, ...).
 
@@ -173,7 +164,7 @@ class DistillationTrainer(Trainer):
     def prepare_teacher_model(self, teacher: nn.Module) -> nn.Module:
         """Eval mode, no gradients, the configured dtype, and placed for the backend without being wrapped
         for training: replicated under DDP, an inference engine under DeepSpeed (sharded with ZeRO-3), sharded
-        with the run's plugin under FSDP (see :mod:`hf_distill.distributed`)."""
+        with the run's plugin under FSDP (see :mod:`hf_distill.training.placement`)."""
         teacher.eval()
         teacher.requires_grad_(False)
         if self.args.teacher_dtype is not None:
@@ -290,7 +281,7 @@ class DistillationTrainer(Trainer):
     # ---- logging --------------------------------------------------------------------------------------
 
     def record_loss_parts(self, parts: dict[str, torch.Tensor], num_items_in_batch: Any) -> None:
-        """Keeps the named parts of this micro-batch's loss for the next log (see :mod:`hf_distill.loss_log`)."""
+        """Keeps the named parts of this micro-batch's loss for the next log (see :mod:`hf_distill.terms.loss_log`)."""
         steps = getattr(self, "current_gradient_accumulation_steps", 1)
         self.loss_log.record(parts, self.model.training, num_items_in_batch, steps)
 
@@ -302,7 +293,7 @@ class DistillationTrainer(Trainer):
 
     def checkpoint_extras(self) -> list[CheckpointExtra]:
         """What each checkpoint keeps beside Trainer's files; a mode adds its own to ``super()``'s list, and
-        :mod:`hf_distill.checkpoints` writes them atomically, checks them on resume and restores them."""
+        :mod:`hf_distill.training.checkpoints` writes them atomically, checks them on resume and restores them."""
         extras, unwrap = [], self.accelerator.unwrap_model
         kept = (
             (
@@ -377,7 +368,7 @@ class DistillationTrainer(Trainer):
 
     def check_push_folder(self) -> None:
         """Refuses (``ValueError``) an ``output_dir`` holding teacher weights, by name or by the teacher's
-        content (:func:`hf_distill.trainer_card.check_no_teacher_files`); then allows creating the repo."""
+        content (:func:`hf_distill.hub.trainer_card.check_no_teacher_files`); then allows creating the repo."""
         check_no_teacher_files(self.args.output_dir, self.teacher, self.teacher_fingerprint)
         self.hub_repo_allowed = True
 

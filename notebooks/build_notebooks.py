@@ -31,7 +31,7 @@ print("small settings" if SMALL else "full settings", "->", RUN_DIR)"""
 SHOW_REPORT = """\
 from IPython.display import Image, display
 
-from hf_distill.report import make_report
+from hf_distill.reports.report import make_report
 
 written = make_report(RUN_DIR)
 for name in ("losses", "metric", "latency", "size_quality"):
@@ -144,14 +144,14 @@ print(
         new_markdown_cell(
             "## The model card of the distilled student\n\n"
             "Every student folder holds a `README.md` with Hub metadata. `hf-distill push <folder> <user/repo>` "
-            "(or `hf_distill.hub.push_student`) uploads the folder with that card and refuses teacher weights; "
+            "(or `hf_distill.hub.push.push_student`) uploads the folder with that card and refuses teacher weights; "
             "`check_student_folder` runs the same checks without uploading."
         ),
         new_code_cell(
             """\
 from IPython.display import Markdown
 
-from hf_distill.hub import check_student_folder
+from hf_distill.hub.push import check_student_folder
 
 distilled = next(s for s in report["students"] if s["kind"] == "distilled")
 folder = check_student_folder(distilled["output_dir"])
@@ -175,7 +175,7 @@ QUICKSTART = [
         """\
 from transformers import AutoTokenizer
 
-from hf_distill.offline import minilm_folder
+from hf_distill.recipes.offline import minilm_folder
 from hf_distill.recipes.arguments import DataArguments
 from hf_distill.recipes.tasks import prepare_sentiment
 
@@ -229,7 +229,7 @@ teacher.eval();"""
         """\
 import copy
 
-from hf_distill.student import count_parameters, student_from_teacher
+from hf_distill.students.build import count_parameters, student_from_teacher
 
 student = student_from_teacher(teacher, num_layers=2)
 baseline = copy.deepcopy(student)
@@ -270,7 +270,7 @@ baseline_log, _ = train_student(baseline, None, task, training_args, baseline_di
 from hf_distill.recipes.evaluation import evaluate_models
 from hf_distill.recipes.latency import measure_latency
 from hf_distill.recipes.report_json import build_report, write_report
-from hf_distill.student import model_size_on_disk
+from hf_distill.students.build import model_size_on_disk
 
 models = {"teacher": teacher, "distilled": student.eval(), "no_kd": baseline.eval()}
 metrics = evaluate_models(models, task, training_args)
@@ -365,7 +365,7 @@ NER = [
     new_markdown_cell(
         "# NER: distil MiniLM-L6 on WNUT-16-style tweets\n\n"
         "The NER recipe (`recipes/ner.py`) as a notebook: labels are aligned to the first sub-token of each "
-        "word (`hf_distill.preprocessing.tokenize_and_align_labels`), and scored with seqeval's entity F1."
+        "word (`hf_distill.training.preprocessing.tokenize_and_align_labels`), and scored with seqeval's entity F1."
     ),
     *recipe_cells(
         "ner",
@@ -452,7 +452,7 @@ CODEGEN = [
 import torch
 from transformers import AutoModelForCausalLM
 
-from hf_distill.offline import smollm2_folder
+from hf_distill.recipes.offline import smollm2_folder
 
 prompt = tokenizer("def fibonacci(n):", return_tensors="pt")
 for name, path in (("teacher", smollm2_folder()), ("student", folder)):

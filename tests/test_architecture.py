@@ -69,8 +69,8 @@ def test_the_checks_see_a_violation(tmp_path):
 
 def test_public_names_resolve_and_cover_cross_tokenizer_distillation():
     """``from hf_distill import *`` gives every name of ``__all__``, and a user needs no internal module path
-    for teachers with another tokenizer: the dataset preparation, the vocabulary map, the embedding transfer
-    and GPT-2's offline tokenizer are exported at the top."""
+    for teachers with another tokenizer: the dataset preparation, the vocabulary map and the embedding transfer
+    are exported at the top (GPT-2's offline tokenizer is a recipe asset: ``hf_distill.recipes.offline``)."""
     import hf_distill
 
     missing = [name for name in hf_distill.__all__ if not hasattr(hf_distill, name)]
@@ -80,6 +80,78 @@ def test_public_names_resolve_and_cover_cross_tokenizer_distillation():
         "prepare_cross_tokenizer_dataset",
         "vocabulary_map",
         "transfer_vocabulary",
-        "gpt2_tokenizer_folder",
     ):
         assert name in hf_distill.__all__
+
+
+# `hf_distill.__all__` before the package was cut into folders: every name still imports from `hf_distill`.
+ALL_BEFORE_THE_FOLDERS = [
+    "DataArguments", "DistillationTrainer", "DistillationTrainingArguments", "FeatureMapMatcher", "KDLossParts",
+    "MultiTaskDistillationTrainer", "MultiTeacherDistillationTrainer", "MultiTeacherTrainingArguments",
+    "MutualLearningTrainer", "NerData", "OnPolicyDistillationTrainer", "OnPolicyDistillationTrainingArguments",
+    "PER_POSITION_LOSSES", "ReportArguments", "SENTIMENT_LABELS", "SelfDistillationTrainer",
+    "SelfDistillationTrainingArguments", "StudentArguments", "TeacherArguments", "TeacherCacheCollator", "TopkCodec",
+    "TupleCollator", "__version__", "accuracy_f1", "agreement", "cache_teacher_outputs", "check_not_empty",
+    "chunk_for_causal_lm", "count_parameters", "distillation_loss", "fused_linear_distillation_loss",
+    "generate_teacher_completions", "gpt2_student_for", "gpt2_tokenizer_folder", "load_code_corpus", "load_ner",
+    "load_report", "load_rotten_tomatoes", "load_sentiment", "load_teacher_cache", "load_wnut", "make_report",
+    "model_size_on_disk", "parse_args_with_config", "perplexity", "prepare_cross_tokenizer_dataset",
+    "push_student", "python_stdlib_files", "read_conll", "render_model_card", "resolve_model_path", "run_recipe",
+    "select_layers", "seqeval_metrics", "smollm2_folder", "student_from_config", "student_from_teacher",
+    "task_cross_entropy", "tokenize_and_align_labels", "tokenize_for_classification", "topk_distillation_loss",
+    "transfer_vocabulary", "vocabulary_map", "write_model_card", "write_teacher_cache",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ALL_BEFORE_THE_FOLDERS)
+def test_every_earlier_top_level_name_still_imports(name):
+    import importlib
+
+    import hf_distill
+
+    if name in hf_distill.RECIPE_NAMES:
+        # A recipe helper moved to the recipe layer: it still resolves, and the warning names its new home.
+        home = hf_distill.RECIPE_NAMES[name]
+        with pytest.warns(DeprecationWarning, match=rf"moved to {home}\.{name}"):
+            value = getattr(hf_distill, name)
+        assert value is getattr(importlib.import_module(home), name)
+        assert name not in hf_distill.__all__
+    else:
+        assert name in hf_distill.__all__ and hasattr(hf_distill, name)
+
+
+def test_an_unknown_top_level_name_is_an_attribute_error():
+    import hf_distill
+
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        hf_distill.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("old", sorted(__import__("hf_distill").MOVED_MODULES))
+def test_a_module_of_the_flat_layout_imports_from_its_new_place(old):
+    """`import hf_distill.<old>` gives the module at its new place, with a warning that names it."""
+    import importlib
+    import sys
+
+    import hf_distill
+
+    new = f"hf_distill.{hf_distill.MOVED_MODULES[old]}"
+    sys.modules.pop(f"hf_distill.{old}", None)
+    with pytest.warns(DeprecationWarning, match=rf"hf_distill\.{old} moved to {new}; import it from there"):
+        module = importlib.import_module(f"hf_distill.{old}")
+    assert module is importlib.import_module(new) and module.__name__ == new
+
+
+def test_the_package_top_holds_few_modules():
+    """The concepts live in folders; at the top only the public face, the orchestrator and what every folder
+    rests on (at most 15 modules beside the subpackages, each subpackage's ``__init__`` listing its names)."""
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 15, top
+    for init in PACKAGE.glob("*/__init__.py"):
+        tree = parse(init)
+        assert ast.get_docstring(tree), f"{init} says nothing of what it owns"
+        if init.parent.name not in ("recipes", "modes"):
+            assert any(
+                isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets)
+                for node in tree.body
+            ), f"{init} lists no public names"

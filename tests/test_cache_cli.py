@@ -9,9 +9,9 @@ from transformers import DataCollatorForLanguageModeling
 from xtok_helpers import byte_level_tokenizer, metaspace_tokenizer, tiny_gpt2
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments, cli
-from hf_distill.cache_shards import load_teacher_cache
-from hf_distill.compact_cache import CROSS_TOKENIZER, SAME_TOKENIZER
-from hf_distill.teacher_cache import XTOK_ALL_COLUMNS
+from hf_distill.cache.build import XTOK_ALL_COLUMNS
+from hf_distill.cache.compact import CROSS_TOKENIZER, SAME_TOKENIZER
+from hf_distill.cache.shards import load_teacher_cache
 
 DATA = ["--max_files", "6", "--max_train_samples", "6", "--max_length", "16", "--split_seed", "1"]
 RUN = [

@@ -11,9 +11,9 @@ from tiny_models import make_sentences, tiny_bert_classifier
 from transformers import DataCollatorWithPadding
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments
-from hf_distill.card_measures import ratio
-from hf_distill.metrics import accuracy_f1
-from hf_distill.student import student_from_teacher
+from hf_distill.hub.card_measures import ratio
+from hf_distill.students.build import student_from_teacher
+from hf_distill.training.metrics import accuracy_f1
 
 
 def _dataset(tokenizer, n: int, seed: int) -> Dataset:
@@ -118,7 +118,7 @@ def test_ratio_refuses_what_is_not_a_positive_number():
 
 
 def test_teacher_and_student_take_turns_when_timed():
-    from hf_distill.card_measures import side_by_side_latency_ms
+    from hf_distill.hub.card_measures import side_by_side_latency_ms
 
     calls: list[str] = []
 

@@ -31,7 +31,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from hf_distill import checks, cli
+from hf_distill import checks, cli, loading
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.modes import (
     MultiTaskDistillationTrainer,
@@ -368,13 +368,13 @@ def test_existing_folders_load_and_their_own_errors_pass_through(tmp_path, monke
 
 
 def test_check_model_source_uses_the_hub_id_rules():
-    assert checks.check_model_source("org/name") == "org/name"
-    assert checks.check_model_source("bert-base-uncased") == "bert-base-uncased"
+    assert loading.check_model_source("org/name") == "org/name"
+    assert loading.check_model_source("bert-base-uncased") == "bert-base-uncased"
     for bad in ("org/name/extra", "org--x/name", ".hidden", "a..b"):
         with pytest.raises(FileNotFoundError, match="does not exist"):
-            checks.check_model_source(bad)
+            loading.check_model_source(bad)
     with pytest.raises(ValueError, match="give a local model folder or a Hub repo id"):
-        checks.check_model_source("  ")
+        loading.check_model_source("  ")
 
 
 def test_recipe_teacher_paths_are_checked_before_any_hub_call(tmp_path, no_hub):

@@ -13,9 +13,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from hf_distill import DistillationTrainer
 from hf_distill.arguments import DistillationTrainingArguments
-from hf_distill.chunked import fused_linear_distillation_loss
-from hf_distill.lm_head import AUTO_MIN_VOCAB, lm_head_of, resolve_implementation
-from hf_distill.losses import PER_POSITION_LOSSES, distillation_loss, task_cross_entropy
+from hf_distill.losses.divergences import PER_POSITION_LOSSES, distillation_loss, task_cross_entropy
+from hf_distill.losses.fused.chunked import fused_linear_distillation_loss
+from hf_distill.losses.fused.lm_head import AUTO_MIN_VOCAB, lm_head_of, resolve_implementation
 
 ALL_LOSSES = sorted(PER_POSITION_LOSSES)
 
@@ -333,7 +333,7 @@ def test_trainer_fused_and_chunked_train_like_plain(tmp_path, alpha):
 def test_evaluation_uses_the_training_kd_loss(tmp_path, monkeypatch, hidden_state_weight):
     """evaluate() runs the KD implementation chosen for training (the fused loss, also with hidden-state
     matching on) and gives the plain loss's values; prediction logits are still handed out when asked for."""
-    import hf_distill.logit_terms as logit_terms
+    import hf_distill.terms.logits as logit_terms
 
     calls = {"n": 0}
     fused = logit_terms.fused_linear_distillation_loss
@@ -403,7 +403,7 @@ def test_closed_form_values_by_hand():
     """Two classes, T = 1: teacher logits (0, ln 3) -> p_t = (1/4, 3/4); student logits (0, 0) -> p_s = (1/2, 1/2).
     KL = 1/4 ln(1/2) + 3/4 ln(3/2) = 0.130812...; d/dz_s = p_s - p_t = (1/4, -1/4).
     Cross-entropy with label 1: ln 2 = 0.693147...; d/dz = (1/2, -1/2)."""
-    from hf_distill.closed_form import cross_entropy_value_and_grad, forward_kl_value_and_grad
+    from hf_distill.losses.fused.closed_form import cross_entropy_value_and_grad, forward_kl_value_and_grad
 
     student = torch.zeros(1, 2, dtype=torch.float64)
     teacher = torch.tensor([[0.0, math.log(3.0)]], dtype=torch.float64)

@@ -12,7 +12,7 @@ from transformers import BertForSequenceClassification
 from hf_distill import cli
 from hf_distill.recipes.arguments import RECIPE_ARGUMENTS
 from hf_distill.recipes.config import parse_args_with_config
-from hf_distill.report import load_report
+from hf_distill.reports.report import load_report
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("scattertext") is None,
@@ -93,9 +93,9 @@ def test_demo_runs_the_sentiment_recipe_with_its_config_and_overrides(tmp_path, 
 
 def test_push_is_wired_to_the_hub_helper(monkeypatch, capsys):
     calls = []
-    import hf_distill.hub
+    import hf_distill.hub.push
 
-    monkeypatch.setattr(hf_distill.hub, "push_student", lambda *a, **k: calls.append((a, k)) or "url")
+    monkeypatch.setattr(hf_distill.hub.push, "push_student", lambda *a, **k: calls.append((a, k)) or "url")
     assert cli.main(["push", "folder", "user/model", "--private"]) == 0
     assert calls == [(("folder", "user/model"), {"private": True})]
     assert capsys.readouterr().out.strip() == "url"

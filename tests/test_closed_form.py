@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from hf_distill.chunked import fused_linear_distillation_loss
-from hf_distill.closed_form import forward_kl_and_cross_entropy
+from hf_distill.losses.fused.chunked import fused_linear_distillation_loss
+from hf_distill.losses.fused.closed_form import forward_kl_and_cross_entropy
 
 
 def reference(student, teacher, labels, temperature, kd_weight, task_weight):

@@ -31,7 +31,7 @@ from hf_distill.recipes.code_prompts import (
 )
 from hf_distill.recipes.generation_eval import evaluate_model
 from hf_distill.recipes.sandbox import run_untrusted
-from hf_distill.report import generation_section
+from hf_distill.reports.report import generation_section
 from tests.tiny_models import tiny_gpt2
 
 SOURCE = '''"""A module."""

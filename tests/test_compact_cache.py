@@ -15,12 +15,12 @@ from tiny_models import tiny_gpt2
 from transformers import default_data_collator
 
 from hf_distill import DistillationTrainer
-from hf_distill.cache_shards import MANIFEST, load_teacher_cache
-from hf_distill.cache_writer import write_teacher_cache
-from hf_distill.compact_cache import SAME_TOKENIZER
-from hf_distill.teacher_cache import INPUT_HASH, TeacherCacheCollator, cache_teacher_outputs
-from hf_distill.topk_codec import TopkCodec, codec_from_name
-from hf_distill.topk_losses import per_position_topk
+from hf_distill.cache.build import INPUT_HASH, TeacherCacheCollator, cache_teacher_outputs
+from hf_distill.cache.codec import TopkCodec, codec_from_name
+from hf_distill.cache.compact import SAME_TOKENIZER
+from hf_distill.cache.shards import MANIFEST, load_teacher_cache
+from hf_distill.cache.writer import write_teacher_cache
+from hf_distill.losses.topk import per_position_topk
 
 # ---- the codec ----------------------------------------------------------------------------------------------
 
@@ -262,7 +262,7 @@ def test_codec_refused_for_a_classifier(wordpiece_tokenizer):
         cache_teacher_outputs(
             tiny_bert_classifier(), classification_rows(wordpiece_tokenizer), codec=TopkCodec()
         )
-    with pytest.raises(TypeError, match="codec must be a hf_distill.topk_codec.TopkCodec"):
+    with pytest.raises(TypeError, match="codec must be a hf_distill.cache.codec.TopkCodec"):
         cache_teacher_outputs(tiny_gpt2(), lm_dataset(n=2), top_k=2, codec="q6")
 
 
@@ -296,7 +296,7 @@ def test_a_compact_cross_tokenizer_cache_of_another_text_or_tokenizer_is_refused
     from xtok_helpers import byte_level_tokenizer, metaspace_tokenizer
     from xtok_helpers import tiny_gpt2 as xtok_gpt2
 
-    from hf_distill.compact_cache import CROSS_TOKENIZER
+    from hf_distill.cache.compact import CROSS_TOKENIZER
     from hf_distill.token_alignment import TEXT_COLUMN, prepare_cross_tokenizer_dataset
 
     teacher_tokenizer, student_tokenizer = byte_level_tokenizer(), metaspace_tokenizer()

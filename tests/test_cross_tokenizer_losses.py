@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from hf_distill.cross_tokenizer_losses import (
+from hf_distill.losses.cross_vocabulary import (
     per_position_aligned,
     per_position_uld,
     sorted_l1,
     teacher_log_probs,
 )
-from hf_distill.losses import per_position_forward_kl
-from hf_distill.topk_losses import topk_teacher
+from hf_distill.losses.divergences import per_position_forward_kl
+from hf_distill.losses.topk import topk_teacher
 
 
 def reference_uld(p_s: np.ndarray, p_t: np.ndarray) -> float:

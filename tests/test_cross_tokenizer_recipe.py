@@ -13,7 +13,8 @@ from transformers import default_data_collator
 from xtok_helpers import TEXTS, byte_level_tokenizer, metaspace_tokenizer, tiny_gpt2
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments, cli
-from hf_distill.compact_cache import CROSS_TOKENIZER
+from hf_distill.cache.codec import TopkCodec
+from hf_distill.cache.compact import CROSS_TOKENIZER
 from hf_distill.recipes.arguments import StudentArguments
 from hf_distill.recipes.cross_tokenizer import (
     bits_per_byte,
@@ -23,7 +24,6 @@ from hf_distill.recipes.cross_tokenizer import (
     text_blocks,
 )
 from hf_distill.token_alignment import OFFSETS_COLUMN, TEXT_COLUMN
-from hf_distill.topk_codec import TopkCodec
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 

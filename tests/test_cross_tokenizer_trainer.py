@@ -9,7 +9,7 @@ from transformers import DataCollatorForLanguageModeling
 from xtok_helpers import TEXTS, byte_level_tokenizer, metaspace_tokenizer, tiny_gpt2
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments
-from hf_distill.teacher_cache import XTOK_COLUMNS, cache_teacher_outputs
+from hf_distill.cache.build import XTOK_COLUMNS, cache_teacher_outputs
 from hf_distill.token_alignment import OFFSETS_COLUMN, TEXT_COLUMN, prepare_cross_tokenizer_dataset
 
 
@@ -207,8 +207,8 @@ def test_prompt_masking_and_padding_side_carry_across_the_alignment(
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     def kd_loss(student_logits, inputs):
-        from hf_distill.logit_terms import StudentView
-        from hf_distill.teacher_signals import DistillationBatch
+        from hf_distill.batch import DistillationBatch
+        from hf_distill.terms.logits import StudentView
 
         distill = DistillationBatch.from_inputs(inputs)
         target = trainer.teacher_signal(distill, {})
@@ -239,7 +239,7 @@ def test_prompt_masking_and_padding_side_carry_across_the_alignment(
     finally:
         student_tokenizer.padding_side = "right"
     assert not torch.equal(left_batch["attention_mask"], batch["attention_mask"])
-    from hf_distill.teacher_signals import DistillationBatch
+    from hf_distill.batch import DistillationBatch
 
     left_target = left.teacher_signal(DistillationBatch.from_inputs(left_batch), {})
     for row in range(4):

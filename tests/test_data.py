@@ -15,16 +15,16 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import GPT2Tokenizer, PreTrainedTokenizerFast
 
-from hf_distill.preprocessing import (
-    chunk_for_causal_lm,
-    tokenize_and_align_labels,
-    tokenize_for_classification,
-)
 from hf_distill.recipes import data_sentiment
 from hf_distill.recipes.data_code import load_code_corpus, python_stdlib_files
 from hf_distill.recipes.data_common import check_not_empty
 from hf_distill.recipes.data_ner import load_ner, load_wnut, ner_label_list, read_conll
 from hf_distill.recipes.data_sentiment import SENTIMENT_LABELS, load_rotten_tomatoes, load_sentiment
+from hf_distill.training.preprocessing import (
+    chunk_for_causal_lm,
+    tokenize_and_align_labels,
+    tokenize_for_classification,
+)
 
 X = -100
 LABELS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]

@@ -351,7 +351,7 @@ def test_hf_distill_train_on_a_csv_of_reviews(tmp_path, wordpiece_tokenizer, cap
     from transformers import AutoConfig, BertForSequenceClassification
 
     from hf_distill import cli
-    from hf_distill.report import load_report
+    from hf_distill.reports.report import load_report
 
     teacher = save_tiny_teacher(
         tmp_path / "teacher", BertForSequenceClassification, wordpiece_tokenizer, num_labels=2

@@ -26,7 +26,7 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 from tiny_models import tiny_bert_classifier
 
-from hf_distill.distributed import prepare_teacher
+from hf_distill.training.placement import prepare_teacher
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 import sharded_run  # noqa: E402

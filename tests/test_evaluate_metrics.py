@@ -18,7 +18,8 @@ from seqeval.metrics import recall_score as seqeval_recall
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from hf_distill.metrics import (
+import hf_distill
+from hf_distill.training.metrics import (
     CORPUS_METRICS,
     EVALUATE_METRICS_DIR,
     LOCAL_METRICS,
@@ -123,6 +124,6 @@ def test_an_installed_wheel_carries_the_modules():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["package-data"]["hf_distill"]
-    package = EVALUATE_METRICS_DIR.parent
+    package = Path(hf_distill.__file__).resolve().parent
     shipped = {path for pattern in patterns for path in package.glob(pattern)}
     assert {EVALUATE_METRICS_DIR / name / f"{name}.py" for name in LOCAL_METRICS} <= shipped

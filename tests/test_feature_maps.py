@@ -13,7 +13,8 @@ from tiny_models import TinyCNN, TupleImages, tiny_resnet, tiny_vit
 from torch import nn
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments, TupleCollator
-from hf_distill.feature_maps import FeatureMapMatcher, parse_feature_layers, per_example_feature_loss
+from hf_distill.arguments import parse_feature_layers
+from hf_distill.terms.feature_maps import FeatureMapMatcher, per_example_feature_loss
 from hf_distill.trainer import FEATURE_MAP_MODULES_NAME
 
 CNN_TO_RESNET = "features.3:resnet.encoder.stages.1"  # the student's last ReLU (6 ch, 8x8) -> 16 ch, 4x4

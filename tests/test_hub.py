@@ -14,14 +14,8 @@ import pytest
 import yaml
 from huggingface_hub.utils import filter_repo_objects
 
-from hf_distill.hub import (
-    CARD_MARKER,
-    UPLOAD_IGNORE_PATTERNS,
-    check_student_folder,
-    push_student,
-    render_model_card,
-    write_model_card,
-)
+from hf_distill.hub.card import CARD_MARKER, render_model_card, write_model_card
+from hf_distill.hub.push import UPLOAD_IGNORE_PATTERNS, check_student_folder, push_student
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -365,7 +359,7 @@ def test_check_student_folder_errors(tmp_path, saved_student):
 def test_push_keeps_hand_written_readme(run_dir, caplog):
     readme = run_dir / "distilled" / "README.md"
     readme.write_text("# My own card\n")
-    with caplog.at_level(logging.WARNING, logger="hf_distill.hub"):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.hub.push"):
         push_student(run_dir / "distilled", "someone/tiny", api=FakeHfApi())
     assert readme.read_text() == "# My own card\n"
     assert "was written by hand; keeping it" in caplog.text
@@ -394,7 +388,7 @@ def test_push_reads_report_inside_folder_and_skips_unlisted_students(run_dir, ca
     other = run_dir / "other"
     shutil.copytree(folder, other, ignore=shutil.ignore_patterns("report.json", "README.md"))
     (run_dir / "report.json").write_text(json.dumps(make_run_report(str(folder))))
-    with caplog.at_level(logging.WARNING, logger="hf_distill.hub"):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.hub.push"):
         push_student(other, "someone/other", api=FakeHfApi())
     assert "lists no student saved in" in caplog.text
     assert not (other / "README.md").exists()
@@ -420,6 +414,6 @@ def test_card_for_lower_is_better_codegen_run():
     ],
 )
 def test_trainer_task_names_get_a_pipeline_tag(task, tag):
-    from hf_distill.hub import PIPELINE_TAGS
+    from hf_distill.hub.card import PIPELINE_TAGS
 
     assert PIPELINE_TAGS[task] == tag

@@ -21,10 +21,10 @@ from tiny_models import make_sentences, tiny_bert_classifier
 from transformers import DataCollatorWithPadding
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments
-from hf_distill.hub import CARD_MARKER
-from hf_distill.metrics import accuracy_f1
-from hf_distill.report import format_count, format_metric
-from hf_distill.student import count_parameters, student_from_config, student_from_teacher
+from hf_distill.hub.card import CARD_MARKER
+from hf_distill.reports.report import format_count, format_metric
+from hf_distill.students.build import count_parameters, student_from_config, student_from_teacher
+from hf_distill.training.metrics import accuracy_f1
 
 TEACHER_ID = "someone/tiny-bert-teacher"
 TEACHER_REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -147,7 +147,7 @@ def test_hand_written_readme_is_kept(tmp_path, wordpiece_tokenizer, caplog):
     folder = tmp_path / "final"
     folder.mkdir()
     (folder / "README.md").write_text("# My own card\n")
-    with caplog.at_level(logging.WARNING, logger="hf_distill.trainer_card"):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.hub.trainer_card"):
         trainer.save_model(str(folder))
     assert (folder / "README.md").read_text() == "# My own card\n"
     assert "written by hand" in caplog.text

@@ -13,8 +13,8 @@ from torch import nn
 
 from hf_distill.recipes.latency import latency_entries, measure_latency
 from hf_distill.recipes.report_json import with_latency
-from hf_distill.report_format import comparison_table, format_latency, format_speedup, latency_note
-from hf_distill.timing import (
+from hf_distill.reports.format import comparison_table, format_latency, format_speedup, latency_note
+from hf_distill.reports.timing import (
     QUIET_CORES,
     Timings,
     cpu_was_busy,

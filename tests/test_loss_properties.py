@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from hf_distill.losses import PER_POSITION_LOSSES, distillation_loss
+from hf_distill.losses.divergences import PER_POSITION_LOSSES, distillation_loss
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402

@@ -5,7 +5,12 @@ import math
 import pytest
 import torch
 
-from hf_distill.losses import PER_POSITION_LOSSES, distillation_loss, reduce_positions, task_cross_entropy
+from hf_distill.losses.divergences import (
+    PER_POSITION_LOSSES,
+    distillation_loss,
+    reduce_positions,
+    task_cross_entropy,
+)
 
 ALL_LOSSES = sorted(PER_POSITION_LOSSES)
 
@@ -289,7 +294,7 @@ def test_topk_teacher_tail_in_blocks_equals_the_masked_logsumexp(dtype):
     """The cache's tail logit (computed without autograd a block of positions at a time, in one buffer) is the
     log-sum-exp of logits / T over the tokens outside the top k, computed here with a boolean mask; positions
     that do not fill the last block, and -inf logits, included."""
-    from hf_distill.topk_losses import topk_teacher
+    from hf_distill.losses.topk import topk_teacher
 
     torch.manual_seed(0)
     logits = (torch.randn(3, 50, 300) * 4).to(dtype)  # 150 positions: two full blocks of 64 and one of 22
@@ -307,7 +312,7 @@ def test_topk_teacher_tail_in_blocks_equals_the_masked_logsumexp(dtype):
 def test_topk_teacher_tail_far_below_the_kth_logit_and_a_tail_of_minus_inf():
     """The tail is shifted by the k-th logit, so a tail hundreds of nats below it underflows: such rows are
     recomputed with their own maximum, and a tail of -inf only keeps the masked form's finite stand-in."""
-    from hf_distill.topk_losses import tail_logsumexp, topk_teacher
+    from hf_distill.losses.topk import tail_logsumexp, topk_teacher
 
     logits = torch.tensor([[200.0, 0.0, -1.0], [5.0, 4.0, 3.0], [1.0, float("-inf"), float("-inf")]])
     _, indices, tail = topk_teacher(logits, 1, temperature=1.0)

@@ -1,4 +1,4 @@
-"""Tests for hf_distill.metrics against values worked out by hand and an independent per-token loop."""
+"""Tests for hf_distill.training.metrics against values worked out by hand and an independent per-token loop."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from datasets import Dataset
 from transformers import EvalPrediction, GPT2Config, GPT2LMHeadModel
 
-from hf_distill.metrics import accuracy_f1, agreement, perplexity, seqeval_metrics
+from hf_distill.training.metrics import accuracy_f1, agreement, perplexity, seqeval_metrics
 
 X = -100
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]

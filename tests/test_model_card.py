@@ -13,8 +13,8 @@ from test_hub import make_run_report
 from torch import nn
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments
-from hf_distill.model_card import dataset_type_id, render_model_card
-from hf_distill.teacher_origin import folder_hub_id, teacher_license
+from hf_distill.hub.card import dataset_type_id, render_model_card
+from hf_distill.hub.teacher_origin import folder_hub_id, teacher_license
 
 
 def parse(card_text: str) -> tuple[ModelCardData, str]:

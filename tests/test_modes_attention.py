@@ -9,14 +9,14 @@ import torch
 from modes_helpers import batch_of, classification_data, tiny_bert, tiny_gpt2
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments
-from hf_distill.attention import (
+from hf_distill.losses.divergences import distillation_loss
+from hf_distill.terms.attention import (
     attention_layer_pairs,
     attention_map_loss,
     value_projections,
     value_relation,
     value_relation_loss,
 )
-from hf_distill.losses import distillation_loss
 
 EAGER = dict(attn_implementation="eager", attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0)
 

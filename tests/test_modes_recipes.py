@@ -21,7 +21,7 @@ from hf_distill.modes.on_policy import PROMPT_INPUT_IDS, OnPolicyDistillationTra
 from hf_distill.modes.self_distillation import SelfDistillationTrainingArguments
 from hf_distill.recipes.arguments import parse_recipe_args
 from hf_distill.recipes.mode_select import ModeArguments, mode_from_argv, split_blocks
-from hf_distill.report import load_report
+from hf_distill.reports.report import load_report
 
 
 def write_config(tmp_path: Path, text: str) -> Path:

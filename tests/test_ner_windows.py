@@ -12,8 +12,8 @@ from seqeval.metrics import f1_score, recall_score
 from torch import nn
 
 from hf_distill.arguments import DistillationTrainingArguments
-from hf_distill.metrics import seqeval_metrics
-from hf_distill.preprocessing import (
+from hf_distill.training.metrics import seqeval_metrics
+from hf_distill.training.preprocessing import (
     IGNORE_INDEX,
     WINDOW_SENTENCE,
     WINDOW_WORDS,

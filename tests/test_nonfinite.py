@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hf_distill.arguments import DistillationTrainingArguments
-from hf_distill.losses import PER_POSITION_LOSSES, distillation_loss
+from hf_distill.losses.divergences import PER_POSITION_LOSSES, distillation_loss
 
 ALL_LOSSES = sorted(PER_POSITION_LOSSES)
 KL_FAMILY = ["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "soft_cross_entropy"]
@@ -293,7 +293,7 @@ def test_by_hand_with_minus_inf_on_both_sides():
 def test_topk_loss_masked_position_does_not_reach_the_gradient(bad):
     """The cached top-k loss: a non-finite teacher row (values and tail) at a masked position gives the same
     finite loss and gradient as zeros there."""
-    from hf_distill.topk_losses import topk_distillation_loss, topk_teacher
+    from hf_distill.losses.topk import topk_distillation_loss, topk_teacher
 
     g = torch.Generator().manual_seed(3)
     student = torch.randn(2, 4, 12, generator=g, dtype=torch.float64)

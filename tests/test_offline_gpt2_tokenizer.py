@@ -18,7 +18,7 @@ gpt2_asset = pytest.mark.skipif(
 def test_gpt2_tokenizer_offline_has_gpt2_ids(tmp_path):
     from transformers import AutoTokenizer
 
-    from hf_distill.offline import gpt2_tokenizer_folder
+    from hf_distill.recipes.offline import gpt2_tokenizer_folder
 
     tokenizer = AutoTokenizer.from_pretrained(gpt2_tokenizer_folder(tmp_path))
     assert tokenizer.is_fast and len(tokenizer) == 50257

@@ -23,7 +23,7 @@ from hf_distill.recipes.report_json import build_report
 from hf_distill.recipes.students import build_student
 from hf_distill.recipes.tasks import TaskData, ensure_test_split
 from hf_distill.recipes.teacher import teacher_needs_fine_tune
-from hf_distill.report import validate_report
+from hf_distill.reports.report import validate_report
 
 # ---- config file + flags ------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """A push decides by content whether a folder holds a teacher: fingerprints of the teacher's weights, the
-student's ``distillation`` record, and the teachers that ``report.json`` lists (``hf_distill.push_guard``),
+student's ``distillation`` record, and the teachers that ``report.json`` lists (``hf_distill.hub.push_guard``),
 through ``push_student`` and ``hf-distill push``. No test reaches the Hub: ``HfApi`` is replaced."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from tiny_models import make_sentences, tiny_bert_classifier
 from transformers import DataCollatorWithPadding
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments, cli
-from hf_distill.hub import push_student
-from hf_distill.push_guard import (
+from hf_distill.hub.push import push_student
+from hf_distill.hub.push_guard import (
     FINGERPRINT_METHOD,
     SAMPLES,
     SIGNATURE_SIZE,
@@ -29,8 +29,8 @@ from hf_distill.push_guard import (
     model_fingerprint,
     tensor_digest,
 )
-from hf_distill.student import student_from_teacher
-from hf_distill.trainer_card import record_teacher
+from hf_distill.hub.trainer_card import record_teacher
+from hf_distill.students.build import student_from_teacher
 
 
 def reference_digest(tensor: torch.Tensor) -> str:

@@ -12,7 +12,7 @@ from test_recipes import check_run, needs_rotten_tomatoes, run_recipe, save_tiny
 from transformers import BertForSequenceClassification
 
 from hf_distill.recipes.arguments import StudentArguments, parse_seeds
-from hf_distill.report import load_report, make_report
+from hf_distill.reports.report import load_report, make_report
 
 
 def test_seeds_are_parsed_from_commas_lists_and_yaml_numbers():

@@ -21,7 +21,7 @@ from transformers import (
     GPT2LMHeadModel,
 )
 
-from hf_distill.report import load_report
+from hf_distill.reports.report import load_report
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -461,8 +461,8 @@ def test_recipe_scripts_end_their_process_group_after_the_run(name, tmp_path, mo
 
 def test_resume_point_of_each_run_of_a_recipe(tmp_path):
     from hf_distill import DistillationTrainingArguments
-    from hf_distill.checkpoints import SAVING_NAME
     from hf_distill.recipes.training import resume_point
+    from hf_distill.training.checkpoints import SAVING_NAME
 
     def args(**kw):
         return DistillationTrainingArguments(output_dir=str(tmp_path / "student"), use_cpu=True, **kw)
@@ -486,7 +486,7 @@ def test_resume_point_of_each_run_of_a_recipe(tmp_path):
 
 @needs_rotten_tomatoes
 def test_recipe_resumes_each_run_from_its_last_checkpoint(tmp_path, wordpiece_tokenizer):
-    from hf_distill.checkpoints import write_marker
+    from hf_distill.training.checkpoints import write_marker
 
     teacher = save_tiny_teacher(
         tmp_path / "teacher", BertForSequenceClassification, wordpiece_tokenizer, num_labels=2

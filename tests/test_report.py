@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from hf_distill.report import (
+from hf_distill.reports.report import (
     comparison_table,
     load_report,
     make_report,
@@ -325,7 +325,7 @@ def _lines(axis) -> dict[str, list[float]]:
 
 
 def test_loss_curves_compare_task_loss_like_with_like():
-    from hf_distill.report_plots import draw_loss_curves
+    from hf_distill.reports.plots import draw_loss_curves
 
     report = make_run_report()
     task_axis, terms_axis = draw_loss_curves(report).axes
@@ -347,7 +347,7 @@ def test_loss_curves_compare_task_loss_like_with_like():
 
 
 def test_loss_curves_do_not_zoom_on_a_flat_curve():
-    from hf_distill.report_plots import draw_loss_curves
+    from hf_distill.reports.plots import draw_loss_curves
 
     report = make_run_report()
     for entries in report["log_history"].values():
@@ -360,7 +360,7 @@ def test_loss_curves_do_not_zoom_on_a_flat_curve():
 
 
 def test_loss_curves_use_a_labelled_log_scale_for_terms_of_different_sizes():
-    from hf_distill.report_plots import draw_loss_curves
+    from hf_distill.reports.plots import draw_loss_curves
 
     report = make_run_report()
     for entry in report["log_history"]["distilled"]:
@@ -374,7 +374,7 @@ def test_loss_curves_use_a_labelled_log_scale_for_terms_of_different_sizes():
 
 
 def test_size_quality_names_each_model_once_in_a_legend():
-    from hf_distill.report_plots import draw_size_quality
+    from hf_distill.reports.plots import draw_size_quality
 
     report = make_run_report()
     report["students"][1]["metric"] = report["students"][0]["metric"] - 0.001  # same size, close scores

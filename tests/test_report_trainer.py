@@ -10,11 +10,11 @@ from tiny_models import make_sentences, tiny_bert_classifier
 from transformers import DataCollatorWithPadding
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments, cli
-from hf_distill.metrics import accuracy_f1
-from hf_distill.report import make_report
-from hf_distill.report_plots import draw_loss_curves
-from hf_distill.student import student_from_teacher
-from hf_distill.trainer_output import find_trainer_state, trainer_folder_report
+from hf_distill.reports.plots import draw_loss_curves
+from hf_distill.reports.report import make_report
+from hf_distill.reports.run_folder import find_trainer_state, trainer_folder_report
+from hf_distill.students.build import student_from_teacher
+from hf_distill.training.metrics import accuracy_f1
 
 pytest.importorskip("matplotlib")
 

@@ -11,7 +11,7 @@ match the uninterrupted run to rtol 1e-5 / atol 1e-6 (float32; in practice they 
 Other runs kill themselves from inside the save of their last checkpoint, at chosen moments (after Trainer's
 model file, half-way through an extra, before the completion marker, during ``save_total_limit``'s rotation,
 and, for self-distillation, after Trainer's files but before its teacher); the in-process tests below check
-what counts as complete (:mod:`hf_distill.checkpoints`), what a resume picks, and what rotation deletes.
+what counts as complete (:mod:`hf_distill.training.checkpoints`), what a resume picks, and what rotation deletes.
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ from transformers import Trainer
 from transformers.trainer_utils import rotate_checkpoints as transformers_rotate
 
 from hf_distill import DistillationTrainingArguments
-from hf_distill.checkpoints import (
+from hf_distill.modes.mutual import MutualLearningTrainer
+from hf_distill.modes.self_distillation import SELF_TEACHER_NAME
+from hf_distill.trainer import DISTILLATION_MODULES_NAME
+from hf_distill.training.checkpoints import (
     MARKER_NAME,
     SAVING_NAME,
     CheckpointSave,
@@ -44,9 +47,6 @@ from hf_distill.checkpoints import (
     rotate_checkpoints,
     write_marker,
 )
-from hf_distill.modes.mutual import MutualLearningTrainer
-from hf_distill.modes.self_distillation import SELF_TEACHER_NAME
-from hf_distill.trainer import DISTILLATION_MODULES_NAME
 
 SCRIPT = Path(__file__).parent / "scripts" / "distill_run.py"
 RUN = ["--per-device", "4", "--train-rows", "24", "--max-steps", "6", "--save-steps", "3", "--dropout", "0.1"]
@@ -360,7 +360,7 @@ def test_a_checkpoint_is_complete_once_its_marker_lists_every_file(tmp_path, cap
     assert problems == [
         f"its save was interrupted ({SAVING_NAME} is still there and no {MARKER_NAME} was written)"
     ]
-    with caplog.at_level("WARNING", logger="hf_distill.checkpoints"):
+    with caplog.at_level("WARNING", logger="hf_distill.training.checkpoints"):
         assert resolve_resume(True, str(out), extras) == str(two)
     assert re.search(
         r"Resuming from \S*checkpoint-2, the last complete checkpoint; skipped checkpoint-4: its save "

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from hf_distill.scorecard import model_interval, paired_difference, stack_statistics, verdict
+from hf_distill.reports.scorecard import model_interval, paired_difference, stack_statistics, verdict
 
 N_EXAMPLES, SEEDS = 300, 3
 # Fixed per-example results: seed s of the distilled model is right on a different, fixed subset.

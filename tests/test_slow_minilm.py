@@ -28,7 +28,7 @@ pytestmark = [
 
 
 def test_minilm_to_three_layer_student_on_rotten_tomatoes(tmp_path):
-    from hf_distill.offline import minilm_folder
+    from hf_distill.recipes.offline import minilm_folder
 
     folder = minilm_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -1,4 +1,4 @@
-"""Tests for hf_distill.student on tiny random BERT, GPT-2, Llama and Qwen2 models built from configs."""
+"""Tests for hf_distill.students.build on tiny random BERT, GPT-2, Llama and Qwen2 models built from configs."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from hf_distill.student import (
+from hf_distill.students.build import (
     count_parameters,
     gpt2_student_for,
     model_size_on_disk,
@@ -550,7 +550,7 @@ def test_model_size_on_disk(tmp_path):
 def test_sparse_per_layer_config_is_renumbered():
     # Heterogeneous configs (per-layer overrides keyed by layer index); checked on the config because few
     # model classes build such layers yet.
-    from hf_distill.student import _derive_config
+    from hf_distill.students.build import _derive_config
 
     config = LlamaConfig(
         **{**llama_kwargs(), "num_hidden_layers": 12},
@@ -563,10 +563,10 @@ def test_sparse_per_layer_config_is_renumbered():
 
 def test_warns_when_attention_scale_depends_on_layer_index(caplog):
     teacher = GPT2LMHeadModel(gpt2_config(scale_attn_by_inverse_layer_idx=True))
-    with caplog.at_level("WARNING", logger="hf_distill.student"):
+    with caplog.at_level("WARNING", logger="hf_distill.students.build"):
         student_from_teacher(teacher, layers=[0, 1])
     assert not caplog.records
-    with caplog.at_level("WARNING", logger="hf_distill.student"):
+    with caplog.at_level("WARNING", logger="hf_distill.students.build"):
         student_from_teacher(teacher, layers=[1, 3])
     assert "scale_attn_by_inverse_layer_idx" in caplog.text
 
@@ -580,7 +580,7 @@ def test_quantization_config_of_a_gguf_teacher_is_dropped(caplog, tmp_path):
         "gguf_file": "teacher.gguf",
         "dequantize": False,
     }
-    with caplog.at_level("WARNING", logger="hf_distill.student"):
+    with caplog.at_level("WARNING", logger="hf_distill.students.build"):
         student = student_from_teacher(teacher, num_layers=2).eval()
     assert "Dropped quantization_config" in caplog.text
     assert getattr(student.config, "quantization_config", None) is None

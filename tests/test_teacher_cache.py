@@ -10,9 +10,7 @@ from tiny_models import make_sentences, tiny_bert_classifier, tiny_bert_tagger, 
 from transformers import DataCollatorWithPadding
 
 from hf_distill import DistillationTrainer
-from hf_distill.chunked import fused_linear_distillation_loss
-from hf_distill.losses import PER_POSITION_LOSSES
-from hf_distill.teacher_cache import (
+from hf_distill.cache.build import (
     INPUT_HASH,
     TAIL_LOGIT,
     TEACHER_LOGITS,
@@ -22,7 +20,9 @@ from hf_distill.teacher_cache import (
     cache_teacher_outputs,
     input_hash,
 )
-from hf_distill.topk_losses import per_position_topk, topk_chunks, topk_distillation_loss, topk_teacher
+from hf_distill.losses.divergences import PER_POSITION_LOSSES
+from hf_distill.losses.fused.chunked import fused_linear_distillation_loss
+from hf_distill.losses.topk import per_position_topk, topk_chunks, topk_distillation_loss, topk_teacher
 
 TOPK_LOSSES = sorted(set(PER_POSITION_LOSSES) - {"mse"})
 

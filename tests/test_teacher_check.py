@@ -15,7 +15,7 @@ from hf_distill.recipes.teacher_check import (
     check_teacher_worth,
     teacher_verdict,
 )
-from hf_distill.report_format import report_notes
+from hf_distill.reports.format import report_notes
 
 
 def test_a_teacher_above_the_baseline_is_better():
@@ -96,8 +96,8 @@ def test_report_md_html_and_card_carry_the_check_and_the_latency_note(tmp_path):
 
     from test_report import make_run_report
 
-    from hf_distill.hub import render_model_card
-    from hf_distill.report import make_report
+    from hf_distill.hub.card import render_model_card
+    from hf_distill.reports.report import make_report
 
     report = make_run_report()
     report["teacher_check"] = teacher_verdict(0.5, {"s": 0.6}, metric_name="accuracy", higher_is_better=True)

@@ -13,9 +13,9 @@ from test_recipes import needs_rotten_tomatoes, run_recipe, save_tiny_teacher, t
 from transformers import BertForSequenceClassification
 
 from hf_distill import DistillationTrainingArguments
+from hf_distill.cache.build import TEACHER_LOGITS
 from hf_distill.recipes.teacher_reuse import distilled_rows, reuse_blocker, with_teacher_outputs
-from hf_distill.teacher_cache import TEACHER_LOGITS
-from hf_distill.teacher_signals import LiveTeacher
+from hf_distill.teachers.sources import LiveTeacher
 
 
 def tiny_task(tokenizer_rows: int = 6):

@@ -15,7 +15,7 @@ from hf_distill import cli
 from hf_distill.recipes import tensorboard_log
 from hf_distill.recipes.arguments import parse_recipe_args
 from hf_distill.recipes.tensorboard_log import SCORECARD_DIR, default_report_to, scorecard_scalars
-from hf_distill.report import load_report
+from hf_distill.reports.report import load_report
 
 needs_tensorboard = pytest.mark.skipif(
     importlib.util.find_spec("tensorboard") is None, reason="pip install 'hf_distill[tensorboard]'"

@@ -1,6 +1,6 @@
 """Transfer sets in the core: rows without labels learn from the teacher alone, labeled rows from both.
 
-The per-row rule (hf_distill.logit_terms): a labeled row's loss is ``alpha * kd + (1 - alpha) * task``, an
+The per-row rule (hf_distill.terms.logits): a labeled row's loss is ``alpha * kd + (1 - alpha) * task``, an
 unlabeled row's its KD term at full weight; the task term averages over labeled positions, the KD term over
 every position it covers.
 """
@@ -15,9 +15,9 @@ from datasets import Dataset
 from tiny_models import tiny_bert_classifier, tiny_bert_tagger, tiny_gpt2
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments
-from hf_distill.logit_terms import PlainLogitTerms, StudentView
-from hf_distill.normalization import transfer_positions
-from hf_distill.teacher_signals import DistillationBatch, TeacherTarget
+from hf_distill.batch import DistillationBatch, TeacherTarget
+from hf_distill.terms.logits import PlainLogitTerms, StudentView
+from hf_distill.terms.normalization import transfer_positions
 
 
 def make_args(tmp_path, **kw) -> DistillationTrainingArguments:
@@ -323,8 +323,8 @@ def test_gradient_accumulation_with_transfer_rows_gives_the_same_step(task, impl
 def test_cached_teacher_targets_follow_the_same_per_row_rule(tmp_path):
     """Cached logits and a top-k cache of a 3-class head (top 2 plus the tail, the third class: exact) give the live
     teacher's mixed-batch loss: the rule does not depend on where the teacher's targets come from."""
-    from hf_distill.teacher_signals import CACHED_LOGITS, CACHED_TOPK
-    from hf_distill.topk_losses import topk_teacher
+    from hf_distill.losses.topk import topk_teacher
+    from hf_distill.teachers.sources import CACHED_LOGITS, CACHED_TOPK
 
     g = torch.Generator().manual_seed(6)
     student, teacher = torch.randn(2, 4, 3, generator=g), torch.randn(2, 4, 3, generator=g)

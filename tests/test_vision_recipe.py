@@ -12,7 +12,7 @@ import torch
 
 from hf_distill import cli
 from hf_distill.recipes.data_vision import load_digits_images, load_image_dataset, stratified_split
-from hf_distill.report import load_report
+from hf_distill.reports.report import load_report
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from xtok_helpers import byte_level_tokenizer, metaspace_tokenizer, tiny_gpt2
 
-from hf_distill.student import gpt2_student_for, student_from_teacher
+from hf_distill.students.build import gpt2_student_for, student_from_teacher
 from hf_distill.token_alignment import token_bytes
 
 
@@ -79,7 +79,7 @@ def test_gpt2_student_for_with_its_own_tokenizer(tokenizers):
 def test_each_tokenizer_is_read_once_not_once_per_token(tokenizers, monkeypatch):
     """``is_byte_level`` parses a tokenizer's whole serialised form; called per teacher token, moving a
     SmolLM2 cut to GPT-2's vocabulary (49,152 teacher tokens) took longer than ten minutes."""
-    from hf_distill import vocab_transfer
+    from hf_distill.students import vocab_transfer
 
     calls = []
     real = vocab_transfer.is_byte_level

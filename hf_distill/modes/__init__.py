@@ -2,23 +2,23 @@
 self-distillation, mutual learning, on-policy / sequence-level distillation for causal LMs, and multi-task
 distillation (one encoder, a head and a teacher per task)."""
 
-from .multi_task import (
+from hf_distill.modes.multi_task import (
     MultiTaskCollator,
     MultiTaskDataset,
     MultiTaskDistillationTrainer,
     MultiTaskStudent,
     TaskBatchSampler,
 )
-from .multi_teacher import MultiTeacherDistillationTrainer, MultiTeacherTrainingArguments
-from .mutual import MutualLearningTrainer
-from .on_policy import (
+from hf_distill.modes.multi_teacher import MultiTeacherDistillationTrainer, MultiTeacherTrainingArguments
+from hf_distill.modes.mutual import MutualLearningTrainer
+from hf_distill.modes.on_policy import (
     OnPolicyDistillationTrainer,
     OnPolicyDistillationTrainingArguments,
     PromptCompletionCollator,
     tokenize_prompt_completion,
 )
-from .self_distillation import SelfDistillationTrainer, SelfDistillationTrainingArguments
-from .sequence_kd import generate_teacher_completions
+from hf_distill.modes.self_distillation import SelfDistillationTrainer, SelfDistillationTrainingArguments
+from hf_distill.modes.sequence_kd import generate_teacher_completions
 
 __all__ = [
     "MultiTaskCollator",

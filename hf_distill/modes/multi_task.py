@@ -32,12 +32,13 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 from transformers import AutoConfig, AutoModel, PreTrainedModel, Trainer
 
-from ..arguments import DistillationTrainingArguments
-from ..checks import check_separate_models
-from ..distributed import prepare_teacher
-from ..logit_terms import PlainLogitTerms, StudentView, require_labels
-from ..model_kind import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, detect_task, logits_of
-from ..teacher_signals import LIVE, DistillationBatch, TeacherTarget
+from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.batch import DistillationBatch, TeacherTarget
+from hf_distill.checks import check_separate_models
+from hf_distill.model_kind import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, detect_task, logits_of
+from hf_distill.teachers.sources import LIVE
+from hf_distill.terms.logits import PlainLogitTerms, StudentView, require_labels
+from hf_distill.training.placement import prepare_teacher
 
 HEAD_KINDS = (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION)
 CONFIG_NAME = "multi_task_student.json"

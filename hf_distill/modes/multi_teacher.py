@@ -31,12 +31,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..arguments import DistillationTrainingArguments
-from ..checks import check_compatibility, check_separate_models
-from ..logit_terms import PlainLogitTerms
-from ..model_kind import logits_of, slice_vocab
-from ..teacher_signals import LIVE, TeacherTarget
-from ..trainer import DistillationTrainer
+from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.batch import TeacherTarget
+from hf_distill.checks import check_compatibility, check_separate_models
+from hf_distill.model_kind import logits_of, slice_vocab
+from hf_distill.teachers.sources import LIVE
+from hf_distill.terms.logits import PlainLogitTerms
+from hf_distill.trainer import DistillationTrainer
 
 logger = logging.getLogger(__name__)
 TEACHER_WEIGHTINGS = ("fixed", "max_prob", "entropy")

@@ -21,12 +21,12 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..arguments import FEATURE_WEIGHTS, DistillationTrainingArguments
-from ..checkpoints import CheckpointExtra
-from ..checks import check_separate_models
-from ..logit_terms import PlainLogitTerms, require_labels
-from ..teacher_signals import DistillationBatch, TeacherTarget
-from ..trainer import DistillationTrainer
+from hf_distill.arguments import FEATURE_WEIGHTS, DistillationTrainingArguments
+from hf_distill.batch import DistillationBatch, TeacherTarget
+from hf_distill.checks import check_separate_models
+from hf_distill.terms.logits import PlainLogitTerms, require_labels
+from hf_distill.trainer import DistillationTrainer
+from hf_distill.training.checkpoints import CheckpointExtra
 
 STUDENT_A, STUDENT_B = "student_a", "student_b"
 PEER = "peer"

@@ -38,9 +38,9 @@ from datasets import Dataset
 from torch import nn
 from transformers import GenerationConfig
 
-from ..arguments import DistillationTrainingArguments
-from ..model_kind import CAUSAL_LM, detect_task
-from ..trainer import DistillationTrainer
+from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.model_kind import CAUSAL_LM, detect_task
+from hf_distill.trainer import DistillationTrainer
 
 PROMPT_INPUT_IDS, PROMPT_ATTENTION_MASK = "prompt_input_ids", "prompt_attention_mask"
 PROMPT_COLUMNS = (PROMPT_INPUT_IDS, PROMPT_ATTENTION_MASK)

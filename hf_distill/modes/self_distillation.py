@@ -11,7 +11,7 @@ Two teachers are offered:
 
 Both start as a copy of the student, so the distillation term is 0 at step 0 and grows as the student moves
 away from its own past; a task loss (``alpha < 1``) is what moves it. The teacher's state is saved in each
-checkpoint (``self_distillation_teacher.pt``, written and restored by :mod:`hf_distill.checkpoints` like every
+checkpoint (``self_distillation_teacher.pt``, written and restored by :mod:`hf_distill.training.checkpoints` like every
 extra) so that resuming continues the same average.
 """
 
@@ -25,9 +25,9 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from ..arguments import DistillationTrainingArguments
-from ..checkpoints import CheckpointExtra
-from ..trainer import DistillationTrainer
+from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.trainer import DistillationTrainer
+from hf_distill.training.checkpoints import CheckpointExtra
 
 SELF_TEACHERS = ("ema", "snapshot")
 SELF_TEACHER_NAME = "self_distillation_teacher.pt"

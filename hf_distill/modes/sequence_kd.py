@@ -19,7 +19,7 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-from .on_policy import (
+from hf_distill.modes.on_policy import (
     PROMPT_ATTENTION_MASK,
     PROMPT_INPUT_IDS,
     PromptCompletionCollator,

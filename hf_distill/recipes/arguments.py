@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..arguments import DistillationTrainingArguments
-from .config import parse_args_with_config
-from .data_common import check_fractions
-from .mode_select import ModeArguments, arguments_class, mode_from_argv
-from .tensorboard_log import default_report_to
+from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.recipes.config import parse_args_with_config
+from hf_distill.recipes.data_common import check_fractions
+from hf_distill.recipes.mode_select import ModeArguments, arguments_class, mode_from_argv
+from hf_distill.recipes.tensorboard_log import default_report_to
 
 STUDENT_INITS = ("teacher_layers", "config", "gpt2", "pretrained", "cnn")
 FINE_TUNE_CHOICES = ("auto", "always", "never")

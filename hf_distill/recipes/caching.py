@@ -2,9 +2,9 @@
 
 - Same tokenizer (every task): the task's training rows, tokenized by the teacher's tokenizer, with the teacher's
   logits (classifiers) or top-k (causal LM). ``--cache_format shards`` writes Parquet shards as the teacher
-  runs (:func:`hf_distill.cache_writer.write_teacher_cache`; the compact top-k codec for a causal LM), ``arrow``
+  runs (:func:`hf_distill.cache.writer.write_teacher_cache`; the compact top-k codec for a causal LM), ``arrow``
   a ``Dataset.save_to_disk`` folder of float32 columns; ``auto`` (default) picks shards for a causal LM and
-  arrow for classifiers. :func:`hf_distill.cache_shards.load_teacher_cache` reads both.
+  arrow for classifiers. :func:`hf_distill.cache.shards.load_teacher_cache` reads both.
 - Cross-tokenizer (codegen, ``--teacher_tokenizer``): the training files cut into text blocks, the teacher's
   outputs on its own tokenization of each block (``xtok_teacher_*`` columns), so students of any tokenizer train
   from it. With ``--student_tokenizer`` the blocks are that student's (``max_length`` of its tokens, the rows
@@ -23,14 +23,14 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..cache_writer import write_teacher_cache
-from ..offline import HUB_IDS, resolve_model_path
-from ..teacher_cache import cache_teacher_outputs
-from ..token_alignment import TEXT_COLUMN
-from ..topk_codec import TopkCodec
-from .cross_tokenizer import text_blocks, training_texts
-from .data_code import load_code_corpus
-from .teacher import load_teacher, teacher_tokenizer
+from hf_distill.cache.build import cache_teacher_outputs
+from hf_distill.cache.codec import TopkCodec
+from hf_distill.cache.writer import write_teacher_cache
+from hf_distill.recipes.cross_tokenizer import text_blocks, training_texts
+from hf_distill.recipes.data_code import load_code_corpus
+from hf_distill.recipes.offline import HUB_IDS, resolve_model_path
+from hf_distill.recipes.teacher import load_teacher, teacher_tokenizer
+from hf_distill.token_alignment import TEXT_COLUMN
 
 CACHE_FORMATS = ("auto", "shards", "arrow")
 

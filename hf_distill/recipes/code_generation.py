@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .code_prompts import CodePrompt, doctest_program
-from .sandbox import run_untrusted
+from hf_distill.recipes.code_prompts import CodePrompt, doctest_program
+from hf_distill.recipes.sandbox import run_untrusted
 
 PROMPT_STYLES = ("raw", "chat")
 

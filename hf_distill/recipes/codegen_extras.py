@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .cross_tokenizer import add_cross_tokenizer_students, bits_per_byte_table
-from .generation_eval import write_generation_eval
-from .report_json import write_report
+from hf_distill.recipes.cross_tokenizer import add_cross_tokenizer_students, bits_per_byte_table
+from hf_distill.recipes.generation_eval import write_generation_eval
+from hf_distill.recipes.report_json import write_report
 
 
 def finish_codegen_report(

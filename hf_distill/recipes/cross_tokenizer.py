@@ -21,15 +21,15 @@ import torch.nn.functional as F
 from datasets import Dataset
 from transformers import PreTrainedModel, Trainer, default_data_collator, set_seed
 
-from ..arguments import DistillationTrainingArguments
-from ..losses import IGNORE_INDEX
-from ..metrics import corpus_bits_per_byte, corpus_perplexity
-from ..student import gpt2_student_for
-from ..teacher_cache import cache_teacher_outputs
-from ..token_alignment import OFFSETS_COLUMN, TEXT_COLUMN
-from ..topk_codec import TopkCodec
-from ..trainer import DistillationTrainer
-from .training import derived_args, plain_trainer_args
+from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.cache.build import cache_teacher_outputs
+from hf_distill.cache.codec import TopkCodec
+from hf_distill.losses.divergences import IGNORE_INDEX
+from hf_distill.recipes.training import derived_args, plain_trainer_args
+from hf_distill.students.build import gpt2_student_for
+from hf_distill.token_alignment import OFFSETS_COLUMN, TEXT_COLUMN
+from hf_distill.trainer import DistillationTrainer
+from hf_distill.training.metrics import corpus_bits_per_byte, corpus_perplexity
 
 # The cache the recipe keeps in memory: top-k values in 6-bit codes (on SmolLM2's code batches a batch's
 # aligned / uld loss within 4e-4 of the float32 cache's).
@@ -258,8 +258,8 @@ def add_cross_tokenizer_students(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..offline import HUB_IDS, resolve_model_path
-    from .data_code import load_code_corpus
+    from hf_distill.recipes.data_code import load_code_corpus
+    from hf_distill.recipes.offline import HUB_IDS, resolve_model_path
 
     teacher_path = resolve_model_path(teacher_args.teacher_model_name_or_path)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32).eval()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
-from .data_common import check_limit, group_split
-from .data_files import builder_for, carve_missing_splits, data_files, load_data_files
+from hf_distill.recipes.data_common import check_limit, group_split
+from hf_distill.recipes.data_files import builder_for, carve_missing_splits, data_files, load_data_files
 
 # The source column of code datasets (codeparrot: "content", others "code").
 CODE_COLUMNS = ("text", "content", "code")

@@ -14,7 +14,7 @@ import datasets
 from datasets import DatasetDict
 from datasets.exceptions import DatasetGenerationError
 
-from .data_common import check_fractions, group_split, notice
+from hf_distill.recipes.data_common import check_fractions, group_split, notice
 
 SPLITS = ("train", "validation", "test")
 # The datasets builder of each file suffix; a .tsv file is a CSV file with tab delimiters.

@@ -13,8 +13,15 @@ from typing import NamedTuple
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
 
-from .data_common import check_fractions, find_column, group_split, load_hub, package_folder
-from .data_files import BUILDER_NAMES, FILE_BUILDERS, builder_for, carve_indices, data_files, load_data_files
+from hf_distill.recipes.data_common import check_fractions, find_column, group_split, load_hub, package_folder
+from hf_distill.recipes.data_files import (
+    BUILDER_NAMES,
+    FILE_BUILDERS,
+    builder_for,
+    carve_indices,
+    data_files,
+    load_data_files,
+)
 
 _TOKEN_COLUMNS = ("tokens", "words")
 _TAG_COLUMNS = ("ner_tags", "tags", "ner", "labels")

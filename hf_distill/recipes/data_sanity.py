@@ -16,7 +16,7 @@ from typing import Any
 
 from accelerate import PartialState
 
-from .data_common import notice
+from hf_distill.recipes.data_common import notice
 
 logger = logging.getLogger(__name__)
 

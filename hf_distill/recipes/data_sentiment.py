@@ -12,7 +12,7 @@ import os
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from .data_common import (
+from hf_distill.recipes.data_common import (
     check_fractions,
     check_limit,
     find_column,
@@ -21,7 +21,7 @@ from .data_common import (
     load_hub,
     package_folder,
 )
-from .data_files import builder_for, carve_missing_splits, data_files, load_data_files
+from hf_distill.recipes.data_files import builder_for, carve_missing_splits, data_files, load_data_files
 
 logger = logging.getLogger(__name__)
 

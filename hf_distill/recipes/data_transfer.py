@@ -1,5 +1,5 @@
 """Transfer sets for the recipes: in-domain text without labels, which the student learns from through the
-teacher's soft targets alone (the labels of its rows are -100; see :mod:`hf_distill.logit_terms`).
+teacher's soft targets alone (the labels of its rows are -100; see :mod:`hf_distill.terms.logits`).
 
 Where the rows come from:
 
@@ -22,8 +22,8 @@ from typing import Any
 
 from datasets import ClassLabel, Dataset, Features, Value, concatenate_datasets
 
-from .data_common import check_not_empty
-from .data_files import builder_for, load_data_files
+from hf_distill.recipes.data_common import check_not_empty
+from hf_distill.recipes.data_files import builder_for, load_data_files
 
 TRANSFER_BUILDERS = ("csv", "json", "parquet", "text")
 

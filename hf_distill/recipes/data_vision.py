@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from datasets import ClassLabel, Dataset, DatasetDict
 
-from .data_common import check_fractions
+from hf_distill.recipes.data_common import check_fractions
 
 DIGITS_LABEL = "sklearn digits 8x8, upsampled (stratified split)"
 IMAGE_COLUMNS = ("image", "img", "pixel_values")

@@ -1,14 +1,14 @@
 """Scoring a recipe's models on the task's held-out test split, keeping what the multi-seed scorecard
-resamples (:class:`~hf_distill.metrics.ExampleScores`)."""
+resamples (:class:`~hf_distill.training.metrics.ExampleScores`)."""
 
 from __future__ import annotations
 
 import numpy as np
 from torch import nn
 
-from ..arguments import DistillationTrainingArguments
-from ..metrics import ExampleScores
-from .tasks import TaskData
+from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.recipes.tasks import TaskData
+from hf_distill.training.metrics import ExampleScores
 
 
 def evaluate_models(

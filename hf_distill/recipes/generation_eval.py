@@ -20,20 +20,20 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..offline import resolve_model_path
-from ..report import generation_section
-from .code_generation import (
+from hf_distill.recipes.code_generation import (
     doctest_outcomes,
     generation_metrics,
     greedy_completions,
     is_degenerate,
     parses,
 )
-from .code_prompts import CodePrompt, held_out_prompts
-from .cross_tokenizer import EVAL_CHARS_PER_FILE, bits_per_byte
-from .data_code import load_code_corpus, python_stdlib_files
-from .report_json import write_report
-from .tasks import code_corpus
+from hf_distill.recipes.code_prompts import CodePrompt, held_out_prompts
+from hf_distill.recipes.cross_tokenizer import EVAL_CHARS_PER_FILE, bits_per_byte
+from hf_distill.recipes.data_code import load_code_corpus, python_stdlib_files
+from hf_distill.recipes.offline import resolve_model_path
+from hf_distill.recipes.report_json import write_report
+from hf_distill.recipes.tasks import code_corpus
+from hf_distill.reports.report import generation_section
 
 TEACHER_PROMPT_STYLES = ("auto", "chat", "raw", "both")
 # Completions shown in report.json / report.md, and the characters kept of each.

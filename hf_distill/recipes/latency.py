@@ -1,6 +1,6 @@
 """Measuring forward latency for a recipe's report: the batches every model is timed on, the side-by-side
-timing (:func:`hf_distill.timing.time_models`) and the report's latency and speed-up entries with their spread
-and reliability (:func:`hf_distill.timing.speedup_stats`)."""
+timing (:func:`hf_distill.reports.timing.time_models`) and the report's latency and speed-up entries with their spread
+and reliability (:func:`hf_distill.reports.timing.speedup_stats`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..timing import Timings, latency_stats, speedup_stats, time_models
-from .tasks import TaskData
+from hf_distill.recipes.tasks import TaskData
+from hf_distill.reports.timing import Timings, latency_stats, speedup_stats, time_models
 
 LATENCY_BATCH_SIZES = (1, 32)
 
@@ -30,7 +30,7 @@ def measure_latency(
     models: dict[str, nn.Module], batches: dict[int, dict[str, torch.Tensor]], rounds: int = 5, **kwargs: Any
 ) -> dict[str, dict[int, float]]:
     """Median forward latency in milliseconds, ``{model name: {batch size: ms}}``, timed side by side
-    (:func:`hf_distill.timing.time_models`; ``kwargs`` go to it). :func:`latency_entries` gives the spread."""
+    (:func:`hf_distill.reports.timing.time_models`; ``kwargs`` go to it). :func:`latency_entries` gives the spread."""
     timings = time_models(models, batches, rounds, **kwargs)
     return {
         name: {size: latency_stats(samples, timings.threads)["median_ms"] for size, samples in sizes.items()}

@@ -35,20 +35,20 @@ from typing import Any
 from datasets import Dataset
 from torch import nn
 
-from ..arguments import DistillationTrainingArguments
-from ..modes.multi_teacher import MultiTeacherDistillationTrainer, MultiTeacherTrainingArguments
-from ..modes.mutual import MutualLearningTrainer
-from ..modes.on_policy import (
+from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.modes.multi_teacher import MultiTeacherDistillationTrainer, MultiTeacherTrainingArguments
+from hf_distill.modes.mutual import MutualLearningTrainer
+from hf_distill.modes.on_policy import (
     PROMPT_INPUT_IDS,
     OnPolicyDistillationTrainer,
     OnPolicyDistillationTrainingArguments,
     PromptCompletionCollator,
     pad_and_eos_ids,
 )
-from ..modes.self_distillation import SelfDistillationTrainer, SelfDistillationTrainingArguments
-from ..modes.sequence_kd import generate_teacher_completions
-from ..trainer import DistillationTrainer
-from .config import load_config_file, split_config_flag
+from hf_distill.modes.self_distillation import SelfDistillationTrainer, SelfDistillationTrainingArguments
+from hf_distill.modes.sequence_kd import generate_teacher_completions
+from hf_distill.recipes.config import load_config_file, split_config_flag
+from hf_distill.trainer import DistillationTrainer
 
 MODE_FLAG = "--distillation_mode"
 ARGUMENT_CLASSES: dict[str, type[DistillationTrainingArguments]] = {

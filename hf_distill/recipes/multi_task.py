@@ -33,15 +33,15 @@ from torch import nn
 from transformers import AutoModel, set_seed
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from ..arguments import DistillationTrainingArguments
-from ..losses import task_cross_entropy
-from ..modes.multi_task import MultiTaskDataset, MultiTaskDistillationTrainer, MultiTaskStudent
-from ..offline import HUB_IDS, resolve_model_path
-from ..student import count_parameters, student_from_teacher
-from .arguments import DataArguments, ReportArguments, StudentArguments, TeacherArguments
-from .latency import measure_latency
-from .tasks import TaskData, prepare_ner, prepare_sentiment
-from .teacher import ready_teacher
+from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.losses.divergences import task_cross_entropy
+from hf_distill.modes.multi_task import MultiTaskDataset, MultiTaskDistillationTrainer, MultiTaskStudent
+from hf_distill.recipes.arguments import DataArguments, ReportArguments, StudentArguments, TeacherArguments
+from hf_distill.recipes.latency import measure_latency
+from hf_distill.recipes.offline import HUB_IDS, resolve_model_path
+from hf_distill.recipes.tasks import TaskData, prepare_ner, prepare_sentiment
+from hf_distill.recipes.teacher import ready_teacher
+from hf_distill.students.build import count_parameters, student_from_teacher
 
 REPORT_NAME = "multi_task_report.json"
 RECIPE_TASKS = ("sentiment", "ner")

@@ -3,7 +3,7 @@ what evaluation covers.
 
 Training rows are cut at ``max_length`` sub-tokens; evaluation rows are not. A validation or test sentence
 longer than that becomes overlapping windows of whole words
-(:func:`hf_distill.preprocessing.tokenize_windows_and_align_labels`), each word is predicted in the window
+(:func:`hf_distill.training.preprocessing.tokenize_windows_and_align_labels`), each word is predicted in the window
 where it is most central, and :func:`windowed_evaluator` regroups the predictions into sentences before
 seqeval scores them, so an entity at the end of a long sentence is scored like any other. What is still not
 scored (words the tokenizer gives no sub-token, such as a lone U+3000) is counted and reported
@@ -19,15 +19,15 @@ from datasets import DatasetDict
 from torch import nn
 from transformers import Trainer
 
-from ..preprocessing import WINDOW_SENTENCE, WINDOW_WORDS, regroup_windows
-from .data_common import notice
+from hf_distill.recipes.data_common import notice
+from hf_distill.training.preprocessing import WINDOW_SENTENCE, WINDOW_WORDS, regroup_windows
 
 
 def windowed_evaluator(compute_metrics: Callable, collator: Callable) -> Callable:
     """Scores a token classifier with ``Trainer.predict`` on window rows, regrouped into sentences first
     (datasets without the window columns are scored row by row, as before). Returns what ``compute_metrics``
     returns for ``(predictions, labels)``: a dict of metrics, or the per-sentence
-    :class:`~hf_distill.metrics.ExampleScores` the scorecard resamples."""
+    :class:`~hf_distill.training.metrics.ExampleScores` the scorecard resamples."""
 
     def evaluate(model: nn.Module, dataset: Any, training_args: Any) -> Any:
         columns = [c for c in (WINDOW_SENTENCE, WINDOW_WORDS) if c in dataset.column_names]

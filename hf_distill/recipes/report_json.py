@@ -1,4 +1,4 @@
-"""The content of a recipe's ``report.json`` (the schema of :mod:`hf_distill.report`): each model's entry,
+"""The content of a recipe's ``report.json`` (the schema of :mod:`hf_distill.reports.report`): each model's entry,
 retention and speedup against the teacher; writing it, its comparison table and the students' model cards.
 """
 
@@ -11,12 +11,15 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..arguments import DistillationTrainingArguments
-from ..metrics import ExampleScores
-from ..offline import HUB_IDS, resolve_model_path
-from ..report import REPORT_FILENAME, comparison_table, markdown_table, validate_report
-from ..report_format import scorecard_table, verdict_lines
-from ..scorecard import (
+from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.hub.teacher_origin import teacher_license
+from hf_distill.recipes.arguments import TeacherArguments
+from hf_distill.recipes.latency import LATENCY_BATCH_SIZES
+from hf_distill.recipes.offline import HUB_IDS, resolve_model_path
+from hf_distill.recipes.tasks import NEW_TEACHER, TaskData
+from hf_distill.reports.format import scorecard_table, verdict_lines
+from hf_distill.reports.report import REPORT_FILENAME, comparison_table, markdown_table, validate_report
+from hf_distill.reports.scorecard import (
     BOOTSTRAP_SEED,
     CONFIDENCE_LEVEL,
     N_RESAMPLES,
@@ -25,11 +28,8 @@ from ..scorecard import (
     stack_statistics,
     verdict,
 )
-from ..student import count_parameters, model_size_on_disk
-from ..teacher_origin import teacher_license
-from .arguments import TeacherArguments
-from .latency import LATENCY_BATCH_SIZES
-from .tasks import NEW_TEACHER, TaskData
+from hf_distill.students.build import count_parameters, model_size_on_disk
+from hf_distill.training.metrics import ExampleScores
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -108,7 +108,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 def write_cards(report: dict[str, Any]) -> None:
     """A model card (``README.md``) in each student's folder (every seed's, with several), from the report."""
-    from ..hub import write_model_card
+    from hf_distill.hub.card import write_model_card
 
     for student in report["students"]:
         folders = [seed["output_dir"] for seed in student.get("seeds") or []] or [student["output_dir"]]
@@ -123,7 +123,7 @@ def build_scorecard(
     students: list[dict[str, Any]],
     scores: dict[str, list[ExampleScores]],
 ) -> dict[str, Any]:
-    """The report's ``scorecard`` (:mod:`hf_distill.scorecard`): every model's mean over seeds and 95% interval,
+    """The report's ``scorecard`` (:mod:`hf_distill.reports.scorecard`): every model's mean over seeds and 95% interval,
     and for each distilled student the paired difference with the no-KD baseline of the same ``init``, its
     interval and verdict. Each student entry gets the same numbers as its own ``scorecard`` (what its model
     card shows)."""

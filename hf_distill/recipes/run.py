@@ -14,9 +14,9 @@ prepares its task's data (:mod:`hf_distill.recipes.tasks`) and hands both to :fu
    checks on the validation split that the teacher beats it (:mod:`hf_distill.recipes.teacher_check`);
 5. evaluates teacher and students on the held-out test split, keeping per-example results
    (:func:`~hf_distill.recipes.evaluation.score_models`), and measures latency at batch 1 and 32 side by
-   side, in interleaved rounds with their spread (:func:`~hf_distill.timing.time_models`,
+   side, in interleaved rounds with their spread (:func:`~hf_distill.reports.timing.time_models`,
    :func:`~hf_distill.recipes.latency.latency_entries`); with ``--seeds 1,2,3`` steps 2-5 run once per
-   seed against the same teacher, and the scorecard (:mod:`hf_distill.scorecard`) gives each model's mean
+   seed against the same teacher, and the scorecard (:mod:`hf_distill.reports.scorecard`) gives each model's mean
    and 95% interval and the paired difference KD - no-KD with its interval and verdict;
 6. writes ``report.json`` (:mod:`hf_distill.recipes.report_json`), prints the comparison table and, with
    ``report_to`` TensorBoard, logs it as the scorecard (:mod:`hf_distill.recipes.tensorboard_log`).
@@ -36,16 +36,12 @@ from accelerate import PartialState
 from torch import nn
 from transformers import PreTrainedModel, set_seed
 
-from ..arguments import DistillationTrainingArguments
-from ..metrics import ExampleScores
-from ..report import REPORT_FILENAME, validate_report
-from ..report_format import report_notes
-from ..timing import Timings, time_models
-from .arguments import ReportArguments, StudentArguments, TeacherArguments
-from .evaluation import evaluate_models, mean_metrics, score_models
-from .latency import LATENCY_BATCH_SIZES, latency_batch, latency_entries
-from .mode_select import ModeArguments
-from .report_json import (
+from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.recipes.arguments import ReportArguments, StudentArguments, TeacherArguments
+from hf_distill.recipes.evaluation import evaluate_models, mean_metrics, score_models
+from hf_distill.recipes.latency import LATENCY_BATCH_SIZES, latency_batch, latency_entries
+from hf_distill.recipes.mode_select import ModeArguments
+from hf_distill.recipes.report_json import (
     build_report,
     build_scorecard,
     extra_teacher_entries,
@@ -56,13 +52,17 @@ from .report_json import (
     write_cards,
     write_report,
 )
-from .students import build_student, student_name
-from .tasks import TaskData
-from .teacher import check_teacher_sources, load_extra_teachers, ready_teacher
-from .teacher_check import check_teacher_worth, warn_teacher_check
-from .teacher_reuse import with_teacher_outputs
-from .tensorboard_log import log_scorecard
-from .training import derived_args, student_learning_rate, train_student
+from hf_distill.recipes.students import build_student, student_name
+from hf_distill.recipes.tasks import TaskData
+from hf_distill.recipes.teacher import check_teacher_sources, load_extra_teachers, ready_teacher
+from hf_distill.recipes.teacher_check import check_teacher_worth, warn_teacher_check
+from hf_distill.recipes.teacher_reuse import with_teacher_outputs
+from hf_distill.recipes.tensorboard_log import log_scorecard
+from hf_distill.recipes.training import derived_args, student_learning_rate, train_student
+from hf_distill.reports.format import report_notes
+from hf_distill.reports.report import REPORT_FILENAME, validate_report
+from hf_distill.reports.timing import Timings, time_models
+from hf_distill.training.metrics import ExampleScores
 
 
 def run_recipe(

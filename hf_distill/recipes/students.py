@@ -7,11 +7,11 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from ..checks import load_pretrained
-from ..offline import resolve_model_path
-from ..student import gpt2_student_for, student_from_config, student_from_teacher
-from .arguments import StudentArguments
-from .tasks import TaskData
+from hf_distill.loading import load_pretrained
+from hf_distill.recipes.arguments import StudentArguments
+from hf_distill.recipes.offline import resolve_model_path
+from hf_distill.recipes.tasks import TaskData
+from hf_distill.students.build import gpt2_student_for, student_from_config, student_from_teacher
 
 
 def build_student(

@@ -1,7 +1,7 @@
 """The three recipe tasks as :class:`TaskData`: data, collator, metric.
 
 Loading is done by the recipe data modules (``data_sentiment``, ``data_ner``, ``data_code``) and tokenizing by
-:mod:`hf_distill.preprocessing`; this module only picks the splits, caps their size and says how each task is
+:mod:`hf_distill.training.preprocessing`; this module only picks the splits, caps their size and says how each task is
 scored:
 
 * sentiment: accuracy (macro F1 beside it) on the test split; optionally a transfer set (text without labels,
@@ -10,9 +10,9 @@ scored:
   whole sentences: those longer than ``max_length`` are scored through overlapping windows (:mod:`.ner_windows`);
 * code: held-out perplexity on files that no training block came from (bits per byte beside it).
 
-Each task scores a model through :class:`~hf_distill.metrics.ExampleScores` (``TaskData.score_examples``): the
+Each task scores a model through :class:`~hf_distill.training.metrics.ExampleScores` (``TaskData.score_examples``): the
 metrics, from the package's ``evaluate`` modules, and the per-example statistics the multi-seed scorecard
-resamples (:mod:`hf_distill.scorecard`).
+resamples (:mod:`hf_distill.reports.scorecard`).
 
 Before tokenizing, each prints a data check (:mod:`.data_sanity`): unknown and truncated shares under the
 teacher's tokenizer.
@@ -39,25 +39,36 @@ from transformers import (
     default_data_collator,
 )
 
-from ..arguments import DistillationTrainingArguments
-from ..metrics import ExampleScores, classification_scores, entity_scores, language_model_scores
-from ..preprocessing import (
+from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.recipes.arguments import DataArguments
+from hf_distill.recipes.data_code import code_column, load_code_corpus, load_code_files
+from hf_distill.recipes.data_common import check_not_empty
+from hf_distill.recipes.data_files import BUILDER_NAMES
+from hf_distill.recipes.data_ner import load_ner
+from hf_distill.recipes.data_sanity import DataCheck, check_data, report_data_check
+from hf_distill.recipes.data_sentiment import load_sentiment
+from hf_distill.recipes.data_transfer import (
+    refuse_transfer_file,
+    rows_past,
+    tokenize_transfer,
+    transfer_texts,
+    unlabeled,
+)
+from hf_distill.recipes.data_vision import DIGITS_LABEL, load_digits_images, load_image_dataset
+from hf_distill.recipes.ner_windows import windowed_coverage, windowed_evaluator
+from hf_distill.recipes.vision_models import SmallCNN, resnet_teacher
+from hf_distill.training.metrics import (
+    ExampleScores,
+    classification_scores,
+    entity_scores,
+    language_model_scores,
+)
+from hf_distill.training.preprocessing import (
     chunk_for_causal_lm,
     tokenize_and_align_labels,
     tokenize_for_classification,
     tokenize_windows_and_align_labels,
 )
-from .arguments import DataArguments
-from .data_code import code_column, load_code_corpus, load_code_files
-from .data_common import check_not_empty
-from .data_files import BUILDER_NAMES
-from .data_ner import load_ner
-from .data_sanity import DataCheck, check_data, report_data_check
-from .data_sentiment import load_sentiment
-from .data_transfer import refuse_transfer_file, rows_past, tokenize_transfer, transfer_texts, unlabeled
-from .data_vision import DIGITS_LABEL, load_digits_images, load_image_dataset
-from .ner_windows import windowed_coverage, windowed_evaluator
-from .vision_models import SmallCNN, resnet_teacher
 
 # teacher_model_name_or_path of a task that builds its teacher (vision): train a new one from scratch.
 NEW_TEACHER = "new"
@@ -72,7 +83,7 @@ class TaskData:
 
     ``evaluate(model, dataset, args)`` returns a dict of metrics that holds ``metric_name``;
     ``score_examples(model, dataset, args)`` returns the same metrics and the per-example statistics of
-    ``metric_name`` (:data:`~hf_distill.metrics.CORPUS_METRICS`).
+    ``metric_name`` (:data:`~hf_distill.training.metrics.CORPUS_METRICS`).
     """
 
     task: str

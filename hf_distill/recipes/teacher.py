@@ -1,7 +1,7 @@
 """The recipe's teachers: the tokenizer they share with the students, whether a checkpoint still needs
 fine-tuning on the task, loading it, fine-tuning it, and the extra teachers of a multi-teacher run.
 
-Every teacher is loaded through :func:`hf_distill.checks.load_pretrained`: a local path that does not exist is
+Every teacher is loaded through :func:`hf_distill.loading.load_pretrained`: a local path that does not exist is
 refused before any Hub call, and a Hub id the Hub cannot provide is reported as neither a folder nor reachable.
 """
 
@@ -14,13 +14,13 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer, set_seed
 
-from ..arguments import DistillationTrainingArguments
-from ..checks import check_model_source, load_pretrained
-from ..offline import resolve_model_path
-from .arguments import TeacherArguments
-from .mode_select import ModeArguments
-from .tasks import NEW_TEACHER, TaskData
-from .training import plain_trainer_args, resume_point
+from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.loading import check_model_source, load_pretrained
+from hf_distill.recipes.arguments import TeacherArguments
+from hf_distill.recipes.mode_select import ModeArguments
+from hf_distill.recipes.offline import resolve_model_path
+from hf_distill.recipes.tasks import NEW_TEACHER, TaskData
+from hf_distill.recipes.training import plain_trainer_args, resume_point
 
 TEACHER_FLAG = "teacher_model_name_or_path"
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from torch import nn
 
-from ..arguments import DistillationTrainingArguments
-from .tasks import TaskData
+from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.recipes.tasks import TaskData
 
 logger = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ A multi-seed recipe trains one distilled student per seed against the same teach
 and frozen, so its outputs on a row are the same every seed: running it again in each seed's training costs a
 teacher forward per step (a third of a MiniLM-L6 -> 3-layer sentiment step) and changes nothing. With
 ``teacher_outputs_once`` (the default) the recipe runs the teacher once over the labeled and transfer rows with
-:func:`hf_distill.teacher_cache.cache_teacher_outputs` and trains every seed from those columns; the trainer
-reads a batch's cached logits instead of the live teacher (:class:`hf_distill.teacher_signals.TeacherSignal`)
+:func:`hf_distill.cache.build.cache_teacher_outputs` and trains every seed from those columns; the trainer
+reads a batch's cached logits instead of the live teacher (:class:`hf_distill.teachers.sources.TeacherSignal`)
 and checks each row's input hash, so a row that does not match its logits is refused, not trained on.
 
 It applies where the cached signal is the whole signal: classification and NER (full logits, exact: only the
@@ -21,12 +21,12 @@ from typing import Any
 
 from torch import nn
 
-from ..arguments import DistillationTrainingArguments
-from ..model_kind import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
-from ..teacher_cache import cache_teacher_outputs
-from .data_common import notice
-from .data_transfer import with_transfer
-from .tasks import TaskData
+from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.cache.build import cache_teacher_outputs
+from hf_distill.model_kind import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
+from hf_distill.recipes.data_common import notice
+from hf_distill.recipes.data_transfer import with_transfer
+from hf_distill.recipes.tasks import TaskData
 
 INTERNAL_TERMS = ("hidden_state_weight", "attention_weight", "value_relation_weight", "feature_map_weight")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from transformers.integrations import is_tensorboard_available
 
-from ..report_format import comparison_table, markdown_table
+from hf_distill.reports.format import comparison_table, markdown_table
 
 SCORECARD_DIR = "scorecard"
 # A model's report entry: the numbers that are compared between teacher and students.

@@ -14,14 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
 
-from ..arguments import DistillationTrainingArguments
-from ..checkpoints import checkpoint_problems, checkpoints_in
-from ..model_kind import logits_of
-from ..modes.mutual import STUDENT_A
-from .data_common import notice
-from .mode_select import ModeArguments, mode_train_data, mode_trainer
-from .tasks import TaskData
-from .teacher_reuse import distilled_rows
+from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.model_kind import logits_of
+from hf_distill.modes.mutual import STUDENT_A
+from hf_distill.recipes.data_common import notice
+from hf_distill.recipes.mode_select import ModeArguments, mode_train_data, mode_trainer
+from hf_distill.recipes.tasks import TaskData
+from hf_distill.recipes.teacher_reuse import distilled_rows
+from hf_distill.training.checkpoints import checkpoint_problems, checkpoints_in
 
 
 def derived_args(

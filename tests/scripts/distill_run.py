@@ -146,16 +146,16 @@ def kill_in_save(trainer: DistillationTrainer, point: str, step: int) -> None:
 
         TrainerState.save_to_json = state_then_die
     elif point == "before-marker":
-        import hf_distill.checkpoints
+        import hf_distill.training.checkpoints
 
-        write_marker = hf_distill.checkpoints.write_marker
+        write_marker = hf_distill.training.checkpoints.write_marker
 
         def die_instead(path, global_step):
             if os.path.basename(path) == folder:
                 die()
             write_marker(path, global_step)
 
-        hf_distill.checkpoints.write_marker = die_instead
+        hf_distill.training.checkpoints.write_marker = die_instead
     elif point == "rotation":
         rmtree = shutil.rmtree
 

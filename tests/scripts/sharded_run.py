@@ -16,7 +16,7 @@ the plugin; DeepSpeed without ``use_cpu`` on a machine without GPUs becomes a on
 :func:`allow_sharding_on_cpu` promotes the two-process CPU (gloo) state to FSDP or DeepSpeed with the plugin
 built from that environment. Everything after it is unchanged library code: Trainer's FSDP / DeepSpeed
 integration shards the student through ``accelerator.prepare`` (``fully_shard`` on the default CPU mesh;
-a ZeRO-3 engine on DeepSpeed's CPU accelerator), and ``hf_distill.distributed.prepare_teacher`` shards the
+a ZeRO-3 engine on DeepSpeed's CPU accelerator), and ``hf_distill.training.placement.prepare_teacher`` shards the
 teacher for inference the way the GPU configs do: eval mode, no optimizer, never saved.
 
 Every rank writes ``OUT/rank<r>.json``: the teacher's parameters held locally (the numel of its DTensor shards

@@ -1,0 +1,497 @@
+"""Building a student from a teacher.
+
+Three ways to get a student, from the most to the least of the teacher it keeps:
+
+- :func:`student_from_teacher`: the DistilBERT recipe (Sanh et al., 2019). Same class and config as the
+  teacher with fewer transformer blocks; embeddings, the kept blocks, final norms, pooler and task heads are
+  copied, so the student starts close to the teacher and distillation only has to repair the gaps.
+- :func:`student_from_config`: a fresh, randomly initialised model of the teacher's class with a smaller
+  config; the embeddings are copied only when they still fit.
+- :func:`gpt2_student_for`: a random GPT-2 that shares the teacher's vocabulary (or has its own tokenizer's,
+  for cross-tokenizer distillation), whatever the teacher's architecture.
+
+Every student records where it came from in ``config.distillation``, which ``save_pretrained`` writes to
+``config.json`` and ``from_pretrained`` reads back.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel, PretrainedConfig, PreTrainedModel
+
+from hf_distill.students.vocab_transfer import transfer_vocabulary
+
+logger = logging.getLogger(__name__)
+
+LAYER_STRATEGIES = ("uniform", "every_other", "first", "last")
+
+# Config entries that are lists but not one entry per layer, even when their length happens to equal the
+# number of layers (Llama 3 has `eos_token_id: [128001, 128008, 128009]`; MTP layers are counted apart).
+_NOT_PER_LAYER_SUFFIXES = ("token_id", "token_ids")
+_NOT_PER_LAYER_KEYS = {"architectures"}
+_NOT_PER_LAYER_PREFIXES = ("mtp_",)
+
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def select_layers(num_teacher_layers: int, num_student_layers: int, strategy: str = "uniform") -> list[int]:
+    """Choose which teacher layers a student of ``num_student_layers`` layers keeps.
+
+    Strategies (teacher of ``L`` layers, student of ``n``):
+
+    - ``"uniform"``: ``round(linspace(0, L - 1, n))``. Keeps the first and the last layer (the last one is
+      closest to the head the student inherits) and spreads the rest evenly. ``n = 1`` keeps layer 0.
+    - ``"every_other"``: ``0, 2, 4, ...`` as DistilBERT did; needs ``n <= ceil(L / 2)``.
+    - ``"first"``: ``0 .. n-1``. ``"last"``: ``L-n .. L-1``.
+
+    Returns a strictly increasing list of ``n`` teacher layer indices.
+    """
+    if num_teacher_layers < 1:
+        raise ValueError(f"num_teacher_layers must be at least 1, got {num_teacher_layers}.")
+    if num_student_layers < 1:
+        raise ValueError(f"num_student_layers must be at least 1, got {num_student_layers}.")
+    if num_student_layers > num_teacher_layers:
+        raise ValueError(
+            f"num_student_layers ({num_student_layers}) is larger than the teacher's number of layers "
+            f"({num_teacher_layers}); a student built from teacher layers can only drop layers."
+        )
+    if strategy == "uniform":
+        if num_student_layers == 1:
+            return [0]
+        # n distinct points on [0, L-1] with spacing >= 1 stay distinct after rounding, so no duplicates.
+        positions = np.linspace(0, num_teacher_layers - 1, num_student_layers)
+        return [int(i) for i in np.round(positions)]
+    if strategy == "every_other":
+        layers = list(range(0, num_teacher_layers, 2))
+        if num_student_layers > len(layers):
+            raise ValueError(
+                f"strategy 'every_other' gives at most {len(layers)} layers from a teacher of "
+                f"{num_teacher_layers} layers, but {num_student_layers} were asked for; use 'uniform'."
+            )
+        return layers[:num_student_layers]
+    if strategy == "first":
+        return list(range(num_student_layers))
+    if strategy == "last":
+        return list(range(num_teacher_layers - num_student_layers, num_teacher_layers))
+    raise ValueError(
+        f"Unknown layer selection strategy {strategy!r}; choose one of {list(LAYER_STRATEGIES)}."
+    )
+
+
+def _num_layers(config: PretrainedConfig) -> int:
+    # `num_hidden_layers` goes through `attribute_map`, so GPT-2's `n_layer` is found too.
+    num_layers = getattr(config, "num_hidden_layers", None)
+    if not isinstance(num_layers, int):
+        raise ValueError(
+            f"The teacher's config ({type(config).__name__}) has no integer `num_hidden_layers`; composite "
+            "models (encoder-decoder, vision-language) are not supported: build the student from the text "
+            "model inside them."
+        )
+    return num_layers
+
+
+def _validate_overrides(config: PretrainedConfig, overrides: dict[str, Any]) -> None:
+    """Raise if an override does not name an attribute of ``config`` (a typo would be ignored otherwise)."""
+    known = set(config.to_dict()) | set(config.attribute_map) | {"num_labels"}
+    for name in overrides:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(f"{type(config).__name__} has no attribute {name!r} to override.{hint}")
+
+
+def _is_per_layer_list(key: str, value: Any, num_layers: int) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == num_layers
+        and key not in _NOT_PER_LAYER_KEYS
+        and not key.endswith(_NOT_PER_LAYER_SUFFIXES)
+        and not key.startswith(_NOT_PER_LAYER_PREFIXES)
+    )
+
+
+def _derive_config(
+    teacher_config: PretrainedConfig, layers: Sequence[int] | None, overrides: dict[str, Any]
+) -> PretrainedConfig:
+    """A copy of ``teacher_config`` with ``overrides`` applied and per-layer entries kept for ``layers``.
+
+    Goes through ``to_dict``/``from_dict`` rather than ``setattr`` on a deep copy so that the config class
+    re-validates the whole result once (``num_hidden_layers`` against ``layer_types``) instead of seeing a
+    half-updated config after each assignment.
+    """
+    num_teacher_layers = _num_layers(teacher_config)
+    values = teacher_config.to_dict()
+    # The serialised name of an aliased attribute (GPT-2 stores `hidden_size` as `n_embd`).
+    alias = teacher_config.attribute_map
+    overrides = {alias.get(name, name): value for name, value in overrides.items()}
+    layers_key = alias.get("num_hidden_layers", "num_hidden_layers")
+    if layers is not None:
+        if layers_key in overrides:
+            raise ValueError(
+                "Set the number of layers with `layers` or `num_layers`, not as a config override."
+            )
+        overrides[layers_key] = len(layers)
+    if values.pop("quantization_config", None) is not None:
+        # A teacher loaded from GGUF (or another quantised format) holds dequantised tensors once loaded; the
+        # student is built from plain modules, and a carried-over quantisation config would make
+        # `from_pretrained` treat its saved weights as quantised.
+        logger.warning("Dropped quantization_config from the student's config: the student is not quantised.")
+    if "num_labels" in overrides:
+        # `id2label` from the teacher would contradict the new number of labels.
+        values.pop("id2label", None)
+        values.pop("label2id", None)
+
+    new_num_layers = overrides.get(layers_key, num_teacher_layers)
+    if new_num_layers != num_teacher_layers:
+        if layers is None:
+            # A random student has no teacher layers, but per-layer entries (attention types) still need one
+            # value per layer; take them from the layers a copying student would keep.
+            if new_num_layers > num_teacher_layers:
+                per_layer = [k for k, v in values.items() if _is_per_layer_list(k, v, num_teacher_layers)]
+                missing = [k for k in per_layer if k not in overrides]
+                if missing:
+                    raise ValueError(
+                        f"The student has more layers ({new_num_layers}) than the teacher "
+                        f"({num_teacher_layers}); pass the per-layer config entries {missing} explicitly."
+                    )
+            else:
+                layers = select_layers(num_teacher_layers, new_num_layers, "uniform")
+        if layers is not None:
+            for key, value in values.items():
+                if key not in overrides and _is_per_layer_list(key, value, num_teacher_layers):
+                    values[key] = [value[i] for i in layers]
+                    logger.info("Kept the entries of config.%s for layers %s.", key, list(layers))
+            # Heterogeneous configs store sparse per-layer overrides keyed by (zero-padded) layer index.
+            sparse = values.get("per_layer_config")
+            if isinstance(sparse, dict) and sparse:
+                new_index = {old: new for new, old in enumerate(layers)}
+                values["per_layer_config"] = {
+                    str(new_index[int(k)]): v for k, v in sparse.items() if int(k) in new_index
+                }
+    values.update(overrides)
+    return type(teacher_config).from_dict(values)
+
+
+def _find_block_list(model: nn.Module, num_layers: int) -> str:
+    """The name of the ``nn.ModuleList`` that holds the transformer blocks (``bert.encoder.layer``,
+    ``transformer.h``, ``model.layers``): the outermost ModuleList of ``num_layers`` modules."""
+    candidates = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers
+    ]
+    # A ModuleList inside a block (MoE experts) can have the same length by chance; keep the outermost.
+    outermost = [n for n in candidates if not any(n.startswith(other + ".") for other in candidates)]
+    if len(outermost) != 1:
+        found = outermost or "none"
+        raise ValueError(
+            f"Expected exactly one nn.ModuleList of {num_layers} blocks in {type(model).__name__} (the config's "
+            f"num_hidden_layers), found {found}; this architecture is not supported by student_from_teacher."
+        )
+    return outermost[0]
+
+
+def _check_layers(layers: Sequence[int], num_teacher_layers: int) -> list[int]:
+    layers = [int(i) for i in layers]
+    if not layers:
+        raise ValueError("layers is empty; a student needs at least one layer.")
+    for i in layers:
+        if not 0 <= i < num_teacher_layers:
+            raise ValueError(
+                f"Layer index {i} is out of range: the teacher has {num_teacher_layers} layers "
+                f"(indices 0..{num_teacher_layers - 1})."
+            )
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"layers {layers} contains duplicates; each teacher layer can be kept once.")
+    if layers != sorted(layers):
+        # Reordering blocks is almost always a mistake, and the renumbered student would hide it.
+        raise ValueError(f"layers {layers} is not increasing; keep teacher layers in their original order.")
+    return layers
+
+
+def _choose_layers(
+    num_teacher_layers: int, layers: Sequence[int] | None, num_layers: int | None, strategy: str
+) -> tuple[list[int], str]:
+    """The checked teacher layers a student keeps, and how they were chosen: ``strategy`` or "explicit"."""
+    if layers is not None and num_layers is not None:
+        raise ValueError("Pass either layers or num_layers, not both.")
+    if layers is not None:
+        return _check_layers(layers, num_teacher_layers), "explicit"
+    if num_layers is None:
+        raise ValueError("Pass layers (teacher layer indices) or num_layers (with a strategy).")
+    chosen = select_layers(num_teacher_layers, num_layers, strategy)
+    return _check_layers(chosen, num_teacher_layers), strategy
+
+
+def _renumber(name: str, block_prefix: str, new_index: dict[int, int]) -> str | None:
+    """Map ``<prefix><i>.<rest>`` to ``<prefix><new_index[i]>.<rest>``; None for a dropped block."""
+    if not name.startswith(block_prefix):
+        return name
+    index, rest = name[len(block_prefix) :].split(".", 1)
+    if int(index) not in new_index:
+        return None
+    return f"{block_prefix}{new_index[int(index)]}.{rest}"
+
+
+def _copy_non_persistent_buffers(
+    teacher: nn.Module, student: nn.Module, rename: Callable[[str], str | None]
+) -> None:
+    """Copy buffers that the state dict leaves out (rotary ``inv_freq``, ``position_ids``).
+
+    The student rebuilds them from the config, but a teacher cast with ``.to(dtype)`` holds them in that dtype
+    and computes with them; copying makes the student compute exactly what the teacher's kept layers do.
+    """
+    student_buffers = dict(student.named_buffers())
+    persistent = set(student.state_dict())
+    for name, buffer in teacher.named_buffers():
+        target = rename(name)
+        if target is None or target in persistent or target not in student_buffers:
+            continue
+        if student_buffers[target].shape != buffer.shape:
+            continue
+        module_name, _, leaf = target.rpartition(".")
+        student.get_submodule(module_name)._buffers[leaf] = buffer.detach().clone()
+
+
+def _provenance(teacher: PreTrainedModel, init: str, **details: Any) -> dict[str, Any]:
+    return {"teacher": teacher.name_or_path, "init": init, **details}
+
+
+def _build_like(teacher: PreTrainedModel, config: PretrainedConfig) -> PreTrainedModel:
+    # Building under the teacher's dtype (rather than casting afterwards) keeps float32 buffers such as
+    # rotary `inv_freq` exactly as `from_pretrained(..., dtype=...)` would make them.
+    config.dtype = teacher.dtype
+    return type(teacher)._from_config(config, dtype=teacher.dtype)
+
+
+def student_from_teacher(
+    teacher: PreTrainedModel,
+    layers: Sequence[int] | None = None,
+    num_layers: int | None = None,
+    strategy: str = "uniform",
+    tokenizer: Any = None,
+    teacher_tokenizer: Any = None,
+    **config_overrides: Any,
+) -> PreTrainedModel:
+    """A student of the teacher's class that keeps some of its transformer blocks (DistilBERT-style).
+
+    Pass either ``layers`` (teacher block indices, strictly increasing) or ``num_layers`` (chosen with
+    :func:`select_layers` and ``strategy``). The student has the teacher's config with
+    ``num_hidden_layers = len(layers)`` (per-layer entries such as ``layer_types`` keep the kept layers'
+    values) plus ``config_overrides`` (e.g. ``hidden_dropout_prob=0.0``), and the teacher's dtype and
+    label maps. Teacher block ``layers[j]`` becomes student block ``j``; every other tensor (embeddings,
+    final norms, pooler, classification or LM heads) is copied unchanged, and tied embeddings stay tied.
+
+    ``tokenizer``: another vocabulary, each row the teacher's row of the same string or the mean of its
+    pieces' (:func:`hf_distill.students.vocab_transfer.transfer_vocabulary`). Provenance:
+    ``config.distillation = {"teacher": ..., "init": "teacher_layers", "layers": [...]}``.
+
+    Raises ``ValueError`` for bad layer indices, unknown overrides, an architecture whose blocks cannot be
+    found, or a copied tensor whose shape differs from the student's (overrides that change sizes: use
+    :func:`student_from_config` for those).
+    """
+    num_teacher_layers = _num_layers(teacher.config)
+    layers, chosen_by = _choose_layers(num_teacher_layers, layers, num_layers, strategy)
+    _validate_overrides(teacher.config, config_overrides)
+
+    if getattr(teacher.config, "scale_attn_by_inverse_layer_idx", False) and layers != list(
+        range(len(layers))
+    ):
+        logger.warning(
+            "scale_attn_by_inverse_layer_idx is set: attention in block j is scaled by 1/(j+1), so renumbered "
+            "teacher blocks will not compute exactly what they did in the teacher."
+        )
+
+    block_prefix = _find_block_list(teacher, num_teacher_layers) + "."
+    config = _derive_config(teacher.config, layers, config_overrides)
+    student = _build_like(teacher, config)
+
+    new_index = {old: new for new, old in enumerate(layers)}
+    student_state = student.state_dict()
+    copied: dict[str, torch.Tensor] = {}
+    for name, tensor in teacher.state_dict().items():
+        target = _renumber(name, block_prefix, new_index)
+        if target is None:
+            continue
+        if target not in student_state:
+            raise ValueError(f"Teacher tensor {name!r} has no counterpart {target!r} in the student.")
+        expected = student_state[target].shape
+        if tensor.shape != expected:
+            cause = (
+                f"the config overrides {sorted(config_overrides)} change this tensor's size; use "
+                "student_from_config for a student with other sizes"
+                if config_overrides
+                else "the student's config does not rebuild the teacher's layer shapes"
+            )
+            raise ValueError(
+                f"Cannot copy {name!r} into {target!r}: teacher shape {tuple(tensor.shape)}, student shape "
+                f"{tuple(expected)}. Likely cause: {cause}."
+            )
+        copied[target] = tensor
+    missing = sorted(set(student_state) - set(copied))
+    if missing:
+        raise ValueError(f"The student has tensors the teacher did not provide: {missing}.")
+    # load_state_dict copies in place, so parameters tied at construction (lm_head to the embeddings) stay
+    # one tensor.
+    student.load_state_dict(copied, strict=True)
+    _copy_non_persistent_buffers(teacher, student, lambda name: _renumber(name, block_prefix, new_index))
+
+    details = {"layers": layers, "strategy": chosen_by, "num_teacher_layers": num_teacher_layers}
+    if tokenizer is not None:
+        details["tokenizer"] = transfer_vocabulary(
+            student, teacher_tokenizer, tokenizer, teacher.name_or_path
+        )
+    student.config.distillation = _provenance(teacher, "teacher_layers", **details)
+    student.train(teacher.training)
+    return student
+
+
+def _position_embedding_name(model: PreTrainedModel) -> str | None:
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if isinstance(module, nn.Embedding) and leaf in ("position_embeddings", "wpe", "embed_positions"):
+            return name
+    return None
+
+
+def student_from_config(teacher: PreTrainedModel, **overrides: Any) -> PreTrainedModel:
+    """A randomly initialised student of the teacher's class, from the teacher's config plus ``overrides``.
+
+    For example ``student_from_config(bert, num_hidden_layers=2, hidden_size=128, intermediate_size=512,
+    num_attention_heads=2)``. Override names must be attributes of the teacher's config (aliases such as
+    GPT-2's ``hidden_size`` for ``n_embd`` are accepted). When the layer count shrinks, per-layer config
+    entries keep the values of the layers :func:`select_layers` would keep.
+
+    The word embeddings (and learned position embeddings, if any) are copied from the teacher when the hidden
+    size is unchanged and their shapes match: token meanings then survive even though the blocks are new.
+    Otherwise they stay random. ``config.distillation`` records which: ``{"init": "random", "copied": [...],
+    "left_random": {name: reason}}``.
+    """
+    _validate_overrides(teacher.config, overrides)
+    config = _derive_config(teacher.config, None, overrides)
+    student = _build_like(teacher, config)
+
+    copied: list[str] = []
+    left_random: dict[str, str] = {}
+    teacher_hidden, student_hidden = teacher.config.hidden_size, student.config.hidden_size
+    pairs = [("word_embeddings", teacher.get_input_embeddings(), student.get_input_embeddings())]
+    position_name = _position_embedding_name(teacher)
+    if position_name is not None:
+        pairs.append(
+            (
+                "position_embeddings",
+                teacher.get_submodule(position_name),
+                student.get_submodule(position_name),
+            )
+        )
+    for label, source, target in pairs:
+        if teacher_hidden != student_hidden:
+            left_random[label] = f"hidden size changed from {teacher_hidden} to {student_hidden}"
+        elif source.weight.shape != target.weight.shape:
+            left_random[label] = (
+                f"shape {tuple(target.weight.shape)} differs from the teacher's {tuple(source.weight.shape)}"
+            )
+        else:
+            with torch.no_grad():
+                target.weight.copy_(source.weight)
+            copied.append(label)
+
+    student.config.distillation = _provenance(teacher, "random", copied=copied, left_random=left_random)
+    student.train(teacher.training)
+    return student
+
+
+def gpt2_student_for(
+    teacher_or_tokenizer: Any,
+    n_layer: int = 6,
+    n_embd: int | None = None,
+    n_head: int | None = None,
+    n_positions: int | None = None,
+    tokenizer: Any = None,
+    **config_overrides: Any,
+) -> GPT2LMHeadModel:
+    """A randomly initialised ``GPT2LMHeadModel`` over the teacher's vocabulary, or ``tokenizer``'s.
+
+    ``teacher_or_tokenizer`` is a model, a config or a tokenizer. From a model or config, ``vocab_size`` and
+    the bos/eos/pad ids come from its config (the config's vocab size, which may be padded beyond the
+    tokenizer's, is what the teacher's logits have), and ``n_embd``/``n_head``/``n_positions`` default to
+    its hidden size, attention heads and maximum positions, which keeps hidden-state losses possible without
+    a projection. From a tokenizer, ``vocab_size = len(tokenizer)`` (added tokens included), the ids are the
+    tokenizer's, and the sizes default to GPT-2 small's (768, 12, 1024). ``tokenizer``: a model with its own
+    vocabulary (e.g. GPT-2's, for cross-tokenizer distillation): vocabulary and ids from it, sizes from the
+    teacher. ``config_overrides`` go to ``GPT2Config`` (e.g. ``resid_pdrop=0.0``).
+    """
+    config = getattr(teacher_or_tokenizer, "config", teacher_or_tokenizer)
+    if isinstance(config, PretrainedConfig):
+        source_name = getattr(teacher_or_tokenizer, "name_or_path", None) or config.name_or_path
+        vocab_size, id_source = config.vocab_size, config
+        max_positions = getattr(config, "max_position_embeddings", None) or 1024
+        defaults = (config.hidden_size, config.num_attention_heads, max_positions)
+    elif hasattr(teacher_or_tokenizer, "convert_tokens_to_ids"):
+        source_name, vocab_size = teacher_or_tokenizer.name_or_path, len(teacher_or_tokenizer)
+        id_source, defaults = teacher_or_tokenizer, (768, 12, 1024)
+    else:
+        raise TypeError(
+            f"gpt2_student_for needs a model, a config or a tokenizer, got {type(teacher_or_tokenizer).__name__}."
+        )
+    if tokenizer is not None:
+        vocab_size, id_source = len(tokenizer), tokenizer
+    ids = {k: getattr(id_source, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    n_embd = defaults[0] if n_embd is None else n_embd
+    n_head = defaults[1] if n_head is None else n_head
+    n_positions = defaults[2] if n_positions is None else n_positions
+    if n_embd % n_head:
+        raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}).")
+    gpt2_config = GPT2Config(
+        vocab_size=vocab_size,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_positions=n_positions,
+        **ids,
+        **config_overrides,
+    )
+    shared = "vocabulary" if tokenizer is None else f"none (tokenizer {tokenizer.name_or_path})"
+    gpt2_config.distillation = dict(teacher=source_name, init="random", architecture="gpt2", shared=shared)
+    return GPT2LMHeadModel(gpt2_config)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters; tied parameters (lm_head and embeddings) count once, as they are stored once."""
+    # `parameters()` already yields each shared Parameter once.
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def model_size_on_disk(model_or_folder: PreTrainedModel | str | os.PathLike) -> int:
+    """Bytes the weights take on disk.
+
+    Given a model, saves it with ``save_pretrained`` (safetensors) to a temporary folder and measures that.
+    Given a folder, sums its weight files (``*.safetensors``, ``*.bin``, ``*.pt``, ``*.pth``, ``*.gguf``),
+    leaving out config and tokenizer files; given a file, its size.
+    """
+    if isinstance(model_or_folder, nn.Module):
+        with tempfile.TemporaryDirectory() as folder:
+            # transformers 5 always writes safetensors.
+            model_or_folder.save_pretrained(folder)
+            return model_size_on_disk(folder)
+    path = Path(model_or_folder)
+    if path.is_file():
+        return path.stat().st_size
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is neither a model folder nor a weight file.")
+    sizes = [
+        f.stat().st_size for f in path.rglob("*") if f.is_file() and f.name.endswith(WEIGHT_FILE_SUFFIXES)
+    ]
+    if not sizes:
+        raise FileNotFoundError(f"No weight files ({', '.join(WEIGHT_FILE_SUFFIXES)}) in {path}.")
+    return sum(sizes)
