@@ -16,6 +16,7 @@ from transformers import PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
 from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.losses.divergences import IGNORE_INDEX
 from hf_distill.model_kind import (
     AUTO_CLASSES,
     CAUSAL_LM,
@@ -61,7 +62,7 @@ def has_label(value: Any) -> bool:
     """Whether a dataset cell holds a label: a value other than -100, or a list holding one (token labels)."""
     if isinstance(value, (list, tuple)):
         return any(has_label(v) for v in value)
-    return value is not None and value != -100
+    return value is not None and value != IGNORE_INDEX
 
 
 def any_label(dataset: Any, column: str, block: int = 1024) -> bool:

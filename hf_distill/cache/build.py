@@ -51,6 +51,7 @@ from hf_distill.token_alignment import (
     require_offsets,
     tokenizer_fingerprint,
 )
+from hf_distill.training.padding import pad_rows
 
 TEACHER_LOGITS = "teacher_logits"
 TOPK_LOGITS, TOPK_INDICES, TAIL_LOGIT = "teacher_topk_logits", "teacher_topk_indices", "teacher_tail_logit"
@@ -130,11 +131,6 @@ def check_cache_matches(batch: dict[str, Any]) -> None:
 
 
 # ---- computing the cache ------------------------------------------------------------------------------------
-
-
-def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
 def topk_rows(
@@ -348,9 +344,9 @@ def teacher_batch_fn(
     def run(batch: dict[str, list]) -> dict[str, list]:
         lengths = [len(ids) for ids in batch["input_ids"]]
         masks = batch.get("attention_mask") or [[1] * n for n in lengths]
-        inputs = {"input_ids": _pad(batch["input_ids"], 0), "attention_mask": _pad(masks, 0)}
+        inputs = {"input_ids": pad_rows(batch["input_ids"], 0), "attention_mask": pad_rows(masks, 0)}
         if "token_type_ids" in batch:
-            inputs["token_type_ids"] = _pad(batch["token_type_ids"], 0)
+            inputs["token_type_ids"] = pad_rows(batch["token_type_ids"], 0)
         with torch.inference_mode():
             logits = teacher(**{k: v.to(device) for k, v in inputs.items()}).logits
         out: dict[str, list] = {INPUT_HASH: [input_hash(ids, m) for ids, m in zip(batch["input_ids"], masks)]}
@@ -412,8 +408,8 @@ def cross_tokenizer_batch_fn(
         encoded = encode_for_alignment(teacher_tokenizer, texts)
         lengths = [len(ids) for ids in encoded["input_ids"]]
         inputs = {
-            "input_ids": _pad(encoded["input_ids"], 0),
-            "attention_mask": _pad(encoded["attention_mask"], 0),
+            "input_ids": pad_rows(encoded["input_ids"], 0),
+            "attention_mask": pad_rows(encoded["attention_mask"], 0),
         }
         with torch.inference_mode():
             logits = teacher(**{k: v.to(device) for k, v in inputs.items()}).logits

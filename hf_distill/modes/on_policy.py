@@ -13,12 +13,12 @@ and trains it to match the teacher's distribution at every position of those com
 
 with ``D`` any loss of the core (``distillation_loss``; GKD's generalised JSD by default, ``jsd_beta``).
 Otherwise (probability ``1 - lmbda``) the batch keeps the dataset's completion (supervised KD). ``lmbda=1``
-is fully on-policy, ``lmbda=0`` plain KD on the dataset. Prompt tokens are labelled -100 in both cases, so
+is fully on-policy, ``lmbda=0`` plain KD on the dataset. Prompt tokens are labelled IGNORE_INDEX in both cases, so
 only completion tokens count; the loss itself is the base trainer's ``compute_loss`` (hidden-state matching
 included), normalised by the number of completion tokens over the accumulated batch.
 
 Data: each example holds ``prompt_input_ids`` (the prompt alone) and ``input_ids`` / ``labels`` (prompt +
-completion, -100 on the prompt); :func:`tokenize_prompt_completion` builds them and
+completion, IGNORE_INDEX on the prompt); :func:`tokenize_prompt_completion` builds them and
 :class:`PromptCompletionCollator` pads ``input_ids`` on the right and the prompts on the left, since
 ``generate`` continues every row from its last position.
 
@@ -39,8 +39,10 @@ from torch import nn
 from transformers import GenerationConfig
 
 from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.losses.divergences import IGNORE_INDEX
 from hf_distill.model_kind import CAUSAL_LM, detect_task
 from hf_distill.trainer import DistillationTrainer
+from hf_distill.training.padding import pad_rows
 
 PROMPT_INPUT_IDS, PROMPT_ATTENTION_MASK = "prompt_input_ids", "prompt_attention_mask"
 PROMPT_COLUMNS = (PROMPT_INPUT_IDS, PROMPT_ATTENTION_MASK)
@@ -121,7 +123,7 @@ def tokenize_prompt_completion(
     """Tokenizes text prompts and completions into the columns the on-policy trainer reads.
 
     Prompt and completion are tokenized separately and concatenated, so the boundary is exact:
-    ``input_ids = prompt + completion (+ eos)``, ``labels = [-100] * len(prompt) + completion (+ eos)``,
+    ``input_ids = prompt + completion (+ eos)``, ``labels = [IGNORE_INDEX] * len(prompt) + completion (+ eos)``,
     ``prompt_input_ids = prompt``. Prompts keep their last ``max_prompt_length`` tokens (the end is what
     the completion continues); completions keep their first ``max_completion_length``.
     """
@@ -162,27 +164,16 @@ def tokenize_prompt_completion(
             out[PROMPT_INPUT_IDS].append(prompt)
             out["input_ids"].append(prompt + completion)
             out["attention_mask"].append([1] * (len(prompt) + len(completion)))
-            out["labels"].append([-100] * len(prompt) + completion)
+            out["labels"].append([IGNORE_INDEX] * len(prompt) + completion)
         return out
 
     return dataset.map(tokenize, batched=True, remove_columns=dataset.column_names)
 
 
-def _pad(rows: Sequence[Sequence[int]], value: int, left: bool) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor(
-        [
-            ([value] * (width - len(r)) + list(r)) if left else (list(r) + [value] * (width - len(r)))
-            for r in rows
-        ],
-        dtype=torch.long,
-    )
-
-
 @dataclass
 class PromptCompletionCollator:
     """Pads prompt/completion examples: ``input_ids`` / ``attention_mask`` / ``labels`` on the right (with
-    ``pad_token_id`` / 0 / -100), ``prompt_input_ids`` / ``prompt_attention_mask`` on the left, so that every
+    ``pad_token_id`` / 0 / IGNORE_INDEX), ``prompt_input_ids`` / ``prompt_attention_mask`` on the left, so that every
     prompt ends at the last column where ``generate`` continues it. Examples without prompt columns (e.g.
     after Trainer dropped unused columns) give a batch without them."""
 
@@ -190,17 +181,17 @@ class PromptCompletionCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = {
-            "input_ids": _pad([f["input_ids"] for f in features], self.pad_token_id, left=False),
-            "attention_mask": _pad(
+            "input_ids": pad_rows([f["input_ids"] for f in features], self.pad_token_id),
+            "attention_mask": pad_rows(
                 [f.get("attention_mask", [1] * len(f["input_ids"])) for f in features], 0, left=False
             ),
         }
         if "labels" in features[0]:
-            batch["labels"] = _pad([f["labels"] for f in features], -100, left=False)
+            batch["labels"] = pad_rows([f["labels"] for f in features], IGNORE_INDEX)
         if PROMPT_INPUT_IDS in features[0]:
             prompts = [f[PROMPT_INPUT_IDS] for f in features]
-            batch[PROMPT_INPUT_IDS] = _pad(prompts, self.pad_token_id, left=True)
-            batch[PROMPT_ATTENTION_MASK] = _pad([[1] * len(p) for p in prompts], 0, left=True)
+            batch[PROMPT_INPUT_IDS] = pad_rows(prompts, self.pad_token_id, left=True)
+            batch[PROMPT_ATTENTION_MASK] = pad_rows([[1] * len(p) for p in prompts], 0, left=True)
         return batch
 
 
@@ -225,7 +216,7 @@ def completions_to_batch(
 
     Each row keeps its attended prompt tokens and its completion up to and including the first EOS (what
     follows is ``generate``'s padding), moved to start at column 0 and right-padded, so positions count from
-    0 as in training on the dataset. Returns ``input_ids``, ``attention_mask`` and ``labels`` (-100 on the
+    0 as in training on the dataset. Returns ``input_ids``, ``attention_mask`` and ``labels`` (IGNORE_INDEX on the
     prompt and the padding).
     """
     prompt_length = prompt_input_ids.shape[1]
@@ -238,12 +229,12 @@ def completions_to_batch(
         if ends:
             completion = completion[: ends[0] + 1]
         rows.append(prompt_tokens + completion)
-        label_rows.append([-100] * len(prompt_tokens) + completion)
-    input_ids = _pad(rows, pad_token_id, left=False)
+        label_rows.append([IGNORE_INDEX] * len(prompt_tokens) + completion)
+    input_ids = pad_rows(rows, pad_token_id)
     return {
         "input_ids": input_ids,
-        "attention_mask": _pad([[1] * len(r) for r in rows], 0, left=False),
-        "labels": _pad(label_rows, -100, left=False),
+        "attention_mask": pad_rows([[1] * len(r) for r in rows], 0),
+        "labels": pad_rows(label_rows, IGNORE_INDEX),
     }
 
 

@@ -55,6 +55,7 @@ from hf_distill.token_alignment import (
     tokenizer_fingerprint,
     vocabulary_map,
 )
+from hf_distill.training.padding import pad_rows
 
 CROSS_TOKENIZER = "cross-tokenizer teacher"
 
@@ -79,11 +80,6 @@ class AlignedTeacher:
 @dataclass
 class CrossTokenizerTarget(TeacherTarget):
     aligned: AlignedTeacher | None = None
-
-
-def _pad_right(rows: list[list[int]], value: int) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
 class CrossTokenizerTeacher:
@@ -149,15 +145,15 @@ class CrossTokenizerTeacher:
     def _from_teacher(self, texts: list[str], device: torch.device, global_step: int):
         encoded = encode_for_alignment(self.teacher_tokenizer, texts)
         inputs = {
-            "input_ids": _pad_right(encoded["input_ids"], 0).to(device),
-            "attention_mask": _pad_right(encoded["attention_mask"], 0).to(device),
+            "input_ids": pad_rows(encoded["input_ids"], 0).to(device),
+            "attention_mask": pad_rows(encoded["attention_mask"], 0).to(device),
         }
         with torch.no_grad():
             logits = logits_of(self.teacher(**inputs))
         if self.check_finite:
             check_teacher_finite(logits, global_step)
         log_p, log_rest = teacher_log_probs(logits, None, self.temperature)
-        ends, special = _pad_right(encoded["ends"], -1), _pad_right(encoded["special"], 0)
+        ends, special = pad_rows(encoded["ends"], -1), pad_rows(encoded["special"], 0)
         ids = self.vocab_map
         if ids.shape[0] < log_p.shape[-1]:  # the teacher's head has padding rows beyond its tokenizer
             ids = torch.cat([ids, ids.new_full((log_p.shape[-1] - ids.shape[0],), -1)])

@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 from transformers import TrainingArguments
 
-IGNORE_INDEX = -100
+from hf_distill.losses.divergences import IGNORE_INDEX
 
 
 def transfer_positions(

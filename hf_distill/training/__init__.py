@@ -1,5 +1,5 @@
 """What a training run rests on besides the losses: checkpoints that survive a kill (``checkpoints``),
-torchvision-style tuple batches (``tuple_batches``),
+torchvision-style tuple batches (``tuple_batches``), ragged rows padded into tensors (``padding``),
 the teacher's placement under DDP / DeepSpeed / FSDP (``placement``), task preprocessing (``preprocessing``)
 and the metrics a Trainer's ``compute_metrics`` calls (``metrics``)."""
 

@@ -26,7 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from hf_distill.losses.divergences import IGNORE_INDEX
+from hf_distill.training.padding import pad_rows
+
 EVALUATE_METRICS_DIR = Path(__file__).resolve().parent / "evaluate_metrics"
 LOCAL_METRICS = ("accuracy_f1", "seqeval_entities", "bits_per_byte")
 # The Hub's evaluate modules that give the same numbers as each local one (when the Hub can be reached).
@@ -173,11 +175,6 @@ def seqeval_metrics(label_list: Sequence[str]) -> Callable[[Any], dict[str, floa
     return lambda eval_pred: score(eval_pred).metrics
 
 
-def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
-    width = max(len(row) for row in rows)
-    return torch.tensor([list(row) + [value] * (width - len(row)) for row in rows], dtype=torch.long)
-
-
 @torch.no_grad()
 def text_nll(
     model: torch.nn.Module,
@@ -207,9 +204,11 @@ def text_nll(
     try:
         for start in range(0, len(dataset), batch_size):
             rows = dataset[start : start + batch_size]
-            input_ids = _pad(rows["input_ids"], 0)
-            attention_mask = _pad(rows.get("attention_mask") or [[1] * len(r) for r in rows["input_ids"]], 0)
-            labels = _pad(rows.get("labels") or rows["input_ids"], IGNORE_INDEX)
+            input_ids = pad_rows(rows["input_ids"], 0)
+            attention_mask = pad_rows(
+                rows.get("attention_mask") or [[1] * len(r) for r in rows["input_ids"]], 0
+            )
+            labels = pad_rows(rows.get("labels") or rows["input_ids"], IGNORE_INDEX)
             labels = labels.masked_fill(attention_mask == 0, IGNORE_INDEX)
             logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
             shifted_labels = labels[:, 1:]

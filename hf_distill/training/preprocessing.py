@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from datasets import Dataset, DatasetDict
 
-IGNORE_INDEX = -100
+from hf_distill.losses.divergences import IGNORE_INDEX
 
 
 def _byte_level_without_prefix_space(tokenizer: Any) -> bool:
