@@ -4,8 +4,8 @@ The package's folders are its concepts: ``losses`` (pure functions of tensors), 
 for a batch), ``teachers`` (where a batch's target comes from), ``cache`` (the teacher's outputs kept on disk),
 ``students`` (students built from teachers), ``training`` (checks, checkpoints, placement, preprocessing,
 metrics), ``hub`` (the model card and the push), ``reports`` (reports, scorecards, figures), ``modes``
-(multi-teacher, self, mutual, multi-task, on-policy, sequence-level) and ``recipes`` (end-to-end runs and their
-data). The trainer, its arguments and the batch it passes around sit at the top.
+(multi-teacher, self, mutual, multi-task, on-policy, sequence-level), ``export`` (ONNX export, int8, ONNX
+Runtime) and ``recipes`` (end-to-end runs and their data). The trainer, its arguments and the batch it passes around sit at the top.
 """
 
 import importlib
@@ -22,6 +22,7 @@ from hf_distill.cache import (
     load_teacher_cache,
     write_teacher_cache,
 )
+from hf_distill.export import OnnxModel, export_student
 from hf_distill.hub import push_student, render_model_card, write_model_card
 from hf_distill.losses import (
     PER_POSITION_LOSSES,
@@ -76,6 +77,7 @@ __all__ = [
     "MultiTeacherDistillationTrainer",
     "MultiTeacherTrainingArguments",
     "MutualLearningTrainer",
+    "OnnxModel",
     "OnPolicyDistillationTrainer",
     "OnPolicyDistillationTrainingArguments",
     "PER_POSITION_LOSSES",
@@ -91,6 +93,7 @@ __all__ = [
     "chunk_for_causal_lm",
     "count_parameters",
     "distillation_loss",
+    "export_student",
     "fused_linear_distillation_loss",
     "generate_teacher_completions",
     "gpt2_student_for",
