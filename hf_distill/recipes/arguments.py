@@ -372,6 +372,19 @@ class ReportArguments:
     write_model_cards: bool = field(
         default=True, metadata={"help": "Write README.md into each student folder."}
     )
+    export: str | None = field(
+        default=None,
+        metadata={
+            "help": "'onnx': export every distilled student and the teacher (runs/<recipe>/onnx/<name>/), score "
+            "them with ONNX Runtime on the test split and time them beside PyTorch (report.json 'deployment')."
+        },
+    )
+    quantize: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --export onnx: 'int8-dynamic' or 'int8-static' (calibrated on training rows)."
+        },
+    )
 
     generation_prompts: int = field(
         default=0,
@@ -406,11 +419,33 @@ class ReportArguments:
             raise ValueError(
                 f"latency_rounds={self.latency_rounds} must be >= 1: the median needs one timing."
             )
+        self._check_export()
         if self.latency_threads is not None and self.latency_threads < 1:
             raise ValueError(
                 f"latency_threads={self.latency_threads} must be >= 1 (torch.set_num_threads needs a thread); "
                 "leave it unset to time with torch's current thread count."
             )
+
+    def _check_export(self) -> None:
+        """``--export`` / ``--quantize`` refused before any training: an unknown format or scheme, a scheme
+        without ``--export``, the ``[export]`` extra missing."""
+        if self.export is None:
+            if self.quantize is not None:
+                raise ValueError(
+                    f"--quantize {self.quantize} quantizes the exported graph, and no --export was given: add "
+                    "--export onnx."
+                )
+            return
+        if self.export != "onnx":
+            raise ValueError(
+                f"--export {self.export!r} is not a format the recipes export to; use --export onnx."
+            )
+        from hf_distill.export import require_export_packages
+        from hf_distill.export.quantize import QUANTIZATIONS
+
+        if self.quantize is not None and self.quantize not in QUANTIZATIONS:
+            raise ValueError(f"--quantize {self.quantize!r} is not one of {list(QUANTIZATIONS)}.")
+        require_export_packages()
 
 
 RECIPE_ARGUMENTS = (

@@ -38,6 +38,7 @@ from transformers import PreTrainedModel, set_seed
 
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.recipes.arguments import ReportArguments, StudentArguments, TeacherArguments
+from hf_distill.recipes.deployment import deployment_report
 from hf_distill.recipes.evaluation import evaluate_models, mean_metrics, score_models
 from hf_distill.recipes.latency import LATENCY_BATCH_SIZES, latency_batch, latency_entries
 from hf_distill.recipes.mode_select import ModeArguments
@@ -131,11 +132,41 @@ def run_recipe(
     )
     _add_checks(report, timings, teacher_check, task)
     report["scorecard"] = scorecard
+    if report_args.export:
+        report["deployment"] = _deployment(
+            task, teacher, teacher_scores, students, models, scores, training_args, report_args
+        )
     report = validate_report(report)
     _write_outputs(report, run_dir, report_args)
     log_scorecard(report, run_dir, training_args.report_to)
     state.wait_for_everyone()
     return report
+
+
+def _deployment(
+    task: TaskData,
+    teacher: nn.Module,
+    teacher_scores: ExampleScores,
+    students: list[dict[str, Any]],
+    models: dict[str, nn.Module],
+    scores: dict[str, list[ExampleScores]],
+    training_args: DistillationTrainingArguments,
+    report_args: ReportArguments,
+) -> dict[str, Any]:
+    """``--export onnx``: the teacher and every distilled student (first seed) in ONNX Runtime, beside PyTorch."""
+    sources = {"teacher": (teacher, teacher_scores)}
+    sources.update(
+        {s["name"]: (models[s["name"]], scores[s["name"]][0]) for s in students if s["kind"] == "distilled"}
+    )
+    return deployment_report(
+        task,
+        sources,
+        training_args,
+        Path(training_args.output_dir),
+        quantize=report_args.quantize,
+        rounds=report_args.latency_rounds,
+        threads=report_args.latency_threads,
+    )
 
 
 def _add_checks(

@@ -26,7 +26,9 @@ Optional keys written by the recipes: per model ``latency`` (``{"b1": {"median_m
 "iqr_ms", "rounds", "threads", "samples_ms"}, ...}``) and per student ``speedup`` (``{"b1": {"median", "q25",
 "q75", "ratios", "reliable", "why"}, ...}``); ``latency_measurement`` (timer, rounds, threads, device, CPU
 share, ``cpu_busy``); ``teacher_check`` (:mod:`hf_distill.recipes.teacher_check`); ``data.eval_coverage``
-(NER: sentences scored through windows, words and entities left unscored).
+(NER: sentences scored through windows, words and entities left unscored); ``deployment`` (``--export
+onnx``, :mod:`hf_distill.recipes.deployment`): ``{"quantize", "latency_measurement", "rows": [{"model",
+"runtime", "precision", "metric", "interval", "versus_pytorch", "size_bytes", "latency_ms_b1", ...}]}``.
 
 ``retention`` is student metric / teacher metric, or teacher / student when lower is better (perplexity),
 so 100 % always means "as good as the teacher". ``speedup_b*`` is teacher latency / student latency.
@@ -71,6 +73,18 @@ DISTILLATION_SCHEMA = {
     "hidden_state_weight": "float",
     "hidden_state_loss": "str",
     "hidden_layer_map": "str",
+}
+DEPLOYMENT_ROW_SCHEMA = {
+    "model": "str",
+    "runtime": "str",
+    "precision": "str",
+    "metric": "float",
+    "size_bytes": "int",
+    "latency_ms_b1": "float",
+    "latency_ms_b32": "float",
+    "retention": "float",
+    "speedup_b1": "float",
+    "speedup_b32": "float",
 }
 DATA_SCHEMA = {"dataset": "str", "train_size": "int", "validation_size": "int", "test_size": "int"}
 TOP_LEVEL_SCHEMA = {"task": "str", "metric_name": "str", "higher_is_better": "bool"}
@@ -181,6 +195,11 @@ def validate_report(report: Any, source: str = "report", *, partial: bool = Fals
         )
     if "scorecard" in report:
         _check_scorecard(check, report)
+    if "deployment" in report:
+        rows = check.key(check.key(report, "deployment", "dict", "") or {}, "rows", "list", "deployment")
+        for index, row in enumerate(rows or []):
+            for name, expected in DEPLOYMENT_ROW_SCHEMA.items():
+                check.key(row, name, expected, f"deployment.rows[{index}]")
     histories = check.key(report, "log_history", "dict", "")
     for name, entries in (histories or {}).items():
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
