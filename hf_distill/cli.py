@@ -59,7 +59,7 @@ TASK_COMMANDS = {
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "HF_DISTILL_DEBUG"
 # What a check of hf_distill raises for bad input; anything else is a bug and keeps its traceback.
-KNOWN_ERRORS = (ValueError, FileNotFoundError, TypeError)
+KNOWN_ERRORS = (ValueError, FileNotFoundError, TypeError, ImportError)
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 # `make demo`: the transfer-set sentiment run of recipes/configs/sentiment_transfer.yaml (MiniLM-L6 fine-tuned
@@ -280,6 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("run_dir")
     report.add_argument("--output_dir", default=None)
+    export = commands.add_parser(
+        "export",
+        help="export a saved model to ONNX (onnx/model.onnx), optionally int8, checked against PyTorch",
+    )
+    export.add_argument("folder", help="a folder written by save_pretrained (a student's, or a teacher's)")
+    export.add_argument("--output_dir", required=True, help="where onnx/, the config and the tokenizer go")
+    export.add_argument(
+        "--quantize", default=None, choices=["int8-dynamic"], help="also onnx/model_quantized.onnx"
+    )
     push = commands.add_parser("push", help="upload a saved student (with its model card) to the Hub")
     push.add_argument("folder")
     push.add_argument("repo_id")
@@ -318,12 +327,29 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
 
         for name, path in make_report(known.run_dir, known.output_dir).items():
             print(f"{name}: {path}")
+    elif known.command == "export":
+        _export(known.folder, known.output_dir, known.quantize)
     elif known.command == "push":
         from hf_distill.hub.push import push_student
 
         card = {"license": known.license} if known.license else {}
         print(push_student(known.folder, known.repo_id, private=known.private or None, **card))
     return 0
+
+
+def _export(folder: str, output_dir: str, quantize: str | None) -> None:
+    """``hf-distill export``: the graph, its check and the int8 graph's argmax agreement, on stdout."""
+    from hf_distill.export import export_student
+
+    result = export_student(folder, output_dir, quantize=quantize)
+    print(
+        f"onnx: {result.onnx_path} ({result.size_bytes / 1e6:.1f} MB; max |onnx - torch| {result.max_abs_difference:.2g})"
+    )
+    if result.quantized_path is not None:
+        print(
+            f"int8: {result.quantized_path} ({result.quantized_size_bytes / 1e6:.1f} MB; same argmax as torch "
+            f"on {result.int8_agreement:.1%} of random rows)"
+        )
 
 
 def is_own_check(error: BaseException) -> bool:

@@ -259,3 +259,31 @@ def test_recipe_export_flags_are_refused_before_any_work():
         ReportArguments(export="tflite")
     with pytest.raises(ValueError, match="is not one of"):
         ReportArguments(export="onnx", quantize="int4")
+
+
+def test_cli_export_writes_the_graphs_and_refuses_a_folder_that_is_not_a_model(tmp_path, capsys):
+    from hf_distill.cli import main
+
+    tiny_bert_tagger(seed=2).save_pretrained(tmp_path / "student")
+    make_wordpiece_tokenizer().save_pretrained(tmp_path / "student")
+    assert (
+        main(
+            [
+                "export",
+                str(tmp_path / "student"),
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--quantize",
+                "int8-dynamic",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "onnx/model.onnx" in printed and "same argmax as torch" in printed
+    assert (tmp_path / "out" / "onnx" / "model_quantized.onnx").is_file() and (
+        tmp_path / "out" / "tokenizer.json"
+    ).is_file()
+    (tmp_path / "empty").mkdir()
+    assert main(["export", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "out2")]) == 2
+    assert "is not a model folder: it needs config.json" in capsys.readouterr().err
