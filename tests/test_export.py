@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,7 +219,7 @@ def test_sentiment_recipe_exports_and_scores_the_students_and_teacher(tmp_path, 
         tmp_path / "teacher", BertForSequenceClassification, wordpiece_tokenizer, num_labels=2
     )
     flags = tiny_flags(tmp_path / "run", teacher_model_name_or_path=teacher, fine_tune_teacher="never")
-    run_recipe(
+    report = run_recipe(
         "sentiment", [*flags, "--export", "onnx", "--quantize", "int8-dynamic", "--latency_threads", "1"]
     )
     deployment = load_report(tmp_path / "run")["deployment"]
@@ -243,6 +244,8 @@ def test_sentiment_recipe_exports_and_scores_the_students_and_teacher(tmp_path, 
         )
         assert (tmp_path / "run" / "onnx" / model / "onnx" / "model_quantized.onnx").is_file()
     assert rows[("teacher", "pytorch", "fp32")]["speedup_b1"] == 1.0
+    card = (Path(report["students"][0]["output_dir"]) / "README.md").read_text()
+    assert "## Deployment" in card and "| onnxruntime | int8-dynamic |" in card
     assert (
         deployment["latency_measurement"]["threads"]
         == deployment["latency_measurement"]["onnxruntime_intra_op_threads"]

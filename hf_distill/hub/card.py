@@ -25,6 +25,7 @@ from hf_distill.hub.teacher_origin import hub_id, teacher_base_model, teacher_li
 from hf_distill.reports.format import (
     NOT_MEASURED,
     comparison_table,
+    deployment_table,
     format_bytes,
     format_count,
     markdown_table,
@@ -332,6 +333,19 @@ def _license_section(facts: CardFacts, license: str | None, source: str) -> str:
     )
 
 
+def _deployment_section(facts: CardFacts) -> str:
+    table = deployment_table(facts.report, facts.name)
+    if table is None:
+        return ""
+    threads = (facts.report["deployment"].get("latency_measurement") or {}).get("threads")
+    return (
+        "The student and its teacher exported to ONNX (`onnx/model.onnx`; int8: `onnx/model_quantized.onnx`) "
+        "and scored with ONNX Runtime on the same test split; the difference is against the PyTorch model "
+        f"each came from, paired by example. Latency side by side, {threads} thread(s) for torch and ONNX "
+        "Runtime alike; speed-up against the PyTorch teacher.\n\n" + markdown_table(*table)
+    )
+
+
 def render_model_card(
     report: dict,
     student_name: str = "distilled",
@@ -393,6 +407,7 @@ def render_model_card(
         training_section=_training_section(facts),
         data_section=_data_section(report.get("data") or {}),
         comparison_section=_comparison_section(facts),
+        deployment_section=_deployment_section(facts),
         usage_section=_usage_section(facts, repo_id, weights_file),
         license_section=_license_section(facts, license, source),
     )

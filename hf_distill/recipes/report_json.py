@@ -17,7 +17,7 @@ from hf_distill.recipes.arguments import TeacherArguments
 from hf_distill.recipes.latency import LATENCY_BATCH_SIZES
 from hf_distill.recipes.offline import HUB_IDS, resolve_model_path
 from hf_distill.recipes.tasks import NEW_TEACHER, TaskData
-from hf_distill.reports.format import scorecard_table, verdict_lines
+from hf_distill.reports.format import deployment_table, scorecard_table, verdict_lines
 from hf_distill.reports.report import REPORT_FILENAME, comparison_table, markdown_table, validate_report
 from hf_distill.reports.scorecard import (
     BOOTSTRAP_SEED,
@@ -103,6 +103,9 @@ def format_table(report: dict[str, Any]) -> str:
     parts = [markdown_table(header, rows)]
     if report.get("scorecard"):
         parts += [markdown_table(*scorecard_table(report)), "\n".join(verdict_lines(report))]
+    deployment = deployment_table(report)
+    if deployment is not None:
+        parts.append(markdown_table(*deployment))
     return "\n\n".join(parts)
 
 

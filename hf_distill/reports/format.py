@@ -228,3 +228,40 @@ def scorecard_lines(student: dict) -> list[str]:
     if versus:
         lines.append(f"- Against the same student trained without the teacher: {versus.get('verdict')}.")
     return lines
+
+
+def deployment_table(report: dict, model: str | None = None) -> tuple[list[str], list[list[str]]] | None:
+    """The report's deployment rows (``--export onnx``) as a table, those of ``model`` and the teacher when
+    given; None when the run exported nothing."""
+    rows = (report.get("deployment") or {}).get("rows") or []
+    if model is not None:
+        rows = [r for r in rows if r.get("model") in (model, "teacher")]
+    if not rows:
+        return None
+    header = [
+        "model",
+        "runtime",
+        "precision",
+        str(report.get("metric_name", "metric")),
+        "vs PyTorch [95% CI]",
+        "latency b1 (ms)",
+        "latency b32 (ms)",
+        "speed-up b1 / b32",
+        "size",
+    ]
+    body = [
+        [
+            r["model"],
+            r["runtime"],
+            r["precision"],
+            f"{format_metric(r['metric'])} {format_interval(r.get('interval'))}",
+            f"{format_metric((r.get('versus_pytorch') or {}).get('difference'))} "
+            f"{format_interval((r.get('versus_pytorch') or {}).get('interval'))}",
+            format_latency(r, 1),
+            format_latency(r, 32),
+            f"{format_ratio(r.get('speedup_b1'))} / {format_ratio(r.get('speedup_b32'))}",
+            format_bytes(r.get("size_bytes")),
+        ]
+        for r in rows
+    ]
+    return header, body
