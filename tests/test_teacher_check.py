@@ -12,8 +12,10 @@ from hf_distill.recipes.teacher_check import (
     NOT_CHECKED,
     TEACHER_BETTER,
     TEACHER_NOT_BETTER,
+    TEACHER_NOT_CLEARLY_BETTER,
     check_teacher_worth,
     teacher_verdict,
+    warn_teacher_check,
 )
 from hf_distill.reports.format import report_notes
 
@@ -119,3 +121,91 @@ def test_report_md_html_and_card_carry_the_check_and_the_latency_note(tmp_path):
         assert "re-time on a quiet machine" in text
     card = render_model_card(report, report["students"][0]["name"])
     assert report["teacher_check"]["message"] in card
+
+
+# ---- the margin's interval ----------------------------------------------------------------------------------
+
+
+def _scored_task(correct: dict[str, list[int]]):
+    """A task whose models are named by strings and score the validation examples ``correct[name]`` (0/1)."""
+    import numpy as np
+
+    from hf_distill.training.metrics import ExampleScores
+
+    def score_examples(model, dataset, args):
+        assert dataset == "VALIDATION", "only the validation split is scored"
+        hits = np.asarray(correct[model], dtype=float)
+        return ExampleScores({"accuracy": float(hits.mean())}, {"correct": hits})
+
+    def evaluate(model, dataset, args):
+        raise AssertionError("with per-example scores, the check resamples them")
+
+    return SimpleNamespace(
+        validation="VALIDATION",
+        test="TEST",
+        evaluate=evaluate,
+        score_examples=score_examples,
+        metric_name="accuracy",
+        higher_is_better=True,
+    )
+
+
+def test_a_clear_margin_says_beats_with_its_interval():
+    # 100 validation examples: the teacher gets 90 right, the baseline 60, and every baseline hit is a teacher hit.
+    teacher = [1] * 90 + [0] * 10
+    baseline = [1] * 60 + [0] * 40
+    task = _scored_task({"teacher": teacher, "baseline": baseline})
+    check = check_teacher_worth("teacher", {"s_no_kd": "baseline"}, task, training_args=None)
+    assert check["verdict"] == TEACHER_BETTER
+    margin = check["margins"]["s_no_kd"]
+    assert margin["difference"] == pytest.approx(0.30) and margin["validation_examples"] == 100
+    low, high = margin["interval"]
+    # 30 discordant pairs all in the teacher's favour: the margin is 0.3 * (share of them drawn); the
+    # binomial's 95% range over 100 draws keeps it far from 0.
+    assert 0.18 < low < 0.30 < high < 0.42
+    assert check["message"].startswith(
+        "The teacher beats the student trained alone on the validation split by +30.0 points ["
+    )
+    assert (
+        f"[{100 * low:.1f}, {100 * high:.1f}] (teacher - s_no_kd, 100 validation examples)"
+        in check["message"]
+    )
+
+
+def test_a_margin_within_noise_says_the_teacher_is_not_clearly_better(caplog):
+    # Ahead by 1 example of 50 (as the Japanese NER check: 0.2905 against 0.283): noise.
+    teacher = [1] * 15 + [0] * 35
+    baseline = [1] * 14 + [0] * 36
+    task = _scored_task({"teacher": teacher, "baseline": baseline})
+    check = check_teacher_worth("teacher", {"s_no_kd": "baseline"}, task, training_args=None)
+    assert check["verdict"] == TEACHER_NOT_CLEARLY_BETTER
+    low, high = check["margins"]["s_no_kd"]["interval"]
+    assert low <= 0 < high and check["margins"]["s_no_kd"]["difference"] == pytest.approx(0.02)
+    assert "beats" not in check["message"]
+    assert check["message"].startswith(
+        "WARNING: the teacher is not clearly better than the student alone; distillation is unlikely to help."
+    )
+    assert "+2.0 points [" in check["message"] and "an interval that holds 0" in check["message"]
+    with caplog.at_level("WARNING", logger="hf_distill.recipes.teacher_check"):
+        warn_teacher_check(check)
+    assert [record.levelname for record in caplog.records] == ["WARNING"]
+
+
+def test_a_lower_is_better_margin_must_lie_below_zero():
+    clear = {"s": {"difference": -50.0, "interval": [-80.0, -20.0], "validation_examples": 40}}
+    noisy = {"s": {"difference": -50.0, "interval": [-80.0, 5.0], "validation_examples": 40}}
+    kwargs = {"metric_name": "perplexity", "higher_is_better": False}
+    assert teacher_verdict(12.0, {"s": 62.0}, margins=clear, **kwargs)["verdict"] == TEACHER_BETTER
+    check = teacher_verdict(12.0, {"s": 62.0}, margins=noisy, **kwargs)
+    assert check["verdict"] == TEACHER_NOT_CLEARLY_BETTER and "-50 [-80, 5]" in check["message"]
+
+
+def test_a_teacher_behind_quotes_its_margin_and_without_scores_no_interval_is_claimed():
+    margins = {"s": {"difference": -0.1, "interval": [-0.2, -0.01], "validation_examples": 30}}
+    behind = teacher_verdict(0.5, {"s": 0.6}, metric_name="f1", higher_is_better=True, margins=margins)
+    assert (
+        behind["verdict"] == TEACHER_NOT_BETTER and "margin -10.0 points [-20.0, -1.0]" in behind["message"]
+    )
+    unscored = teacher_verdict(0.8, {"s": 0.6}, metric_name="f1", higher_is_better=True)
+    assert "beats" not in unscored["message"] and "no interval" in unscored["message"]
+    assert "margins" not in unscored

@@ -125,10 +125,20 @@ def paired_difference(
     return {"difference": float(per_seed.mean()), "interval": [low, high], "per_seed": per_seed.tolist()}
 
 
-def _shown(value: float, metric_name: str, signed: bool = False) -> str:
+def format_value(value: float, metric_name: str, signed: bool = False) -> str:
+    """A metric value or difference as the verdicts print it: in points (x 100) for :data:`POINT_METRICS`,
+    else to 4 significant digits; ``signed`` adds the sign (for a difference)."""
     if metric_name in POINT_METRICS:
         return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
     return f"{value:+.4g}" if signed else f"{value:.4g}"
+
+
+def format_difference(difference: dict[str, Any], metric_name: str) -> str:
+    """A difference with its interval, as in the verdicts: ``"+2.1 points [0.9, 3.3]"``."""
+    low, high = difference["interval"]
+    unit = " points" if metric_name in POINT_METRICS else ""
+    shown = f"{format_value(difference['difference'], metric_name, True)}{unit}"
+    return f"{shown} [{format_value(low, metric_name)}, {format_value(high, metric_name)}]"
 
 
 def verdict(
@@ -137,9 +147,7 @@ def verdict(
     """The plain line of a :func:`paired_difference`, e.g. "distillation beats training alone by +2.1 points
     [0.9, 3.3] (accuracy, 3 seeds, 800 test examples)". A win needs the whole interval on one side of 0."""
     low, high = difference["interval"]
-    unit = " points" if metric_name in POINT_METRICS else ""
-    shown = f"{_shown(difference['difference'], metric_name, True)}{unit} [{_shown(low, metric_name)}, "
-    shown += f"{_shown(high, metric_name)}]"
+    shown = format_difference(difference, metric_name)
     seeds = f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
     context = f"({metric_name} KD - no-KD, {seeds}, {n_examples} test examples)"
     kd_better = low > 0 if higher_is_better else high < 0
