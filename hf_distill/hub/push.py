@@ -20,6 +20,7 @@ from hf_distill.hub.push_guard import (
     upload_weight_files,
 )
 from hf_distill.reports.schema import load_report
+from hf_distill.reports.seed_report import seed_of_folder
 
 logger = logging.getLogger(__name__)
 
@@ -118,13 +119,16 @@ def check_student_folder(folder: str | Path) -> Path:
 
 
 def _student_name_for(report: dict, folder: Path) -> str | None:
-    """The student of ``report`` saved in ``folder``: by output_dir, then by folder name."""
+    """The student of ``report`` saved in ``folder``: by output_dir (its own or one seed's), then by folder
+    name."""
     students = report.get("students") or []
     if not students:
         return "distilled"  # a partial report: the card describes the run's distilled student
     for student in students:
         output_dir = student.get("output_dir")
         if output_dir and Path(output_dir).resolve() == folder.resolve():
+            return student.get("name")
+        if seed_of_folder(report, student.get("name"), folder) is not None:
             return student.get("name")
     for student in students:
         if student.get("output_dir") and Path(student["output_dir"]).name == folder.name:

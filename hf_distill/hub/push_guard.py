@@ -177,10 +177,10 @@ def files_holding(fingerprint: dict[str, Any], files: dict[str, Path]) -> tuple[
 
 
 def find_report(folder: str | Path) -> Path | None:
-    """``report.json`` in the student folder, its parent or its grandparent (a recipe's run directory holds
-    ``students/<name>/``), else None."""
+    """``report.json`` in the student folder or up to three folders above it (a recipe's run directory holds
+    ``students/<name>/``, and ``students/<name>/seed-<s>/`` with several seeds), else None."""
     folder = Path(folder)
-    for candidate in (folder, folder.parent, folder.parent.parent):
+    for candidate in (folder, *list(folder.parents)[:3]):
         if (candidate / REPORT_FILENAME).is_file():
             return candidate / REPORT_FILENAME
     return None

@@ -110,13 +110,17 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def write_cards(report: dict[str, Any]) -> None:
-    """A model card (``README.md``) in each student's folder (every seed's, with several), from the report."""
+    """A model card (``README.md``) in each student's folder, from the report: with several seeds, every
+    seed's folder gets the card of its own weights (that seed's metrics, the mean over seeds beside them)."""
     from hf_distill.hub.card import write_model_card
 
     for student in report["students"]:
-        folders = [seed["output_dir"] for seed in student.get("seeds") or []] or [student["output_dir"]]
-        for folder in folders:
-            write_model_card(folder, report, student_name=student["name"])
+        runs = student.get("seeds") or []
+        if len(runs) < 2:
+            write_model_card(student["output_dir"], report, student_name=student["name"], seed=None)
+            continue
+        for run in runs:
+            write_model_card(run["output_dir"], report, student_name=student["name"], seed=run["seed"])
 
 
 def build_scorecard(

@@ -212,18 +212,30 @@ def verdict_lines(report: dict) -> list[str]:
     ]
 
 
-def scorecard_lines(student: dict) -> list[str]:
+def scorecard_lines(student: dict, seed: int | None = None) -> list[str]:
     """What a model card says of the student's ``scorecard`` (Markdown list items): mean and interval over
-    seeds, and the verdict against the same student trained without the teacher. Empty without a scorecard."""
+    seeds, and the verdict against the same student trained without the teacher. Empty without a scorecard.
+
+    With ``seed`` (the card of one seed's weights), ``student`` is that seed's entry
+    (:func:`hf_distill.reports.seed_report.seed_report`): its own metric comes first, and the lines over
+    seeds say they are the mean of the student's seeds, not this model's score."""
     scorecard = student.get("scorecard") if isinstance(student, dict) else None
     if not scorecard:
         return []
     seeds = scorecard.get("seeds") or []
-    lines = [
-        f"- {scorecard.get('metric_name')} over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) on "
+    metric_name = scorecard.get("metric_name")
+    lines = []
+    if seed is not None:
+        lines.append(
+            f"- This model (seed {seed}): {metric_name} {format_metric(student.get('metric'))} on "
+            f"{scorecard.get('test_examples')} test examples."
+        )
+    whose = " (the mean of this student's seeds, not this model's own score)" if seed is not None else ""
+    lines.append(
+        f"- {metric_name} over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) on "
         f"{scorecard.get('test_examples')} test examples: mean {format_metric(scorecard.get('mean'))}, 95% "
-        f"interval {format_interval(scorecard.get('interval'))}."
-    ]
+        f"interval {format_interval(scorecard.get('interval'))}{whose}."
+    )
     versus = scorecard.get("versus_no_kd")
     if versus:
         lines.append(f"- Against the same student trained without the teacher: {versus.get('verdict')}.")
