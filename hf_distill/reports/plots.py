@@ -1,4 +1,5 @@
-"""The plots of a run's report: training curves, quality and latency bars, size against quality.
+"""The plots of a run's report: training curves, latency bars, size against quality (the quality figure, with the
+verdict, is :mod:`hf_distill.reports.metric_figure`).
 
 matplotlib is an optional dependency (``pip install hf_distill[report]``); it is imported only when plots
 are drawn, and only through its object-oriented API with the Agg canvas, so drawing a report never
@@ -26,7 +27,12 @@ _KIND_COLOURS = {"distilled": "#1f77b4", "no_kd_baseline": "#ff7f0e"}
 _OTHER_COLOURS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
-def _new_figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A matplotlib ``Figure`` on its own Agg canvas (pyplot untouched), with a constrained layout.
+
+    Raises:
+        ImportError: when matplotlib is not installed, saying which extra installs it.
+    """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -39,7 +45,9 @@ def _new_figure(width: float, height: float):
     return figure
 
 
-def _colours(report: dict) -> list[str]:
+def model_colours(report: dict) -> list[str]:
+    """One colour per model, the teacher first then each student in the report's order: grey for the teacher,
+    one colour for distilled students and one for no-KD baselines across every figure."""
     colours = [_TEACHER_COLOUR]
     others = iter(_OTHER_COLOURS * 4)
     for student in report["students"]:
@@ -122,9 +130,9 @@ def _plot_distillation_terms(axis, histories: dict[str, list[dict]], colour_of: 
 def draw_loss_curves(report: dict):
     """The figure of :func:`plot_loss_curves`, or None when no run logged a loss it can show."""
     histories = report["log_history"]
-    figure = _new_figure(11, 4)
+    figure = new_figure(11, 4)
     task_axis, terms_axis = figure.subplots(1, 2)
-    colour_of = dict(zip([s["name"] for s in report["students"]], _colours(report)[1:]))
+    colour_of = dict(zip([s["name"] for s in report["students"]], model_colours(report)[1:]))
     has_task = _plot_task_losses(task_axis, histories, colour_of)
     has_terms = _plot_distillation_terms(terms_axis, histories, colour_of)
     if not has_task and not has_terms:
@@ -155,57 +163,53 @@ def plot_loss_curves(report: dict, path: Path) -> Path | None:
     return path
 
 
-def _bars(axis, labels: list[str], values: list[float], colours: list[str], title: str, fmt: str) -> None:
-    positions = range(len(labels))
-    bars = axis.bar(positions, values, color=colours)
-    axis.bar_label(bars, labels=[format(v, fmt) for v in values], fontsize="small")
-    axis.set_xticks(list(positions), labels, rotation=15)
+def _bars(axis, labels: list[str], values: list[float], colours: list[str], title: str) -> list[float]:
+    """Bars with their positions; returns their x positions."""
+    positions = list(range(len(labels)))
+    axis.bar(positions, values, color=colours)
+    axis.set_xticks(positions, labels, rotation=15)
     axis.set_title(title)
     axis.grid(axis="y", alpha=0.3)
     axis.margins(y=0.15)
-
-
-def plot_metric_bars(report: dict, path: Path) -> Path:
-    labels = ["teacher"] + [s["name"] for s in report["students"]]
-    values = [report["teacher"]["metric"]] + [s["metric"] for s in report["students"]]
-    direction = "higher" if report["higher_is_better"] else "lower"
-    figure = _new_figure(1.6 * len(labels) + 3, 4)
-    _bars(
-        figure.subplots(),
-        labels,
-        values,
-        _colours(report),
-        f"{report['metric_name']} ({direction} is better)",
-        ".4g",
-    )
-    figure.savefig(path)
-    return path
+    return positions
 
 
 def plot_latency_bars(report: dict, path: Path) -> Path:
-    """Batch 1 and batch 32 side by side: their scales differ by an order of magnitude."""
+    """Batch 1 and batch 32 side by side: their scales differ by an order of magnitude. Each bar's median is
+    written above its interquartile whisker, never on it."""
     labels = ["teacher"] + [s["name"] for s in report["students"]]
-    figure = _new_figure(2 * (1.3 * len(labels) + 2), 4)
+    figure = new_figure(2 * (1.3 * len(labels) + 2), 4)
     for axis, batch in zip(figure.subplots(1, 2), ("b1", "b32")):
         key = f"latency_ms_{batch}"
         values = [report["teacher"][key]] + [s[key] for s in report["students"]]
-        _bars(
-            axis, labels, values, _colours(report), f"latency, batch {batch[1:]} (ms, lower is better)", ".3g"
-        )
-        _interquartile_whiskers(axis, [report["teacher"], *report["students"]], batch, values)
+        title = f"latency, batch {batch[1:]} (ms, lower is better)"
+        positions = _bars(axis, labels, values, model_colours(report), title)
+        tops = _interquartile_whiskers(axis, [report["teacher"], *report["students"]], batch, values)
+        for x, value, top in zip(positions, values, tops):
+            axis.annotate(
+                format(value, ".3g"),
+                (x, top),
+                xytext=(0, 4),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize="small",
+            )
     figure.savefig(path)
     return path
 
 
-def _interquartile_whiskers(axis, entries: list[dict], batch: str, medians: list[float]) -> None:
-    """Whiskers from the first to the third quartile of each model's per-round latency, where recorded."""
+def _interquartile_whiskers(axis, entries: list[dict], batch: str, medians: list[float]) -> list[float]:
+    """Whiskers from the first to the third quartile of each model's per-round latency, where recorded.
+    Returns the top of each bar's drawing (its whisker's, else the bar's), where its label goes."""
     spreads = [(entry.get("latency") or {}).get(batch) or {} for entry in entries]
     if not all("q25_ms" in s and "q75_ms" in s for s in spreads):
-        return
+        return list(medians)
     below = [m - s["q25_ms"] for m, s in zip(medians, spreads)]
     above = [s["q75_ms"] - m for m, s in zip(medians, spreads)]
     axis.errorbar(range(len(medians)), medians, yerr=[below, above], fmt="none", ecolor="black", capsize=4)
     axis.set_xlabel("whiskers: interquartile range over rounds", fontsize="small")
+    return [max(m, s["q75_ms"]) for m, s in zip(medians, spreads)]
 
 
 _MARKERS = ("o", "s", "D", "^", "v", "P", "X")
@@ -213,13 +217,21 @@ _MARKERS = ("o", "s", "D", "^", "v", "P", "X")
 
 def draw_size_quality(report: dict):
     """The figure of :func:`plot_size_quality`: models are named in a legend, with their numbers, rather than
-    beside their points, where students of one size and close scores would print over each other."""
+    beside their points, where students of one size and close scores would print over each other. With the
+    run's scorecard, each point is the mean over seeds with its 95% interval as a vertical bar."""
     models = [("teacher", report["teacher"])] + [(s["name"], s) for s in report["students"]]
-    figure = _new_figure(7, 4.5)
+    intervals = (report.get("scorecard") or {}).get("models") or {}
+    figure = new_figure(7, 4.5)
     axis = figure.subplots()
-    for index, ((name, model), colour) in enumerate(zip(models, _colours(report))):
+    for index, ((name, model), colour) in enumerate(zip(models, model_colours(report))):
         marker = "*" if name == "teacher" else _MARKERS[(index - 1) % len(_MARKERS)]
+        interval = (intervals.get(name) or {}).get("interval")
         label = f"{name}: {format_count(model['parameters'])}, {model['metric']:.4g}"
+        if interval:
+            low, high = interval
+            label += f" [{low:.4g}, {high:.4g}]"
+            yerr = [[model["metric"] - low], [high - model["metric"]]]
+            axis.errorbar([model["parameters"]], [model["metric"]], yerr=yerr, fmt="none", ecolor=colour)
         # Hollow markers from the second on, so a point drawn on top of another leaves it visible.
         face = colour if index < 2 else "none"
         axis.scatter(
@@ -249,7 +261,8 @@ def draw_size_quality(report: dict):
     axis.set_title("size against quality")
     axis.grid(alpha=0.3)
     axis.margins(0.2)
-    axis.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5), title="model: size, metric")
+    title = "model: size, metric [95% interval]" if intervals else "model: size, metric"
+    axis.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5), title=title)
     return figure
 
 

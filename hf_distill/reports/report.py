@@ -3,7 +3,7 @@
 The pieces live in their own modules and are re-exported here, where the CLI and the recipes import them:
 the ``report.json`` schema and its validation in :mod:`hf_distill.reports.schema`, how values and the
 comparison table read in :mod:`hf_distill.reports.format`, the matplotlib plots in
-:mod:`hf_distill.reports.plots`.
+:mod:`hf_distill.reports.plots` and the quality figure, drawn first, in :mod:`hf_distill.reports.metric_figure`.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from hf_distill.reports.format import (
     scorecard_table,
     verdict_lines,
 )
+from hf_distill.reports.metric_figure import plot_metric
 from hf_distill.reports.plots import (
     LOSS_KEYS,
     plot_latency_bars,
     plot_loss_curves,
-    plot_metric_bars,
     plot_size_quality,
 )
 from hf_distill.reports.run_folder import trainer_folder_report
@@ -69,7 +69,7 @@ __all__ = [
     "markdown_table",
     "plot_latency_bars",
     "plot_loss_curves",
-    "plot_metric_bars",
+    "plot_metric",
     "plot_size_quality",
     "validate_report",
 ]
@@ -78,7 +78,8 @@ REPORT_FORMATS = ("md", "html")
 FIGURES_DIRNAME = "figures"
 _CAPTIONS = {
     "losses": "Training curves: every run's task cross-entropy, and the distillation terms apart",
-    "metric": "Teacher against students: quality",
+    "metric": "The verdict: KD - no-KD with its 95% interval (left); each model's mean over seeds, its interval "
+    "and each seed (right)",
     "latency": "Teacher against students: latency",
     "size_quality": "Parameters against quality",
 }
@@ -144,13 +145,14 @@ def _measured(report: dict, *keys: str) -> bool:
 
 
 def _draw(report: dict, figures_dir: Path) -> dict[str, Path]:
-    """The plots the report's numbers allow: a trainer-only folder has curves, and bars only when measured."""
+    """The plots the report's numbers allow, the quality figure (the verdict) first: a trainer-only folder has
+    curves, and the other figures only when measured."""
     written: dict[str, Path] = {}
+    if _measured(report, "metric"):
+        written["metric"] = plot_metric(report, figures_dir / "metric.png")
     curves = plot_loss_curves(report, figures_dir / "losses.png")
     if curves is not None:
         written["losses"] = curves
-    if _measured(report, "metric"):
-        written["metric"] = plot_metric_bars(report, figures_dir / "metric.png")
     if _measured(report, "latency_ms_b1", "latency_ms_b32"):
         written["latency"] = plot_latency_bars(report, figures_dir / "latency.png")
     if len(report["students"]) >= 2 and _measured(report, "metric", "parameters"):
