@@ -26,6 +26,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hf_distill.hub.teacher_origin import hub_id, teacher_base_model, teacher_license
+from hf_distill.model_kind import AUTO_CLASSES
 from hf_distill.reports.format import (
     NOT_MEASURED,
     comparison_table,
@@ -57,12 +58,9 @@ PIPELINE_TAGS = {
     "image_classification": "image-classification",
     "vision": "image-classification",
 }
-AUTO_CLASSES = {
-    "text-classification": "AutoModelForSequenceClassification",
-    "token-classification": "AutoModelForTokenClassification",
-    "text-generation": "AutoModelForCausalLM",
-    "image-classification": "AutoModelForImageClassification",
-}
+# The class that loads each pipeline's model: the trainer's own for its head kinds, plus images.
+LOADERS = {PIPELINE_TAGS[kind]: auto.__name__ for kind, auto in AUTO_CLASSES.items()}
+LOADERS["image-classification"] = "AutoModelForImageClassification"
 BASE_TAGS = ("distillation", "hf_distill")
 # The card of the run's control: same student, trained on labels alone.
 BASELINE_KIND = "no_kd_baseline"
@@ -314,7 +312,7 @@ def _usage_section(facts: CardFacts, repo_id: str | None, weights_file: str) -> 
             "```",
         ]
         return "\n".join(lines)
-    auto_class = AUTO_CLASSES.get(facts.pipeline_tag, "AutoModel")
+    auto_class = LOADERS.get(facts.pipeline_tag, "AutoModel")
     lines = [
         "```python",
         f"from transformers import AutoTokenizer, {auto_class}",
