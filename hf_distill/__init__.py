@@ -20,6 +20,7 @@ from hf_distill.cache import (
     TopkCodec,
     cache_teacher_outputs,
     load_teacher_cache,
+    push_teacher_cache,
     write_teacher_cache,
 )
 from hf_distill.export import OnnxModel, export_student
@@ -99,6 +100,7 @@ __all__ = [
     "gpt2_student_for",
     "load_report",
     "load_teacher_cache",
+    "push_teacher_cache",
     "make_report",
     "model_size_on_disk",
     "perplexity",

@@ -8,6 +8,7 @@
     hf-distill cache-teacher codegen --teacher_tokenizer smollm2-135m --student_tokenizer gpt2-tokenizer --cache_dir c
     hf-distill report runs/sentiment          # Markdown/HTML report with plots from report.json
     hf-distill push runs/sentiment/students/teacher_layers-3L-distilled user/my-student
+    hf-distill push-cache c user/my-teacher-cache   # a sharded teacher cache as a Hub dataset repository
 
 ``train`` runs the same pipeline as ``recipes/<task>.py`` (one process; for several use
 ``accelerate launch recipes/<task>.py``). Everything after the task name is parsed like the recipe's flags;
@@ -293,6 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("folder")
     push.add_argument("repo_id")
     push.add_argument("--private", action="store_true")
+    push_cache = commands.add_parser(
+        "push-cache",
+        help="upload a sharded teacher cache (with its dataset card) as a Hub dataset repository",
+    )
+    push_cache.add_argument(
+        "cache_dir", help="the folder of a sharded teacher cache (hf-distill cache-teacher)"
+    )
+    push_cache.add_argument("repo_id", help="OWNER/NAME of the dataset repository (created if needed)")
+    push_cache.add_argument("--private", action="store_true")
     push.add_argument(
         "--license",
         default=None,
@@ -334,6 +344,10 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
 
         card = {"license": known.license} if known.license else {}
         print(push_student(known.folder, known.repo_id, private=known.private or None, **card))
+    elif known.command == "push-cache":
+        from hf_distill.cache.push import push_teacher_cache
+
+        print(push_teacher_cache(known.cache_dir, known.repo_id, private=known.private or None))
     return 0
 
 

@@ -1,9 +1,11 @@
 """The teacher's outputs kept on disk or in a dataset, so training never loads the teacher: building the cache
 columns (``build``), the compact top-k columns (``compact``) and their codec (``codec``), sharded files with a
-manifest (``shards``), and writing a cache from a model (``writer``)."""
+manifest (``shards``), writing a cache from a model (``writer``), and a cache on the Hub: where a cache lives
+(``remote``: a folder or a dataset repository) and publishing one (``push``)."""
 
 from hf_distill.cache.build import TeacherCacheCollator, cache_teacher_outputs
 from hf_distill.cache.codec import TopkCodec
+from hf_distill.cache.push import push_teacher_cache
 from hf_distill.cache.shards import load_teacher_cache
 from hf_distill.cache.writer import write_teacher_cache
 
@@ -12,5 +14,6 @@ __all__ = [
     "TopkCodec",
     "cache_teacher_outputs",
     "load_teacher_cache",
+    "push_teacher_cache",
     "write_teacher_cache",
 ]

@@ -26,6 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import Dataset, Features, IterableDataset, load_dataset, load_from_disk
 
+from hf_distill.cache.remote import local_cache_folder
+
 MANIFEST = "teacher_cache.json"
 FORMAT = "hf_distill teacher cache"
 FORMAT_VERSION = 1
@@ -209,18 +211,23 @@ def load_teacher_cache(
     streaming: bool = False,
     check_hashes: bool = True,
     cache_dir: str | None = None,
+    token: str | None = None,
 ) -> Dataset | IterableDataset:
     """A teacher cache folder as a dataset to train from (``train_dataset=``).
 
     Args:
         folder: a sharded cache (:func:`hf_distill.cache.writer.write_teacher_cache`) or a folder saved with
-            ``Dataset.save_to_disk`` (the float32 cache of ``cache_teacher_outputs``).
+            ``Dataset.save_to_disk`` (the float32 cache of ``cache_teacher_outputs``); or a cache pushed to the
+            Hub (:func:`hf_distill.cache.push.push_teacher_cache`) as ``OWNER/NAME`` or
+            ``hf://datasets/OWNER/NAME[@REVISION]``, downloaded once and then checked like a local folder
+            (:mod:`hf_distill.cache.remote`).
         streaming: read the shards as an ``IterableDataset`` (decompressed as they are read; nothing is
             converted on disk). Otherwise a ``Dataset`` memory-mapped from an Arrow copy in ``cache_dir``.
         check_hashes: compare each shard's BLAKE2b hash with the manifest (reads the files once); sizes and
             row counts are always checked.
+        token: a Hub token for a private cache repository.
     """
-    folder = Path(folder)
+    folder = local_cache_folder(folder, token=token)
     if not (folder / MANIFEST).is_file() and (folder / "dataset_info.json").is_file():
         return load_from_disk(str(folder))
     manifest = read_manifest(folder)
