@@ -1,10 +1,13 @@
 """The teacher's outputs kept on disk or in a dataset, so training never loads the teacher: building the cache
 columns (``build``), the compact top-k columns (``compact``) and their codec (``codec``), sharded files with a
 manifest (``shards``), writing a cache from a model (``writer``), and a cache on the Hub: where a cache lives
-(``remote``: a folder or a dataset repository) and publishing one (``push``)."""
+(``remote``: a folder or a dataset repository) and publishing one (``push``); other tools' logit datasets
+read and written (``interchange``: the common log-probability form; ``axolotl``, ``distillkit``)."""
 
+from hf_distill.cache.axolotl import from_axolotl, to_axolotl
 from hf_distill.cache.build import TeacherCacheCollator, cache_teacher_outputs
 from hf_distill.cache.codec import TopkCodec
+from hf_distill.cache.distillkit import from_distillkit, to_distillkit
 from hf_distill.cache.push import push_teacher_cache
 from hf_distill.cache.shards import load_teacher_cache
 from hf_distill.cache.writer import write_teacher_cache
@@ -13,7 +16,11 @@ __all__ = [
     "TeacherCacheCollator",
     "TopkCodec",
     "cache_teacher_outputs",
+    "from_axolotl",
+    "from_distillkit",
     "load_teacher_cache",
     "push_teacher_cache",
+    "to_axolotl",
+    "to_distillkit",
     "write_teacher_cache",
 ]
