@@ -6,6 +6,7 @@
     hf-distill cache-teacher sentiment --config ... --teacher_model_name_or_path runs/sentiment/teacher --cache_dir c
     hf-distill cache-teacher codegen --teacher_model_name_or_path smollm2-135m --top_k 128 --cache_dir c
     hf-distill cache-teacher codegen --teacher_tokenizer smollm2-135m --student_tokenizer gpt2-tokenizer --cache_dir c
+    accelerate launch --num_processes 8 -m hf_distill.cli cache-teacher codegen ... --cache_dir c  # 8 writers
     hf-distill report runs/sentiment          # Markdown/HTML report with plots from report.json
     hf-distill push runs/sentiment/students/teacher_layers-3L-distilled user/my-student
     hf-distill push-cache c user/my-teacher-cache   # a sharded teacher cache as a Hub dataset repository
@@ -220,10 +221,11 @@ def cache_teacher(task: str, argv: Sequence[str]) -> dict[str, Any]:
     saved = cache_task(
         task, _preparer(task), cache_args, teacher_args, student_args, data_args, training_args
     )
-    print(
-        f"cached teacher outputs for {saved['rows']} training rows in {saved['path']} ({saved['format']})",
-        flush=True,
-    )
+    if saved.get("is_main_process", True):
+        print(
+            f"cached teacher outputs for {saved['rows']} training rows in {saved['path']} ({saved['format']})",
+            flush=True,
+        )
     return saved
 
 

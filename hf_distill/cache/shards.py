@@ -76,12 +76,16 @@ class ShardWriter:
         rows_per_shard: int = 4096,
         row_group_bytes: int = 32 << 20,
         compression_level: int = 3,
+        prefix: str = "shard-",
+        check_empty: bool = True,
     ):
         if rows_per_shard < 1:
             raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}.")
         self.folder = Path(folder)
-        check_empty_folder(self.folder)
+        if check_empty:
+            check_empty_folder(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.prefix = prefix
         self.rows_per_shard, self.row_group_bytes = rows_per_shard, row_group_bytes
         self.compression_level = compression_level
         self.shards: list[dict[str, Any]] = []
@@ -111,7 +115,7 @@ class ShardWriter:
         if not self.buffer:
             return
         if self.writer is None:
-            name = f"shard-{len(self.shards):05d}.parquet"
+            name = f"{self.prefix}{len(self.shards):05d}.parquet"
             self.writer = pq.ParquetWriter(
                 self.folder / name,
                 self.schema,
@@ -133,22 +137,55 @@ class ShardWriter:
         self.shards[-1].update(rows=self.rows_in_shard, bytes=path.stat().st_size, blake2b=file_hash(path))
         self.writer, self.rows_in_shard = None, 0
 
-    def close(self, settings: dict[str, Any]) -> dict[str, Any]:
-        """Writes the last shard and the manifest (atomically); returns the manifest."""
+    def finish(self) -> list[dict[str, Any]]:
+        """Writes the last shard; returns the shards written (file, rows, bytes, hash), without a manifest."""
         self._flush()
         self._close_shard()
-        manifest = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "rows": sum(s["rows"] for s in self.shards),
-            "bytes": sum(s["bytes"] for s in self.shards),
-            "shards": self.shards,
-            "settings": settings,
-        }
-        partial = self.folder / (MANIFEST + ".partial")
-        partial.write_text(json.dumps(manifest, indent=2))
-        partial.rename(self.folder / MANIFEST)
-        return manifest
+        return self.shards
+
+    def close(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Writes the last shard and the manifest (atomically); returns the manifest."""
+        return write_manifest(self.folder, self.finish(), settings)
+
+
+def write_manifest(
+    folder: Path, shards: list[dict[str, Any]], settings: dict[str, Any], name: str = MANIFEST
+) -> dict[str, Any]:
+    """Writes the manifest of ``shards`` as ``folder / name`` atomically (a reader sees all of it or none)."""
+    manifest = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "rows": sum(s["rows"] for s in shards),
+        "bytes": sum(s["bytes"] for s in shards),
+        "shards": shards,
+        "settings": settings,
+    }
+    partial = folder / (name + ".partial")
+    partial.write_text(json.dumps(manifest, indent=2))
+    partial.rename(folder / name)
+    return manifest
+
+
+def rank_manifest_name(rank: int) -> str:
+    """The file in which process ``rank`` of a distributed write lists its shards."""
+    return f"teacher_cache.rank-{rank:05d}.json"
+
+
+def merge_rank_manifests(folder: Path, num_processes: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """The main process's last step of a distributed write: one manifest of every process's shards, in rank
+    order (so the rows come back in the dataset's order), written only when every process listed its shards."""
+    parts = [folder / rank_manifest_name(r) for r in range(num_processes)]
+    missing = [p.name for p in parts if not p.is_file()]
+    if missing:
+        raise RuntimeError(
+            f"{folder}: the processes {missing} did not finish their shards, so no manifest is written and the "
+            "cache stays unreadable. Re-run the caching into an empty folder."
+        )
+    shards = [s for p in parts for s in json.loads(p.read_text())["shards"]]
+    manifest = write_manifest(folder, shards, settings)
+    for part in parts:
+        part.unlink()
+    return manifest
 
 
 def check_empty_folder(folder: Path) -> None:

@@ -24,7 +24,15 @@ from hf_distill.cache.build import (
     teacher_batch_fn,
 )
 from hf_distill.cache.codec import TopkCodec
-from hf_distill.cache.shards import ShardWriter, check_empty_folder, to_arrow
+from hf_distill.cache.shards import (
+    ShardWriter,
+    check_empty_folder,
+    merge_rank_manifests,
+    rank_manifest_name,
+    read_manifest,
+    to_arrow,
+    write_manifest,
+)
 from hf_distill.model_kind import CAUSAL_LM, detect_task
 from hf_distill.token_alignment import TEXT_COLUMN, tokenizer_fingerprint
 
@@ -46,6 +54,7 @@ def write_teacher_cache(
     text_column: str = TEXT_COLUMN,
     rows_per_shard: int = 4096,
     compression_level: int = 3,
+    state: Any = None,
 ) -> dict[str, Any]:
     """Runs ``teacher`` once over ``dataset`` and writes the rows with the teacher's outputs to ``output_dir``
     in Parquet shards; returns the manifest (rows, shards, bytes, settings).
@@ -54,6 +63,13 @@ def write_teacher_cache(
     ``codec``: ``"default"`` (``TopkCodec()`` for a causal LM, nothing for classifiers), a
     :class:`~hf_distill.cache.codec.TopkCodec`, or None for float32 top-k logits; ``rows_per_shard``;
     ``compression_level`` (zstd). Every check runs before the teacher does.
+
+    ``state``: the processes of a distributed run (``accelerate.PartialState()``, or anything with
+    ``process_index``, ``num_processes``, ``is_main_process`` and ``wait_for_everyone``). Each process runs the
+    teacher over its own contiguous, disjoint part of the rows and writes its shards
+    (``shard-r<rank>-<n>.parquet``) and their list; after a barrier the main process writes the one manifest,
+    listing the shards in rank order, so the cache reads row for row like a one-process cache. A process that
+    dies leaves no manifest: the cache is refused, never half-read. Every process returns the manifest.
     """
     task = task or detect_task(teacher)
     if isinstance(codec, str):
@@ -61,7 +77,13 @@ def write_teacher_cache(
             raise ValueError(f"codec={codec!r}: pass 'default', a TopkCodec, or None (float32 top-k logits).")
         codec = DEFAULT_CODEC if task == CAUSAL_LM else None
     check_cache_inputs(dataset, task, top_k, temperature, batch_size, codec, teacher_tokenizer, text_column)
+    world = 1 if state is None else int(state.num_processes)
+    rank = 0 if state is None else int(state.process_index)
     check_empty_folder(Path(output_dir))
+    if world > 1:
+        state.wait_for_everyone()  # every process checked the folder before any writes into it
+        start, stop = len(dataset) * rank // world, len(dataset) * (rank + 1) // world
+        dataset = dataset.select(range(start, stop))
     device = torch.device(device) if device is not None else next(teacher.parameters()).device
     settings = (task, top_k, temperature, device, torch.float32, codec)
     if teacher_tokenizer is not None:
@@ -70,29 +92,55 @@ def write_teacher_cache(
     else:
         run = teacher_batch_fn(teacher, *settings)
         inputs = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names]
-    writer = ShardWriter(output_dir, rows_per_shard=rows_per_shard, compression_level=compression_level)
+    writer = ShardWriter(
+        output_dir,
+        rows_per_shard=rows_per_shard,
+        compression_level=compression_level,
+        prefix="shard-" if world == 1 else f"shard-r{rank:03d}-",
+        check_empty=world == 1,
+    )
     was_training = teacher.training
     teacher.eval()
     try:
         _write_batches(writer, dataset, inputs, run, batch_size)
     finally:
         teacher.train(was_training)
-    return writer.close(
-        {
-            "task": task,
-            "top_k": top_k,
-            "temperature": float(temperature),
-            "codec": None if codec is None else codec.name(top_k),
-            "teacher": type(teacher).__name__,
-            "teacher_name_or_path": str(getattr(teacher, "name_or_path", "")),
-            "teacher_tokenizer": None
-            if teacher_tokenizer is None
-            else {
-                "name_or_path": str(teacher_tokenizer.name_or_path),
-                "fingerprint": tokenizer_fingerprint(teacher_tokenizer),
-            },
-        }
+    return finish(writer, cache_settings(teacher, task, top_k, temperature, codec, teacher_tokenizer), state)
+
+
+def cache_settings(
+    teacher: nn.Module, task: str, top_k: int | None, temperature: float, codec: Any, teacher_tokenizer: Any
+) -> dict[str, Any]:
+    """The settings a manifest records: what the cache holds and which teacher (and tokenizer) made it."""
+    return {
+        "task": task,
+        "top_k": top_k,
+        "temperature": float(temperature),
+        "codec": None if codec is None else codec.name(top_k),
+        "teacher": type(teacher).__name__,
+        "teacher_name_or_path": str(getattr(teacher, "name_or_path", "")),
+        "teacher_tokenizer": None
+        if teacher_tokenizer is None
+        else {
+            "name_or_path": str(teacher_tokenizer.name_or_path),
+            "fingerprint": tokenizer_fingerprint(teacher_tokenizer),
+        },
+    }
+
+
+def finish(writer: ShardWriter, settings: dict[str, Any], state: Any) -> dict[str, Any]:
+    """The manifest: written at once by a single process; in a distributed run, each process lists its shards,
+    and the main process merges the lists after every process has written (a barrier)."""
+    if state is None or int(state.num_processes) == 1:
+        return writer.close(settings)
+    write_manifest(
+        writer.folder, writer.finish(), settings, name=rank_manifest_name(int(state.process_index))
     )
+    state.wait_for_everyone()
+    if state.is_main_process:
+        merge_rank_manifests(writer.folder, int(state.num_processes), settings)
+    state.wait_for_everyone()
+    return read_manifest(writer.folder)
 
 
 def _write_batches(writer: ShardWriter, dataset: Dataset, inputs: list[str], run, batch_size: int) -> None:

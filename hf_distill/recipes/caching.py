@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_distill.cache.build import cache_teacher_outputs
@@ -89,7 +90,9 @@ def cache_task(
     if cache_args.teacher_tokenizer is not None:
         return cache_cross_tokenizer(task, cache_args, teacher_args, student_args, data_args, training_args)
     tokenizer = teacher_tokenizer(teacher_args, **({"add_prefix_space": True} if task == "ner" else {}))
-    task_data = preparer(data_args, tokenizer)
+    state = processes(training_args)
+    with state.main_process_first():
+        task_data = preparer(data_args, tokenizer)
     teacher, needs_fine_tune = load_teacher(teacher_args, task_data)
     if needs_fine_tune:
         raise ValueError(
@@ -102,7 +105,7 @@ def cache_task(
         temperature=training_args.temperature,
         batch_size=training_args.per_device_eval_batch_size,
     )
-    return save(teacher.eval(), task_data.train, task_data.task, cache_args, settings)
+    return save(teacher.eval(), task_data.train, task_data.task, cache_args, settings, state)
 
 
 def cache_cross_tokenizer(
@@ -141,14 +144,31 @@ def cache_cross_tokenizer(
         batch_size=training_args.per_device_eval_batch_size,
         teacher_tokenizer=tokenizer,
     )
-    return save(teacher, blocks, "causal_lm", cache_args, settings)
+    return save(teacher, blocks, "causal_lm", cache_args, settings, processes(training_args))
 
 
-def save(teacher: Any, rows: Any, task: str, cache_args: CacheArguments, settings: dict) -> dict[str, Any]:
-    """Writes ``rows`` with the teacher's outputs in the chosen format."""
+def processes(training_args: Any) -> PartialState:
+    """The processes of this run (one, or those ``accelerate launch`` started); on CPUs with ``--use_cpu``,
+    which is how several CPU processes find each other (gloo)."""
+    return PartialState(cpu=bool(getattr(training_args, "use_cpu", False)))
+
+
+def save(
+    teacher: Any, rows: Any, task: str, cache_args: CacheArguments, settings: dict, state: PartialState
+) -> dict[str, Any]:
+    """Writes ``rows`` with the teacher's outputs in the chosen format. Under ``accelerate launch`` with several
+    processes, each writes the shards of its own part of the rows and the main process the one manifest
+    (:func:`hf_distill.cache.writer.write_teacher_cache`)."""
     fmt = cache_args.cache_format
     if fmt == "auto":
         fmt = "shards" if task == "causal_lm" else "arrow"
+    if state.num_processes > 1 and fmt == "arrow":
+        raise ValueError(
+            f"--cache_format arrow is written by one process, but this run has {state.num_processes}: pass "
+            "--cache_format shards (each process writes its own part of the rows), or run without accelerate launch."
+        )
+    if state.num_processes > 1:
+        teacher = teacher.to(state.device)
     if fmt == "arrow":
         cached = cache_teacher_outputs(teacher, rows, task=task, **settings)
         cached.save_to_disk(cache_args.cache_dir)
@@ -161,6 +181,7 @@ def save(teacher: Any, rows: Any, task: str, cache_args: CacheArguments, setting
         task=task,
         codec=codec,
         rows_per_shard=cache_args.rows_per_shard,
+        state=state if state.num_processes > 1 else None,
         **settings,
     )
     return {
@@ -168,4 +189,5 @@ def save(teacher: Any, rows: Any, task: str, cache_args: CacheArguments, setting
         "format": fmt,
         "path": str(Path(cache_args.cache_dir)),
         "manifest": manifest,
+        "is_main_process": state.is_main_process,
     }
