@@ -8,7 +8,8 @@
     hf-distill cache-teacher codegen --teacher_tokenizer smollm2-135m --student_tokenizer gpt2-tokenizer --cache_dir c
     accelerate launch --num_processes 8 -m hf_distill.cli cache-teacher codegen ... --cache_dir c  # 8 writers
     hf-distill report runs/sentiment          # Markdown/HTML report with plots from report.json
-    hf-distill push runs/sentiment/students/teacher_layers-3L-distilled user/my-student
+    hf-distill export runs/sentiment/students/distilled --output_dir runs/sentiment/students/distilled --quantize int8-dynamic
+    hf-distill push runs/sentiment/students/teacher_layers-3L-distilled user/my-student [--with_onnx]
     hf-distill push-cache c user/my-teacher-cache   # a sharded teacher cache as a Hub dataset repository
 
 ``train`` runs the same pipeline as ``recipes/<task>.py`` (one process; for several use
@@ -306,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     push_cache.add_argument("repo_id", help="OWNER/NAME of the dataset repository (created if needed)")
     push_cache.add_argument("--private", action="store_true")
     push.add_argument(
+        "--with_onnx",
+        action="store_true",
+        help="also upload onnx/ (written by `hf-distill export FOLDER --output_dir FOLDER`) beside the weights",
+    )
+    push.add_argument(
         "--license",
         default=None,
         help="the card's license (a Hub license id, e.g. apache-2.0); default: the teacher's, read from its card",
@@ -344,8 +350,9 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     elif known.command == "push":
         from hf_distill.hub.push import push_student
 
-        card = {"license": known.license} if known.license else {}
-        print(push_student(known.folder, known.repo_id, private=known.private or None, **card))
+        options = {"license": known.license} if known.license else {}
+        options.update({"with_onnx": True} if known.with_onnx else {})
+        print(push_student(known.folder, known.repo_id, private=known.private or None, **options))
     elif known.command == "push-cache":
         from hf_distill.cache.push import push_teacher_cache
 

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from huggingface_hub.utils import filter_repo_objects
 
+from hf_distill import cli
 from hf_distill.hub.card import CARD_MARKER, render_model_card, write_model_card
 from hf_distill.hub.push import UPLOAD_IGNORE_PATTERNS, check_student_folder, push_student
 
@@ -324,6 +325,69 @@ def test_push_student_ignore_patterns_leave_only_the_student(run_dir):
     files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
     uploaded = set(filter_repo_objects(files, ignore_patterns=ignore))
     assert uploaded == {"config.json", "model.safetensors", "README.md"}
+
+
+class HubAtTheHttpEdge:
+    """The real ``HfApi.upload_folder`` (its own file listing and pattern filter) with the calls that would
+    reach the Hub replaced: ``create_repo``, the card's YAML validation and ``create_commit``, whose operations
+    say which files a push sends."""
+
+    def __init__(self, monkeypatch):
+        import huggingface_hub.hf_api as hf_api
+
+        self.sent: list[str] | None = None
+        self.calls: list[str] = []
+        monkeypatch.setattr(hf_api, "is_xet_available", lambda: False)  # the single-commit path
+        monkeypatch.setattr(
+            hf_api.HfApi, "create_repo", lambda api, *a, **k: self.calls.append("create_repo")
+        )
+        monkeypatch.setattr(hf_api.HfApi, "_validate_yaml", lambda api, *a, **k: None)
+        monkeypatch.setattr(hf_api.HfApi, "create_commit", lambda api, **kwargs: self._commit(**kwargs))
+
+    def _commit(self, *, operations, repo_id, **kwargs):
+        self.calls.append("create_commit")
+        self.sent = sorted(op.path_in_repo for op in operations)
+        return f"https://huggingface.co/{repo_id}/commit/0"
+
+
+def _write_onnx_folder(folder: Path) -> list[str]:
+    """Stand-ins for what ``hf-distill export FOLDER --output_dir FOLDER --quantize int8-dynamic`` adds (the
+    graphs' content is the push guard's business, tested in test_push_guard.py)."""
+    names = ["onnx/export.json", "onnx/model.onnx", "onnx/model_quantized.onnx"]
+    (folder / "onnx").mkdir()
+    for name in names:
+        (folder / name).write_text("{}" if name.endswith(".json") else "")
+    return names
+
+
+def test_push_with_onnx_uploads_the_graphs_beside_the_safetensors(run_dir, monkeypatch):
+    hub = HubAtTheHttpEdge(monkeypatch)
+    folder = run_dir / "distilled"
+    graphs = _write_onnx_folder(folder)
+    push_student(folder, "someone/tiny")
+    assert hub.sent == ["README.md", "config.json", "model.safetensors"]  # onnx/ only when asked for
+    assert (
+        push_student(folder, "someone/tiny", with_onnx=True) == "https://huggingface.co/someone/tiny/commit/0"
+    )
+    assert hub.sent == ["README.md", "config.json", "model.safetensors", *graphs]
+    hub.sent = None
+    assert cli.main(["push", str(folder), "someone/tiny", "--with_onnx"]) == 0
+    assert hub.sent == ["README.md", "config.json", "model.safetensors", *graphs]
+    assert hub.calls == ["create_repo", "create_commit"] * 3
+
+
+def test_push_with_onnx_refuses_a_folder_without_a_graph(run_dir, monkeypatch, capsys):
+    hub = HubAtTheHttpEdge(monkeypatch)
+    folder = run_dir / "distilled"
+    with pytest.raises(
+        ValueError,
+        match=r"distilled has no onnx/model\.onnx to upload \(--with_onnx\): export the student into its own "
+        r"folder first, `hf-distill export .*distilled --output_dir .*distilled \[--quantize int8-dynamic\]`",
+    ):
+        push_student(folder, "someone/tiny", with_onnx=True)
+    assert cli.main(["push", str(folder), "someone/tiny", "--with_onnx"]) == 2
+    assert "has no onnx/model.onnx to upload" in capsys.readouterr().err
+    assert hub.calls == [] and not (folder / "README.md").exists()
 
 
 @pytest.mark.parametrize(

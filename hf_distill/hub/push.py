@@ -24,11 +24,21 @@ from hf_distill.reports.seed_report import seed_of_folder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["UPLOAD_IGNORE_PATTERNS", "check_student_folder", "push_student", "teacher_weight_files"]
+__all__ = [
+    "ONNX_FOLDER_PATTERN",
+    "UPLOAD_IGNORE_PATTERNS",
+    "check_student_folder",
+    "push_student",
+    "teacher_weight_files",
+    "upload_ignore_patterns",
+]
 
+# The exported graphs (`hf-distill export FOLDER --output_dir FOLDER`): uploaded only when asked (--with_onnx).
+ONNX_FOLDER_PATTERN = "onnx/"
 # Never uploaded: Trainer checkpoints, anything of the teacher's, optimizer/scheduler/RNG states, TensorBoard
-# logs, and the hidden-state projections that only serve training. Patterns are fnmatch-ed against paths
-# relative to the folder (``*`` also matches ``/``), a trailing ``/`` means "everything under".
+# logs, and the hidden-state projections that only serve training; ``onnx/`` unless the push asks for it.
+# Patterns are fnmatch-ed against paths relative to the folder (``*`` also matches ``/``), a trailing ``/``
+# means "everything under".
 UPLOAD_IGNORE_PATTERNS = (
     "checkpoint-*/",
     "*/checkpoint-*/",
@@ -44,7 +54,13 @@ UPLOAD_IGNORE_PATTERNS = (
     "rng_state*",
     "distillation_modules.pt",
     "feature_map_projections.pt",
+    ONNX_FOLDER_PATTERN,
 )
+
+
+def upload_ignore_patterns(with_onnx: bool = False) -> tuple[str, ...]:
+    """:data:`UPLOAD_IGNORE_PATTERNS`, less ``onnx/`` when the exported graphs go up beside the safetensors."""
+    return tuple(p for p in UPLOAD_IGNORE_PATTERNS if not (with_onnx and p == ONNX_FOLDER_PATTERN))
 
 
 # ---- pushing ----------------------------------------------------------------------------------------------
@@ -67,7 +83,7 @@ def teacher_weight_files(folder: Path) -> list[str]:
     return found
 
 
-def check_student_folder(folder: str | Path) -> Path:
+def check_student_folder(folder: str | Path, *, with_onnx: bool = False) -> Path:
     """Checks that ``folder`` is a student saved by hf_distill and holds nothing of its teacher's.
 
     Decided by content (see :mod:`hf_distill.hub.push_guard`): the folder is not a teacher that the run's
@@ -76,7 +92,15 @@ def check_student_folder(folder: str | Path) -> Path:
     student saved before fingerprints were recorded, the teacher read from its local folder). A weight file
     under a path part named ``teacher*`` is refused too. A folder with teacher weights is refused rather than
     filtered: it usually means the wrong folder was passed, and the teacher's license may not allow
-    re-publishing its weights.
+    re-publishing its weights. With ``with_onnx`` the folder must hold ``onnx/model.onnx``, and the ONNX graphs
+    are checked like the weights (:func:`hf_distill.hub.push_guard.onnx_tensors`, ``export.json``).
+
+    Args:
+        folder (str | Path): the student's folder.
+        with_onnx (bool): whether ``onnx/`` goes up too.
+
+    Returns:
+        Path: ``folder``.
 
     Raises:
         ValueError: naming the folder and what is wrong.
@@ -103,6 +127,12 @@ def check_student_folder(folder: str | Path) -> Path:
             f"{folder} has a config.json but no weights (model.safetensors or pytorch_model.bin): "
             "save the student with save_pretrained before pushing."
         )
+    if with_onnx and not (folder / ONNX_FOLDER_PATTERN / "model.onnx").is_file():
+        raise ValueError(
+            f"{folder} has no onnx/model.onnx to upload (--with_onnx): export the student into its own folder "
+            f"first, `hf-distill export {folder} --output_dir {folder} [--quantize int8-dynamic]`, or push "
+            "without --with_onnx."
+        )
     check_not_a_listed_teacher(folder)
     record = distillation_record(folder)
     teacher = teacher_weight_files(folder)
@@ -113,7 +143,7 @@ def check_student_folder(folder: str | Path) -> Path:
             "Push the student's own folder, or move the teacher's files out of it."
         )
     fingerprint, source = recorded_fingerprint(folder, record)
-    files = upload_weight_files(folder, UPLOAD_IGNORE_PATTERNS)
+    files = upload_weight_files(folder, upload_ignore_patterns(with_onnx))
     check_no_teacher_content(folder, files, fingerprint, source=source)
     return folder
 
@@ -145,6 +175,7 @@ def push_student(
     private: bool | None = None,
     commit_message: str = "Upload distilled student (hf_distill)",
     api: HfApi | None = None,
+    with_onnx: bool = False,
     **card_kwargs: Any,
 ) -> str:
     """Creates ``repo_id`` (if needed) and uploads the student saved in ``folder``; returns the commit URL.
@@ -152,12 +183,26 @@ def push_student(
     Before uploading, the model card is (re)written from the ``report.json`` found in ``folder`` or its
     parent, unless ``README.md`` was written by hand (it is kept, with a warning). ``card_kwargs`` go to
     :func:`render_model_card` (``license``, ``language``, ``tags``, ...). Checkpoints, teacher files,
-    optimizer states and ``runs/`` are never uploaded (``UPLOAD_IGNORE_PATTERNS``).
+    optimizer states and ``runs/`` are never uploaded (``UPLOAD_IGNORE_PATTERNS``); ``onnx/`` (the graphs
+    ``hf-distill export FOLDER --output_dir FOLDER`` writes, the Hub's and transformers.js' layout) goes up
+    beside the safetensors only with ``with_onnx``.
+
+    Args:
+        folder (str | Path): the student's folder (saved with ``save_pretrained``).
+        repo_id (str): the Hub repository, created when missing.
+        token (str | None): a Hub token; None uses the logged-in one.
+        private (bool | None): the new repository's visibility.
+        commit_message (str): the upload's commit message.
+        api (HfApi | None): the client to use (a new ``HfApi(token=token)`` when None).
+        with_onnx (bool): upload ``onnx/`` too (``model.onnx``, ``model_quantized.onnx``, ``export.json``).
+
+    Returns:
+        str: the commit URL.
 
     Raises:
         ValueError: when ``folder`` is not a saved student or holds teacher weights (:func:`check_student_folder`).
     """
-    folder = check_student_folder(folder)
+    folder = check_student_folder(folder, with_onnx=with_onnx)
     report_path = find_report(folder)
     readme = folder / "README.md"
     if report_path is not None and not may_replace_card(readme):
@@ -181,7 +226,7 @@ def push_student(
         folder_path=str(folder),
         repo_type="model",
         commit_message=commit_message,
-        ignore_patterns=list(UPLOAD_IGNORE_PATTERNS),
+        ignore_patterns=list(upload_ignore_patterns(with_onnx)),
         token=token,
     )
     return str(getattr(commit, "commit_url", None) or commit)
