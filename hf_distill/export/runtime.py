@@ -20,9 +20,10 @@ from transformers.utils import ModelOutput
 
 from hf_distill.export.graph import GraphSpec
 from hf_distill.export.packages import require_export_packages
+from hf_distill.hub.onnx_graphs import EXPORT_MANIFEST
 from hf_distill.model_kind import CAUSAL_LM, TOKEN_CLASSIFICATION
 
-MANIFEST = "export.json"
+MANIFEST = EXPORT_MANIFEST
 
 
 @dataclass

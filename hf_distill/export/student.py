@@ -2,7 +2,9 @@
 
 The layout is the one transformers.js and the Hub already use: ``OUT/onnx/model.onnx`` (fp32),
 ``OUT/onnx/model_quantized.onnx`` (int8), and the config and tokenizer in ``OUT/`` beside ``onnx/``;
-``OUT/onnx/export.json`` says what the graph takes and what the check measured.
+``OUT/onnx/export.json`` says what the graph takes, what the check measured, and which model it came from (its
+fingerprint and whether it carried a student's ``distillation`` record: what the push guard reads to refuse a
+teacher's graph, int8 ones included, whose weights no longer equal the teacher's).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from hf_distill.export.graph import GraphSpec, export_graph, graph_spec
 from hf_distill.export.packages import require_export_packages
 from hf_distill.export.quantize import check_quantization, quantize_graph
 from hf_distill.export.runtime import MANIFEST, OnnxModel
+from hf_distill.hub.push_guard import model_fingerprint
 from hf_distill.model_kind import CAUSAL_LM, GENERIC
 
 ONNX_FOLDER, FP32_FILE, INT8_FILE = "onnx", "model.onnx", "model_quantized.onnx"
@@ -85,7 +88,8 @@ def export_student(
     folder = Path(output_dir) / ONNX_FOLDER
     onnx_path = folder / FP32_FILE
     export_graph(model, spec, onnx_path)
-    _write_manifest(folder, spec, {})
+    source = export_source_record(model)
+    _write_manifest(folder, spec, {}, source)
     worst = check_fp32(model, spec, OnnxModel(onnx_path).session, atol=atol, rtol=atol)
     quantized_path, agreement = None, None
     if quantize:
@@ -101,7 +105,7 @@ def export_student(
                 stacklevel=2,
             )
     checks = {"max_abs_difference": worst, "atol": atol, "quantize": quantize, "int8_agreement": agreement}
-    _write_manifest(folder, spec, checks)
+    _write_manifest(folder, spec, checks, source)
     _save_beside(model, tokenizer, Path(output_dir))
     return ExportResult(
         Path(output_dir),
@@ -183,8 +187,21 @@ def calibration_feeds(rows: Iterable[Mapping[str, Any]], spec: GraphSpec) -> lis
     return feeds
 
 
-def _write_manifest(folder: Path, spec: GraphSpec, checks: dict[str, Any]) -> None:
-    manifest = {"graph": dataclasses.asdict(spec), "check": checks, "torch": torch.__version__}
+def export_source_record(model: nn.Module) -> dict[str, Any]:
+    """``export.json``'s ``source``: the exported model's fingerprint and whether its config carries the
+    ``distillation`` record every hf_distill student has (None for a model without a config)."""
+    config = getattr(model, "config", None)
+    record = None if config is None else isinstance(getattr(config, "distillation", None), dict)
+    return {"fingerprint": model_fingerprint(model), "distillation_record": record}
+
+
+def _write_manifest(folder: Path, spec: GraphSpec, checks: dict[str, Any], source: dict[str, Any]) -> None:
+    manifest = {
+        "graph": dataclasses.asdict(spec),
+        "check": checks,
+        "source": source,
+        "torch": torch.__version__,
+    }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 

@@ -14,6 +14,7 @@ from hf_distill.hub.push_guard import (
     WEIGHT_SUFFIXES,
     check_no_teacher_content,
     check_not_a_listed_teacher,
+    check_onnx_graphs,
     distillation_record,
     find_report,
     recorded_fingerprint,
@@ -93,7 +94,7 @@ def check_student_folder(folder: str | Path, *, with_onnx: bool = False) -> Path
     under a path part named ``teacher*`` is refused too. A folder with teacher weights is refused rather than
     filtered: it usually means the wrong folder was passed, and the teacher's license may not allow
     re-publishing its weights. With ``with_onnx`` the folder must hold ``onnx/model.onnx``, and the ONNX graphs
-    are checked like the weights (:func:`hf_distill.hub.push_guard.onnx_tensors`, ``export.json``).
+    are checked like the weights (:mod:`hf_distill.hub.onnx_graphs`; rules 4 and 5 of the guard).
 
     Args:
         folder (str | Path): the student's folder.
@@ -145,6 +146,7 @@ def check_student_folder(folder: str | Path, *, with_onnx: bool = False) -> Path
     fingerprint, source = recorded_fingerprint(folder, record)
     files = upload_weight_files(folder, upload_ignore_patterns(with_onnx))
     check_no_teacher_content(folder, files, fingerprint, source=source)
+    check_onnx_graphs(folder, files, fingerprint, source=source)
     return folder
 
 

@@ -20,6 +20,21 @@ are not constant (a fresh LayerNorm's ones say nothing about which model they ca
   not match, while a student built from some teacher layers holds only some of the tensors.
 
 A partial copy (some shards of a sharded teacher) does not contain every tensor and is left to rules 1 and 2.
+
+ONNX graphs (what ``push --with_onnx`` sends from ``onnx/``) are read like weight files
+(:mod:`hf_distill.hub.onnx_graphs`): their initializers, with external data files (``*.onnx_data``), 2-D weights
+also transposed, so a teacher exported in fp32 is found by content. Two more rules cover what content cannot
+tell, read from the ``export.json`` that ``export_student`` writes beside the graphs:
+
+4. a graph whose ``export.json`` records the teacher's fingerprint, or a model without the ``distillation``
+   record (not a student of hf_distill: the recipes export the teacher too), is refused, whatever its precision;
+5. a quantized graph (integer weights) without that record is refused when the teacher is known: int8 weights
+   no longer equal the teacher's, so its content cannot tell.
+
+Not caught: a teacher graph in fp16 (the float16 rounding before bfloat16 can move entries), one whose weights
+an optimiser fused or folded (ONNX Runtime's transformer fusion packs Q, K and V into one tensor), weights
+inside control-flow subgraphs, and an int8 teacher whose ``export.json`` was rewritten to name a student;
+external data no uploaded graph names is refused as unreadable.
 """
 
 from __future__ import annotations
@@ -35,6 +50,14 @@ from huggingface_hub.utils import filter_repo_objects
 from safetensors import safe_open
 from torch import nn
 
+from hf_distill.hub.onnx_graphs import (
+    EXTERNAL_DATA_SUFFIXES,
+    ONNX_SUFFIX,
+    export_source,
+    external_data_files,
+    has_quantized_weights,
+    onnx_tensors,
+)
 from hf_distill.reports.schema import REPORT_FILENAME, load_report
 
 FINGERPRINT_METHOD = "bf16-strided-v1"
@@ -43,7 +66,7 @@ SAMPLES = 1024
 # Weight formats whose tensors can be read here; a weight file in any other format cannot be told apart from
 # the teacher, so a folder that would upload one is refused.
 READABLE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-WEIGHT_SUFFIXES = (*READABLE_SUFFIXES, ".gguf", ".h5", ".msgpack", ".onnx")
+WEIGHT_SUFFIXES = (*READABLE_SUFFIXES, ".gguf", ".h5", ".msgpack", ONNX_SUFFIX, *EXTERNAL_DATA_SUFFIXES)
 # Trainer's pickled TrainingArguments: uploaded with every Trainer push, holds no weights, and is not loaded
 # here (unpickling it would run code).
 NOT_WEIGHTS = ("training_args.bin",)
@@ -146,12 +169,16 @@ def files_holding(fingerprint: dict[str, Any], files: dict[str, Path]) -> tuple[
     shapes = {digest.split(":", 1)[0] for digest in wanted}
     found: dict[str, set[str]] = {}
     unreadable = []
+    read_through_graphs = graph_data_files(files)
     for relative, path in sorted(files.items()):
-        if not path.name.endswith(READABLE_SUFFIXES):
+        if relative in read_through_graphs:
+            continue
+        reader = onnx_tensors if path.name.endswith(ONNX_SUFFIX) else file_tensors
+        if not path.name.endswith((*READABLE_SUFFIXES, ONNX_SUFFIX)):
             unreadable.append(relative)
             continue
         try:
-            for _, shape, load in file_tensors(path):
+            for _, shape, load in reader(path):
                 if "x".join(str(size) for size in shape) in shapes:
                     digest = tensor_digest(load())
                     if digest in wanted:
@@ -171,6 +198,18 @@ def files_holding(fingerprint: dict[str, Any], files: dict[str, Path]) -> tuple[
         cover.append(best)
         remaining -= pool[best]
     return sorted(cover), unreadable
+
+
+def graph_data_files(files: dict[str, Path]) -> set[str]:
+    """Which of ``files`` are external data of an ONNX graph among them (read through that graph)."""
+    named: set[Path] = set()
+    for path in files.values():
+        if path.name.endswith(ONNX_SUFFIX):
+            try:
+                named |= external_data_files(path)
+            except Exception:  # noqa: BLE001 (the graph itself is then reported as unreadable)
+                continue
+    return {relative for relative, path in files.items() if path.resolve() in named}
 
 
 # ---- what report.json lists as a teacher ------------------------------------------------------------------
@@ -309,3 +348,37 @@ def check_no_teacher_content(
             "or convert them to safetensors, or upload them yourself with huggingface_hub once you know they "
             "are the student's."
         )
+
+
+def check_onnx_graphs(
+    folder: Path, files: dict[str, Path], fingerprint: dict[str, Any] | None, *, source: str
+) -> None:
+    """Refuses ONNX graphs among ``files`` that ``export.json`` says come from the teacher or from a model that is
+    not a student saved by hf_distill, and (when the teacher is known) quantized graphs with no such record,
+    whose int8 weights cannot be told from the teacher's. Raises ValueError naming the graph."""
+    for relative, path in sorted(files.items()):
+        if not path.name.endswith(ONNX_SUFFIX):
+            continue
+        origin = export_source(path)
+        if origin is not None:
+            recorded = (origin.get("fingerprint") or {}).get("tensors") or []
+            if fingerprint is not None and set(fingerprint["tensors"]) <= set(recorded):
+                raise ValueError(
+                    f"{folder} would upload {relative}, exported from the teacher: the export.json beside it "
+                    f"records the model's fingerprint, which is {source}; hf_distill never uploads a teacher. "
+                    f"Export the student into its own folder (`hf-distill export {folder} --output_dir {folder}`)."
+                )
+            if origin.get("distillation_record") is False:
+                raise ValueError(
+                    f"{folder} would upload {relative}, exported from a model without the `distillation` record "
+                    "(its export.json says so): not a student saved by hf_distill, and maybe the teacher (the "
+                    "recipes export it too); hf_distill never uploads a teacher. Export the student into its "
+                    f"own folder (`hf-distill export {folder} --output_dir {folder}`)."
+                )
+        elif fingerprint is not None and has_quantized_weights(path):
+            raise ValueError(
+                f"{folder} would upload {relative}, a quantized graph without the export.json that says which "
+                f"model it came from: its int8 weights cannot be told from the teacher ({source}); hf_distill "
+                f"never uploads a teacher. Export the student with `hf-distill export {folder} --output_dir "
+                f"{folder} --quantize int8-dynamic`, which records it."
+            )
