@@ -213,6 +213,7 @@ def test_sentiment_recipe_exports_and_scores_the_students_and_teacher(tmp_path, 
     from test_recipes import run_recipe, save_tiny_teacher, tiny_flags
     from transformers import BertForSequenceClassification
 
+    from hf_distill.reports.format import deployment_line, format_bytes, format_metric
     from hf_distill.reports.report import load_report
 
     teacher = save_tiny_teacher(
@@ -244,6 +245,13 @@ def test_sentiment_recipe_exports_and_scores_the_students_and_teacher(tmp_path, 
         )
         assert (tmp_path / "run" / "onnx" / model / "onnx" / "model_quantized.onnx").is_file()
     assert rows[("teacher", "pytorch", "fp32")]["speedup_b1"] == 1.0
+    # The line `make demo` ends with: the distilled student's int8 row, its numbers as the report holds them.
+    int8 = rows[(distilled[0], "onnxruntime", "int8-dynamic")]
+    line = deployment_line(report)
+    assert line.startswith(
+        f"{distilled[0]} on onnxruntime int8-dynamic: accuracy {format_metric(int8['metric'])} "
+    )
+    assert f"at batch 32; {format_bytes(int8['size_bytes'])}" in line
     card = (Path(report["students"][0]["output_dir"]) / "README.md").read_text()
     assert "## Deployment" in card and "| onnxruntime | int8-dynamic |" in card
     assert (

@@ -102,3 +102,75 @@ def test_demo_runs_three_seeds_and_ends_with_the_verdict(tmp_path, monkeypatch, 
     assert config["seeds"] == [1, 2, 3]
     _, students, *_ = parse_args_with_config(RECIPE_ARGUMENTS, seen["argv"])
     assert students.seeds == [1, 2, 3]
+
+
+def _deployment_rows() -> list[dict]:
+    def row(model, runtime, precision, metric, difference, speedups, size):
+        return {
+            "model": model,
+            "runtime": runtime,
+            "precision": precision,
+            "metric": metric,
+            "interval": [metric - 0.02, metric + 0.02],
+            "versus_pytorch": {
+                "difference": difference,
+                "interval": [difference - 0.005, difference + 0.005],
+            },
+            "speedup_b1": speedups[0],
+            "speedup_b32": speedups[1],
+            "size_bytes": size,
+        }
+
+    return [
+        row("teacher", "pytorch", "fp32", 0.85, 0.0, (1.0, 1.0), 91_600_000),
+        row("teacher", "onnxruntime", "int8-dynamic", 0.849, -0.001, (1.5, 1.2), 23_000_000),
+        row("kd", "pytorch", "fp32", 0.84, 0.0, (1.84, 2.02), 45_000_000),
+        row("kd", "onnxruntime", "fp32", 0.84, 0.0, (2.71, 1.89), 45_500_000),
+        row("kd", "onnxruntime", "int8-dynamic", 0.835, -0.005, (4.04, 2.89), 17_800_000),
+    ]
+
+
+def test_demo_ends_with_the_deployed_students_line(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from hf_distill import cli
+
+    report = {
+        "metric_name": "accuracy",
+        "scorecard": {"comparisons": [{"distilled": "kd", "baseline": "no_kd", "verdict": "ahead"}]},
+        "deployment": {"quantize": "int8-dynamic", "rows": _deployment_rows()},
+    }
+    monkeypatch.setattr(cli, "train", lambda task, argv: report)
+    assert cli.main(["demo", "--output_dir", str(tmp_path / "demo")]) == 0
+    # The student's int8 row (not the teacher's, not fp32), every number from the report.
+    assert (
+        capsys.readouterr()
+        .out.rstrip()
+        .endswith(
+            "verdict: kd vs no_kd: ahead\n\ndeployed: kd on onnxruntime int8-dynamic: accuracy 0.835 [0.815, 0.855], "
+            "-0.005 [-0.01, 0] vs its PyTorch model; 4.04x faster than the PyTorch teacher at batch 1, 2.89x at "
+            "batch 32; 17.8 MB"
+        )
+    )
+    config = yaml.safe_load((tmp_path / "demo" / "demo_config.yaml").read_text())
+    assert (config["export"], config["quantize"]) == ("onnx", "int8-dynamic")
+
+
+def test_demo_without_the_export_extra_runs_without_exporting_and_says_why(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    import hf_distill.export
+    from hf_distill import cli
+
+    def missing():
+        raise ImportError('exporting to ONNX needs onnxscript, which is not installed: run `pip install "x"`')
+
+    monkeypatch.setattr(hf_distill.export, "require_export_packages", missing)
+    monkeypatch.setattr(cli, "train", lambda task, argv: {})
+    assert cli.main(["demo", "--output_dir", str(tmp_path / "demo")]) == 0
+    assert (
+        "hf-distill demo: no ONNX export (and no deployed student's line): exporting to ONNX needs onnxscript"
+        in (capsys.readouterr().out)
+    )
+    config = yaml.safe_load((tmp_path / "demo" / "demo_config.yaml").read_text())
+    assert "export" not in config and "quantize" not in config and config["seeds"] == [1, 2, 3]

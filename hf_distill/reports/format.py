@@ -277,3 +277,30 @@ def deployment_table(report: dict, model: str | None = None) -> tuple[list[str],
         for r in rows
     ]
     return header, body
+
+
+def deployment_line(report: dict) -> str | None:
+    """The shipped student in one line (``make demo`` prints it): the first distilled student's ONNX Runtime row
+    at the run's quantization (fp32 when it did not quantize): runtime and precision, the metric with its
+    interval, the paired difference against the PyTorch model it came from, the speed-up over the PyTorch teacher
+    at batch 1 and 32 (flagged when unreliable) and the size; None when the run exported nothing."""
+    deployment = report.get("deployment") or {}
+    rows = [
+        r
+        for r in deployment.get("rows") or []
+        if r.get("model") != "teacher" and r.get("runtime") != "pytorch"
+    ]
+    if not rows:
+        return None
+    precision = deployment.get("quantize") or "fp32"
+    row = next(
+        (r for r in rows if r["model"] == rows[0]["model"] and r.get("precision") == precision), rows[0]
+    )
+    versus = row.get("versus_pytorch") or {}
+    return (
+        f"{row['model']} on {row['runtime']} {row['precision']}: {report.get('metric_name', 'metric')} "
+        f"{format_metric(row.get('metric'))} {format_interval(row.get('interval'))}, "
+        f"{format_metric(versus.get('difference'))} {format_interval(versus.get('interval'))} vs its PyTorch "
+        f"model; {format_speedup(row, 1)} faster than the PyTorch teacher at batch 1, {format_speedup(row, 32)} "
+        f"at batch 32; {format_bytes(row.get('size_bytes'))}"
+    )
