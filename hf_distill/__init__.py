@@ -47,6 +47,7 @@ from hf_distill.reports import load_report, make_report
 from hf_distill.students import (
     count_parameters,
     gpt2_student_for,
+    layer_importance,
     model_size_on_disk,
     select_layers,
     student_from_config,
@@ -98,6 +99,7 @@ __all__ = [
     "fused_linear_distillation_loss",
     "generate_teacher_completions",
     "gpt2_student_for",
+    "layer_importance",
     "load_report",
     "load_teacher_cache",
     "push_teacher_cache",

@@ -1,19 +1,31 @@
-"""Students built from teachers: fewer layers or a smaller config (``build``), and a student moved to another
-tokenizer with embeddings taken from the teacher's (``vocab_transfer``)."""
+"""Students built from teachers: fewer layers or a smaller config (``build``), layers, heads and channels ranked
+by how much they matter (``importance``), and a student moved to another tokenizer with embeddings taken from
+the teacher's (``vocab_transfer``). ``blocks`` finds a model's transformer blocks; ``layout`` the heads and
+channels inside them."""
 
 from hf_distill.students.build import (
     count_parameters,
     gpt2_student_for,
     model_size_on_disk,
-    select_layers,
     student_from_config,
     student_from_teacher,
 )
+from hf_distill.students.importance import (
+    channel_importance,
+    head_importance,
+    layer_importance,
+    layers_by_importance,
+)
+from hf_distill.students.layer_choice import select_layers
 from hf_distill.students.vocab_transfer import transfer_vocabulary
 
 __all__ = [
+    "channel_importance",
     "count_parameters",
     "gpt2_student_for",
+    "head_importance",
+    "layer_importance",
+    "layers_by_importance",
     "model_size_on_disk",
     "select_layers",
     "student_from_config",

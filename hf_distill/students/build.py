@@ -20,20 +20,19 @@ import difflib
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, PretrainedConfig, PreTrainedModel
 
+from hf_distill.students.blocks import find_block_list, num_layers_of
+from hf_distill.students.layer_choice import choose_layers, select_layers
 from hf_distill.students.vocab_transfer import transfer_vocabulary
 
 logger = logging.getLogger(__name__)
-
-LAYER_STRATEGIES = ("uniform", "every_other", "first", "last")
 
 # Config entries that are lists but not one entry per layer, even when their length happens to equal the
 # number of layers (Llama 3 has `eos_token_id: [128001, 128008, 128009]`; MTP layers are counted apart).
@@ -42,62 +41,6 @@ _NOT_PER_LAYER_KEYS = {"architectures"}
 _NOT_PER_LAYER_PREFIXES = ("mtp_",)
 
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-
-
-def select_layers(num_teacher_layers: int, num_student_layers: int, strategy: str = "uniform") -> list[int]:
-    """Choose which teacher layers a student of ``num_student_layers`` layers keeps.
-
-    Strategies (teacher of ``L`` layers, student of ``n``):
-
-    - ``"uniform"``: ``round(linspace(0, L - 1, n))``. Keeps the first and the last layer (the last one is
-      closest to the head the student inherits) and spreads the rest evenly. ``n = 1`` keeps layer 0.
-    - ``"every_other"``: ``0, 2, 4, ...`` as DistilBERT did; needs ``n <= ceil(L / 2)``.
-    - ``"first"``: ``0 .. n-1``. ``"last"``: ``L-n .. L-1``.
-
-    Returns a strictly increasing list of ``n`` teacher layer indices.
-    """
-    if num_teacher_layers < 1:
-        raise ValueError(f"num_teacher_layers must be at least 1, got {num_teacher_layers}.")
-    if num_student_layers < 1:
-        raise ValueError(f"num_student_layers must be at least 1, got {num_student_layers}.")
-    if num_student_layers > num_teacher_layers:
-        raise ValueError(
-            f"num_student_layers ({num_student_layers}) is larger than the teacher's number of layers "
-            f"({num_teacher_layers}); a student built from teacher layers can only drop layers."
-        )
-    if strategy == "uniform":
-        if num_student_layers == 1:
-            return [0]
-        # n distinct points on [0, L-1] with spacing >= 1 stay distinct after rounding, so no duplicates.
-        positions = np.linspace(0, num_teacher_layers - 1, num_student_layers)
-        return [int(i) for i in np.round(positions)]
-    if strategy == "every_other":
-        layers = list(range(0, num_teacher_layers, 2))
-        if num_student_layers > len(layers):
-            raise ValueError(
-                f"strategy 'every_other' gives at most {len(layers)} layers from a teacher of "
-                f"{num_teacher_layers} layers, but {num_student_layers} were asked for; use 'uniform'."
-            )
-        return layers[:num_student_layers]
-    if strategy == "first":
-        return list(range(num_student_layers))
-    if strategy == "last":
-        return list(range(num_teacher_layers - num_student_layers, num_teacher_layers))
-    raise ValueError(
-        f"Unknown layer selection strategy {strategy!r}; choose one of {list(LAYER_STRATEGIES)}."
-    )
-
-
-def _num_layers(config: PretrainedConfig) -> int:
-    # `num_hidden_layers` goes through `attribute_map`, so GPT-2's `n_layer` is found too.
-    num_layers = getattr(config, "num_hidden_layers", None)
-    if not isinstance(num_layers, int):
-        raise ValueError(
-            f"The teacher's config ({type(config).__name__}) has no integer `num_hidden_layers`; composite "
-            "models (encoder-decoder, vision-language) are not supported: build the student from the text "
-            "model inside them."
-        )
-    return num_layers
 
 
 def _validate_overrides(config: PretrainedConfig, overrides: dict[str, Any]) -> None:
@@ -129,7 +72,7 @@ def _derive_config(
     re-validates the whole result once (``num_hidden_layers`` against ``layer_types``) instead of seeing a
     half-updated config after each assignment.
     """
-    num_teacher_layers = _num_layers(teacher_config)
+    num_teacher_layers = num_layers_of(teacher_config)
     values = teacher_config.to_dict()
     # The serialised name of an aliased attribute (GPT-2 stores `hidden_size` as `n_embd`).
     alias = teacher_config.attribute_map
@@ -182,57 +125,6 @@ def _derive_config(
     return type(teacher_config).from_dict(values)
 
 
-def _find_block_list(model: nn.Module, num_layers: int) -> str:
-    """The name of the ``nn.ModuleList`` that holds the transformer blocks (``bert.encoder.layer``,
-    ``transformer.h``, ``model.layers``): the outermost ModuleList of ``num_layers`` modules."""
-    candidates = [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, nn.ModuleList) and len(module) == num_layers
-    ]
-    # A ModuleList inside a block (MoE experts) can have the same length by chance; keep the outermost.
-    outermost = [n for n in candidates if not any(n.startswith(other + ".") for other in candidates)]
-    if len(outermost) != 1:
-        found = outermost or "none"
-        raise ValueError(
-            f"Expected exactly one nn.ModuleList of {num_layers} blocks in {type(model).__name__} (the config's "
-            f"num_hidden_layers), found {found}; this architecture is not supported by student_from_teacher."
-        )
-    return outermost[0]
-
-
-def _check_layers(layers: Sequence[int], num_teacher_layers: int) -> list[int]:
-    layers = [int(i) for i in layers]
-    if not layers:
-        raise ValueError("layers is empty; a student needs at least one layer.")
-    for i in layers:
-        if not 0 <= i < num_teacher_layers:
-            raise ValueError(
-                f"Layer index {i} is out of range: the teacher has {num_teacher_layers} layers "
-                f"(indices 0..{num_teacher_layers - 1})."
-            )
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"layers {layers} contains duplicates; each teacher layer can be kept once.")
-    if layers != sorted(layers):
-        # Reordering blocks is almost always a mistake, and the renumbered student would hide it.
-        raise ValueError(f"layers {layers} is not increasing; keep teacher layers in their original order.")
-    return layers
-
-
-def _choose_layers(
-    num_teacher_layers: int, layers: Sequence[int] | None, num_layers: int | None, strategy: str
-) -> tuple[list[int], str]:
-    """The checked teacher layers a student keeps, and how they were chosen: ``strategy`` or "explicit"."""
-    if layers is not None and num_layers is not None:
-        raise ValueError("Pass either layers or num_layers, not both.")
-    if layers is not None:
-        return _check_layers(layers, num_teacher_layers), "explicit"
-    if num_layers is None:
-        raise ValueError("Pass layers (teacher layer indices) or num_layers (with a strategy).")
-    chosen = select_layers(num_teacher_layers, num_layers, strategy)
-    return _check_layers(chosen, num_teacher_layers), strategy
-
-
 def _renumber(name: str, block_prefix: str, new_index: dict[int, int]) -> str | None:
     """Map ``<prefix><i>.<rest>`` to ``<prefix><new_index[i]>.<rest>``; None for a dropped block."""
     if not name.startswith(block_prefix):
@@ -263,6 +155,14 @@ def _copy_non_persistent_buffers(
         student.get_submodule(module_name)._buffers[leaf] = buffer.detach().clone()
 
 
+def _warn_if_scaled_by_layer_index(config: PretrainedConfig, layers: list[int]) -> None:
+    if getattr(config, "scale_attn_by_inverse_layer_idx", False) and layers != list(range(len(layers))):
+        logger.warning(
+            "scale_attn_by_inverse_layer_idx is set: attention in block j is scaled by 1/(j+1), so renumbered "
+            "teacher blocks will not compute exactly what they did in the teacher."
+        )
+
+
 def _provenance(teacher: PreTrainedModel, init: str, **details: Any) -> dict[str, Any]:
     return {"teacher": teacher.name_or_path, "init": init, **details}
 
@@ -276,17 +176,19 @@ def _build_like(teacher: PreTrainedModel, config: PretrainedConfig) -> PreTraine
 
 def student_from_teacher(
     teacher: PreTrainedModel,
-    layers: Sequence[int] | None = None,
+    layers: Sequence[int] | str | None = None,
     num_layers: int | None = None,
     strategy: str = "uniform",
     tokenizer: Any = None,
     teacher_tokenizer: Any = None,
+    calibration: Iterable[Mapping[str, torch.Tensor]] | None = None,
     **config_overrides: Any,
 ) -> PreTrainedModel:
     """A student of the teacher's class that keeps some of its transformer blocks (DistilBERT-style).
 
     Pass either ``layers`` (teacher block indices, strictly increasing) or ``num_layers`` (chosen with
-    :func:`select_layers` and ``strategy``). The student has the teacher's config with
+    :func:`select_layers` and ``strategy``); ``layers="importance"`` with ``calibration`` (batches of model
+    inputs) keeps the ``num_layers`` blocks of highest Block Influence (``layer_importance``). The student has the teacher's config with
     ``num_hidden_layers = len(layers)`` (per-layer entries such as ``layer_types`` keep the kept layers'
     values) plus ``config_overrides`` (e.g. ``hidden_dropout_prob=0.0``), and the teacher's dtype and
     label maps. Teacher block ``layers[j]`` becomes student block ``j``; every other tensor (embeddings,
@@ -296,23 +198,16 @@ def student_from_teacher(
     pieces' (:func:`hf_distill.students.vocab_transfer.transfer_vocabulary`). Provenance:
     ``config.distillation = {"teacher": ..., "init": "teacher_layers", "layers": [...]}``.
 
-    Raises ``ValueError`` for bad layer indices, unknown overrides, an architecture whose blocks cannot be
-    found, or a copied tensor whose shape differs from the student's (overrides that change sizes: use
-    :func:`student_from_config` for those).
+    Raises ``ValueError`` for bad layer indices, unknown overrides, blocks that cannot be found, or a copied
+    tensor whose shape differs from the student's (overrides that change sizes: :func:`student_from_config`).
     """
-    num_teacher_layers = _num_layers(teacher.config)
-    layers, chosen_by = _choose_layers(num_teacher_layers, layers, num_layers, strategy)
+    num_teacher_layers = num_layers_of(teacher.config)
+    layers, chosen_by, importance = choose_layers(teacher, layers, num_layers, strategy, calibration)
     _validate_overrides(teacher.config, config_overrides)
 
-    if getattr(teacher.config, "scale_attn_by_inverse_layer_idx", False) and layers != list(
-        range(len(layers))
-    ):
-        logger.warning(
-            "scale_attn_by_inverse_layer_idx is set: attention in block j is scaled by 1/(j+1), so renumbered "
-            "teacher blocks will not compute exactly what they did in the teacher."
-        )
+    _warn_if_scaled_by_layer_index(teacher.config, layers)
 
-    block_prefix = _find_block_list(teacher, num_teacher_layers) + "."
+    block_prefix = find_block_list(teacher, num_teacher_layers) + "."
     config = _derive_config(teacher.config, layers, config_overrides)
     student = _build_like(teacher, config)
 
@@ -346,7 +241,12 @@ def student_from_teacher(
     student.load_state_dict(copied, strict=True)
     _copy_non_persistent_buffers(teacher, student, lambda name: _renumber(name, block_prefix, new_index))
 
-    details = {"layers": layers, "strategy": chosen_by, "num_teacher_layers": num_teacher_layers}
+    details = {
+        "layers": layers,
+        "strategy": chosen_by,
+        "num_teacher_layers": num_teacher_layers,
+        **importance,
+    }
     if tokenizer is not None:
         details["tokenizer"] = transfer_vocabulary(
             student, teacher_tokenizer, tokenizer, teacher.name_or_path
