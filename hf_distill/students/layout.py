@@ -98,3 +98,48 @@ def attention_output(block: nn.Module, family: str) -> nn.Module:
 def mlp_output(block: nn.Module, family: str) -> nn.Module:
     """The projection whose input is the block's MLP channels (after the activation, and the gate for Llama)."""
     return block.get_submodule(_MLP_OUTPUT[family])
+
+
+# What slicing a block's width touches: ``{module: (dim of .weight, what indexes it)}``, where ``"q"`` is the
+# query heads' rows (``heads x head_dim``), ``"kv"`` the key/value heads' rows, ``"channels"`` the MLP channels.
+# A bias follows its weight when the sliced dim is the output (dim 0 of a Linear, dim 1 of a Conv1D).
+_SLICES = {
+    "bert": {
+        "intermediate.dense": (0, "channels"),
+        "output.dense": (1, "channels"),
+    },
+    "gpt2": {  # Conv1D weights are [in, out]
+        "mlp.c_fc": (1, "channels"),
+        "mlp.c_proj": (0, "channels"),
+    },
+    "llama": {
+        "self_attn.q_proj": (0, "q"),
+        "self_attn.k_proj": (0, "kv"),
+        "self_attn.v_proj": (0, "kv"),
+        "self_attn.o_proj": (1, "q"),
+        "mlp.gate_proj": (0, "channels"),
+        "mlp.up_proj": (0, "channels"),
+        "mlp.down_proj": (1, "channels"),
+    },
+}
+# Config entries the new sizes go to (through attribute_map: GPT-2's intermediate size is `n_inner`).
+INTERMEDIATE_KEY = {"bert": "intermediate_size", "gpt2": "n_inner", "llama": "intermediate_size"}
+
+
+def width_slices(family: str) -> dict[str, tuple[int, str]]:
+    """``{module name in a block: (weight dim to slice, "q" | "kv" | "channels")}`` for ``family``."""
+    return _SLICES[family]
+
+
+def bias_follows(family: str, dim: int) -> bool:
+    """Whether a sliced weight's bias is sliced too: when the weight's output dim is the one sliced."""
+    output_dim = 1 if family == "gpt2" else 0
+    return dim == output_dim
+
+
+def intermediate_size_of(model: nn.Module, family: str) -> int:
+    """The MLP's width (GPT-2's ``n_inner`` is None for ``4 * n_embd``)."""
+    config = model.config
+    if family == "gpt2":
+        return config.n_inner or 4 * config.n_embd
+    return config.intermediate_size
