@@ -7,6 +7,7 @@
     hf-distill cache-teacher codegen --teacher_model_name_or_path smollm2-135m --top_k 128 --cache_dir c
     hf-distill cache-teacher codegen --teacher_tokenizer smollm2-135m --student_tokenizer gpt2-tokenizer --cache_dir c
     accelerate launch --num_processes 8 -m hf_distill.cli cache-teacher codegen ... --cache_dir c  # 8 writers
+    hf-distill budget sentiment --config recipes/configs/sentiment.yaml --max_latency_ms 5 --min_retention 0.98
     hf-distill report runs/sentiment          # Markdown/HTML report with plots from report.json
     hf-distill export runs/sentiment/students/distilled --output_dir runs/sentiment/students/distilled --quantize int8-dynamic
     hf-distill push runs/sentiment/students/teacher_layers-3L-distilled user/my-student [--with_onnx]
@@ -58,6 +59,7 @@ TASK_COMMANDS = {
     "train": "run a recipe: teacher, distilled student, no-KD baseline, report",
     "eval": "score saved models on a task's test split",
     "cache-teacher": "save the training split with the teacher's outputs, to train without the teacher",
+    "budget": "search the smallest student that meets a latency/size budget, then train it like `train`",
 }
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "HF_DISTILL_DEBUG"
@@ -150,6 +152,25 @@ def train(task: str, argv: Sequence[str], prog: str | None = None) -> dict | Non
             report, teacher_args, student_args, data_args, report_args, training_args
         )
     return report
+
+
+def budget(task: str, argv: Sequence[str], prog: str | None = None) -> dict | None:
+    """``hf-distill budget TASK``: :func:`hf_distill.recipes.budget.run_budget` with the recipe's flags plus the
+    budget's (``--max_latency_ms``, ``--batch_size``, ``--runtime``, ``--max_params``, ``--min_retention``)."""
+    from hf_distill.recipes.budget import parse_budget_args, run_budget
+    from hf_distill.recipes.teacher import teacher_tokenizer
+
+    refuse_train_only(task, "budget")
+    teacher_args, student_args, data_args, report_args, mode_args, budget_args, training_args = (
+        parse_budget_args(list(argv), TASK_KINDS[task], prog or f"hf-distill budget {task}")
+    )
+    tokenizer_kwargs = {"add_prefix_space": True} if task == "ner" else {}
+    tokenizer = teacher_tokenizer(teacher_args, **tokenizer_kwargs)
+    with training_args.main_process_first(desc="tokenizing"):
+        task_data = _preparer(task)(data_args, tokenizer)
+    return run_budget(
+        task_data, teacher_args, student_args, report_args, training_args, mode_args, budget_args
+    )
 
 
 @dataclass
@@ -364,6 +385,8 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
         evaluate(known.task, rest)
     elif known.command == "cache-teacher":
         cache_teacher(known.task, rest)
+    elif known.command == "budget":
+        budget(known.task, rest)
     elif known.command == "demo":
         demo(rest)
     elif known.command == "report":

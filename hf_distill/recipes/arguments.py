@@ -463,19 +463,21 @@ def parse_recipe_args(
     *,
     prog: str | None = None,
     description: str | None = None,
+    extra: tuple[type, ...] = (),
 ) -> tuple[Any, ...]:
     """A recipe's flags (``--config`` file included) as ``(teacher, student, data, report, mode, training)``
     arguments; ``training`` is the class of the chosen ``distillation_mode``, so its own flags are valid.
     With the recipe's ``task`` a mode that cannot run on it is refused here, before anything is loaded.
 
     ``report_to`` defaults to TensorBoard when it is installed (the ``tensorboard`` extra), else to none; a
-    flag or config value wins. ``prog``/``description`` are what ``--help`` shows."""
+    flag or config value wins. ``prog``/``description`` are what ``--help`` shows. ``extra``: more argument
+    classes (a command's own, e.g. the budget search's), parsed and returned before the training arguments."""
     import sys
 
     argv = sys.argv[1:] if argv is None else list(argv)
     training_class = arguments_class(mode_from_argv(argv))
     parsed = parse_args_with_config(
-        (*RECIPE_ARGUMENTS[:-1], ModeArguments, training_class),
+        (*RECIPE_ARGUMENTS[:-1], ModeArguments, *extra, training_class),
         argv,
         prog=prog,
         description=description,
@@ -483,5 +485,5 @@ def parse_recipe_args(
     )
     if task is not None:
         # A code block is max_length tokens: a prompt longer than that is refused before tokenizing.
-        parsed[-2].check_task(task, parsed[2].max_length if task == "causal_lm" else None)
+        parsed[4].check_task(task, parsed[2].max_length if task == "causal_lm" else None)
     return parsed

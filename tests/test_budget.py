@@ -1,0 +1,178 @@
+"""The budget search: candidates cut from a tiny teacher, latency before training, over-budget candidates never
+trained, the pick, early pruning, refusals; and `hf-distill budget` end to end on a tiny sentiment task."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_recipes import needs_rotten_tomatoes, tiny_flags
+from tiny_models import tiny_bert_classifier
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from hf_distill.cli import main
+from hf_distill.students.budget import (
+    BudgetImpossible,
+    build_candidate,
+    candidate_grid,
+    pick_winner,
+    search_budget,
+)
+from hf_distill.students.build import count_parameters
+
+SCORES = [0.9, 0.1, 0.5, 0.7]  # layer importance: 0 > 3 > 2 > 1
+
+
+def teacher() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=40,
+        n_embd=16,
+        n_layer=4,
+        n_head=2,
+        n_positions=32,
+        n_inner=32,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return GPT2LMHeadModel(config).eval()
+
+
+CALIBRATION = [{"input_ids": torch.randint(0, 40, (2, 6), generator=torch.Generator().manual_seed(0))}]
+
+
+def build(candidate):
+    return build_candidate(teacher(), candidate, CALIBRATION)
+
+
+def ms_from_size(models):
+    """A deterministic 'latency': 1 ms per 1,000 parameters (the real timer is tested in test_timing)."""
+    return {name: count_parameters(model) / 1000 for name, model in models.items()}
+
+
+class FakeTraining:
+    """A short run whose validation metric grows with the candidate's size; counts every training."""
+
+    def __init__(self, steps=(5, 10)):
+        self.trained: list[str] = []
+        self.steps = steps
+
+    def __call__(self, candidate, model, report):
+        self.trained.append(candidate.name)
+        metric = 0.4 + 0.15 * len(candidate.layers) - (0.05 if candidate.intermediate_size else 0.0)
+        for step in self.steps:
+            if report(step, metric * step / self.steps[-1]):
+                break
+        return metric * step / self.steps[-1]
+
+
+def grid():
+    return candidate_grid(teacher(), SCORES, depths=(0.25, 0.5, 0.75), widths=(1.0, 0.5))
+
+
+def test_candidate_grid_keeps_the_most_important_layers_at_each_width():
+    candidates = grid()
+    assert [c.name for c in candidates] == ["1L-w0.5", "1L", "2L-w0.5", "2L", "3L-w0.5", "3L"]
+    assert [c.layers for c in candidates[::2]] == [[0], [0, 3], [0, 2, 3]]
+    assert [c.intermediate_size for c in candidates[:2]] == [16, None]
+    assert all(c.heads is None for c in candidates)  # GPT-2 drops channels only
+    built = build_candidate(
+        teacher(), candidates[2], calibration=[{"input_ids": torch.randint(0, 40, (2, 6))}]
+    )
+    assert built.config.n_layer == 2 and built.config.n_inner == 16
+
+
+def test_picks_the_fastest_candidate_meeting_the_budget_and_never_trains_those_over_it():
+    candidates = grid()
+    train = FakeTraining()
+    # 2L and wider are over budget; 1L keeps 55% of the teacher, 1L-w0.5 50%: with 0.52 only 1L qualifies.
+    # Pruning starts after step 6, so the check at step 5 (half the metric) stops nothing.
+    calibration = [{"input_ids": torch.ones(1, 4, dtype=torch.long)}]
+    budget_ms = ms_from_size({"x": build_candidate(teacher(), candidates[2], calibration)})["x"] - 0.1
+    result = search_budget(
+        candidates, lambda c: build_candidate(teacher(), c, calibration), ms_from_size, train,
+        max_latency_ms=budget_ms, min_retention=0.52, reference_metric=1.0, warmup_steps=6,
+    )  # fmt: skip
+    assert sorted(train.trained) == ["1L", "1L-w0.5"]
+    assert result.trainings == 2
+    statuses = {c.name: c.status for c in result.candidates}
+    assert statuses["2L"] == statuses["3L"] == statuses["2L-w0.5"] == "over_budget"
+    assert result.winner.name == "1L"
+    assert result.winner.retention == pytest.approx(0.55)
+    assert "fastest candidate that keeps at least 52%" in result.why and "1L-w0.5" in result.why
+    assert "4 candidate(s) were over budget and never trained" in result.why
+    # Fastest first: the order Optuna ran them in.
+    assert train.trained == ["1L-w0.5", "1L"]
+
+
+def test_without_retention_the_best_within_budget_wins():
+    train = FakeTraining()
+    result = search_budget(grid(), build, ms_from_size, train, max_params=10**9)
+    assert result.winner.name == "3L"
+    assert len(train.trained) == 6 and "best validation metric of the 6" in result.why
+
+
+def test_hopeless_runs_are_pruned_early():
+    train = FakeTraining(steps=(2, 4, 6, 8))
+    # Retention 0.9 of 1.0: only 3L (0.85) comes close, none reaches it; past the warm-up all are stopped.
+    result = search_budget(
+        grid(), build, ms_from_size, train, max_params=10**9,
+        min_retention=0.9, reference_metric=1.0, warmup_steps=5,
+    )  # fmt: skip
+    assert all(c.status == "pruned" for c in result.candidates)
+    assert all(len(c.curve) == 3 for c in result.candidates), (
+        "stopped at step 6, the first check past warm-up"
+    )
+    assert result.winner.name == "3L" and "No candidate kept 90%" in result.why
+
+
+def test_an_impossible_budget_is_refused_with_the_fastest_latency():
+    train = FakeTraining()
+    with pytest.raises(
+        BudgetImpossible, match=r"max_latency_ms=0\.001: the fastest, 1L-w0\.5, takes [\d.]+ ms"
+    ):
+        search_budget(grid(), build, ms_from_size, train, max_latency_ms=0.001)
+    with pytest.raises(BudgetImpossible, match=r"max_params=10 parameters: the smallest, 1L-w0\.5, has"):
+        search_budget(grid(), build, ms_from_size, train, max_params=10)
+    assert train.trained == []
+
+
+def test_budget_arguments_are_checked():
+    with pytest.raises(ValueError, match="A budget needs max_latency_ms or max_params"):
+        search_budget(grid(), None, None, None)
+    with pytest.raises(ValueError, match="min_retention needs the teacher's validation metric"):
+        search_budget(grid(), None, None, None, max_params=5, min_retention=0.9)
+    with pytest.raises(ValueError, match="depth fraction 1.5 must be in"):
+        candidate_grid(teacher(), SCORES, depths=(1.5,))
+    with pytest.raises(ValueError, match="No candidate was trained"):
+        pick_winner(grid(), {}, True)
+
+
+@needs_rotten_tomatoes
+def test_hf_distill_budget_on_a_tiny_sentiment_task(tmp_path, wordpiece_tokenizer, capsys):
+    folder = tmp_path / "teacher"
+    tiny_bert_classifier(
+        vocab_size=len(wordpiece_tokenizer), hidden=16, layers=4, num_labels=2
+    ).save_pretrained(folder)
+    wordpiece_tokenizer.save_pretrained(folder)
+    out = tmp_path / "run"
+    flags = tiny_flags(out, teacher_model_name_or_path=folder, fine_tune_teacher="always", teacher_max_steps=2,
+                       search_steps=2, search_eval_steps=1, calibration_batches=1, max_latency_ms=10000)  # fmt: skip
+    flags += ["--budget_depths", "0.25", "0.5", "--budget_widths", "1.0", "0.5"]
+    assert main(["budget", "sentiment", *flags]) == 0
+    report = json.loads((out / "report.json").read_text())
+    budget = report["budget"]
+    assert len(budget["candidates"]) == 4 and budget["trainings"] == 4
+    assert budget["winner"] in {c["name"] for c in budget["candidates"]}
+    assert (out / "budget_frontier.png").is_file() and budget["why"]
+    assert budget["teacher_latency_ms"] > 0
+    # The winner is trained fully by the recipe: distilled and no-KD, from the saved untrained winner.
+    assert {s["kind"] for s in report["students"]} == {"distilled", "no_kd_baseline"}
+    assert (out / "budget" / "winner" / "config.json").is_file()
+    # An impossible budget: refused in one line naming the fastest candidate's latency, nothing trained.
+    impossible = tiny_flags(tmp_path / "none", teacher_model_name_or_path=folder, fine_tune_teacher="always",
+                            teacher_max_steps=1, max_latency_ms=1e-6)  # fmt: skip
+    assert main(["budget", "sentiment", *impossible, "--budget_depths", "0.25", "0.5"]) == 2
+    assert "No candidate meets max_latency_ms=1e-06: the fastest" in capsys.readouterr().err
+    assert not (tmp_path / "none" / "budget" / "runs").exists()
