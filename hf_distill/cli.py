@@ -168,9 +168,18 @@ def budget(task: str, argv: Sequence[str], prog: str | None = None) -> dict | No
     tokenizer = teacher_tokenizer(teacher_args, **tokenizer_kwargs)
     with training_args.main_process_first(desc="tokenizing"):
         task_data = _preparer(task)(data_args, tokenizer)
-    return run_budget(
+    report = run_budget(
         task_data, teacher_args, student_args, report_args, training_args, mode_args, budget_args
     )
+    if (
+        task == "codegen"
+    ):  # the generation evaluation (parse rate) and cross-tokenizer students, as in `train`
+        from hf_distill.recipes.codegen_extras import finish_codegen_report
+
+        report = finish_codegen_report(
+            report, teacher_args, student_args, data_args, report_args, training_args
+        )
+    return report
 
 
 @dataclass

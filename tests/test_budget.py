@@ -3,6 +3,7 @@ trained, the pick, early pruning, refusals; and `hf-distill budget` end to end o
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -176,3 +177,79 @@ def test_hf_distill_budget_on_a_tiny_sentiment_task(tmp_path, wordpiece_tokenize
     assert main(["budget", "sentiment", *impossible, "--budget_depths", "0.25", "0.5"]) == 2
     assert "No candidate meets max_latency_ms=1e-06: the fastest" in capsys.readouterr().err
     assert not (tmp_path / "none" / "budget" / "runs").exists()
+
+
+def test_lower_is_better_metrics_keep_retention_as_teacher_over_student():
+    perplexity = {"1L-w0.5": 30.0, "1L": 20.0, "2L-w0.5": 12.0, "2L": 11.0, "3L-w0.5": 10.5, "3L": 10.2}
+    trained = []
+
+    def train(candidate, model, report):
+        trained.append(candidate.name)
+        report(10, perplexity[candidate.name])
+        return perplexity[candidate.name]
+
+    result = search_budget(
+        grid(), build, ms_from_size, train, max_params=10**9, min_retention=0.8, reference_metric=10.0,
+        higher_is_better=False, warmup_steps=5,
+    )  # fmt: skip
+    # teacher / student >= 0.8 means perplexity <= 12.5: 2L-w0.5 is the fastest that keeps it.
+    assert result.winner.name == "2L-w0.5" and result.winner.retention == pytest.approx(10 / 12)
+    statuses = {c.name: c.status for c in result.candidates}
+    assert statuses["1L"] == statuses["1L-w0.5"] == "pruned"  # above the threshold past warm-up
+    assert statuses["3L"] == "trained" and len(trained) == 6
+
+
+def test_candidates_are_timed_on_onnx_int8_beside_the_teacher(tmp_path, wordpiece_tokenizer, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from types import SimpleNamespace
+
+    import hf_distill.recipes.budget as recipe
+
+    model = tiny_bert_classifier(
+        vocab_size=len(wordpiece_tokenizer), hidden=16, layers=2, num_labels=2
+    ).eval()
+    inputs = dict(wordpiece_tokenizer(["the movie was great"], return_tensors="pt"))
+    monkeypatch.setattr(recipe, "latency_batch", lambda task, size: inputs)
+    args = recipe.BudgetArguments(max_latency_ms=5, runtime="onnx-int8")
+    report_args = SimpleNamespace(latency_rounds=1, latency_threads=1)
+    task = SimpleNamespace(tokenizer=wordpiece_tokenizer)
+    measure, seen = recipe.latency_measurer(task, model, args, report_args, tmp_path)
+    (candidate,) = candidate_grid(model, [0.2, 0.1], depths=(0.5,), widths=(1.0,))
+    latency = measure({"1L": build_candidate(model, candidate)})
+    assert set(latency) == {"teacher", "1L"} and all(ms > 0 for ms in latency.values())
+    assert (tmp_path / "1L" / "onnx" / "model_quantized.onnx").is_file()
+    assert seen["teacher"] == latency["teacher"]
+    with pytest.raises(ValueError, match=r"runtime='tensorrt' is not one of \('torch', 'onnx-int8'\)"):
+        recipe.BudgetArguments(max_latency_ms=5, runtime="tensorrt")
+    with pytest.raises(ValueError, match="hf-distill budget needs a budget"):
+        recipe.BudgetArguments()
+
+
+def test_hf_distill_budget_on_tiny_code_with_a_grouped_query_llama(tmp_path, wordpiece_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    wordpiece_tokenizer = copy.deepcopy(wordpiece_tokenizer)  # the fixture is shared by the session
+    wordpiece_tokenizer.eos_token = "[SEP]"  # the code files are joined with EOS
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(wordpiece_tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        eos_token_id=wordpiece_tokenizer.eos_token_id, pad_token_id=0,
+    )  # fmt: skip
+    folder = tmp_path / "teacher"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    wordpiece_tokenizer.save_pretrained(folder)
+    out = tmp_path / "run"
+    flags = tiny_flags(out, teacher_model_name_or_path=folder, max_files=12, max_train_samples=16,
+                       max_test_samples=8, search_steps=2, search_eval_steps=1, calibration_batches=1,
+                       max_latency_ms=10000, min_retention=0.5)  # fmt: skip
+    assert main(["budget", "codegen", *flags, "--budget_depths", "0.5", "--budget_widths", "1.0", "0.5"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    candidates = {c["name"]: c for c in report["budget"]["candidates"]}
+    # Half the width: one of the two key/value groups (2 query heads) and 16 of 32 channels.
+    assert (candidates["2L-w0.5"]["heads"], candidates["2L-w0.5"]["intermediate_size"]) == (2, 16)
+    for c in candidates.values():  # perplexity: retention is teacher / student
+        assert c["retention"] == pytest.approx(report["budget"]["budget"]["reference_metric"] / c["metric"])
+    winner = LlamaForCausalLM.from_pretrained(out / "budget" / "winner")
+    assert winner.config.num_hidden_layers == 2
+    assert report["metric_name"] == "perplexity" and len(report["students"]) == 2
