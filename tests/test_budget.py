@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -253,3 +254,22 @@ def test_hf_distill_budget_on_tiny_code_with_a_grouped_query_llama(tmp_path, wor
     winner = LlamaForCausalLM.from_pretrained(out / "budget" / "winner")
     assert winner.config.num_hidden_layers == 2
     assert report["metric_name"] == "perplexity" and len(report["students"]) == 2
+
+
+@needs_rotten_tomatoes
+def test_hf_distill_train_keeps_layers_by_importance(tmp_path, wordpiece_tokenizer):
+    folder = tmp_path / "teacher"
+    tiny_bert_classifier(
+        vocab_size=len(wordpiece_tokenizer), hidden=16, layers=4, num_labels=2
+    ).save_pretrained(folder)
+    wordpiece_tokenizer.save_pretrained(folder)
+    out = tmp_path / "run"
+    flags = tiny_flags(out, teacher_model_name_or_path=folder, fine_tune_teacher="always", teacher_max_steps=1,
+                       student_num_layers=2, student_layer_strategy="importance", run_baseline="false")  # fmt: skip
+    assert main(["train", "sentiment", *flags]) == 0
+    report = json.loads((out / "report.json").read_text())
+    config = json.loads((Path(report["students"][0]["output_dir"]) / "config.json").read_text())
+    record = config["distillation"]
+    assert record["strategy"] == "importance" and len(record["layer_scores"]) == 4
+    scores = record["layer_scores"]
+    assert record["layers"] == sorted(sorted(range(4), key=lambda i: -scores[i])[:2])

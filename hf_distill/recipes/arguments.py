@@ -77,7 +77,10 @@ class StudentArguments:
     student_num_layers: int = field(default=3, metadata={"help": "Layers of the student."})
     student_layer_strategy: str = field(
         default="uniform",
-        metadata={"help": "Which teacher layers to keep: uniform, every_other, first, last."},
+        metadata={
+            "help": "Which teacher layers to keep: uniform, every_other, first, last, or importance (highest "
+            "Block Influence on the first training batches)."
+        },
     )
     student_config_overrides: str | None = field(
         default=None,

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 from transformers import TrainerCallback
 
@@ -34,6 +33,7 @@ from hf_distill.recipes.latency import latency_batch, measure_latency
 from hf_distill.recipes.mode_select import ModeArguments
 from hf_distill.recipes.report_json import write_report
 from hf_distill.recipes.run import run_recipe
+from hf_distill.recipes.students import calibration_batches
 from hf_distill.recipes.tasks import TaskData
 from hf_distill.recipes.teacher import ready_teacher
 from hf_distill.recipes.teacher_reuse import distilled_rows
@@ -120,16 +120,6 @@ def parse_budget_args(argv: list[str], task: str, prog: str) -> tuple[Any, ...]:
         "train the winner fully with the recipe: seeds, intervals, no-KD baseline, report.json.",
         extra=(BudgetArguments,),
     )
-
-
-def calibration_batches(task: TaskData, count: int, batch_size: int) -> list[dict[str, torch.Tensor]]:
-    """``count`` collated training batches, model inputs only (plus labels, for a loss)."""
-    batches = []
-    for start in range(0, min(len(task.train), count * batch_size), batch_size):
-        rows = [task.train[i] for i in range(start, min(start + batch_size, len(task.train)))]
-        rows = [{k: v for k, v in row.items() if k in (*task.model_inputs, "labels")} for row in rows]
-        batches.append({k: v for k, v in task.collator(rows).items() if k in (*task.model_inputs, "labels")})
-    return batches
 
 
 def latency_measurer(

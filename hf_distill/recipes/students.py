@@ -13,6 +13,20 @@ from hf_distill.recipes.offline import resolve_model_path
 from hf_distill.recipes.tasks import TaskData
 from hf_distill.students.build import gpt2_student_for, student_from_config, student_from_teacher
 
+# Block Influence is an average over tokens: a few batches of training rows settle the ranking.
+CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE = 4, 16
+
+
+def calibration_batches(task: TaskData, count: int, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """``count`` collated batches of the first training rows: model inputs (and labels, for a loss)."""
+    keep = (*task.model_inputs, "labels")
+    batches = []
+    for start in range(0, min(len(task.train), count * batch_size), batch_size):
+        rows = [task.train[i] for i in range(start, min(start + batch_size, len(task.train)))]
+        batch = task.collator([{k: v for k, v in row.items() if k in keep} for row in rows])
+        batches.append({k: v for k, v in batch.items() if k in keep})
+    return batches
+
 
 def build_student(
     init: str, teacher: PreTrainedModel, args: StudentArguments, task: TaskData
@@ -20,8 +34,17 @@ def build_student(
     """A student of the chosen kind; random parts are seeded by the caller (``set_seed``)."""
     if init == "teacher_layers":
         # Copied layers keep the teacher's sizes, so the config overrides (sizes) are for the other kinds.
+        # 'importance' ranks the teacher's layers by Block Influence on the first training batches.
+        calibration = (
+            calibration_batches(task, CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE)
+            if args.student_layer_strategy == "importance"
+            else None
+        )
         return student_from_teacher(
-            teacher, num_layers=args.student_num_layers, strategy=args.student_layer_strategy
+            teacher,
+            num_layers=args.student_num_layers,
+            strategy=args.student_layer_strategy,
+            calibration=calibration,
         )
     overrides = args.config_overrides()
     if init == "config":
