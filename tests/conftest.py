@@ -1,10 +1,11 @@
-"""Shared fixtures. The tiny models and the tokenizer are built in ``tiny_models.py``."""
+"""Shared fixtures. The tiny models and the tokenizer are built in ``tests/helpers/tiny_models.py``."""
 
 from __future__ import annotations
 
 import pytest
-from tiny_models import make_wordpiece_tokenizer
 from transformers import PreTrainedTokenizerFast
+
+from tests.helpers.tiny_models import make_wordpiece_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "hf_distill"
+from tests.helpers.paths import PACKAGE
+
 SOURCES = sorted(PACKAGE.rglob("*.py"))
 MAX_MODULE_LINES, MAX_FUNCTION_LINES, MAX_TRAINER_LINES = 500, 80, 400
 

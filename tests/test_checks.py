@@ -17,7 +17,6 @@ from types import SimpleNamespace
 import huggingface_hub
 import pytest
 import torch
-from tiny_models import bert_config, tiny_bert_classifier, tiny_bert_tagger, tiny_gpt2
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -46,6 +45,7 @@ from hf_distill.recipes import teacher as recipe_teacher
 from hf_distill.recipes.arguments import TeacherArguments
 from hf_distill.recipes.mode_select import ModeArguments
 from hf_distill.trainer import DistillationTrainer
+from tests.helpers.tiny_models import bert_config, tiny_bert_classifier, tiny_bert_tagger, tiny_gpt2
 
 LOADERS = (
     AutoConfig,

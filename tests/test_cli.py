@@ -6,13 +6,13 @@ import importlib.util
 
 import pytest
 import yaml
-from test_recipes import save_tiny_teacher, tiny_flags
 from transformers import BertForSequenceClassification
 
 from hf_distill import cli
 from hf_distill.recipes.arguments import RECIPE_ARGUMENTS
 from hf_distill.recipes.config import parse_args_with_config
 from hf_distill.reports.report import load_report
+from tests.helpers.recipes import save_tiny_teacher, tiny_flags
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("scattertext") is None,
@@ -130,8 +130,9 @@ def test_cache_teacher_saves_the_teachers_logits(trained_run, tmp_path):
 
 
 def test_cache_teacher_refuses_a_teacher_without_a_head(tmp_path, wordpiece_tokenizer):
-    from test_recipes import save_tiny_teacher
     from transformers import BertModel
+
+    from tests.helpers.recipes import save_tiny_teacher
 
     base = save_tiny_teacher(tmp_path / "base", BertModel, wordpiece_tokenizer)
     flags = [
@@ -151,7 +152,7 @@ def test_cache_teacher_refuses_a_teacher_without_a_head(tmp_path, wordpiece_toke
 def test_demo_config_is_the_documented_sentiment_run():
     """`make demo` is the transfer-set run of recipes/configs/sentiment_transfer.yaml (under 3 seeds); the two
     must not drift apart."""
-    from test_recipes import RECIPES
+    from tests.helpers.paths import RECIPES
 
     documented = yaml.safe_load((RECIPES / "configs" / "sentiment_transfer.yaml").read_text())
     assert cli.DEMO_CONFIG["seeds"] == [1, 2, 3]

@@ -6,14 +6,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from hf_distill import cli
 from hf_distill.recipes.config import DISTILLATION_GROUP, TRAINER_GROUP
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.paths import REPO
 
 
 def _exit_code(argv: list[str]) -> int:
@@ -163,7 +161,7 @@ def test_the_installed_command_exits_2_with_one_line(tmp_path):
     """The real entry point, as a user runs it: `python -m hf_distill.cli` with a bad value."""
     argv = ["train", "sentiment", "--output_dir", str(tmp_path), "--alpha", "2"]
     result = subprocess.run(
-        [sys.executable, "-m", "hf_distill.cli", *argv], capture_output=True, text=True, cwd=ROOT, timeout=300
+        [sys.executable, "-m", "hf_distill.cli", *argv], capture_output=True, text=True, cwd=REPO, timeout=300
     )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("hf-distill: error:")]

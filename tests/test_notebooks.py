@@ -14,6 +14,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from tests.helpers.paths import NOTEBOOKS
+
 pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
@@ -21,7 +23,7 @@ from jupyter_client.kernelspec import KernelSpec, KernelSpecManager  # noqa: E40
 from jupyter_client.manager import KernelManager  # noqa: E402
 from nbclient import NotebookClient  # noqa: E402
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOK_DIR = NOTEBOOKS
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 EXPECTED = {"quickstart", "sentiment", "ner", "codegen"}
 

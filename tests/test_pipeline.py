@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
-from tiny_models import tiny_bert_classifier, tiny_gpt2
 
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.recipes.arguments import (
@@ -24,6 +23,7 @@ from hf_distill.recipes.students import build_student
 from hf_distill.recipes.tasks import TaskData, ensure_test_split
 from hf_distill.recipes.teacher import teacher_needs_fine_tune
 from hf_distill.reports.report import validate_report
+from tests.helpers.tiny_models import tiny_bert_classifier, tiny_gpt2
 
 # ---- config file + flags ------------------------------------------------------------------------------
 
@@ -163,8 +163,9 @@ def test_students_of_each_kind(tmp_path):
 
 
 def test_teacher_needs_fine_tune(tmp_path):
-    from tiny_models import bert_config
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, BertModel
+
+    from tests.helpers.tiny_models import bert_config
 
     classifier = tiny_bert_classifier(num_labels=2)
     classifier.save_pretrained(tmp_path / "classifier")

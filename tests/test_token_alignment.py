@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from xtok_helpers import TEXTS, byte_level_tokenizer, metaspace_tokenizer
 
 from hf_distill.token_alignment import (
     align_positions,
@@ -14,6 +13,7 @@ from hf_distill.token_alignment import (
     token_bytes,
     vocabulary_map,
 )
+from tests.helpers.xtok import TEXTS, byte_level_tokenizer, metaspace_tokenizer
 
 
 @pytest.fixture(scope="module")

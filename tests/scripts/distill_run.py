@@ -43,9 +43,10 @@ from hf_distill.modes.self_distillation import (
 )
 from hf_distill.trainer import DISTILLATION_MODULES_NAME, DistillationTrainer
 
-# The script runs as its own process (under accelerate launch too), where pytest has not put tests/ on the path.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_models import tiny_gpt2  # noqa: E402
+# The script runs as its own process (under accelerate launch too), where pytest has not put the repository root
+# (which holds the `tests` package) on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.helpers.tiny_models import tiny_gpt2  # noqa: E402
 
 VOCAB = 40
 PAD_ID = 0
