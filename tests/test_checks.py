@@ -5,6 +5,8 @@
 - The teacher must have a task head: a bare ``BertModel`` returns hidden states, not logits.
 - A teacher given as a string must be an existing local folder or a Hub repo id; a missing path is refused
   before ``from_pretrained`` is called, and a Hub id the Hub cannot provide is reported as neither.
+- Student and teacher must be comparable: one label set and label map, one tokenizer (or a vocabulary that
+  differs by padding only), and a training set that is not empty.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from hf_distill.recipes import teacher as recipe_teacher
 from hf_distill.recipes.arguments import TeacherArguments
 from hf_distill.recipes.mode_select import ModeArguments
 from hf_distill.trainer import DistillationTrainer
+from tests.helpers.refusals import bert, gpt2, rows, tokenizer
 from tests.helpers.tiny_models import bert_config, tiny_bert_classifier, tiny_bert_tagger, tiny_gpt2
 
 LOADERS = (
@@ -412,3 +415,54 @@ def test_cli_teacher_path_is_checked_before_any_hub_call(command, tmp_path, monk
     ):
         cli.main(["--debug", command, "sentiment", *flags])
     assert no_hub == []
+
+
+# ---- models that cannot be compared: raised while building the trainer ----------------------------------------
+
+
+def test_vocab_mismatch_that_is_not_padding(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"vocabulary has 40 entries and the teacher's 48.*not explain the difference"
+    ):
+        DistillationTrainer(model=gpt2(40), teacher_model=gpt2(48), args=args(tmp_path), train_dataset=rows())
+
+
+def test_vocab_padding_is_accepted(tmp_path):
+    # The control for the previous test: a tokenizer of 12 tokens explains 40 vs 48 rows as padding.
+    trainer = DistillationTrainer(
+        model=gpt2(40),
+        teacher_model=gpt2(48),
+        args=args(tmp_path),
+        processing_class=tokenizer(list("abcdefghij")),
+    )
+    assert trainer.vocab_size == 12
+
+
+def test_num_labels_differ(tmp_path):
+    with pytest.raises(ValueError, match=r"student has num_labels=2 but the teacher has num_labels=3"):
+        DistillationTrainer(model=bert(num_labels=2), teacher_model=bert(num_labels=3), args=args(tmp_path))
+
+
+def test_label_maps_differ(tmp_path):
+    student = bert(num_labels=2, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
+    teacher = bert(num_labels=2, id2label={0: "pos", 1: "neg"}, label2id={"pos": 0, "neg": 1})
+    with pytest.raises(ValueError, match=r"label map .* differs from the teacher's"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=args(tmp_path))
+
+
+def test_tokenizers_differ(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"teacher's tokenizer and the student's tokenizer have different vocab"
+    ):
+        DistillationTrainer(
+            model=bert(),
+            teacher_model=bert(seed=1),
+            args=args(tmp_path),
+            processing_class=tokenizer(["good", "bad"]),
+            teacher_processing_class=tokenizer(["good", "awful"]),
+        )
+
+
+def test_empty_dataset(tmp_path):
+    with pytest.raises(ValueError, match=r"train_dataset is empty, so there is nothing to distill"):
+        DistillationTrainer(model=bert(), teacher_model=bert(seed=1), args=args(tmp_path), train_dataset=[])

@@ -1,4 +1,5 @@
-"""Cached teacher outputs: the top-k loss and its bound, the cache columns, and training from a cache."""
+"""Cached teacher outputs: the cache columns, and training from a cache (the top-k loss is in
+``tests/losses/test_topk.py``)."""
 
 from __future__ import annotations
 
@@ -18,101 +19,11 @@ from hf_distill.cache.build import (
     cache_teacher_outputs,
     input_hash,
 )
-from hf_distill.losses.divergences import PER_POSITION_LOSSES
-from hf_distill.losses.fused.chunked import fused_linear_distillation_loss
-from hf_distill.losses.topk import per_position_topk, topk_chunks, topk_distillation_loss, topk_teacher
+from hf_distill.losses.topk import topk_teacher
 from tests.helpers.tiny_models import make_sentences, tiny_bert_classifier, tiny_bert_tagger, tiny_gpt2
 from tests.helpers.training import classification_rows, lm_dataset, make_args
 
-TOPK_LOSSES = sorted(set(PER_POSITION_LOSSES) - {"mse"})
-
-
-def logits_pair(seed=0, shape=(3, 5, 30)):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g, dtype=torch.float64) * 2, torch.randn(
-        shape, generator=g, dtype=torch.float64
-    ) * 2
-
-
 # ---- the top-k loss -----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", TOPK_LOSSES)
-def test_topk_with_the_whole_vocabulary_is_the_full_loss(name):
-    student, teacher = logits_pair()
-    values, indices, tail = topk_teacher(teacher, teacher.shape[-1], temperature=2.0)
-    got = per_position_topk(student, values, indices, tail, loss=name, temperature=2.0)
-    want = PER_POSITION_LOSSES[name](student, teacher, temperature=2.0)
-    torch.testing.assert_close(got, want)
-
-
-@pytest.mark.parametrize("name", TOPK_LOSSES)
-def test_topk_loss_never_exceeds_the_full_loss(name):
-    # Data-processing inequality: merging the tail into one outcome cannot increase an f-divergence.
-    student, teacher = logits_pair(seed=1)
-    full = PER_POSITION_LOSSES[name](student, teacher, temperature=1.5)
-    for k in (1, 4, 12):
-        values, indices, tail = topk_teacher(teacher, k, temperature=1.5)
-        coarse = per_position_topk(student, values, indices, tail, loss=name, temperature=1.5)
-        assert torch.all(coarse <= full + 1e-12)
-        assert torch.all(coarse >= -1e-12)
-
-
-def test_forward_kl_gap_is_tail_mass_times_the_tail_kl():
-    student, teacher = logits_pair(seed=2, shape=(4, 25))
-    temperature, k = 2.0, 6
-    values, indices, tail = topk_teacher(teacher, k, temperature=temperature)
-    coarse = per_position_topk(student, values, indices, tail, temperature=temperature)
-    full = PER_POSITION_LOSSES["forward_kl"](student, teacher, temperature=temperature)
-    # Independent computation of T^2 * p_tail * KL(p_t(.|tail) || p_s(.|tail)), row by row.
-    for row in range(4):
-        rest = [j for j in range(25) if j not in set(indices[row].tolist())]
-        p_t = torch.softmax(teacher[row] / temperature, -1)[rest]
-        p_s = torch.softmax(student[row] / temperature, -1)[rest]
-        tail_mass = p_t.sum()
-        cond_t, cond_s = p_t / tail_mass, p_s / p_s.sum()
-        gap = temperature**2 * tail_mass * (cond_t * (cond_t / cond_s).log()).sum()
-        assert (full[row] - coarse[row]).item() == pytest.approx(gap.item(), rel=1e-9)
-
-
-def test_topk_loss_hand_computed():
-    # Two classes kept of three; student uniform. Teacher probabilities (0.5, 0.3, 0.2) at T=1.
-    teacher = torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64).log()
-    student = torch.zeros(1, 3, dtype=torch.float64)
-    values, indices, tail = topk_teacher(teacher, 2, temperature=1.0)
-    got = per_position_topk(student, values, indices, tail)
-    # Buckets: teacher (0.5, 0.3, 0.2), student (1/3, 1/3, 1/3): every class is its own bucket here.
-    want = sum(p * torch.log(torch.tensor(p / (1 / 3), dtype=torch.float64)) for p in (0.5, 0.3, 0.2))
-    assert got.item() == pytest.approx(want.item(), rel=1e-12)
-
-
-def test_topk_gradients_match_between_plain_and_fused():
-    g = torch.Generator().manual_seed(3)
-    hidden = torch.randn(2, 6, 5, generator=g, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(30, 5, generator=g, dtype=torch.float64, requires_grad=True)
-    teacher = torch.randn(2, 6, 30, generator=g, dtype=torch.float64)
-    labels = torch.randint(0, 30, (2, 6), generator=g)
-    labels[0, 0] = -100
-    values, indices, tail = topk_teacher(teacher, 5, temperature=2.0)
-    plain = topk_distillation_loss(
-        hidden @ weight.T, values, indices, tail, loss="jsd", temperature=2.0, labels=labels
-    )
-    fused = fused_linear_distillation_loss(
-        hidden, weight, kd_chunk_fn=topk_chunks(values, indices, tail, loss="jsd", temperature=2.0), labels=labels,
-        loss="jsd", temperature=2.0, chunk_size=4,
-    )  # fmt: skip
-    torch.testing.assert_close(fused.loss, plain)
-    for a, b in zip(
-        torch.autograd.grad(fused.loss, (hidden, weight)), torch.autograd.grad(plain, (hidden, weight))
-    ):
-        torch.testing.assert_close(a, b)
-
-
-def test_error_mse_has_no_topk_form():
-    student, teacher = logits_pair()
-    values, indices, tail = topk_teacher(teacher, 3, temperature=1.0)
-    with pytest.raises(ValueError, match="'mse' compares raw logits over the whole vocabulary"):
-        per_position_topk(student, values, indices, tail, loss="mse")
 
 
 # ---- building the cache -------------------------------------------------------------------------------------

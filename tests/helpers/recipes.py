@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import BertConfig, GPT2Config, GPT2LMHeadModel
 
+from hf_distill.recipes.tasks import TaskData
 from hf_distill.reports.report import load_report
 from tests.helpers.paths import RECIPES
 
@@ -140,3 +141,23 @@ def real_flags(output_dir: Path, **overrides) -> list[str]:
     }
     base.update(student_num_layers=3, learning_rate="1e-4", teacher_learning_rate="1e-4", logging_steps=2)
     return tiny_flags(output_dir, **{**base, **overrides})
+
+
+def task_data(kind: str, auto_class=None, **kw) -> TaskData:
+    """A task of the given kind with placeholder rows, for building students and teachers without data."""
+    from transformers import AutoModelForSequenceClassification
+
+    return TaskData(
+        task=kind,
+        auto_class=auto_class or AutoModelForSequenceClassification,
+        metric_name="accuracy",
+        higher_is_better=True,
+        dataset_label="test",
+        tokenizer=None,
+        train=[0],
+        validation=None,
+        test=[0],
+        collator=None,
+        evaluate=None,
+        **kw,
+    )

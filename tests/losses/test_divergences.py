@@ -1,4 +1,5 @@
-"""Each loss against an independent naive reference, hand-computed values, and edge cases."""
+"""Each loss against an independent naive reference, hand-computed values, edge cases, non-finite entries at
+masked positions and exact ``-inf`` logits (the 0 * log 0 = 0 convention, with finite gradients)."""
 
 import math
 
@@ -11,6 +12,7 @@ from hf_distill.losses.divergences import (
     reduce_positions,
     task_cross_entropy,
 )
+from tests.helpers.refusals import NON_FINITE
 
 ALL_LOSSES = sorted(PER_POSITION_LOSSES)
 
@@ -172,22 +174,6 @@ def test_task_cross_entropy_by_hand():
 DIVERGENCES = [n for n in ALL_LOSSES if n != "soft_cross_entropy"]
 
 
-@pytest.mark.parametrize("name", DIVERGENCES)
-def test_identical_logits_give_zero(name):
-    logits = torch.randn(3, 4, 11)
-    assert distillation_loss(logits, logits.clone(), loss=name, temperature=3.0).abs().item() < 1e-6
-
-
-def test_soft_cross_entropy_is_forward_kl_plus_teacher_entropy():
-    torch.manual_seed(3)
-    student, teacher = torch.randn(8, 6, dtype=torch.float64), torch.randn(8, 6, dtype=torch.float64)
-    p_t = torch.softmax(teacher / 2.0, -1)
-    entropy = -(p_t * p_t.log()).sum(-1).mean() * 4.0
-    forward = distillation_loss(student, teacher, loss="forward_kl", temperature=2.0)
-    soft_ce = distillation_loss(student, teacher, loss="soft_cross_entropy", temperature=2.0)
-    assert soft_ce.item() == pytest.approx((forward + entropy).item(), rel=1e-9)
-
-
 @pytest.mark.parametrize("name", ALL_LOSSES)
 def test_fully_masked_batch_is_zero_with_finite_gradient(name):
     student = torch.randn(2, 5, 7, requires_grad=True)
@@ -197,14 +183,6 @@ def test_fully_masked_batch_is_zero_with_finite_gradient(name):
     loss.backward()
     assert loss.item() == 0.0
     assert torch.isfinite(student.grad).all() and student.grad.abs().sum() == 0
-
-
-def test_masked_positions_holding_inf_do_not_leak():
-    student = torch.randn(1, 3, 4)
-    teacher = torch.randn(1, 3, 4)
-    teacher[0, 2] = float("nan")
-    labels = torch.tensor([[1, 2, -100]])
-    assert torch.isfinite(distillation_loss(student, teacher, labels=labels))
 
 
 def test_jsd_small_beta_approaches_forward_kl_scaled_by_beta():
@@ -289,35 +267,196 @@ def test_error_beta_and_lambda_ranges():
         distillation_loss(torch.zeros(2, 3), torch.zeros(2, 3), loss="skew_forward_kl", skew_lambda=1.0)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_topk_teacher_tail_in_blocks_equals_the_masked_logsumexp(dtype):
-    """The cache's tail logit (computed without autograd a block of positions at a time, in one buffer) is the
-    log-sum-exp of logits / T over the tokens outside the top k, computed here with a boolean mask; positions
-    that do not fill the last block, and -inf logits, included."""
-    from hf_distill.losses.topk import topk_teacher
+# ---- non-finite entries at masked positions never reach the value or the gradient ---------------------------
 
+
+def _loss_and_grad(name, student, teacher, **kw):
+    student = student.clone().requires_grad_(True)
+    value = distillation_loss(student, teacher, loss=name, temperature=2.0, **kw)
+    value.backward()
+    return value.detach(), student.grad
+
+
+@pytest.mark.parametrize("name", ALL_LOSSES)
+@pytest.mark.parametrize("bad", NON_FINITE, ids=["nan", "+inf", "-inf"])
+@pytest.mark.parametrize("side", ["teacher", "student", "both"])
+@pytest.mark.parametrize("how", ["mask", "labels"])
+def test_masked_position_never_reaches_the_gradient(name, bad, side, how):
     torch.manual_seed(0)
-    logits = (torch.randn(3, 50, 300) * 4).to(dtype)  # 150 positions: two full blocks of 64 and one of 22
-    logits[0, 0, :7] = float("-inf")
-    values, indices, tail = topk_teacher(logits, 16, temperature=2.0)
-    keep = torch.ones(logits.shape, dtype=torch.bool).scatter(-1, indices, False)
-    reference = torch.logsumexp((logits.float() / 2.0).masked_fill(~keep, float("-inf")), dim=-1)
-    assert tail.dtype == torch.float32 and torch.equal(values, logits.float().topk(16, dim=-1).values)
-    torch.testing.assert_close(tail, reference, rtol=1e-6, atol=1e-6)
-    # By hand on one position: logits [3, 1, 0], k = 1, T = 1 -> tail = log(e^1 + e^0) = 1.3132617.
-    _, _, one = topk_teacher(torch.tensor([[3.0, 1.0, 0.0]]), 1, temperature=1.0)
-    assert one.item() == pytest.approx(1.3132617, abs=1e-6)
+    student, teacher = torch.randn(2, 4, 6), torch.randn(2, 4, 6)
+    labels = torch.tensor([[1, 2, -100, 0], [-100, 3, 4, 5]])
+    masked = labels == -100
+    keep = {"mask": {"mask": ~masked}, "labels": {"labels": labels}}[how]
+    clean_student, clean_teacher = student.clone(), teacher.clone()
+    clean_student[masked], clean_teacher[masked] = 0.0, 0.0
+    # A whole row of the bad value, and one entry of it in a row that is otherwise ordinary.
+    dirty_student, dirty_teacher = student.clone(), teacher.clone()
+    if side in ("teacher", "both"):
+        dirty_teacher[0, 2] = bad
+        dirty_teacher[1, 0, 3] = bad
+    if side in ("student", "both"):
+        dirty_student[0, 2] = bad
+        dirty_student[1, 0, 1] = bad
+    for reduction in ("mean", "sum"):
+        value, grad = _loss_and_grad(name, dirty_student, dirty_teacher, reduction=reduction, **keep)
+        expected_value, expected_grad = _loss_and_grad(
+            name, clean_student, clean_teacher, reduction=reduction, **keep
+        )
+        assert torch.isfinite(value) and torch.isfinite(grad).all()
+        torch.testing.assert_close(value, expected_value, rtol=0, atol=0)
+        torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
+        assert (grad[masked] == 0).all()
 
 
-def test_topk_teacher_tail_far_below_the_kth_logit_and_a_tail_of_minus_inf():
-    """The tail is shifted by the k-th logit, so a tail hundreds of nats below it underflows: such rows are
-    recomputed with their own maximum, and a tail of -inf only keeps the masked form's finite stand-in."""
-    from hf_distill.losses.topk import tail_logsumexp, topk_teacher
+# ---- exact -inf logits: the 0 * log 0 = 0 convention, with finite gradients -----------------------------------
 
-    logits = torch.tensor([[200.0, 0.0, -1.0], [5.0, 4.0, 3.0], [1.0, float("-inf"), float("-inf")]])
-    _, indices, tail = topk_teacher(logits, 1, temperature=1.0)
-    # Row 0 by hand: log(e^0 + e^-1) = 0.3132617; row 1: log(e^4 + e^3) = 4.3132617.
-    assert tail[:2].tolist() == pytest.approx([0.3132617, 4.3132617], abs=1e-6)
-    assert tail[2].item() == tail_logsumexp(logits[2:], indices[2:]).item() < -1e37
-    _, _, cooled = topk_teacher(logits[:2], 1, temperature=0.5)  # log(e^0 + e^-2), log(e^8 + e^6)
-    assert cooled.tolist() == pytest.approx([0.1269280, 8.1269280], abs=1e-6)
+
+INF = math.inf
+
+
+def _ref_log_softmax(row, temperature):
+    scaled = [x / temperature for x in row]
+    top = max(scaled)
+    log_total = top + math.log(sum(math.exp(x - top) for x in scaled))
+    return [x - log_total for x in scaled]  # -inf stays -inf
+
+
+def _ref_kl(p, q):
+    # 0 * log(0 / q) = 0 whatever q is; p > 0 with q = 0 is a true infinity.
+    total = 0.0
+    for pi, qi in zip(p, q):
+        if pi == 0:
+            continue
+        total += INF if qi == 0 else pi * (math.log(pi) - math.log(qi))
+    return total
+
+
+def reference(name, s_row, t_row, temperature, beta=0.5, lam=0.1):
+    """The loss of one position in float64 Python arithmetic, entry by entry."""
+    p_s = [math.exp(x) for x in _ref_log_softmax(s_row, temperature)]
+    p_t = [math.exp(x) for x in _ref_log_softmax(t_row, temperature)]
+    t2 = temperature**2
+    if name == "forward_kl":
+        return _ref_kl(p_t, p_s) * t2
+    if name == "reverse_kl":
+        return _ref_kl(p_s, p_t) * t2
+    if name == "jsd":
+        m = [beta * a + (1 - beta) * b for a, b in zip(p_t, p_s)]
+        return (beta * _ref_kl(p_t, m) + (1 - beta) * _ref_kl(p_s, m)) * t2
+    if name == "skew_forward_kl":
+        return _ref_kl(p_t, [lam * a + (1 - lam) * b for a, b in zip(p_t, p_s)]) * t2
+    if name == "skew_reverse_kl":
+        return _ref_kl(p_s, [lam * b + (1 - lam) * a for a, b in zip(p_t, p_s)]) * t2
+    if name == "tvd":
+        return 0.5 * sum(abs(a - b) for a, b in zip(p_t, p_s))
+    if name == "mse":
+        # The documented rule: an entry at -inf on either side contributes 0; the divisor stays C.
+        return sum(0.0 if -INF in (a, b) else (a - b) ** 2 for a, b in zip(s_row, t_row)) / len(s_row)
+    if name == "soft_cross_entropy":
+        total = 0.0
+        for a, log_b in zip(p_t, _ref_log_softmax(s_row, temperature)):
+            if a > 0:
+                total -= a * log_b
+        return total * t2
+    raise KeyError(name)
+
+
+ROWS = {
+    "teacher_-inf": ([0.2, 0.7, -1.0, 0.4, 1.1], [1.0, -INF, 0.5, -0.3, 2.0]),
+    "student_-inf_where_teacher_p_is_0": ([1.0, -INF, 0.1, 0.2, -0.4], [0.3, -2000.0, 1.2, 0.0, -0.5]),
+    "both_-inf_same_entry": ([-0.2, -INF, 0.3, -INF, 1.1], [0.5, -INF, 2.0, -INF, 0.0]),
+    "student_-inf_where_teacher_p_is_0_and_teacher_-inf": (
+        [-INF, 0.4, -0.6, 1.3, 0.0],
+        [-2000.0, 0.1, 0.9, -INF, 0.6],
+    ),
+}
+
+
+@pytest.mark.parametrize("row", sorted(ROWS))
+@pytest.mark.parametrize("name", ALL_LOSSES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_minus_inf_logits_match_the_reference(name, row, dtype):
+    s_row, t_row = ROWS[row]
+    expected = reference(name, s_row, t_row, 2.0)
+    student = torch.tensor([s_row], dtype=dtype, requires_grad=True)
+    teacher = torch.tensor([t_row], dtype=dtype)
+    value = distillation_loss(student, teacher, loss=name, temperature=2.0, reduction="sum")
+    tolerance = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
+    if math.isinf(expected):
+        # Reverse KL of a row where only the teacher is -inf: the student's mass there is a true infinity.
+        assert value.item() == expected
+        return
+    torch.testing.assert_close(value.item(), expected, **tolerance)
+    value.backward()
+    assert torch.isfinite(student.grad).all()
+    # Nothing flows into an entry where the student is -inf.
+    assert (student.grad[torch.isneginf(student.detach())] == 0).all()
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_LOSSES if n != "mse"])
+@pytest.mark.parametrize("row", sorted(ROWS))
+def test_minus_inf_gradient_equals_that_of_a_finite_stand_in(name, row):
+    # -1e4 / T underflows to probability 0 in float64 as -inf does, and the old formulas were finite on
+    # it: the gradients must agree. (mse compares raw logits, where -1e4 is no stand-in for -inf.)
+    s_row, t_row = ROWS[row]
+    if math.isinf(reference(name, s_row, t_row, 2.0)):
+        pytest.skip("an infinite divergence has no finite gradient")
+
+    def grad(stand_in):
+        student = torch.tensor([[stand_in if x == -INF else x for x in s_row]], dtype=torch.float64)
+        student.requires_grad_(True)
+        teacher = torch.tensor([[stand_in if x == -INF else x for x in t_row]], dtype=torch.float64)
+        distillation_loss(student, teacher, loss=name, temperature=2.0).backward()
+        return student.grad.masked_fill(torch.tensor([s_row]) == -INF, 0.0)
+
+    torch.testing.assert_close(grad(-INF), grad(-1e4), rtol=1e-12, atol=1e-15)
+
+
+def test_true_infinities_stay_infinite():
+    # The student's probability is 0 where the teacher's is 1/2: forward KL and soft CE are infinite.
+    student, teacher = torch.tensor([[0.0, -INF]]), torch.tensor([[0.0, 0.0]])
+    for name in ("forward_kl", "soft_cross_entropy"):
+        assert distillation_loss(student, teacher, loss=name).item() == INF
+
+
+@pytest.mark.parametrize("name", ALL_LOSSES)
+def test_padded_vocabulary_in_bf16_is_finite(name):
+    torch.manual_seed(0)
+    student, teacher = torch.randn(3, 8, dtype=torch.bfloat16), torch.randn(3, 8, dtype=torch.bfloat16)
+    student[:, 6:], teacher[:, 6:] = -INF, -INF
+    student.requires_grad_(True)
+    value = distillation_loss(student, teacher, loss=name, temperature=2.0)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(student.grad).all()
+    # Padding the vocabulary with -inf on both sides leaves every divergence as it was.
+    if name != "mse":
+        unpadded = distillation_loss(student.detach()[:, :6], teacher[:, :6], loss=name, temperature=2.0)
+        torch.testing.assert_close(value.detach(), unpadded)
+
+
+def test_by_hand_with_minus_inf_on_both_sides():
+    # Teacher logits [2 ln 3, 0, -inf] and student [0, 0, -inf] at T = 2:
+    #   p_t = softmax([ln 3, 0, -inf]) = [3/4, 1/4, 0],  p_s = [1/2, 1/2, 0]; the third entry counts 0.
+    #   forward KL = 3/4 ln((3/4)/(1/2)) + 1/4 ln((1/4)/(1/2)) = 3/4 ln(3/2) - 1/4 ln 2  (= 0.130812)
+    #   reverse KL = 1/2 ln((1/2)/(3/4)) + 1/2 ln((1/2)/(1/4)) = 1/2 ln 2 - 1/2 ln(3/2)  (= 0.143841)
+    #   soft CE    = -(3/4 ln 1/2 + 1/4 ln 1/2) = ln 2
+    #   JSD (beta 1/2): m = [5/8, 3/8, 0];
+    #     1/2 (3/4 ln(6/5) + 1/4 ln(2/3)) + 1/2 (1/2 ln(4/5) + 1/2 ln(4/3))  (= 0.033822)
+    #   The KL family is multiplied by T^2 = 4.
+    #   TVD = 1/2 (|3/4 - 1/2| + |1/4 - 1/2| + |0 - 0|) = 1/4
+    #   MSE = ((2 ln 3 - 0)^2 + 0^2 + 0 (both -inf)) / 3 = 4 (ln 3)^2 / 3
+    ln = math.log
+    expected = {
+        "forward_kl": 4 * (0.75 * ln(1.5) - 0.25 * ln(2)),
+        "reverse_kl": 4 * (0.5 * ln(2) - 0.5 * ln(1.5)),
+        "soft_cross_entropy": 4 * ln(2),
+        "jsd": 4 * 0.5 * (0.75 * ln(6 / 5) + 0.25 * ln(2 / 3) + 0.5 * ln(4 / 5) + 0.5 * ln(4 / 3)),
+        "tvd": 0.25,
+        "mse": 4 * ln(3) ** 2 / 3,
+    }
+    assert abs(expected["forward_kl"] - 4 * 0.130812) < 1e-5 and abs(expected["jsd"] - 4 * 0.033822) < 1e-5
+    student = torch.tensor([[0.0, 0.0, -INF]], dtype=torch.float64)
+    teacher = torch.tensor([[2 * ln(3), 0.0, -INF]], dtype=torch.float64)
+    for name, value in expected.items():
+        got = distillation_loss(student, teacher, loss=name, temperature=2.0).item()
+        assert got == pytest.approx(value, rel=1e-12), name

@@ -513,3 +513,12 @@ def test_check_not_empty():
         check_not_empty(Dataset.from_dict({"text": []}), "training")
     with pytest.raises(ValueError, match="the evaluation dataset is empty"):
         check_not_empty(None, "evaluation")
+
+
+def test_conll_malformed_line_names_file_and_line(tmp_path):
+    path = tmp_path / "tweets.conll"
+    path.write_text("Paris\tB-geo-loc\nis\tO\n\nnice\tO\nbroken-line-without-tag\n", encoding="utf-8")
+    with pytest.raises(
+        ValueError, match=r"tweets\.conll line 5: malformed CoNLL line 'broken-line-without-tag'"
+    ):
+        read_conll(path)
