@@ -3,7 +3,7 @@
     PYTHONPATH=. python benchmarks/soak.py [--runs 5] [--config recipes/configs/sentiment_smoke.yaml]
 
 Every launch is ``accelerate launch --multi_gpu --num_processes 2`` of ``recipes/sentiment.py`` with
-``--use_cpu true`` (gloo), as ``tests/test_recipes.py`` launches it. For each one the JSON keeps the wall time,
+``--use_cpu true`` (gloo), as ``tests/recipes/test_run.py`` launches it. For each one the JSON keeps the wall time,
 the exit status, whether it hung (no exit within ``--timeout``), the resident set of each of its processes
 sampled from ``/proc`` every ``--interval`` seconds (series, peak, last), its CPU time against the cores the
 whole machine kept busy, processes of the launch still alive after the launcher exits, ``MemAvailable`` and

@@ -11,7 +11,7 @@ closed form, computed here in a few in-place passes:
 - cross-entropy with hard labels ``y``: ``lse(z) - z_y`` and ``d/dz = softmax(z) - onehot(y)``.
 
 Values equal :func:`hf_distill.losses.divergences.per_position_forward_kl` and ``F.cross_entropy`` up to float rounding
-(tests/test_chunked.py compares them in float64, gradients included).
+(tests/losses/fused/test_chunked.py compares them in float64, gradients included).
 """
 
 from __future__ import annotations
