@@ -1,6 +1,6 @@
 """Tiny models and data shared by the tests of hf_distill.modes (random BERT / GPT-2, random token ids).
 
-The models come from ``tiny_models.py``, with these tests' sizes and vocabulary.
+The models come from ``tests/helpers/tiny_models.py``, with these tests' sizes and vocabulary.
 """
 
 from __future__ import annotations

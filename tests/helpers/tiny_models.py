@@ -1,7 +1,7 @@
 """The tiny random models and the WordPiece tokenizer the tests build: one builder per kind.
 
-The fixtures of ``conftest.py``, the mode tests' ``modes_helpers.py`` and the multi-process script
-``scripts/distill_run.py`` all build from here. Each passes the sizes (and dropout) its tests were written
+The fixtures of ``tests/conftest.py``, the mode tests' ``tests/helpers/modes.py`` and the multi-process script
+``tests/scripts/distill_run.py`` all build from here. Each passes the sizes (and dropout) its tests were written
 with, so a test's model does not change with the defaults of another test's.
 """
 

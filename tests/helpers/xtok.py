@@ -79,7 +79,7 @@ def metaspace_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
 
 
 def tiny_gpt2(vocab_size: int, *, hidden: int = 16, layers: int = 1, seed: int = 0, tied: bool = True):
-    """The cross-tokenizer tests' GPT-2: the one builder of tests/tiny_models.py at their sizes, no BOS/EOS
+    """The cross-tokenizer tests' GPT-2: the one builder of tests/helpers/tiny_models.py at their sizes, no BOS/EOS
     ids, in eval mode."""
     return gpt2(
         seed, vocab_size, hidden, layers, positions=128, bos_token_id=None, eos_token_id=None, tied=tied

@@ -1,6 +1,6 @@
 """The teacher checked against the student trained alone, on validation data: the verdict on fixed numbers,
 that only the validation split is scored, and how the report and the card say it. The end-to-end run with a
-teacher that is worse than the baseline is in test_recipes.py."""
+teacher that is worse than the baseline is in tests/recipes/test_run.py."""
 
 from __future__ import annotations
 

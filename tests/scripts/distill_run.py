@@ -1,8 +1,8 @@
 """A tiny, deterministic distillation run that tests start in a subprocess.
 
 Used for what an in-process test cannot do: a run killed with SIGKILL and resumed
-(``tests/test_resume.py``) and a run under ``accelerate launch --num_processes 2 --cpu``
-(``tests/test_invariants.py``)::
+(``tests/training/test_checkpoints.py``) and a run under ``accelerate launch --num_processes 2 --cpu``
+(``tests/test_trainer.py``)::
 
     accelerate launch --num_processes 2 --cpu tests/scripts/distill_run.py --output-dir OUT --per-device 4
     python tests/scripts/distill_run.py --output-dir OUT --per-device 8

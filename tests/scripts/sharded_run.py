@@ -1,6 +1,6 @@
 """A tiny distillation run with the student and the teacher sharded (FSDP2 or ZeRO-3), on two CPU processes.
 
-``tests/test_distributed.py`` starts it under each shipped sharding config and once alone, and compares::
+``tests/training/test_placement.py`` starts it under each shipped sharding config and once alone, and compares::
 
     accelerate launch --config_file recipes/accelerate_configs/fsdp.yaml --num_processes 2 \\
         --mixed_precision no tests/scripts/sharded_run.py --output-dir OUT --per-device 4
