@@ -17,6 +17,7 @@ from huggingface_hub.utils import filter_repo_objects
 from hf_distill import cli
 from hf_distill.hub.card import CARD_MARKER, render_model_card, write_model_card
 from hf_distill.hub.push import UPLOAD_IGNORE_PATTERNS, check_student_folder, push_student
+from tests.helpers.hub import FakeHfApi
 from tests.helpers.paths import GOLDEN
 from tests.helpers.run_reports import make_card_run_report
 
@@ -174,27 +175,6 @@ def test_partial_card_rejects_ill_typed_values():
 # ---- a real student folder --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def saved_student(tmp_path_factory) -> Path:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    config = BertConfig(
-        vocab_size=64,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        num_labels=2,
-    )
-    folder = tmp_path_factory.mktemp("student")
-    student = BertForSequenceClassification(config)
-    # The record every student saved by hf_distill carries (a push refuses a model without it).
-    student.config.distillation = {"teacher": "someone/teacher", "init": "random"}
-    student.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture
 def run_dir(tmp_path, saved_student) -> Path:
     """A run directory as the recipes write it: report.json beside the student folders."""
@@ -212,28 +192,6 @@ def test_write_model_card_reads_config_and_report_path(run_dir):
         "- Architecture: `BertForSequenceClassification` (model type `bert`): 2 layers, hidden size 16"
         in body
     )
-
-
-class FakeHfApi:
-    """Records the calls push_student makes, and what README.md held when the upload started."""
-
-    def __init__(self):
-        self.calls: list[tuple[str, tuple, dict]] = []
-        self.readme_at_upload: str | None = None
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", (repo_id,), kwargs))
-        return f"https://huggingface.co/{repo_id}"
-
-    def upload_folder(self, **kwargs):
-        self.calls.append(("upload_folder", (), kwargs))
-        readme = Path(kwargs["folder_path"]) / "README.md"
-        self.readme_at_upload = readme.read_text() if readme.is_file() else None
-
-        class Commit:
-            commit_url = f"https://huggingface.co/{kwargs['repo_id']}/commit/0123abc"
-
-        return Commit()
 
 
 def test_push_student_uploads_student_folder_with_card(run_dir):

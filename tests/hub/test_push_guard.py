@@ -28,8 +28,8 @@ from hf_distill.hub.push_guard import (
     model_fingerprint,
     tensor_digest,
 )
-from hf_distill.hub.trainer_card import record_teacher
 from hf_distill.students.build import student_from_teacher
+from tests.helpers.hub import RecordingApiNoPatch, save_student
 from tests.helpers.tiny_models import make_sentences, tiny_bert_classifier
 
 
@@ -59,14 +59,6 @@ class RecordingApi:
 @pytest.fixture
 def teacher():
     return tiny_bert_classifier(seed=1, num_labels=2)
-
-
-def save_student(folder: Path, teacher, **kwargs) -> Path:
-    """A student as the DistillationTrainer saves it: built from teacher layers, its record completed."""
-    student = student_from_teacher(teacher, **{"num_layers": 1, **kwargs})
-    record_teacher(student, teacher)
-    student.save_pretrained(folder)
-    return folder
 
 
 # ---- the fingerprint ------------------------------------------------------------------------------------
@@ -226,20 +218,6 @@ def test_trained_student_of_the_teachers_own_shape_is_pushed(tmp_path, wordpiece
     api = RecordingApiNoPatch()
     push_student(tmp_path / "trained", "me/x", api=api)
     assert api.calls == ["create_repo", "upload_folder"]
-
-
-class RecordingApiNoPatch:
-    """An ``api=`` object for push_student: records the calls and what the upload would send."""
-
-    def __init__(self):
-        self.calls: list[str] = []
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append("create_repo")
-
-    def upload_folder(self, **kwargs):
-        self.calls.append("upload_folder")
-        return f"https://huggingface.co/{kwargs['repo_id']}/commit/0"
 
 
 def recipe_run(tmp_path: Path, teacher, relative: bool = False) -> Path:

@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from test_chunked import lm_dataset, make_args
-from tiny_models import tiny_gpt2
 
 from hf_distill import DistillationTrainer
 from hf_distill.cache.axolotl import from_axolotl, to_axolotl
@@ -30,6 +28,8 @@ from hf_distill.cache.distillkit import (
     pack_bits,
     to_distillkit,
 )
+from tests.helpers.tiny_models import tiny_gpt2
+from tests.helpers.training import lm_dataset, make_args
 
 K, VOCAB = 8, 60
 

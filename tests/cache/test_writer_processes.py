@@ -9,16 +9,15 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from xtok_helpers import byte_level_tokenizer, tiny_gpt2
 
 from hf_distill import cli
 from hf_distill.cache.shards import MANIFEST, load_teacher_cache
+from tests.helpers.paths import SCRIPTS
+from tests.helpers.xtok import byte_level_tokenizer, tiny_gpt2
 
-SCRIPTS = Path(__file__).parent / "scripts"
 FLAGS = ["--top_k", "8", "--rows_per_shard", "2", "--per_device_eval_batch_size", "2", "--temperature", "2.0"]
 FLAGS += ["--max_files", "6", "--max_train_samples", "6", "--max_length", "16", "--split_seed", "1"]
 FLAGS += ["--use_cpu", "true", "--report_to", "none"]

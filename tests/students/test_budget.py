@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_recipes import needs_rotten_tomatoes, tiny_flags
-from tiny_models import tiny_bert_classifier
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from hf_distill.cli import main
@@ -22,6 +20,8 @@ from hf_distill.students.budget import (
     search_budget,
 )
 from hf_distill.students.build import count_parameters
+from tests.helpers.recipes import needs_rotten_tomatoes, tiny_flags
+from tests.helpers.tiny_models import tiny_bert_classifier
 
 SCORES = [0.9, 0.1, 0.5, 0.7]  # layer importance: 0 > 3 > 2 > 1
 

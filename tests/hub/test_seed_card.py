@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
-from test_hub import FakeHfApi, make_run_report, saved_student  # noqa: F401 (saved_student: a fixture)
 
 from hf_distill.hub.card import render_model_card, write_model_card
 from hf_distill.hub.push import push_student
 from hf_distill.hub.push_guard import find_report
 from hf_distill.recipes.report_json import write_cards
 from hf_distill.reports.seed_report import seed_of_folder, seed_report
+from tests.helpers.hub import FakeHfApi
+from tests.helpers.run_reports import make_card_run_report as make_run_report
 
 # The demo's numbers: seed 1 scored 0.7939, the mean of seeds 1-3 is 0.79545.
 DISTILLED = [0.7939, 0.7980, 0.79445]

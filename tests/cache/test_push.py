@@ -15,14 +15,14 @@ import huggingface_hub
 import pytest
 import yaml
 from huggingface_hub import HfApi
-from test_chunked import lm_dataset
-from tiny_models import tiny_gpt2
 
 from hf_distill import cli
 from hf_distill.cache import remote
 from hf_distill.cache.push import push_teacher_cache
 from hf_distill.cache.shards import MANIFEST, file_hash, load_teacher_cache
 from hf_distill.cache.writer import write_teacher_cache
+from tests.helpers.tiny_models import tiny_gpt2
+from tests.helpers.training import lm_dataset
 
 
 class FakeHub:

