@@ -8,10 +8,12 @@ without ``ipykernel install``. The notebooks use the real offline models and dat
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import nbformat
+import psutil
 import pytest
 
 from tests.helpers.paths import NOTEBOOKS
@@ -48,7 +50,13 @@ def execute(path: Path, workdir: Path, timeout: int = 300) -> nbformat.NotebookN
         timeout=timeout,
         resources={"metadata": {"path": str(workdir)}},  # the notebook's working directory
     )
-    client.execute()  # raises CellExecutionError naming the cell and its traceback
+    try:
+        client.execute()  # raises CellExecutionError naming the cell and its traceback
+    finally:
+        # nbclient shuts down only the kernels it started itself: one handed to it (km=) would outlive the
+        # test, each holding its models (~800 MB) until pytest exits.
+        if manager.has_kernel:
+            manager.shutdown_kernel(now=True)
     return notebook
 
 
@@ -78,6 +86,34 @@ def test_kernel_runs_this_interpreter(tmp_path):
     out = execute(path, tmp_path, timeout=60).cells[0].outputs[0]["text"].split()
     assert Path(out[0]).resolve() == Path(sys.executable).resolve()
     assert Path(out[1]).resolve() == tmp_path.resolve()
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["ran", "failed"])
+def test_no_kernel_outlives_its_notebook(tmp_path, fails):
+    """The kernel process (its pid, written by the kernel itself) is gone once ``execute`` returns or raises."""
+    from nbclient.exceptions import CellExecutionError
+
+    path, pid_file = tmp_path / "pid.ipynb", tmp_path / "kernel.pid"
+    cells = [nbformat.v4.new_code_cell(f"import os\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))")]
+    if fails:
+        cells.append(nbformat.v4.new_code_cell("raise ValueError('stop here')"))
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
+    if fails:
+        with pytest.raises(CellExecutionError, match="stop here"):
+            execute(path, tmp_path, timeout=60)
+    else:
+        execute(path, tmp_path, timeout=60)
+    pid = int(pid_file.read_text())
+    assert pid != os.getpid(), "the notebook ran in a kernel of its own"
+    assert not _alive(pid), f"kernel process {pid} outlived its notebook"
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped by its parent, does not count)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_a_failing_cell_fails_the_run(tmp_path):
