@@ -129,6 +129,7 @@ def train(task: str, argv: Sequence[str], prog: str | None = None) -> dict | Non
     """Runs the recipe of ``task`` with the recipe's flags ``argv`` (``--config`` included); the scripts under
     ``recipes/`` run it too, so both entries do the same (``prog`` names the script in ``--help``)."""
     from hf_distill.recipes.arguments import parse_recipe_args
+    from hf_distill.recipes.console import quiet_console
     from hf_distill.recipes.run import run_recipe
     from hf_distill.recipes.teacher import teacher_tokenizer
 
@@ -141,16 +142,17 @@ def train(task: str, argv: Sequence[str], prog: str | None = None) -> dict | Non
         "A distillation mode's own flags are listed with --distillation_mode MODE --help.",
     )
     tokenizer_kwargs = {"add_prefix_space": True} if task == "ner" else {}
-    tokenizer = None if task in TRAIN_ONLY_TASKS else teacher_tokenizer(teacher_args, **tokenizer_kwargs)
-    with training_args.main_process_first(desc="tokenizing"):
-        task_data = _preparer(task)(data_args, tokenizer)
-    report = run_recipe(task_data, teacher_args, student_args, report_args, training_args, mode_args)
-    if task == "codegen":
-        from hf_distill.recipes.codegen_extras import finish_codegen_report
+    with quiet_console(report_args.verbose):
+        tokenizer = None if task in TRAIN_ONLY_TASKS else teacher_tokenizer(teacher_args, **tokenizer_kwargs)
+        with training_args.main_process_first(desc="tokenizing"):
+            task_data = _preparer(task)(data_args, tokenizer)
+        report = run_recipe(task_data, teacher_args, student_args, report_args, training_args, mode_args)
+        if task == "codegen":
+            from hf_distill.recipes.codegen_extras import finish_codegen_report
 
-        report = finish_codegen_report(
-            report, teacher_args, student_args, data_args, report_args, training_args
-        )
+            report = finish_codegen_report(
+                report, teacher_args, student_args, data_args, report_args, training_args
+            )
     return report
 
 
@@ -200,6 +202,7 @@ def evaluate(task: str, argv: Sequence[str]) -> dict[str, dict[str, float]]:
     from hf_distill.loading import load_pretrained
     from hf_distill.recipes.arguments import DataArguments
     from hf_distill.recipes.config import parse_args_with_config
+    from hf_distill.recipes.console import default_pin_memory
     from hf_distill.recipes.latency import LATENCY_BATCH_SIZES, latency_batch, measure_latency
     from hf_distill.recipes.offline import resolve_model_path
 
@@ -212,6 +215,7 @@ def evaluate(task: str, argv: Sequence[str]) -> dict[str, dict[str, float]]:
         argv,
         prog=f"hf-distill eval {task}",
         description=f"Score saved {task} models on the task's test split and time them.",
+        defaults={"dataloader_pin_memory": default_pin_memory()},
     )
     refuse_train_only(task, "eval")
     paths = [resolve_model_path(p) for p in eval_args.model_name_or_path]
@@ -245,12 +249,14 @@ def cache_teacher(task: str, argv: Sequence[str]) -> dict[str, Any]:
     from hf_distill.recipes.arguments import RECIPE_ARGUMENTS
     from hf_distill.recipes.caching import CacheArguments, cache_task
     from hf_distill.recipes.config import parse_args_with_config
+    from hf_distill.recipes.console import default_pin_memory
 
     cache_args, teacher_args, student_args, data_args, _, training_args = parse_args_with_config(
         (CacheArguments, *RECIPE_ARGUMENTS),
         argv,
         prog=f"hf-distill cache-teacher {task}",
         description=f"Run the {task} teacher once over the training split and save the split with its outputs.",
+        defaults={"dataloader_pin_memory": default_pin_memory()},
     )
     refuse_train_only(task, "cache-teacher")
     saved = cache_task(

@@ -13,6 +13,7 @@ from typing import Any
 
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.recipes.config import parse_args_with_config
+from hf_distill.recipes.console import default_pin_memory
 from hf_distill.recipes.data_common import check_fractions
 from hf_distill.recipes.mode_select import ModeArguments, arguments_class, mode_from_argv
 from hf_distill.recipes.tensorboard_log import default_report_to
@@ -388,6 +389,14 @@ class ReportArguments:
             "help": "With --export onnx: 'int8-dynamic' or 'int8-static' (calibrated on training rows)."
         },
     )
+    verbose: bool = field(
+        default=False,
+        metadata={
+            "help": "Print everything the libraries print: datasets' progress bar of every internal map, "
+            "transformers' loading bars and load report. By default the console shows one line per stage "
+            "with its time, Trainer's training bar, the table and the verdict."
+        },
+    )
 
     generation_prompts: int = field(
         default=0,
@@ -472,8 +481,9 @@ def parse_recipe_args(
     arguments; ``training`` is the class of the chosen ``distillation_mode``, so its own flags are valid.
     With the recipe's ``task`` a mode that cannot run on it is refused here, before anything is loaded.
 
-    ``report_to`` defaults to TensorBoard when it is installed (the ``tensorboard`` extra), else to none; a
-    flag or config value wins. ``prog``/``description`` are what ``--help`` shows. ``extra``: more argument
+    ``report_to`` defaults to TensorBoard when it is installed (the ``tensorboard`` extra), else to none, and
+    ``dataloader_pin_memory`` to whether there is an accelerator (:func:`default_pin_memory`); a flag or
+    config value wins. ``prog``/``description`` are what ``--help`` shows. ``extra``: more argument
     classes (a command's own, e.g. the budget search's), parsed and returned before the training arguments."""
     import sys
 
@@ -484,7 +494,7 @@ def parse_recipe_args(
         argv,
         prog=prog,
         description=description,
-        defaults={"report_to": default_report_to()},
+        defaults={"report_to": default_report_to(), "dataloader_pin_memory": default_pin_memory()},
     )
     if task is not None:
         # A code block is max_length tokens: a prompt longer than that is refused before tokenizing.

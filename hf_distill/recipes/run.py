@@ -38,6 +38,7 @@ from transformers import PreTrainedModel, set_seed
 
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.recipes.arguments import ReportArguments, StudentArguments, TeacherArguments
+from hf_distill.recipes.console import stage
 from hf_distill.recipes.deployment import deployment_report
 from hf_distill.recipes.evaluation import evaluate_models, mean_metrics, score_models
 from hf_distill.recipes.latency import LATENCY_BATCH_SIZES, latency_batch, latency_entries
@@ -81,9 +82,12 @@ def run_recipe(
     state = PartialState()
     run_dir = Path(training_args.output_dir)
     set_seed(training_args.seed)
-    teacher, teacher_folder, teacher_history = ready_teacher(
-        teacher_args, task, training_args, run_dir / "teacher"
-    )
+    with stage("load the teacher") as teacher_stage:
+        teacher, teacher_folder, teacher_history = ready_teacher(
+            teacher_args, task, training_args, run_dir / "teacher"
+        )
+        if teacher_history:
+            teacher_stage.name = "fine-tune the teacher"
     teacher = _with_eager_attention(teacher, training_args)
     extra = load_extra_teachers(mode_args, teacher_args, task, training_args, run_dir)
     seeds = student_args.seeds or [training_args.seed]
@@ -97,20 +101,22 @@ def run_recipe(
         run_dir,
         seeds,
     )
-    teacher_scores = score_models({"teacher": teacher}, task, training_args)["teacher"]
-    extra_metrics = evaluate_models({name: model for name, model, _ in extra}, task, training_args)
-    baselines = {s["name"]: models[s["name"]] for s in students if s["kind"] == "no_kd_baseline"}
-    teacher_check = check_teacher_worth(teacher, baselines, task, training_args)
+    with stage("score the teachers on test and check the teacher on validation"):
+        teacher_scores = score_models({"teacher": teacher}, task, training_args)["teacher"]
+        extra_metrics = evaluate_models({name: model for name, model, _ in extra}, task, training_args)
+        baselines = {s["name"]: models[s["name"]] for s in students if s["kind"] == "no_kd_baseline"}
+        teacher_check = check_teacher_worth(teacher, baselines, task, training_args)
     if not state.is_main_process:
         state.wait_for_everyone()
         return None
     batches = {size: latency_batch(task, size) for size in LATENCY_BATCH_SIZES}
-    timings = time_models(
-        {"teacher": teacher, **models},
-        batches,
-        rounds=report_args.latency_rounds,
-        threads=report_args.latency_threads,
-    )
+    with stage(f"time latency ({report_args.latency_rounds} rounds)"):
+        timings = time_models(
+            {"teacher": teacher, **models},
+            batches,
+            rounds=report_args.latency_rounds,
+            threads=report_args.latency_threads,
+        )
     latency = latency_entries(timings, reference="teacher")
     teacher_report = teacher_entry(
         teacher,
@@ -201,16 +207,21 @@ def _train_seeds(
     records: dict[str, list[dict[str, Any]]] = {}
     first = None
     if student_args.teacher_outputs_once:
-        task = with_teacher_outputs(task, teacher, training_args, mode_args.distillation_mode, seeds)
+        with stage("teacher outputs"):
+            task = with_teacher_outputs(task, teacher, training_args, mode_args.distillation_mode, seeds)
     for seed in seeds:
         seed_args = derived_args(training_args, Path(training_args.output_dir), seed=seed)
         seed_folder = f"seed-{seed}" if len(seeds) > 1 else ""
-        entries, models, histories = _train_students(
-            task, teacher, extra_teachers, student_args, seed_args, mode_args, run_dir, seed_folder
-        )
+        with stage(f"seed {seed}: train and score the students"):
+            entries, models, histories = _train_students(
+                task, teacher, extra_teachers, student_args, seed_args, mode_args, run_dir, seed_folder
+            )
+            results = {
+                e["name"]: task.score_examples(models[e["name"]], task.test, seed_args) for e in entries
+            }
         first = first or (entries, models, histories)
         for entry in entries:
-            result = task.score_examples(models[entry["name"]], task.test, seed_args)
+            result = results[entry["name"]]
             scores.setdefault(entry["name"], []).append(result)
             records.setdefault(entry["name"], []).append(
                 {
