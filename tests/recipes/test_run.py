@@ -19,6 +19,7 @@ from transformers import (
 
 from hf_distill.reports.report import load_report
 from tests.helpers.paths import RECIPES, REPO
+from tests.helpers.processes import free_port
 from tests.helpers.recipes import (
     check_run,
     needs_minilm,
@@ -166,6 +167,8 @@ def _launch(processes: int, output_dir: Path, flags: list[str]) -> dict:
             "no",
             "--dynamo_backend",
             "no",
+            "--main_process_port",
+            str(free_port()),
         ]
     else:
         accelerate += ["--cpu"]

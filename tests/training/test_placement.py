@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import types
@@ -27,6 +26,7 @@ from safetensors.torch import load_file
 
 from hf_distill.training.placement import prepare_teacher
 from tests.helpers.paths import RECIPES, SCRIPTS
+from tests.helpers.processes import free_port
 from tests.helpers.tiny_models import tiny_bert_classifier
 
 sys.path.insert(0, str(SCRIPTS))
@@ -126,14 +126,6 @@ CONFIGS = RECIPES / "accelerate_configs"
 RTOL, ATOL = 1e-4, 1e-6  # float32 summation order only, as in test_invariants
 
 
-def _free_port() -> int:
-    """A port nobody listens on now, so that runs started at once (other tests, other checkouts) do not meet on
-    torchrun's default 29500."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _launch(command: list[str], out: Path) -> dict:
     env = {
         **os.environ,
@@ -157,7 +149,7 @@ def test_two_sharded_processes_shard_the_teacher_and_match_one_process(tmp_path,
     double = _launch(
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
          "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no",
-         "--main_process_port", str(_free_port()), str(SCRIPT),
+         "--main_process_port", str(free_port()), str(SCRIPT),
          "--output-dir", str(two), "--per-device", "4"],
         two,
     )  # fmt: skip
