@@ -110,7 +110,8 @@ def run_recipe(
         state.wait_for_everyone()
         return None
     batches = {size: latency_batch(task, size) for size in LATENCY_BATCH_SIZES}
-    with stage(f"time latency ({report_args.latency_rounds} rounds)"):
+    rounds = report_args.latency_rounds
+    with stage(f"time latency ({rounds} round{'s' if rounds > 1 else ''})"):
         timings = time_models(
             {"teacher": teacher, **models},
             batches,
