@@ -4,12 +4,11 @@
 worker, so a module's shared fixtures are built once and its heavy tests run one after another). Each worker
 gets an equal share of the cores for torch's threads (:func:`pytest_configure`); the tests that start
 processes take a free port each (``tests.helpers.processes.free_port``) and write under their own ``tmp_path``.
-
-Tests that take over 60 s on a 2-core machine, and why they must be that large:
 """
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -33,5 +32,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def wordpiece_tokenizer() -> PreTrainedTokenizerFast:
+def trained_wordpiece_tokenizer() -> PreTrainedTokenizerFast:
     return make_wordpiece_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def wordpiece_tokenizer(trained_wordpiece_tokenizer) -> PreTrainedTokenizerFast:
+    """A copy per module: some tests set its ``eos_token``, which must not reach other modules' tests
+    (under pytest-xdist which modules share a worker, and in what order, changes from run to run)."""
+    return copy.deepcopy(trained_wordpiece_tokenizer)
