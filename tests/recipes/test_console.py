@@ -10,13 +10,13 @@ import warnings
 import datasets
 import pytest
 import torch
-from test_recipes import needs_rotten_tomatoes, save_tiny_teacher, tiny_flags
 from transformers import BertModel
 from transformers.utils import logging as transformers_logging
 
 from hf_distill import cli
 from hf_distill.recipes.arguments import parse_recipe_args
 from hf_distill.recipes.console import LOAD_REPORT_LOGGER, default_pin_memory, quiet_console, stage
+from tests.helpers.recipes import needs_rotten_tomatoes, save_tiny_teacher, tiny_flags
 
 STAGE = re.compile(r"^done: (.+) \((\d+\.\d) s\)$", re.MULTILINE)
 
