@@ -7,19 +7,18 @@ The trainer orchestrates; the work lives beside it:
 - :mod:`hf_distill.terms.logits`: the KD and task terms (plain or chunked, chosen once);
 - :mod:`hf_distill.terms.features`: hidden-state and attention matching;
 - :mod:`hf_distill.terms.normalization` and :mod:`hf_distill.terms.loss_log`: counts, process scaling, logged parts;
-- :mod:`hf_distill.training.checkpoints`: checkpoints that survive a kill at any moment, and resuming from them.
+- :mod:`hf_distill.hub.trainer_saving`: the save path every trainer shares: checkpoints that survive a kill at
+  any moment (:mod:`hf_distill.training.checkpoints`), the model card, the push guard.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.batch import DistillationBatch
@@ -35,7 +34,8 @@ from hf_distill.checks import (
     check_trainer_inputs,
     refuse_features_from_cache,
 )
-from hf_distill.hub.trainer_card import check_no_teacher_files, record_teacher, write_trainer_card
+from hf_distill.hub.trainer_card import record_teacher
+from hf_distill.hub.trainer_saving import StudentSaving
 from hf_distill.loading import load_teacher_model
 from hf_distill.model_kind import CAUSAL_LM, detect_task
 from hf_distill.teachers.cross_tokenizer import cross_tokenizer_signal
@@ -45,14 +45,7 @@ from hf_distill.terms.features import build_feature_terms, feature_map_matcher
 from hf_distill.terms.logits import ChunkedLogitTerms, LogitTerms, build_logit_terms, require_labels
 from hf_distill.terms.loss_log import LossPartsLog
 from hf_distill.terms.normalization import Normalization, transfer_positions
-from hf_distill.training.checkpoints import (
-    CheckpointExtra,
-    CheckpointSave,
-    checkpoint_step,
-    load_extras,
-    resolve_resume,
-    rotate_checkpoints,
-)
+from hf_distill.training.checkpoints import CheckpointExtra, checkpoint_step
 from hf_distill.training.placement import prepare_teacher
 from hf_distill.training.tuple_batches import tuple_collator_for
 
@@ -65,7 +58,7 @@ FEATURE_MAP_MODULES_NAME = "feature_map_projections.pt"
 TEACHER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(StudentSaving, Trainer):
     """Trains ``model`` (the student) to match ``teacher_model`` while also fitting the task labels.
 
     Args:
@@ -289,12 +282,10 @@ class DistillationTrainer(Trainer):
         self.loss_log.add_to(logs, self.state.global_step, self.args.parallel_mode)
         super().log(logs, start_time)
 
-    # ---- checkpoints (checkpoints.py) ------------------------------------------------------------------
+    # ---- checkpoints (the save path: hub/trainer_saving.py, training/checkpoints.py) --------------------
 
     def checkpoint_extras(self) -> list[CheckpointExtra]:
-        """What each checkpoint keeps beside Trainer's files; a mode adds its own to ``super()``'s list, and
-        :mod:`hf_distill.training.checkpoints` writes them atomically, checks them on resume and restores them."""
-        extras, unwrap = [], self.accelerator.unwrap_model
+        extras, unwrap = super().checkpoint_extras(), self.accelerator.unwrap_model
         kept = (
             (
                 self.hidden_matcher,
@@ -319,109 +310,13 @@ class DistillationTrainer(Trainer):
                 )
         return extras
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
-        """``Trainer.train``; ``resume_from_checkpoint=True`` skips incomplete checkpoints (a save cut short by a
-        kill) with a warning, and a path to an incomplete one is refused, naming what is missing."""
-        resume = resolve_resume(resume_from_checkpoint, self.args.output_dir, self.checkpoint_extras())
-        if isinstance(resume, str):
-            self.loss_log.resumed_from_step = checkpoint_step(resume) or 0
-        return super().train(resume, *args, **kwargs)
+    def resuming_from(self, folder: str) -> None:
+        self.loss_log.resumed_from_step = checkpoint_step(folder) or 0
 
-    def _save_checkpoint(self, model, trial):
-        run_dir = self._get_output_dir(trial=trial)
-        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        save = CheckpointSave(
-            folder, self.args.should_save, self.checkpoint_extras(), self.accelerator.wait_for_everyone
-        )
-        save.begin(self.state.global_step)
-        # Trainer rotates and pushes at the end of its save, before the extras and the marker exist: hold both
-        # back until the checkpoint is complete.
-        limit, self.args.save_total_limit, self.held_back_pushes = self.args.save_total_limit, None, []
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit, pushes, self.held_back_pushes = limit, self.held_back_pushes, None
-        save.finish(self.state.global_step)
-        for pushed in pushes:
-            self._push_from_checkpoint(pushed)
-        if self.args.should_save:
-            rotate_checkpoints(run_dir, limit, keep=(folder, self.state.best_model_checkpoint))
+    # ---- what the save path guards and describes (hub/trainer_saving.py) -------------------------------
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        load_extras(resume_from_checkpoint, self.checkpoint_extras())
+    def guarded_teachers(self) -> list[tuple[nn.Module | None, dict | None]]:
+        return [(self.teacher, self.teacher_fingerprint)]
 
-    # ---- model card and push_to_hub (trainer_card.py) ----------------------------------------------------
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        super()._save(output_dir, state_dict)
-        # Every folder the student is saved into (save_model, each checkpoint) gets its model card.
-        if self.args.should_save:
-            write_trainer_card(self, output_dir or self.args.output_dir, repo_id=self.args.hub_model_id)
-
-    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
-        """Creates the Hub repo, once a push has checked the folder it uploads. Trainer calls this from its
-        constructor when ``push_to_hub`` is set, before anything is known of that folder: a refused push must
-        leave nothing on the Hub, not even an empty repo."""
-        if getattr(self, "hub_repo_allowed", False):
-            super().init_hf_repo(token=token, private=private)
-
-    def check_push_folder(self) -> None:
-        """Refuses (``ValueError``) an ``output_dir`` holding teacher weights, by name or by the teacher's
-        content (:func:`hf_distill.hub.trainer_card.check_no_teacher_files`); then allows creating the repo."""
-        check_no_teacher_files(self.args.output_dir, self.teacher, self.teacher_fingerprint)
-        self.hub_repo_allowed = True
-
-    def push_to_hub(
-        self,
-        commit_message: str | None = "End of training",
-        blocking: bool = True,
-        token: str | None = None,
-        revision: str | None = None,
-        private: bool | None = None,
-        **kwargs: Any,
-    ):
-        """``Trainer.push_to_hub`` after checking ``output_dir`` for teacher weights: check, then create the
-        repo, then save, write hf_distill's card (checked again, now with the saved student) and upload.
-        Every process checks, so all of them raise together rather than some waiting in the save."""
-        self.check_push_folder()
-        if self.hub_model_id is None:
-            token = token if token is not None else self.args.hub_token
-            self.init_hf_repo(token=token, private=private)
-        return super().push_to_hub(commit_message, blocking, token, revision, private, **kwargs)
-
-    def create_model_card(self, language=None, license=None, tags=None, model_name=None, **kwargs) -> None:
-        """Called by ``Trainer.push_to_hub`` right before it uploads ``output_dir``: writes hf_distill's card
-        instead of Trainer's, and refuses (``ValueError``) a folder holding teacher weights before any upload.
-        Trainer's ``finetuned_from`` / ``tasks`` / ``dataset*`` arguments have no place in that card."""
-        if not self.is_world_process_zero():
-            return
-        ignored = sorted(k for k, v in kwargs.items() if v is not None)
-        if ignored:
-            logger.warning(
-                "create_model_card ignores %s: the hf_distill card takes them from the run.", ignored
-            )
-        check_no_teacher_files(self.args.output_dir, self.teacher, self.teacher_fingerprint)
-        tags = [tags] if isinstance(tags, str) else tags
-        write_trainer_card(
-            self,
-            self.args.output_dir,
-            repo_id=self.hub_model_id,
-            language=language,
-            license=license,
-            tags=tags,
-            model_name=model_name,
-        )
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        # Inside _save_checkpoint the push waits until the checkpoint is complete (see there).
-        if getattr(self, "held_back_pushes", None) is not None:
-            self.held_back_pushes.append(checkpoint_folder)
-            return
-        # Checkpoint pushes (hub_strategy "every_save", "checkpoint") upload output_dir without creating a card.
-        if self.is_world_process_zero() and self.args.hub_strategy != "end":
-            self.check_push_folder()
-            if self.hub_model_id is None:
-                self.init_hf_repo()
-            write_trainer_card(self, self.args.output_dir, repo_id=self.hub_model_id)
-        super()._push_from_checkpoint(checkpoint_folder)
+    def card_teacher(self) -> nn.Module | None:
+        return self.teacher

@@ -4,7 +4,8 @@ While training, the trainer knows part of what ``report.json`` holds (see :mod:`
 teacher and its revision, how the student was initialised (``config.distillation``, written by
 :mod:`hf_distill.students.build`), the distillation settings, the data sizes and the latest evaluation. Given an
 evaluation set, it also measures the teacher's metric on it and both models' latency
-(:mod:`hf_distill.hub.card_measures`), hence retention and speed-up. This module builds that partial report and
+(:mod:`hf_distill.hub.card_measures`), hence retention and speed-up, for the card of a final save
+(``save_model``, ``push_to_hub``), not for each checkpoint's. This module builds that partial report and
 renders it with :func:`hf_distill.hub.card.render_model_card`; what is not measured reads "not measured".
 
 The card's YAML front matter also carries the run's settings under ``distillation`` (temperature, alpha,
@@ -169,29 +170,57 @@ def _teacher_size_bytes(teacher: nn.Module) -> int | None:
     return total or None
 
 
-def measure_for_card(trainer: Any, teacher: nn.Module | None, student: nn.Module) -> dict[str, Any]:
-    """The teacher's metrics and both models' latency (:mod:`hf_distill.hub.card_measures`) when the trainer has
-    one evaluation set, a live teacher and one process; {} otherwise. The teacher's metrics are measured once
-    and kept on the trainer (``card_teacher_measures``): the teacher does not change during training."""
-    dataset = trainer.eval_dataset
-    if dataset is None or isinstance(dataset, dict) or teacher is None or trainer.args.world_size != 1:
-        return {}
-    kept = getattr(trainer, "card_teacher_measures", None)
-    if kept is None or kept["dataset"] is not dataset:
-        batches = latency_batches(trainer)
-        kept = {
-            "dataset": dataset,
-            "batches": batches,
-            "metrics": teacher_metrics(trainer, teacher, causal=trainer.task == CAUSAL_LM),
+class CardMeasures:
+    """The teacher's metrics and both models' latency (:mod:`hf_distill.hub.card_measures`) for the card, when
+    the trainer has one evaluation set, a live teacher and one process.
+
+    The teacher's metrics are measured once per evaluation set (the teacher does not change during training);
+    the latency, side by side with the student, once per training step: a push writes the card of the folder
+    it just saved again, and must not time both models twice.
+
+    Attributes:
+        runs: how many times both models were timed (each run is ``SIDE_BY_SIDE_ROUNDS`` rounds).
+    """
+
+    def __init__(self) -> None:
+        self.teacher_measured: dict[str, Any] | None = None
+        self.latest: tuple[int, dict[str, Any]] | None = None
+        self.runs = 0
+
+    def __call__(self, trainer: Any, teacher: nn.Module | None, student: nn.Module) -> dict[str, Any]:
+        """The measures for a card of ``student`` at the trainer's step; {} where nothing can be measured.
+
+        Args:
+            trainer: the trainer (its ``eval_dataset``, ``args``, ``state`` and eval dataloader are used).
+            teacher: the unwrapped teacher, or None.
+            student: the unwrapped student.
+
+        Returns:
+            ``teacher_metrics``, ``teacher_latency`` and ``student_latency`` (ms by batch size), or {}.
+        """
+        dataset = trainer.eval_dataset
+        if dataset is None or isinstance(dataset, dict) or teacher is None or trainer.args.world_size != 1:
+            return {}
+        step = trainer.state.global_step
+        if self.latest is not None and self.latest[0] == step:
+            return self.latest[1]
+        if self.teacher_measured is None or self.teacher_measured["dataset"] is not dataset:
+            self.teacher_measured = {
+                "dataset": dataset,
+                "batches": latency_batches(trainer),
+                "metrics": teacher_metrics(trainer, teacher, causal=trainer.task == CAUSAL_LM),
+            }
+        latency = side_by_side_latency_ms(
+            {"teacher": teacher, "student": student}, self.teacher_measured["batches"]
+        )
+        self.runs += 1
+        measured = {
+            "teacher_metrics": self.teacher_measured["metrics"],
+            "teacher_latency": latency["teacher"],
+            "student_latency": latency["student"],
         }
-        trainer.card_teacher_measures = kept
-    # Timed again at each write, side by side with the student: never compared across moments of the run.
-    latency = side_by_side_latency_ms({"teacher": teacher, "student": student}, kept["batches"])
-    return {
-        "teacher_metrics": kept["metrics"],
-        "teacher_latency": latency["teacher"],
-        "student_latency": latency["student"],
-    }
+        self.latest = (step, measured)
+        return measured
 
 
 def _with_measures(report: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
@@ -212,13 +241,14 @@ def _with_measures(report: dict[str, Any], measured: dict[str, Any]) -> dict[str
     return report
 
 
-def trainer_report(trainer: Any, output_dir: str | Path) -> dict[str, Any]:
+def trainer_report(trainer: Any, output_dir: str | Path, *, measure: bool = True) -> dict[str, Any]:
     """The partial ``report.json`` a :class:`~hf_distill.DistillationTrainer` knows about the student it saves
     in ``output_dir``: teacher name, revision (``config._commit_hash``), parameters and size; the student's
     initialisation, parameters, size on disk and latest evaluation metrics; settings; data sizes; and, with
-    an evaluation set, the teacher's metric, both latencies, retention and speed-ups (:func:`measure_for_card`)."""
+    ``measure`` and an evaluation set, the teacher's metric, both latencies, retention and speed-ups
+    (``trainer.card_measures``, a :class:`CardMeasures`)."""
     args = trainer.args
-    teacher = _unwrap(trainer.teacher)
+    teacher = _unwrap(trainer.card_teacher())
     student = _unwrap(trainer.accelerator.unwrap_model(trainer.model))
     teacher_config = getattr(teacher, "config", None)
     student_config = getattr(student, "config", None)
@@ -272,7 +302,7 @@ def trainer_report(trainer: Any, output_dir: str | Path) -> dict[str, Any]:
             "validation_size": _size(trainer.eval_dataset),
         },
     }
-    return _with_measures(report, measure_for_card(trainer, teacher, student))
+    return _with_measures(report, trainer.card_measures(trainer, teacher, student) if measure else {})
 
 
 def record_teacher(student: nn.Module, teacher: nn.Module | None) -> dict[str, Any] | None:
@@ -339,20 +369,36 @@ def _measured_numbers(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_trainer_card(
-    trainer: Any, output_dir: str | Path, *, repo_id: str | None = None, **card_kwargs: Any
+    trainer: Any,
+    output_dir: str | Path,
+    *,
+    repo_id: str | None = None,
+    measure: bool = True,
+    **card_kwargs: Any,
 ) -> Path | None:
     """Writes the model card of the student saved in ``output_dir`` and returns its path.
 
     A ``README.md`` written by hand (without the marker of hf_distill's or Trainer's generated cards) is kept,
-    with a warning, and None is returned. ``card_kwargs`` go to :func:`hf_distill.hub.card.render_model_card`
-    (``license``, ``language``, ``tags``, ``model_name``).
+    with a warning, and None is returned.
+
+    Args:
+        trainer: the trainer that saved the student (a :class:`hf_distill.hub.trainer_saving.StudentSaving`).
+        output_dir: the student's folder.
+        repo_id: the Hub repo the card names in its usage snippet.
+        measure: whether the card carries the teacher's metric and both latencies (see :class:`CardMeasures`);
+            a checkpoint's card does not, its numbers read "not measured".
+        **card_kwargs: for :func:`hf_distill.hub.card.render_model_card` (``license``, ``language``, ``tags``,
+            ``model_name``).
+
+    Returns:
+        The card's path, or None when a hand-written card was kept.
     """
     output_dir = Path(output_dir)
     readme = output_dir / "README.md"
     if not may_replace_card(readme):
         logger.warning("%s was written by hand; keeping it instead of writing the model card.", readme)
         return None
-    report = trainer_report(trainer, output_dir)
+    report = trainer_report(trainer, output_dir, measure=measure)
     student = _unwrap(trainer.accelerator.unwrap_model(trainer.model))
     config = getattr(student, "config", None)
     card = ModelCard(

@@ -35,6 +35,8 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel, Trainer
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.batch import DistillationBatch, TeacherTarget
 from hf_distill.checks import check_separate_models
+from hf_distill.hub.trainer_card import record_teacher
+from hf_distill.hub.trainer_saving import StudentSaving
 from hf_distill.model_kind import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, detect_task, logits_of
 from hf_distill.teachers.sources import LIVE
 from hf_distill.terms.logits import PlainLogitTerms, StudentView, require_labels
@@ -66,6 +68,9 @@ class MultiTaskStudent(nn.Module):
                 raise ValueError(f"Head {task!r} has num_labels={num_labels}; a head needs >= 1 classes.")
         self.encoder = encoder
         self.head_specs = {task: (kind, int(n)) for task, (kind, n) in heads.items()}
+        # What config.distillation is for a transformers student: each task's teacher and its fingerprint,
+        # saved with the student so that a push of its folder can refuse those teachers' weights.
+        self.distillation: dict[str, Any] = {}
         hidden = encoder.config.hidden_size
         self.heads = nn.ModuleDict({task: nn.Linear(hidden, n) for task, (_, n) in self.head_specs.items()})
 
@@ -95,6 +100,7 @@ class MultiTaskStudent(nn.Module):
             "encoder": self.encoder.config.to_dict(),
             "encoder_kwargs": build_kwargs,
             "heads": self.head_specs,
+            "distillation": self.distillation,
         }
         with open(os.path.join(folder, CONFIG_NAME), "w") as f:
             json.dump(spec, f, indent=2)
@@ -114,6 +120,7 @@ class MultiTaskStudent(nn.Module):
         encoder = AutoModel.from_config(config, **spec.get("encoder_kwargs", {}))
         model = cls(encoder, {t: tuple(h) for t, h in spec["heads"].items()})
         model.load_state_dict(safetensors.torch.load_file(os.path.join(folder, WEIGHTS_NAME)))
+        model.distillation = spec.get("distillation", {})
         return model
 
 
@@ -234,7 +241,7 @@ class MultiTaskCollator:
         return {**batch, TASK: task}
 
 
-class MultiTaskDistillationTrainer(Trainer):
+class MultiTaskDistillationTrainer(StudentSaving, Trainer):
     """Trains a :class:`MultiTaskStudent`, each task's batches against that task's teacher.
 
     Args:
@@ -248,7 +255,9 @@ class MultiTaskDistillationTrainer(Trainer):
         **kwargs: as for ``transformers.Trainer``; ``train_dataset`` / ``eval_dataset`` are
             :class:`MultiTaskDataset`.
 
-    The loss parts are logged per task as ``loss_kd_<task>`` and ``loss_task_<task>``.
+    The loss parts are logged per task as ``loss_kd_<task>`` and ``loss_task_<task>``. Saving is that of every
+    hf_distill trainer (:class:`~hf_distill.hub.trainer_saving.StudentSaving`): complete-or-skipped checkpoints,
+    a model card, each teacher's fingerprint in ``multi_task_student.json``, a push that refuses any teacher.
     """
 
     def __init__(
@@ -302,6 +311,19 @@ class MultiTaskDistillationTrainer(Trainer):
                     "tasks pad differently (token labels are padded with -100)."
                 )
             kwargs["data_collator"] = MultiTaskCollator(collators)
+        # Taken before the teachers are placed; the student saves them with itself (see save_config).
+        self.teacher_fingerprints = {task: record_teacher(model, t) for task, t in teacher_models.items()}
+        model.distillation = {
+            "teachers": {
+                task: {
+                    "teacher": getattr(teacher, "name_or_path", None) or None,
+                    "teacher_fingerprint": self.teacher_fingerprints[task],
+                }
+                for task, teacher in teacher_models.items()
+            }
+        }
+        # What the model card names as the run's task (each head has its own kind).
+        self.task = "multi_task"
         super().__init__(model=model, args=args, **kwargs)
         # The student's forward takes **kwargs, which makes Trainer assume it normalises by num_items_in_batch;
         # each batch is its own mean here, so Trainer must divide by the accumulation steps.
@@ -368,9 +390,15 @@ class MultiTaskDistillationTrainer(Trainer):
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        super()._save(output_dir, state_dict)
         if self.args.should_save:
-            self.accelerator.unwrap_model(self.model).save_config(output_dir or self.args.output_dir)
+            # Before the weights and the card: a checkpoint's marker lists it, a push finds the record.
+            folder = output_dir or self.args.output_dir
+            os.makedirs(folder, exist_ok=True)
+            self.accelerator.unwrap_model(self.model).save_config(folder)
+        super()._save(output_dir, state_dict)
+
+    def guarded_teachers(self) -> list[tuple[nn.Module | None, dict | None]]:
+        return [(self.teachers[task], self.teacher_fingerprints[task]) for task in self.teachers]
 
 
 def check_task_teachers(model: MultiTaskStudent, teacher_models: Mapping[str, nn.Module]) -> None:
