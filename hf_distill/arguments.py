@@ -7,7 +7,6 @@ Every field is a dataclass field with help text, so ``HfArgumentParser`` exposes
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -209,26 +208,22 @@ class DistillationTrainingArguments(TrainingArguments):
         },
     )
 
-    def __init_subclass__(cls, **kwargs):
-        # A subclass's __post_init__ (the modes' arguments) runs its own range checks before calling ours,
-        # and `not x > 0` lets inf through them: the finiteness check goes in front of it.
-        super().__init_subclass__(**kwargs)
-        own = cls.__dict__.get("__post_init__")
-        if own is not None and not getattr(own, "_checks_finite_first", False):
-
-            @functools.wraps(own)
-            def __post_init__(self):
-                self._check_finite_fields()
-                own(self)
-
-            __post_init__._checks_finite_first = True
-            cls.__post_init__ = __post_init__
-
     def __post_init__(self):
         # Our checks run first: a bad distillation knob must fail before TrainingArguments touches devices.
+        # Finiteness goes before every range check, a subclass's included: `not x > 0` lets inf through.
         self._check_finite_fields()
-        self._check_distillation_fields()
+        self.check_fields()
         super().__post_init__()
+
+    def check_fields(self) -> None:
+        """The range and consistency checks of the distillation knobs, run by ``__post_init__`` after the
+        finiteness check and before ``TrainingArguments`` sets anything up. A subclass (a mode's arguments)
+        checks its own knobs here, then calls ``super().check_fields()``.
+
+        Raises:
+            ValueError: naming the knob, what is wrong and how to fix it.
+        """
+        self._check_distillation_fields()
 
     def _check_finite_fields(self) -> None:
         """Refuses NaN and +-inf in every float field added on top of ``TrainingArguments`` (this class's and

@@ -38,11 +38,12 @@ from hf_distill.hub.trainer_card import record_teacher
 from hf_distill.hub.trainer_saving import StudentSaving
 from hf_distill.loading import load_teacher_model
 from hf_distill.model_kind import CAUSAL_LM, detect_task
-from hf_distill.teachers.cross_tokenizer import cross_tokenizer_signal
+from hf_distill.teachers.cross_tokenizer import CrossTokenizerTeacher, cross_tokenizer_signal
 from hf_distill.teachers.sources import CachedTeacher, LiveTeacher, TeacherSignal
 from hf_distill.terms.cross_tokenizer import CrossTokenizerLogitTerms
 from hf_distill.terms.features import build_feature_terms, feature_map_matcher
-from hf_distill.terms.logits import ChunkedLogitTerms, LogitTerms, build_logit_terms, require_labels
+from hf_distill.terms.logits import ChunkedLogitTerms, LogitTerms, require_labels
+from hf_distill.terms.logits import build_logit_terms as choose_logit_terms
 from hf_distill.terms.loss_log import LossPartsLog
 from hf_distill.terms.normalization import Normalization, transfer_positions
 from hf_distill.training.checkpoints import CheckpointExtra, checkpoint_step
@@ -111,7 +112,7 @@ class DistillationTrainer(StudentSaving, Trainer):
         self.vocab_size = (
             None
             if cross
-            else check_compatibility(self.task, model, teacher_model, tokenizer, teacher_processing_class)
+            else self.shared_vocab_size(model, teacher_model, tokenizer, teacher_processing_class)
         )
         check_feature_terms(args, model, teacher_model)
         # Taken before the teacher is cast or sharded; every saved student carries it (see push_to_hub).
@@ -130,19 +131,12 @@ class DistillationTrainer(StudentSaving, Trainer):
         # accumulation steps again nor skips counting items.
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = self.task == CAUSAL_LM
-        self.logit_terms: LogitTerms | CrossTokenizerLogitTerms = (
-            CrossTokenizerLogitTerms(args)
-            if cross
-            else build_logit_terms(self.task, args, model, self.vocab_size, self.accelerator.unwrap_model)
-        )
+        # A mode plugs in here: its own logit terms, its own teacher source (hooks below).
+        self.logit_terms = self.build_logit_terms(model)
         # No teacher when every batch carries its outputs (checked above): it is never loaded.
         self.teacher = self.prepare_teacher_model(teacher_model) if teacher_model is not None else None
-        self.teacher_signal = (
-            cross_tokenizer_signal(
-                args, self.teacher, teacher_model, model, tokenizer, teacher_processing_class
-            )
-            if cross
-            else TeacherSignal(self.live_teacher(), CachedTeacher(args.temperature, self.vocab_size))
+        self.teacher_signal = self.build_teacher_source(
+            model, teacher_model, tokenizer, teacher_processing_class
         )
         self.hidden_matcher, self.feature_terms = build_feature_terms(
             args, model, self.teacher, self.accelerator
@@ -163,6 +157,33 @@ class DistillationTrainer(StudentSaving, Trainer):
         if self.args.teacher_dtype is not None:
             teacher.to(TEACHER_DTYPES[self.args.teacher_dtype])
         return prepare_teacher(self.accelerator, teacher)
+
+    def shared_vocab_size(
+        self, model: nn.Module, teacher_model: nn.Module | None, tokenizer: Any, teacher_tokenizer: Any
+    ) -> int | None:
+        """Hook: the output rows the student and its teacher(s) share, after checking that they may be compared
+        (:func:`hf_distill.checks.check_compatibility`); None for a classification head. A mode with several
+        teachers checks each."""
+        return check_compatibility(self.task, model, teacher_model, tokenizer, teacher_tokenizer)
+
+    def build_logit_terms(self, model: nn.Module) -> LogitTerms | CrossTokenizerLogitTerms:
+        """Hook: the KD and task terms (plain, fused or chunked, chosen once; cross-vocabulary with
+        ``cross_tokenizer_loss``). Runs before the teacher is placed."""
+        if self.args.cross_tokenizer_loss is not None:
+            return CrossTokenizerLogitTerms(self.args)
+        unwrap = self.accelerator.unwrap_model
+        return choose_logit_terms(self.task, self.args, model, self.vocab_size, unwrap)
+
+    def build_teacher_source(
+        self, model: nn.Module, teacher_model: nn.Module | None, tokenizer: Any, teacher_tokenizer: Any
+    ) -> TeacherSignal | CrossTokenizerTeacher:
+        """Hook: what the teacher says about each batch: the cache a batch carries, else the placed teacher
+        (``self.teacher``, possibly None); the cross-tokenizer teacher with ``cross_tokenizer_loss``."""
+        if self.args.cross_tokenizer_loss is not None:
+            return cross_tokenizer_signal(
+                self.args, self.teacher, teacher_model, model, tokenizer, teacher_tokenizer
+            )
+        return TeacherSignal(self.live_teacher(), CachedTeacher(self.args.temperature, self.vocab_size))
 
     def live_teacher(self) -> LiveTeacher | None:
         """The teacher model as a signal source; it hands the chunked KD loss its last hidden state and head."""
@@ -192,7 +213,7 @@ class DistillationTrainer(StudentSaving, Trainer):
 
     def trained_beside(self) -> list[nn.Module]:
         """The modules trained with the student but not part of it (hidden-state and feature-map projections)."""
-        return [m for m in (self.hidden_matcher, getattr(self, "feature_map_matcher", None)) if m is not None]
+        return [m for m in (self.hidden_matcher, self.feature_map_matcher) if m is not None]
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)

@@ -88,7 +88,9 @@ def test_four_checkpoints_and_a_final_save_measure_once(tmp_path, wordpiece_toke
     assert _measured(tmp_path / "copy")["teacher_metric"] == 0.5
 
 
-def test_push_to_hub_saves_and_writes_its_card_measuring_once(tmp_path, wordpiece_tokenizer, counted, monkeypatch):
+def test_push_to_hub_saves_and_writes_its_card_measuring_once(
+    tmp_path, wordpiece_tokenizer, counted, monkeypatch
+):
     uploads = []
 
     def create_repo(api, repo_id, **kwargs):

@@ -148,7 +148,9 @@ def test_push_refuses_any_tasks_teacher_by_content_before_creating_the_repo(
     assert hub["repos"] == []  # Trainer would create it in its constructor, before any folder is checked
     trainer.train()
     teachers["ner"].save_pretrained(tmp_path / "run" / "copy")
-    with pytest.raises(ValueError, match=r"copy/model\.safetensors contain every tensor of the trainer's teacher"):
+    with pytest.raises(
+        ValueError, match=r"copy/model\.safetensors contain every tensor of the trainer's teacher"
+    ):
         trainer.push_to_hub()
     assert hub == {"repos": [], "uploads": []}
     (tmp_path / "run" / "copy").rename(tmp_path / "copy")

@@ -35,7 +35,7 @@ from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.batch import TeacherTarget
 from hf_distill.checks import check_compatibility, check_separate_models
 from hf_distill.model_kind import logits_of, slice_vocab
-from hf_distill.teachers.sources import LIVE
+from hf_distill.teachers.sources import LIVE, CachedTeacher, TeacherSignal
 from hf_distill.terms.logits import PlainLogitTerms
 from hf_distill.trainer import DistillationTrainer
 
@@ -62,7 +62,7 @@ class MultiTeacherTrainingArguments(DistillationTrainingArguments):
         },
     )
 
-    def __post_init__(self):
+    def check_fields(self) -> None:
         if self.teacher_weighting not in TEACHER_WEIGHTINGS:
             raise ValueError(
                 f"teacher_weighting {self.teacher_weighting!r} is unknown; choose one of {TEACHER_WEIGHTINGS} "
@@ -79,7 +79,7 @@ class MultiTeacherTrainingArguments(DistillationTrainingArguments):
                     f"teacher_weights must be finite numbers > 0, got {self.teacher_weights}: each is a teacher's "
                     "share of the mixture. Leave a teacher out instead of giving it weight 0."
                 )
-        super().__post_init__()
+        super().check_fields()
 
 
 def confidence_log_weights(teacher_logits: torch.Tensor, weighting: str) -> torch.Tensor:
@@ -171,24 +171,36 @@ class MultiTeacherDistillationTrainer(DistillationTrainer):
         if model is not None:
             for index, teacher in enumerate(teacher_models):
                 check_separate_models(model, teacher, role=f"teacher_models[{index}]")
+        # Checked and placed by the hooks below, with the first teacher, during DistillationTrainer's set-up.
+        self.extra_teacher_models = teacher_models[1:]
         super().__init__(model=model, teacher_model=teacher_models[0], args=args, **kwargs)
-        if self.kd_implementation != "plain":
-            logger.warning(
-                "kd_loss_implementation='auto' chose %r for this vocabulary, but the teachers' mixture needs the "
-                "full logits: using 'plain'.",
-                self.kd_implementation,
-            )
-            self.logit_terms = PlainLogitTerms(self.task, args, self.vocab_size)
-        for teacher in teacher_models[1:]:
+        self.mixture: MixtureTeacher = self.teacher_signal.live
+        self.teachers: list[nn.Module] = self.mixture.teachers
+
+    def shared_vocab_size(self, model, teacher_model, tokenizer, teacher_tokenizer) -> int | None:
+        vocab = super().shared_vocab_size(model, teacher_model, tokenizer, teacher_tokenizer)
+        for teacher in self.extra_teacher_models:
             # Same checks as for the first teacher: label space / vocabulary shared with the student.
-            vocab = check_compatibility(self.task, model, teacher, kwargs.get("processing_class"), None)
-            if vocab is not None:
-                self.vocab_size = min(vocab, self.vocab_size or vocab)
-        self.logit_terms.vocab_size = self.vocab_size
-        self.teachers = [self.teacher] + [self.prepare_teacher_model(t) for t in teacher_models[1:]]
-        self.mixture = MixtureTeacher(self.teachers, args, self.vocab_size)
-        self.teacher_signal.live = self.mixture
-        self.teacher_signal.cached.vocab_size = self.vocab_size
+            other = check_compatibility(self.task, model, teacher, tokenizer, None)
+            if other is not None:
+                vocab = min(other, vocab or other)
+        return vocab
+
+    def build_logit_terms(self, model: nn.Module) -> PlainLogitTerms:
+        terms = super().build_logit_terms(model)
+        if terms.implementation == "plain":
+            return terms
+        logger.warning(
+            "kd_loss_implementation='auto' chose %r for this vocabulary, but the teachers' mixture needs the "
+            "full logits: using 'plain'.",
+            terms.implementation,
+        )
+        return PlainLogitTerms(self.task, self.args, self.vocab_size)
+
+    def build_teacher_source(self, model, teacher_model, tokenizer, teacher_tokenizer) -> TeacherSignal:
+        teachers = [self.teacher] + [self.prepare_teacher_model(t) for t in self.extra_teacher_models]
+        mixture = MixtureTeacher(teachers, self.args, self.vocab_size)
+        return TeacherSignal(mixture, CachedTeacher(self.args.temperature, self.vocab_size))
 
     @property
     def fixed_weights(self) -> list[float]:

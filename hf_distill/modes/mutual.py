@@ -75,8 +75,10 @@ class MutualLearningTrainer(DistillationTrainer):
             )
         super().__init__(model=model, teacher_model=peer_model, args=args, **kwargs)
         self.peer = self.teacher
+
+    def build_logit_terms(self, model: nn.Module) -> PlainLogitTerms:
         # Each student is the other's target, so both need their full logits.
-        self.logit_terms = PlainLogitTerms(self.task, self.args, self.vocab_size)
+        return PlainLogitTerms(self.task, self.args, self.vocab_size)
 
     def prepare_teacher_model(self, teacher: nn.Module) -> nn.Module:
         # The peer is a second student: trainable, placed and (with several processes) wrapped like the first.

@@ -85,7 +85,7 @@ class OnPolicyDistillationTrainingArguments(DistillationTrainingArguments):
         },
     )
 
-    def __post_init__(self):
+    def check_fields(self) -> None:
         if not 0.0 <= self.lmbda <= 1.0:
             raise ValueError(
                 f"lmbda must be in [0, 1], got {self.lmbda}: it is the probability that a batch's completions "
@@ -107,7 +107,7 @@ class OnPolicyDistillationTrainingArguments(DistillationTrainingArguments):
                 "the labels of generated batches are the student's own samples, which the task loss would teach "
                 "it to repeat. Set alpha=1.0, or lmbda=0 for supervised KD with a task term."
             )
-        super().__post_init__()
+        super().check_fields()
 
 
 def tokenize_prompt_completion(

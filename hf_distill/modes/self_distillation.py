@@ -56,7 +56,7 @@ class SelfDistillationTrainingArguments(DistillationTrainingArguments):
         },
     )
 
-    def __post_init__(self):
+    def check_fields(self) -> None:
         if self.self_teacher not in SELF_TEACHERS:
             raise ValueError(
                 f"self_teacher {self.self_teacher!r} is unknown; choose 'ema' (a moving average of the student) "
@@ -72,7 +72,7 @@ class SelfDistillationTrainingArguments(DistillationTrainingArguments):
                 f"snapshot_steps must be >= 1, got {self.snapshot_steps}: it is the number of optimizer steps "
                 "between two copies of the student into the teacher."
             )
-        super().__post_init__()
+        super().check_fields()
 
 
 @torch.no_grad()
