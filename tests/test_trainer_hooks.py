@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import make_sentences, tiny_bert_classifier, tiny_gpt2
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments
 from hf_distill.modes.multi_teacher import (
@@ -14,6 +13,7 @@ from hf_distill.modes.multi_teacher import (
     MultiTeacherTrainingArguments,
 )
 from hf_distill.terms.logits import PlainLogitTerms
+from tests.helpers.tiny_models import make_sentences, tiny_bert_classifier, tiny_gpt2
 
 
 def _args(tmp_path, cls=DistillationTrainingArguments, **kw):

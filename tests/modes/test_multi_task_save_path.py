@@ -10,7 +10,6 @@ import pytest
 import torch
 from datasets import Dataset
 from huggingface_hub import HfApi
-from tiny_models import bert_config
 from transformers import (
     BertForSequenceClassification,
     BertForTokenClassification,
@@ -29,6 +28,7 @@ from hf_distill.modes.multi_task import (
     MultiTaskStudent,
 )
 from hf_distill.training.checkpoints import MARKER_NAME, SAVING_NAME, checkpoint_problems
+from tests.helpers.tiny_models import bert_config
 
 HEADS = {"sentiment": ("sequence_classification", 3), "ner": ("token_classification", 5)}
 

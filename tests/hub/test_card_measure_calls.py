@@ -8,13 +8,13 @@ import concurrent.futures
 import pytest
 from datasets import Dataset
 from huggingface_hub import HfApi, ModelCard
-from tiny_models import make_sentences, tiny_bert_classifier
 from transformers import DataCollatorWithPadding
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments
 from hf_distill.hub import trainer_card
 from hf_distill.students.build import student_from_teacher
 from hf_distill.training.metrics import accuracy_f1
+from tests.helpers.tiny_models import make_sentences, tiny_bert_classifier
 
 
 def _dataset(tokenizer, n: int, seed: int) -> Dataset:
