@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -392,9 +393,8 @@ class ReportArguments:
     verbose: bool = field(
         default=False,
         metadata={
-            "help": "Print everything the libraries print: datasets' progress bar of every internal map, "
-            "transformers' loading bars and load report. By default the console shows one line per stage "
-            "with its time, Trainer's training bar, the table and the verdict."
+            "help": "Print datasets' map bars and transformers' loading bars and load report too (by default: "
+            "a line per stage with its time, Trainer's bar, the table and the verdict)."
         },
     )
 
@@ -485,8 +485,6 @@ def parse_recipe_args(
     ``dataloader_pin_memory`` to whether there is an accelerator (:func:`default_pin_memory`); a flag or
     config value wins. ``prog``/``description`` are what ``--help`` shows. ``extra``: more argument
     classes (a command's own, e.g. the budget search's), parsed and returned before the training arguments."""
-    import sys
-
     argv = sys.argv[1:] if argv is None else list(argv)
     training_class = arguments_class(mode_from_argv(argv))
     parsed = parse_args_with_config(

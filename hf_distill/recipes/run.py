@@ -67,6 +67,15 @@ from hf_distill.reports.timing import Timings, time_models
 from hf_distill.training.metrics import ExampleScores
 
 
+def _time_latency(models: dict[str, Any], task: TaskData, report_args: ReportArguments) -> tuple[Any, dict]:
+    """Every model timed side by side at each batch size: the timings and each model's latency entries."""
+    batches = {size: latency_batch(task, size) for size in LATENCY_BATCH_SIZES}
+    rounds = report_args.latency_rounds
+    with stage(f"time latency ({rounds} round{'s' if rounds > 1 else ''})"):
+        timings = time_models(models, batches, rounds=rounds, threads=report_args.latency_threads)
+    return timings, latency_entries(timings, reference="teacher")
+
+
 def run_recipe(
     task: TaskData,
     teacher_args: TeacherArguments,
@@ -109,16 +118,7 @@ def run_recipe(
     if not state.is_main_process:
         state.wait_for_everyone()
         return None
-    batches = {size: latency_batch(task, size) for size in LATENCY_BATCH_SIZES}
-    rounds = report_args.latency_rounds
-    with stage(f"time latency ({rounds} round{'s' if rounds > 1 else ''})"):
-        timings = time_models(
-            {"teacher": teacher, **models},
-            batches,
-            rounds=report_args.latency_rounds,
-            threads=report_args.latency_threads,
-        )
-    latency = latency_entries(timings, reference="teacher")
+    timings, latency = _time_latency({"teacher": teacher, **models}, task, report_args)
     teacher_report = teacher_entry(
         teacher,
         teacher_args,
