@@ -271,7 +271,7 @@ class DistillationTrainer(StudentSaving, Trainer):
         batch = self.distillation_batch(inputs, num_items_in_batch)
         # The teacher runs first: under no_grad it frees its activations as it goes, so the step's peak is the
         # student's saved activations alone, not those plus the teacher's working memory, and the student
-        # reuses the teacher's freed blocks (BERT-base shapes, CPU: 1.037x -> 1.004x TextBrewer's step).
+        # reuses the teacher's freed blocks (benchmarks/README.md, bench_peers.py, measures the step).
         target = self.teacher_signal(batch, self.output_kwargs)
         student = self.logit_terms.run_student(model, batch.model_inputs, self.output_kwargs)
         loss, parts = self.logit_terms(student, target, batch)

@@ -31,8 +31,8 @@ from hf_distill.token_alignment import OFFSETS_COLUMN, TEXT_COLUMN
 from hf_distill.trainer import DistillationTrainer
 from hf_distill.training.metrics import corpus_bits_per_byte, corpus_perplexity
 
-# The cache the recipe keeps in memory: top-k values in 6-bit codes (on SmolLM2's code batches a batch's
-# aligned / uld loss within 4e-4 of the float32 cache's).
+# The cache the recipe keeps in memory: top-k values in 6-bit codes, a third of float32's bytes (its error
+# against the float32 cache is measured in benchmarks/README.md, "Teachers with another tokenizer").
 COMPACT = TopkCodec()
 
 
