@@ -208,6 +208,29 @@ class DistillationTrainingArguments(TrainingArguments):
         },
     )
 
+    teacher_server_top_k: int = field(
+        default=20,
+        metadata={
+            "help": "Served teacher (teacher_model='http://HOST:PORT/v1'): log-probabilities asked per position; "
+            "the rest of the vocabulary is one tail bucket. The server must allow as many (vLLM: --max-logprobs, "
+            "20 by default)."
+        },
+    )
+    teacher_server_timeout: float = field(
+        default=60.0,
+        metadata={"help": "Served teacher: seconds each request may take before it is retried."},
+    )
+    teacher_server_retries: int = field(
+        default=3,
+        metadata={"help": "Served teacher: attempts per request (with backoff) before training stops."},
+    )
+    teacher_server_prefetch: int = field(
+        default=2,
+        metadata={
+            "help": "Served teacher: batches requested ahead of the current step (0: ask when needed)."
+        },
+    )
+
     def __post_init__(self):
         # Our checks run first: a bad distillation knob must fail before TrainingArguments touches devices.
         # Finiteness goes before every range check, a subclass's included: `not x > 0` lets inf through.
@@ -300,6 +323,18 @@ class DistillationTrainingArguments(TrainingArguments):
                 f"kd_chunk_size must be >= 1 token positions, got {self.kd_chunk_size}; 128 is a good default."
             )
         self._check_cross_tokenizer()
+        served = {
+            "teacher_server_top_k": (self.teacher_server_top_k, 1),
+            "teacher_server_retries": (self.teacher_server_retries, 1),
+            "teacher_server_prefetch": (self.teacher_server_prefetch, 0),
+        }
+        for name, (value, least) in served.items():
+            if not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}.")
+        if not self.teacher_server_timeout > 0:
+            raise ValueError(
+                f"teacher_server_timeout must be > 0 seconds, got {self.teacher_server_timeout}; 60 is a good default."
+            )
         if self.teacher_dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(
                 f"teacher_dtype {self.teacher_dtype!r} is unknown; use float32, bfloat16, float16 or leave it "

@@ -12,6 +12,7 @@
     hf-distill export runs/sentiment/students/distilled --output_dir runs/sentiment/students/distilled --quantize int8-dynamic
     hf-distill push runs/sentiment/students/teacher_layers-3L-distilled user/my-student [--with_onnx]
     hf-distill push-cache c user/my-teacher-cache   # a sharded teacher cache as a Hub dataset repository
+    hf-distill serve-teacher runs/codegen/teacher --port 8000 --top_k 20   # then teacher_model="http://127.0.0.1:8000/v1"
 
 ``train`` runs the same pipeline as ``recipes/<task>.py`` (one process; for several use
 ``accelerate launch recipes/<task>.py``). Everything after the task name is parsed like the recipe's flags;
@@ -340,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.add_argument("task", choices=TASKS, metavar="TASK", help=f"one of {', '.join(TASKS)}")
     commands.add_parser("demo", help="the transfer-set sentiment recipe, 3 seeds (make demo)", add_help=False)
+    commands.add_parser(
+        "serve-teacher",
+        help="serve a causal LM teacher's prompt log-probabilities over HTTP (vLLM's prompt_logprobs format)",
+        add_help=False,
+    )
     report = commands.add_parser(
         "report",
         help="Markdown/HTML report with plots of a recipe's run directory or a DistillationTrainer output_dir",
@@ -390,7 +396,7 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     rest: list[str] = []
     if argv[0] in TASK_COMMANDS:
         known, rest = parser.parse_args(argv[:2]), argv[2:]
-    elif argv[0] == "demo":
+    elif argv[0] in ("demo", "serve-teacher"):
         known, rest = parser.parse_args(argv[:1]), argv[1:]
     else:
         known = parser.parse_args(argv)
@@ -404,6 +410,10 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
         budget(known.task, rest)
     elif known.command == "demo":
         demo(rest)
+    elif known.command == "serve-teacher":
+        from hf_distill.teachers.server import serve_teacher
+
+        serve_teacher(rest)
     elif known.command == "report":
         from hf_distill.reports.report import make_report
 

@@ -39,6 +39,12 @@ from hf_distill.hub.trainer_saving import StudentSaving
 from hf_distill.loading import load_teacher_model
 from hf_distill.model_kind import CAUSAL_LM, detect_task
 from hf_distill.teachers.cross_tokenizer import CrossTokenizerTeacher, cross_tokenizer_signal
+from hf_distill.teachers.served import (
+    ServedTeacher,
+    check_served_setup,
+    is_served_teacher,
+    served_teacher_for,
+)
 from hf_distill.teachers.sources import CachedTeacher, LiveTeacher, TeacherSignal
 from hf_distill.terms.cross_tokenizer import CrossTokenizerLogitTerms
 from hf_distill.terms.features import build_feature_terms, feature_map_matcher
@@ -65,8 +71,10 @@ class DistillationTrainer(StudentSaving, Trainer):
     Args:
         model: the student, a ``PreTrainedModel`` or any ``nn.Module`` returning logits.
         teacher_model: a model with a task head that shares no parameter with the student, or a local folder /
-            Hub id loaded with the Auto class of the student's task; None when the train (and eval) dataset
-            carry the teacher's cached outputs (:mod:`hf_distill.cache.build`).
+            Hub id loaded with the Auto class of the student's task; an ``http(s)://HOST:PORT/v1`` URL of a
+            server of the teacher's top-k log-probabilities (causal LM, :mod:`hf_distill.teachers.served`);
+            None when the train (and eval) dataset carry the teacher's cached outputs
+            (:mod:`hf_distill.cache.build`).
         args: :class:`DistillationTrainingArguments`.
         teacher_processing_class: the teacher's tokenizer, when it may differ from the student's; the two
             must have the same vocabulary unless ``args.cross_tokenizer_loss`` is set
@@ -93,11 +101,16 @@ class DistillationTrainer(StudentSaving, Trainer):
             args = DistillationTrainingArguments(output_dir="tmp_trainer", report_to="none")
         check_trainer_inputs(args, model, kwargs)
         cached = [cached_teacher_kind(getattr(kwargs.get(s), "column_names", None) or ()) for s in SPLITS]
-        if teacher_model is None:
+        served_url = teacher_model if is_served_teacher(teacher_model) else None
+        if served_url is not None:
+            teacher_model = None  # the teacher lives on its server: nothing is loaded here
+        if teacher_model is None and served_url is None:
             check_cache_replaces_teacher(cached, kwargs.get("eval_dataset") is not None)
         if any(cached):
             refuse_features_from_cache(args, "The dataset", has_teacher=teacher_model is not None)
         self.task = detect_task(model)
+        if served_url is not None:
+            check_served_setup(args, self.task, args.cross_tokenizer_loss is not None)
         check_kd_implementation(args, self.task)
         if isinstance(teacher_model, str):
             teacher_model = load_teacher_model(self.task, teacher_model, teacher_model_init_kwargs or {})
@@ -115,6 +128,9 @@ class DistillationTrainer(StudentSaving, Trainer):
             else self.shared_vocab_size(model, teacher_model, tokenizer, teacher_processing_class)
         )
         check_feature_terms(args, model, teacher_model)
+        self.served_teacher: ServedTeacher | None = None
+        if served_url is not None:
+            self.served_teacher = served_teacher_for(served_url, args, model, tokenizer)
         # Taken before the teacher is cast or sharded; every saved student carries it (see push_to_hub).
         self.teacher_fingerprint = record_teacher(model, teacher_model)
         tuple_collator = tuple_collator_for(kwargs, {"student": model, "teacher": teacher_model})
@@ -183,7 +199,8 @@ class DistillationTrainer(StudentSaving, Trainer):
             return cross_tokenizer_signal(
                 self.args, self.teacher, teacher_model, model, tokenizer, teacher_tokenizer
             )
-        return TeacherSignal(self.live_teacher(), CachedTeacher(self.args.temperature, self.vocab_size))
+        live = self.served_teacher if self.served_teacher is not None else self.live_teacher()
+        return TeacherSignal(live, CachedTeacher(self.args.temperature, self.vocab_size))
 
     def live_teacher(self) -> LiveTeacher | None:
         """The teacher model as a signal source; it hands the chunked KD loss its last hidden state and head."""
@@ -231,6 +248,9 @@ class DistillationTrainer(StudentSaving, Trainer):
     # ---- the loss -------------------------------------------------------------------------------------
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
+        if self.served_teacher is not None:
+            # The served teacher's requests for the next batches go out while this step runs.
+            epoch_iterator = self.served_teacher.look_ahead(epoch_iterator)
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         for module in self.trained_beside():
             # Trainer zeroes only the student's gradients after each optimizer step; without this the

@@ -1,0 +1,180 @@
+"""The wire format of a served teacher: vLLM's ``prompt_logprobs`` on ``POST /v1/completions``, both ways.
+
+A request scores token-id prompts and asks for the top-k log-probabilities at every prompt position
+(:func:`completion_request`); the answer holds, per prompt, ``choices[i].prompt_logprobs``: one entry per
+prompt token, ``null`` for the first (nothing predicts it), then ``{"<token id>": {"logprob", "rank",
+"decoded_token"}}`` holding the top-k tokens and the prompt's own token (with its rank, which may exceed k).
+That is the shape of vLLM's OpenAI-compatible server (``vllm/entrypoints/openai/protocol.py``, the
+``prompt_logprobs`` extra parameter of the Completions API, and the "prompt logprobs" example of its docs);
+TRL's served-teacher distillation (``trl/experimental/distillation``: ``teacher_model_server_url``,
+``loss_top_k``, ``loss_add_tail``) and Axolotl's online KD collator (``axolotl/integrations/kd``:
+``kd_online_server_base_url``, ``kd_online_topk``, posting token-id prompts with ``prompt_logprobs``) read the
+same answer. ``hf-distill serve-teacher`` (:mod:`hf_distill.teachers.server`) writes it with
+:func:`prompt_logprobs_entries`; :func:`parse_prompt_logprobs` reads it.
+
+Positions. Entry ``t + 1`` is the teacher's distribution over the token at ``t + 1``, i.e. its logits at
+position ``t``: :func:`parse_prompt_logprobs` returns rows aligned like a model's logits (row ``t`` predicts
+token ``t + 1``), as the top-k cache stores them. The last position's prediction (of a token after the prompt)
+is not in ``prompt_logprobs``; a causal LM's loss never reads it (labels are shifted), so its row is left
+empty: values 0, ids 0, tail 0 (like the cache collator's padding).
+
+Values. The top-k values are the teacher's log-probabilities ``log p_j = z_j - logsumexp(z)`` at temperature
+1, and the tail logit is ``log(1 - sum_K p_j)``. Softmax is shift-invariant, so ``softmax([log p_K, tail])``
+equals the cache's ``softmax([z_K, logsumexp_{j not in K} z_j])``: at T = 1 the target is exactly the cached
+top-k target (up to float32 rounding of the log-probabilities sent).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from hf_distill.losses.topk import very_negative
+
+COMPLETIONS, MODELS = "/completions", "/models"
+# Below this tail mass the tail is numerically zero (1 - sum p_K is float noise): a finite stand-in for log 0.
+TAIL_EPSILON = 1e-12
+
+
+def completion_request(model: str, prompts: Sequence[Sequence[int]] | str, top_k: int) -> dict[str, Any]:
+    """The body of ``POST /v1/completions`` that scores ``prompts`` (token-id rows, or a text for the probe).
+
+    ``max_tokens=1``: the prompt is scored and one token generated (some servers refuse 0); ``temperature=1``:
+    a server that returns processed log-probabilities (vLLM's ``--logprobs-mode processed_logprobs``) then
+    returns the raw ones, which the target needs; ``prompt_logprobs=top_k``: the top-k at every position.
+    """
+    prompt: Any = prompts if isinstance(prompts, str) else [list(map(int, row)) for row in prompts]
+    return {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": 1,
+        "temperature": 1.0,
+        "prompt_logprobs": int(top_k),
+    }
+
+
+def choices_in_order(response: dict[str, Any], expected: int) -> list[dict[str, Any]]:
+    """The response's choices, one per prompt, in prompt order (vLLM numbers them by ``index``)."""
+    choices = response.get("choices")
+    if not isinstance(choices, list) or len(choices) != expected:
+        got = len(choices) if isinstance(choices, list) else type(choices).__name__
+        raise ValueError(
+            f"The teacher server answered {got} choices for {expected} prompts; an OpenAI-compatible "
+            "/v1/completions returns one choice per prompt (n=1)."
+        )
+    return sorted(choices, key=lambda c: int(c.get("index", 0)))
+
+
+def ranked_top_k(entry: dict[str, Any], top_k: int, position: int) -> tuple[list[int], list[float]]:
+    """The ``top_k`` (id, log-probability) pairs of one ``prompt_logprobs`` entry, largest first.
+
+    The entry may also hold the prompt's own token with a rank above ``top_k``: it is left out. Raises when the
+    entry holds fewer than ``top_k`` ranked tokens (a server that caps the top-k lower than asked)."""
+    items = []
+    for key, value in entry.items():
+        logprob = float(value["logprob"] if isinstance(value, dict) else value)
+        rank = value.get("rank") if isinstance(value, dict) else None
+        items.append((int(key), logprob, rank))
+    ranked = [item for item in items if item[2] is None or int(item[2]) <= top_k]
+    ranked.sort(key=lambda item: -item[1])
+    if len(ranked) < top_k:
+        raise ValueError(
+            f"The teacher server returned {len(ranked)} ranked log-probabilities at prompt position {position}, "
+            f"but top_k={top_k} was asked: the server caps the top-k lower than asked. Start it with a higher "
+            f"cap (vLLM: --max-logprobs {top_k}; hf-distill serve-teacher: --top_k {top_k}), or ask for less."
+        )
+    ranked = ranked[:top_k]
+    bad = [lp for _, lp, _ in ranked if not (math.isfinite(lp) and lp <= 1e-4)]
+    if bad:
+        raise ValueError(
+            f"The teacher server returned log-probabilities {bad[:3]} at prompt position {position}: a "
+            "log-probability is finite and <= 0. The teacher's weights or the server's numerics are broken."
+        )
+    return [i for i, _, _ in ranked], [lp for _, lp, _ in ranked]
+
+
+def tail_logit(logprobs: np.ndarray) -> np.ndarray:
+    """``log(1 - sum exp(logprobs))`` over the last axis, in float64; a floor where the top-k holds all mass."""
+    mass = np.exp(logprobs.astype(np.float64)).sum(axis=-1)
+    rest = 1.0 - mass
+    floor = very_negative(torch.float32)
+    return np.where(rest > TAIL_EPSILON, np.log(np.clip(rest, TAIL_EPSILON, None)), floor)
+
+
+def parse_prompt_logprobs(
+    entries: Sequence[dict[str, Any] | None], top_k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One prompt's ``prompt_logprobs`` as the top-k target of its ``T`` positions.
+
+    Args:
+        entries: ``choices[i].prompt_logprobs``: ``T`` entries, the first ``None``.
+        top_k: how many ranked tokens each entry must hold.
+
+    Returns:
+        ``(values (T, k) float32, ids (T, k) int64, tail (T,) float32)``: row ``t`` is the distribution over
+        token ``t + 1`` (log-probabilities at T=1 and the tail logit); the last row is empty (module docstring).
+    """
+    length = len(entries)
+    values = np.zeros((length, top_k), dtype=np.float32)
+    ids = np.zeros((length, top_k), dtype=np.int64)
+    tail = np.zeros(length, dtype=np.float32)
+    if length and entries[0] is not None:
+        raise ValueError(
+            "The first prompt_logprobs entry of a prompt is null in vLLM's format (nothing predicts the first "
+            "token); this server returned a value there, so its positions would be misaligned."
+        )
+    for position in range(1, length):
+        entry = entries[position]
+        if not isinstance(entry, dict):
+            raise ValueError(
+                f"prompt_logprobs entry {position} is {entry!r}; every entry after the first is a mapping of "
+                "token ids to log-probabilities. Is prefix caching on? (vLLM: --no-enable-prefix-caching)"
+            )
+        row_ids, row_values = ranked_top_k(entry, top_k, position)
+        ids[position - 1], values[position - 1] = row_ids, row_values
+    if length > 1:
+        tail[: length - 1] = tail_logit(values[: length - 1])
+    return values, ids, tail
+
+
+def prompt_logprobs_entries(
+    logprobs: torch.Tensor, prompt: Sequence[int], top_k: int, decode: Callable[[int], str]
+) -> list[dict[str, dict[str, Any]] | None]:
+    """The server's side: ``prompt_logprobs`` of one prompt from the teacher's log-probabilities.
+
+    Args:
+        logprobs: ``(T, V)`` log-softmax of the teacher's logits at the prompt's positions (float32).
+        prompt: the ``T`` prompt token ids.
+        top_k: the top-k per entry (0: the prompt token alone, as in vLLM).
+        decode: a token id to its text (``decoded_token``).
+
+    Returns:
+        ``[None, {id: {"logprob", "rank", "decoded_token"}}, ...]``, ``T`` entries, keyed by the id as a string.
+    """
+    entries: list[dict[str, dict[str, Any]] | None] = [None]
+    if len(prompt) < 2:
+        return entries[: len(prompt)]
+    rows = logprobs[:-1].float()
+    k = min(top_k, rows.shape[-1])
+    top_values, top_ids = rows.topk(k, dim=-1) if k else (rows[:, :0], rows[:, :0].long())
+    targets = torch.as_tensor(list(prompt[1:]), dtype=torch.long)
+    own = rows.gather(-1, targets[:, None])[:, 0]
+    own_rank = (rows > own[:, None]).sum(-1) + 1
+    for t in range(rows.shape[0]):
+        entry = {
+            str(int(i)): {"logprob": float(v), "rank": r + 1, "decoded_token": decode(int(i))}
+            for r, (v, i) in enumerate(zip(top_values[t].tolist(), top_ids[t].tolist()))
+        }
+        token = str(int(targets[t]))
+        if token not in entry:
+            entry[token] = {
+                "logprob": float(own[t]),
+                "rank": int(own_rank[t]),
+                "decoded_token": decode(int(targets[t])),
+            }
+        entries.append(entry)
+    return entries
