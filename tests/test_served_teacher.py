@@ -297,7 +297,7 @@ def test_a_server_that_caps_the_topk_silently_or_sends_nonfinite_values_is_refus
     # The prompt's own token at rank 40 is not one of the top 2.
     own = {**entry, "11": {"logprob": -9.0, "rank": 40}}
     values, ids, tail = parse_prompt_logprobs([None, own], 2)
-    assert ids[0].tolist() == [7, 9] and ids[1].tolist() == [0, 0]
+    assert ids[0].tolist() == [7, 9] and ids[1].tolist() == [0, 1]  # the last row: empty, distinct ids
     assert tail[0] == pytest.approx(math.log(1 - math.exp(-0.1) - math.exp(-3.0)), abs=1e-6)
 
 
@@ -310,3 +310,52 @@ def test_look_ahead_asks_for_the_next_batches_before_they_are_used():
     teacher = ServedTeacher("http://127.0.0.1:9/v1", top_k=2, prefetch=0)
     source = iter([1])
     assert teacher.look_ahead(source) is source
+
+
+def test_cache_teacher_from_a_served_teacher_writes_the_local_teachers_compact_cache(
+    tmp_path, teacher_dir, server
+):
+    from hf_distill import cli
+    from hf_distill.cache.compact import SAME_TOKENIZER
+    from hf_distill.cache.shards import load_teacher_cache
+
+    data = ["--max_files", "6", "--max_train_samples", "6", "--max_length", "16", "--split_seed", "1"]
+    run = [
+        "--use_cpu",
+        "true",
+        "--report_to",
+        "none",
+        "--per_device_eval_batch_size",
+        "4",
+        "--temperature",
+        "1.0",
+    ]
+    common = ["--top_k", "8", "--output_dir", str(tmp_path / "o"), *data, *run]
+    local = ["--teacher_model_name_or_path", str(teacher_dir), "--cache_dir", str(tmp_path / "local")]
+    served = ["--teacher_model_name_or_path", server, "--served_tokenizer", str(teacher_dir)]
+    served += ["--cache_dir", str(tmp_path / "served")]
+    assert cli.main(["cache-teacher", "codegen", *local, *common]) == 0
+    assert cli.main(["cache-teacher", "codegen", *served, *common]) == 0
+    a, b = load_teacher_cache(tmp_path / "local"), load_teacher_cache(tmp_path / "served")
+    assert len(a) == len(b) == 6 and a.column_names == b.column_names
+    for row_a, row_b in zip(a, b):
+        assert (
+            row_a["input_ids"] == row_b["input_ids"]
+            and row_a["teacher_input_hash"] == row_b["teacher_input_hash"]
+        )
+        # Every position, the last one too (from the generated token's logprobs).
+        for name in (SAME_TOKENIZER.ids_lo, SAME_TOKENIZER.ids_hi, SAME_TOKENIZER.codes):
+            assert row_a[name] == row_b[name], name
+        np.testing.assert_allclose(row_a[SAME_TOKENIZER.tail_rel], row_b[SAME_TOKENIZER.tail_rel], atol=1e-5)
+    with pytest.raises(ValueError, match="--served_tokenizer is required"):
+        cli.cache_teacher(
+            "codegen", ["--teacher_model_name_or_path", server, "--cache_dir", str(tmp_path / "x"), *common]
+        )
+
+
+def test_a_cache_from_a_topk_source_needs_its_vocabulary_size(tmp_path):
+    from hf_distill.cache.writer import write_teacher_cache
+
+    source = ServedTeacher(f"http://127.0.0.1:{free_port()}/v1", top_k=4, prefetch=0)  # never asked
+    with pytest.raises(ValueError, match="pass task='causal_lm', no teacher_tokenizer, and vocab_size"):
+        write_teacher_cache(source, rows(byte_level_tokenizer()), tmp_path / "c", top_k=4)

@@ -33,6 +33,7 @@ from hf_distill.cache.shards import (
     to_arrow,
     write_manifest,
 )
+from hf_distill.cache.topk_source import topk_source_batch_fn
 from hf_distill.model_kind import CAUSAL_LM, detect_task
 from hf_distill.token_alignment import TEXT_COLUMN, tokenizer_fingerprint
 
@@ -55,6 +56,7 @@ def write_teacher_cache(
     rows_per_shard: int = 4096,
     compression_level: int = 3,
     state: Any = None,
+    vocab_size: int | None = None,
 ) -> dict[str, Any]:
     """Runs ``teacher`` once over ``dataset`` and writes the rows with the teacher's outputs to ``output_dir``
     in Parquet shards; returns the manifest (rows, shards, bytes, settings).
@@ -70,8 +72,18 @@ def write_teacher_cache(
     (``shard-r<rank>-<n>.parquet``) and their list; after a barrier the main process writes the one manifest,
     listing the shards in rank order, so the cache reads row for row like a one-process cache. A process that
     dies leaves no manifest: the cache is refused, never half-read. Every process returns the manifest.
+
+    ``teacher`` may also be a source of top-k rows (anything with ``topk_rows``, such as a served teacher,
+    :class:`hf_distill.teachers.served.ServedTeacher`): a causal LM's same-tokenizer cache is then written from
+    its answers, with ``vocab_size`` (the teacher's vocabulary rows) for the compact ids.
     """
-    task = task or detect_task(teacher)
+    source = hasattr(teacher, "topk_rows")
+    task = task or (CAUSAL_LM if source else detect_task(teacher))
+    if source and (task != CAUSAL_LM or teacher_tokenizer is not None or not vocab_size):
+        raise ValueError(
+            "A top-k source (a served teacher) writes a causal LM's same-tokenizer cache: pass task='causal_lm', "
+            f"no teacher_tokenizer, and vocab_size (got task={task!r}, vocab_size={vocab_size!r})."
+        )
     if isinstance(codec, str):
         if codec != "default":
             raise ValueError(f"codec={codec!r}: pass 'default', a TopkCodec, or None (float32 top-k logits).")
@@ -84,14 +96,9 @@ def write_teacher_cache(
         state.wait_for_everyone()  # every process checked the folder before any writes into it
         start, stop = len(dataset) * rank // world, len(dataset) * (rank + 1) // world
         dataset = dataset.select(range(start, stop))
-    device = torch.device(device) if device is not None else next(teacher.parameters()).device
-    settings = (task, top_k, temperature, device, torch.float32, codec)
-    if teacher_tokenizer is not None:
-        run = cross_tokenizer_batch_fn(teacher, teacher_tokenizer, text_column, *settings)
-        inputs = [text_column]
-    else:
-        run = teacher_batch_fn(teacher, *settings)
-        inputs = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names]
+    run, inputs = batch_fn(
+        teacher, dataset, task, top_k, temperature, device, codec, teacher_tokenizer, text_column, vocab_size
+    )
     writer = ShardWriter(
         output_dir,
         rows_per_shard=rows_per_shard,
@@ -99,13 +106,42 @@ def write_teacher_cache(
         prefix="shard-" if world == 1 else f"shard-r{rank:03d}-",
         check_empty=world == 1,
     )
-    was_training = teacher.training
-    teacher.eval()
+    was_training = getattr(teacher, "training", False)
+    if not source:
+        teacher.eval()
     try:
         _write_batches(writer, dataset, inputs, run, batch_size)
     finally:
-        teacher.train(was_training)
+        if not source:
+            teacher.train(was_training)
     return finish(writer, cache_settings(teacher, task, top_k, temperature, codec, teacher_tokenizer), state)
+
+
+def batch_fn(
+    teacher: Any,
+    dataset: Dataset,
+    task: str,
+    top_k: int | None,
+    temperature: float,
+    device: Any,
+    codec: TopkCodec | None,
+    teacher_tokenizer: Any,
+    text_column: str,
+    vocab_size: int | None,
+) -> tuple[Any, list[str]]:
+    """The per-batch function that makes the cache columns, and the dataset columns it reads."""
+    if hasattr(teacher, "topk_rows"):
+        run = topk_source_batch_fn(teacher, top_k, temperature, vocab_size, codec)
+        return run, [c for c in ("input_ids", "attention_mask") if c in dataset.column_names]
+    settings = (task, top_k, temperature, _device(teacher, device), torch.float32, codec)
+    if teacher_tokenizer is not None:
+        return cross_tokenizer_batch_fn(teacher, teacher_tokenizer, text_column, *settings), [text_column]
+    inputs = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names]
+    return teacher_batch_fn(teacher, *settings), inputs
+
+
+def _device(teacher: nn.Module, device: str | torch.device | None) -> torch.device:
+    return torch.device(device) if device is not None else next(teacher.parameters()).device
 
 
 def cache_settings(
@@ -118,7 +154,7 @@ def cache_settings(
         "temperature": float(temperature),
         "codec": None if codec is None else codec.name(top_k),
         "teacher": type(teacher).__name__,
-        "teacher_name_or_path": str(getattr(teacher, "name_or_path", "")),
+        "teacher_name_or_path": str(getattr(teacher, "name_or_path", "") or getattr(teacher, "url", "")),
         "teacher_tokenizer": None
         if teacher_tokenizer is None
         else {

@@ -31,6 +31,7 @@ from hf_distill.recipes.cross_tokenizer import text_blocks, training_texts
 from hf_distill.recipes.data_code import load_code_corpus
 from hf_distill.recipes.offline import HUB_IDS, resolve_model_path
 from hf_distill.recipes.teacher import load_teacher, teacher_tokenizer
+from hf_distill.teachers.served import ServedTeacher, is_served_teacher
 from hf_distill.token_alignment import TEXT_COLUMN
 
 CACHE_FORMATS = ("auto", "shards", "arrow")
@@ -67,6 +68,15 @@ class CacheArguments:
         },
     )
 
+    served_tokenizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "Codegen with a served teacher (--teacher_model_name_or_path http://HOST:PORT/v1): the "
+            "tokenizer the rows are tokenized with, the served model's (a folder, Hub id or offline alias); the "
+            "server is checked to tokenize the same way."
+        },
+    )
+
     def __post_init__(self):
         if self.cache_format not in CACHE_FORMATS:
             raise ValueError(
@@ -89,6 +99,8 @@ def cache_task(
     returns ``{"rows", "format", "path"}`` (and the manifest for shards)."""
     if cache_args.teacher_tokenizer is not None:
         return cache_cross_tokenizer(task, cache_args, teacher_args, student_args, data_args, training_args)
+    if is_served_teacher(teacher_args.teacher_model_name_or_path):
+        return cache_served(task, preparer, cache_args, teacher_args, data_args, training_args)
     tokenizer = teacher_tokenizer(teacher_args, **({"add_prefix_space": True} if task == "ner" else {}))
     state = processes(training_args)
     with state.main_process_first():
@@ -106,6 +118,53 @@ def cache_task(
         batch_size=training_args.per_device_eval_batch_size,
     )
     return save(teacher.eval(), task_data.train, task_data.task, cache_args, settings, state)
+
+
+def cache_served(
+    task: str,
+    preparer: Callable,
+    cache_args: CacheArguments,
+    teacher_args: Any,
+    data_args: Any,
+    training_args: Any,
+) -> dict[str, Any]:
+    """The compact top-k cache of the codegen training split from a served teacher
+    (:class:`hf_distill.teachers.served.ServedTeacher`), the same cache the local teacher writes."""
+    url = teacher_args.teacher_model_name_or_path
+    if task != "codegen":
+        raise ValueError(
+            f"A served teacher ({url}) sends a causal LM's top-k log-probabilities: cache-teacher takes it for "
+            f"codegen, not {task}. Pass the {task} teacher's folder instead."
+        )
+    if cache_args.served_tokenizer is None:
+        raise ValueError(
+            f"--served_tokenizer is required with a served teacher ({url}): the rows are tokenized here, with "
+            "the served model's tokenizer (a folder, Hub id or alias such as 'smollm2-135m')."
+        )
+    if cache_args.top_k is None or training_args.temperature != 1.0:
+        raise ValueError(
+            f"A served teacher's cache needs --top_k (got {cache_args.top_k}) and --temperature 1.0 (got "
+            f"{training_args.temperature}): the server sends log-probabilities at temperature 1, and the tail at "
+            "another temperature needs the whole distribution (hf_distill.teachers.served)."
+        )
+    if cache_args.cache_format == "arrow":
+        raise ValueError(
+            "--cache_format arrow runs a local model over the rows; a served teacher writes Parquet shards: pass "
+            "--cache_format shards (or auto)."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cache_args.served_tokenizer))
+    state = processes(training_args)
+    with state.main_process_first():
+        task_data = preparer(data_args, tokenizer)
+    teacher = ServedTeacher(url, top_k=cache_args.top_k, prefetch=0)
+    teacher.check(tokenizer)
+    settings = dict(
+        top_k=cache_args.top_k,
+        temperature=1.0,
+        batch_size=training_args.per_device_eval_batch_size,
+        vocab_size=teacher.served_vocab_size or len(tokenizer),
+    )
+    return save(teacher, task_data.train, "causal_lm", cache_args, settings, state)
 
 
 def cache_cross_tokenizer(
@@ -167,7 +226,7 @@ def save(
             f"--cache_format arrow is written by one process, but this run has {state.num_processes}: pass "
             "--cache_format shards (each process writes its own part of the rows), or run without accelerate launch."
         )
-    if state.num_processes > 1:
+    if state.num_processes > 1 and hasattr(teacher, "to"):
         teacher = teacher.to(state.device)
     if fmt == "arrow":
         cached = cache_teacher_outputs(teacher, rows, task=task, **settings)

@@ -52,6 +52,7 @@ from hf_distill.teachers.served_api import (
     MODELS,
     choices_in_order,
     completion_request,
+    last_position,
     parse_prompt_logprobs,
 )
 
@@ -158,10 +159,17 @@ class ServedTeacher:
         self.client = TeacherClient(url, timeout=timeout, retries=retries, backoff=backoff)
         self.top_k, self.prefetch, self.vocab_size = top_k, prefetch, vocab_size
         self.model: str | None = None
+        self.served_vocab_size: int | None = (
+            None  # the server's output rows, where it says (serve-teacher does)
+        )
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-distill-teacher")
         self.pending: dict[tuple, deque[Future]] = {}
         self.lock = threading.Lock()
         self.wrapped: tuple[Any, LookAhead] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.client.url
 
     # ---- checks before training ----------------------------------------------------------------------
 
@@ -173,6 +181,7 @@ class ServedTeacher:
                 f"The teacher server {self.client.url} lists no model at {MODELS}; start it with the teacher."
             )
         self.model = str(listed[0]["id"])
+        self.served_vocab_size = listed[0].get("vocab_size")
         if tokenizer is None:
             raise ValueError(
                 "A served teacher needs the student's tokenizer (processing_class=...) to check that the server "
@@ -218,7 +227,7 @@ class ServedTeacher:
                     f"The teacher server returned {len(entries)} prompt_logprobs entries for a prompt of "
                     f"{len(row)} tokens; it must score every prompt token (vLLM: --no-enable-prefix-caching)."
                 )
-            parsed.append(parse_prompt_logprobs(entries, self.top_k))
+            parsed.append(parse_prompt_logprobs(entries, self.top_k, last_position(choice, self.top_k)))
         if self.vocab_size is not None:
             top = max((int(ids.max()) for _, ids, _ in parsed if ids.size), default=0)
             if top >= self.vocab_size:

@@ -14,9 +14,11 @@ same answer. ``hf-distill serve-teacher`` (:mod:`hf_distill.teachers.server`) wr
 
 Positions. Entry ``t + 1`` is the teacher's distribution over the token at ``t + 1``, i.e. its logits at
 position ``t``: :func:`parse_prompt_logprobs` returns rows aligned like a model's logits (row ``t`` predicts
-token ``t + 1``), as the top-k cache stores them. The last position's prediction (of a token after the prompt)
-is not in ``prompt_logprobs``; a causal LM's loss never reads it (labels are shifted), so its row is left
-empty: values 0, ids 0, tail 0 (like the cache collator's padding).
+token ``t + 1``), as the top-k cache stores them. The last position's prediction (of the token after the
+prompt) is not in ``prompt_logprobs``: it is the distribution of the one generated token, asked with
+``logprobs=k`` and ``return_tokens_as_token_ids`` (vLLM's extension: ``top_logprobs`` keyed ``"token_id:N"``);
+a server that does not send it leaves that row empty (values 0, ids 0 to k-1, tail 0), which a causal LM's
+loss never reads (labels are shifted).
 
 Values. The top-k values are the teacher's log-probabilities ``log p_j = z_j - logsumexp(z)`` at temperature
 1, and the tail logit is ``log(1 - sum_K p_j)``. Softmax is shift-invariant, so ``softmax([log p_K, tail])``
@@ -54,6 +56,8 @@ def completion_request(model: str, prompts: Sequence[Sequence[int]] | str, top_k
         "max_tokens": 1,
         "temperature": 1.0,
         "prompt_logprobs": int(top_k),
+        "logprobs": int(top_k),
+        "return_tokens_as_token_ids": True,
     }
 
 
@@ -105,22 +109,39 @@ def tail_logit(logprobs: np.ndarray) -> np.ndarray:
     return np.where(rest > TAIL_EPSILON, np.log(np.clip(rest, TAIL_EPSILON, None)), floor)
 
 
+def last_position(choice: dict[str, Any], top_k: int) -> dict[str, dict[str, float]] | None:
+    """The generated token's ``top_logprobs`` as a ``prompt_logprobs``-style entry (ids as keys), or None when
+    the server did not send them keyed by token id."""
+    logprobs = choice.get("logprobs") or {}
+    top = logprobs.get("top_logprobs") or []
+    if not top or not isinstance(top[0], dict):
+        return None
+    entry = {}
+    for key, value in top[0].items():
+        if not str(key).startswith("token_id:"):
+            return None
+        entry[str(key)[len("token_id:") :]] = {"logprob": float(value)}
+    return entry if len(entry) >= top_k else None
+
+
 def parse_prompt_logprobs(
-    entries: Sequence[dict[str, Any] | None], top_k: int
+    entries: Sequence[dict[str, Any] | None], top_k: int, last: dict[str, Any] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One prompt's ``prompt_logprobs`` as the top-k target of its ``T`` positions.
 
     Args:
         entries: ``choices[i].prompt_logprobs``: ``T`` entries, the first ``None``.
         top_k: how many ranked tokens each entry must hold.
+        last: the last position's entry (:func:`last_position`), or None to leave that row empty.
 
     Returns:
         ``(values (T, k) float32, ids (T, k) int64, tail (T,) float32)``: row ``t`` is the distribution over
-        token ``t + 1`` (log-probabilities at T=1 and the tail logit); the last row is empty (module docstring).
+        token ``t + 1`` (log-probabilities at T=1 and the tail logit); the last row from ``last`` (module
+        docstring).
     """
     length = len(entries)
     values = np.zeros((length, top_k), dtype=np.float32)
-    ids = np.zeros((length, top_k), dtype=np.int64)
+    ids = np.tile(np.arange(top_k, dtype=np.int64), (length, 1))  # distinct ids, as a top-k's are
     tail = np.zeros(length, dtype=np.float32)
     if length and entries[0] is not None:
         raise ValueError(
@@ -136,8 +157,13 @@ def parse_prompt_logprobs(
             )
         row_ids, row_values = ranked_top_k(entry, top_k, position)
         ids[position - 1], values[position - 1] = row_ids, row_values
-    if length > 1:
-        tail[: length - 1] = tail_logit(values[: length - 1])
+    filled = length - 1
+    if last is not None and length:
+        row_ids, row_values = ranked_top_k(last, top_k, length)
+        ids[length - 1], values[length - 1] = row_ids, row_values
+        filled = length
+    if filled > 0:
+        tail[:filled] = tail_logit(values[:filled])
     return values, ids, tail
 
 

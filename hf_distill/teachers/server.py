@@ -99,11 +99,13 @@ class TeacherScorer:
         asked = body.get("prompt_logprobs")
         if asked is not None and (not isinstance(asked, int) or asked < 0):
             raise PromptError(f"prompt_logprobs must be a non-negative integer, got {asked!r}.")
-        if asked is not None and asked > self.top_k:
-            raise PromptError(
-                f"Requested prompt logprobs of {asked}, which is greater than max allowed: {self.top_k} "
-                f"(start hf-distill serve-teacher with --top_k {asked})."
-            )
+        for name in ("prompt_logprobs", "logprobs"):
+            value = body.get(name)
+            if value is not None and (not isinstance(value, int) or value > self.top_k):
+                raise PromptError(
+                    f"Requested {name.replace('_', ' ')} of {value}, which is greater than max allowed: "
+                    f"{self.top_k} (start hf-distill serve-teacher with --top_k {value})."
+                )
         if int(body.get("max_tokens", 1) or 0) > 1:
             raise PromptError("This server scores prompts: max_tokens must be 0 or 1.")
         rows = self.prompts(body.get("prompt"))
@@ -118,7 +120,7 @@ class TeacherScorer:
                 {
                     "index": index,
                     "text": self.decode(next_token),
-                    "logprobs": None,
+                    "logprobs": self.generated_logprobs(scores[-1], next_token, body),
                     "finish_reason": "length",
                     "prompt_logprobs": entries,
                     "prompt_token_ids": row,
@@ -133,6 +135,27 @@ class TeacherScorer:
             "model": self.name,
             "choices": choices,
             "usage": {**usage, "total_tokens": prompt_tokens + len(rows)},
+        }
+
+    def generated_logprobs(self, scores: torch.Tensor, token: int, body: dict[str, Any]) -> dict | None:
+        """The one generated token's ``logprobs`` (OpenAI's completions shape; ``"token_id:N"`` keys with vLLM's
+        ``return_tokens_as_token_ids``): its distribution is the teacher's at the prompt's last position."""
+        k = body.get("logprobs")
+        if k is None:
+            return None
+        as_ids = bool(body.get("return_tokens_as_token_ids"))
+
+        def name(i: int) -> str:
+            return f"token_id:{i}" if as_ids else self.decode(i)
+
+        values, ids = scores.float().topk(min(int(k), scores.shape[-1]))
+        top = {name(int(i)): float(v) for v, i in zip(values.tolist(), ids.tolist())}
+        top.setdefault(name(token), float(scores[token]))
+        return {
+            "tokens": [name(token)],
+            "token_logprobs": [float(scores[token])],
+            "top_logprobs": [top],
+            "text_offset": [0],
         }
 
     @torch.inference_mode()
