@@ -22,16 +22,16 @@ import pytest
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling, TrainerCallback
-from xtok_helpers import TEXTS, byte_level_tokenizer, metaspace_tokenizer, tiny_gpt2
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments
 from hf_distill.cache.build import cache_teacher_outputs
 from hf_distill.losses.topk import topk_teacher
 from hf_distill.teachers.served import LookAhead, ServedTeacher, TeacherServerError
 from hf_distill.teachers.served_api import parse_prompt_logprobs
+from tests.helpers.paths import REPO
+from tests.helpers.xtok import TEXTS, byte_level_tokenizer, metaspace_tokenizer, tiny_gpt2
 
 TOP_K = 16
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -44,7 +44,7 @@ def free_port() -> int:
 def serving(model_dir: Path, top_k: int = TOP_K):
     """`hf-distill serve-teacher` in its own process; killed whatever happens."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "hf_distill.cli", "serve-teacher", str(model_dir)]
     command += ["--port", str(port), "--top_k", str(top_k)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
