@@ -9,7 +9,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,15 +28,10 @@ from hf_distill.losses.topk import topk_teacher
 from hf_distill.teachers.served import LookAhead, ServedTeacher, TeacherServerError
 from hf_distill.teachers.served_api import parse_prompt_logprobs
 from tests.helpers.paths import REPO
+from tests.helpers.processes import free_port
 from tests.helpers.xtok import TEXTS, byte_level_tokenizer, metaspace_tokenizer, tiny_gpt2
 
 TOP_K = 16
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager
