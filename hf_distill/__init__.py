@@ -17,6 +17,7 @@ import warnings
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.cache import (
     TeacherCacheCollator,
+    TeacherColumnsCollator,
     TopkCodec,
     cache_teacher_outputs,
     load_teacher_cache,
@@ -87,6 +88,7 @@ __all__ = [
     "SelfDistillationTrainer",
     "SelfDistillationTrainingArguments",
     "TeacherCacheCollator",
+    "TeacherColumnsCollator",
     "TopkCodec",
     "TupleCollator",
     "__version__",

@@ -1,6 +1,6 @@
 """What kind of model this is, and how its predictions line up with their targets.
 
-One small module that the trainer, the teacher cache, the teacher signals and the modes all import: the task a
+One small module that the trainer, the teacher cache, the teacher sources and the modes all import: the task a
 head serves (:func:`detect_task`), where its logits are (:func:`logits_of`), how many output rows it has
 (:func:`output_vocab_size`), and which prediction is compared with which target (:func:`align_for_distillation`:
 causal LMs shift by one).

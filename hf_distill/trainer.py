@@ -3,7 +3,8 @@
 The trainer orchestrates; the work lives beside it:
 
 - :mod:`hf_distill.checks`: set-up checks of arguments, models, tokenizers and data;
-- :mod:`hf_distill.teachers.sources`: what the teacher says about a batch (live model or cached outputs);
+- :mod:`hf_distill.teachers`: what the teacher says about a batch, from one ``TeacherSource`` (live model, cached
+  outputs, cross-tokenizer teacher, or a mode's own);
 - :mod:`hf_distill.terms.logits`: the KD and task terms (plain or chunked, chosen once);
 - :mod:`hf_distill.terms.features`: hidden-state and attention matching;
 - :mod:`hf_distill.terms.normalization` and :mod:`hf_distill.terms.loss_log`: counts, process scaling, logged parts;
@@ -22,7 +23,7 @@ from transformers import PreTrainedModel, Trainer
 
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.batch import DistillationBatch
-from hf_distill.cache.build import CACHE_COLUMNS, TeacherCacheCollator, cached_teacher_kind
+from hf_distill.cache.build import CACHE_COLUMNS, TeacherColumnsCollator, cached_teacher_kind
 from hf_distill.checks import (
     SPLITS,
     check_cache_replaces_teacher,
@@ -38,14 +39,14 @@ from hf_distill.hub.trainer_card import record_teacher
 from hf_distill.hub.trainer_saving import StudentSaving
 from hf_distill.loading import load_teacher_model
 from hf_distill.model_kind import CAUSAL_LM, detect_task
-from hf_distill.teachers.cross_tokenizer import CrossTokenizerTeacher, cross_tokenizer_signal
+from hf_distill.teachers.cross_tokenizer import cross_tokenizer_source
 from hf_distill.teachers.served import (
     ServedTeacher,
     check_served_setup,
     is_served_teacher,
     served_teacher_for,
 )
-from hf_distill.teachers.sources import CachedTeacher, LiveTeacher, TeacherSignal
+from hf_distill.teachers.sources import CachedOrLiveTeacher, CachedTeacher, LiveTeacher, TeacherSource
 from hf_distill.terms.cross_tokenizer import CrossTokenizerLogitTerms
 from hf_distill.terms.features import build_feature_terms, feature_map_matcher
 from hf_distill.terms.logits import ChunkedLogitTerms, LogitTerms, require_labels
@@ -108,19 +109,20 @@ class DistillationTrainer(StudentSaving, Trainer):
             check_cache_replaces_teacher(cached, kwargs.get("eval_dataset") is not None)
         if any(cached):
             refuse_features_from_cache(args, "The dataset", has_teacher=teacher_model is not None)
-        self.task = detect_task(model)
+        # The student's head kind (hf_distill.model_kind), not the recipe's task nor a multi-task head.
+        self.head_kind = detect_task(model)
         if served_url is not None:
-            check_served_setup(args, self.task, args.cross_tokenizer_loss is not None)
-        check_kd_implementation(args, self.task)
+            check_served_setup(args, self.head_kind, args.cross_tokenizer_loss is not None)
+        check_kd_implementation(args, self.head_kind)
         if isinstance(teacher_model, str):
-            teacher_model = load_teacher_model(self.task, teacher_model, teacher_model_init_kwargs or {})
+            teacher_model = load_teacher_model(self.head_kind, teacher_model, teacher_model_init_kwargs or {})
         if teacher_model is not None:
             check_separate_models(model, teacher_model)
         if args.label_names is None and not isinstance(model, PreTrainedModel):
             # A plain module's forward has no `labels` argument, so Trainer would drop the column.
             args.label_names = ["labels"]
         tokenizer = kwargs.get("processing_class")
-        check_cross_tokenizer_setup(args, self.task, tokenizer, teacher_processing_class, cached)
+        check_cross_tokenizer_setup(args, self.head_kind, tokenizer, teacher_processing_class, cached)
         cross = args.cross_tokenizer_loss is not None
         self.vocab_size = (
             None
@@ -140,18 +142,18 @@ class DistillationTrainer(StudentSaving, Trainer):
         if any(cached) or cross:
             # Cache columns of variable length (NER) must be padded along with input_ids; the text and teacher
             # positions of cross-tokenizer batches are batched beside them.
-            self.data_collator = TeacherCacheCollator(
+            self.data_collator = TeacherColumnsCollator(
                 self.data_collator, getattr(tokenizer, "padding_side", "right")
             )
         # Every term is normalised by num_items_in_batch here; Trainer then neither divides by the
         # accumulation steps again nor skips counting items.
         self.model_accepts_loss_kwargs = True
-        self._loss_shifts_labels = self.task == CAUSAL_LM
+        self._loss_shifts_labels = self.head_kind == CAUSAL_LM
         # A mode plugs in here: its own logit terms, its own teacher source (hooks below).
         self.logit_terms = self.build_logit_terms(model)
         # No teacher when every batch carries its outputs (checked above): it is never loaded.
         self.teacher = self.prepare_teacher_model(teacher_model) if teacher_model is not None else None
-        self.teacher_signal = self.build_teacher_source(
+        self.teacher_source = self.build_teacher_source(
             model, teacher_model, tokenizer, teacher_processing_class
         )
         self.hidden_matcher, self.feature_terms = build_feature_terms(
@@ -180,7 +182,7 @@ class DistillationTrainer(StudentSaving, Trainer):
         """Hook: the output rows the student and its teacher(s) share, after checking that they may be compared
         (:func:`hf_distill.checks.check_compatibility`); None for a classification head. A mode with several
         teachers checks each."""
-        return check_compatibility(self.task, model, teacher_model, tokenizer, teacher_tokenizer)
+        return check_compatibility(self.head_kind, model, teacher_model, tokenizer, teacher_tokenizer)
 
     def build_logit_terms(self, model: nn.Module) -> LogitTerms | CrossTokenizerLogitTerms:
         """Hook: the KD and task terms (plain, fused or chunked, chosen once; cross-vocabulary with
@@ -188,28 +190,40 @@ class DistillationTrainer(StudentSaving, Trainer):
         if self.args.cross_tokenizer_loss is not None:
             return CrossTokenizerLogitTerms(self.args)
         unwrap = self.accelerator.unwrap_model
-        return choose_logit_terms(self.task, self.args, model, self.vocab_size, unwrap)
+        return choose_logit_terms(self.head_kind, self.args, model, self.vocab_size, unwrap)
 
     def build_teacher_source(
         self, model: nn.Module, teacher_model: nn.Module | None, tokenizer: Any, teacher_tokenizer: Any
-    ) -> TeacherSignal | CrossTokenizerTeacher:
-        """Hook: what the teacher says about each batch: the cache a batch carries, else the placed teacher
-        (``self.teacher``, possibly None); the cross-tokenizer teacher with ``cross_tokenizer_loss``."""
+    ) -> TeacherSource:
+        """Hook: what the teacher says about each batch (a :class:`~hf_distill.teachers.sources.TeacherSource`):
+        the cache a batch carries, else the placed teacher (``self.teacher``, possibly None); the cross-tokenizer
+        teacher with ``cross_tokenizer_loss``."""
         if self.args.cross_tokenizer_loss is not None:
-            return cross_tokenizer_signal(
+            return cross_tokenizer_source(
                 self.args, self.teacher, teacher_model, model, tokenizer, teacher_tokenizer
             )
+        cached = CachedTeacher(self.args.temperature, self.vocab_size)
         live = self.served_teacher if self.served_teacher is not None else self.live_teacher()
-        return TeacherSignal(live, CachedTeacher(self.args.temperature, self.vocab_size))
+        return CachedOrLiveTeacher(live, cached)
 
     def live_teacher(self) -> LiveTeacher | None:
-        """The teacher model as a signal source; it hands the chunked KD loss its last hidden state and head."""
+        """The teacher model as a source; it hands the chunked KD loss its last hidden state and head."""
         if self.teacher is None:
             return None
         as_hidden = isinstance(self.logit_terms, ChunkedLogitTerms)
         return LiveTeacher(
             self.teacher, self.accelerator.unwrap_model(self.teacher), self.vocab_size, as_hidden
         )
+
+    @property
+    def task(self) -> str:
+        """The student's head kind under its old name (:attr:`head_kind`)."""
+        return self.head_kind
+
+    @property
+    def teacher_signal(self) -> TeacherSource:
+        """The teacher source under its old name (:attr:`teacher_source`)."""
+        return self.teacher_source
 
     @property
     def kd_implementation(self) -> str:
@@ -242,7 +256,7 @@ class DistillationTrainer(StudentSaving, Trainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        # The model's forward does not take the cache columns, but the teacher signal reads them: keep them.
+        # The model's forward does not take the cache columns, but the teacher source reads them: keep them.
         self._signature_columns += [c for c in CACHE_COLUMNS if c not in self._signature_columns]
 
     # ---- the loss -------------------------------------------------------------------------------------
@@ -258,7 +272,7 @@ class DistillationTrainer(StudentSaving, Trainer):
             module.zero_grad(set_to_none=True)
         if self.feature_terms:
             self.normalization.count_accumulated_tokens(batch_samples, device)
-        self.normalization.count_accumulated_transfer(batch_samples, self.task == CAUSAL_LM, device)
+        self.normalization.count_accumulated_transfer(batch_samples, self.head_kind == CAUSAL_LM, device)
         return batch_samples, num_items_in_batch
 
     def distillation_batch(self, inputs: dict[str, Any], num_items_in_batch: Any) -> DistillationBatch:
@@ -268,7 +282,7 @@ class DistillationTrainer(StudentSaving, Trainer):
             inputs, num_items_in_batch=num_items_in_batch, global_step=self.state.global_step
         )
         require_labels(batch.labels, self.args.alpha)
-        transfer = transfer_positions(batch.labels, batch.attention_mask, shifted=self.task == CAUSAL_LM)
+        transfer = transfer_positions(batch.labels, batch.attention_mask, shifted=self.head_kind == CAUSAL_LM)
         batch.num_kd_items = self.normalization.num_kd_items(
             num_items_in_batch, transfer, self.model.training
         )
@@ -292,7 +306,7 @@ class DistillationTrainer(StudentSaving, Trainer):
         # The teacher runs first: under no_grad it frees its activations as it goes, so the step's peak is the
         # student's saved activations alone, not those plus the teacher's working memory, and the student
         # reuses the teacher's freed blocks (benchmarks/README.md, bench_peers.py, measures the step).
-        target = self.teacher_signal(batch, self.output_kwargs)
+        target = self.teacher_source(batch, self.output_kwargs)
         student = self.logit_terms.run_student(model, batch.model_inputs, self.output_kwargs)
         loss, parts = self.logit_terms(student, target, batch)
         for term in self.feature_terms:

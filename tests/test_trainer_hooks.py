@@ -58,10 +58,10 @@ def test_multi_teacher_builds_its_mixture_and_plain_terms_through_the_hooks(tmp_
     assert isinstance(trainer.logit_terms, PlainLogitTerms)
     assert trainer.logit_terms.vocab_size == trainer.vocab_size
     assert (
-        isinstance(trainer.teacher_signal.live, MixtureTeacher)
-        and trainer.mixture is trainer.teacher_signal.live
+        isinstance(trainer.teacher_source.live, MixtureTeacher)
+        and trainer.mixture is trainer.teacher_source.live
     )
-    assert trainer.mixture.vocab_size == trainer.teacher_signal.cached.vocab_size == trainer.vocab_size
+    assert trainer.mixture.vocab_size == trainer.teacher_source.cached.vocab_size == trainer.vocab_size
     assert trainer.teachers == trainer.mixture.teachers and len(trainer.teachers) == 2
     assert trainer.teachers[0] is trainer.teacher
 

@@ -21,7 +21,7 @@
 With ``codec=`` (:class:`hf_distill.cache.codec.TopkCodec`) a causal LM's top-k is stored compactly instead
 (``<prefix>topk_ids_lo`` / ``topk_ids_hi`` / ``topk_codes`` / ``tail_rel`` / ``topk_codec``, see
 :mod:`hf_distill.cache.compact`): about 240 bytes per position at k=128 in zstd Parquet instead of ~1 KB.
-:class:`TeacherCacheCollator` decodes such rows back to the float32 columns, so training reads both formats.
+:class:`TeacherColumnsCollator` decodes such rows back to the float32 columns, so training reads both formats.
 :func:`hf_distill.cache.writer.write_teacher_cache` writes either format in Parquet shards as the teacher runs.
 
 The result is an ordinary ``Dataset``: ``save_to_disk`` / ``load_from_disk`` and ``push_to_hub`` work on it.
@@ -69,7 +69,7 @@ XTOK_POSITION_COLUMNS = (XTOK_TOPK_LOGITS, XTOK_TOPK_INDICES, XTOK_TAIL_LOGIT, X
 XTOK_COLUMNS = (*XTOK_POSITION_COLUMNS, XTOK_TEMPERATURE, XTOK_TEXT_HASH, XTOK_TOKENIZER, XTOK_FINGERPRINT)
 # Every column a cross-tokenizer cache may hold, float32 or compact (:mod:`hf_distill.cache.compact`).
 XTOK_ALL_COLUMNS = (*XTOK_COLUMNS, *CROSS_TOKENIZER.stored)
-# Columns a batch carries for the teacher signal rather than for the model's forward (the trainer keeps them).
+# Columns a batch carries for the teacher source rather than for the model's forward (the trainer keeps them).
 CACHE_COLUMNS = (
     TEACHER_LOGITS,
     TOPK_LOGITS,
@@ -438,12 +438,19 @@ def cached_teacher_kind(column_names: Sequence[str]) -> str | None:
     return None
 
 
-class TeacherCacheCollator:
-    """Wraps a data collator so rows carrying teacher cache columns can be batched.
+class TeacherColumnsCollator:
+    """Wraps a data collator so rows carrying the teacher's columns (:data:`CACHE_COLUMNS`) can be batched:
+    a teacher cache (float32, or compact and decoded here), and the raw text and offsets of cross-tokenizer
+    batches, cache or not.
 
-    The cache columns are taken out of each row, the wrapped collator batches the rest (padding
-    ``input_ids`` as usual), and each cache column is padded along its first (position) dimension to the
-    batch's ``input_ids`` length on the tokenizer's padding side, then stacked.
+    The teacher's columns are taken out of each row, the wrapped collator batches the rest (padding
+    ``input_ids`` as usual); each per-position column is padded along its first (position) dimension to the
+    batch's ``input_ids`` length on the tokenizer's padding side (teacher positions of a cross-tokenizer cache to
+    the longest teacher row), then stacked; strings stay lists.
+
+    Args:
+        collator: the data collator of the model's inputs.
+        padding_side: ``"right"`` or ``"left"``, as the tokenizer pads.
     """
 
     def __init__(self, collator: Any, padding_side: str = "right"):
@@ -487,3 +494,7 @@ class TeacherCacheCollator:
             return value[:length]
         pad = value.new_zeros((missing, *value.shape[1:]))
         return torch.cat([value, pad] if self.padding_side == "right" else [pad, value])
+
+
+# The collator's name when it batched cache columns only; the same class (public in ``hf_distill.__all__``).
+TeacherCacheCollator = TeacherColumnsCollator

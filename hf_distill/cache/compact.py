@@ -4,7 +4,7 @@ A compact row holds, for its ``T`` positions and the cache's ``k``, flat lists `
 ``<prefix>topk_ids_hi`` and ``<prefix>topk_codes`` (``T * k`` each), ``<prefix>tail_rel`` (``T``) and the codec
 string ``<prefix>topk_codec`` (:mod:`hf_distill.cache.codec`). The prefix is ``teacher_`` for the same-tokenizer
 cache and ``xtok_teacher_`` for the cross-tokenizer one. :func:`decode_rows` turns such rows back into the
-float32 columns the teacher signals read (``<prefix>topk_logits`` / ``topk_indices`` ``(T, k)``,
+float32 columns the teacher sources read (``<prefix>topk_logits`` / ``topk_indices`` ``(T, k)``,
 ``<prefix>tail_logit`` ``(T,)``), so everything after the collator is the same for both formats.
 """
 

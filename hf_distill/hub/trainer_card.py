@@ -208,7 +208,7 @@ class CardMeasures:
             self.teacher_measured = {
                 "dataset": dataset,
                 "batches": latency_batches(trainer),
-                "metrics": teacher_metrics(trainer, teacher, causal=trainer.task == CAUSAL_LM),
+                "metrics": teacher_metrics(trainer, teacher, causal=trainer.head_kind == CAUSAL_LM),
             }
         latency = side_by_side_latency_ms(
             {"teacher": teacher, "student": student}, self.teacher_measured["batches"]
@@ -284,7 +284,7 @@ def trainer_report(trainer: Any, output_dir: str | Path, *, measure: bool = True
         if getattr(args, name, 0):
             distillation[name] = getattr(args, name)
     report = {
-        "task": trainer.task,
+        "task": trainer.head_kind,
         "metric_name": metric_name,
         "higher_is_better": higher_is_better,
         # A run on cached teacher outputs has no teacher model to describe.

@@ -7,7 +7,8 @@ exists.
 four hooks: :meth:`~StudentSaving.guarded_teachers` (each teacher with its fingerprint),
 :meth:`~StudentSaving.card_teacher` (the teacher the card describes),
 :meth:`~StudentSaving.checkpoint_extras` (files beside Trainer's in each checkpoint) and
-:meth:`~StudentSaving.resuming_from` (state to restore from a checkpoint's folder).
+:meth:`~StudentSaving.resuming_from` (state to restore from a checkpoint's folder). The card names the
+trainer's ``head_kind`` (the student's head, or ``"multi_task"``) as the run's task.
 """
 
 from __future__ import annotations

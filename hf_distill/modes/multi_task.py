@@ -33,12 +33,11 @@ from torch.utils.data import Dataset as TorchDataset
 from transformers import AutoConfig, AutoModel, PreTrainedModel, Trainer
 
 from hf_distill.arguments import DistillationTrainingArguments
-from hf_distill.batch import DistillationBatch, TeacherTarget
+from hf_distill.batch import DistillationBatch, TargetKind, TeacherTarget
 from hf_distill.checks import check_separate_models
 from hf_distill.hub.trainer_card import record_teacher
 from hf_distill.hub.trainer_saving import StudentSaving
 from hf_distill.model_kind import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, detect_task, logits_of
-from hf_distill.teachers.sources import LIVE
 from hf_distill.terms.logits import PlainLogitTerms, StudentView, require_labels
 from hf_distill.training.placement import prepare_teacher
 
@@ -323,7 +322,7 @@ class MultiTaskDistillationTrainer(StudentSaving, Trainer):
             }
         }
         # What the model card names as the run's task (each head has its own kind).
-        self.task = "multi_task"
+        self.head_kind = "multi_task"
         super().__init__(model=model, args=args, **kwargs)
         # The student's forward takes **kwargs, which makes Trainer assume it normalises by num_items_in_batch;
         # each batch is its own mean here, so Trainer must divide by the accumulation steps.
@@ -369,7 +368,9 @@ class MultiTaskDistillationTrainer(StudentSaving, Trainer):
         student = StudentView(model(**batch.model_inputs, task=task))
         student.logits = logits_of(student.outputs)
         with torch.no_grad():
-            target = TeacherTarget(LIVE, logits=logits_of(self.teachers[task](**batch.model_inputs)))
+            target = TeacherTarget(
+                TargetKind.LIVE, logits=logits_of(self.teachers[task](**batch.model_inputs))
+            )
         loss, parts = self.logit_terms[task](student, target, batch)
         for name, value in parts.items():
             self._parts[f"{name}_{task}"].append(value.detach())

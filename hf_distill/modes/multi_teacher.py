@@ -32,10 +32,10 @@ import torch
 from torch import nn
 
 from hf_distill.arguments import DistillationTrainingArguments
-from hf_distill.batch import TeacherTarget
+from hf_distill.batch import DistillationBatch, TargetKind, TeacherTarget
 from hf_distill.checks import check_compatibility, check_separate_models
 from hf_distill.model_kind import logits_of, slice_vocab
-from hf_distill.teachers.sources import LIVE, CachedTeacher, TeacherSignal
+from hf_distill.teachers.sources import CachedOrLiveTeacher, CachedTeacher
 from hf_distill.terms.logits import PlainLogitTerms
 from hf_distill.trainer import DistillationTrainer
 
@@ -98,7 +98,7 @@ def confidence_log_weights(teacher_logits: torch.Tensor, weighting: str) -> torc
 
 
 class MixtureTeacher:
-    """A live teacher signal: the teachers' mixture as the logits ``T * log p_mix`` (see the module docstring),
+    """A live teacher source (:class:`~hf_distill.teachers.sources.TeacherSource`): the teachers' mixture as the logits ``T * log p_mix`` (see the module docstring),
     with the first teacher's outputs (hidden states, attentions) for the feature terms."""
 
     def __init__(
@@ -115,8 +115,8 @@ class MixtureTeacher:
         return confidence_log_weights(logits, self.args.teacher_weighting)
 
     @torch.no_grad()
-    def __call__(self, model_inputs: dict[str, Any], output_kwargs: dict[str, bool]) -> TeacherTarget:
-        temperature = self.args.temperature
+    def __call__(self, batch: DistillationBatch, output_kwargs: dict[str, bool]) -> TeacherTarget:
+        model_inputs, temperature = batch.model_inputs, self.args.temperature
         match_logits = self.args.distillation_loss == "mse"
         first_outputs = None
         mixture = None  # running log-sum-exp of log(w_k) + log p_k, or weighted sum of logits for "mse"
@@ -144,7 +144,7 @@ class MixtureTeacher:
         else:
             # Normalising the weights per position: log p_mix = logsumexp_k(log w_k + log p_k) - log sum_k w_k.
             mixed_logits = temperature * (mixture - log_weight_total.unsqueeze(-1))
-        return TeacherTarget(LIVE, logits=mixed_logits, outputs=first_outputs)
+        return TeacherTarget(TargetKind.MIXTURE, logits=mixed_logits, outputs=first_outputs)
 
 
 class MultiTeacherDistillationTrainer(DistillationTrainer):
@@ -174,14 +174,14 @@ class MultiTeacherDistillationTrainer(DistillationTrainer):
         # Checked and placed by the hooks below, with the first teacher, during DistillationTrainer's set-up.
         self.extra_teacher_models = teacher_models[1:]
         super().__init__(model=model, teacher_model=teacher_models[0], args=args, **kwargs)
-        self.mixture: MixtureTeacher = self.teacher_signal.live
+        self.mixture: MixtureTeacher = self.teacher_source.live
         self.teachers: list[nn.Module] = self.mixture.teachers
 
     def shared_vocab_size(self, model, teacher_model, tokenizer, teacher_tokenizer) -> int | None:
         vocab = super().shared_vocab_size(model, teacher_model, tokenizer, teacher_tokenizer)
         for teacher in self.extra_teacher_models:
             # Same checks as for the first teacher: label space / vocabulary shared with the student.
-            other = check_compatibility(self.task, model, teacher, tokenizer, None)
+            other = check_compatibility(self.head_kind, model, teacher, tokenizer, None)
             if other is not None:
                 vocab = min(other, vocab or other)
         return vocab
@@ -195,12 +195,12 @@ class MultiTeacherDistillationTrainer(DistillationTrainer):
             "full logits: using 'plain'.",
             terms.implementation,
         )
-        return PlainLogitTerms(self.task, self.args, self.vocab_size)
+        return PlainLogitTerms(self.head_kind, self.args, self.vocab_size)
 
-    def build_teacher_source(self, model, teacher_model, tokenizer, teacher_tokenizer) -> TeacherSignal:
+    def build_teacher_source(self, model, teacher_model, tokenizer, teacher_tokenizer) -> CachedOrLiveTeacher:
         teachers = [self.teacher] + [self.prepare_teacher_model(t) for t in self.extra_teacher_models]
         mixture = MixtureTeacher(teachers, self.args, self.vocab_size)
-        return TeacherSignal(mixture, CachedTeacher(self.args.temperature, self.vocab_size))
+        return CachedOrLiveTeacher(mixture, CachedTeacher(self.args.temperature, self.vocab_size))
 
     @property
     def fixed_weights(self) -> list[float]:

@@ -22,14 +22,13 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from hf_distill.arguments import FEATURE_WEIGHTS, DistillationTrainingArguments
-from hf_distill.batch import DistillationBatch, TeacherTarget
+from hf_distill.batch import DistillationBatch, TargetKind, TeacherTarget
 from hf_distill.checks import check_separate_models
 from hf_distill.terms.logits import PlainLogitTerms, require_labels
 from hf_distill.trainer import DistillationTrainer
 from hf_distill.training.checkpoints import CheckpointExtra
 
 STUDENT_A, STUDENT_B = "student_a", "student_b"
-PEER = "peer"
 
 
 class MutualLearningTrainer(DistillationTrainer):
@@ -78,7 +77,7 @@ class MutualLearningTrainer(DistillationTrainer):
 
     def build_logit_terms(self, model: nn.Module) -> PlainLogitTerms:
         # Each student is the other's target, so both need their full logits.
-        return PlainLogitTerms(self.task, self.args, self.vocab_size)
+        return PlainLogitTerms(self.head_kind, self.args, self.vocab_size)
 
     def prepare_teacher_model(self, teacher: nn.Module) -> nn.Module:
         # The peer is a second student: trainable, placed and (with several processes) wrapped like the first.
@@ -118,10 +117,10 @@ class MutualLearningTrainer(DistillationTrainer):
             student_b = self.logit_terms.run_student(self.peer, batch.model_inputs, {})
         # Each student learns from the other's detached prediction, with the base trainer's terms and masking.
         loss_a, parts_a = self.logit_terms(
-            student_a, TeacherTarget(PEER, logits=student_b.logits.detach()), batch
+            student_a, TeacherTarget(TargetKind.PEER, logits=student_b.logits.detach()), batch
         )
         loss_b, parts_b = self.logit_terms(
-            student_b, TeacherTarget(PEER, logits=student_a.logits.detach()), batch
+            student_b, TeacherTarget(TargetKind.PEER, logits=student_a.logits.detach()), batch
         )
         parts = {**{f"{k}_a": v for k, v in parts_a.items()}, **{f"{k}_b": v for k, v in parts_b.items()}}
         self.record_loss_parts(parts, num_items_in_batch)

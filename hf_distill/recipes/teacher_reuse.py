@@ -5,7 +5,7 @@ and frozen, so its outputs on a row are the same every seed: running it again in
 teacher forward per step (a third of a MiniLM-L6 -> 3-layer sentiment step) and changes nothing. With
 ``teacher_outputs_once`` (the default) the recipe runs the teacher once over the labeled and transfer rows with
 :func:`hf_distill.cache.build.cache_teacher_outputs` and trains every seed from those columns; the trainer
-reads a batch's cached logits instead of the live teacher (:class:`hf_distill.teachers.sources.TeacherSignal`)
+reads a batch's cached logits instead of the live teacher (:class:`hf_distill.teachers.sources.CachedOrLiveTeacher`)
 and checks each row's input hash, so a row that does not match its logits is refused, not trained on.
 
 It applies where the cached signal is the whole signal: classification and NER (full logits, exact: only the

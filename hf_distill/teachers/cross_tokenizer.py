@@ -1,17 +1,17 @@
-"""Distillation from a teacher with another tokenizer: the teacher signal and the logit term.
+"""Distillation from a teacher with another tokenizer: its teacher source.
 
 ``DistillationTrainingArguments(cross_tokenizer_loss="aligned" | "uld")`` with ``processing_class`` = the
 student's tokenizer and ``teacher_processing_class`` = the teacher's. Each batch carries the raw text
 (``distill_text``) and the student tokens' character offsets (``distill_offsets``), as
 :func:`hf_distill.token_alignment.prepare_cross_tokenizer_dataset` makes them; the trainer keeps those columns
-and batches them with :class:`hf_distill.cache.build.TeacherCacheCollator`.
+and batches them with :class:`hf_distill.cache.build.TeacherColumnsCollator`.
 
-- :class:`CrossTokenizerTeacher` (the teacher signal): the teacher tokenizes the text itself and runs on it
+- :class:`CrossTokenizerTeacher` (a :class:`~hf_distill.teachers.sources.TeacherSource`): the teacher tokenizes the text itself and runs on it
   (live), or its cross-tokenizer cache is read from the batch (the teacher is then never loaded); either way
   its distribution at each teacher position (all ``V_t`` tokens live, the top-k and tail mass cached) is
   moved to the student's positions (:func:`hf_distill.token_alignment.align_positions`) and its token ids
   mapped to the student's vocabulary (:func:`hf_distill.token_alignment.vocabulary_map`).
-- :class:`CrossTokenizerLogitTerms`: ``alpha * kd + (1 - alpha) * task``, where ``kd`` is
+- :class:`hf_distill.terms.cross_tokenizer.CrossTokenizerLogitTerms` (the logit term): ``alpha * kd + (1 - alpha) * task``, where ``kd`` is
   :func:`hf_distill.losses.cross_vocabulary.per_position_aligned` or ``per_position_uld`` on the student's
   positions (shifted like every causal LM loss: position ``t`` predicts token ``t + 1``), masked by the
   student's labels (prompt masking with -100 carries over, since the loss lives on the student's positions)
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from hf_distill.arguments import DistillationTrainingArguments
-from hf_distill.batch import DistillationBatch, TeacherTarget
+from hf_distill.batch import DistillationBatch, TargetKind, TeacherTarget
 from hf_distill.cache.build import (
     XTOK_ENDS,
     XTOK_FINGERPRINT,
@@ -57,8 +57,6 @@ from hf_distill.token_alignment import (
 )
 from hf_distill.training.padding import pad_rows
 
-CROSS_TOKENIZER = "cross-tokenizer teacher"
-
 
 @dataclass
 class AlignedTeacher:
@@ -79,11 +77,13 @@ class AlignedTeacher:
 
 @dataclass
 class CrossTokenizerTarget(TeacherTarget):
+    """A :class:`~hf_distill.batch.TeacherTarget` of kind ``CROSS_TOKENIZER``, its form ``aligned``."""
+
     aligned: AlignedTeacher | None = None
 
 
 class CrossTokenizerTeacher:
-    """The teacher signal of cross-tokenizer distillation (see the module docstring).
+    """The teacher source of cross-tokenizer distillation (see the module docstring).
 
     Args:
         teacher: the placed teacher model, or None when every batch carries a cross-tokenizer cache.
@@ -138,7 +138,7 @@ class CrossTokenizerTeacher:
             matched=matched,
             valid=index >= 0,
         )
-        return CrossTokenizerTarget(CROSS_TOKENIZER, aligned=aligned)
+        return CrossTokenizerTarget(TargetKind.CROSS_TOKENIZER, aligned=aligned)
 
     # ---- the two sources ------------------------------------------------------------------------------
 
@@ -235,7 +235,7 @@ class CrossTokenizerTeacher:
         return index, matched
 
 
-def cross_tokenizer_signal(
+def cross_tokenizer_source(
     args: DistillationTrainingArguments,
     teacher: nn.Module | None,
     unwrapped_teacher: nn.Module | None,
@@ -243,7 +243,7 @@ def cross_tokenizer_signal(
     tokenizer: Any,
     teacher_tokenizer: Any,
 ) -> CrossTokenizerTeacher:
-    """The trainer's signal for ``cross_tokenizer_loss``: ``teacher`` as placed for the backend runs, the
+    """The trainer's teacher source for ``cross_tokenizer_loss``: ``teacher`` as placed for the backend runs, the
     vocabulary map is sized to the output rows of ``unwrapped_teacher`` and ``student``."""
     return CrossTokenizerTeacher(
         teacher,

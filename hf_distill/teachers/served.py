@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hf_distill.batch import TeacherTarget
+from hf_distill.batch import DistillationBatch, TargetKind, TeacherTarget
 from hf_distill.teachers.served_api import (
     COMPLETIONS,
     MODELS,
@@ -56,7 +56,6 @@ from hf_distill.teachers.served_api import (
     parse_prompt_logprobs,
 )
 
-SERVED_TOPK = "served teacher top-k log-probabilities"
 URL_SCHEMES = ("http://", "https://")
 PROBE_TEXT = "Distillation probe: def f(x):\n\treturn x * 3.14  # naïve ünïcode, 42!"
 RETRIED_STATUSES = (429, 500, 502, 503, 504)
@@ -201,9 +200,9 @@ class ServedTeacher:
 
     # ---- targets ---------------------------------------------------------------------------------------
 
-    def __call__(self, model_inputs: dict[str, Any], output_kwargs: dict[str, bool]) -> TeacherTarget:
+    def __call__(self, batch: DistillationBatch, output_kwargs: dict[str, bool]) -> TeacherTarget:
         """The batch's target: the prefetched answer when the look-ahead asked for it, else asked now."""
-        input_ids, mask = model_inputs["input_ids"], model_inputs.get("attention_mask")
+        input_ids, mask = batch.model_inputs["input_ids"], batch.attention_mask
         rows = attended_rows(input_ids, mask)
         with self.lock:
             waiting = self.pending.get(row_key(rows))
@@ -212,7 +211,7 @@ class ServedTeacher:
                 del self.pending[row_key(rows)]
         parsed = future.result() if future is not None else self.fetch(rows)
         values, ids, tail = place_rows(parsed, input_ids, mask, self.top_k)
-        return TeacherTarget(SERVED_TOPK, topk=(values, ids, tail))
+        return TeacherTarget(TargetKind.SERVED_TOPK, topk=(values, ids, tail))
 
     def fetch(self, rows: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """One request for a batch's rows; each row's ``(values, ids, tail)``."""

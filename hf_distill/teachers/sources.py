@@ -1,7 +1,7 @@
-"""Teacher signals: what the teacher says about one batch, wherever its numbers come from.
+"""Teacher sources: what the teacher says about one batch, wherever its numbers come from.
 
-The trainer asks one :class:`TeacherSignal` per batch and gets a :class:`TeacherTarget`; it never branches on
-the source. Sources:
+Every source has one call shape, :class:`TeacherSource`: ``source(batch, output_kwargs) -> TeacherTarget``.
+The trainer asks its source once per batch and never branches on where the target came from. Sources:
 
 - :class:`LiveTeacher`: the teacher model, run in eval mode under ``no_grad``. When the KD term is the
   chunked large-vocabulary loss and the teacher's head is a plain linear layer, it returns the teacher's last
@@ -9,18 +9,20 @@ the source. Sources:
 - :class:`CachedTeacher`: the teacher's outputs stored as dataset columns by
   :func:`hf_distill.cache.build.cache_teacher_outputs`: full logits (classification / NER) or top-k logits
   with the tail mass (causal LM). The batch's inputs are checked against the cache's fingerprint.
-- Modes add their own live sources with the same call (e.g. the mixture of several teachers in
-  :mod:`hf_distill.modes.multi_teacher`).
+- :class:`CachedOrLiveTeacher`: the cache a batch carries, else the live teacher (the trainer's default:
+  a cached train set may be evaluated on an uncached eval set).
+- Beyond this module: the cross-tokenizer teacher (:class:`hf_distill.teachers.cross_tokenizer.CrossTokenizerTeacher`)
+  and the modes' sources (the mixture of several teachers in :mod:`hf_distill.modes.multi_teacher`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from hf_distill.batch import DistillationBatch, TeacherTarget
+from hf_distill.batch import DistillationBatch, TargetKind, TeacherTarget
 from hf_distill.cache.build import (
     TAIL_LOGIT,
     TEACHER_LOGITS,
@@ -33,13 +35,24 @@ from hf_distill.cache.build import (
 from hf_distill.losses.fused.lm_head import forward_with_last_hidden, lm_head_of
 from hf_distill.model_kind import head_rows, logits_of, slice_vocab
 
-LIVE, CACHED_LOGITS, CACHED_TOPK = "live teacher", "cached teacher logits", "cached top-k teacher logits"
 
+class TeacherSource(Protocol):
+    """What the teacher says about one batch: ``source(batch, output_kwargs) -> TeacherTarget``.
 
-class LiveSource(Protocol):
-    """A teacher that runs per batch: ``(model_inputs, output_kwargs) -> TeacherTarget``."""
+    ``batch`` is the :class:`~hf_distill.batch.DistillationBatch` (model inputs, labels, cache columns,
+    ``global_step`` for errors); ``output_kwargs`` are what the feature terms need from a live model
+    (``output_hidden_states``, ``output_attentions``); a source with no model to run ignores them. The target's
+    ``kind`` (:class:`~hf_distill.batch.TargetKind`) names the source; its form (``logits``, ``topk``,
+    ``hidden``) is what the logit terms read.
 
-    def __call__(self, model_inputs: dict[str, Any], output_kwargs: dict[str, bool]) -> TeacherTarget: ...
+    A new source is one more class with this call and nothing else to change: the served teacher
+    (:class:`hf_distill.teachers.served.ServedTeacher`, an HTTP server answering the top-k log-probabilities of
+    each position) sends ``batch.model_inputs["input_ids"]`` and returns ``TeacherTarget(TargetKind.SERVED_TOPK,
+    topk=(values, ids, tail))``, the form a top-k cache gives, so every logit term (plain and chunked) takes it
+    as it is; its kind serves messages only.
+    """
+
+    def __call__(self, batch: DistillationBatch, output_kwargs: dict[str, bool]) -> TeacherTarget: ...
 
 
 class LiveTeacher:
@@ -57,18 +70,21 @@ class LiveTeacher:
         self.as_hidden = as_hidden and not isinstance(lm_head_of(unwrapped), str)
 
     @torch.no_grad()
-    def __call__(self, model_inputs: dict[str, Any], output_kwargs: dict[str, bool]) -> TeacherTarget:
+    def __call__(self, batch: DistillationBatch, output_kwargs: dict[str, bool]) -> TeacherTarget:
+        model_inputs = batch.model_inputs
         if not self.as_hidden:
             outputs = self.teacher(**model_inputs, **output_kwargs)
             return TeacherTarget(
-                LIVE, logits=slice_vocab(logits_of(outputs), self.vocab_size), outputs=outputs
+                TargetKind.LIVE, logits=slice_vocab(logits_of(outputs), self.vocab_size), outputs=outputs
             )
         outputs, hidden = forward_with_last_hidden(
             self.teacher, self.unwrapped, model_inputs, **output_kwargs
         )
         head = self.unwrapped.get_output_embeddings()
         weight, bias = head_rows(head, self.vocab_size)
-        return TeacherTarget(LIVE, hidden=hidden, head_weight=weight, head_bias=bias, outputs=outputs)
+        return TeacherTarget(
+            TargetKind.LIVE, hidden=hidden, head_weight=weight, head_bias=bias, outputs=outputs
+        )
 
 
 class CachedTeacher:
@@ -77,32 +93,41 @@ class CachedTeacher:
     def __init__(self, temperature: float, vocab_size: int | None):
         self.temperature, self.vocab_size = temperature, vocab_size
 
-    def __call__(self, batch: DistillationBatch) -> TeacherTarget:
+    def __call__(self, batch: DistillationBatch, output_kwargs: dict[str, bool]) -> TeacherTarget:
         cache = batch.cache
         check_cache_matches({**batch.model_inputs, **cache})
         if TEACHER_LOGITS in cache:
-            return TeacherTarget(CACHED_LOGITS, logits=slice_vocab(cache[TEACHER_LOGITS], self.vocab_size))
+            return TeacherTarget(
+                TargetKind.CACHED_LOGITS, logits=slice_vocab(cache[TEACHER_LOGITS], self.vocab_size)
+            )
         check_cached_temperature(cache[TEMPERATURE], self.temperature, "top-k teacher cache")
         return TeacherTarget(
-            CACHED_TOPK, topk=tuple(cache[c] for c in (TOPK_LOGITS, TOPK_INDICES, TAIL_LOGIT))
+            TargetKind.CACHED_TOPK, topk=tuple(cache[c] for c in (TOPK_LOGITS, TOPK_INDICES, TAIL_LOGIT))
         )
 
 
-class TeacherSignal:
-    """Picks the source for each batch: the cache the batch carries, else the live teacher.
+class CachedOrLiveTeacher:
+    """The source of each batch: the cache the batch carries, else the live source.
 
-    ``live`` may be None when every dataset carries the teacher's outputs (the teacher is then never loaded).
+    Args:
+        live: any :class:`TeacherSource` that runs per batch (:class:`LiveTeacher`, a mode's mixture), or None
+            when every dataset carries the teacher's outputs (the teacher is then never loaded).
+        cached: reads the cache columns.
     """
 
-    def __init__(self, live: LiveSource | None, cached: CachedTeacher):
+    def __init__(self, live: TeacherSource | None, cached: CachedTeacher):
         self.live, self.cached = live, cached
 
     def __call__(self, batch: DistillationBatch, output_kwargs: dict[str, bool]) -> TeacherTarget:
         if batch.cache:
-            return self.cached(batch)
+            return self.cached(batch, output_kwargs)
         if self.live is None:
             raise ValueError(
                 "This batch carries no cached teacher outputs and the trainer has no teacher_model: every "
                 "dataset it trains or evaluates on must be cached (cache_teacher_outputs), or pass teacher_model."
             )
-        return self.live(batch.model_inputs, output_kwargs)
+        return self.live(batch, output_kwargs)
+
+
+# The name this source had before every source took the batch; kept for code that imports it.
+TeacherSignal = CachedOrLiveTeacher

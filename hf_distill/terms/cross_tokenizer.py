@@ -38,7 +38,9 @@ class CrossTokenizerLogitTerms:
         aligned = getattr(target, "aligned", None)
         if aligned is None:
             raise TypeError(
-                f"cross_tokenizer_loss needs a cross-tokenizer teacher target, got one from {target.source!r}."
+                f"cross_tokenizer_loss needs a cross-tokenizer teacher target, got one from the "
+                f"{target.kind.value}: the teacher source must be the cross-tokenizer teacher "
+                "(hf_distill.teachers.cross_tokenizer.CrossTokenizerTeacher)."
             )
         args, num_items = self.args, batch.num_items_in_batch
         logits = student.logits[:, :-1]

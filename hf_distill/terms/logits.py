@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hf_distill.arguments import DistillationTrainingArguments
-from hf_distill.batch import DistillationBatch, TeacherTarget
+from hf_distill.batch import DistillationBatch, TargetKind, TeacherTarget
 from hf_distill.losses.divergences import (
     IGNORE_INDEX,
     distillation_loss,
@@ -64,7 +64,6 @@ from hf_distill.model_kind import (
     output_vocab_size,
     slice_vocab,
 )
-from hf_distill.teachers.sources import CACHED_LOGITS
 from hf_distill.terms.normalization import transfer_positions
 
 
@@ -200,7 +199,7 @@ class PlainLogitTerms:
         return loss, parts
 
     def _check_classes(self, student_logits: torch.Tensor, target: TeacherTarget) -> None:
-        if target.source == CACHED_LOGITS and target.logits.shape[-1] != student_logits.shape[-1]:
+        if target.kind is TargetKind.CACHED_LOGITS and target.logits.shape[-1] != student_logits.shape[-1]:
             raise ValueError(
                 f"The cached teacher logits have {target.logits.shape[-1]} classes but the student has "
                 f"{student_logits.shape[-1]}; the cache was made by a teacher with another label set. Re-cache "

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments
+from hf_distill.batch import DistillationBatch
 from hf_distill.modes.multi_teacher import MultiTeacherDistillationTrainer, MultiTeacherTrainingArguments
 from tests.helpers.modes import batch_of, classification_data, tiny_bert
 
@@ -36,7 +37,9 @@ def test_target_is_the_weighted_mixture_of_teacher_probabilities(tmp_path):
     args = _args(tmp_path, teacher_weights=[1.0, 2.0, 5.0], temperature=3.0)
     trainer = MultiTeacherDistillationTrainer(tiny_bert(seed=0), teacher_models=teachers, args=args)
     batch = {k: v for k, v in batch_of(data).items() if k != "labels"}
-    target = torch.softmax(trainer.teacher_signal.live(batch, {}).logits / 3.0, dim=-1)
+    target = torch.softmax(
+        trainer.teacher_source.live(DistillationBatch.from_inputs(batch), {}).logits / 3.0, dim=-1
+    )
     with torch.no_grad():
         probs = [torch.softmax(t(**batch).logits / 3.0, dim=-1) for t in teachers]
     expected = (1 * probs[0] + 2 * probs[1] + 5 * probs[2]) / 8
@@ -59,7 +62,9 @@ def test_confidence_weights_per_example(tmp_path, weighting):
     weights = raw / raw.sum(0)
     torch.testing.assert_close(trainer.teacher_weights_for(batch), weights)
     expected = sum(w.unsqueeze(-1) * p for w, p in zip(weights, p_t))
-    target = torch.softmax(trainer.teacher_signal.live(batch, {}).logits / 2.0, dim=-1)
+    target = torch.softmax(
+        trainer.teacher_source.live(DistillationBatch.from_inputs(batch), {}).logits / 2.0, dim=-1
+    )
     torch.testing.assert_close(target, expected)
     # The weights differ between examples: they follow each teacher's confidence on each input.
     assert weights.std(dim=1).max() > 0

@@ -174,11 +174,12 @@ def test_prompt_masking_and_padding_side_carry_across_the_alignment(
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     def kd_loss(student_logits, inputs):
-        from hf_distill.batch import DistillationBatch
+        from hf_distill.batch import DistillationBatch, TargetKind
         from hf_distill.terms.logits import StudentView
 
         distill = DistillationBatch.from_inputs(inputs)
-        target = trainer.teacher_signal(distill, {})
+        target = trainer.teacher_source(distill, {})
+        assert target.kind is TargetKind.CROSS_TOKENIZER
         loss, _ = trainer.logit_terms(StudentView(None, logits=student_logits), target, distill)
         return loss, target
 
@@ -208,7 +209,7 @@ def test_prompt_masking_and_padding_side_carry_across_the_alignment(
     assert not torch.equal(left_batch["attention_mask"], batch["attention_mask"])
     from hf_distill.batch import DistillationBatch
 
-    left_target = left.teacher_signal(DistillationBatch.from_inputs(left_batch), {})
+    left_target = left.teacher_source(DistillationBatch.from_inputs(left_batch), {})
     for row in range(4):
         right_keep, left_keep = batch["attention_mask"][row].bool(), left_batch["attention_mask"][row].bool()
         torch.testing.assert_close(

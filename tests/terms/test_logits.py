@@ -14,7 +14,7 @@ import torch
 from datasets import Dataset
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments
-from hf_distill.batch import DistillationBatch, TeacherTarget
+from hf_distill.batch import DistillationBatch, TargetKind, TeacherTarget
 from hf_distill.terms.logits import PlainLogitTerms, StudentView
 from hf_distill.terms.normalization import transfer_positions
 from tests.helpers.accumulation import GradientGrab, collate, models, rows
@@ -55,7 +55,7 @@ def terms(tmp_path, task: str, **kw) -> PlainLogitTerms:
 def run_terms(terms_, student, teacher, labels, attention_mask=None, **counts):
     inputs = {} if attention_mask is None else {"attention_mask": attention_mask}
     batch = DistillationBatch(model_inputs=inputs, labels=labels, **counts)
-    return terms_(StudentView(None, logits=student), TeacherTarget("live", logits=teacher), batch)
+    return terms_(StudentView(None, logits=student), TeacherTarget(TargetKind.LIVE, logits=teacher), batch)
 
 
 def test_mixed_batch_equals_hand_computation(tmp_path):
@@ -321,7 +321,6 @@ def test_cached_teacher_targets_follow_the_same_per_row_rule(tmp_path):
     """Cached logits and a top-k cache of a 3-class head (top 2 plus the tail, the third class: exact) give the live
     teacher's mixed-batch loss: the rule does not depend on where the teacher's targets come from."""
     from hf_distill.losses.topk import topk_teacher
-    from hf_distill.teachers.sources import CACHED_LOGITS, CACHED_TOPK
 
     g = torch.Generator().manual_seed(6)
     student, teacher = torch.randn(2, 4, 3, generator=g), torch.randn(2, 4, 3, generator=g)
@@ -330,9 +329,11 @@ def test_cached_teacher_targets_follow_the_same_per_row_rule(tmp_path):
     made = terms(tmp_path, "token_classification", alpha=0.4)
     batch = DistillationBatch(model_inputs={"attention_mask": attention}, labels=labels)
     view = StudentView(None, logits=student)
-    live, _ = made(view, TeacherTarget("live", logits=teacher), batch)
-    cached, _ = made(view, TeacherTarget(CACHED_LOGITS, logits=teacher), batch)
-    topk, _ = made(view, TeacherTarget(CACHED_TOPK, topk=topk_teacher(teacher, 2, temperature=2.0)), batch)
+    live, _ = made(view, TeacherTarget(TargetKind.LIVE, logits=teacher), batch)
+    cached, _ = made(view, TeacherTarget(TargetKind.CACHED_LOGITS, logits=teacher), batch)
+    topk, _ = made(
+        view, TeacherTarget(TargetKind.CACHED_TOPK, topk=topk_teacher(teacher, 2, temperature=2.0)), batch
+    )
     kd, ce = reference_kl(student, teacher, 2.0), reference_ce(student, labels)
     labeled, transfer = labels != -100, torch.tensor([[False] * 4, [True, True, True, False]])
     expected = (0.4 * kd[labeled].sum() + kd[transfer].sum()) / 6 + 0.6 * ce[labeled].sum() / 3
