@@ -10,6 +10,39 @@ from typing import Any
 import torch
 
 from hf_distill.cache.build import CACHE_COLUMNS
+from hf_distill.losses.divergences import IGNORE_INDEX
+
+
+def transfer_positions(
+    labels: torch.Tensor | None, attention_mask: torch.Tensor | None, *, shifted: bool
+) -> torch.Tensor | None:
+    """The positions of the rows without labels (a transfer set), where the KD term alone applies.
+
+    A row is unlabeled when all its labels are -100: a sequence-classification row with label -100, a
+    token-classification or causal-LM row whose labels are all -100. Its positions are the attended ones (all
+    of them without an attention mask); a labeled row has none here (its KD positions are its label positions).
+
+    Args:
+        labels: ``(B,)`` or ``(B, T)``, -100 where ignored; None for a batch without labels.
+        attention_mask: ``(B, T)`` or None.
+        shifted: causal LMs: labels and mask are cut like the logits (position t predicts t+1).
+
+    Returns:
+        A bool tensor: ``(B,)`` for labels ``(B,)``, ``(B, T)`` for ``(B, T)`` (``(B, T - 1)`` shifted); None
+        without labels.
+    """
+    if labels is None:
+        return None
+    if shifted:
+        labels = labels[:, 1:]
+        attention_mask = None if attention_mask is None else attention_mask[:, 1:]
+    unlabeled = labels == IGNORE_INDEX
+    if labels.dim() < 2:
+        return unlabeled
+    rows = unlabeled.all(dim=-1, keepdim=True)
+    if attention_mask is None or attention_mask.shape != labels.shape:
+        return rows.expand_as(labels)
+    return rows & attention_mask.to(device=labels.device).bool()
 
 
 @dataclass
@@ -26,6 +59,10 @@ class DistillationBatch:
     num_kd_items: Any = None  # label positions + transfer rows' positions (hf_distill.terms.normalization)
     num_tokens: torch.Tensor | None = None
     global_step: int = 0
+    # The transfer positions, unshifted and shifted, each computed once and read by every term after.
+    _transfer: dict[bool, torch.Tensor | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def from_inputs(cls, inputs: dict[str, Any], **counts: Any) -> DistillationBatch:
@@ -36,6 +73,20 @@ class DistillationBatch:
     @property
     def attention_mask(self) -> torch.Tensor | None:
         return self.model_inputs.get("attention_mask")
+
+    def transfer_positions(self, *, shifted: bool) -> torch.Tensor | None:
+        """This batch's transfer positions (:func:`transfer_positions`), computed on the first call and kept:
+        the trainer's KD count and the logit terms read the same tensor.
+
+        Args:
+            shifted: the labels are next-token labels (causal LM): cut like the logits.
+
+        Returns:
+            The bool positions, or None for a batch without labels.
+        """
+        if shifted not in self._transfer:
+            self._transfer[shifted] = transfer_positions(self.labels, self.attention_mask, shifted=shifted)
+        return self._transfer[shifted]
 
 
 class TargetKind(Enum):

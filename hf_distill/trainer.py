@@ -52,7 +52,7 @@ from hf_distill.terms.features import build_feature_terms, feature_map_matcher
 from hf_distill.terms.logits import ChunkedLogitTerms, LogitTerms, require_labels
 from hf_distill.terms.logits import build_logit_terms as choose_logit_terms
 from hf_distill.terms.loss_log import LossPartsLog
-from hf_distill.terms.normalization import Normalization, transfer_positions
+from hf_distill.terms.normalization import Normalization
 from hf_distill.training.checkpoints import CheckpointExtra, checkpoint_step
 from hf_distill.training.placement import prepare_teacher
 from hf_distill.training.tuple_batches import tuple_collator_for
@@ -277,12 +277,13 @@ class DistillationTrainer(StudentSaving, Trainer):
 
     def distillation_batch(self, inputs: dict[str, Any], num_items_in_batch: Any) -> DistillationBatch:
         """The batch as the terms see it, checked: labels where the task term needs them, no feature terms on
-        cached teacher outputs, and the token count of the feature terms."""
+        cached teacher outputs; with the counts that normalise the terms (its transfer positions, computed here
+        once, are kept on the batch for the logit terms)."""
         batch = DistillationBatch.from_inputs(
             inputs, num_items_in_batch=num_items_in_batch, global_step=self.state.global_step
         )
         require_labels(batch.labels, self.args.alpha)
-        transfer = transfer_positions(batch.labels, batch.attention_mask, shifted=self.head_kind == CAUSAL_LM)
+        transfer = batch.transfer_positions(shifted=self.head_kind == CAUSAL_LM)
         batch.num_kd_items = self.normalization.num_kd_items(
             num_items_in_batch, transfer, self.model.training
         )

@@ -1,8 +1,11 @@
 """One teacher vocabulary: every source answers ``source(batch, output_kwargs)`` with a target whose ``kind`` is a
 :class:`~hf_distill.batch.TargetKind`; the terms read the target's form, so a new source (a served teacher's top-k)
-needs no change in them."""
+needs no change in them. A batch's transfer positions are computed once and carried on the batch; a broken
+teacher is reported at the batch's step."""
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 import torch
@@ -14,6 +17,7 @@ from hf_distill import (
     DistillationTrainingArguments,
     MultiTeacherDistillationTrainer,
     MultiTeacherTrainingArguments,
+    MutualLearningTrainer,
 )
 from hf_distill.batch import DistillationBatch, TargetKind, TeacherTarget
 from hf_distill.cache.build import (
@@ -187,3 +191,74 @@ def test_a_served_top_k_teacher_feeds_the_terms_unchanged(tmp_path, implementati
     )
     assert from_server.item() == pytest.approx(reference.mean().item(), rel=1e-4)
     assert from_server.item() == pytest.approx(from_cache.item(), rel=1e-5)
+
+
+# ---- transfer positions once per batch; the step from the batch -----------------------------------------
+
+
+def count_transfer_positions(monkeypatch) -> list[int]:
+    """Counts every call of ``transfer_positions``, wherever in the package a module holds the function."""
+    original, calls = hf_distill.batch.transfer_positions, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    holders = [m for n, m in list(sys.modules.items()) if n.startswith("hf_distill") and m is not None
+               and vars(m).get("transfer_positions") is original]  # fmt: skip
+    assert hf_distill.batch in holders
+    for module in holders:
+        monkeypatch.setattr(module, "transfer_positions", counted)
+    return calls
+
+
+@pytest.mark.parametrize("case", ["classification", "chunked", "mutual"])
+def test_transfer_positions_are_computed_once_per_compute_loss(tmp_path, monkeypatch, case):
+    if case == "classification":
+        trainer = DistillationTrainer(
+            model=tiny_bert_classifier(seed=0),
+            teacher_model=tiny_bert_classifier(seed=1),
+            args=make_args(tmp_path),
+        )
+        inputs = {"input_ids": torch.randint(5, 80, (4, 7)), "labels": torch.tensor([0, -100, 2, -100])}
+    else:
+        ids = torch.randint(0, 60, (3, 8))
+        labels = ids.clone()
+        labels[1] = -100  # a transfer row
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+        if case == "chunked":
+            args = make_args(tmp_path, kd_loss_implementation="chunked")
+            trainer = DistillationTrainer(model=tiny_gpt2(seed=0), teacher_model=tiny_gpt2(seed=1), args=args)
+            assert isinstance(trainer.logit_terms, ChunkedLogitTerms)
+        else:  # two logit terms on one batch: each student learns from the other
+            trainer = MutualLearningTrainer(
+                model=tiny_gpt2(seed=0), peer_model=tiny_gpt2(seed=1), args=make_args(tmp_path)
+            )
+    calls = count_transfer_positions(monkeypatch)
+    loss = trainer.compute_loss(trainer.model, inputs, num_items_in_batch=torch.tensor(10))
+    assert torch.isfinite(loss)
+    assert len(calls) == 1
+
+
+def test_the_batch_keeps_its_transfer_positions():
+    labels = torch.tensor([[1, 2, 3], [-100, -100, -100]])
+    batch = DistillationBatch(
+        model_inputs={"attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])}, labels=labels
+    )
+    shifted = batch.transfer_positions(shifted=True)
+    assert shifted.tolist() == [[False, False], [True, False]]
+    assert batch.transfer_positions(shifted=True) is shifted
+    assert batch.transfer_positions(shifted=False).tolist() == [[False] * 3, [True, True, False]]
+    assert DistillationBatch(model_inputs={}).transfer_positions(shifted=False) is None
+
+
+def test_a_broken_teacher_is_reported_at_the_batchs_step(tmp_path):
+    teacher = tiny_gpt2(seed=1)
+    with torch.no_grad():
+        teacher.lm_head.weight[3, 0] = float("nan")
+    trainer = DistillationTrainer(
+        model=tiny_gpt2(), teacher_model=teacher, args=make_args(tmp_path, alpha=1.0)
+    )
+    trainer.state.global_step = 7
+    with pytest.raises(FloatingPointError, match="teacher's logits hold NaN or inf at global step 7"):
+        trainer.compute_loss(trainer.model, {"input_ids": torch.randint(0, 60, (2, 8))})

@@ -118,7 +118,7 @@ class CrossTokenizerTeacher:
         if XTOK_TOPK_LOGITS in batch.cache:
             log_p, log_rest, student_ids, ends, special = self._from_cache(batch, texts)
         elif self.teacher is not None:
-            log_p, log_rest, student_ids, ends, special = self._from_teacher(texts, device, batch.global_step)
+            log_p, log_rest, student_ids, ends, special = self._from_teacher(batch, texts)
         else:
             raise ValueError(
                 "This batch carries no cross-tokenizer teacher cache (xtok_teacher_* columns) and the trainer has "
@@ -142,8 +142,9 @@ class CrossTokenizerTeacher:
 
     # ---- the two sources ------------------------------------------------------------------------------
 
-    def _from_teacher(self, texts: list[str], device: torch.device, global_step: int):
+    def _from_teacher(self, batch: DistillationBatch, texts: list[str]):
         encoded = encode_for_alignment(self.teacher_tokenizer, texts)
+        device = batch.model_inputs["input_ids"].device
         inputs = {
             "input_ids": pad_rows(encoded["input_ids"], 0).to(device),
             "attention_mask": pad_rows(encoded["attention_mask"], 0).to(device),
@@ -151,7 +152,7 @@ class CrossTokenizerTeacher:
         with torch.no_grad():
             logits = logits_of(self.teacher(**inputs))
         if self.check_finite:
-            check_teacher_finite(logits, global_step)
+            check_teacher_finite(logits, batch.global_step)
         log_p, log_rest = teacher_log_probs(logits, None, self.temperature)
         ends, special = pad_rows(encoded["ends"], -1), pad_rows(encoded["special"], 0)
         ids = self.vocab_map

@@ -3,7 +3,7 @@
 ``loss = alpha * loss_kd + (1 - alpha) * loss_task``, both normalised by ``num_items_in_batch`` (so gradient
 accumulation is exact).
 
-Transfer sets (rows without labels, :func:`hf_distill.terms.normalization.transfer_positions`) mix with labeled rows
+Transfer sets (rows without labels, :meth:`hf_distill.batch.DistillationBatch.transfer_positions`) mix with labeled rows
 in the same batch, per row: a labeled row learns ``alpha * kd + (1 - alpha) * task``, an unlabeled row its KD
 term at full weight (there is no label to give the rest of the weight to; weighing it by ``alpha`` would only
 shrink the learning rate on exactly the rows a transfer set adds). Over a batch::
@@ -64,7 +64,6 @@ from hf_distill.model_kind import (
     output_vocab_size,
     slice_vocab,
 )
-from hf_distill.terms.normalization import transfer_positions
 
 
 def require_labels(
@@ -105,17 +104,17 @@ def kd_denominator(num_items: Any, num_kd_items: Any, transfer: torch.Tensor | N
     return torch.as_tensor(num_items, device=transfer.device) + transfer.sum()
 
 
-def check_kd_finite(loss_kd: torch.Tensor, teacher_logits: torch.Tensor, global_step: int) -> None:
-    """Refuses a non-finite KD term, naming the side at fault.
+def check_kd_finite(loss_kd: torch.Tensor, teacher_logits: torch.Tensor, batch: DistillationBatch) -> None:
+    """Refuses a non-finite KD term, naming the side at fault and the batch's step.
 
     The loss is checked, not every logit: one scalar instead of a pass over ``(B, T, V)``; only a non-finite
     loss is diagnosed.
     """
     if bool(torch.isfinite(loss_kd)):
         return
-    check_teacher_finite(teacher_logits, global_step)
+    check_teacher_finite(teacher_logits, batch.global_step)
     raise FloatingPointError(
-        f"The distillation loss is not finite at global step {global_step} although the teacher's logits are: "
+        f"The distillation loss is not finite at global step {batch.global_step} although the teacher's logits are: "
         "the student's logits hold NaN or inf (a diverged student). Lower the learning rate, keep "
         "max_grad_norm on, or check the student's weights and the batch's inputs."
     )
@@ -169,7 +168,7 @@ class PlainLogitTerms:
                 f"labels have shape {tuple(kd_labels.shape)} but the logits {tuple(kd_student.shape)}; "
                 "for token classification pad labels with -100 to the input length (DataCollatorForTokenClassification)."
             )
-        transfer = transfer_positions(batch.labels, batch.attention_mask, shifted=self.task == CAUSAL_LM)
+        transfer = batch.transfer_positions(shifted=self.task == CAUSAL_LM)
         if kd_labels is not None:
             mask = kd_labels != IGNORE_INDEX if transfer is None else (kd_labels != IGNORE_INDEX) | transfer
         num_kd = kd_denominator(num_items, batch.num_kd_items, transfer)
@@ -186,7 +185,7 @@ class PlainLogitTerms:
             )
         loss_kd = reduce_positions(per_position, mask, num_items_in_batch=num_kd)
         if target.topk is None and args.check_teacher_finite:
-            check_kd_finite(loss_kd, kd_teacher, batch.global_step)
+            check_kd_finite(loss_kd, kd_teacher, batch)
         loss_task = None
         if args.alpha < 1.0:
             loss_task = task_cross_entropy(kd_student, kd_labels, num_items_in_batch=num_items)
@@ -238,7 +237,7 @@ class ChunkedLogitTerms:
         self, student: StudentView, target: TeacherTarget, batch: DistillationBatch
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         args, labels, attention_mask = self.args, batch.labels, batch.attention_mask
-        transfer = transfer_positions(labels, attention_mask, shifted=True)
+        transfer = batch.transfer_positions(shifted=True)
         if has_transfer(transfer) or batch.num_kd_items is not None:
             return self._with_transfer(student, target, batch, transfer)
         kd_labels = labels[:, 1:] if labels is not None else None

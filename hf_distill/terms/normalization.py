@@ -2,7 +2,7 @@
 
 Logit terms divide by ``num_items_in_batch`` (Trainer's count of label positions over all gradient-accumulation
 micro-batches, and over all processes with ``average_tokens_across_devices``). Rows of a transfer set (rows
-whose labels are all -100, see :func:`transfer_positions`) add KD positions that Trainer does not count: the KD
+whose labels are all -100, see :func:`hf_distill.batch.transfer_positions`) add KD positions that Trainer does not count: the KD
 term divides by the label positions plus those (:meth:`Normalization.num_kd_items`, counted over the same
 micro-batches and processes), the task term by the label positions alone. Feature terms divide by the
 attended tokens counted the same way (:meth:`Normalization.num_tokens`). Where the count spans processes, each
@@ -18,34 +18,8 @@ import torch
 from accelerate import Accelerator
 from transformers import TrainingArguments
 
-from hf_distill.losses.divergences import IGNORE_INDEX
-
-
-def transfer_positions(
-    labels: torch.Tensor | None, attention_mask: torch.Tensor | None, *, shifted: bool
-) -> torch.Tensor | None:
-    """The positions of the rows without labels (a transfer set), where the KD term alone applies.
-
-    A row is unlabeled when all its labels are -100: a sequence-classification row with label -100, a
-    token-classification or causal-LM row whose labels are all -100. Its positions are the attended ones (all
-    of them without an attention mask); a labeled row has none here (its KD positions are its label positions).
-    ``shifted`` (causal LMs): labels and mask are cut like the logits (position t predicts t+1).
-
-    Shapes: labels ``(B,)`` -> ``(B,)``; labels ``(B, T)`` -> ``(B, T)`` (``(B, T - 1)`` shifted). None
-    without labels.
-    """
-    if labels is None:
-        return None
-    if shifted:
-        labels = labels[:, 1:]
-        attention_mask = None if attention_mask is None else attention_mask[:, 1:]
-    unlabeled = labels == IGNORE_INDEX
-    if labels.dim() < 2:
-        return unlabeled
-    rows = unlabeled.all(dim=-1, keepdim=True)
-    if attention_mask is None or attention_mask.shape != labels.shape:
-        return rows.expand_as(labels)
-    return rows & attention_mask.to(device=labels.device).bool()
+# Transfer positions are a property of the batch (computed once there); the step counts here read them too.
+from hf_distill.batch import transfer_positions
 
 
 def attended_tokens(batch: Any) -> torch.Tensor | None:
