@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-from tiny_models import tiny_bert_classifier, tiny_gpt2
 
 import hf_distill
 from hf_distill import (
@@ -31,6 +30,7 @@ from hf_distill.losses.topk import topk_teacher
 from hf_distill.teachers.sources import CachedOrLiveTeacher, CachedTeacher, LiveTeacher, TeacherSignal
 from hf_distill.terms.cross_tokenizer import CrossTokenizerLogitTerms
 from hf_distill.terms.logits import ChunkedLogitTerms, PlainLogitTerms, StudentView
+from tests.helpers.tiny_models import tiny_bert_classifier, tiny_gpt2
 
 
 def make_args(tmp_path, cls=DistillationTrainingArguments, **kw):
