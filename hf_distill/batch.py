@@ -13,6 +13,17 @@ from hf_distill.cache.build import CACHE_COLUMNS
 from hf_distill.losses.divergences import IGNORE_INDEX
 
 
+def require_labels(
+    labels: Any, alpha: float, *, where: str = "The batch", teacher: str = "the teacher"
+) -> None:
+    """A task term with weight ``1 - alpha > 0`` needs labels: refuse a batch without them."""
+    if labels is None and alpha < 1.0:
+        raise ValueError(
+            f"{where} has no `labels`, but alpha={alpha} gives the task loss weight {1 - alpha:.2f}. Add labels "
+            f"to the dataset, or set alpha=1.0 to learn from {teacher} only."
+        )
+
+
 def transfer_positions(
     labels: torch.Tensor | None, attention_mask: torch.Tensor | None, *, shifted: bool
 ) -> torch.Tensor | None:

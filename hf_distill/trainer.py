@@ -22,7 +22,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 
 from hf_distill.arguments import DistillationTrainingArguments
-from hf_distill.batch import DistillationBatch
+from hf_distill.batch import DistillationBatch, require_labels
 from hf_distill.cache.build import CACHE_COLUMNS, TeacherColumnsCollator, cached_teacher_kind
 from hf_distill.checks import (
     SPLITS,
@@ -49,7 +49,7 @@ from hf_distill.teachers.served import (
 from hf_distill.teachers.sources import CachedOrLiveTeacher, CachedTeacher, LiveTeacher, TeacherSource
 from hf_distill.terms.cross_tokenizer import CrossTokenizerLogitTerms
 from hf_distill.terms.features import build_feature_terms, feature_map_matcher
-from hf_distill.terms.logits import ChunkedLogitTerms, LogitTerms, require_labels
+from hf_distill.terms.logits import ChunkedLogitTerms, LogitTerms
 from hf_distill.terms.logits import build_logit_terms as choose_logit_terms
 from hf_distill.terms.loss_log import LossPartsLog
 from hf_distill.terms.normalization import Normalization

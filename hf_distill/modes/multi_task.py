@@ -33,12 +33,12 @@ from torch.utils.data import Dataset as TorchDataset
 from transformers import AutoConfig, AutoModel, PreTrainedModel, Trainer
 
 from hf_distill.arguments import DistillationTrainingArguments
-from hf_distill.batch import DistillationBatch, TargetKind, TeacherTarget
+from hf_distill.batch import DistillationBatch, TargetKind, TeacherTarget, require_labels
 from hf_distill.checks import check_separate_models
 from hf_distill.hub.trainer_card import record_teacher
 from hf_distill.hub.trainer_saving import StudentSaving
 from hf_distill.model_kind import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, detect_task, logits_of
-from hf_distill.terms.logits import PlainLogitTerms, StudentView, require_labels
+from hf_distill.terms.logits import PlainLogitTerms, StudentView
 from hf_distill.training.placement import prepare_teacher
 
 HEAD_KINDS = (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION)

@@ -22,9 +22,9 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from hf_distill.arguments import FEATURE_WEIGHTS, DistillationTrainingArguments
-from hf_distill.batch import DistillationBatch, TargetKind, TeacherTarget
+from hf_distill.batch import DistillationBatch, TargetKind, TeacherTarget, require_labels
 from hf_distill.checks import check_separate_models
-from hf_distill.terms.logits import PlainLogitTerms, require_labels
+from hf_distill.terms.logits import PlainLogitTerms
 from hf_distill.trainer import DistillationTrainer
 from hf_distill.training.checkpoints import CheckpointExtra
 

@@ -66,17 +66,6 @@ from hf_distill.model_kind import (
 )
 
 
-def require_labels(
-    labels: Any, alpha: float, *, where: str = "The batch", teacher: str = "the teacher"
-) -> None:
-    """A task term with weight ``1 - alpha > 0`` needs labels: refuse a batch without them."""
-    if labels is None and alpha < 1.0:
-        raise ValueError(
-            f"{where} has no `labels`, but alpha={alpha} gives the task loss weight {1 - alpha:.2f}. Add labels "
-            f"to the dataset, or set alpha=1.0 to learn from {teacher} only."
-        )
-
-
 def mix_terms(
     alpha: float, loss_kd: torch.Tensor, loss_task: torch.Tensor | None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
