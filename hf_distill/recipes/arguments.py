@@ -17,6 +17,7 @@ from hf_distill.recipes.config import parse_args_with_config
 from hf_distill.recipes.console import default_pin_memory
 from hf_distill.recipes.data_common import check_fractions
 from hf_distill.recipes.mode_select import ModeArguments, arguments_class, mode_from_argv
+from hf_distill.recipes.ner_transfer import TRANSFER_SOURCES, check_transfer_source
 from hf_distill.recipes.tensorboard_log import default_report_to
 
 STUDENT_INITS = ("teacher_layers", "config", "gpt2", "pretrained", "cnn")
@@ -251,8 +252,8 @@ class DataArguments:
     text_column: str | None = field(
         default=None,
         metadata={
-            "help": "sentiment / codegen: the column holding the text (default: text, sentence, review or "
-            "content; codegen: text, content or code)."
+            "help": "sentiment / codegen / a transfer file: the column holding the text (default: text, "
+            "sentence, review or content; codegen: text, content or code; --transfer_file: text)."
         },
     )
     label_column: str | None = field(
@@ -303,9 +304,18 @@ class DataArguments:
     transfer_file: str | None = field(
         default=None,
         metadata={
-            "help": "sentiment: a transfer set, in-domain text without labels (CSV/TSV, JSON Lines, Parquet, or "
-            ".txt with one example per line; --text_column names the text) that the distilled student learns "
-            "from through the teacher alone. Neither the teacher's fine-tune nor the baseline sees it."
+            "help": "sentiment / ner: a transfer set, text without labels (CSV/TSV, JSON Lines, Parquet, or "
+            ".txt with one example per line; --text_column names the text; ner splits it into words) that the "
+            "distilled student learns from through the teacher alone. Neither the teacher's fine-tune nor the "
+            "baseline sees it."
+        },
+    )
+    transfer_source: str | None = field(
+        default=None,
+        metadata={
+            "help": "ner: a transfer set of offline English text, split into words: 'reviews' (Rotten Tomatoes "
+            "snippets) or 'docstrings' (the Python standard library's); --transfer_samples caps it.",
+            "choices": list(TRANSFER_SOURCES),
         },
     )
     transfer_samples: int | None = field(
@@ -334,6 +344,7 @@ class DataArguments:
             n: getattr(self, n) for n in ("validation_size", "test_size") if getattr(self, n) is not None
         }
         check_fractions(**shares)
+        check_transfer_source(self.transfer_source, self.transfer_file)
         # Checked here, before any model or tokenizer is loaded: a wrong path fails at once.
         for name in ("train_file", "validation_file", "test_file", "transfer_file"):
             path = getattr(self, name)

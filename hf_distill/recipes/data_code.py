@@ -5,6 +5,7 @@ own corpus, a folder of source files or JSON Lines with a text column.
 
 from __future__ import annotations
 
+import ast
 import os
 import random
 import sysconfig
@@ -156,3 +157,27 @@ def load_code_files(
     return carve_missing_splits(
         loaded, seed=seed, validation_size=validation_size, test_size=test_size, source=str(files["train"])
     )
+
+
+def stdlib_docstrings(limit: int | None = None) -> list[str]:
+    """English prose from the standard library: the paragraphs of its modules', classes' and functions'
+    docstrings, whitespace collapsed, in file order; doctest lines (``>>>``) and paragraphs without a letter
+    are left out. ``limit`` caps the paragraphs (the first ones)."""
+    check_limit(limit)
+    paragraphs: list[str] = []
+    for relative, text in _stdlib_sources():
+        try:
+            tree = ast.parse(text, filename=relative)
+        except (SyntaxError, ValueError):  # a file of another Python version's grammar: no prose lost
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            docstring = ast.get_docstring(node)
+            for block in (docstring or "").split("\n\n"):
+                paragraph = " ".join(block.split())
+                if paragraph and not paragraph.startswith(">>>") and any(c.isalpha() for c in paragraph):
+                    paragraphs.append(paragraph)
+                    if limit is not None and len(paragraphs) >= limit:
+                        return paragraphs
+    return paragraphs

@@ -3,7 +3,7 @@ teacher's soft targets alone (the labels of its rows are -100; see :mod:`hf_dist
 
 Where the rows come from:
 
-* ``--transfer_file`` (sentiment): a CSV / TSV, JSON Lines, Parquet or plain-text file (one example per line), read with
+* ``--transfer_file`` (sentiment, NER: split into words by :mod:`.ner_transfer`): a CSV / TSV, JSON Lines, Parquet or plain-text file (one example per line), read with
   ``datasets.load_dataset`` through :mod:`.data_files`; ``--text_column`` names its text column (default
   ``text``); any label column in it is ignored.
 * without a file, the offline default: the training rows the recipe does not use as labeled rows (those past
@@ -11,6 +11,7 @@ Where the rows come from:
   sentences of the same tweet corpus, tags dropped (the same corpus, not another source of tweets); code: more
   blocks of the training files (held-out files never), each a KD-only row (labels -100).
 
+NER also reads other-domain English text that is on every machine (``--transfer_source``, :mod:`.ner_transfer`).
 ``--transfer_samples N`` caps the rows (the first N). The transfer rows never reach the teacher's fine-tune nor
 the no-KD baseline: both see the labeled rows only, the baseline's real alternative.
 """
@@ -149,9 +150,18 @@ def unlabeled(tokenized: Dataset) -> Dataset:
 
 
 def refuse_transfer_file(transfer_file: str | None, task: str) -> None:
-    """A transfer file is read by the sentiment recipe only (NER needs words, code needs blocks)."""
+    """A transfer file is read by the sentiment and NER recipes only (code needs blocks of its own corpus)."""
     if transfer_file is not None:
         raise ValueError(
-            f"--transfer_file is read by the sentiment recipe only; the {task} recipe takes --transfer_samples N "
-            "(its training rows past max_train_samples, labels dropped) as its transfer set."
+            f"--transfer_file is read by the sentiment and NER recipes only; the {task} recipe takes "
+            "--transfer_samples N (its training rows past max_train_samples, labels dropped) as its transfer set."
+        )
+
+
+def refuse_transfer_source(transfer_source: str | None, task: str) -> None:
+    """A named offline source of other-domain text is read by the NER recipe only (:mod:`.ner_transfer`)."""
+    if transfer_source is not None:
+        raise ValueError(
+            f"--transfer_source {transfer_source} is read by the NER recipe only (untagged sentences of other "
+            f"text); the {task} recipe takes --transfer_file FILE or --transfer_samples N as its transfer set."
         )

@@ -8,6 +8,8 @@ scored:
   :mod:`.data_transfer`) for the distilled student;
 * NER: seqeval entity F1, scoring the first sub-token of each word only (labels aligned with ``word_ids()``),
   whole sentences: those longer than ``max_length`` are scored through overlapping windows (:mod:`.ner_windows`);
+  optionally a transfer set of untagged sentences, from the corpus, a file or other-domain text
+  (:mod:`.ner_transfer`);
 * code: held-out perplexity on files that no training block came from (bits per byte beside it).
 
 Each task scores a model through :class:`~hf_distill.training.metrics.ExampleScores` (``TaskData.score_examples``): the
@@ -49,12 +51,14 @@ from hf_distill.recipes.data_sanity import DataCheck, check_data, report_data_ch
 from hf_distill.recipes.data_sentiment import load_sentiment
 from hf_distill.recipes.data_transfer import (
     refuse_transfer_file,
+    refuse_transfer_source,
     rows_past,
     tokenize_transfer,
     transfer_texts,
     unlabeled,
 )
 from hf_distill.recipes.data_vision import DIGITS_LABEL, load_digits_images, load_image_dataset
+from hf_distill.recipes.ner_transfer import ner_transfer_sentences
 from hf_distill.recipes.ner_windows import windowed_coverage, windowed_evaluator
 from hf_distill.recipes.vision_models import SmallCNN, resnet_teacher
 from hf_distill.training.metrics import (
@@ -197,6 +201,7 @@ def prepare_sentiment(data_args: DataArguments, tokenizer: Any) -> TaskData:
         **_split_kwargs(data_args),
     )
     raw = ensure_test_split(raw, data_args.split_seed)
+    refuse_transfer_source(data_args.transfer_source, "sentiment")
     transfer = transfer_texts(
         raw["train"],
         data_args.max_train_samples,
@@ -242,9 +247,15 @@ def prepare_ner(data_args: DataArguments, tokenizer: Any) -> TaskData:
         tag_column=data_args.tag_column,
         **_split_kwargs(data_args),
     )
-    refuse_transfer_file(data_args.transfer_file, "ner")
     full = ensure_test_split(ner.dataset, data_args.split_seed)
-    transfer = rows_past(full["train"], data_args.max_train_samples, data_args.transfer_samples, "ner")
+    transfer = ner_transfer_sentences(
+        full["train"],
+        data_args.max_train_samples,
+        transfer_file=data_args.transfer_file,
+        text_column=data_args.text_column,
+        transfer_source=data_args.transfer_source,
+        samples=data_args.transfer_samples,
+    )
     splits = _cap_splits(full, data_args)
     if transfer is not None:
         splits["transfer"] = transfer
@@ -330,6 +341,7 @@ def prepare_code(data_args: DataArguments, tokenizer: Any) -> TaskData:
     # first blocks of a split all come from its first few files.
     blocks = {name: ds.shuffle(seed=data_args.split_seed) for name, ds in blocks.items()}
     refuse_transfer_file(data_args.transfer_file, "codegen")
+    refuse_transfer_source(data_args.transfer_source, "codegen")
     transfer = rows_past(blocks["train"], data_args.max_train_samples, data_args.transfer_samples, "codegen")
     splits = _splits(_cap_splits(blocks, data_args))
 

@@ -131,7 +131,9 @@ def test_token_level_transfer_rows_are_all_minus_100_and_join_their_labeled_rows
     assert rows_past(blocks, 2, None, "ner") is None
     with pytest.raises(ValueError, match="none is left; lower max_train_samples"):
         rows_past(blocks, 6, 3, "ner")
+    # NER reads a transfer file too (split into words, tests/test_ner_transfer.py); the code recipe does not.
     with pytest.raises(
-        ValueError, match="--transfer_file is read by the sentiment recipe only.*--transfer_samples"
+        ValueError,
+        match="--transfer_file is read by the sentiment and NER recipes only; the codegen recipe.*--transfer_samples",
     ):
-        refuse_transfer_file("more.txt", "ner")
+        refuse_transfer_file("more.txt", "codegen")
