@@ -18,7 +18,9 @@ Every model is scored with the task's ``score_examples`` (seqeval entity F1, per
 comparisons are the scorecard's paired percentile bootstrap over sentences, every seed kept
 (:func:`hf_distill.reports.scorecard.paired_difference`): ``kd_N - base_N`` (what the recipe reports),
 ``kd_N - kd_0`` (transfer vs no transfer) and ``kd_0 - base_0`` (the labels-only default). ``sweep`` reads the
-validation split only; ``test`` the test split. Runs record wall time, CPU share and load: on a shared machine
+validation split only; ``test`` the test split. The results JSON is rewritten after every run (``complete``
+says whether all are in), and each run leaves ``scores.json`` in its folder under ``--out``: the same command
+started again skips the runs already done. Runs record wall time, CPU share and load: on a shared machine
 the timings are noise, the F1 values are not. ``--quick`` runs tiny sizes to check the script.
 """
 
@@ -33,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -108,6 +111,7 @@ def train_scored(
         "load_before": round(load, 2),
         "load_after": round(os.getloadavg()[0], 2),
         "f1": float(scores.metrics["f1"]),
+        "transfer_rows": 0 if task.transfer is None else len(task.transfer),
     }
     return scores.statistics, figures
 
@@ -125,7 +129,60 @@ def compare(stats: dict[str, list], a: str, b: str) -> dict | None:
     }
 
 
-def measure(ns: argparse.Namespace, extra: list[str]) -> dict:
+def saved_run(folder: Path):
+    """A finished run's statistics and figures (``scores.json``), or None: a stopped sweep resumes run by run."""
+    path = folder / "scores.json"
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return {k: np.asarray(v) for k, v in saved["statistics"].items()}, saved["figures"]
+
+
+def summary(ns, task, split, sizes, seeds, stats, runs, training_args) -> dict:
+    """The results so far: F1 per model and seed, and the paired comparisons of the models run for every seed."""
+    complete = {name: runs_of for name, runs_of in stats.items() if len(runs_of) == len(seeds)}
+    f1 = {}
+    for name in stats:
+        values = [r["f1"] for r in runs if r["model"] == name]
+        f1[name] = {"per_seed": values, "mean": float(np.mean(values))}
+    transfer_rows = {int(r["model"].split("_")[1]): r.get("transfer_rows") for r in runs}
+    comparisons = [compare(complete, "kd_0", "base_0")]
+    for size in (s for s in sizes if s):
+        comparisons += [
+            compare(complete, f"kd_{size}", "kd_0"),
+            compare(complete, f"kd_{size}", f"base_{size}"),
+        ]
+        comparisons.append(compare(complete, f"kd_{size}", "base_0"))
+    return {
+        "split": "validation" if ns.what == "sweep" else "test",
+        "split_rows": len(split),
+        "labeled_rows": len(task.train),
+        "source": ns.source,
+        "transfer_rows": transfer_rows,
+        "distilled_steps": {
+            size: optimizer_steps(len(task.train) + (transfer_rows.get(size) or size), training_args)
+            for size in sizes
+        },
+        "seeds": seeds,
+        "complete": len(runs) == sum(len(plan_of(size, ns)) for size in sizes) * len(seeds),
+        "f1": f1,
+        "comparisons": [c for c in comparisons if c is not None],
+        "runs": runs,
+    }
+
+
+def plan_of(size: int, ns: argparse.Namespace) -> list[tuple[str, bool, str]]:
+    """The models of one size: the distilled student, and its baseline (base_0: 2 epochs over the labeled
+    tweets, the labels-only default's; base_N with --match: the recipe's matched steps)."""
+    plan = [("kd", True, "match")]
+    if size == 0 or ns.match:
+        plan.append(("base", False, "match" if size else "epochs"))
+    return plan
+
+
+def measure(ns: argparse.Namespace, extra: list[str], write) -> dict:
+    """Size by size (each size's teacher logits computed when first needed), seed by seed; ``write`` is called
+    with the results so far after every run, so a stopped sweep leaves what it measured."""
     out = Path(ns.out)
     task, teacher, student_args, data_args, training_args, tokenizer = setup(ns.config, extra, out)
     split = task.validation if ns.what == "sweep" else task.test
@@ -133,52 +190,34 @@ def measure(ns: argparse.Namespace, extra: list[str]) -> dict:
     sizes = [int(s) for s in ns.sizes.split(",")]
     stats: dict[str, list] = {}
     runs: list[dict] = []
-    sized = {
-        size: with_size(task, data_args, tokenizer, teacher, training_args, seeds, size, ns.source)
-        for size in sizes
-    }
-    for seed in seeds:
-        for size in sizes:
-            plan = [("kd", True, "match")]
-            if size == 0 or ns.match:
-                plan.append(("base", False, "match" if size else "epochs"))
-            for kind, kd, baseline_steps in plan:
+    result = {}
+    for size in sizes:
+        sized = None
+        for seed in seeds:
+            for kind, kd, baseline_steps in plan_of(size, ns):
                 name = f"{kind}_{size}"
-                statistics, figures = train_scored(
-                    sized[size], teacher, student_args, training_args, out / f"{name}_s{seed}", seed, kd,
-                    baseline_steps, split,
-                )  # fmt: skip
+                folder = out / f"{name}_s{seed}"
+                done = saved_run(folder)
+                if done is None:
+                    if sized is None:
+                        sized = with_size(
+                            task, data_args, tokenizer, teacher, training_args, seeds, size, ns.source
+                        )
+                    statistics, figures = train_scored(
+                        sized, teacher, student_args, training_args, folder, seed, kd, baseline_steps, split
+                    )
+                    (folder / "scores.json").write_text(json.dumps({
+                        "statistics": {k: np.asarray(v).tolist() for k, v in statistics.items()},
+                        "figures": figures,
+                    }))  # fmt: skip
+                else:
+                    statistics, figures = done
                 stats.setdefault(name, []).append(statistics)
                 runs.append({"model": name, "seed": seed, **figures})
                 print(json.dumps(runs[-1]), flush=True)
-    f1 = {
-        name: {
-            "per_seed": [r["f1"] for r in runs if r["model"] == name],
-            "mean": float(np.mean([r["f1"] for r in runs if r["model"] == name])),
-        }
-        for name in stats
-    }
-    comparisons = [compare(stats, "kd_0", "base_0")]
-    for size in (s for s in sizes if s):
-        comparisons += [compare(stats, f"kd_{size}", "kd_0"), compare(stats, f"kd_{size}", f"base_{size}")]
-        comparisons.append(compare(stats, f"kd_{size}", "base_0"))
-    return {
-        "split": "validation" if ns.what == "sweep" else "test",
-        "split_rows": len(split),
-        "labeled_rows": len(task.train),
-        "source": ns.source,
-        "transfer_rows": {
-            size: 0 if sized[size].transfer is None else len(sized[size].transfer) for size in sizes
-        },
-        "distilled_steps": {
-            size: optimizer_steps(len(task.train) + (len(sized[size].transfer) if size else 0), training_args)
-            for size in sizes
-        },
-        "seeds": seeds,
-        "f1": f1,
-        "comparisons": [c for c in comparisons if c is not None],
-        "runs": runs,
-    }
+                result = summary(ns, task, split, sizes, seeds, stats, runs, training_args)
+                write(result)
+    return result
 
 
 def main() -> None:
@@ -195,19 +234,30 @@ def main() -> None:
     )
     parser.add_argument("--out", default="runs/sweep_ner_transfer")
     parser.add_argument("--name", default=None, help="results/<name>.json (default: ner_transfer_<what>)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads; on a machine shared past its cores 1 is faster (2 threads wait on each other)",
+    )
     parser.add_argument("--quick", action="store_true")
     ns, extra = parser.parse_known_args()
     extra = [*QUICK, *extra] if ns.quick else extra
+    if ns.threads:
+        torch.set_num_threads(ns.threads)
     start, load = time.perf_counter(), os.getloadavg()
-    result = measure(ns, extra)
-    result.update(
-        config=os.path.relpath(ns.config, ROOT), overrides=extra, command=" ".join(sys.argv),
-        wall_s=round(time.perf_counter() - start, 1), load_start=load, load_end=os.getloadavg(),
-        machine=machine(), quick=ns.quick,
-    )  # fmt: skip
     name = ns.name or f"ner_transfer_{ns.what}"
     path = RESULTS / f"{name}{'_quick' if ns.quick else ''}.json"
-    path.write_text(json.dumps(result, indent=2, default=float) + "\n")
+
+    def write(result: dict) -> None:
+        result.update(
+            config=os.path.relpath(ns.config, ROOT), overrides=extra, command=" ".join(sys.argv),
+            wall_s=round(time.perf_counter() - start, 1), load_start=load, load_end=os.getloadavg(),
+            machine=machine(), torch_threads=torch.get_num_threads(), quick=ns.quick,
+        )  # fmt: skip
+        path.write_text(json.dumps(result, indent=2, default=float) + "\n")
+
+    result = measure(ns, extra, write)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2, default=float))
     print(f"written: {path}")
 
