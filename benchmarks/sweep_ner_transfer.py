@@ -146,6 +146,9 @@ def summary(ns, task, split, sizes, seeds, stats, runs, training_args) -> dict:
         values = [r["f1"] for r in runs if r["model"] == name]
         f1[name] = {"per_seed": values, "mean": float(np.mean(values))}
     transfer_rows = {int(r["model"].split("_")[1]): r.get("transfer_rows") for r in runs}
+    transfer_rows.update(
+        {0: 0} if 0 in transfer_rows else {}
+    )  # labels only (runs saved before the key existed)
     comparisons = [compare(complete, "kd_0", "base_0")]
     for size in (s for s in sizes if s):
         comparisons += [
