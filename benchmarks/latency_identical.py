@@ -49,7 +49,7 @@ def load_models(device: str):
 
 
 def demo_batches(tokenizer, sizes: tuple[int, ...], max_length: int = 64):
-    from hf_distill.recipes.arguments import DataArguments
+    from hf_distill.recipes.data_arguments import DataArguments
     from hf_distill.recipes.latency import latency_batch
     from hf_distill.recipes.tasks import prepare_sentiment
 

@@ -130,7 +130,7 @@ __all__ = [
 # The recipe layer's names, once exported here: they still import from `hf_distill` with a DeprecationWarning
 # naming their home in `hf_distill.recipes`.
 RECIPE_NAMES = {
-    "DataArguments": "hf_distill.recipes.arguments",
+    "DataArguments": "hf_distill.recipes.data_arguments",
     "ReportArguments": "hf_distill.recipes.arguments",
     "StudentArguments": "hf_distill.recipes.arguments",
     "TeacherArguments": "hf_distill.recipes.arguments",

@@ -201,9 +201,9 @@ def evaluate(task: str, argv: Sequence[str]) -> dict[str, dict[str, float]]:
     from transformers import AutoTokenizer
 
     from hf_distill.loading import load_pretrained
-    from hf_distill.recipes.arguments import DataArguments
     from hf_distill.recipes.config import parse_args_with_config
     from hf_distill.recipes.console import default_pin_memory
+    from hf_distill.recipes.data_arguments import DataArguments
     from hf_distill.recipes.latency import LATENCY_BATCH_SIZES, latency_batch, measure_latency
     from hf_distill.recipes.offline import resolve_model_path
 

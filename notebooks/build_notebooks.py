@@ -84,7 +84,8 @@ def recipe_cells(
         new_code_cell(
             f"""\
 from hf_distill import DistillationTrainingArguments
-from hf_distill.recipes.arguments import DataArguments, ReportArguments, StudentArguments, TeacherArguments
+from hf_distill.recipes.arguments import ReportArguments, StudentArguments, TeacherArguments
+from hf_distill.recipes.data_arguments import DataArguments
 from hf_distill.recipes.run import run_recipe
 from hf_distill.recipes.tasks import {prepare}
 from hf_distill.recipes.teacher import teacher_tokenizer
@@ -176,7 +177,7 @@ QUICKSTART = [
 from transformers import AutoTokenizer
 
 from hf_distill.recipes.offline import minilm_folder
-from hf_distill.recipes.arguments import DataArguments
+from hf_distill.recipes.data_arguments import DataArguments
 from hf_distill.recipes.tasks import prepare_sentiment
 
 tokenizer = AutoTokenizer.from_pretrained(minilm_folder())

@@ -36,7 +36,8 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.losses.divergences import task_cross_entropy
 from hf_distill.modes.multi_task import MultiTaskDataset, MultiTaskDistillationTrainer, MultiTaskStudent
-from hf_distill.recipes.arguments import DataArguments, ReportArguments, StudentArguments, TeacherArguments
+from hf_distill.recipes.arguments import ReportArguments, StudentArguments, TeacherArguments
+from hf_distill.recipes.data_arguments import DataArguments
 from hf_distill.recipes.latency import measure_latency
 from hf_distill.recipes.offline import HUB_IDS, resolve_model_path
 from hf_distill.recipes.tasks import TaskData, prepare_ner, prepare_sentiment

@@ -42,7 +42,7 @@ from transformers import (
 )
 
 from hf_distill.arguments import DistillationTrainingArguments
-from hf_distill.recipes.arguments import DataArguments
+from hf_distill.recipes.data_arguments import DataArguments
 from hf_distill.recipes.data_code import code_column, load_code_corpus, load_code_files
 from hf_distill.recipes.data_common import check_not_empty
 from hf_distill.recipes.data_files import BUILDER_NAMES

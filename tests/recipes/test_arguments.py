@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hf_distill.recipes.arguments import (
-    DataArguments,
-    ReportArguments,
-    StudentArguments,
-    TeacherArguments,
-)
+from hf_distill.recipes.arguments import ReportArguments, StudentArguments, TeacherArguments
+from hf_distill.recipes.data_arguments import DataArguments
 
 
 def test_argument_errors():

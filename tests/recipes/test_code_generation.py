@@ -344,7 +344,7 @@ def test_generation_section_renders_the_table_and_samples():
 def test_add_generation_eval_scores_teacher_both_ways_and_students_on_held_out_files(tiny_lm, tmp_path):
     from types import SimpleNamespace
 
-    from hf_distill.recipes.arguments import DataArguments
+    from hf_distill.recipes.data_arguments import DataArguments
     from hf_distill.recipes.data_code import load_code_corpus
     from hf_distill.recipes.generation_eval import add_generation_eval
 

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from tokenizers.processors import TemplateProcessing
 from transformers import PreTrainedTokenizerFast
 
-from hf_distill.recipes.arguments import DataArguments
+from hf_distill.recipes.data_arguments import DataArguments
 from hf_distill.recipes.data_code import load_code_files
 from hf_distill.recipes.data_files import builder_for, carve_indices
 from hf_distill.recipes.data_ner import load_ner, read_conll

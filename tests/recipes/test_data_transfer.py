@@ -9,7 +9,8 @@ import pytest
 from datasets import ClassLabel, Dataset, Features, Value
 
 from hf_distill import DistillationTrainingArguments
-from hf_distill.recipes.arguments import DataArguments, StudentArguments
+from hf_distill.recipes.arguments import StudentArguments
+from hf_distill.recipes.data_arguments import DataArguments
 from hf_distill.recipes.data_transfer import (
     load_transfer_file,
     refuse_transfer_file,

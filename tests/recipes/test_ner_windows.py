@@ -114,7 +114,7 @@ class _Oracle(nn.Module):
 def test_prepare_ner_scores_long_test_sentences_whole_and_counts_coverage(
     tmp_path, wordpiece_tokenizer, capsys
 ):
-    from hf_distill.recipes.arguments import DataArguments
+    from hf_distill.recipes.data_arguments import DataArguments
     from hf_distill.recipes.tasks import prepare_ner
 
     rows = []

@@ -7,9 +7,7 @@ import json
 import pytest
 from datasets import Dataset, DatasetDict
 
-from hf_distill.recipes.arguments import (
-    DataArguments,
-)
+from hf_distill.recipes.data_arguments import DataArguments
 from hf_distill.recipes.tasks import ensure_test_split
 
 

@@ -6,17 +6,9 @@ from __future__ import annotations
 import pytest
 import transformers
 from datasets import Dataset
-from test_recipes import (
-    needs_rotten_tomatoes,
-    needs_wnut,
-    run_recipe,
-    save_tiny_teacher,
-    tiny_flags,
-    write_conll,
-)
 from transformers import BertForTokenClassification
 
-from hf_distill.recipes.arguments import DataArguments
+from hf_distill.recipes.data_arguments import DataArguments
 from hf_distill.recipes.data_transfer import refuse_transfer_source
 from hf_distill.recipes.ner_transfer import (
     TRANSFER_SOURCES,
@@ -26,6 +18,14 @@ from hf_distill.recipes.ner_transfer import (
     word_rows,
 )
 from hf_distill.recipes.tasks import prepare_ner
+from tests.helpers.recipes import (
+    needs_rotten_tomatoes,
+    needs_wnut,
+    run_recipe,
+    save_tiny_teacher,
+    tiny_flags,
+    write_conll,
+)
 
 TEXTS = ["The film's plot -- dull!!! See http://x.co", "great cast", "   ", "not worth it ..."]
 
