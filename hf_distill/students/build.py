@@ -174,44 +174,15 @@ def _build_like(teacher: PreTrainedModel, config: PretrainedConfig) -> PreTraine
     return type(teacher)._from_config(config, dtype=teacher.dtype)
 
 
-def student_from_teacher(
-    teacher: PreTrainedModel,
-    layers: Sequence[int] | str | None = None,
-    num_layers: int | None = None,
-    strategy: str = "uniform",
-    tokenizer: Any = None,
-    teacher_tokenizer: Any = None,
-    calibration: Iterable[Mapping[str, torch.Tensor]] | None = None,
-    **config_overrides: Any,
-) -> PreTrainedModel:
-    """A student of the teacher's class that keeps some of its transformer blocks (DistilBERT-style).
-
-    Pass either ``layers`` (teacher block indices, strictly increasing) or ``num_layers`` (chosen with
-    :func:`select_layers` and ``strategy``); ``layers="importance"`` with ``calibration`` (batches of model
-    inputs) keeps the ``num_layers`` blocks of highest Block Influence (``layer_importance``). The student has the teacher's config with
-    ``num_hidden_layers = len(layers)`` (per-layer entries such as ``layer_types`` keep the kept layers'
-    values) plus ``config_overrides`` (e.g. ``hidden_dropout_prob=0.0``), and the teacher's dtype and
-    label maps. Teacher block ``layers[j]`` becomes student block ``j``; every other tensor (embeddings,
-    final norms, pooler, classification or LM heads) is copied unchanged, and tied embeddings stay tied.
-
-    ``tokenizer``: another vocabulary, each row the teacher's row of the same string or the mean of its
-    pieces' (:func:`hf_distill.students.vocab_transfer.transfer_vocabulary`). Provenance:
-    ``config.distillation = {"teacher": ..., "init": "teacher_layers", "layers": [...]}``.
-
-    Raises ``ValueError`` for bad layer indices, unknown overrides, blocks that cannot be found, or a copied
-    tensor whose shape differs from the student's (overrides that change sizes: :func:`student_from_config`).
-    """
-    num_teacher_layers = num_layers_of(teacher.config)
-    layers, chosen_by, importance = choose_layers(teacher, layers, num_layers, strategy, calibration)
-    _validate_overrides(teacher.config, config_overrides)
-
-    _warn_if_scaled_by_layer_index(teacher.config, layers)
-
-    block_prefix = find_block_list(teacher, num_teacher_layers) + "."
-    config = _derive_config(teacher.config, layers, config_overrides)
-    student = _build_like(teacher, config)
-
-    new_index = {old: new for new, old in enumerate(layers)}
+def _teacher_state_for(
+    teacher: nn.Module,
+    student: nn.Module,
+    block_prefix: str,
+    new_index: dict[int, int],
+    config_overrides: dict[str, Any],
+) -> dict[str, torch.Tensor]:
+    """The teacher's tensors under the student's names (kept blocks renumbered), each checked against the
+    student's shape, and every student tensor provided."""
     student_state = student.state_dict()
     copied: dict[str, torch.Tensor] = {}
     for name, tensor in teacher.state_dict().items():
@@ -236,6 +207,68 @@ def student_from_teacher(
     missing = sorted(set(student_state) - set(copied))
     if missing:
         raise ValueError(f"The student has tensors the teacher did not provide: {missing}.")
+    return copied
+
+
+def student_from_teacher(
+    teacher: PreTrainedModel,
+    layers: Sequence[int] | str | None = None,
+    num_layers: int | None = None,
+    strategy: str = "uniform",
+    tokenizer: Any = None,
+    teacher_tokenizer: Any = None,
+    calibration: Iterable[Mapping[str, torch.Tensor]] | None = None,
+    **config_overrides: Any,
+) -> PreTrainedModel:
+    """A student of the teacher's class that keeps some of its transformer blocks (DistilBERT-style).
+
+    Copying the teacher's blocks and every other tensor starts the student close to the teacher, so
+    distillation only has to repair the gaps. Teacher block ``layers[j]`` becomes student block ``j``; every
+    other tensor (embeddings, final norms, pooler, classification or LM heads) is copied unchanged, and tied
+    embeddings stay tied.
+
+    Args:
+        teacher (PreTrainedModel): the model to cut; the student has its class, dtype, label maps and
+            training mode.
+        layers (Sequence[int] | str | None): teacher block indices to keep, strictly increasing; or
+            ``"importance"``: the ``num_layers`` blocks of highest Block Influence on ``calibration``
+            (:func:`hf_distill.students.importance.layer_importance`). None: chosen by ``num_layers`` and
+            ``strategy``.
+        num_layers (int | None): how many blocks to keep, when ``layers`` is not a list of indices.
+        strategy (str): how :func:`select_layers` picks ``num_layers`` blocks: ``"uniform"``,
+            ``"every_other"``, ``"first"`` or ``"last"``. Default ``"uniform"``.
+        tokenizer (PreTrainedTokenizerBase | None): another vocabulary for the student: each row the teacher's
+            row of the same string or the mean of its pieces'
+            (:func:`hf_distill.students.vocab_transfer.transfer_vocabulary`). None keeps the teacher's.
+        teacher_tokenizer (PreTrainedTokenizerBase | None): the teacher's tokenizer, used with ``tokenizer``;
+            None loads it from ``teacher.name_or_path``.
+        calibration (Iterable[Mapping[str, Tensor]] | None): batches of model inputs, only with
+            ``layers="importance"``.
+        **config_overrides (Any): attributes of the teacher's config to change (e.g.
+            ``hidden_dropout_prob=0.0``); not sizes of copied tensors, nor the number of layers.
+
+    Returns:
+        PreTrainedModel: the student, with the teacher's config but ``num_hidden_layers = len(layers)``
+        (per-layer entries such as ``layer_types`` keep the kept layers' values) and ``config.distillation =
+        {"teacher": ..., "init": "teacher_layers", "layers": [...], "strategy": ...}``.
+
+    Raises:
+        ValueError: bad layer indices, both or neither of ``layers`` and ``num_layers``, unknown overrides,
+            blocks that cannot be found, or a copied tensor whose shape differs from the student's (overrides
+            that change sizes: :func:`student_from_config`).
+    """
+    num_teacher_layers = num_layers_of(teacher.config)
+    layers, chosen_by, importance = choose_layers(teacher, layers, num_layers, strategy, calibration)
+    _validate_overrides(teacher.config, config_overrides)
+
+    _warn_if_scaled_by_layer_index(teacher.config, layers)
+
+    block_prefix = find_block_list(teacher, num_teacher_layers) + "."
+    config = _derive_config(teacher.config, layers, config_overrides)
+    student = _build_like(teacher, config)
+
+    new_index = {old: new for new, old in enumerate(layers)}
+    copied = _teacher_state_for(teacher, student, block_prefix, new_index, config_overrides)
     # load_state_dict copies in place, so parameters tied at construction (lm_head to the embeddings) stay
     # one tensor.
     student.load_state_dict(copied, strict=True)
@@ -268,14 +301,24 @@ def student_from_config(teacher: PreTrainedModel, **overrides: Any) -> PreTraine
     """A randomly initialised student of the teacher's class, from the teacher's config plus ``overrides``.
 
     For example ``student_from_config(bert, num_hidden_layers=2, hidden_size=128, intermediate_size=512,
-    num_attention_heads=2)``. Override names must be attributes of the teacher's config (aliases such as
-    GPT-2's ``hidden_size`` for ``n_embd`` are accepted). When the layer count shrinks, per-layer config
-    entries keep the values of the layers :func:`select_layers` would keep.
+    num_attention_heads=2)``. The word embeddings (and learned position embeddings, if any) are copied from
+    the teacher when the hidden size is unchanged and their shapes match: token meanings then survive even
+    though the blocks are new. Otherwise they stay random.
 
-    The word embeddings (and learned position embeddings, if any) are copied from the teacher when the hidden
-    size is unchanged and their shapes match: token meanings then survive even though the blocks are new.
-    Otherwise they stay random. ``config.distillation`` records which: ``{"init": "random", "copied": [...],
-    "left_random": {name: reason}}``.
+    Args:
+        teacher (PreTrainedModel): whose class, config, dtype and training mode the student takes.
+        **overrides (Any): attributes of the teacher's config to change (aliases such as GPT-2's
+            ``hidden_size`` for ``n_embd`` are accepted). When the layer count shrinks, per-layer config
+            entries keep the values of the layers :func:`select_layers` would keep; when it grows, they must
+            be passed too.
+
+    Returns:
+        PreTrainedModel: the student; ``config.distillation`` records what was copied:
+        ``{"teacher": ..., "init": "random", "copied": [...], "left_random": {name: reason}}``.
+
+    Raises:
+        ValueError: an override that is not an attribute of the teacher's config, or more layers than the
+            teacher without the per-layer entries.
     """
     _validate_overrides(teacher.config, overrides)
     config = _derive_config(teacher.config, None, overrides)
@@ -322,14 +365,30 @@ def gpt2_student_for(
 ) -> GPT2LMHeadModel:
     """A randomly initialised ``GPT2LMHeadModel`` over the teacher's vocabulary, or ``tokenizer``'s.
 
-    ``teacher_or_tokenizer`` is a model, a config or a tokenizer. From a model or config, ``vocab_size`` and
-    the bos/eos/pad ids come from its config (the config's vocab size, which may be padded beyond the
-    tokenizer's, is what the teacher's logits have), and ``n_embd``/``n_head``/``n_positions`` default to
-    its hidden size, attention heads and maximum positions, which keeps hidden-state losses possible without
-    a projection. From a tokenizer, ``vocab_size = len(tokenizer)`` (added tokens included), the ids are the
-    tokenizer's, and the sizes default to GPT-2 small's (768, 12, 1024). ``tokenizer``: a model with its own
-    vocabulary (e.g. GPT-2's, for cross-tokenizer distillation): vocabulary and ids from it, sizes from the
-    teacher. ``config_overrides`` go to ``GPT2Config`` (e.g. ``resid_pdrop=0.0``).
+    From a model or config, the vocabulary size is the config's (which may be padded beyond the tokenizer's:
+    it is what the teacher's logits have), and the sizes default to the teacher's, which keeps hidden-state
+    losses possible without a projection.
+
+    Args:
+        teacher_or_tokenizer (PreTrainedModel | PretrainedConfig | PreTrainedTokenizerBase): from a model or
+            config: ``vocab_size`` and the bos / eos / pad ids of its config, sizes defaulting to its hidden
+            size, attention heads and maximum positions. From a tokenizer: ``vocab_size = len(tokenizer)``
+            (added tokens included), its ids, sizes defaulting to GPT-2 small's (768, 12, 1024).
+        n_layer (int): transformer blocks. Default 6.
+        n_embd (int | None): hidden size; None takes the default above. Must be divisible by ``n_head``.
+        n_head (int | None): attention heads; None takes the default above.
+        n_positions (int | None): maximum sequence length; None takes the default above.
+        tokenizer (PreTrainedTokenizerBase | None): another vocabulary (e.g. GPT-2's, for cross-tokenizer
+            distillation): vocabulary size and ids from it, sizes still from the teacher.
+        **config_overrides (Any): passed to ``GPT2Config`` (e.g. ``resid_pdrop=0.0``).
+
+    Returns:
+        GPT2LMHeadModel: the student, with ``config.distillation = {"teacher": ..., "init": "random",
+        "architecture": "gpt2", "shared": ...}`` (``"vocabulary"`` or the other tokenizer's name).
+
+    Raises:
+        TypeError: ``teacher_or_tokenizer`` is not a model, config or tokenizer.
+        ValueError: ``n_embd`` not divisible by ``n_head``.
     """
     config = getattr(teacher_or_tokenizer, "config", teacher_or_tokenizer)
     if isinstance(config, PretrainedConfig):
@@ -367,7 +426,15 @@ def gpt2_student_for(
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters; tied parameters (lm_head and embeddings) count once, as they are stored once."""
+    """Number of parameters; tied parameters (lm_head and embeddings) count once, as they are stored once.
+
+    Args:
+        model (nn.Module): the model to count.
+        trainable_only (bool): count only parameters with ``requires_grad``. Default False (all).
+
+    Returns:
+        int: the number of scalar parameters.
+    """
     # `parameters()` already yields each shared Parameter once.
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
@@ -375,9 +442,17 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 def model_size_on_disk(model_or_folder: PreTrainedModel | str | os.PathLike) -> int:
     """Bytes the weights take on disk.
 
-    Given a model, saves it with ``save_pretrained`` (safetensors) to a temporary folder and measures that.
-    Given a folder, sums its weight files (``*.safetensors``, ``*.bin``, ``*.pt``, ``*.pth``, ``*.gguf``),
-    leaving out config and tokenizer files; given a file, its size.
+    Args:
+        model_or_folder (PreTrainedModel | str | os.PathLike): a model, saved with ``save_pretrained``
+            (safetensors) to a temporary folder that is measured; a folder, whose weight files
+            (``*.safetensors``, ``*.bin``, ``*.pt``, ``*.pth``, ``*.gguf``, searched recursively) are summed,
+            config and tokenizer files left out; or a single file.
+
+    Returns:
+        int: the size in bytes.
+
+    Raises:
+        FileNotFoundError: the path does not exist, or a folder holds no weight file.
     """
     if isinstance(model_or_folder, nn.Module):
         with tempfile.TemporaryDirectory() as folder:

@@ -21,14 +21,24 @@ IMPORTANCE = "importance"
 def select_layers(num_teacher_layers: int, num_student_layers: int, strategy: str = "uniform") -> list[int]:
     """Choose which teacher layers a student of ``num_student_layers`` layers keeps.
 
-    Strategies (teacher of ``L`` layers, student of ``n``):
+    Args:
+        num_teacher_layers (int): ``L``, the teacher's number of layers (at least 1).
+        num_student_layers (int): ``n``, how many to keep, in ``1..L``.
+        strategy (str): how to pick them. Default ``"uniform"``.
 
-    - ``"uniform"``: ``round(linspace(0, L - 1, n))``. Keeps the first and the last layer (the last one is
-      closest to the head the student inherits) and spreads the rest evenly. ``n = 1`` keeps layer 0.
-    - ``"every_other"``: ``0, 2, 4, ...`` as DistilBERT did; needs ``n <= ceil(L / 2)``.
-    - ``"first"``: ``0 .. n-1``. ``"last"``: ``L-n .. L-1``.
+            - ``"uniform"``: ``round(linspace(0, L - 1, n))``. Keeps the first and the last layer (the last
+              one is closest to the head the student inherits) and spreads the rest evenly. ``n = 1`` keeps
+              layer 0.
+            - ``"every_other"``: ``0, 2, 4, ...`` as DistilBERT did; needs ``n <= ceil(L / 2)``.
+            - ``"first"``: ``0 .. n-1``. ``"last"``: ``L-n .. L-1``.
 
-    Returns a strictly increasing list of ``n`` teacher layer indices.
+    Returns:
+        list[int]: ``n`` strictly increasing teacher layer indices.
+
+    Raises:
+        ValueError: a count out of range, too many layers for ``"every_other"``, ``"importance"`` (which
+            needs calibration batches: :func:`hf_distill.students.build.student_from_teacher`), or an unknown
+            strategy.
     """
     if num_teacher_layers < 1:
         raise ValueError(f"num_teacher_layers must be at least 1, got {num_teacher_layers}.")

@@ -67,13 +67,26 @@ def _mean_rows(old: torch.Tensor, pieces: list[list[int]]) -> torch.Tensor:
 def transfer_vocabulary(
     model: PreTrainedModel, old_tokenizer: Any, new_tokenizer: Any, old_source: str | None = None
 ) -> str:
-    """Gives ``model`` (in place) embeddings and LM head for ``new_tokenizer`` (see module docstring); returns
-    the new tokenizer's name.
+    """Gives ``model`` (in place) embeddings and LM head for ``new_tokenizer`` (see module docstring).
 
-    ``old_tokenizer``: the vocabulary the model has now; None loads it from ``old_source`` (a folder or Hub
-    id, e.g. the teacher's). ``config.vocab_size`` becomes ``len(new_tokenizer)`` and the bos / eos / pad ids
-    the new tokenizer's; a tied head stays tied to the new embeddings, an untied one gets its own rows built
-    the same way.
+    Each new row starts from what the model knows about the same string or its pieces, instead of from random
+    embeddings. ``config.vocab_size`` becomes ``len(new_tokenizer)`` and the bos / eos / pad ids the new
+    tokenizer's; a tied head stays tied to the new embeddings, an untied one gets its own rows built the same
+    way.
+
+    Args:
+        model (PreTrainedModel): the model to change in place; its embeddings are over ``old_tokenizer``'s
+            vocabulary.
+        old_tokenizer (PreTrainedTokenizerBase | None): the vocabulary the model has now; None loads it from
+            ``old_source``.
+        new_tokenizer (PreTrainedTokenizerBase): the vocabulary to move to.
+        old_source (str | None): a folder or Hub id to load ``old_tokenizer`` from (e.g. the teacher's).
+
+    Returns:
+        str: the new tokenizer's ``name_or_path``.
+
+    Raises:
+        ValueError: neither ``old_tokenizer`` nor ``old_source`` is given.
     """
     if old_tokenizer is None:
         if not old_source:
