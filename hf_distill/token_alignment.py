@@ -117,7 +117,8 @@ def _keys_by_id(tokenizer: Any, size: int) -> dict[Any, int]:
     return {key: index for key, (_, index) in chosen.items()}
 
 
-# Built once per pair of tokenizers and output sizes: a 50k x 50k pair takes about a second.
+# Built once per pair of tokenizers and output sizes and kept for the process: building walks both whole
+# vocabularies in Python (its cost: benchmarks/README.md), and every trainer of a run asks for the same map.
 _MAPS: dict[tuple[str, str, int, int], np.ndarray] = {}
 
 
@@ -137,10 +138,22 @@ def vocabulary_map(
     teacher_size: int | None = None,
     student_size: int | None = None,
 ) -> torch.Tensor:
-    """``(V_t,)`` long: for each teacher id the student id of the same string, or -1 (see module docstring).
+    """For each teacher id the student id of the same string, or -1 (see module docstring).
 
-    ``teacher_size`` / ``student_size``: the models' output rows (default the tokenizers' lengths); ids at
-    or beyond them are left out. One-to-one: no two teacher ids map to the same student id.
+    Text tokens match by the bytes they spell (so ``Ġ`` / ``▁`` spellings compare equal), special tokens by
+    role (eos with eos). The map is one-to-one: no two teacher ids map to the same student id. It is built
+    once per pair of tokenizers and sizes and kept for the process.
+
+    Args:
+        teacher_tokenizer (PreTrainedTokenizerBase): the teacher's tokenizer.
+        student_tokenizer (PreTrainedTokenizerBase): the student's tokenizer.
+        teacher_size (int | None): the teacher model's output rows ``V_t``; None means
+            ``len(teacher_tokenizer)``. Ids at or beyond it are left out.
+        student_size (int | None): the student model's output rows; None means ``len(student_tokenizer)``.
+            Ids at or beyond it are never mapped to.
+
+    Returns:
+        Tensor: ``(V_t,)`` int64, a student id or -1 for each teacher id (a copy: safe to modify).
     """
     sizes = (teacher_size or len(teacher_tokenizer), student_size or len(student_tokenizer))
     key = (tokenizer_fingerprint(teacher_tokenizer), tokenizer_fingerprint(student_tokenizer), *sizes)
@@ -258,11 +271,25 @@ def prepare_cross_tokenizer_dataset(
 ) -> Any:
     """A ``datasets.Dataset`` of texts tokenized for a student whose teacher has another tokenizer.
 
-    Adds ``input_ids``, ``attention_mask``, ``distill_offsets`` ``(T, 2)`` (the student tokens' character
-    offsets) and ``distill_text`` (the text the teacher tokenizes, kept whole: a student truncated to
-    ``max_length`` tokens still matches the teacher's positions on its prefix). Other columns are kept (a
-    cross-tokenizer teacher cache among them). Batch it with ``DataCollatorForLanguageModeling(tokenizer,
-    mlm=False)``, or add ``labels`` (-100 on a prompt) and use ``DataCollatorForSeq2Seq``.
+    The text is kept whole beside the student's tokens, so a student truncated to ``max_length`` tokens still
+    matches the teacher's positions on its prefix. Batch the result with
+    ``DataCollatorForLanguageModeling(tokenizer, mlm=False)``, or add ``labels`` (-100 on a prompt) and use
+    ``DataCollatorForSeq2Seq``.
+
+    Args:
+        dataset (Dataset): rows with a text column; other columns are kept (a cross-tokenizer teacher cache
+            among them).
+        tokenizer (PreTrainedTokenizerFast): the student's tokenizer; it must be fast, to give character
+            offsets. Its own special tokens are added.
+        text_column (str): the column of texts. Default ``"text"``.
+        max_length (int | None): truncate the student's tokens to this many; None does not truncate.
+
+    Returns:
+        Dataset: ``dataset`` plus ``input_ids``, ``attention_mask``, ``distill_offsets`` (``(T, 2)`` per row:
+        the student tokens' character offsets) and ``distill_text`` (the text the teacher tokenizes).
+
+    Raises:
+        ValueError: the dataset has no ``text_column``, or the tokenizer is not fast.
     """
     if text_column not in dataset.column_names:
         raise ValueError(

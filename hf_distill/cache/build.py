@@ -20,7 +20,8 @@
 
 With ``codec=`` (:class:`hf_distill.cache.codec.TopkCodec`) a causal LM's top-k is stored compactly instead
 (``<prefix>topk_ids_lo`` / ``topk_ids_hi`` / ``topk_codes`` / ``tail_rel`` / ``topk_codec``, see
-:mod:`hf_distill.cache.compact`): about 240 bytes per position at k=128 in zstd Parquet instead of ~1 KB.
+:mod:`hf_distill.cache.compact`), a fraction of the float32 columns' bytes (sizes and loss errors measured in
+``benchmarks/README.md``, "The compact teacher cache").
 :class:`TeacherColumnsCollator` decodes such rows back to the float32 columns, so training reads both formats.
 :func:`hf_distill.cache.writer.write_teacher_cache` writes either format in Parquet shards as the teacher runs.
 
@@ -241,8 +242,8 @@ def cache_teacher_outputs(
         dtype: storage dtype of the cached logits.
         teacher_tokenizer, text_column: a cross-tokenizer cache (causal LM): the teacher tokenizes the raw
             texts of ``text_column`` itself, and students of any tokenizer train from the result.
-        codec: causal LM only: store the top-k compactly (:class:`hf_distill.cache.codec.TopkCodec`, about a
-            quarter of the float32 bytes) instead of float32 logits and int32 ids. For a cache larger than
+        codec: causal LM only: store the top-k compactly (:class:`hf_distill.cache.codec.TopkCodec`; sizes in
+            ``benchmarks/README.md``) instead of float32 logits and int32 ids. For a cache larger than
             memory, write it in shards with :func:`hf_distill.cache.writer.write_teacher_cache`.
 
     Returns:
@@ -443,14 +444,16 @@ class TeacherColumnsCollator:
     a teacher cache (float32, or compact and decoded here), and the raw text and offsets of cross-tokenizer
     batches, cache or not.
 
-    The teacher's columns are taken out of each row, the wrapped collator batches the rest (padding
-    ``input_ids`` as usual); each per-position column is padded along its first (position) dimension to the
-    batch's ``input_ids`` length on the tokenizer's padding side (teacher positions of a cross-tokenizer cache to
-    the longest teacher row), then stacked; strings stay lists.
+    The cache columns are taken out of each row (compact codes decoded to float32 first), the wrapped
+    collator batches the rest (padding ``input_ids`` as usual), and each cache column is padded along its
+    first (position) dimension to the batch's ``input_ids`` length on the tokenizer's padding side, then
+    stacked (a cross-tokenizer cache's teacher positions: to the longest teacher row).
 
     Args:
-        collator: the data collator of the model's inputs.
-        padding_side: ``"right"`` or ``"left"``, as the tokenizer pads.
+        collator (Callable[[list[dict]], dict]): batches the rest of each row, e.g.
+            ``DataCollatorWithPadding(tokenizer)``; the batch gains each cache column as ``(B, T, ...)``.
+        padding_side (str): ``"right"`` (default) or ``"left"``, the tokenizer's ``padding_side``, so cached
+            positions stay aligned with their tokens; anything else is a ValueError.
     """
 
     def __init__(self, collator: Any, padding_side: str = "right"):

@@ -58,24 +58,29 @@ def write_teacher_cache(
     state: Any = None,
     vocab_size: int | None = None,
 ) -> dict[str, Any]:
-    """Runs ``teacher`` once over ``dataset`` and writes the rows with the teacher's outputs to ``output_dir``
-    in Parquet shards; returns the manifest (rows, shards, bytes, settings).
+    """Runs ``teacher`` once over ``dataset``, writing its outputs to ``output_dir`` in Parquet shards as it
+    runs, so memory stays flat in the rows; every check runs before the teacher does.
 
-    Arguments as :func:`hf_distill.cache.build.cache_teacher_outputs`, plus: ``output_dir`` (new or empty);
-    ``codec``: ``"default"`` (``TopkCodec()`` for a causal LM, nothing for classifiers), a
-    :class:`~hf_distill.cache.codec.TopkCodec`, or None for float32 top-k logits; ``rows_per_shard``;
-    ``compression_level`` (zstd). Every check runs before the teacher does.
+    Args:
+        teacher (nn.Module): a classifier or causal LM; or a source of top-k rows (with ``topk_rows``, e.g.
+            :class:`~hf_distill.teachers.served.ServedTeacher`), for a causal LM's same-tokenizer cache.
+        dataset (Dataset): tokenized rows; it and ``task``, ``top_k``, ``temperature``, ``batch_size``,
+            ``device``, ``teacher_tokenizer``, ``text_column``: as in ``hf_distill.cache_teacher_outputs``.
+        output_dir (str | os.PathLike): a new or empty folder.
+        codec (TopkCodec | str | None): ``"default"`` (``TopkCodec()`` for a causal LM, none for a
+            classifier), a :class:`~hf_distill.cache.codec.TopkCodec`, or None for float32 top-k logits.
+        rows_per_shard (int): rows per Parquet file. compression_level (int): the shards' zstd level.
+        state (PartialState | None): a distributed run's processes: each runs the teacher over its own
+            contiguous part of the rows and writes its shards; then the main process writes one manifest in
+            rank order, so the cache reads like a one-process cache (a process that dies leaves none).
+        vocab_size (int | None): a top-k source's vocabulary rows (required with one), for the compact ids.
 
-    ``state``: the processes of a distributed run (``accelerate.PartialState()``, or anything with
-    ``process_index``, ``num_processes``, ``is_main_process`` and ``wait_for_everyone``). Each process runs the
-    teacher over its own contiguous, disjoint part of the rows and writes its shards
-    (``shard-r<rank>-<n>.parquet``) and their list; after a barrier the main process writes the one manifest,
-    listing the shards in rank order, so the cache reads row for row like a one-process cache. A process that
-    dies leaves no manifest: the cache is refused, never half-read. Every process returns the manifest.
+    Returns:
+        dict[str, Any]: the manifest (``rows``, ``bytes``, ``shards``, ``settings``), on every process.
 
-    ``teacher`` may also be a source of top-k rows (anything with ``topk_rows``, such as a served teacher,
-    :class:`hf_distill.teachers.served.ServedTeacher`): a causal LM's same-tokenizer cache is then written from
-    its answers, with ``vocab_size`` (the teacher's vocabulary rows) for the compact ids.
+    Raises:
+        ValueError: a used folder, a bad setting, codec or cross-tokenizer request (TypeError: a codec that is
+            not a ``TopkCodec``), or a top-k source without ``task="causal_lm"`` and ``vocab_size``.
     """
     source = hasattr(teacher, "topk_rows")
     task = task or (CAUSAL_LM if source else detect_task(teacher))

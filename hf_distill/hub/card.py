@@ -10,9 +10,6 @@ distillation (the student has its own, smaller architecture), so naming one woul
 A run with several seeds saves each seed's weights in ``students/<name>/seed-<s>/``; the card of such a folder
 states that seed's own metrics (``model-index`` and the "(this model)" row, :mod:`hf_distill.reports.seed_report`)
 and gives the mean over seeds, its interval and the verdict beside them, named as such.
-
-A student that is a plain ``torch.nn.Module`` (a small CNN) gets no ``library_name: transformers`` and no
-``from_pretrained`` snippet: its card says to build the class and load the state dict.
 """
 
 from __future__ import annotations
@@ -402,7 +399,8 @@ def render_model_card(
         repo_id: where the card will live, used in the loading example.
         student_config: the student's ``config.json`` as a dict, to describe its architecture.
         student_class: the import path of a student that is a plain ``nn.Module`` (``"pkg.SmallCNN"``), also
-            read from the student entry's ``model_class``: the card then shows how to load its state dict.
+            read from the student entry's ``model_class``: the card then has no ``library_name: transformers``
+            and no ``from_pretrained`` snippet, but says to build the class and load its state dict.
         weights_file: the file a plain module's state dict was saved to.
 
     Raises:
@@ -464,12 +462,15 @@ def _default_model_name(
 
 
 def write_model_card(output_dir: str | Path, report: dict | str | Path, **kwargs: Any) -> Path:
-    """Writes ``README.md`` into the student folder ``output_dir`` and returns its path.
+    """Writes ``README.md``, the card the Hub shows, into the student folder ``output_dir``.
 
-    ``report`` is a dict or a ``report.json`` path and may be partial (known keys only, as during training).
-    The student's ``config.json`` in ``output_dir``, when present, describes the architecture; a folder of one
-    seed of a multi-seed run (``students/<name>/seed-<s>/``) gets that seed's card unless ``seed`` is given.
-    Keyword arguments go to :func:`render_model_card`.
+    Args:
+        output_dir (str | Path): the student's folder; its ``config.json`` describes the architecture.
+        report (dict | str | Path): the report, or its ``report.json`` or run folder; may be partial.
+        **kwargs (Any): for :func:`render_model_card`; ``seed`` defaults to the folder's (``seed-<s>/``).
+
+    Returns:
+        Path: the ``README.md`` written.
     """
     output_dir = Path(output_dir)
     if not isinstance(report, dict):

@@ -385,7 +385,22 @@ def task_cross_entropy(
 
     Computing the task term here (rather than taking ``outputs.loss`` from the model) keeps both terms
     divided by the same count, which is what makes gradient accumulation exact.
-    Shapes: logits ``(..., C)``, labels ``(...)`` with -100 at ignored positions.
+
+    Args:
+        logits (Tensor): ``(..., C)`` student logits, e.g. ``(N, C)`` or ``(B, T, V)`` (causal LMs: shifted
+            already, ``logits[:, :-1]``). Computed in float32 at least.
+        labels (Tensor): ``(...)``, the logits' leading shape: class ids, -100 at ignored positions.
+        reduction (str): ``"mean"`` (sum over unmasked positions / ``num_items_in_batch`` or their count),
+            ``"sum"``, or ``"none"`` (per-position losses ``(...)``, 0 where ignored). Default ``"mean"``.
+        num_items_in_batch (int | Tensor | None): divisor for ``"mean"`` across gradient accumulation (the
+            Trainer's count of labelled positions over the accumulated batches); None divides by this
+            batch's count.
+
+    Returns:
+        Tensor: a scalar, or ``(...)`` for ``reduction="none"``.
+
+    Raises:
+        ValueError: an unknown ``reduction``.
     """
     per_position = F.cross_entropy(
         upcast(logits).reshape(-1, logits.shape[-1]),

@@ -149,7 +149,37 @@ def topk_distillation_loss(
     beta: float = 0.5,
     skew_lambda: float = 0.1,
 ) -> torch.Tensor:
-    """:func:`per_position_topk`, masked and reduced like :func:`hf_distill.losses.divergences.distillation_loss`."""
+    """:func:`per_position_topk`, masked and reduced like
+    :func:`hf_distill.losses.divergences.distillation_loss`.
+
+    The teacher is known only through its top-k logits and one tail bucket (a top-k cache), so the divergence
+    runs over ``k + 1`` outcomes; it is never above the full-vocabulary loss (see the module docstring).
+
+    Args:
+        student_logits (Tensor): ``(..., V)``, e.g. ``(B, T, V)`` shifted for a causal LM.
+        topk_logits (Tensor): ``(..., k)`` the teacher's raw top-k logits (no gradient flows into them).
+        topk_indices (Tensor): ``(..., k)`` their vocabulary ids.
+        tail_logit (Tensor): ``(...)`` ``logsumexp`` of the other tokens' logits divided by ``temperature``,
+            as the cache stores it.
+        loss (str): a key of :data:`hf_distill.losses.divergences.PER_POSITION_LOSSES` except ``"mse"``.
+            Default ``"forward_kl"``.
+        temperature (float): softening temperature ``T > 0``, the one the tail was computed at (KL-family
+            losses are multiplied by ``T**2``). Default 1.0.
+        mask (Tensor | None): boolean ``(...)``, True where the loss counts.
+        labels (Tensor | None): ``(...)`` with -100 at ignored positions, instead of ``mask``.
+        reduction (str): ``"mean"`` (over unmasked positions, or divided by ``num_items_in_batch``),
+            ``"sum"`` or ``"none"``. Default ``"mean"``.
+        num_items_in_batch (int | Tensor | None): divisor for ``"mean"`` across gradient accumulation.
+        beta (float): JSD interpolation weight (``jsd`` only). Default 0.5.
+        skew_lambda (float): mixing weight (``skew_*`` losses only). Default 0.1.
+
+    Returns:
+        Tensor: a scalar, or the per-position losses ``(...)`` for ``reduction="none"``.
+
+    Raises:
+        ValueError: ``temperature <= 0``, an unknown loss or ``"mse"``, both ``mask`` and ``labels``, a mask
+            of the wrong shape, or an unknown reduction.
+    """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 to soften distributions, got {temperature}.")
     resolved = resolve_mask(student_logits.shape[:-1], mask=mask, labels=labels, device=student_logits.device)

@@ -223,7 +223,16 @@ def _check_scorecard(check: _Checker, report: dict) -> None:
 
 
 def load_report(path: str | Path, *, partial: bool = False) -> dict:
-    """Reads and validates ``report.json`` (``path`` is the file or the run directory that holds it).
+    """Reads and validates ``report.json``, so a report with a missing or ill-typed key fails here, named,
+    instead of deep inside a card or a plot.
+
+    Args:
+        path (str | Path): the ``report.json`` file, or the run directory that holds it.
+        partial (bool): accept a report written during training: keys may be missing or null, but those
+            present must have the right type. Default False (every key of the schema required).
+
+    Returns:
+        dict: the report, unchanged.
 
     Raises:
         FileNotFoundError: when there is no such file.

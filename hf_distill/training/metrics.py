@@ -119,8 +119,16 @@ def classification_scores(eval_pred: Any) -> ExampleScores:
 def accuracy_f1(eval_pred: Any) -> dict[str, float]:
     """``compute_metrics`` for sequence classification: accuracy and macro F1.
 
-    ``eval_pred``: logits ``(N, C)`` and labels ``(N,)``. Macro F1 weighs every class equally, so a
-    model that ignores the smaller class cannot hide behind accuracy on an unbalanced set.
+    Macro F1 weighs every class equally, so a model that ignores the smaller class cannot hide behind accuracy
+    on an unbalanced set.
+
+    Args:
+        eval_pred (EvalPrediction | tuple): logits ``(N, C)`` and labels ``(N,)``, as the Trainer passes them;
+            when the predictions are a tuple, its first element is taken as the logits.
+
+    Returns:
+        dict[str, float]: ``{"accuracy", "f1"}``, the share of argmax predictions equal to their label and
+        the unweighted mean of the per-class F1.
     """
     return classification_scores(eval_pred).metrics
 
@@ -170,7 +178,23 @@ def entity_scores(label_list: Sequence[str]) -> Callable[[Any], ExampleScores]:
 
 
 def seqeval_metrics(label_list: Sequence[str]) -> Callable[[Any], dict[str, float]]:
-    """A ``compute_metrics`` for token classification: the metrics of :func:`entity_scores`."""
+    """A ``compute_metrics`` for token classification: the metrics of :func:`entity_scores`.
+
+    Entities are scored whole (type and span must both match), as in the CoNLL evaluation, and only the
+    positions not labelled -100 are judged, so later sub-tokens and special tokens never count.
+
+    Args:
+        label_list (Sequence[str]): the tag names in label-id order (e.g. ``["O", "B-PER", "I-PER", ...]``);
+            they turn the argmax of the logits and the label ids into tags.
+
+    Returns:
+        Callable[[EvalPrediction], dict[str, float]]: a function of logits ``(B, T, C)`` and labels ``(B, T)``
+        that returns ``{"precision", "recall", "f1", "accuracy"}`` (entity-level micro precision, recall and
+        F1; token accuracy).
+
+    Raises:
+        ImportError: ``seqeval`` is not installed (the ``ner`` extra).
+    """
     score = entity_scores(label_list)
     return lambda eval_pred: score(eval_pred).metrics
 
@@ -239,8 +263,24 @@ def perplexity(
 ) -> float:
     """Held-out perplexity of a causal LM: ``exp(sum of token NLL / number of predicted tokens)``.
 
-    Rows as in :func:`text_nll`. Summing over all tokens before dividing weighs every token equally, unlike
-    a mean of per-batch losses, which over-weighs short batches.
+    Summing over all tokens before dividing weighs every token equally, unlike a mean of per-batch losses,
+    which over-weighs short batches.
+
+    Args:
+        model (torch.nn.Module): a causal LM whose output has ``.logits``; it runs in eval mode without
+            gradients and its training mode is restored afterwards.
+        dataset (Dataset | Sequence[dict]): rows with ``input_ids`` and optionally ``attention_mask`` and
+            ``labels`` (default: the input ids; -100 marks tokens not to score), as :func:`text_nll` reads
+            them. Position ``t`` predicts token ``t + 1``.
+        batch_size (int): rows per forward pass (padded on the right within a batch). Default 8.
+        device (str | torch.device | None): where the batches go; None uses the device of the model's
+            parameters.
+
+    Returns:
+        float: the perplexity over every scored token of the dataset.
+
+    Raises:
+        ValueError: ``batch_size`` below 1, or no token to score (an empty dataset or all labels -100).
     """
     sums = text_nll(model, dataset, batch_size, device)
     if sums["tokens"].sum() == 0:
@@ -275,9 +315,20 @@ def agreement(
 ) -> float:
     """Fraction of positions where student and teacher pick the same class (argmax over the last dim).
 
-    Shapes ``(N, C)`` or ``(B, T, V)``; ``labels`` (``(N,)`` or ``(B, T)``), when given, leave out the
-    positions labelled -100. It says how far the student imitates the teacher, right or wrong, which task
-    accuracy alone does not.
+    It says how far the student imitates the teacher, right or wrong, which task accuracy alone does not.
+
+    Args:
+        student_logits (Tensor | np.ndarray): ``(N, C)`` or ``(B, T, V)``.
+        teacher_logits (Tensor | np.ndarray): same shape as ``student_logits``.
+        labels (Tensor | np.ndarray | None): ``(N,)`` or ``(B, T)`` (``logits.shape[:-1]``); positions
+            labelled -100 are left out. None compares every position.
+
+    Returns:
+        float: the share in ``[0, 1]`` of compared positions whose argmaxes agree.
+
+    Raises:
+        ValueError: the two logits differ in shape, ``labels`` do not match their positions, or no position
+            is left to compare.
     """
     student = torch.as_tensor(student_logits)
     teacher = torch.as_tensor(teacher_logits)

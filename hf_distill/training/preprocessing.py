@@ -74,11 +74,31 @@ def tokenize_and_align_labels(
     """Tokenize pre-split words and give each sub-token its word's label; a batched ``Dataset.map`` function.
 
     Use as ``dataset.map(tokenize_and_align_labels, batched=True, fn_kwargs={"tokenizer": tok, ...},
-    remove_columns=...)``. Labels follow ``word_ids()``: the first sub-token of a word gets the word's tag id,
-    special tokens get -100 (ignored by the loss), and later sub-tokens of the same word get -100, or with
-    ``label_all_tokens=True`` the ``I-`` form of the word's tag (``B-PER`` -> ``I-PER``, so a word is never
-    counted as two entities), which needs ``label_list`` to find that id. Words past ``max_length`` are
-    truncated away.
+    remove_columns=...)``. Labels follow ``word_ids()``: the first sub-token of a word gets the word's tag id
+    and special tokens get -100 (ignored by the loss).
+
+    Args:
+        examples (dict[str, list]): a batch of rows: ``examples[tokens_column]`` holds each row's words,
+            ``examples[tags_column]`` each word's tag id.
+        tokenizer (PreTrainedTokenizerFast): a fast tokenizer (``word_ids()`` is needed); a byte-level BPE
+            one must add a prefix space, or each word would be encoded as if it began the text.
+        label_all_tokens (bool): False gives later sub-tokens of a word -100; True gives them the ``I-`` form
+            of the word's tag (``B-PER`` -> ``I-PER``, so a word is never counted as two entities), other tags
+            unchanged. Default False.
+        max_length (int): tokens per row, special tokens included; words past it are truncated away.
+            Default 128.
+        label_list (Sequence[str] | None): the tag names in id order; needed with ``label_all_tokens=True`` to
+            find each ``I-`` id.
+        tokens_column (str): the column of words. Default ``"tokens"``.
+        tags_column (str): the column of tag ids. Default ``"ner_tags"``.
+
+    Returns:
+        BatchEncoding: the tokenizer's columns (``input_ids``, ``attention_mask``, ...) for each row, not
+        padded, plus ``labels``: one id (or -100) per token.
+
+    Raises:
+        ValueError: a slow tokenizer, a byte-level tokenizer without prefix spaces, ``label_all_tokens=True``
+            without ``label_list``, or a ``B-`` tag whose ``I-`` form is not in ``label_list``.
     """
     check_token_classification_tokenizer(tokenizer)
     continuation: dict[int, int] = {}
@@ -129,6 +149,20 @@ def tokenize_for_classification(
 
     Truncates to ``max_length`` and does not pad: ``DataCollatorWithPadding`` pads each batch to its own
     longest row, which is far cheaper than padding everything to ``max_length``.
+
+    Args:
+        dataset_dict (DatasetDict): the splits; each needs ``text_column`` and ``label_column``.
+        tokenizer (PreTrainedTokenizerBase): the student's tokenizer.
+        text_column (str): the column of texts. Default ``"text"``.
+        max_length (int): tokens per row after truncation, in ``1..tokenizer.model_max_length``. Default 128.
+        label_column (str): the column of class ids, renamed to ``labels``. Default ``"label"``.
+
+    Returns:
+        DatasetDict: the same splits with the tokenizer's columns (``input_ids``, ``attention_mask``, ...)
+        and ``labels``; every other column is dropped.
+
+    Raises:
+        ValueError: ``max_length`` out of range, or a split without the text or label column.
     """
     if not 1 <= max_length <= tokenizer.model_max_length:
         raise ValueError(
@@ -163,12 +197,27 @@ def chunk_for_causal_lm(
 ) -> Dataset:
     """Tokenize each text, join them with EOS after each, and cut the stream into blocks of ``block_size``.
 
-    Returns a Dataset with ``input_ids``, ``attention_mask`` (all ones) and ``labels`` (a copy of
-    ``input_ids``: the model shifts them itself). Blocks start every ``stride`` tokens (default
-    ``block_size``: no overlap); a smaller stride makes overlapping blocks, more training windows from the
-    same text, but then a perplexity over the blocks counts the overlapped tokens more than once. The tail
-    shorter than a block is dropped, so every block is full and no padding is needed. The EOS after each
-    file tells the model where one file ends, so it does not learn to continue one file into the next.
+    The EOS after each text tells the model where one text (e.g. a file) ends, so it does not learn to
+    continue one into the next. The tail shorter than a block is dropped, so every block is full and no
+    padding is needed.
+
+    Args:
+        dataset (Dataset): rows with a text column.
+        tokenizer (PreTrainedTokenizerBase): a tokenizer with an EOS token; texts are encoded without special
+            tokens.
+        block_size (int): tokens per block, in ``2..tokenizer.model_max_length``. Default 128.
+        stride (int | None): tokens between block starts, in ``1..block_size``. None means ``block_size``
+            (no overlap); a smaller stride makes overlapping blocks, more training windows from the same
+            text, but then a perplexity over the blocks counts the overlapped tokens more than once.
+        text_column (str): the column of texts. Default ``"text"``.
+
+    Returns:
+        Dataset: one row per block with ``input_ids`` (``block_size`` ids), ``attention_mask`` (all ones) and
+        ``labels`` (a copy of ``input_ids``: the model shifts them itself).
+
+    Raises:
+        ValueError: ``block_size`` or ``stride`` out of range, a tokenizer without EOS, a missing text column,
+            or texts shorter in all than one block.
     """
     if block_size < 2:
         raise ValueError(

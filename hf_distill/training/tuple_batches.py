@@ -22,8 +22,17 @@ PIXEL_VALUES = "pixel_values"
 class TupleCollator:
     """``[(image, label), ...]`` -> ``{input_name: stacked images (float), "labels": (B,) long}``.
 
-    Images may be tensors or numpy arrays of one shape (already transformed: a PIL image needs a transform
-    such as torchvision's ``ToTensor()`` first); labels ints or 0-d tensors.
+    Torchvision-style datasets yield tuples, which the Trainer's default collator cannot batch. Images may be
+    tensors or numpy arrays of one shape (already transformed: a PIL image needs a transform such as
+    torchvision's ``ToTensor()`` first); labels ints or 0-d tensors.
+
+    Args:
+        input_name (str): the key the stacked images are given, the model's image input. Default
+            ``"pixel_values"``, the name Transformers vision models take.
+
+    Calling it on a list of ``B`` items returns ``dict[str, Tensor]``: ``{input_name: (B, *image.shape)
+    float32, "labels": (B,) int64}``; it raises ValueError for an item that is not a pair or images of
+    different shapes, TypeError for an image that is neither a tensor nor an array.
     """
 
     def __init__(self, input_name: str = PIXEL_VALUES):

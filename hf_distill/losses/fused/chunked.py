@@ -46,8 +46,15 @@ DEFAULT_CHUNK_SIZE = 128
 
 
 class KDLossParts(NamedTuple):
-    """``loss = kd_weight * loss_kd + task_weight * loss_task``; ``loss`` carries the gradient, the parts are
-    detached (for logging)."""
+    """The fused loss's result: ``loss = kd_weight * loss_kd + task_weight * loss_task``.
+
+    Only ``loss`` carries the gradient; the parts are detached, for logging each term without a second pass.
+
+    Args:
+        loss (Tensor): scalar, the weighted total to call ``backward()`` on.
+        loss_kd (Tensor): scalar, the distillation term (detached), reduced like ``loss``.
+        loss_task (Tensor): scalar, the hard-label cross-entropy term (detached), reduced like ``loss``.
+    """
 
     loss: torch.Tensor
     loss_kd: torch.Tensor
@@ -390,6 +397,7 @@ def fused_linear_distillation_loss(
             least 1) or ``"sum"``.
         chunk_size: positions per chunk; memory is ``O(chunk_size * V)``.
         implementation: ``"fused"`` (gradients in the forward pass) or ``"chunked"`` (checkpoint per chunk).
+        check_teacher_finite: raise ``FloatingPointError`` on NaN / +inf teacher logits or an all -inf row.
 
     Returns:
         :class:`KDLossParts` ``(loss, loss_kd, loss_task)``, each reduced the same way.
