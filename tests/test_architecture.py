@@ -1,13 +1,19 @@
 """The package's shape rules, checked on its source (the import layers are checked by `lint-imports`):
 no private name imported from another module, modules under 500 lines, functions under 80 lines (dataclass
-field lists are not functions), and DistillationTrainer well under 400 lines."""
+field lists are not functions), DistillationTrainer well under 400 lines, and an ``Args:`` block naming every
+parameter in the docstring of each public function and class (what ``help()`` shows)."""
 
 from __future__ import annotations
 
 import ast
+import dataclasses
+import inspect
+import re
+import types
 from pathlib import Path
 
 import pytest
+import transformers
 
 from tests.helpers.paths import PACKAGE
 
@@ -156,3 +162,105 @@ def test_the_package_top_holds_few_modules():
                 isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets)
                 for node in tree.body
             ), f"{init} lists no public names"
+
+
+# A Google-style section that ends the ``Args:`` block.
+NEXT_SECTION = re.compile(r"\n\s*(?:Returns|Raises|Yields|Examples?|Notes?|Attributes|See Also):")
+VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
+def is_training_arguments(obj: object) -> bool:
+    # These dataclasses document each field with `metadata={"help": ...}`, which `--help` and HfArgumentParser
+    # show; an Args: block would repeat it.
+    return isinstance(obj, type) and issubclass(obj, transformers.TrainingArguments)
+
+
+def docstring_gaps(namespace: object, names: list[str]) -> list[str]:
+    """Each public function or class of ``names`` whose docstring (a class: its own or its ``__init__``'s) has
+    no ``Args:`` block, or whose block leaves a parameter of its signature unnamed."""
+    gaps = []
+    for name in names:
+        obj = getattr(namespace, name)
+        if not (inspect.isfunction(obj) or inspect.isclass(obj)) or is_training_arguments(obj):
+            continue
+        docs = [obj.__doc__ or ""]
+        if inspect.isclass(obj) and "__init__" in vars(obj):
+            docs.append(obj.__init__.__doc__ or "")
+        doc = "\n".join(docs)
+        if "Args:" not in doc:
+            gaps.append(f"{name}: no Args: block")
+            continue
+        block = NEXT_SECTION.split(doc.split("Args:", 1)[1])[0]
+        parameters = [
+            p.name
+            for p in inspect.signature(obj).parameters.values()
+            if p.kind not in VARIADIC and p.name != "self"
+        ]
+        unnamed = [p for p in parameters if not re.search(rf"\b{re.escape(p)}\b", block)]
+        if unnamed:
+            gaps.append(f"{name}: Args: does not name {unnamed}")
+    return gaps
+
+
+def test_the_public_api_documents_its_parameters():
+    import hf_distill
+
+    assert docstring_gaps(hf_distill, hf_distill.__all__) == []
+    # The dataclasses left out above do document every field they add to TrainingArguments.
+    inherited = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
+    exempt = [
+        getattr(hf_distill, n) for n in hf_distill.__all__ if is_training_arguments(getattr(hf_distill, n))
+    ]
+    assert len(exempt) == 4
+    for cls in exempt:
+        undocumented = [
+            f.name for f in dataclasses.fields(cls) if f.name not in inherited and not f.metadata.get("help")
+        ]
+        assert undocumented == [], f"{cls.__name__} fields without metadata help: {undocumented}"
+
+
+def test_the_docstring_rule_sees_a_gap():
+    def prose(x, y=1):
+        """Adds ``x`` and ``y``, told in prose."""
+
+    def partial(x, *, scale=2.0, **extra):
+        """Scales ``x``.
+
+        Args:
+            x (Tensor): the input.
+
+        Returns:
+            Tensor: ``x * scale``, whose name here is not in the Args: block.
+        """
+
+    def complete(x, *, scale=2.0, **extra):
+        """Scales ``x``.
+
+        Args:
+            x (Tensor): the input.
+            scale (float): the factor.
+        """
+
+    class Documented:
+        def __init__(self, size):
+            """Args:
+            size (int): how many."""
+
+    class Undocumented:
+        def __init__(self, size):
+            """Holds ``size`` things."""
+
+    namespace = types.SimpleNamespace(
+        prose=prose,
+        partial=partial,
+        complete=complete,
+        Documented=Documented,
+        Undocumented=Undocumented,
+        Arguments=transformers.TrainingArguments,
+        VERSION="1",
+    )
+    assert docstring_gaps(namespace, list(vars(namespace))) == [
+        "prose: no Args: block",
+        "partial: Args: does not name ['scale']",
+        "Undocumented: no Args: block",
+    ]
