@@ -23,7 +23,8 @@ from transformers import PreTrainedModel, Trainer
 
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.batch import DistillationBatch, require_labels
-from hf_distill.cache.build import CACHE_COLUMNS, TeacherColumnsCollator, cached_teacher_kind
+from hf_distill.cache.build import CACHE_COLUMNS, cached_teacher_kind
+from hf_distill.cache.collator import TeacherColumnsCollator
 from hf_distill.checks import (
     SPLITS,
     check_cache_replaces_teacher,

@@ -3,11 +3,12 @@ columns (``build``), the compact top-k columns (``compact``) and their codec (``
 manifest (``shards``), writing a cache from a model (``writer``), and a cache on the Hub: where a cache lives
 (``remote``: a folder or a dataset repository) and publishing one (``push``); other tools' logit datasets
 read and written (``interchange``: the common log-probability form; ``axolotl``, ``distillkit``).
-``TeacherColumnsCollator`` batches a cache's columns (``TeacherCacheCollator`` is its old name)."""
+``TeacherColumnsCollator`` (``collator``) batches a cache's columns (``TeacherCacheCollator`` is its old name)."""
 
 from hf_distill.cache.axolotl import from_axolotl, to_axolotl
-from hf_distill.cache.build import TeacherCacheCollator, TeacherColumnsCollator, cache_teacher_outputs
+from hf_distill.cache.build import cache_teacher_outputs
 from hf_distill.cache.codec import TopkCodec
+from hf_distill.cache.collator import TeacherCacheCollator, TeacherColumnsCollator
 from hf_distill.cache.distillkit import from_distillkit, to_distillkit
 from hf_distill.cache.push import push_teacher_cache
 from hf_distill.cache.shards import load_teacher_cache

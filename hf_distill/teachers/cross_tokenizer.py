@@ -4,7 +4,7 @@
 student's tokenizer and ``teacher_processing_class`` = the teacher's. Each batch carries the raw text
 (``distill_text``) and the student tokens' character offsets (``distill_offsets``), as
 :func:`hf_distill.token_alignment.prepare_cross_tokenizer_dataset` makes them; the trainer keeps those columns
-and batches them with :class:`hf_distill.cache.build.TeacherColumnsCollator`.
+and batches them with :class:`hf_distill.cache.collator.TeacherColumnsCollator`.
 
 - :class:`CrossTokenizerTeacher` (a :class:`~hf_distill.teachers.sources.TeacherSource`): the teacher tokenizes the text itself and runs on it
   (live), or its cross-tokenizer cache is read from the batch (the teacher is then never loaded); either way

@@ -15,10 +15,10 @@ from hf_distill.cache.build import (
     TEACHER_LOGITS,
     TOPK_INDICES,
     TOPK_LOGITS,
-    TeacherCacheCollator,
     cache_teacher_outputs,
     input_hash,
 )
+from hf_distill.cache.collator import TeacherCacheCollator
 from hf_distill.losses.topk import topk_teacher
 from tests.helpers.tiny_models import make_sentences, tiny_bert_classifier, tiny_bert_tagger, tiny_gpt2
 from tests.helpers.training import classification_rows, lm_dataset, make_args

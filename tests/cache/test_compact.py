@@ -13,8 +13,9 @@ from datasets import Dataset
 from transformers import default_data_collator
 
 from hf_distill import DistillationTrainer
-from hf_distill.cache.build import INPUT_HASH, TeacherCacheCollator, cache_teacher_outputs
+from hf_distill.cache.build import INPUT_HASH, cache_teacher_outputs
 from hf_distill.cache.codec import TopkCodec, codec_from_name
+from hf_distill.cache.collator import TeacherCacheCollator
 from hf_distill.cache.compact import SAME_TOKENIZER
 from hf_distill.cache.shards import MANIFEST, load_teacher_cache
 from hf_distill.cache.writer import write_teacher_cache
