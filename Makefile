@@ -51,9 +51,10 @@ demo: install
 bench: install
 	$(PY) benchmarks/run_all.py
 
-# The notebooks are generated (stable cell ids, no outputs) from one script.
+# The notebooks are generated from one script (stable cell ids) and executed on their small settings, so
+# they are committed with their tables and plots (a few minutes on 2 cores, most of it the codegen one).
 notebooks: install
-	$(PY) notebooks/build_notebooks.py
+	$(PY) notebooks/build_notebooks.py --execute
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

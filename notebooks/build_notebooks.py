@@ -1,4 +1,11 @@
-"""Writes the notebooks of this folder (without outputs) from the cells below: `python notebooks/build_notebooks.py`.
+"""Writes the notebooks of this folder from the cells below: `python notebooks/build_notebooks.py [--execute]`.
+
+With ``--execute`` each notebook is then run top to bottom on its small settings (nbclient, a kernel on this
+interpreter, the repository root as working directory, runs under the relative ``runs/notebooks``) and saved
+with its outputs, so a reader on GitHub or the Hub sees its tables, plots and verdict. What changes from run to
+run or names this machine is left out: execution timestamps, the kernel's version metadata and the stderr
+streams (warnings and logs that carry absolute paths); the numbers themselves vary, and the tests check the
+outputs' shape, not their values.
 
 Each notebook runs top to bottom offline, on the models and data that install from PyPI. By default it runs
 on small settings (a few dozen examples, a few steps: about a minute on 2 CPU cores); set
@@ -8,13 +15,31 @@ to choose where runs are written (default ``runs/notebooks``).
 
 from __future__ import annotations
 
+import argparse
+import copy
 import json
+import os
+import sys
+import sysconfig
 from pathlib import Path
 
 import nbformat
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+METADATA = {
+    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+    "language_info": {"name": "python"},
+}
+# What an executed notebook is run with: small settings, offline, and a relative output folder so no absolute
+# path of this machine reaches the outputs.
+EXECUTE_ENVIRONMENT = {
+    "HF_DISTILL_NOTEBOOK_SMALL": "1",
+    "HF_DISTILL_NOTEBOOK_OUTPUT": "runs/notebooks",
+    "HF_HUB_OFFLINE": "1",
+}
 # The formatter's line length for the repository (pyproject.toml), which the generated cells keep to.
 LINE_LENGTH = 110
 
@@ -176,8 +201,8 @@ QUICKSTART = [
         """\
 from transformers import AutoTokenizer
 
-from hf_distill.recipes.offline import minilm_folder
 from hf_distill.recipes.data_arguments import DataArguments
+from hf_distill.recipes.offline import minilm_folder
 from hf_distill.recipes.tasks import prepare_sentiment
 
 tokenizer = AutoTokenizer.from_pretrained(minilm_folder())
@@ -469,20 +494,136 @@ for name, path in (("teacher", smollm2_folder()), ("student", folder)):
 NOTEBOOKS = {"quickstart": QUICKSTART, "sentiment": SENTIMENT, "ner": NER, "codegen": CODEGEN}
 
 
-def main() -> None:
-    for name, cells in NOTEBOOKS.items():
-        for index, cell in enumerate(cells):
-            cell.id = f"{name}-{index}"  # stable ids: rebuilding leaves unchanged notebooks byte-identical
-        notebook = new_notebook(
-            cells=cells,
-            metadata={
-                "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-                "language_info": {"name": "python"},
-            },
+def build(name: str) -> nbformat.NotebookNode:
+    """The notebook ``name`` (a key of :data:`NOTEBOOKS`) without outputs, its cells given stable ids.
+
+    Args:
+        name (`str`): One of ``quickstart``, ``sentiment``, ``ner``, ``codegen``.
+
+    Returns:
+        `nbformat.NotebookNode`: The validated notebook.
+    """
+    cells = copy.deepcopy(NOTEBOOKS[name])  # executing the notebook fills its cells in place
+    for index, cell in enumerate(cells):
+        cell.id = f"{name}-{index}"  # stable ids: rebuilding leaves unchanged notebooks byte-identical
+    notebook = new_notebook(cells=cells, metadata=json.loads(json.dumps(METADATA)))
+    nbformat.validate(notebook)
+    return notebook
+
+
+class ThisInterpreter(KernelSpecManager):
+    """Resolves every kernel name to an IPython kernel running on this interpreter.
+
+    Not whatever ``python3`` kernelspec the machine has installed: the notebooks then import the hf_distill
+    of this environment without ``ipykernel install``.
+    """
+
+    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+        return KernelSpec(
+            argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            display_name=f"Python ({sys.executable})",
+            language="python",
         )
-        nbformat.validate(notebook)
+
+
+def execute(notebook: nbformat.NotebookNode, workdir: Path, timeout: int = 300) -> nbformat.NotebookNode:
+    """Runs ``notebook`` top to bottom in a fresh kernel on this interpreter, filling in its outputs.
+
+    Args:
+        notebook (`nbformat.NotebookNode`): The notebook, changed in place.
+        workdir (`Path`): The kernel's working directory.
+        timeout (`int`): Seconds one cell may take.
+
+    Returns:
+        `nbformat.NotebookNode`: ``notebook``, executed.
+
+    Raises:
+        `nbclient.exceptions.CellExecutionError`: A cell failed; it names the cell and its traceback.
+    """
+    from jupyter_client.manager import KernelManager
+    from nbclient import NotebookClient
+
+    manager = KernelManager(kernel_name="python3", kernel_spec_manager=ThisInterpreter())
+    client = NotebookClient(
+        notebook,
+        km=manager,
+        timeout=timeout,
+        record_timing=False,  # no execution timestamps in the cells' metadata
+        resources={"metadata": {"path": str(workdir)}},
+    )
+    try:
+        client.execute()
+    finally:
+        # nbclient shuts down only the kernels it started itself: one handed to it (km=) would outlive the
+        # run, holding its models (~800 MB).
+        if manager.has_kernel:
+            manager.shutdown_kernel(now=True)
+    return notebook
+
+
+def tame_outputs(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Leaves out of an executed notebook what changes from run to run or names this machine.
+
+    Args:
+        notebook (`nbformat.NotebookNode`): An executed notebook, changed in place.
+
+    Returns:
+        `nbformat.NotebookNode`: ``notebook`` with the builder's metadata and no stderr streams.
+    """
+    notebook.metadata = nbformat.from_dict(json.loads(json.dumps(METADATA)))
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        cell.metadata.pop("execution", None)
+        cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]
+        for output in cell.outputs:
+            if output.output_type == "stream":
+                output.text = without_machine_paths(output.text)
+            for kind, value in output.get("data", {}).items():
+                if kind.startswith("text/"):
+                    output.data[kind] = without_machine_paths(value)
+    return notebook
+
+
+def without_machine_paths(text: str) -> str:
+    """``text`` with this machine's folders written relative: the installed packages as ``site-packages/``,
+    the repository root as nothing (the notebooks run from it) and the home folder as ``~``.
+
+    The offline models live in installed packages, and their folders reach the outputs (a student's config
+    and model card name the teacher they came from).
+
+    Args:
+        text (`str`): An output's text.
+
+    Returns:
+        `str`: The text without those absolute paths.
+    """
+    prefixes = {sysconfig.get_paths()[key]: "site-packages" for key in ("purelib", "platlib")}
+    prefixes[str(REPO)] = "."
+    prefixes[str(Path.home())] = "~"
+    for prefix in sorted(prefixes, key=len, reverse=True):  # the longest first: site-packages may be in home
+        text = text.replace(prefix + os.sep, "" if prefixes[prefix] == "." else prefixes[prefix] + os.sep)
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--execute", action="store_true", help="run each notebook on its small settings and save its outputs"
+    )
+    parser.add_argument("names", nargs="*", help=f"the notebooks (default: all of {', '.join(NOTEBOOKS)})")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.names) - set(NOTEBOOKS))
+    if unknown:
+        parser.error(f"no notebook named {', '.join(unknown)}: choose among {', '.join(NOTEBOOKS)}")
+    if args.execute:
+        os.environ.update(EXECUTE_ENVIRONMENT)  # the kernel inherits them
+    for name in args.names or NOTEBOOKS:
+        notebook = build(name)
+        if args.execute:
+            tame_outputs(execute(notebook, REPO, timeout=900))
         nbformat.write(notebook, HERE / f"{name}.ipynb")
-        print("wrote", HERE / f"{name}.ipynb")
+        print("wrote", HERE / f"{name}.ipynb", "with outputs" if args.execute else "", flush=True)
 
 
 if __name__ == "__main__":
