@@ -1,28 +1,15 @@
 """Shared fixtures. The tiny models and the tokenizer are built in ``tests/helpers/tiny_models.py``.
 
 ``make test`` runs the suite on every core (pytest-xdist, ``--dist loadscope``: each module stays on one
-worker, so a module's shared fixtures are built once and its heavy tests run one after another). Each worker
+worker, so a module's shared fixtures are built once). Each worker
 gets an equal share of the cores for torch's threads (:func:`pytest_configure`); the tests that start
 processes take a free port each (``tests.helpers.processes.free_port``) and write under their own ``tmp_path``.
 
-The tests over 60 s on a loaded 2-core machine (``--durations``), each as small as its assertion allows:
-
-- ``recipes/test_run.py::test_codegen_recipe_with_smollm2`` (~570 s): the whole code recipe on the real 30-layer
-  SmolLM2-135M teacher (GGUF conversion, its test perplexity, its forward beside every step of four students,
-  latency, generation through the chat template and raw), because the assertions are that report: every
-  student worse than the teacher, and the generation table naming teacher, raw teacher and each student.
-- ``recipes/test_modes_real.py::test_codegen_generation_modes_on_smollm2[sequence_kd|on_policy]`` (~290 s
-  each): the real teacher generates the targets (sequence KD) or scores the student's samples (on-policy) with
-  its 49k vocabulary; the assertion needs two finite KD losses and the student's perplexity against the
-  teacher's on the test files, which takes the teacher's evaluation too.
-- ``test_notebooks.py::test_notebook_runs_top_to_bottom[codegen]`` (~250 s): the codegen notebook in a fresh
-  kernel on the real teacher (conversion, recipe, report, generation by teacher and student); the assertion is
-  that a reader's run of the notebook works and writes report.json, its figures and displayed plots.
-- ``training/test_checkpoints.py::test_killed_run_resumes_to_the_same_weights`` and
-  ``::test_killed_self_distillation_resumes_its_teacher`` (~120 s each): three Python processes each (the
-  uninterrupted run of the mode, the run killed with SIGKILL, the resume), since a SIGKILL needs a real process
-  and the final weights must equal those of an uninterrupted run; the models are already tiny (6 steps, hidden
-  16/32), so the time is mostly each process importing torch and transformers.
+The tests over 20 s on a quiet 2-core machine are named in :data:`HEAVY_TESTS` with what their assertion needs
+that makes them that large (measured with ``--durations=25``, which ``make test`` prints). Each runs as a scope of
+its own, sent to a worker before everything else (:func:`pytest_xdist_make_scheduler`): pytest-xdist queues
+scopes by their number of tests, which puts a module of one or two long tests last, where the other worker
+waits for it.
 """
 
 from __future__ import annotations
@@ -35,6 +22,47 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from tests.helpers.tiny_models import make_wordpiece_tokenizer
+
+# Seconds on a quiet 2-core machine under `make test` (two workers), slowest first: the order they start in.
+HEAVY_TESTS: dict[str, tuple[int, str]] = {
+    "tests/recipes/test_run.py::test_codegen_recipe_with_smollm2": (
+        137,
+        "the whole code recipe on the real 30-layer SmolLM2-135M teacher (its test perplexity, its forward beside "
+        "every step of four students, latency, generation through the chat template and raw): the assertions "
+        "are that report, every student worse than the teacher and the generation table naming each model",
+    ),
+    "tests/recipes/test_modes_real.py::test_codegen_generation_modes_on_smollm2[sequence_kd]": (
+        96,
+        "the real teacher generates the targets with its 49k vocabulary; the assertion needs finite KD losses "
+        "and the student's perplexity against the teacher's on the test files, which takes the teacher's too",
+    ),
+    "tests/recipes/test_modes_real.py::test_codegen_generation_modes_on_smollm2[on_policy]": (
+        83,
+        "the real teacher scores the student's samples; the same assertion as sequence KD's",
+    ),
+    "tests/test_notebooks.py::test_notebook_runs_top_to_bottom[codegen]": (
+        49,
+        "the codegen notebook in a fresh kernel on the real teacher: a reader's run works and writes "
+        "report.json, its figures and displayed plots",
+    ),
+    "tests/recipes/test_run.py::test_two_processes_match_one_process": (
+        23,
+        "two launched processes and one, each importing torch and transformers: the weights must match",
+    ),
+    "tests/training/test_checkpoints.py::test_killed_run_resumes_to_the_same_weights": (
+        23,
+        "three processes (the uninterrupted run, the run killed with SIGKILL, the resume) of already tiny models: "
+        "a SIGKILL needs a real process and the final weights must equal the uninterrupted run's",
+    ),
+    "tests/training/test_checkpoints.py::test_killed_self_distillation_resumes_its_teacher": (
+        22,
+        "the same three processes for self-distillation, whose teacher is the student's own earlier copy",
+    ),
+    "tests/test_notebooks.py::test_notebook_runs_top_to_bottom[sentiment]": (
+        22,
+        "the sentiment notebook in a fresh kernel on MiniLM: the same assertion as the codegen notebook's",
+    ),
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -60,3 +88,24 @@ def wordpiece_tokenizer(trained_wordpiece_tokenizer) -> PreTrainedTokenizerFast:
     """A copy per module: some tests set its ``eos_token``, which must not reach other modules' tests
     (under pytest-xdist which modules share a worker, and in what order, changes from run to run)."""
     return copy.deepcopy(trained_wordpiece_tokenizer)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The heavy tests first, slowest first, so that a worker never starts one when the others are nearly done."""
+    rank = {nodeid: i for i, nodeid in enumerate(HEAVY_TESTS)}
+    items.sort(key=lambda item: rank.get(item.nodeid, len(rank)))  # stable: the rest keep their order
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``--dist loadscope``, with each heavy test a scope of its own, the scopes queued in collection order
+    (heavy first) instead of by their number of tests, which put single-test modules last."""
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class HeavyFirstScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return nodeid if nodeid in HEAVY_TESTS else super()._split_scope(nodeid)
+
+    config.option.loadscopereorder = False
+    return HeavyFirstScheduling(config, log)
