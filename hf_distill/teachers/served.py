@@ -54,6 +54,7 @@ from hf_distill.teachers.served_api import (
     completion_request,
     last_position,
     parse_prompt_logprobs,
+    prompt_token_logprobs,
 )
 
 URL_SCHEMES = ("http://", "https://")
@@ -240,6 +241,19 @@ class ServedTeacher:
     def topk_rows(self, rows: Sequence[Sequence[int]]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Each row's ``(values (T, k), ids (T, k), tail (T,))``, for writing a cache from the server."""
         return self.fetch([list(map(int, r)) for r in rows])
+
+    def token_logprobs(self, rows: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Each row's log-probabilities of its own tokens after the first (``(T - 1,)`` float64), for scoring the
+        served teacher's held-out NLL: one request asking ``prompt_logprobs=1`` (the prompt's own token is in
+        every entry whatever its rank)."""
+        if self.model is None:
+            self.model = str((self.client.call(MODELS).get("data") or [{"id": ""}])[0]["id"])
+        prompts = [list(map(int, row)) for row in rows]
+        answer = self.client.call(COMPLETIONS, completion_request(self.model, prompts, 1))
+        return [
+            prompt_token_logprobs(choice.get("prompt_logprobs") or [], prompt)
+            for prompt, choice in zip(prompts, choices_in_order(answer, len(prompts)))
+        ]
 
     # ---- prefetch --------------------------------------------------------------------------------------
 

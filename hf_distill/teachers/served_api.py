@@ -167,6 +167,39 @@ def parse_prompt_logprobs(
     return values, ids, tail
 
 
+def prompt_token_logprobs(entries: Sequence[dict[str, Any] | None], prompt: Sequence[int]) -> np.ndarray:
+    """The teacher's log-probability of each prompt token after the first, from one prompt's ``prompt_logprobs``
+    (every entry holds the prompt's own token, ranked or not: vLLM's shape): ``(T - 1,)`` float64, entry ``t``
+    the log-probability of ``prompt[t + 1]`` given the tokens before it, what a held-out NLL sums.
+
+    Raises:
+        ValueError: an entry count other than the prompt's, an entry without the prompt's own token, or a value
+            that is not a finite log-probability <= 0.
+    """
+    if len(entries) != len(prompt):
+        raise ValueError(
+            f"The teacher server returned {len(entries)} prompt_logprobs entries for a prompt of {len(prompt)} "
+            "tokens; it must score every prompt token (vLLM: --no-enable-prefix-caching)."
+        )
+    values = np.zeros(max(len(prompt) - 1, 0), dtype=np.float64)
+    for position in range(1, len(prompt)):
+        entry = entries[position]
+        token = entry.get(str(int(prompt[position]))) if isinstance(entry, dict) else None
+        if token is None:
+            raise ValueError(
+                f"prompt_logprobs entry {position} does not hold the prompt's own token {prompt[position]}; vLLM's "
+                "entries always do. Is this server OpenAI-compatible with vLLM's prompt_logprobs?"
+            )
+        value = float(token["logprob"] if isinstance(token, dict) else token)
+        if not (math.isfinite(value) and value <= 1e-4):
+            raise ValueError(
+                f"The teacher server returned log-probability {value} for prompt token {position}: a "
+                "log-probability is finite and <= 0. The teacher's weights or the server's numerics are broken."
+            )
+        values[position - 1] = value
+    return values
+
+
 def prompt_logprobs_entries(
     logprobs: torch.Tensor, prompt: Sequence[int], top_k: int, decode: Callable[[int], str]
 ) -> list[dict[str, dict[str, Any]] | None]:

@@ -296,7 +296,16 @@ def language_model_scores(
 ) -> ExampleScores:
     """Bits per byte and perplexity (the ``bits_per_byte`` module) of a causal LM on ``dataset``, with each
     row's NLL, tokens and bytes kept for resampling (:func:`text_nll`)."""
-    sums = text_nll(model, dataset, batch_size, tokenizer=tokenizer)
+    return scores_from_nll(text_nll(model, dataset, batch_size, tokenizer=tokenizer))
+
+
+def scores_from_nll(sums: dict[str, np.ndarray]) -> ExampleScores:
+    """Bits per byte and perplexity from each row's ``{"nll", "tokens", "bytes"}`` (:func:`text_nll`'s shape, or
+    a served teacher's prompt log-probabilities), the rows kept for resampling.
+
+    Raises:
+        ValueError: no byte to score.
+    """
     if sums["bytes"].sum() == 0:
         raise ValueError(
             "no byte to score: no row has a predicted token (the dataset is empty or its labels are all "
