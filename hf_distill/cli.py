@@ -132,6 +132,7 @@ def train(task: str, argv: Sequence[str], prog: str | None = None) -> dict | Non
     from hf_distill.recipes.arguments import parse_recipe_args
     from hf_distill.recipes.console import quiet_console
     from hf_distill.recipes.run import run_recipe
+    from hf_distill.recipes.served_teacher import check_served_recipe
     from hf_distill.recipes.teacher import teacher_tokenizer
 
     teacher_args, student_args, data_args, report_args, mode_args, training_args = parse_recipe_args(
@@ -142,6 +143,8 @@ def train(task: str, argv: Sequence[str], prog: str | None = None) -> dict | Non
         "each student, train the no-KD baseline, score them all on the test split and write report.json. "
         "A distillation mode's own flags are listed with --distillation_mode MODE --help.",
     )
+    # A served teacher's run is refused before the data is read, when it cannot run.
+    check_served_recipe(teacher_args, student_args, report_args, mode_args, training_args, TASK_KINDS[task])
     tokenizer_kwargs = {"add_prefix_space": True} if task == "ner" else {}
     with quiet_console(report_args.verbose):
         tokenizer = None if task in TRAIN_ONLY_TASKS else teacher_tokenizer(teacher_args, **tokenizer_kwargs)
@@ -161,12 +164,18 @@ def budget(task: str, argv: Sequence[str], prog: str | None = None) -> dict | No
     """``hf-distill budget TASK``: :func:`hf_distill.recipes.budget.run_budget` with the recipe's flags plus the
     budget's (``--max_latency_ms``, ``--batch_size``, ``--runtime``, ``--max_params``, ``--min_retention``)."""
     from hf_distill.recipes.budget import parse_budget_args, run_budget
+    from hf_distill.recipes.served_teacher import is_served_recipe
     from hf_distill.recipes.teacher import teacher_tokenizer
 
     refuse_train_only(task, "budget")
     teacher_args, student_args, data_args, report_args, mode_args, budget_args, training_args = (
         parse_budget_args(list(argv), TASK_KINDS[task], prog or f"hf-distill budget {task}")
     )
+    if is_served_recipe(teacher_args):
+        raise ValueError(
+            f"hf-distill budget times and prunes the teacher's layers, which a served teacher "
+            f"({teacher_args.teacher_model_name_or_path}) does not send; pass the teacher's folder."
+        )
     tokenizer_kwargs = {"add_prefix_space": True} if task == "ner" else {}
     tokenizer = teacher_tokenizer(teacher_args, **tokenizer_kwargs)
     with training_args.main_process_first(desc="tokenizing"):

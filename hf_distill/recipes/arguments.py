@@ -52,6 +52,22 @@ class TeacherArguments:
     teacher_max_steps: int = field(
         default=-1, metadata={"help": "Steps of the fine-tune; -1 uses the epochs."}
     )
+    served_tokenizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "With a served teacher (--teacher_model_name_or_path http://HOST:PORT/v1): the served "
+            "model's tokenizer and config (a folder, Hub id or offline alias); the rows are tokenized with it and "
+            "the server is checked to tokenize the same way."
+        },
+    )
+    teacher_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "A folder written by `hf-distill cache-teacher` from this teacher on this task's training "
+            "rows: the distilled student trains from its outputs instead of running the teacher (plain kd; the "
+            "rows are checked to be the recipe's). The teacher is still loaded to be scored and to build students."
+        },
+    )
 
     def __post_init__(self):
         if self.fine_tune_teacher not in FINE_TUNE_CHOICES:

@@ -68,15 +68,6 @@ class CacheArguments:
         },
     )
 
-    served_tokenizer: str | None = field(
-        default=None,
-        metadata={
-            "help": "Codegen with a served teacher (--teacher_model_name_or_path http://HOST:PORT/v1): the "
-            "tokenizer the rows are tokenized with, the served model's (a folder, Hub id or offline alias); the "
-            "server is checked to tokenize the same way."
-        },
-    )
-
     def __post_init__(self):
         if self.cache_format not in CACHE_FORMATS:
             raise ValueError(
@@ -136,7 +127,7 @@ def cache_served(
             f"A served teacher ({url}) sends a causal LM's top-k log-probabilities: cache-teacher takes it for "
             f"codegen, not {task}. Pass the {task} teacher's folder instead."
         )
-    if cache_args.served_tokenizer is None:
+    if teacher_args.served_tokenizer is None:
         raise ValueError(
             f"--served_tokenizer is required with a served teacher ({url}): the rows are tokenized here, with "
             "the served model's tokenizer (a folder, Hub id or alias such as 'smollm2-135m')."
@@ -152,7 +143,7 @@ def cache_served(
             "--cache_format arrow runs a local model over the rows; a served teacher writes Parquet shards: pass "
             "--cache_format shards (or auto)."
         )
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cache_args.served_tokenizer))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(teacher_args.served_tokenizer))
     state = processes(training_args)
     with state.main_process_first():
         task_data = preparer(data_args, tokenizer)

@@ -54,11 +54,19 @@ from hf_distill.recipes.report_json import (
     write_cards,
     write_report,
 )
+from hf_distill.recipes.served_teacher import (
+    ServedRecipeTeacher,
+    check_served_recipe,
+    is_served_recipe,
+    served_recipe_teacher,
+    served_teacher_entry,
+    with_served_scoring,
+)
 from hf_distill.recipes.students import build_student, student_name
 from hf_distill.recipes.tasks import TaskData
 from hf_distill.recipes.teacher import check_teacher_sources, load_extra_teachers, ready_teacher
 from hf_distill.recipes.teacher_check import check_teacher_worth, warn_teacher_check
-from hf_distill.recipes.teacher_reuse import with_teacher_outputs
+from hf_distill.recipes.teacher_reuse import with_teacher_cache, with_teacher_outputs
 from hf_distill.recipes.tensorboard_log import log_scorecard
 from hf_distill.recipes.training import derived_args, student_learning_rate, train_student
 from hf_distill.reports.format import report_notes
@@ -88,15 +96,14 @@ def run_recipe(
     mode_args = mode_args or ModeArguments()
     mode_args.check_task(task.task, len(task.train[0]["input_ids"]) if task.task == "causal_lm" else None)
     check_teacher_sources(teacher_args, mode_args)
+    check_served_recipe(teacher_args, student_args, report_args, mode_args, training_args, task.task)
+    task = with_teacher_cache(task, teacher_args.teacher_cache, training_args, mode_args.distillation_mode)
     state = PartialState()
     run_dir = Path(training_args.output_dir)
     set_seed(training_args.seed)
-    with stage("load the teacher") as teacher_stage:
-        teacher, teacher_folder, teacher_history = ready_teacher(
-            teacher_args, task, training_args, run_dir / "teacher"
-        )
-        if teacher_history:
-            teacher_stage.name = "fine-tune the teacher"
+    teacher, teacher_folder, teacher_history, task = _ready_teacher(
+        teacher_args, task, training_args, run_dir
+    )
     teacher = _with_eager_attention(teacher, training_args)
     extra = load_extra_teachers(mode_args, teacher_args, task, training_args, run_dir)
     seeds = student_args.seeds or [training_args.seed]
@@ -118,16 +125,20 @@ def run_recipe(
     if not state.is_main_process:
         state.wait_for_everyone()
         return None
-    timings, latency = _time_latency({"teacher": teacher, **models}, task, report_args)
-    teacher_report = teacher_entry(
-        teacher,
-        teacher_args,
-        teacher_folder,
-        teacher_history,
-        teacher_scores.metrics,
-        latency["teacher"],
-        task,
-    )
+    served = isinstance(teacher, ServedRecipeTeacher)
+    timings, latency = _time_latency(models if served else {"teacher": teacher, **models}, task, report_args)
+    if served:
+        teacher_report = served_teacher_entry(teacher, teacher_args, teacher_scores.metrics, task)
+    else:
+        teacher_report = teacher_entry(
+            teacher,
+            teacher_args,
+            teacher_folder,
+            teacher_history,
+            teacher_scores.metrics,
+            latency["teacher"],
+            task,
+        )
     for entry in students:
         name = entry["name"]
         entry.update(model_entry(models[name], Path(entry["output_dir"]), mean_metrics(scores[name]), task))
@@ -148,6 +159,25 @@ def run_recipe(
     log_scorecard(report, run_dir, training_args.report_to)
     state.wait_for_everyone()
     return report
+
+
+def _ready_teacher(
+    teacher_args: TeacherArguments,
+    task: TaskData,
+    training_args: DistillationTrainingArguments,
+    run_dir: Path,
+) -> tuple[Any, Path | None, list[dict], TaskData]:
+    """Step 1: the teacher, the folder it was fine-tuned into, the fine-tune's log history, and the task; a
+    served teacher (:mod:`hf_distill.recipes.served_teacher`) is checked against its server and the task then
+    scores it through the server."""
+    with stage("load the teacher") as teacher_stage:
+        if is_served_recipe(teacher_args):
+            teacher = served_recipe_teacher(teacher_args, task, training_args)
+            return teacher, None, [], with_served_scoring(task)
+        teacher, folder, history = ready_teacher(teacher_args, task, training_args, run_dir / "teacher")
+        if history:
+            teacher_stage.name = "fine-tune the teacher"
+    return teacher, folder, history, task
 
 
 def _deployment(

@@ -21,12 +21,25 @@ from hf_distill.recipes.mode_select import ModeArguments
 from hf_distill.recipes.offline import resolve_model_path
 from hf_distill.recipes.tasks import NEW_TEACHER, TaskData
 from hf_distill.recipes.training import plain_trainer_args, resume_point
+from hf_distill.teachers.served import is_served_teacher
 
 TEACHER_FLAG = "teacher_model_name_or_path"
 
 
 def teacher_tokenizer(args: TeacherArguments, **kwargs: Any):
-    """The teacher's tokenizer (students share it)."""
+    """The teacher's tokenizer (students share it); a served teacher's is ``--served_tokenizer``'s."""
+    if is_served_teacher(args.teacher_model_name_or_path):
+        if args.served_tokenizer is None:
+            raise ValueError(
+                f"--served_tokenizer is required with a served teacher ({args.teacher_model_name_or_path}): the "
+                "rows are tokenized here with the served model's tokenizer (a folder, Hub id or alias)."
+            )
+        return load_pretrained(
+            AutoTokenizer.from_pretrained,
+            resolve_model_path(args.served_tokenizer),
+            role="served_tokenizer",
+            **kwargs,
+        )
     return load_pretrained(
         AutoTokenizer.from_pretrained,
         resolve_model_path(args.teacher_model_name_or_path),
@@ -183,5 +196,7 @@ def check_teacher_sources(teacher_args: TeacherArguments, mode_args: ModeArgumen
     names = [(TEACHER_FLAG, teacher_args.teacher_model_name_or_path)]
     names += [(f"extra_teachers[{i}]", name) for i, name in enumerate(mode_args.extra_teachers or [])]
     for role, name in names:
+        if is_served_teacher(name):
+            continue  # a server is checked when it is asked (it answers, tokenizes as the student's rows)
         # An offline alias is a valid repo id, so it passes without resolving (which may convert a model).
         check_model_source(name, role)

@@ -19,6 +19,7 @@ from hf_distill.model_kind import logits_of
 from hf_distill.modes.mutual import STUDENT_A
 from hf_distill.recipes.data_common import notice
 from hf_distill.recipes.mode_select import ModeArguments, mode_train_data, mode_trainer
+from hf_distill.recipes.served_teacher import trainer_teacher
 from hf_distill.recipes.tasks import TaskData
 from hf_distill.recipes.teacher_reuse import distilled_rows
 from hf_distill.training.checkpoints import checkpoint_problems, checkpoints_in
@@ -169,7 +170,7 @@ def train_student(
         trainer = mode_trainer(
             mode_args,
             student,
-            [teacher, *extra_teachers],
+            [trainer_teacher(teacher), *extra_teachers],
             args,
             peer=peer,
             train_dataset=train,
