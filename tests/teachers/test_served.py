@@ -7,14 +7,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
-import subprocess
-import sys
-import time
 import urllib.request
-from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,38 +21,10 @@ from hf_distill.cache.build import cache_teacher_outputs
 from hf_distill.losses.topk import topk_teacher
 from hf_distill.teachers.served import LookAhead, ServedTeacher, TeacherServerError
 from hf_distill.teachers.served_api import parse_prompt_logprobs
-from tests.helpers.paths import REPO
-from tests.helpers.processes import free_port
+from tests.helpers.processes import free_port, serving
 from tests.helpers.xtok import TEXTS, byte_level_tokenizer, metaspace_tokenizer, tiny_gpt2
 
 TOP_K = 16
-
-
-@contextmanager
-def serving(model_dir: Path, top_k: int = TOP_K):
-    """`hf-distill serve-teacher` in its own process; killed whatever happens."""
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "hf_distill.cli", "serve-teacher", str(model_dir)]
-    command += ["--port", str(port), "--top_k", str(top_k)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/models", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"serve-teacher did not start: {process.stdout.read()}")
-            time.sleep(0.2)
-        yield url, process
-    finally:
-        process.kill()
-        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
