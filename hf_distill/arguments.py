@@ -230,6 +230,31 @@ class DistillationTrainingArguments(TrainingArguments):
             "help": "Served teacher: batches requested ahead of the current step (0: ask when needed)."
         },
     )
+    teacher_route_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher routes: the dataset column naming, per row, which of the trainer's `teachers` "
+            "(DistillationTrainer(teachers={name: model, folder, Hub id, 'http://HOST:PORT/v1' or a teacher "
+            "source})) labels it; each batch is split by route and each row gets its own teacher's target "
+            "(hf_distill.teachers.routed). Unset: one teacher (teacher_model)."
+        },
+    )
+    teacher_diagnostics: bool = field(
+        default=True,
+        metadata={
+            "help": "Log per step, beside loss_kd, the teacher's tail mass outside its top-k "
+            "(teacher_tail_mass), the share of its top-k ids in the student's top-k (topk_overlap) and, "
+            "cross-tokenizer, the share of positions whose prefixes end together (matched_share); "
+            "computed under no_grad at the KD positions (hf_distill.terms.diagnostics)."
+        },
+    )
+    teacher_diagnostics_top_k: int = field(
+        default=20,
+        metadata={
+            "help": "k of the diagnostics for a teacher of full logits (a top-k cache or served teacher keeps "
+            "its own k): tail mass = 1 - the top-k probability at the training temperature."
+        },
+    )
 
     def __post_init__(self):
         # Our checks run first: a bad distillation knob must fail before TrainingArguments touches devices.
@@ -327,10 +352,16 @@ class DistillationTrainingArguments(TrainingArguments):
             "teacher_server_top_k": (self.teacher_server_top_k, 1),
             "teacher_server_retries": (self.teacher_server_retries, 1),
             "teacher_server_prefetch": (self.teacher_server_prefetch, 0),
+            "teacher_diagnostics_top_k": (self.teacher_diagnostics_top_k, 1),
         }
         for name, (value, least) in served.items():
             if not isinstance(value, int) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}.")
+        if self.teacher_route_column is not None and not str(self.teacher_route_column).strip():
+            raise ValueError(
+                "teacher_route_column is empty; name the dataset column that holds each row's teacher, or leave "
+                "it unset for one teacher."
+            )
         if not self.teacher_server_timeout > 0:
             raise ValueError(
                 f"teacher_server_timeout must be > 0 seconds, got {self.teacher_server_timeout}; 60 is a good default."

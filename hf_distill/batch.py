@@ -12,6 +12,10 @@ import torch
 from hf_distill.cache.build import CACHE_COLUMNS
 from hf_distill.losses.divergences import IGNORE_INDEX
 
+# The batch key of the per-row teacher names (``teacher_route_column``'s values), put there by the routed
+# teacher's collator (:class:`hf_distill.teachers.routed.RouteColumnCollator`) whatever the dataset calls it.
+ROUTES = "teacher_routes"
+
 
 def require_labels(
     labels: Any, alpha: float, *, where: str = "The batch", teacher: str = "the teacher"
@@ -70,6 +74,7 @@ class DistillationBatch:
     num_kd_items: Any = None  # label positions + transfer rows' positions (hf_distill.terms.normalization)
     num_tokens: torch.Tensor | None = None
     global_step: int = 0
+    routes: list[str] | None = None  # each row's teacher name, for a routed teacher (ROUTES)
     # The transfer positions, unshifted and shifted, each computed once and read by every term after.
     _transfer: dict[bool, torch.Tensor | None] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -78,8 +83,38 @@ class DistillationBatch:
     @classmethod
     def from_inputs(cls, inputs: dict[str, Any], **counts: Any) -> DistillationBatch:
         cache = {k: v for k, v in inputs.items() if k in CACHE_COLUMNS}
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels" and k not in cache}
-        return cls(model_inputs=model_inputs, labels=inputs.get("labels"), cache=cache, **counts)
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", ROUTES) and k not in cache}
+        routes = inputs.get(ROUTES)
+        return cls(
+            model_inputs=model_inputs, labels=inputs.get("labels"), cache=cache, routes=routes, **counts
+        )
+
+    def subset(self, rows: list[int]) -> DistillationBatch:
+        """The batch of ``rows`` only (in that order): every tensor, list or array with one entry per row is
+        cut to them; the rest (a temperature scalar) is kept. Counts are left unset: a teacher does not read them.
+
+        Args:
+            rows: row indices into this batch.
+
+        Returns:
+            A new :class:`DistillationBatch` of ``len(rows)`` rows, same padded length.
+        """
+        size = len(self.routes) if self.routes is not None else self.model_inputs["input_ids"].shape[0]
+
+        def cut(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == size:
+                return value[torch.as_tensor(rows, device=value.device)]
+            if isinstance(value, list) and len(value) == size:
+                return [value[r] for r in rows]
+            return value
+
+        return DistillationBatch(
+            model_inputs={k: cut(v) for k, v in self.model_inputs.items()},
+            labels=cut(self.labels),
+            cache={k: cut(v) for k, v in self.cache.items()},
+            global_step=self.global_step,
+            routes=cut(self.routes),
+        )
 
     @property
     def attention_mask(self) -> torch.Tensor | None:
@@ -115,6 +150,7 @@ class TargetKind(Enum):
     MIXTURE = "mixture of teachers"
     PEER = "peer student"
     SERVED_TOPK = "served teacher top-k log-probabilities"
+    ROUTED = "routed teachers"
 
 
 @dataclass

@@ -40,7 +40,9 @@ from hf_distill.hub.trainer_card import record_teacher
 from hf_distill.hub.trainer_saving import StudentSaving
 from hf_distill.loading import load_teacher_model
 from hf_distill.model_kind import CAUSAL_LM, detect_task
+from hf_distill.teacher_routes import routes_for
 from hf_distill.teachers.cross_tokenizer import cross_tokenizer_source
+from hf_distill.teachers.routed import RouteColumnCollator
 from hf_distill.teachers.served import (
     ServedTeacher,
     check_served_setup,
@@ -49,6 +51,7 @@ from hf_distill.teachers.served import (
 )
 from hf_distill.teachers.sources import CachedOrLiveTeacher, CachedTeacher, LiveTeacher, TeacherSource
 from hf_distill.terms.cross_tokenizer import CrossTokenizerLogitTerms
+from hf_distill.terms.diagnostics import teacher_diagnostics
 from hf_distill.terms.features import build_feature_terms, feature_map_matcher
 from hf_distill.terms.logits import ChunkedLogitTerms, LogitTerms
 from hf_distill.terms.logits import build_logit_terms as choose_logit_terms
@@ -82,6 +85,8 @@ class DistillationTrainer(StudentSaving, Trainer):
             must have the same vocabulary unless ``args.cross_tokenizer_loss`` is set
             (:mod:`hf_distill.teachers.cross_tokenizer`).
         teacher_model_init_kwargs: keyword arguments for ``from_pretrained`` when ``teacher_model`` is a string.
+        teachers: name -> teacher (what ``teacher_model`` takes, or a teacher source), with
+            ``args.teacher_route_column`` naming each row's teacher (:mod:`hf_distill.teacher_routes`).
         **kwargs: everything ``transformers.Trainer`` takes (datasets, collator, processing_class, ...).
 
     The teacher runs in eval mode under ``torch.no_grad`` on the student's device and is never saved. The
@@ -97,16 +102,18 @@ class DistillationTrainer(StudentSaving, Trainer):
         *,
         teacher_processing_class: Any = None,
         teacher_model_init_kwargs: dict | None = None,
+        teachers: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
         if args is None:
             args = DistillationTrainingArguments(output_dir="tmp_trainer", report_to="none")
         check_trainer_inputs(args, model, kwargs)
+        self.routes = routes_for(args, teachers, teacher_model, kwargs, model, teacher_model_init_kwargs)
         cached = [cached_teacher_kind(getattr(kwargs.get(s), "column_names", None) or ()) for s in SPLITS]
         served_url = teacher_model if is_served_teacher(teacher_model) else None
         if served_url is not None:
             teacher_model = None  # the teacher lives on its server: nothing is loaded here
-        if teacher_model is None and served_url is None:
+        if teacher_model is None and served_url is None and self.routes is None:
             check_cache_replaces_teacher(cached, kwargs.get("eval_dataset") is not None)
         if any(cached):
             refuse_features_from_cache(args, "The dataset", has_teacher=teacher_model is not None)
@@ -146,6 +153,8 @@ class DistillationTrainer(StudentSaving, Trainer):
             self.data_collator = TeacherColumnsCollator(
                 self.data_collator, getattr(tokenizer, "padding_side", "right")
             )
+        if self.routes is not None:  # outermost: takes the route column out before any padding
+            self.data_collator = RouteColumnCollator(self.data_collator, self.routes.column)
         # Every term is normalised by num_items_in_batch here; Trainer then neither divides by the
         # accumulation steps again nor skips counting items.
         self.model_accepts_loss_kwargs = True
@@ -183,6 +192,8 @@ class DistillationTrainer(StudentSaving, Trainer):
         """Hook: the output rows the student and its teacher(s) share, after checking that they may be compared
         (:func:`hf_distill.checks.check_compatibility`); None for a classification head. A mode with several
         teachers checks each."""
+        if self.routes is not None:
+            return self.routes.shared_vocab_size(self.head_kind, model, tokenizer)
         return check_compatibility(self.head_kind, model, teacher_model, tokenizer, teacher_tokenizer)
 
     def build_logit_terms(self, model: nn.Module) -> LogitTerms | CrossTokenizerLogitTerms:
@@ -198,7 +209,10 @@ class DistillationTrainer(StudentSaving, Trainer):
     ) -> TeacherSource:
         """Hook: what the teacher says about each batch (a :class:`~hf_distill.teachers.sources.TeacherSource`):
         the cache a batch carries, else the placed teacher (``self.teacher``, possibly None); the cross-tokenizer
-        teacher with ``cross_tokenizer_loss``."""
+        teacher with ``cross_tokenizer_loss``; each row's own teacher with ``teachers`` (routes)."""
+        if self.routes is not None:
+            unwrap = self.accelerator.unwrap_model
+            return self.routes.source(self.prepare_teacher_model, unwrap, model, tokenizer, self.vocab_size)
         if self.args.cross_tokenizer_loss is not None:
             return cross_tokenizer_source(
                 self.args, self.teacher, teacher_model, model, tokenizer, teacher_tokenizer
@@ -258,7 +272,8 @@ class DistillationTrainer(StudentSaving, Trainer):
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
         # The model's forward does not take the cache columns, but the teacher source reads them: keep them.
-        self._signature_columns += [c for c in CACHE_COLUMNS if c not in self._signature_columns]
+        kept = [*CACHE_COLUMNS, *([self.routes.column] if self.routes is not None else [])]
+        self._signature_columns += [c for c in kept if c not in self._signature_columns]
 
     # ---- the loss -------------------------------------------------------------------------------------
 
@@ -311,6 +326,9 @@ class DistillationTrainer(StudentSaving, Trainer):
         target = self.teacher_source(batch, self.output_kwargs)
         student = self.logit_terms.run_student(model, batch.model_inputs, self.output_kwargs)
         loss, parts = self.logit_terms(student, target, batch)
+        if self.args.teacher_diagnostics:
+            found = teacher_diagnostics(self.head_kind, student.logits, target, batch, self.args)
+            self.loss_log.record_means(found, self.model.training)
         for term in self.feature_terms:
             weighted, term_parts = term(student, target, batch)
             loss, parts = loss + weighted, {**parts, **term_parts}
@@ -373,7 +391,8 @@ class DistillationTrainer(StudentSaving, Trainer):
     # ---- what the save path guards and describes (hub/trainer_saving.py) -------------------------------
 
     def guarded_teachers(self) -> list[tuple[nn.Module | None, dict | None]]:
-        return [(self.teacher, self.teacher_fingerprint)]
+        routed = self.routes.fingerprints if self.routes is not None else []
+        return [(self.teacher, self.teacher_fingerprint), *routed]
 
     def card_teacher(self) -> nn.Module | None:
         return self.teacher

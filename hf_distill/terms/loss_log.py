@@ -2,7 +2,9 @@
 
 Parts are recorded per micro-batch, scaled like the loss Trainer logs (divided by the accumulation steps for
 micro-batch means, multiplied by the process count where the loss is), and averaged per optimizer step when
-Trainer logs, so the logged parts of a step add up to its logged loss.
+Trainer logs, so the logged parts of a step add up to its logged loss. Diagnostics (the teacher's tail
+mass, the top-k overlap, :mod:`hf_distill.terms.diagnostics`) are no parts of the loss: they are recorded
+with :meth:`LossPartsLog.record_means` and logged as their mean over the micro-batches of the interval.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ class LossPartsLog:
             "train": defaultdict(list),
             "eval": defaultdict(list),
         }
+        self.means: dict[str, dict[str, list[torch.Tensor]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
         self.last_step = 0
         self.resumed_from_step = 0
 
@@ -41,6 +47,11 @@ class LossPartsLog:
             scale = float(self.normalization.accelerator.num_processes)
         for name, value in parts.items():
             self.parts[mode][name].append(value.detach() * scale)
+
+    def record_means(self, values: dict[str, torch.Tensor], training: bool) -> None:
+        """Keeps this micro-batch's diagnostics (0-d tensors), logged as their plain mean over the interval."""
+        for name, value in values.items():
+            self.means["train" if training else "eval"][name].append(value.detach().float())
 
     def add_to(self, logs: dict[str, float], global_step: int, parallel_mode: Any) -> None:
         """Adds the recorded parts to ``logs`` (``eval_``-prefixed for evaluation logs) and forgets them."""
@@ -59,3 +70,7 @@ class LossPartsLog:
             value = total / steps if mode == "train" else total / len(values)
             logs[f"eval_{name}" if mode == "eval" else name] = value
         parts.clear()
+        for name, values in self.means[mode].items():
+            mean = nested_gather(torch.stack(values).mean(), parallel_mode).mean().item()
+            logs[f"eval_{name}" if mode == "eval" else name] = mean
+        self.means[mode].clear()

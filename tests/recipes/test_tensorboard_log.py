@@ -93,7 +93,8 @@ def test_a_tiny_run_writes_every_loss_part_and_the_scorecard_to_tensorboard(tmp_
     ).iterdir()  # Trainer's <output_dir>/runs/<date_host>
     curves = _scalars(logs)
     history = report["log_history"][student["name"]]
-    for part in ("loss", "loss_kd", "loss_task", "loss_hidden"):
+    # The teacher diagnostics are curves beside the loss parts (two classes: top-2 of 2 leaves no tail).
+    for part in ("loss", "loss_kd", "loss_task", "loss_hidden", "teacher_tail_mass", "topk_overlap"):
         logged = [(e["step"], e[part]) for e in history if part in e]
         assert logged, part
         # TensorBoard holds float32: the curve is the Trainer's log, step by step.
@@ -101,6 +102,8 @@ def test_a_tiny_run_writes_every_loss_part_and_the_scorecard_to_tensorboard(tmp_
         for (_, shown), (_, value) in zip(curves[f"train/{part}"], logged):
             assert shown == pytest.approx(value, rel=1e-6)
     assert all(math.isfinite(v) for tag in curves for _, v in curves[tag])
+    assert all(v == pytest.approx(1.0) for _, v in curves["train/topk_overlap"])
+    assert all(abs(v) < 1e-6 for _, v in curves["train/teacher_tail_mass"])
     # The scorecard: one TensorBoard run per model, with its test metrics and size / speed, and the table.
     scorecard = out / SCORECARD_DIR
     for name, entry in {"teacher": report["teacher"], student["name"]: student}.items():

@@ -1,0 +1,149 @@
+"""What the teacher's target looks like beside the student, logged per step next to the loss parts.
+
+- ``teacher_tail_mass``: the teacher's probability outside its top-k at the training temperature (the
+  distribution the KD term matches), averaged over the KD positions. For a top-k target (cache, served
+  teacher) it is the tail bucket, ``softmax([z_K / T, tail])[-1]``: how much the target leaves unsaid. For full
+  logits it is ``1 - sum of the top-k probabilities`` at ``k = teacher_diagnostics_top_k`` (20 by default, the
+  served teacher's default ``k``): what a top-k cache of this teacher at that ``k`` would leave in its tail.
+- ``topk_overlap``: the share of the teacher's top-k token ids that are also in the student's top-k (same
+  ``k``) at the same position, averaged over the KD positions; 1 when the student ranks the teacher's
+  favourites first, whatever their order.
+- ``matched_share`` (cross-tokenizer runs): the share of the student's KD positions whose prefix ends where a
+  teacher prefix ends (``AlignedTeacher.matched``): the positions where the ``aligned`` loss compares the two
+  vocabularies token by token rather than by sorted probabilities.
+
+Everything runs under ``no_grad`` and costs one ``topk`` of each side plus a ``logsumexp`` over the teacher's
+vocabulary at the KD positions: no sort. The student's top-k needs its logits, so on the chunked KD path (no
+student logits) ``topk_overlap`` is left out, and a teacher given as hidden states has no tail mass.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.batch import DistillationBatch, TeacherTarget
+from hf_distill.losses.divergences import IGNORE_INDEX
+from hf_distill.model_kind import CAUSAL_LM, align_for_distillation
+
+
+def topk_tail_mass(values: torch.Tensor, tail: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The tail bucket's probability of a top-k target: ``(..., k)``, ``(...)`` -> ``(...)``.
+
+    Args:
+        values: the raw top-k logits.
+        tail: the tail logit at ``temperature`` (``logsumexp`` of the other logits over ``T``).
+        temperature: the training temperature.
+    """
+    buckets = torch.cat([values.float() / temperature, tail.float().unsqueeze(-1)], dim=-1)
+    return torch.softmax(buckets, dim=-1)[..., -1]
+
+
+def logits_tail_mass(logits: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``1 - sum of the top-k probabilities`` of ``softmax(logits / T)``, and the top-k ids.
+
+    Args:
+        logits: full teacher logits ``(..., V)``.
+        k: the top tokens counted in (capped at ``V``).
+        temperature: the training temperature.
+
+    Returns:
+        ``(tail mass (...), top-k ids (..., k))``.
+    """
+    scaled = logits.float() / temperature
+    top = scaled.topk(min(k, scaled.shape[-1]), dim=-1)
+    # 1 - exp(logsumexp(top) - logsumexp(all)), without cancelling when the tail is tiny.
+    log_top = torch.logsumexp(top.values, dim=-1) - torch.logsumexp(scaled, dim=-1)
+    return -torch.expm1(log_top.clamp_max(0.0)), top.indices
+
+
+def topk_overlap(student_logits: torch.Tensor, teacher_ids: torch.Tensor) -> torch.Tensor:
+    """The share of the teacher's top-k ids in the student's top-k: ``(..., V)``, ``(..., k)`` -> ``(...)``.
+
+    Args:
+        student_logits: the student's logits.
+        teacher_ids: the teacher's top-k token ids (``k <= V``).
+    """
+    k = teacher_ids.shape[-1]
+    student_ids = student_logits.topk(k, dim=-1).indices
+    hits = (teacher_ids.unsqueeze(-1) == student_ids.unsqueeze(-2)).any(dim=-1)
+    return hits.float().mean(dim=-1)
+
+
+def kd_positions(task: str, reference: torch.Tensor, batch: DistillationBatch) -> torch.Tensor:
+    """The positions the KD term covers, shaped like ``reference[..., 0]`` after the causal shift: label
+    positions and transfer rows' positions with labels, the attended positions without.
+
+    Args:
+        task: the student's head kind.
+        reference: any unshifted per-position tensor of the batch, ``(N, C)`` or ``(B, T, ...)`` (a target).
+        batch: the batch (labels, attention mask, transfer positions).
+    """
+    _, _, kd_labels, mask = align_for_distillation(task, reference, None, batch.labels, batch.attention_mask)
+    if kd_labels is not None:
+        transfer = batch.transfer_positions(shifted=task == CAUSAL_LM)
+        mask = kd_labels != IGNORE_INDEX if transfer is None else (kd_labels != IGNORE_INDEX) | transfer
+    if mask is None:
+        shape = reference.shape[:-1] if task != CAUSAL_LM else (reference.shape[0], reference.shape[1] - 1)
+        mask = torch.ones(shape, dtype=torch.bool, device=reference.device)
+    return mask.to(reference.device).bool()
+
+
+@torch.no_grad()
+def teacher_diagnostics(
+    task: str,
+    student_logits: torch.Tensor | None,
+    target: TeacherTarget,
+    batch: DistillationBatch,
+    args: DistillationTrainingArguments,
+) -> dict[str, torch.Tensor]:
+    """This batch's diagnostics (module docstring), each a mean over its KD positions; empty when there is
+    nothing to measure (no KD position, a teacher given as hidden states on the chunked path).
+
+    Args:
+        task: the student's head kind (:mod:`hf_distill.model_kind`); causal LMs are shifted like the loss.
+        student_logits: the student's logits (unshifted), or None on the chunked path.
+        target: the teacher's target for this batch.
+        batch: the batch (labels, attention mask, transfer positions).
+        args: the run's arguments: ``temperature``, and ``teacher_diagnostics_top_k`` (``k`` for a
+            full-logits target; a top-k target keeps its own).
+
+    Returns:
+        ``{"teacher_tail_mass", "topk_overlap", "matched_share"}``, the ones that apply, as 0-d tensors.
+    """
+    aligned = getattr(target, "aligned", None)
+    if aligned is not None:
+        return matched_share(aligned.matched, batch)
+    shifted, temperature = task == CAUSAL_LM, args.temperature
+    if target.topk is None and target.logits is None:
+        return {}
+    reference = target.topk[0] if target.topk is not None else target.logits
+    mask = kd_positions(task, reference, batch)
+    if not bool(mask.any()):
+        return {}
+    cut = (lambda t: t[:, :-1][mask]) if shifted else (lambda t: t[mask])
+    # Only the KD positions are measured: padding and prompt positions cost nothing.
+    if target.topk is not None:
+        values, ids, tail = (cut(t) for t in target.topk)
+        tail_mass = topk_tail_mass(values, tail, temperature)
+    else:
+        tail_mass, ids = logits_tail_mass(cut(target.logits), args.teacher_diagnostics_top_k, temperature)
+    found = {"teacher_tail_mass": tail_mass.mean()}
+    if student_logits is not None:
+        found["topk_overlap"] = topk_overlap(cut(student_logits).float(), ids).mean()
+    return found
+
+
+def matched_share(matched: torch.Tensor, batch: DistillationBatch) -> dict[str, torch.Tensor]:
+    """``{"matched_share": ...}``: the share of the student's KD positions (shifted, label or attended) where
+    the two tokenizations' prefixes end together; empty without a KD position."""
+    if batch.labels is not None:
+        mask = batch.labels[:, 1:] != IGNORE_INDEX
+    elif batch.attention_mask is not None:
+        mask = batch.attention_mask[:, 1:].bool()
+    else:
+        mask = torch.ones(matched[:, 1:].shape, dtype=torch.bool, device=matched.device)
+    mask = mask.to(matched.device)
+    if not bool(mask.any()):
+        return {}
+    return {"matched_share": matched[:, :-1][mask].float().mean()}
