@@ -4,7 +4,9 @@
 - ``features``: hidden-state, attention and feature-map matching, built from the arguments;
 - ``hidden_states``, ``attention``, ``feature_maps``: the matchers those terms use;
 - ``normalization``: token counts across accumulation steps and processes;
-- ``loss_log``: the logged parts (``loss_task``, ``loss_kd``, ...).
+- ``loss_log``: the logged parts (``loss_task``, ``loss_kd``, ...);
+- ``diagnostics``: what the teacher's target looks like beside the student (tail mass, top-k overlap, matched
+  share), logged with the parts.
 """
 
 from hf_distill.terms.feature_maps import FeatureMapMatcher
