@@ -77,10 +77,13 @@ def ranked_top_k(entry: dict[str, Any], top_k: int, position: int) -> tuple[list
     """The ``top_k`` (id, log-probability) pairs of one ``prompt_logprobs`` entry, largest first.
 
     The entry may also hold the prompt's own token with a rank above ``top_k``: it is left out. Raises when the
-    entry holds fewer than ``top_k`` ranked tokens (a server that caps the top-k lower than asked)."""
+    entry holds fewer than ``top_k`` ranked tokens (a server that caps the top-k lower than asked), and when any
+    of its values is not a finite log-probability (:func:`logprob_value`)."""
     items = []
     for key, value in entry.items():
-        logprob = float(value["logprob"] if isinstance(value, dict) else value)
+        # Every value is checked before ranking, not only the k kept: sorting with a NaN orders the others
+        # arbitrarily, so a NaN cut off by [:top_k] would leave a wrong top-k that is all finite.
+        logprob = logprob_value(value, f"token {key} at prompt position {position}")
         rank = value.get("rank") if isinstance(value, dict) else None
         items.append((int(key), logprob, rank))
     ranked = [item for item in items if item[2] is None or int(item[2]) <= top_k]
@@ -92,13 +95,35 @@ def ranked_top_k(entry: dict[str, Any], top_k: int, position: int) -> tuple[list
             f"cap (vLLM: --max-logprobs {top_k}; hf-distill serve-teacher: --top_k {top_k}), or ask for less."
         )
     ranked = ranked[:top_k]
-    bad = [lp for _, lp, _ in ranked if not (math.isfinite(lp) and lp <= 1e-4)]
-    if bad:
-        raise ValueError(
-            f"The teacher server returned log-probabilities {bad[:3]} at prompt position {position}: a "
-            "log-probability is finite and <= 0. The teacher's weights or the server's numerics are broken."
-        )
     return [i for i, _, _ in ranked], [lp for _, lp, _ in ranked]
+
+
+def logprob_value(value: Any, where: str) -> float:
+    """The log-probability of one ``prompt_logprobs`` value (a ``{"logprob": ...}`` mapping or a bare number).
+
+    Args:
+        value: the value as the server sent it.
+        where: which token and position, for the message.
+
+    Returns:
+        The log-probability, a finite float <= 0 (up to float rounding).
+
+    Raises:
+        ValueError: a value that is missing, not a number, NaN, infinite or positive; the top-k target and the
+            held-out NLL would be NaN or wrong, and no later check sees a served target's values.
+    """
+    raw = value.get("logprob") if isinstance(value, dict) else value
+    number = raw if isinstance(raw, (int, float)) and not isinstance(raw, bool) else None
+    if number is None or not (math.isfinite(number) and number <= 1e-4):
+        null = " (JSON null: some servers write NaN or infinity as null)" if raw is None else ""
+        raise ValueError(
+            f"The teacher server returned log-probability {raw!r}{null} for {where}; a log-probability is "
+            "finite and <= 0, and a NaN or infinity here would make the distillation loss or the held-out NLL "
+            "NaN. The served model's numerics are broken: check that a local forward pass of it gives finite "
+            "logits, and serve it in float32 or bfloat16 rather than float16, which overflows (vLLM: --dtype; "
+            "hf-distill serve-teacher: --dtype float32)."
+        )
+    return float(number)
 
 
 def tail_logit(logprobs: np.ndarray) -> np.ndarray:
@@ -120,7 +145,7 @@ def last_position(choice: dict[str, Any], top_k: int) -> dict[str, dict[str, flo
     for key, value in top[0].items():
         if not str(key).startswith("token_id:"):
             return None
-        entry[str(key)[len("token_id:") :]] = {"logprob": float(value)}
+        entry[str(key)[len("token_id:") :]] = {"logprob": value}  # checked by ranked_top_k
     return entry if len(entry) >= top_k else None
 
 
@@ -184,19 +209,16 @@ def prompt_token_logprobs(entries: Sequence[dict[str, Any] | None], prompt: Sequ
     values = np.zeros(max(len(prompt) - 1, 0), dtype=np.float64)
     for position in range(1, len(prompt)):
         entry = entries[position]
-        token = entry.get(str(int(prompt[position]))) if isinstance(entry, dict) else None
-        if token is None:
+        own = str(int(prompt[position]))
+        if not isinstance(entry, dict) or own not in entry:
+            held = list(entry)[:5] if isinstance(entry, dict) else entry
             raise ValueError(
-                f"prompt_logprobs entry {position} does not hold the prompt's own token {prompt[position]}; vLLM's "
-                "entries always do. Is this server OpenAI-compatible with vLLM's prompt_logprobs?"
+                f"prompt_logprobs entry {position} holds tokens {held} but not the prompt's own token {own}: "
+                "the held-out NLL sums each prompt token's own log-probability, so a server that sends only its "
+                "top-k (not the prompt's token beside it, as vLLM does) cannot score the teacher. Serve it with "
+                "vLLM or hf-distill serve-teacher, or score it locally (pass the teacher's folder)."
             )
-        value = float(token["logprob"] if isinstance(token, dict) else token)
-        if not (math.isfinite(value) and value <= 1e-4):
-            raise ValueError(
-                f"The teacher server returned log-probability {value} for prompt token {position}: a "
-                "log-probability is finite and <= 0. The teacher's weights or the server's numerics are broken."
-            )
-        values[position - 1] = value
+        values[position - 1] = logprob_value(entry[own], f"prompt token {own} at position {position}")
     return values
 
 

@@ -17,11 +17,13 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling, TrainerCallback
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments
+from hf_distill.batch import DistillationBatch
 from hf_distill.cache.build import cache_teacher_outputs
 from hf_distill.losses.topk import topk_teacher
 from hf_distill.teachers.served import LookAhead, ServedTeacher, TeacherServerError
 from hf_distill.teachers.served_api import parse_prompt_logprobs
 from tests.helpers.processes import free_port, serving
+from tests.helpers.served import completion_answer, faked_teacher
 from tests.helpers.xtok import TEXTS, byte_level_tokenizer, metaspace_tokenizer, tiny_gpt2
 
 TOP_K = 16
@@ -259,6 +261,33 @@ def test_a_server_that_caps_the_topk_silently_or_sends_nonfinite_values_is_refus
     values, ids, tail = parse_prompt_logprobs([None, own], 2)
     assert ids[0].tolist() == [7, 9] and ids[1].tolist() == [0, 1]  # the last row: empty, distinct ids
     assert tail[0] == pytest.approx(math.log(1 - math.exp(-0.1) - math.exp(-3.0)), abs=1e-6)
+
+
+def test_a_served_nan_stops_the_batch_before_its_target_reaches_the_loss():
+    """The trainer's only way to a served target is ``ServedTeacher.__call__`` (fetch, parse, place), and the
+    loss checks no top-k target's values (``check_kd_finite`` is for logits): the parse must refuse the NaN."""
+    value = {"logprob": -2.5}
+
+    def answer(body):
+        top = {"5": {"logprob": -0.2, "rank": 1}, "6": {**value, "rank": 2}}
+        return completion_answer([[None] + [top] * (len(row) - 1) for row in body["prompt"]])
+
+    teacher, session = faked_teacher(answer, top_k=2)
+    batch = DistillationBatch.from_inputs(
+        {"input_ids": torch.tensor([[0, 3, 4, 9]]), "attention_mask": torch.tensor([[0, 1, 1, 1]])}
+    )
+    target = teacher(batch, {})  # the control: the same answer with finite values is the target
+    values, ids, tail = target.topk
+    assert session.posted[-1]["prompt"] == [[3, 4, 9]] and session.posted[-1]["prompt_logprobs"] == 2
+    assert values[0, 1:3].flatten().tolist() == pytest.approx([-0.2, -2.5] * 2)
+    assert ids[0, 1:3].tolist() == [[5, 6]] * 2 and values[0, [0, 3]].abs().sum() == 0  # padding, last
+    assert tail[0, 1] == pytest.approx(math.log(1 - math.exp(-0.2) - math.exp(-2.5)), abs=1e-6)
+    for bad, shown in ((float("nan"), "nan"), (None, r"None \(JSON null")):
+        value["logprob"] = bad
+        with pytest.raises(
+            ValueError, match=rf"log-probability {shown}.* for token 6 at prompt position 1; .*finite"
+        ):
+            teacher(batch, {})
 
 
 def test_look_ahead_asks_for_the_next_batches_before_they_are_used():
