@@ -137,30 +137,54 @@ def served_text_nll(
     first whose label is not -100 (a label must be its own input token: the server scores the prompt).
 
     Raises:
-        ValueError: a label that is neither -100 nor the token at its position.
+        ValueError: a label that is neither -100 nor the token at its position, before any request.
     """
-    nll, tokens, n_bytes = [], [], []
+    prompts, positions = [], []  # every row is checked before the first request
     for start in range(0, len(dataset), batch_size):
         rows = dataset[start : start + batch_size]
         masks = rows.get("attention_mask") or [[1] * len(r) for r in rows["input_ids"]]
-        prompts, labels = [], []
-        for ids, mask, label in zip(rows["input_ids"], masks, rows.get("labels") or rows["input_ids"]):
+        labels = rows.get("labels") or rows["input_ids"]
+        for row, (ids, mask, label) in enumerate(zip(rows["input_ids"], masks, labels), start=start):
             attended = [i for i, m in enumerate(mask) if m]
             prompts.append([ids[i] for i in attended])
-            labels.append([label[i] for i in attended])
-        for prompt, label, logprobs in zip(prompts, labels, teacher.client.token_logprobs(prompts)):
-            scored = [t for t in range(1, len(prompt)) if label[t] != IGNORE_INDEX]
-            if any(label[t] != prompt[t] for t in scored):
-                raise ValueError(
-                    "A held-out row's labels differ from its input tokens; a served teacher scores the prompt's "
-                    "own tokens only. Score it on rows whose labels are their input ids (or -100)."
-                )
+            positions.append(scored_positions(prompts[-1], [label[i] for i in attended], row))
+    nll, tokens, n_bytes = [], [], []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        for prompt, scored, logprobs in zip(batch, positions[start:], teacher.client.token_logprobs(batch)):
             nll.append(-float(logprobs[[t - 1 for t in scored]].sum()))
             tokens.append(len(scored))
             text = tokenizer.decode([prompt[t] for t in scored], clean_up_tokenization_spaces=False)
             n_bytes.append(len(text.encode()))
     as_array = lambda values: np.asarray(values, dtype=float)  # noqa: E731
     return {"nll": as_array(nll), "tokens": as_array(tokens), "bytes": as_array(n_bytes)}
+
+
+def scored_positions(prompt: list[int], labels: list[int], row: int) -> list[int]:
+    """The attended positions after the first whose label is not -100, each checked to be its own input token.
+
+    Args:
+        prompt: the row's attended input ids.
+        labels: the row's labels at the same positions.
+        row: the row's index in the held-out set, for the message.
+
+    Returns:
+        The positions ``t >= 1`` whose token's log-probability the held-out NLL sums.
+
+    Raises:
+        ValueError: a label that is neither -100 nor the input token at its position.
+    """
+    scored = [t for t in range(1, len(prompt)) if labels[t] != IGNORE_INDEX]
+    wrong = next((t for t in scored if labels[t] != prompt[t]), None)
+    if wrong is not None:
+        raise ValueError(
+            f"Held-out row {row} has label {labels[wrong]} at attended position {wrong} where its input token is "
+            f"{prompt[wrong]}: a served teacher scores the prompt's own tokens (its prompt_logprobs), so it can "
+            "score a causal LM's rows only, whose labels are their input ids with -100 where nothing is scored "
+            "(the model shifts them). Build the labels as DataCollatorForLanguageModeling(mlm=False) does, not "
+            "shifted or from another column."
+        )
+    return scored
 
 
 def with_served_scoring(task: TaskData) -> TaskData:

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, GPT2Config
 
 from hf_distill import cli
-from hf_distill.recipes.served_teacher import NOT_MEASURED_LATENCY
+from hf_distill.recipes.served_teacher import NOT_MEASURED_LATENCY, ServedRecipeTeacher, served_text_nll
 from hf_distill.teachers.served import TeacherServerError
 from tests.helpers.processes import free_port, serving
 from tests.helpers.recipes import check_run, save_tiny_code_teacher, tiny_flags
+from tests.helpers.served import completion_answer, faked_teacher
 
 TOP_K = 8
 DATA = {"max_files": 12, "max_train_samples": 16, "max_test_samples": 8, "split_seed": 1}
@@ -126,3 +128,62 @@ def test_a_teacher_cache_of_other_rows_is_refused(tmp_path, teacher_dir):
     live_terms = recipe_flags(tmp_path / "r", teacher_dir, teacher_cache=cache, hidden_state_weight=1.0)
     with pytest.raises(ValueError, match=r"a cache holds the teacher's outputs only.*hidden_state_weight"):
         cli.train("codegen", live_terms)
+
+
+# Held-out rows scored by a faked server: each prompt token t >= 1 gets log-probability -0.1 * t (and NAN_AT's
+# the value in `bad`), beside a top-1 the scoring never reads.
+ROWS = {"input_ids": [[5, 6, 7, 8], [9, 10, 11, 0]], "attention_mask": [[1, 1, 1, 1], [1, 1, 1, 0]]}
+
+
+def scoring_teacher(bad: dict):
+    def answer(body):
+        assert body["prompt_logprobs"] == 1  # the prompt's own token comes beside the top-1 whatever its rank
+        return completion_answer([
+            [None] + [{"1": {"logprob": -0.01, "rank": 1},
+                       str(row[t]): {"logprob": bad.get((tuple(row), t), -0.1 * t), "rank": 7}}
+                      for t in range(1, len(row))]
+            for row in body["prompt"]
+        ])  # fmt: skip
+
+    client, session = faked_teacher(answer, top_k=TOP_K)
+    return ServedRecipeTeacher(client.url, GPT2Config(), "served", client), session
+
+
+def test_the_served_teachers_held_out_nll_sums_each_scored_tokens_own_log_probability(wordpiece_tokenizer):
+    teacher, session = scoring_teacher({})
+    labels = [[-100, 6, -100, 8], [-100, 10, 11, -100]]
+    scores = served_text_nll(teacher, Dataset.from_dict({**ROWS, "labels": labels}), wordpiece_tokenizer, 1)
+    assert [p["prompt"] for p in session.posted] == [[[5, 6, 7, 8]], [[9, 10, 11]]]  # padding not sent
+    # Row 0 scores positions 1 and 3 (0.1 + 0.3 nats); row 1 positions 1 and 2 (0.1 + 0.2).
+    assert scores["nll"].tolist() == pytest.approx([0.4, 0.3]) and scores["tokens"].tolist() == [2, 2]
+    decoded = [
+        wordpiece_tokenizer.decode(ids, clean_up_tokenization_spaces=False) for ids in ([6, 8], [10, 11])
+    ]
+    assert scores["bytes"].tolist() == [len(text.encode()) for text in decoded]
+
+
+def test_labels_that_are_not_the_input_ids_are_refused_before_any_request(wordpiece_tokenizer):
+    teacher, session = scoring_teacher({})
+    shifted = [[6, 7, 8, -100], [10, 11, -100, -100]]  # labels shifted by hand: the model shifts them itself
+    with pytest.raises(
+        ValueError,
+        match=r"Held-out row 0 has label 7 at attended position 1 where its input token is 6: a served teacher "
+        r"scores the prompt's own tokens.*DataCollatorForLanguageModeling\(mlm=False\)",
+    ):
+        served_text_nll(teacher, Dataset.from_dict({**ROWS, "labels": shifted}), wordpiece_tokenizer, 1)
+    # A wrong label in the last batch is found before the first batch is sent.
+    late = [[5, 6, 7, 8], [9, 10, 12, -100]]
+    with pytest.raises(
+        ValueError, match=r"Held-out row 1 has label 12 at attended position 2 where its input"
+    ):
+        served_text_nll(teacher, Dataset.from_dict({**ROWS, "labels": late}), wordpiece_tokenizer, 1)
+    assert session.posted == []
+
+
+@pytest.mark.parametrize("bad, shown", [(float("nan"), "nan"), (None, r"None \(JSON null"), (0.3, "0.3")])
+def test_a_served_teachers_nan_never_reaches_its_held_out_score(wordpiece_tokenizer, bad, shown):
+    teacher, _ = scoring_teacher({((9, 10, 11), 2): bad})
+    with pytest.raises(
+        ValueError, match=rf"log-probability {shown}.* for prompt token 11 at position 2; .*finite"
+    ):
+        served_text_nll(teacher, Dataset.from_dict(ROWS), wordpiece_tokenizer, 2)
