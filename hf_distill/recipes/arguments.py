@@ -1,6 +1,8 @@
 """The recipes' arguments: which teacher and how to fine-tune it, which students, how the comparison is
-measured (which data: :mod:`hf_distill.recipes.data_arguments`), and :func:`parse_recipe_args`, which reads them (and the distillation mode's own
-training arguments) from flags and a ``--config`` file.
+measured (which data: :mod:`hf_distill.recipes.data_arguments`), and :class:`RecipeConfig`, the one object a
+recipe function takes: every argument group of a run by name, read from flags and a ``--config`` file by
+:func:`parse_recipe_config` (the distillation mode's own training arguments and a command's own groups
+included).
 """
 
 from __future__ import annotations
@@ -8,8 +10,9 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.recipes.config import parse_args_with_config
@@ -20,6 +23,7 @@ from hf_distill.recipes.tensorboard_log import default_report_to
 
 STUDENT_INITS = ("teacher_layers", "config", "gpt2", "pretrained", "cnn")
 FINE_TUNE_CHOICES = ("auto", "always", "never")
+Group = TypeVar("Group")
 
 
 @dataclass
@@ -341,22 +345,125 @@ RECIPE_ARGUMENTS = (
 )
 
 
-def parse_recipe_args(
+@dataclass(kw_only=True)
+class RecipeConfig:
+    """Every argument group of one recipe run, by name: what the recipe functions take instead of three to six
+    argument objects in a fixed order. Groups left out get their defaults (``training`` has none: it names the
+    run's ``output_dir``).
+
+    Args:
+        training (DistillationTrainingArguments): the Trainer's and the distillation's arguments (the class of
+            the chosen ``distillation_mode``).
+        teacher (TeacherArguments): which teacher, and its fine-tune.
+        student (StudentArguments): which students, seeds, baselines.
+        data (DataArguments): which data, and how much of it.
+        report (ReportArguments): how the comparison is measured (latency, export, generation).
+        mode (ModeArguments): the distillation mode and its extra teachers.
+        extras (tuple): a command's own argument groups (the budget search's, the cache's, the multi-task
+            recipe's), read by type with :meth:`extra`.
+    """
+
+    training: DistillationTrainingArguments
+    teacher: TeacherArguments = field(default_factory=TeacherArguments)
+    student: StudentArguments = field(default_factory=StudentArguments)
+    data: DataArguments = field(default_factory=DataArguments)
+    report: ReportArguments = field(default_factory=ReportArguments)
+    mode: ModeArguments = field(default_factory=ModeArguments)
+    extras: tuple[Any, ...] = ()
+
+    def extra(self, kind: type[Group]) -> Group:
+        """The command's own group of class ``kind``, e.g. ``config.extra(BudgetArguments)``.
+
+        Args:
+            kind (type): the argument class the command parsed beside the recipe's.
+
+        Returns:
+            Group: the one group of that class.
+        """
+        found = [group for group in self.extras if isinstance(group, kind)]
+        if len(found) != 1:
+            held = [type(group).__name__ for group in self.extras] or "none"
+            raise ValueError(
+                f"this recipe configuration holds {len(found)} {kind.__name__} groups (its extra groups: {held}); "
+                f"a command that needs {kind.__name__} parses it with parse_recipe_config(..., "
+                f"extra=({kind.__name__},)) or passes it in RecipeConfig(extras=...)."
+            )
+        return found[0]
+
+    @classmethod
+    def from_groups(cls, groups: Iterable[Any]) -> RecipeConfig:
+        """The configuration of parsed argument groups in any order (what ``parse_args_with_config`` returns):
+        each group goes to the field of its class; groups of other classes become :attr:`extras`.
+
+        Args:
+            groups (Iterable): parsed argument dataclasses, one of each recipe class at most.
+
+        Returns:
+            RecipeConfig: the groups by name.
+        """
+        named: dict[str, Any] = {}
+        extras = []
+        for group in groups:
+            slot = next((name for name, kind in GROUP_FIELDS if isinstance(group, kind)), None)
+            if slot is None:
+                extras.append(group)
+            elif slot in named:
+                raise ValueError(
+                    f"two {type(group).__name__} groups were given for the one '{slot}' of a recipe "
+                    "configuration; pass each argument class once."
+                )
+            else:
+                named[slot] = group
+        if "training" not in named:
+            raise ValueError(
+                "a recipe configuration needs the training arguments (a DistillationTrainingArguments, which "
+                "names output_dir); none of the groups given is one."
+            )
+        return cls(**named, extras=tuple(extras))
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        """``(teacher, student, data, report, mode, *extras, training)``: :func:`parse_recipe_args`'s order."""
+        return (self.teacher, self.student, self.data, self.report, self.mode, *self.extras, self.training)
+
+
+# Each named field of RecipeConfig and the class of its group.
+GROUP_FIELDS = (
+    ("teacher", TeacherArguments),
+    ("student", StudentArguments),
+    ("data", DataArguments),
+    ("report", ReportArguments),
+    ("mode", ModeArguments),
+    ("training", DistillationTrainingArguments),
+)
+
+
+def parse_recipe_config(
     argv: list[str] | None = None,
     task: str | None = None,
     *,
     prog: str | None = None,
     description: str | None = None,
     extra: tuple[type, ...] = (),
-) -> tuple[Any, ...]:
-    """A recipe's flags (``--config`` file included) as ``(teacher, student, data, report, mode, training)``
-    arguments; ``training`` is the class of the chosen ``distillation_mode``, so its own flags are valid.
-    With the recipe's ``task`` a mode that cannot run on it is refused here, before anything is loaded.
+) -> RecipeConfig:
+    """A recipe's flags (``--config`` file included) as a :class:`RecipeConfig`; its ``training`` is the class
+    of the chosen ``distillation_mode``, so that mode's own flags are valid. With the recipe's ``task`` a mode
+    that cannot run on it is refused here, before anything is loaded.
 
     ``report_to`` defaults to TensorBoard when it is installed (the ``tensorboard`` extra), else to none, and
     ``dataloader_pin_memory`` to whether there is an accelerator (:func:`default_pin_memory`); a flag or
-    config value wins. ``prog``/``description`` are what ``--help`` shows. ``extra``: more argument
-    classes (a command's own, e.g. the budget search's), parsed and returned before the training arguments."""
+    config value wins.
+
+    Args:
+        argv (list[str] | None): the flags; None reads ``sys.argv[1:]``.
+        task (str | None): the recipe's task kind (``"causal_lm"``, ...), to refuse a mode that cannot run it.
+        prog (str | None): the program name ``--help`` shows.
+        description (str | None): the text ``--help`` shows.
+        extra (tuple[type, ...]): a command's own argument classes (e.g. the budget search's), parsed beside
+            the recipe's and read with :meth:`RecipeConfig.extra`.
+
+    Returns:
+        RecipeConfig: every group of the run by name.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     training_class = arguments_class(mode_from_argv(argv))
     parsed = parse_args_with_config(
@@ -366,7 +473,22 @@ def parse_recipe_args(
         description=description,
         defaults={"report_to": default_report_to(), "dataloader_pin_memory": default_pin_memory()},
     )
+    config = RecipeConfig.from_groups(parsed)
     if task is not None:
         # A code block is max_length tokens: a prompt longer than that is refused before tokenizing.
-        parsed[4].check_task(task, parsed[2].max_length if task == "causal_lm" else None)
-    return parsed
+        config.mode.check_task(task, config.data.max_length if task == "causal_lm" else None)
+    return config
+
+
+def parse_recipe_args(
+    argv: list[str] | None = None,
+    task: str | None = None,
+    *,
+    prog: str | None = None,
+    description: str | None = None,
+    extra: tuple[type, ...] = (),
+) -> tuple[Any, ...]:
+    """:func:`parse_recipe_config` as the tuple ``(teacher, student, data, report, mode, *extra, training)``
+    that scripts written before :class:`RecipeConfig` unpack (:meth:`RecipeConfig.as_tuple`); new code takes
+    the config, whose groups are named rather than placed."""
+    return parse_recipe_config(argv, task, prog=prog, description=description, extra=extra).as_tuple()
