@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine  # noqa: E402
 from transformers import set_seed  # noqa: E402
 
-from hf_distill.recipes.arguments import parse_recipe_args  # noqa: E402
+from hf_distill.recipes.arguments import parse_recipe_config  # noqa: E402
 from hf_distill.recipes.students import build_student  # noqa: E402
 from hf_distill.recipes.tasks import prepare_ner  # noqa: E402
 from hf_distill.recipes.teacher import ready_teacher, teacher_tokenizer  # noqa: E402
@@ -68,8 +68,12 @@ def setup(config: str, extra: list[str], out: Path):
         "true",
         *extra,
     ]
-    teacher_args, student_args, data_args, _, _, training_args = parse_recipe_args(
-        argv, task="token_classification"
+    recipe = parse_recipe_config(argv, task="token_classification")
+    teacher_args, student_args, data_args, training_args = (
+        recipe.teacher,
+        recipe.student,
+        recipe.data,
+        recipe.training,
     )
     tokenizer = teacher_tokenizer(teacher_args)
     task = prepare_ner(data_args, tokenizer)

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine  # noqa: E402
 from transformers import Trainer, set_seed  # noqa: E402
 
-from hf_distill.recipes.arguments import parse_recipe_args  # noqa: E402
+from hf_distill.recipes.arguments import parse_recipe_config  # noqa: E402
 from hf_distill.recipes.students import build_student  # noqa: E402
 from hf_distill.recipes.tasks import prepare_sentiment  # noqa: E402
 from hf_distill.recipes.teacher import ready_teacher, teacher_tokenizer  # noqa: E402
@@ -67,10 +67,9 @@ QUICK = ["--max_train_samples", "48", "--transfer_samples", "48", "--max_eval_sa
 def setup(config: str, extra: list[str], out: Path):
     """The recipe's arguments, the task's data and the teacher (fine-tuned once, then read from ``out``)."""
     argv = ["--config", config, "--output_dir", str(out), "--report_to", "none", *extra]
-    teacher_args, student_args, data_args, _, _, training_args = parse_recipe_args(
-        argv, task="sequence_classification"
-    )
-    task = prepare_sentiment(data_args, teacher_tokenizer(teacher_args))
+    recipe = parse_recipe_config(argv, task="sequence_classification")
+    teacher_args, student_args, training_args = recipe.teacher, recipe.student, recipe.training
+    task = prepare_sentiment(recipe.data, teacher_tokenizer(teacher_args))
     saved = out / "teacher"
     if (saved / "config.json").is_file():
         teacher_args.teacher_model_name_or_path = str(saved)

@@ -129,13 +129,13 @@ def refuse_train_only(task: str, command: str) -> None:
 def train(task: str, argv: Sequence[str], prog: str | None = None) -> dict | None:
     """Runs the recipe of ``task`` with the recipe's flags ``argv`` (``--config`` included); the scripts under
     ``recipes/`` run it too, so both entries do the same (``prog`` names the script in ``--help``)."""
-    from hf_distill.recipes.arguments import parse_recipe_args
+    from hf_distill.recipes.arguments import parse_recipe_config
     from hf_distill.recipes.console import quiet_console
     from hf_distill.recipes.run import run_recipe
     from hf_distill.recipes.served_teacher import check_served_recipe
     from hf_distill.recipes.teacher import teacher_tokenizer
 
-    teacher_args, student_args, data_args, report_args, mode_args, training_args = parse_recipe_args(
+    config = parse_recipe_config(
         argv,
         task=TASK_KINDS[task],
         prog=prog or f"hf-distill train {task}",
@@ -144,53 +144,47 @@ def train(task: str, argv: Sequence[str], prog: str | None = None) -> dict | Non
         "A distillation mode's own flags are listed with --distillation_mode MODE --help.",
     )
     # A served teacher's run is refused before the data is read, when it cannot run.
-    check_served_recipe(teacher_args, student_args, report_args, mode_args, training_args, TASK_KINDS[task])
+    check_served_recipe(config, TASK_KINDS[task])
     tokenizer_kwargs = {"add_prefix_space": True} if task == "ner" else {}
-    with quiet_console(report_args.verbose):
-        tokenizer = None if task in TRAIN_ONLY_TASKS else teacher_tokenizer(teacher_args, **tokenizer_kwargs)
-        with training_args.main_process_first(desc="tokenizing"):
-            task_data = _preparer(task)(data_args, tokenizer)
-        report = run_recipe(task_data, teacher_args, student_args, report_args, training_args, mode_args)
+    with quiet_console(config.report.verbose):
+        tokenizer = (
+            None if task in TRAIN_ONLY_TASKS else teacher_tokenizer(config.teacher, **tokenizer_kwargs)
+        )
+        with config.training.main_process_first(desc="tokenizing"):
+            task_data = _preparer(task)(config.data, tokenizer)
+        report = run_recipe(task_data, config)
         if task == "codegen":
             from hf_distill.recipes.codegen_extras import finish_codegen_report
 
-            report = finish_codegen_report(
-                report, teacher_args, student_args, data_args, report_args, training_args
-            )
+            report = finish_codegen_report(report, config)
     return report
 
 
 def budget(task: str, argv: Sequence[str], prog: str | None = None) -> dict | None:
     """``hf-distill budget TASK``: :func:`hf_distill.recipes.budget.run_budget` with the recipe's flags plus the
     budget's (``--max_latency_ms``, ``--batch_size``, ``--runtime``, ``--max_params``, ``--min_retention``)."""
-    from hf_distill.recipes.budget import parse_budget_args, run_budget
+    from hf_distill.recipes.budget import parse_budget_config, run_budget
     from hf_distill.recipes.served_teacher import is_served_recipe
     from hf_distill.recipes.teacher import teacher_tokenizer
 
     refuse_train_only(task, "budget")
-    teacher_args, student_args, data_args, report_args, mode_args, budget_args, training_args = (
-        parse_budget_args(list(argv), TASK_KINDS[task], prog or f"hf-distill budget {task}")
-    )
-    if is_served_recipe(teacher_args):
+    config = parse_budget_config(list(argv), TASK_KINDS[task], prog or f"hf-distill budget {task}")
+    if is_served_recipe(config.teacher):
         raise ValueError(
             f"hf-distill budget times and prunes the teacher's layers, which a served teacher "
-            f"({teacher_args.teacher_model_name_or_path}) does not send; pass the teacher's folder."
+            f"({config.teacher.teacher_model_name_or_path}) does not send; pass the teacher's folder."
         )
     tokenizer_kwargs = {"add_prefix_space": True} if task == "ner" else {}
-    tokenizer = teacher_tokenizer(teacher_args, **tokenizer_kwargs)
-    with training_args.main_process_first(desc="tokenizing"):
-        task_data = _preparer(task)(data_args, tokenizer)
-    report = run_budget(
-        task_data, teacher_args, student_args, report_args, training_args, mode_args, budget_args
-    )
+    tokenizer = teacher_tokenizer(config.teacher, **tokenizer_kwargs)
+    with config.training.main_process_first(desc="tokenizing"):
+        task_data = _preparer(task)(config.data, tokenizer)
+    report = run_budget(task_data, config)
     if (
         task == "codegen"
     ):  # the generation evaluation (parse rate) and cross-tokenizer students, as in `train`
         from hf_distill.recipes.codegen_extras import finish_codegen_report
 
-        report = finish_codegen_report(
-            report, teacher_args, student_args, data_args, report_args, training_args
-        )
+        report = finish_codegen_report(report, config)
     return report
 
 
@@ -256,12 +250,12 @@ def evaluate(task: str, argv: Sequence[str]) -> dict[str, dict[str, float]]:
 def cache_teacher(task: str, argv: Sequence[str]) -> dict[str, Any]:
     """Runs the (fine-tuned) teacher once over the task's training split and saves it with the outputs
     (:mod:`hf_distill.recipes.caching`: same-tokenizer or, with ``--teacher_tokenizer``, cross-tokenizer)."""
-    from hf_distill.recipes.arguments import RECIPE_ARGUMENTS
+    from hf_distill.recipes.arguments import RECIPE_ARGUMENTS, RecipeConfig
     from hf_distill.recipes.caching import CacheArguments, cache_task
     from hf_distill.recipes.config import parse_args_with_config
     from hf_distill.recipes.console import default_pin_memory
 
-    cache_args, teacher_args, student_args, data_args, _, training_args = parse_args_with_config(
+    parsed = parse_args_with_config(
         (CacheArguments, *RECIPE_ARGUMENTS),
         argv,
         prog=f"hf-distill cache-teacher {task}",
@@ -269,9 +263,7 @@ def cache_teacher(task: str, argv: Sequence[str]) -> dict[str, Any]:
         defaults={"dataloader_pin_memory": default_pin_memory()},
     )
     refuse_train_only(task, "cache-teacher")
-    saved = cache_task(
-        task, _preparer(task), cache_args, teacher_args, student_args, data_args, training_args
-    )
+    saved = cache_task(task, _preparer(task), RecipeConfig.from_groups(parsed))
     if saved.get("is_main_process", True):
         print(
             f"cached teacher outputs for {saved['rows']} training rows in {saved['path']} ({saved['format']})",

@@ -104,12 +104,12 @@ def recipe_cells(
         new_code_cell(SETTINGS.format(name=task)),
         new_markdown_cell(
             "The recipe's arguments are the same dataclasses `recipes/*.py` parses from YAML and flags; "
-            "here they are built directly."
+            "here they are built directly, and `RecipeConfig` holds them by name for `run_recipe`."
         ),
         new_code_cell(
             f"""\
 from hf_distill import DistillationTrainingArguments
-from hf_distill.recipes.arguments import ReportArguments, StudentArguments, TeacherArguments
+from hf_distill.recipes.arguments import RecipeConfig, ReportArguments, StudentArguments, TeacherArguments
 from hf_distill.recipes.data_arguments import DataArguments
 from hf_distill.recipes.run import run_recipe
 from hf_distill.recipes.tasks import {prepare}
@@ -143,6 +143,13 @@ training_args = DistillationTrainingArguments(
     use_cpu=True,
     seed=42,
     **size,  # batch sizes and steps
+)
+config = RecipeConfig(
+    teacher=teacher_args,
+    student=student_args,
+    data=data_args,
+    report=report_args,
+    training=training_args,
 )"""
         ),
         new_code_cell(
@@ -164,7 +171,7 @@ print(
             "the same initial student without the teacher (the no-KD baseline), scores everything on the test "
             "split, times it side by side, and writes `report.json` and a model card into each student folder."
         ),
-        new_code_cell("report = run_recipe(task, teacher_args, student_args, report_args, training_args)"),
+        new_code_cell("report = run_recipe(task, config)"),
         new_markdown_cell("## The report: training curves, teacher against students, size against quality"),
         new_code_cell(SHOW_REPORT),
         new_markdown_cell(

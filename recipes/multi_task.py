@@ -11,7 +11,7 @@ and prints each model's score on each task's test split and its parameters.
 from __future__ import annotations
 
 from hf_distill import DistillationTrainingArguments
-from hf_distill.recipes.arguments import ReportArguments, StudentArguments, TeacherArguments
+from hf_distill.recipes.arguments import RecipeConfig, ReportArguments, StudentArguments, TeacherArguments
 from hf_distill.recipes.config import parse_args_with_config
 from hf_distill.recipes.data_arguments import DataArguments
 from hf_distill.recipes.multi_task import MultiTaskArguments, prepare_tasks, run_multi_task_recipe
@@ -24,13 +24,13 @@ ARGUMENTS = (MultiTaskArguments, TeacherArguments, StudentArguments, DataArgumen
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    multi_args, teacher_args, student_args, data_args, report_args, training_args = parse_args_with_config(
-        ARGUMENTS, argv, defaults={"report_to": default_report_to()}
+    config = RecipeConfig.from_groups(
+        parse_args_with_config(ARGUMENTS, argv, defaults={"report_to": default_report_to()})
     )
-    tokenizer = teacher_tokenizer(teacher_args)
-    with training_args.main_process_first(desc="tokenizing"):
-        tasks = prepare_tasks(multi_args.tasks, data_args, tokenizer)
-    report = run_multi_task_recipe(tasks, teacher_args, student_args, report_args, training_args)
+    tokenizer = teacher_tokenizer(config.teacher)
+    with config.training.main_process_first(desc="tokenizing"):
+        tasks = prepare_tasks(config.extra(MultiTaskArguments).tasks, config.data, tokenizer)
+    report = run_multi_task_recipe(tasks, config)
     end_process_group()
     return report
 

@@ -28,9 +28,8 @@ from torch import nn
 from transformers import TrainerCallback
 
 from hf_distill.arguments import DistillationTrainingArguments
-from hf_distill.recipes.arguments import ReportArguments, StudentArguments, TeacherArguments
+from hf_distill.recipes.arguments import RecipeConfig, ReportArguments, parse_recipe_config
 from hf_distill.recipes.latency import latency_batch, measure_latency
-from hf_distill.recipes.mode_select import ModeArguments
 from hf_distill.recipes.report_json import write_report
 from hf_distill.recipes.run import run_recipe
 from hf_distill.recipes.students import calibration_batches
@@ -106,12 +105,9 @@ class BudgetArguments:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1.")
 
 
-def parse_budget_args(argv: list[str], task: str, prog: str) -> tuple[Any, ...]:
-    """The recipe's flags plus :class:`BudgetArguments`: ``(teacher, student, data, report, mode, budget,
-    training)``."""
-    from hf_distill.recipes.arguments import parse_recipe_args
-
-    return parse_recipe_args(
+def parse_budget_config(argv: list[str], task: str, prog: str) -> RecipeConfig:
+    """The recipe's flags plus :class:`BudgetArguments` (``config.extra(BudgetArguments)``)."""
+    return parse_recipe_config(
         argv,
         task=task,
         prog=prog,
@@ -194,20 +190,19 @@ def short_run(
 
 
 def run_budget(
-    task: TaskData,
-    teacher_args: TeacherArguments,
-    student_args: StudentArguments,
-    report_args: ReportArguments,
-    training_args: DistillationTrainingArguments,
-    mode_args: ModeArguments,
-    budget_args: BudgetArguments,
-    *,
-    run: Callable[..., dict | None] = run_recipe,
+    task: TaskData, config: RecipeConfig, *, run: Callable[..., dict | None] = run_recipe
 ) -> dict[str, Any] | None:
-    """Steps 1-6 of the module docstring; returns the full run's report with its ``budget`` entry."""
+    """Steps 1-6 of the module docstring; returns the full run's report with its ``budget`` entry.
+
+    Args:
+        task (TaskData): the task's prepared data.
+        config (RecipeConfig): the run's argument groups, with :class:`BudgetArguments` among its extras.
+        run (Callable): the full run of the winner, ``run(task, config)``.
+    """
+    budget_args, training_args = config.extra(BudgetArguments), config.training
     require_optuna()  # before the teacher is fine-tuned
     run_dir = Path(training_args.output_dir)
-    teacher, teacher_folder, _ = ready_teacher(teacher_args, task, training_args, run_dir / "teacher")
+    teacher, teacher_folder, _ = ready_teacher(config.teacher, task, training_args, run_dir / "teacher")
     calibration = calibration_batches(
         task, budget_args.calibration_batches, training_args.per_device_train_batch_size
     )
@@ -216,7 +211,7 @@ def run_budget(
     )
     reference = float(task.evaluate(teacher, task.validation, training_args)[task.metric_name])
     with tempfile.TemporaryDirectory() as exported:
-        measure, latency = latency_measurer(task, teacher, budget_args, report_args, Path(exported))
+        measure, latency = latency_measurer(task, teacher, budget_args, config.report, Path(exported))
         result = search_budget(
             candidates,
             lambda c: build_candidate(teacher, c, calibration),
@@ -243,14 +238,15 @@ def run_budget(
     build_candidate(teacher, result.winner, calibration).save_pretrained(winner_dir)
     if task.tokenizer is not None:
         task.tokenizer.save_pretrained(winner_dir)
+    teacher_args = config.teacher
     if teacher_folder is not None:  # the full run reuses the fine-tuned teacher
         teacher_args = dataclasses.replace(
             teacher_args, teacher_model_name_or_path=str(teacher_folder), fine_tune_teacher="never"
         )
     student_args = dataclasses.replace(
-        student_args, student_init=["pretrained"], student_model_name_or_path=str(winner_dir)
+        config.student, student_init=["pretrained"], student_model_name_or_path=str(winner_dir)
     )
-    report = run(task, teacher_args, student_args, report_args, training_args, mode_args)
+    report = run(task, dataclasses.replace(config, teacher=teacher_args, student=student_args))
     if report is None:  # not the main process
         return None
     budget = {**result.to_dict(), "teacher_latency_ms": latency.get("teacher"), "runtime": budget_args.runtime,

@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hf_distill.cache.build import cache_teacher_outputs
 from hf_distill.cache.codec import TopkCodec
 from hf_distill.cache.writer import write_teacher_cache
+from hf_distill.recipes.arguments import RecipeConfig
 from hf_distill.recipes.cross_tokenizer import text_blocks, training_texts
 from hf_distill.recipes.data_code import load_code_corpus
 from hf_distill.recipes.offline import HUB_IDS, resolve_model_path
@@ -77,21 +78,23 @@ class CacheArguments:
         TopkCodec(value_bits=self.value_bits)  # refuses a bad value_bits before any work
 
 
-def cache_task(
-    task: str,
-    preparer: Callable,
-    cache_args: CacheArguments,
-    teacher_args: Any,
-    student_args: Any,
-    data_args: Any,
-    training_args: Any,
-) -> dict[str, Any]:
-    """Runs the teacher over the task's training split and saves the result in ``cache_args.cache_dir``;
-    returns ``{"rows", "format", "path"}`` (and the manifest for shards)."""
+def cache_task(task: str, preparer: Callable, config: RecipeConfig) -> dict[str, Any]:
+    """Runs the teacher over the task's training split and saves the result in ``cache_dir``.
+
+    Args:
+        task (str): the recipe's task name (``"sentiment"``, ``"ner"``, ``"codegen"``).
+        preparer (Callable): the task's ``prepare_*`` of :mod:`hf_distill.recipes.tasks`.
+        config (RecipeConfig): the run's argument groups, with :class:`CacheArguments` among its extras.
+
+    Returns:
+        dict: ``{"rows", "format", "path"}`` (and the manifest for shards).
+    """
+    cache_args, teacher_args = config.extra(CacheArguments), config.teacher
+    data_args, training_args = config.data, config.training
     if cache_args.teacher_tokenizer is not None:
-        return cache_cross_tokenizer(task, cache_args, teacher_args, student_args, data_args, training_args)
+        return cache_cross_tokenizer(task, config)
     if is_served_teacher(teacher_args.teacher_model_name_or_path):
-        return cache_served(task, preparer, cache_args, teacher_args, data_args, training_args)
+        return cache_served(task, preparer, config)
     tokenizer = teacher_tokenizer(teacher_args, **({"add_prefix_space": True} if task == "ner" else {}))
     state = processes(training_args)
     with state.main_process_first():
@@ -111,16 +114,11 @@ def cache_task(
     return save(teacher.eval(), task_data.train, task_data.task, cache_args, settings, state)
 
 
-def cache_served(
-    task: str,
-    preparer: Callable,
-    cache_args: CacheArguments,
-    teacher_args: Any,
-    data_args: Any,
-    training_args: Any,
-) -> dict[str, Any]:
+def cache_served(task: str, preparer: Callable, config: RecipeConfig) -> dict[str, Any]:
     """The compact top-k cache of the codegen training split from a served teacher
     (:class:`hf_distill.teachers.served.ServedTeacher`), the same cache the local teacher writes."""
+    cache_args, data_args, training_args = config.extra(CacheArguments), config.data, config.training
+    teacher_args = config.teacher
     url = teacher_args.teacher_model_name_or_path
     if task != "codegen":
         raise ValueError(
@@ -158,15 +156,9 @@ def cache_served(
     return save(teacher, task_data.train, "causal_lm", cache_args, settings, state)
 
 
-def cache_cross_tokenizer(
-    task: str,
-    cache_args: CacheArguments,
-    teacher_args: Any,
-    student_args: Any,
-    data_args: Any,
-    training_args: Any,
-) -> dict[str, Any]:
+def cache_cross_tokenizer(task: str, config: RecipeConfig) -> dict[str, Any]:
     """The cross-tokenizer cache of the codegen training files (module docstring)."""
+    cache_args, data_args, training_args = config.extra(CacheArguments), config.data, config.training
     if task != "codegen":
         raise ValueError(
             f"--teacher_tokenizer writes a cross-tokenizer cache, which is for causal LMs (codegen), not {task}: "
@@ -174,7 +166,7 @@ def cache_cross_tokenizer(
         )
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cache_args.teacher_tokenizer))
     tokenizer.name_or_path = HUB_IDS.get(cache_args.teacher_tokenizer, cache_args.teacher_tokenizer)
-    student = student_args.student_tokenizer
+    student = config.student.student_tokenizer
     cutter = tokenizer
     if student is not None:
         cutter = AutoTokenizer.from_pretrained(resolve_model_path(student))
@@ -186,7 +178,7 @@ def cache_cross_tokenizer(
         blocks = blocks.shuffle(seed=training_args.seed).select(range(data_args.max_train_samples))
     if student is None:
         blocks = blocks.select_columns([TEXT_COLUMN])
-    path = resolve_model_path(teacher_args.teacher_model_name_or_path)
+    path = resolve_model_path(config.teacher.teacher_model_name_or_path)
     teacher = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     settings = dict(
         top_k=cache_args.top_k or 32,

@@ -25,6 +25,7 @@ from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.cache.build import cache_teacher_outputs
 from hf_distill.cache.codec import TopkCodec
 from hf_distill.losses.divergences import IGNORE_INDEX
+from hf_distill.recipes.arguments import RecipeConfig
 from hf_distill.recipes.training import derived_args, plain_trainer_args
 from hf_distill.students.build import gpt2_student_for
 from hf_distill.token_alignment import OFFSETS_COLUMN, TEXT_COLUMN
@@ -246,9 +247,7 @@ def run_cross_tokenizer_students(
 EVAL_CHARS_PER_FILE = 4000
 
 
-def add_cross_tokenizer_students(
-    report: dict[str, Any], teacher_args: Any, student_args: Any, data_args: Any, training_args: Any
-) -> dict[str, Any]:
+def add_cross_tokenizer_students(report: dict[str, Any], config: RecipeConfig) -> dict[str, Any]:
     """The codegen recipe's ``--student_tokenizer``: GPT-2 students with that tokenizer beside the report's
     same-tokenizer students, and held-out bits per byte (and perplexity) of every model, teacher included.
 
@@ -256,6 +255,8 @@ def add_cross_tokenizer_students(
     tokens); held-out texts: the first ``EVAL_CHARS_PER_FILE`` characters of ``max_test_samples`` test files.
     Adds ``report["cross_tokenizer"]`` and returns the report.
     """
+    teacher_args, student_args = config.teacher, config.student
+    data_args, training_args = config.data, config.training
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hf_distill.recipes.data_code import load_code_corpus

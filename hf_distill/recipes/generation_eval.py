@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from hf_distill.recipes.arguments import RecipeConfig
 from hf_distill.recipes.code_generation import (
     doctest_outcomes,
     generation_metrics,
@@ -130,10 +131,10 @@ def _models(report: dict[str, Any], teacher_args: Any) -> tuple[Any, dict[str, A
     return tokenizer, models
 
 
-def add_generation_eval(
-    report: dict[str, Any], teacher_args: Any, data_args: Any, report_args: Any, training_args: Any
-) -> dict[str, Any]:
-    """Adds ``report["generation"]`` (module docstring) and returns the report."""
+def add_generation_eval(report: dict[str, Any], config: RecipeConfig) -> dict[str, Any]:
+    """Adds ``report["generation"]`` (module docstring) and returns the report: ``config``'s teacher and data,
+    its ``report`` group's prompts and prompt style, its training arguments' eval batch size."""
+    data_args, report_args = config.data, config.report
     files, texts = prompt_files(data_args)
     prompts = held_out_prompts(files, report_args.generation_prompts)
     if not prompts:
@@ -142,9 +143,9 @@ def add_generation_eval(
             "complete; give a test split with documented functions or set --generation_prompts 0."
         )
     counted = [bool(p.doctest) and passed for p, passed in zip(prompts, _reference_passes(prompts))]
-    tokenizer, models = _models(report, teacher_args)
+    tokenizer, models = _models(report, config.teacher)
     known = {e["name"]: e for e in report.get("cross_tokenizer", {}).get("models", [])}
-    batch = training_args.per_device_eval_batch_size
+    batch = config.training.per_device_eval_batch_size
     entries, completions = [], {}
     for name, model in models.items():
         styles = _styles(tokenizer, report_args.teacher_prompt_style) if name == "teacher" else ["raw"]
@@ -176,12 +177,10 @@ def add_generation_eval(
     return report
 
 
-def write_generation_eval(
-    report: dict[str, Any], teacher_args: Any, data_args: Any, report_args: Any, training_args: Any
-) -> dict[str, Any]:
+def write_generation_eval(report: dict[str, Any], config: RecipeConfig) -> dict[str, Any]:
     """:func:`add_generation_eval`, then ``report.json`` rewritten and the generation table printed."""
-    report = add_generation_eval(report, teacher_args, data_args, report_args, training_args)
-    write_report(report, Path(training_args.output_dir))
+    report = add_generation_eval(report, config)
+    write_report(report, Path(config.training.output_dir))
     print("\n" + "\n\n".join(generation_section(report)[:2]) + "\n", flush=True)
     return report
 

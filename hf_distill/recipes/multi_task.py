@@ -36,7 +36,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.losses.divergences import task_cross_entropy
 from hf_distill.modes.multi_task import MultiTaskDataset, MultiTaskDistillationTrainer, MultiTaskStudent
-from hf_distill.recipes.arguments import ReportArguments, StudentArguments, TeacherArguments
+from hf_distill.recipes.arguments import RecipeConfig, StudentArguments, TeacherArguments
 from hf_distill.recipes.data_arguments import DataArguments
 from hf_distill.recipes.latency import measure_latency
 from hf_distill.recipes.offline import HUB_IDS, resolve_model_path
@@ -145,15 +145,18 @@ def train_multi_task(
     return trainer.state.log_history
 
 
-def run_multi_task_recipe(
-    tasks: dict[str, TaskData],
-    teacher_args: TeacherArguments,
-    student_args: StudentArguments,
-    report_args: ReportArguments,
-    training_args: DistillationTrainingArguments,
-) -> dict[str, Any] | None:
-    """Steps 1-4 of the module docstring. Returns the report on the main process, None on the others."""
+def run_multi_task_recipe(tasks: dict[str, TaskData], config: RecipeConfig) -> dict[str, Any] | None:
+    """Steps 1-4 of the module docstring.
+
+    Args:
+        tasks (dict[str, TaskData]): each task's prepared data, by task name.
+        config (RecipeConfig): the run's argument groups (teacher, student, report, training).
+
+    Returns:
+        dict | None: the report on the main process, None on the others.
+    """
     check_multi_task(tasks)
+    teacher_args, student_args, training_args = config.teacher, config.student, config.training
     state = PartialState()
     run_dir = Path(training_args.output_dir)
     teachers = load_task_teachers(tasks, teacher_args, training_args, run_dir)
@@ -168,7 +171,7 @@ def run_multi_task_recipe(
     report = build_multi_task_report(
         tasks, teacher_args, teachers, students, scores, training_args, histories
     )
-    report["latency_ms_b8"] = multi_task_latency(tasks, teachers, students, report_args.latency_rounds)
+    report["latency_ms_b8"] = multi_task_latency(tasks, teachers, students, config.report.latency_rounds)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"\n{format_multi_task_table(report)}\n\nreport: {run_dir / REPORT_NAME}", flush=True)

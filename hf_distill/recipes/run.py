@@ -1,6 +1,7 @@
 """The whole single-task recipe, :func:`run_recipe`.
 
-A recipe (``recipes/<task>.py``) parses its arguments (:func:`~hf_distill.recipes.arguments.parse_recipe_args`),
+A recipe (``recipes/<task>.py``) parses its arguments into one
+:class:`~hf_distill.recipes.arguments.RecipeConfig` (:func:`~hf_distill.recipes.arguments.parse_recipe_config`),
 prepares its task's data (:mod:`hf_distill.recipes.tasks`) and hands both to :func:`run_recipe`, which
 
 1. loads the teacher and fine-tunes it on the task unless it already has a head for it
@@ -28,6 +29,7 @@ itself rather than leaving it to the interpreter's exit.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +39,11 @@ from torch import nn
 from transformers import PreTrainedModel, set_seed
 
 from hf_distill.arguments import DistillationTrainingArguments
-from hf_distill.recipes.arguments import ReportArguments, StudentArguments, TeacherArguments
+from hf_distill.recipes.arguments import RecipeConfig, ReportArguments, TeacherArguments
 from hf_distill.recipes.console import stage
 from hf_distill.recipes.deployment import deployment_report
 from hf_distill.recipes.evaluation import evaluate_models, mean_metrics, score_models
 from hf_distill.recipes.latency import LATENCY_BATCH_SIZES, latency_batch, latency_entries
-from hf_distill.recipes.mode_select import ModeArguments
 from hf_distill.recipes.report_json import (
     build_report,
     build_scorecard,
@@ -84,19 +85,21 @@ def _time_latency(models: dict[str, Any], task: TaskData, report_args: ReportArg
     return timings, latency_entries(timings, reference="teacher")
 
 
-def run_recipe(
-    task: TaskData,
-    teacher_args: TeacherArguments,
-    student_args: StudentArguments,
-    report_args: ReportArguments,
-    training_args: DistillationTrainingArguments,
-    mode_args: ModeArguments | None = None,
-) -> dict[str, Any] | None:
-    """Steps 1-6 of the module docstring. Returns the report on the main process, None on the others."""
-    mode_args = mode_args or ModeArguments()
+def run_recipe(task: TaskData, config: RecipeConfig) -> dict[str, Any] | None:
+    """Steps 1-6 of the module docstring.
+
+    Args:
+        task (TaskData): the task's prepared data.
+        config (RecipeConfig): the run's argument groups (teacher, student, report, mode, training).
+
+    Returns:
+        dict | None: the report on the main process, None on the others.
+    """
+    teacher_args, student_args, training_args = config.teacher, config.student, config.training
+    report_args, mode_args = config.report, config.mode
     mode_args.check_task(task.task, len(task.train[0]["input_ids"]) if task.task == "causal_lm" else None)
     check_teacher_sources(teacher_args, mode_args)
-    check_served_recipe(teacher_args, student_args, report_args, mode_args, training_args, task.task)
+    check_served_recipe(config, task.task)
     task = with_teacher_cache(task, teacher_args.teacher_cache, training_args, mode_args.distillation_mode)
     state = PartialState()
     run_dir = Path(training_args.output_dir)
@@ -105,17 +108,10 @@ def run_recipe(
         teacher_args, task, training_args, run_dir
     )
     teacher = _with_eager_attention(teacher, training_args)
-    extra = load_extra_teachers(mode_args, teacher_args, task, training_args, run_dir)
+    extra = load_extra_teachers(config, task, run_dir)
     seeds = student_args.seeds or [training_args.seed]
     students, models, histories, scores = _train_seeds(
-        task,
-        teacher,
-        [model for _, model, _ in extra],
-        student_args,
-        training_args,
-        mode_args,
-        run_dir,
-        seeds,
+        task, teacher, [model for _, model, _ in extra], config, run_dir, seeds
     )
     with stage("score the teachers on test and check the teacher on validation"):
         teacher_scores = score_models({"teacher": teacher}, task, training_args)["teacher"]
@@ -222,9 +218,7 @@ def _train_seeds(
     task: TaskData,
     teacher: PreTrainedModel,
     extra_teachers: list[PreTrainedModel],
-    student_args: StudentArguments,
-    training_args: DistillationTrainingArguments,
-    mode_args: ModeArguments,
+    config: RecipeConfig,
     run_dir: Path,
     seeds: list[int],
 ) -> tuple[list[dict[str, Any]], dict[str, nn.Module], dict[str, list[dict]], dict[str, list[ExampleScores]]]:
@@ -237,15 +231,21 @@ def _train_seeds(
     scores: dict[str, list[ExampleScores]] = {}
     records: dict[str, list[dict[str, Any]]] = {}
     first = None
-    if student_args.teacher_outputs_once:
+    training_args = config.training
+    if config.student.teacher_outputs_once:
         with stage("teacher outputs"):
-            task = with_teacher_outputs(task, teacher, training_args, mode_args.distillation_mode, seeds)
+            task = with_teacher_outputs(task, teacher, training_args, config.mode.distillation_mode, seeds)
     for seed in seeds:
         seed_args = derived_args(training_args, Path(training_args.output_dir), seed=seed)
         seed_folder = f"seed-{seed}" if len(seeds) > 1 else ""
         with stage(f"seed {seed}: train and score the students"):
             entries, models, histories = _train_students(
-                task, teacher, extra_teachers, student_args, seed_args, mode_args, run_dir, seed_folder
+                task,
+                teacher,
+                extra_teachers,
+                dataclasses.replace(config, training=seed_args),
+                run_dir,
+                seed_folder,
             )
             results = {
                 e["name"]: task.score_examples(models[e["name"]], task.test, seed_args) for e in entries
@@ -271,16 +271,15 @@ def _train_students(
     task: TaskData,
     teacher: PreTrainedModel,
     extra_teachers: list[PreTrainedModel],
-    student_args: StudentArguments,
-    training_args: DistillationTrainingArguments,
-    mode_args: ModeArguments,
+    config: RecipeConfig,
     run_dir: Path,
     seed_folder: str = "",
 ) -> tuple[list[dict[str, Any]], dict[str, nn.Module], dict[str, list[dict]]]:
     """Steps 2-4: every student of ``student_init``, distilled and (unless ``run_baseline`` is off) trained on
-    the labels alone from the same initial weights, with ``training_args.seed``. Returns the students' report
+    the labels alone from the same initial weights, with ``config.training.seed``. Returns the students' report
     entries (name, kind, init, folder), the trained models and their log histories, all keyed by student
     name. Each is saved in ``students/<name>/<seed_folder>``."""
+    student_args, training_args, mode_args = config.student, config.training, config.mode
     mode = mode_args.distillation_mode
     students: list[dict[str, Any]] = []
     models: dict[str, nn.Module] = {}

@@ -37,8 +37,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.hub.teacher_origin import teacher_license
 from hf_distill.losses.divergences import IGNORE_INDEX
-from hf_distill.recipes.arguments import ReportArguments, StudentArguments, TeacherArguments
-from hf_distill.recipes.mode_select import ModeArguments
+from hf_distill.recipes.arguments import RecipeConfig, TeacherArguments
 from hf_distill.recipes.offline import resolve_model_path
 from hf_distill.recipes.tasks import TaskData
 from hf_distill.students.build import count_parameters, model_size_on_disk
@@ -66,16 +65,15 @@ def is_served_recipe(teacher_args: TeacherArguments) -> bool:
     return is_served_teacher(teacher_args.teacher_model_name_or_path)
 
 
-def check_served_recipe(
-    teacher_args: TeacherArguments,
-    student_args: StudentArguments,
-    report_args: ReportArguments,
-    mode_args: ModeArguments,
-    training_args: DistillationTrainingArguments,
-    task: str,
-) -> None:
+def check_served_recipe(config: RecipeConfig, task: str) -> None:
     """Refuses, before any data or model is loaded, a served-teacher recipe that cannot run (module docstring);
-    nothing to check for a local teacher."""
+    nothing to check for a local teacher.
+
+    Args:
+        config: the recipe's argument groups.
+        task: the task's head kind (only ``causal_lm`` runs against a server)."""
+    teacher_args, student_args, report_args = config.teacher, config.student, config.report
+    mode_args, training_args = config.mode, config.training
     if not is_served_recipe(teacher_args):
         return
     url = teacher_args.teacher_model_name_or_path

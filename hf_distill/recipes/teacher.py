@@ -14,9 +14,8 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer, set_seed
 
-from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.loading import check_model_source, load_pretrained
-from hf_distill.recipes.arguments import TeacherArguments
+from hf_distill.recipes.arguments import RecipeConfig, TeacherArguments
 from hf_distill.recipes.mode_select import ModeArguments
 from hf_distill.recipes.offline import resolve_model_path
 from hf_distill.recipes.tasks import NEW_TEACHER, TaskData
@@ -163,14 +162,12 @@ def ready_teacher(
 
 
 def load_extra_teachers(
-    mode_args: ModeArguments,
-    teacher_args: TeacherArguments,
-    task: TaskData,
-    training_args: DistillationTrainingArguments,
-    run_dir: Path,
+    config: RecipeConfig, task: TaskData, run_dir: Path
 ) -> list[tuple[str, PreTrainedModel, Path | None]]:
-    """The ``extra_teachers`` of a multi-teacher run as ``(name, model, fine-tuned folder or None)``; teacher
-    ``k`` (from 1) that lacks the task's head is fine-tuned like the first with seed ``seed + k``."""
+    """The ``extra_teachers`` of a multi-teacher run (``config.mode``) as ``(name, model, fine-tuned folder or
+    None)``; teacher ``k`` (from 1) that lacks the task's head is fine-tuned like the first (``config.teacher``)
+    with seed ``seed + k``."""
+    mode_args, teacher_args, training_args = config.mode, config.teacher, config.training
     teachers = []
     for k, name in enumerate(mode_args.extra_teachers or [], start=1):
         # fine_tune_teacher='never' is about the first teacher (often one fine-tuned by an earlier run); an

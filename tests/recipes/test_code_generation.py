@@ -11,7 +11,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from hf_distill.recipes.arguments import ReportArguments
+from hf_distill.recipes.arguments import RecipeConfig, ReportArguments, TeacherArguments
 from hf_distill.recipes.code_generation import (
     DedentStop,
     body_from_answer,
@@ -358,13 +358,15 @@ def test_add_generation_eval_scores_teacher_both_ways_and_students_on_held_out_f
     tiny_gpt2(seed=1, vocab_size=len(tokenizer), positions=512).save_pretrained(tmp_path / "student")
     report = {"students": [{"name": "student", "output_dir": str(tmp_path / "student")}]}
     data_args = DataArguments(max_files=20, max_test_samples=2, max_length=32)
-    report = add_generation_eval(
-        report,
-        SimpleNamespace(teacher_model_name_or_path=str(tmp_path / "teacher")),
-        data_args,
-        ReportArguments(generation_prompts=2, generation_max_new_tokens=6, teacher_prompt_style="both"),
-        SimpleNamespace(per_device_eval_batch_size=2),
+    config = RecipeConfig(
+        teacher=TeacherArguments(teacher_model_name_or_path=str(tmp_path / "teacher")),
+        data=data_args,
+        report=ReportArguments(
+            generation_prompts=2, generation_max_new_tokens=6, teacher_prompt_style="both"
+        ),
+        training=SimpleNamespace(per_device_eval_batch_size=2, output_dir=str(tmp_path)),
     )
+    report = add_generation_eval(report, config)
     generation = report["generation"]
     assert [m["name"] for m in generation["models"]] == ["teacher", "teacher (raw)", "student"]
     assert [m["prompt_style"] for m in generation["models"]] == ["chat", "raw", "raw"]

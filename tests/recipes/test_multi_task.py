@@ -76,12 +76,13 @@ def test_multi_task_recipe_on_tiny_models(tmp_path, wordpiece_tokenizer):
 def test_run_multi_task_recipe_errors(tmp_path):
     from types import SimpleNamespace
 
+    from hf_distill.recipes.arguments import RecipeConfig
     from hf_distill.recipes.multi_task import run_multi_task_recipe
 
-    args = SimpleNamespace(output_dir=str(tmp_path))
+    config = RecipeConfig(training=SimpleNamespace(output_dir=str(tmp_path)))
     sentiment = SimpleNamespace(task="sequence_classification")
     with pytest.raises(ValueError, match=r"needs two or more tasks, got \['sentiment'\]"):
-        run_multi_task_recipe({"sentiment": sentiment}, None, None, None, args)
+        run_multi_task_recipe({"sentiment": sentiment}, config)
     code = SimpleNamespace(task="causal_lm")
     with pytest.raises(ValueError, match=r"shares a classification encoder, but the tasks are \['causal_lm'"):
-        run_multi_task_recipe({"sentiment": sentiment, "code": code}, None, None, None, args)
+        run_multi_task_recipe({"sentiment": sentiment, "code": code}, config)
