@@ -47,8 +47,12 @@ from hf_distill.recipes.arguments import parse_recipe_config  # noqa: E402
 from hf_distill.recipes.students import build_student  # noqa: E402
 from hf_distill.recipes.tasks import prepare_ner  # noqa: E402
 from hf_distill.recipes.teacher import ready_teacher, teacher_tokenizer  # noqa: E402
-from hf_distill.recipes.teacher_reuse import with_teacher_outputs  # noqa: E402
-from hf_distill.recipes.training import derived_args, optimizer_steps, train_student  # noqa: E402
+from hf_distill.recipes.training import (  # noqa: E402
+    derived_args,
+    optimizer_steps,
+    train_student,
+    with_teacher_outputs,
+)
 from hf_distill.reports.scorecard import paired_difference, stack_statistics  # noqa: E402
 
 QUICK = ["--max_train_samples", "48", "--max_eval_samples", "24", "--max_test_samples", "24",

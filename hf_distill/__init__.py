@@ -151,8 +151,8 @@ RECIPE_NAMES = {
     "run_recipe": "hf_distill.recipes.run",
 }
 
-# Modules of the flat layout and where each now lives: `import hf_distill.teacher_cache` still works, with a
-# DeprecationWarning naming the new module.
+# Modules of the flat layout, and recipe modules folded into the module whose step they were, and where each
+# now lives: `import hf_distill.teacher_cache` still works, with a DeprecationWarning naming the new module.
 MOVED_MODULES = {
     "attention": "terms.attention",
     "cache_shards": "cache.shards",
@@ -177,6 +177,9 @@ MOVED_MODULES = {
     "offline": "recipes.offline",
     "preprocessing": "training.preprocessing",
     "push_guard": "hub.push_guard",
+    "recipes.codegen_extras": "recipes.generation_eval",
+    "recipes.evaluation": "recipes.run",
+    "recipes.teacher_reuse": "recipes.training",
     "report": "reports.report",
     "report_format": "reports.format",
     "report_plots": "reports.plots",

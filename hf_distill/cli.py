@@ -154,7 +154,7 @@ def train(task: str, argv: Sequence[str], prog: str | None = None) -> dict | Non
             task_data = _preparer(task)(config.data, tokenizer)
         report = run_recipe(task_data, config)
         if task == "codegen":
-            from hf_distill.recipes.codegen_extras import finish_codegen_report
+            from hf_distill.recipes.generation_eval import finish_codegen_report
 
             report = finish_codegen_report(report, config)
     return report
@@ -182,7 +182,7 @@ def budget(task: str, argv: Sequence[str], prog: str | None = None) -> dict | No
     if (
         task == "codegen"
     ):  # the generation evaluation (parse rate) and cross-tokenizer students, as in `train`
-        from hf_distill.recipes.codegen_extras import finish_codegen_report
+        from hf_distill.recipes.generation_eval import finish_codegen_report
 
         report = finish_codegen_report(report, config)
     return report

@@ -300,9 +300,9 @@ baseline_log, _ = train_student(baseline, None, task, training_args, baseline_di
     new_markdown_cell("## Teacher against students: test metric, size, latency"),
     new_code_cell(
         """\
-from hf_distill.recipes.evaluation import evaluate_models
 from hf_distill.recipes.latency import measure_latency
 from hf_distill.recipes.report_json import build_report, write_report
+from hf_distill.recipes.run import evaluate_models
 from hf_distill.students.build import model_size_on_disk
 
 models = {"teacher": teacher, "distilled": student.eval(), "no_kd": baseline.eval()}

@@ -143,10 +143,40 @@ def test_a_module_of_the_flat_layout_imports_from_its_new_place(old):
     import hf_distill
 
     new = f"hf_distill.{hf_distill.MOVED_MODULES[old]}"
+    assert not (PACKAGE / f"{old.replace('.', '/')}.py").exists(), f"{old} is still a module of its own"
     sys.modules.pop(f"hf_distill.{old}", None)
-    with pytest.warns(DeprecationWarning, match=rf"hf_distill\.{old} moved to {new}; import it from there"):
+    with pytest.warns(
+        DeprecationWarning,
+        match=rf"hf_distill\.{re.escape(old)} moved to {re.escape(new)}; import it from there",
+    ):
         module = importlib.import_module(f"hf_distill.{old}")
     assert module is importlib.import_module(new) and module.__name__ == new
+
+
+# Recipe modules folded into the module whose step they were, and a name each held: the old deep import of the
+# name still works.
+FOLDED_RECIPE_NAMES = {
+    "recipes.evaluation": "score_models",
+    "recipes.codegen_extras": "finish_codegen_report",
+    "recipes.teacher_reuse": "with_teacher_outputs",
+}
+
+
+@pytest.mark.parametrize("old", sorted(FOLDED_RECIPE_NAMES))
+def test_a_folded_recipe_module_still_gives_its_names(old):
+    import importlib
+    import sys
+
+    import hf_distill
+
+    name, new = (
+        FOLDED_RECIPE_NAMES[old],
+        importlib.import_module(f"hf_distill.{hf_distill.MOVED_MODULES[old]}"),
+    )
+    sys.modules.pop(f"hf_distill.{old}", None)
+    with pytest.warns(DeprecationWarning, match=rf"moved to {re.escape(new.__name__)};"):
+        value = getattr(importlib.import_module(f"hf_distill.{old}"), name)
+    assert value is getattr(new, name)
 
 
 def test_the_package_top_holds_few_modules():

@@ -35,8 +35,7 @@ from hf_distill.recipes.run import run_recipe
 from hf_distill.recipes.students import calibration_batches
 from hf_distill.recipes.tasks import TaskData
 from hf_distill.recipes.teacher import ready_teacher
-from hf_distill.recipes.teacher_reuse import distilled_rows
-from hf_distill.recipes.training import derived_args
+from hf_distill.recipes.training import derived_args, distilled_rows
 from hf_distill.reports.budget_figure import FRONTIER_FILENAME, plot_budget_frontier
 from hf_distill.students.budget import (
     DEFAULT_DEPTHS,

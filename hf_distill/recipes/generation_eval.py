@@ -8,6 +8,10 @@ in the sandbox (:mod:`.sandbox`, a child process with limits, never this one), a
 byte, and a few samples. The students, trained on raw code, are prompted raw; the teacher, an instruction-tuned
 model, through its chat template where its tokenizer has one (``teacher_prompt_style``; ``both`` measures
 both ways).
+
+:func:`finish_codegen_report` is the codegen recipe's last step (``hf-distill train codegen``, which
+``recipes/codegen.py`` runs): students with their own tokenizer (``--student_tokenizer``, :mod:`.cross_tokenizer`)
+with held-out bits per byte of every model, then this generation evaluation (``--generation_prompts``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,12 @@ from hf_distill.recipes.code_generation import (
     parses,
 )
 from hf_distill.recipes.code_prompts import CodePrompt, held_out_prompts
-from hf_distill.recipes.cross_tokenizer import EVAL_CHARS_PER_FILE, bits_per_byte
+from hf_distill.recipes.cross_tokenizer import (
+    EVAL_CHARS_PER_FILE,
+    add_cross_tokenizer_students,
+    bits_per_byte,
+    bits_per_byte_table,
+)
 from hf_distill.recipes.data_code import load_code_corpus, python_stdlib_files
 from hf_distill.recipes.offline import resolve_model_path
 from hf_distill.recipes.report_json import write_report
@@ -182,6 +191,28 @@ def write_generation_eval(report: dict[str, Any], config: RecipeConfig) -> dict[
     report = add_generation_eval(report, config)
     write_report(report, Path(config.training.output_dir))
     print("\n" + "\n\n".join(generation_section(report)[:2]) + "\n", flush=True)
+    return report
+
+
+def finish_codegen_report(report: dict[str, Any] | None, config: RecipeConfig) -> dict[str, Any] | None:
+    """Adds the cross-tokenizer students and the generation evaluation ``config`` asks for to ``report`` (None
+    on processes other than the main one: nothing to add), rewrites ``report.json`` and prints their tables.
+
+    Args:
+        report (dict | None): the run's report (:func:`~.run.run_recipe`), None off the main process.
+        config (RecipeConfig): the run's argument groups (``student_tokenizer``, ``generation_prompts``, ...).
+
+    Returns:
+        dict | None: the report with ``cross_tokenizer`` and ``generation`` where asked for.
+    """
+    if report is None:
+        return None
+    if config.student.student_tokenizer:
+        report = add_cross_tokenizer_students(report, config)
+        write_report(report, Path(config.training.output_dir))
+        print(f"\n{bits_per_byte_table(report)}\n", flush=True)
+    if config.report.generation_prompts:
+        report = write_generation_eval(report, config)
     return report
 
 

@@ -14,7 +14,7 @@ prepares its task's data (:mod:`hf_distill.recipes.tasks`) and hands both to :fu
 4. trains a copy of the same initial student on the labels alone, the no-KD baseline (``kd=False``), and
    checks on the validation split that the teacher beats it (:mod:`hf_distill.recipes.teacher_check`);
 5. evaluates teacher and students on the held-out test split, keeping per-example results
-   (:func:`~hf_distill.recipes.evaluation.score_models`), and measures latency at batch 1 and 32 side by
+   (:func:`score_models`), and measures latency at batch 1 and 32 side by
    side, in interleaved rounds with their spread (:func:`~hf_distill.reports.timing.time_models`,
    :func:`~hf_distill.recipes.latency.latency_entries`); with ``--seeds 1,2,3`` steps 2-5 run once per
    seed against the same teacher, and the scorecard (:mod:`hf_distill.reports.scorecard`) gives each model's mean
@@ -33,6 +33,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import PartialState
 from torch import nn
@@ -42,7 +43,6 @@ from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.recipes.arguments import RecipeConfig, ReportArguments, TeacherArguments
 from hf_distill.recipes.console import stage
 from hf_distill.recipes.deployment import deployment_report
-from hf_distill.recipes.evaluation import evaluate_models, mean_metrics, score_models
 from hf_distill.recipes.latency import LATENCY_BATCH_SIZES, latency_batch, latency_entries
 from hf_distill.recipes.report_json import (
     build_report,
@@ -67,9 +67,14 @@ from hf_distill.recipes.students import build_student, student_name
 from hf_distill.recipes.tasks import TaskData
 from hf_distill.recipes.teacher import check_teacher_sources, load_extra_teachers, ready_teacher
 from hf_distill.recipes.teacher_check import check_teacher_worth, warn_teacher_check
-from hf_distill.recipes.teacher_reuse import with_teacher_cache, with_teacher_outputs
 from hf_distill.recipes.tensorboard_log import log_scorecard
-from hf_distill.recipes.training import derived_args, student_learning_rate, train_student
+from hf_distill.recipes.training import (
+    derived_args,
+    student_learning_rate,
+    train_student,
+    with_teacher_cache,
+    with_teacher_outputs,
+)
 from hf_distill.reports.format import report_notes
 from hf_distill.reports.report import REPORT_FILENAME, validate_report
 from hf_distill.reports.timing import Timings, time_models
@@ -83,6 +88,27 @@ def _time_latency(models: dict[str, Any], task: TaskData, report_args: ReportArg
     with stage(f"time latency ({rounds} round{'s' if rounds > 1 else ''})"):
         timings = time_models(models, batches, rounds=rounds, threads=report_args.latency_threads)
     return timings, latency_entries(timings, reference="teacher")
+
+
+def evaluate_models(
+    models: dict[str, nn.Module], task: TaskData, training_args: DistillationTrainingArguments
+) -> dict[str, dict[str, float]]:
+    """Every model's metrics on the held-out test split."""
+    return {name: task.evaluate(model, task.test, training_args) for name, model in models.items()}
+
+
+def score_models(
+    models: dict[str, nn.Module], task: TaskData, training_args: DistillationTrainingArguments
+) -> dict[str, ExampleScores]:
+    """Every model's metrics on the held-out test split with its per-example statistics (what the multi-seed
+    scorecard resamples)."""
+    return {name: task.score_examples(model, task.test, training_args) for name, model in models.items()}
+
+
+def mean_metrics(scores: list[ExampleScores]) -> dict[str, float]:
+    """Each metric's mean over the seeds' scores (the metrics every seed has)."""
+    names = [name for name in scores[0].metrics if all(name in s.metrics for s in scores)]
+    return {name: float(np.mean([s.metrics[name] for s in scores])) for name in names}
 
 
 def run_recipe(task: TaskData, config: RecipeConfig) -> dict[str, Any] | None:

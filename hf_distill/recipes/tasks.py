@@ -111,7 +111,7 @@ class TaskData:
     model_inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")  # what latency times
     transfer: Any = None  # tokenized transfer rows (labels -100) for the distilled student only
     # The distilled student's rows (labeled + transfer) carrying the teacher's logits, computed once for every
-    # seed (:mod:`.teacher_reuse`); None: the rows are built per run and the teacher runs live.
+    # seed (:func:`.training.with_teacher_outputs`); None: the rows are built per run and the teacher runs live.
     kd_train: Any = None
     # NER: per evaluation split, the sentences scored whole through windows (:mod:`.ner_windows`).
     eval_coverage: dict[str, dict[str, int]] | None = None

@@ -13,7 +13,7 @@ from transformers import BertForSequenceClassification
 
 from hf_distill import DistillationTrainingArguments
 from hf_distill.cache.build import TEACHER_LOGITS
-from hf_distill.recipes.teacher_reuse import distilled_rows, reuse_blocker, with_teacher_outputs
+from hf_distill.recipes.training import distilled_rows, reuse_blocker, with_teacher_outputs
 from hf_distill.teachers.sources import LiveTeacher
 from tests.helpers.recipes import needs_rotten_tomatoes, run_recipe, save_tiny_teacher, tiny_flags
 
