@@ -35,11 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from hf_distill.losses.topk import very_negative
+from hf_distill.cache.interchange import tail_from_logprobs
 
 COMPLETIONS, MODELS = "/completions", "/models"
-# Below this tail mass the tail is numerically zero (1 - sum p_K is float noise): a finite stand-in for log 0.
-TAIL_EPSILON = 1e-12
 
 
 def completion_request(model: str, prompts: Sequence[Sequence[int]] | str, top_k: int) -> dict[str, Any]:
@@ -126,14 +124,6 @@ def logprob_value(value: Any, where: str) -> float:
     return float(number)
 
 
-def tail_logit(logprobs: np.ndarray) -> np.ndarray:
-    """``log(1 - sum exp(logprobs))`` over the last axis, in float64; a floor where the top-k holds all mass."""
-    mass = np.exp(logprobs.astype(np.float64)).sum(axis=-1)
-    rest = 1.0 - mass
-    floor = very_negative(torch.float32)
-    return np.where(rest > TAIL_EPSILON, np.log(np.clip(rest, TAIL_EPSILON, None)), floor)
-
-
 def last_position(choice: dict[str, Any], top_k: int) -> dict[str, dict[str, float]] | None:
     """The generated token's ``top_logprobs`` as a ``prompt_logprobs``-style entry (ids as keys), or None when
     the server did not send them keyed by token id."""
@@ -188,7 +178,7 @@ def parse_prompt_logprobs(
         ids[length - 1], values[length - 1] = row_ids, row_values
         filled = length
     if filled > 0:
-        tail[:filled] = tail_logit(values[:filled])
+        tail[:filled] = tail_from_logprobs(values[:filled])
     return values, ids, tail
 
 
