@@ -25,7 +25,7 @@ parameters are those of the first seed's models.
 Optional keys written by the recipes: per model ``latency`` (``{"b1": {"median_ms", "q25_ms", "q75_ms",
 "iqr_ms", "rounds", "threads", "samples_ms"}, ...}``) and per student ``speedup`` (``{"b1": {"median", "q25",
 "q75", "ratios", "reliable", "why"}, ...}``); ``latency_measurement`` (timer, rounds, threads, device, CPU
-share, ``cpu_busy``); ``teacher_check`` (:mod:`hf_distill.recipes.teacher_check`); ``data.eval_coverage``
+share, ``cpu_busy``, ``per``: what a sample's ms are for, "forward" or "generated token"); ``teacher_check`` (:mod:`hf_distill.recipes.teacher_check`); ``data.eval_coverage``
 (NER: sentences scored through windows, words and entities left unscored); ``deployment`` (``--export
 onnx``, :mod:`hf_distill.recipes.deployment`): ``{"quantize", "latency_measurement", "rows": [{"model",
 "runtime", "precision", "metric", "interval", "versus_pytorch", "size_bytes", "latency_ms_b1", ...}]}``.

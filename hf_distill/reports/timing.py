@@ -180,6 +180,14 @@ class Timings:
     own_cpu_share: float | None = None
     other_cores: float | None = None
     order: list[tuple[str, int]] = field(default_factory=list)
+    per: str = "forward"  # what one sample's milliseconds are for: a forward, or a generated token
+
+    def medians(self) -> dict[str, dict[int, float]]:
+        """The median sample (ms) per model and batch size: ``{model name: {batch size: ms}}``."""
+        return {
+            name: {size: latency_stats(samples, self.threads)["median_ms"] for size, samples in sizes.items()}
+            for name, sizes in self.samples_ms.items()
+        }
 
     @property
     def busy(self) -> bool:
@@ -197,6 +205,7 @@ class Timings:
             "own_cpu_share": self.own_cpu_share,
             "other_cores": self.other_cores,
             "cpu_busy": self.busy,
+            "per": self.per,
         }
 
 
@@ -209,12 +218,15 @@ def time_models(
     threads: int | None = None,
     min_run_time: float = MIN_RUN_TIME_S,
     timer: Callable[[str, dict[str, Any], int], Any] = default_timer,
+    call: Callable[[nn.Module, Mapping[str, torch.Tensor]], Any] | None = None,
 ) -> Timings:
     """Forward latency of every model at every batch size, interleaved (see the module docstring).
 
     ``batches``: ``{batch size: model inputs}``, moved to each model's device. ``threads``: the
     ``torch.set_num_threads`` value pinned while timing (default: the current one), restored afterwards.
     ``timer(stmt, globals, num_threads)`` builds the timer (a ``torch.utils.benchmark.Timer`` by default).
+    ``call(model, inputs)``: what one timed call does instead of the forward ``model(**inputs)`` (a
+    ``generate``, :mod:`hf_distill.reports.generation_timing`); its warm-up is a call too.
     """
     if rounds < 1:
         raise ValueError(f"rounds={rounds} must be >= 1: every model needs one timed sample.")
@@ -231,18 +243,20 @@ def time_models(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     order: list[tuple[str, int]] = []
+    stmt = "model(**inputs)" if call is None else "call(model, inputs)"
     try:
         for (name, _), batch in inputs.items():  # warm-up: allocation, kernel choice, lazy init
-            models[name](**batch)
+            if call is None:
+                models[name](**batch)
+            else:
+                call(models[name], batch)
         with CpuMeter(threads) as meter:
             for r in range(rounds):
                 rotated = names[r % len(names) :] + names[: r % len(names)]
                 for size in batches:
                     for name in rotated:
-                        globals_ = {"model": models[name], "inputs": inputs[(name, size)]}
-                        measured = timer("model(**inputs)", globals_, threads).blocked_autorange(
-                            min_run_time=min_run_time
-                        )
+                        globals_ = {"model": models[name], "inputs": inputs[(name, size)], "call": call}
+                        measured = timer(stmt, globals_, threads).blocked_autorange(min_run_time=min_run_time)
                         samples[name][size].append(float(measured.median) * 1000.0)
                         order.append((name, size))
     finally:
