@@ -162,7 +162,8 @@ def train(task: str, argv: Sequence[str], prog: str | None = None) -> dict | Non
 
 def budget(task: str, argv: Sequence[str], prog: str | None = None) -> dict | None:
     """``hf-distill budget TASK``: :func:`hf_distill.recipes.budget.run_budget` with the recipe's flags plus the
-    budget's (``--max_latency_ms``, ``--batch_size``, ``--runtime``, ``--max_params``, ``--min_retention``)."""
+    budget's (``--max_latency_ms`` or ``--min_speedup``, ``--batch_size``, ``--runtime``, ``--max_params``,
+    ``--min_retention``; for causal LMs ``--latency_prompt_tokens``, ``--latency_new_tokens``)."""
     from hf_distill.recipes.budget import parse_budget_config, run_budget
     from hf_distill.recipes.served_teacher import is_served_recipe
     from hf_distill.recipes.teacher import teacher_tokenizer
@@ -179,9 +180,7 @@ def budget(task: str, argv: Sequence[str], prog: str | None = None) -> dict | No
     with config.training.main_process_first(desc="tokenizing"):
         task_data = _preparer(task)(config.data, tokenizer)
     report = run_budget(task_data, config)
-    if (
-        task == "codegen"
-    ):  # the generation evaluation (parse rate) and cross-tokenizer students, as in `train`
+    if task == "codegen":  # the generation evaluation (parse rate) and cross-tokenizer students, as in `train`
         from hf_distill.recipes.generation_eval import finish_codegen_report
 
         report = finish_codegen_report(report, config)

@@ -5,8 +5,11 @@
    cut from it (:mod:`hf_distill.students.budget`);
 3. every candidate is timed *before training* at ``--batch_size`` on ``--runtime`` (PyTorch, or ONNX Runtime
    on the int8 graph :func:`hf_distill.export.export_student` writes), side by side with the teacher
-   (:func:`hf_distill.reports.timing.time_models`); those over ``--max_latency_ms`` / ``--max_params`` are
-   dropped untrained, and an impossible budget is refused with the fastest candidate's latency;
+   (:func:`hf_distill.reports.timing.time_models`): ms per forward, or for a causal LM ms per generated token
+   (greedy ``generate`` from a ``--latency_prompt_tokens`` prompt, ``--latency_new_tokens`` new tokens,
+   :func:`hf_distill.reports.generation_timing.time_generation`); those over ``--max_latency_ms`` (or under
+   ``--min_speedup`` times the teacher's speed) / ``--max_params`` are dropped untrained, and an impossible
+   budget is refused with the fastest candidate's latency;
 4. the rest get a short plain-KD run each (``--search_steps``), scored on validation every
    ``--search_eval_steps`` and stopped early by the Optuna pruner when hopeless;
 5. the winner's untrained student is saved and trained fully by :func:`hf_distill.recipes.run.run_recipe`
@@ -28,7 +31,9 @@ from torch import nn
 from transformers import TrainerCallback
 
 from hf_distill.arguments import DistillationTrainingArguments
+from hf_distill.model_kind import CAUSAL_LM
 from hf_distill.recipes.arguments import RecipeConfig, ReportArguments, parse_recipe_config
+from hf_distill.recipes.code_generation import context_length
 from hf_distill.recipes.latency import latency_batch, measure_latency
 from hf_distill.recipes.report_json import write_report
 from hf_distill.recipes.run import run_recipe
@@ -37,12 +42,19 @@ from hf_distill.recipes.tasks import TaskData
 from hf_distill.recipes.teacher import ready_teacher
 from hf_distill.recipes.training import derived_args, distilled_rows
 from hf_distill.reports.budget_figure import FRONTIER_FILENAME, plot_budget_frontier
+from hf_distill.reports.generation_timing import (
+    DEFAULT_NEW_TOKENS,
+    DEFAULT_PROMPT_TOKENS,
+    time_generation,
+)
 from hf_distill.students.budget import (
     DEFAULT_DEPTHS,
     DEFAULT_WIDTHS,
+    TEACHER,
     Candidate,
     build_candidate,
     candidate_grid,
+    check_latency_budget,
     require_optuna,
     search_budget,
 )
@@ -60,8 +72,26 @@ class BudgetArguments:
     _argument_group_name = "budget search"
 
     max_latency_ms: float | None = field(
-        default=None, metadata={"help": "Latency budget in ms for one forward at --batch_size on --runtime."}
-    )
+        default=None,
+        metadata={"help": "Latency budget in ms at --batch_size on --runtime: per forward for classifiers, per "
+                  "generated token for causal LMs (codegen: greedy generate with the KV cache, the whole call "
+                  "over its new tokens)."},
+    )  # fmt: skip
+    min_speedup: float | None = field(
+        default=None,
+        metadata={"help": "Instead of --max_latency_ms: the student must be at least this many times as fast as "
+                  "the teacher timed beside it (teacher's ms / the student's, per generated token for causal "
+                  "LMs, so 1.5 = 1.5x the teacher's tokens/s), e.g. 1.5."},
+    )  # fmt: skip
+    latency_prompt_tokens: int | None = field(
+        default=None,
+        metadata={"help": f"Causal LMs: the prompt's length in tokens that generation is timed from (default "
+                  f"{DEFAULT_PROMPT_TOKENS}, or --max_length when shorter)."},
+    )  # fmt: skip
+    latency_new_tokens: int | None = field(
+        default=None,
+        metadata={"help": f"Causal LMs: tokens every model generates while timed (default {DEFAULT_NEW_TOKENS})."},
+    )  # fmt: skip
     batch_size: int = field(default=1, metadata={"help": "Batch size the latency budget is for."})
     runtime: str = field(
         default="torch", metadata={"help": f"Where the student will run, and is timed: one of {RUNTIMES}."}
@@ -94,13 +124,16 @@ class BudgetArguments:
             raise ValueError(
                 f"runtime={self.runtime!r} is not one of {RUNTIMES}: the runtime the student ships on."
             )
-        if self.max_latency_ms is None and self.max_params is None:
+        if self.max_latency_ms is None and self.max_params is None and self.min_speedup is None:
             raise ValueError(
-                "hf-distill budget needs a budget: --max_latency_ms (ms per forward at --batch_size) and/or "
+                "hf-distill budget needs a budget: --max_latency_ms (ms per forward at --batch_size, per "
+                "generated token for causal LMs) or --min_speedup (a multiple of the teacher's speed), and/or "
                 "--max_params."
             )
-        for name in ("batch_size", "search_steps", "search_eval_steps", "calibration_batches"):
-            if getattr(self, name) < 1:
+        check_latency_budget(self.max_latency_ms, self.min_speedup)
+        for name in ("batch_size", "search_steps", "search_eval_steps", "calibration_batches",
+                     "latency_prompt_tokens", "latency_new_tokens"):  # fmt: skip
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1.")
 
 
@@ -117,21 +150,81 @@ def parse_budget_config(argv: list[str], task: str, prog: str) -> RecipeConfig:
     )
 
 
+def check_budget_task(task: TaskData, args: BudgetArguments) -> None:
+    """Refuses the generation-timing flags for a task whose models do not generate (before any work)."""
+    given = [
+        name for name in ("latency_prompt_tokens", "latency_new_tokens") if getattr(args, name) is not None
+    ]
+    if task.task != CAUSAL_LM and given:
+        raise ValueError(
+            f"--{' / --'.join(given)} set how a causal LM's generation is timed, but the {task.task} task's "
+            "models are timed per forward at --batch_size: drop the flag(s)."
+        )
+
+
+def generation_sizes(task: TaskData, args: BudgetArguments) -> tuple[int, int]:
+    """``(prompt tokens, new tokens)`` of a causal LM's timing: the flags, else the defaults (the prompt no
+    longer than the test blocks, ``--max_length``)."""
+    length = len(task.test[0]["input_ids"])
+    return (
+        args.latency_prompt_tokens or min(DEFAULT_PROMPT_TOKENS, length),
+        args.latency_new_tokens or DEFAULT_NEW_TOKENS,
+    )
+
+
+def generation_prompts(task: TaskData, teacher: nn.Module, args: BudgetArguments) -> dict[int, dict]:
+    """``{batch size: prompts}``: the first ``latency_prompt_tokens`` tokens of ``batch_size`` test blocks,
+    refused when the blocks are shorter or the prompt and the new tokens exceed the teacher's context."""
+    batch = latency_batch(task, args.batch_size)
+    length = batch["input_ids"].shape[1]
+    tokens, new_tokens = generation_sizes(task, args)
+    if tokens > length:
+        raise ValueError(
+            f"--latency_prompt_tokens {tokens} is longer than the test blocks ({length} tokens, --max_length): "
+            "the prompts are cut from them; give a shorter prompt or raise --max_length."
+        )
+    if tokens + new_tokens > context_length(teacher):
+        raise ValueError(
+            f"a {tokens}-token prompt and {new_tokens} new tokens exceed the teacher's context of "
+            f"{context_length(teacher)} positions; lower --latency_prompt_tokens / --latency_new_tokens."
+        )
+    return {args.batch_size: {k: v[:, :tokens] for k, v in batch.items()}}
+
+
+def latency_label(task: TaskData, args: BudgetArguments) -> str:
+    """What one latency is for, e.g. ``per generated token at batch 1 on torch (64-token prompt, 32 new)``."""
+    where = f"at batch {args.batch_size} on {args.runtime}"
+    if task.task != CAUSAL_LM:
+        return f"per forward {where}"
+    tokens, new_tokens = generation_sizes(task, args)
+    return f"per generated token {where} ({tokens}-token prompt, {new_tokens} new)"
+
+
 def latency_measurer(
     task: TaskData, teacher: nn.Module, args: BudgetArguments, report_args: ReportArguments, folder: Path
 ) -> tuple[Callable[[dict[str, nn.Module]], dict[str, float]], dict[str, float]]:
     """``measure(models) -> {name: ms}`` timing the models beside the teacher at ``args.batch_size`` on
-    ``args.runtime``; the dict it returns also receives the teacher's latency (``"teacher"``)."""
-    batch = {args.batch_size: latency_batch(task, args.batch_size)}
+    ``args.runtime``, per forward or, for a causal LM, per generated token (:func:`generation_prompts`,
+    :func:`~hf_distill.reports.generation_timing.time_generation`); the dict it returns also receives the
+    teacher's latency (``"teacher"``)."""
+    generates = task.task == CAUSAL_LM
+    batch = (
+        generation_prompts(task, teacher, args)
+        if generates
+        else {args.batch_size: latency_batch(task, args.batch_size)}
+    )
     seen: dict[str, float] = {}
 
     def measure(models: dict[str, nn.Module]) -> dict[str, float]:
-        timed = {"teacher": teacher, **models}
+        timed = {TEACHER: teacher, **models}
         if args.runtime == "onnx-int8":
             timed = {name: _int8(model, task, folder / name, report_args) for name, model in timed.items()}
-        medians = measure_latency(
-            timed, batch, rounds=report_args.latency_rounds, threads=report_args.latency_threads
-        )
+        rounds, threads = report_args.latency_rounds, report_args.latency_threads
+        if generates:
+            new_tokens = generation_sizes(task, args)[1]
+            medians = time_generation(timed, batch, new_tokens, rounds, threads=threads).medians()
+        else:
+            medians = measure_latency(timed, batch, rounds=rounds, threads=threads)
         seen.update({name: sizes[args.batch_size] for name, sizes in medians.items()})
         return dict(seen)
 
@@ -200,8 +293,11 @@ def run_budget(
     """
     budget_args, training_args = config.extra(BudgetArguments), config.training
     require_optuna()  # before the teacher is fine-tuned
+    check_budget_task(task, budget_args)
     run_dir = Path(training_args.output_dir)
     teacher, teacher_folder, _ = ready_teacher(config.teacher, task, training_args, run_dir / "teacher")
+    if task.task == CAUSAL_LM:  # prompt and new tokens checked against the teacher before any scoring
+        generation_prompts(task, teacher, budget_args)
     calibration = calibration_batches(
         task, budget_args.calibration_batches, training_args.per_device_train_batch_size
     )
@@ -226,12 +322,13 @@ def run_budget(
                 folder=run_dir / "budget" / "runs",
             ),  # fmt: skip
             max_latency_ms=budget_args.max_latency_ms,
+            min_speedup=budget_args.min_speedup,
             max_params=budget_args.max_params,
             min_retention=budget_args.min_retention,
             reference_metric=reference,
             higher_is_better=task.higher_is_better,
             warmup_steps=budget_args.search_steps // 2,
-            latency_label=f"at batch {budget_args.batch_size} on {budget_args.runtime}",
+            latency_label=latency_label(task, budget_args),
         )
     winner_dir = run_dir / WINNER_FOLDER
     build_candidate(teacher, result.winner, calibration).save_pretrained(winner_dir)

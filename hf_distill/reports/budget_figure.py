@@ -21,8 +21,10 @@ _STYLE = {  # status: (marker, colour, label)
 
 def draw_budget_frontier(budget: dict[str, Any], metric_name: str, teacher_metric: float | None = None):
     """The figure: one point per trained or pruned candidate at (latency, last validation metric), over-budget
-    candidates as ticks on the latency axis (never trained, so no metric), the latency budget as a vertical
-    line, the retention target (and the teacher's metric) as horizontal ones, and the winner as a star."""
+    candidates as ticks on the latency axis (never trained, so no metric), the latency budget (in ms, or
+    ``min_speedup`` times the teacher's speed) and the teacher's latency as vertical lines, the retention
+    target (and the teacher's metric) as horizontal ones, and the winner as a star. The latency axis says what
+    a millisecond is for (per forward, or per generated token for a causal LM)."""
     figure = new_figure(7.0, 4.5)
     axis = figure.add_subplot(1, 1, 1)
     candidates, limits = budget["candidates"], budget["budget"]
@@ -38,9 +40,15 @@ def draw_budget_frontier(budget: dict[str, Any], metric_name: str, teacher_metri
     if over:
         axis.plot([c["latency_ms"] for c in over], [0] * len(over), "|", color="#7f7f7f", markersize=14,
                   transform=axis.get_xaxis_transform(), label="over budget, not trained")  # fmt: skip
-    if limits.get("max_latency_ms") is not None:
-        axis.axvline(limits["max_latency_ms"], color="#2ca02c", linestyle="--",
-                     label=f"latency budget {limits['max_latency_ms']:g} ms")  # fmt: skip
+    limit = limits.get("latency_limit_ms", limits.get("max_latency_ms"))
+    if limit is not None:
+        label = f"latency budget {limit:.3g} ms"
+        if limits.get("min_speedup") is not None:
+            label = f"{limits['min_speedup']:g}x the teacher's speed: {limit:.3g} ms"
+        axis.axvline(limit, color="#2ca02c", linestyle="--", label=label)
+    teacher_ms = limits.get("teacher_latency_ms")
+    if teacher_ms is not None:
+        axis.axvline(teacher_ms, color="#555555", linestyle="-.", label=f"teacher {teacher_ms:.3g} ms")
     reference = limits.get("reference_metric", teacher_metric)
     if reference is not None:
         axis.axhline(reference, color="#555555", linestyle=":", label="teacher (validation)")
@@ -53,12 +61,10 @@ def draw_budget_frontier(budget: dict[str, Any], metric_name: str, teacher_metri
     if winner["metric"] is not None:
         axis.scatter([winner["latency_ms"]], [winner["metric"]], marker="*", s=260, color="#ff7f0e",
                      edgecolors="black", zorder=4, label=f"winner: {winner['name']}")  # fmt: skip
-    latencies = [c["latency_ms"] for c in candidates] + [limits.get("max_latency_ms") or 0]
-    if (
-        min(latencies) > 0 and max(latencies) / min(latencies) > 20
-    ):  # a far budget line would crush the points
+    latencies = [ms for ms in [c["latency_ms"] for c in candidates] + [limit, teacher_ms] if ms]
+    if max(latencies) / min(latencies) > 20:  # a far budget or teacher line would crush the points
         axis.set_xscale("log")
-    axis.set_xlabel(f"latency (ms) {limits.get('latency', '')}".strip())
+    axis.set_xlabel(f"latency: ms {limits.get('latency', '')}".strip())
     axis.set_ylabel(f"validation {metric_name} after the short run")
     axis.set_title("Candidates: quality against latency")
     axis.legend(fontsize=8, loc="best")

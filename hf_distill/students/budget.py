@@ -6,9 +6,11 @@ The search, :func:`search_budget`:
    Influence (:func:`~hf_distill.students.importance.layer_importance`) and, for a narrower width, the heads
    and MLP channels of highest activation (:func:`~hf_distill.students.width.prune_width`);
 2. **latency before training**: latency needs no trained weights, so every candidate is built and timed
-   (by the caller's ``measure_latency``, on the runtime the student ships on) before any step is taken, and
-   those over ``max_latency_ms`` (or over ``max_params`` parameters) are dropped untrained. None left: the
-   budget is refused with the fastest candidate's latency (:class:`BudgetImpossible`);
+   (by the caller's ``measure_latency``, on the runtime the student ships on: ms per forward, or for a causal
+   LM ms per generated token, :mod:`hf_distill.reports.generation_timing`) before any step is taken, and
+   those over ``max_latency_ms`` (or less than ``min_speedup`` times as fast as the teacher, timed beside
+   them; or over ``max_params`` parameters) are dropped untrained. None left: the budget is refused
+   with the fastest candidate's latency (:class:`BudgetImpossible`);
 3. **short runs, pruned early**: the rest get a short distillation run each (the caller's ``train_short``),
    fastest first, reporting the validation metric at intervals to an Optuna study whose pruner stops the
    hopeless: with ``min_retention`` a :class:`optuna.pruners.ThresholdPruner` at that share of the teacher's
@@ -43,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DEPTHS = (0.25, 0.5, 0.75)
 DEFAULT_WIDTHS = (1.0, 0.5)
+# The name under which ``measure_latency`` returns the teacher's latency, which ``min_speedup`` is a share of.
+TEACHER = "teacher"
 
 
 class BudgetImpossible(ValueError):
@@ -60,6 +64,7 @@ class Candidate:
     intermediate_size: int | None = None
     parameters: int | None = None
     latency_ms: float | None = None
+    speedup: float | None = None  # the teacher's latency / this one's, when the teacher was timed beside it
     status: str = "built"
     metric: float | None = None
     retention: float | None = None
@@ -166,18 +171,45 @@ def _retention(metric: float, reference: float | None, higher_is_better: bool) -
     return metric / reference if higher_is_better else reference / metric
 
 
+def check_latency_budget(max_latency_ms: float | None, min_speedup: float | None) -> None:
+    """Refuses a latency budget stated twice or out of range, before anything is built or timed.
+
+    Args:
+        max_latency_ms (float | None): milliseconds (per forward, or per generated token for a causal LM).
+        min_speedup (float | None): the teacher's latency / the student's, at least; above 1.
+
+    Raises:
+        ValueError: both given (two latency budgets, one of which would be ignored), or a bad number.
+    """
+    if max_latency_ms is not None and min_speedup is not None:
+        raise ValueError(
+            f"max_latency_ms={max_latency_ms:g} and min_speedup={min_speedup:g} are two latency budgets for the "
+            "same measurement, and one would silently override the other: give one, max_latency_ms in "
+            "milliseconds or min_speedup as a multiple of the teacher's speed (e.g. 1.5)."
+        )
+    if max_latency_ms is not None and not (math.isfinite(max_latency_ms) and max_latency_ms > 0):
+        raise ValueError(f"max_latency_ms={max_latency_ms} must be a positive number of milliseconds.")
+    if min_speedup is not None and not (math.isfinite(min_speedup) and min_speedup > 1):
+        raise ValueError(
+            f"min_speedup={min_speedup} must be a number above 1: the teacher's latency over the student's "
+            "(1.5: the student 1.5x as fast, e.g. 1.5x the teacher's tokens/s); 1 or less asks for nothing "
+            "a student cut from the teacher does not already give."
+        )
+
+
 def _check_budget(
     max_latency_ms: float | None,
     max_params: int | None,
     min_retention: float | None,
     reference_metric: float | None,
+    min_speedup: float | None = None,
 ) -> None:
-    if max_latency_ms is None and max_params is None:
+    if max_latency_ms is None and max_params is None and min_speedup is None:
         raise ValueError(
-            "A budget needs max_latency_ms or max_params (or both): what the student must fit in."
+            "A budget needs max_latency_ms, min_speedup or max_params (a latency and a size budget may go "
+            "together): what the student must fit in."
         )
-    if max_latency_ms is not None and not (math.isfinite(max_latency_ms) and max_latency_ms > 0):
-        raise ValueError(f"max_latency_ms={max_latency_ms} must be a positive number of milliseconds.")
+    check_latency_budget(max_latency_ms, min_speedup)
     if max_params is not None and max_params < 1:
         raise ValueError(f"max_params={max_params} must be a positive number of parameters.")
     if min_retention is not None:
@@ -192,13 +224,19 @@ def _check_budget(
 
 
 def _drop_over_budget(
-    candidates: list[Candidate], max_latency_ms: float | None, max_params: int | None, latency_label: str
+    candidates: list[Candidate],
+    max_latency_ms: float | None,
+    max_params: int | None,
+    latency_label: str,
+    min_speedup: float | None = None,
 ) -> list[Candidate]:
     """Marks candidates over the budget; returns those within it, fastest first; refuses when none is."""
     for c in candidates:
         if max_params is not None and c.parameters > max_params:
             c.status = "over_params"
         elif max_latency_ms is not None and c.latency_ms > max_latency_ms:
+            c.status = "over_budget"
+        elif min_speedup is not None and c.speedup < min_speedup:
             c.status = "over_budget"
     feasible = sorted(
         (c for c in candidates if c.status == "built"), key=lambda c: (c.latency_ms, c.parameters)
@@ -213,6 +251,13 @@ def _drop_over_budget(
             f"{smallest.parameters:,}. Raise --max_params or add smaller candidates (lower --budget_depths / "
             "--budget_widths)."
         )
+    if min_speedup is not None:
+        raise BudgetImpossible(
+            f"No candidate is {min_speedup:g}x as fast as the teacher: the fastest, {fastest.name}, takes "
+            f"{fastest.latency_ms:.3g} ms {latency_label}, {fastest.speedup:.2f}x the teacher. Lower "
+            f"--min_speedup to at most {fastest.speedup:.2f}, or add smaller candidates (lower --budget_depths / "
+            "--budget_widths)."
+        )
     raise BudgetImpossible(
         f"No candidate meets max_latency_ms={max_latency_ms:g}: the fastest, {fastest.name}, takes "
         f"{fastest.latency_ms:.3g} ms {latency_label}. Raise --max_latency_ms to at least that, or add smaller "
@@ -224,18 +269,32 @@ def _built_and_timed(
     candidates: list[Candidate],
     build: Callable[[Candidate], nn.Module],
     measure_latency: Callable[[dict[str, nn.Module]], dict[str, float]],
-) -> dict[str, nn.Module]:
-    """Builds every candidate, counts its parameters and times them all (untrained); returns the models."""
+    min_speedup: float | None = None,
+) -> tuple[dict[str, nn.Module], float | None]:
+    """Builds every candidate, counts its parameters and times them all (untrained); returns the models and
+    the teacher's latency (None when the measurement holds none; refused when ``min_speedup`` needs it)."""
     models = {c.name: build(c) for c in candidates}
     latency = measure_latency(models)
+    teacher_ms = latency.get(TEACHER)
+    if teacher_ms is not None:
+        teacher_ms = _positive_ms(TEACHER, teacher_ms)
+    elif min_speedup is not None:
+        raise ValueError(
+            f"min_speedup={min_speedup:g} is a multiple of the teacher's speed, but measure_latency returned no "
+            f"{TEACHER!r} entry: time the teacher beside the candidates and return it under {TEACHER!r}."
+        )
     for c in candidates:
         c.parameters = count_parameters(models[c.name])
-        c.latency_ms = float(latency[c.name])
-        if not math.isfinite(c.latency_ms) or c.latency_ms <= 0:
-            raise ValueError(
-                f"latency of {c.name} is {c.latency_ms}: the timer must return positive milliseconds."
-            )
-    return models
+        c.latency_ms = _positive_ms(c.name, latency[c.name])
+        c.speedup = None if teacher_ms is None else teacher_ms / c.latency_ms
+    return models, teacher_ms
+
+
+def _positive_ms(name: str, value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"latency of {name} is {value}: the timer must return positive milliseconds.")
+    return value
 
 
 def _study(
@@ -281,6 +340,7 @@ def search_budget(
     higher_is_better: bool = True,
     warmup_steps: int = 0,
     latency_label: str = "",
+    min_speedup: float | None = None,
 ) -> BudgetResult:
     """Steps 2-4 of the module docstring over ``candidates``.
 
@@ -293,32 +353,33 @@ def search_budget(
         train_short (Callable): ``train_short(candidate, model, report) -> validation metric``: a short
             distillation run that calls ``report(step, validation metric)`` at intervals and stops when it
             returns True (the pruner gave up on it).
-        max_latency_ms, max_params (float | None, int | None): the budget (ms; parameters).
+        max_latency_ms, min_speedup, max_params (float | None, float | None, int | None): the budget: ms; or
+            instead, the teacher's latency (under :data:`TEACHER` in the measurement) / the candidate's; parameters.
         min_retention (float | None): share of ``reference_metric`` (the teacher's, on validation) to keep.
         higher_is_better (bool): the metric's direction. warmup_steps (int): steps before pruning may stop a run.
-        latency_label (str): how latency was measured (e.g. "at batch 1 with onnx-int8"), for messages.
+        latency_label (str): what the milliseconds are for (e.g. "per generated token at batch 1 on torch"),
+            for messages and the figure's axis.
 
     Returns:
         BudgetResult: every candidate with its latency, parameters and (when trained) curve; the winner; why.
 
     Raises:
-        ValueError: no budget, bad numbers, or ``min_retention`` without ``reference_metric``.
+        ValueError: no budget, bad numbers, both ``max_latency_ms`` and ``min_speedup``, ``min_retention``
+            without ``reference_metric``, or ``min_speedup`` without the teacher's latency.
         BudgetImpossible: no candidate within the budget (the fastest, or smallest, is named).
         ImportError: optuna is not installed.
     """
-    _check_budget(max_latency_ms, max_params, min_retention, reference_metric)
+    _check_budget(max_latency_ms, max_params, min_retention, reference_metric, min_speedup)
     if not candidates:
         raise ValueError("No candidates to search; candidate_grid builds them from the teacher.")
     optuna = require_optuna()
-    models = _built_and_timed(candidates, build, measure_latency)
-    feasible = _drop_over_budget(candidates, max_latency_ms, max_params, latency_label)
+    models, teacher_ms = _built_and_timed(candidates, build, measure_latency, min_speedup)
+    feasible = _drop_over_budget(candidates, max_latency_ms, max_params, latency_label, min_speedup)
     models = {c.name: models[c.name] for c in feasible}  # the others are over budget: never trained
     by_name = {c.name: c for c in feasible}
     study = _study(optuna, min_retention, reference_metric, higher_is_better, warmup_steps)
-    trainings = 0
 
     def objective(trial: Any) -> float:
-        nonlocal trainings
         candidate = by_name[trial.suggest_categorical("candidate", list(by_name))]
         stopped = False
 
@@ -331,7 +392,6 @@ def search_budget(
             stopped = stopped or trial.should_prune()
             return stopped
 
-        trainings += 1
         metric = float(train_short(candidate, models.pop(candidate.name), report))
         candidate.metric = metric
         candidate.retention = _retention(metric, reference_metric, higher_is_better)
@@ -343,16 +403,26 @@ def search_budget(
     for c in feasible:
         study.enqueue_trial({"candidate": c.name})
     study.optimize(objective, n_trials=len(feasible), catch=())
-    budget = {"max_latency_ms": max_latency_ms, "max_params": max_params, "min_retention": min_retention,
-              "reference_metric": reference_metric, "latency": latency_label}  # fmt: skip
+    budget = _budget_entry(teacher_ms, max_latency_ms=max_latency_ms, max_params=max_params, min_speedup=min_speedup,
+                           min_retention=min_retention, reference_metric=reference_metric, latency=latency_label)  # fmt: skip
     winner, why = pick_winner(candidates, budget, higher_is_better)
-    return BudgetResult(candidates, winner, why, budget, trainings)
+    return BudgetResult(candidates, winner, why, budget, trainings=len(study.trials))  # one training each
+
+
+def _budget_entry(teacher_ms: float | None, **limits: Any) -> dict[str, Any]:
+    """The budget as the result records it, with the teacher's latency and the latency limit in ms
+    (``min_speedup``'s, when given)."""
+    speedup, ms = limits["min_speedup"], limits["max_latency_ms"]
+    limit = ms if speedup is None else teacher_ms / speedup
+    return {**limits, "teacher_latency_ms": teacher_ms, "latency_limit_ms": limit}
 
 
 def _describe(c: Candidate) -> str:
     retention = f", {c.retention:.1%} of the teacher" if c.retention is not None else ""
+    speedup = f", {c.speedup:.2f}x the teacher's speed" if c.speedup is not None else ""
     return (
-        f"{c.name} ({c.latency_ms:.3g} ms, {c.parameters:,} parameters, validation {c.metric:.4g}{retention})"
+        f"{c.name} ({c.latency_ms:.3g} ms{speedup}, {c.parameters:,} parameters, validation {c.metric:.4g}"
+        f"{retention})"
     )
 
 
@@ -372,7 +442,7 @@ def pick_winner(
     dropped = [c for c in candidates if c.status in ("over_budget", "over_params")]
     limits = ", ".join(
         f"{k} {budget[k]:g}"
-        for k in ("max_latency_ms", "max_params", "min_retention")
+        for k in ("max_latency_ms", "min_speedup", "max_params", "min_retention")
         if budget.get(k) is not None
     )
     tail = f" {len(dropped)} candidate(s) were over budget and never trained." if dropped else ""

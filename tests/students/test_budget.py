@@ -13,9 +13,11 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from hf_distill.cli import main
 from hf_distill.students.budget import (
+    TEACHER,
     BudgetImpossible,
     build_candidate,
     candidate_grid,
+    check_latency_budget,
     pick_winner,
     search_budget,
 )
@@ -141,7 +143,7 @@ def test_an_impossible_budget_is_refused_with_the_fastest_latency():
 
 
 def test_budget_arguments_are_checked():
-    with pytest.raises(ValueError, match="A budget needs max_latency_ms or max_params"):
+    with pytest.raises(ValueError, match="A budget needs max_latency_ms, min_speedup or max_params"):
         search_budget(grid(), None, None, None)
     with pytest.raises(ValueError, match="min_retention needs the teacher's validation metric"):
         search_budget(grid(), None, None, None, max_params=5, min_retention=0.9)
@@ -213,7 +215,7 @@ def test_candidates_are_timed_on_onnx_int8_beside_the_teacher(tmp_path, wordpiec
     monkeypatch.setattr(recipe, "latency_batch", lambda task, size: inputs)
     args = recipe.BudgetArguments(max_latency_ms=5, runtime="onnx-int8")
     report_args = SimpleNamespace(latency_rounds=1, latency_threads=1)
-    task = SimpleNamespace(tokenizer=wordpiece_tokenizer)
+    task = SimpleNamespace(task="sequence_classification", tokenizer=wordpiece_tokenizer)  # timed per forward
     measure, seen = recipe.latency_measurer(task, model, args, report_args, tmp_path)
     (candidate,) = candidate_grid(model, [0.2, 0.1], depths=(0.5,), widths=(1.0,))
     latency = measure({"1L": build_candidate(model, candidate)})
@@ -251,6 +253,14 @@ def test_hf_distill_budget_on_tiny_code_with_a_grouped_query_llama(tmp_path, wor
     assert (candidates["2L-w0.5"]["heads"], candidates["2L-w0.5"]["intermediate_size"]) == (2, 16)
     for c in candidates.values():  # perplexity: retention is teacher / student
         assert c["retention"] == pytest.approx(report["budget"]["budget"]["reference_metric"] / c["metric"])
+    # A causal LM is timed per generated token: a prompt of the 32-token blocks, 32 new tokens.
+    limits = report["budget"]["budget"]
+    assert limits["latency"] == "per generated token at batch 1 on torch (32-token prompt, 32 new)"
+    assert limits["teacher_latency_ms"] == report["budget"]["teacher_latency_ms"] > 0
+    assert all(
+        c["speedup"] == pytest.approx(limits["teacher_latency_ms"] / c["latency_ms"])
+        for c in candidates.values()
+    )
     winner = LlamaForCausalLM.from_pretrained(out / "budget" / "winner")
     assert winner.config.num_hidden_layers == 2
     assert report["metric_name"] == "perplexity" and len(report["students"]) == 2
@@ -273,3 +283,56 @@ def test_hf_distill_train_keeps_layers_by_importance(tmp_path, wordpiece_tokeniz
     assert record["strategy"] == "importance" and len(record["layer_scores"]) == 4
     scores = record["layer_scores"]
     assert record["layers"] == sorted(sorted(range(4), key=lambda i: -scores[i])[:2])
+
+
+def ms_with_teacher(models):
+    """:func:`ms_from_size` with the teacher timed beside the candidates, as the recipe's measurer does."""
+    return {**ms_from_size(models), TEACHER: count_parameters(teacher()) / 1000}
+
+
+def test_min_speedup_keeps_the_candidates_that_fast_and_picks_the_fastest_that_keeps_the_metric():
+    train = FakeTraining()
+    teacher_ms = count_parameters(teacher()) / 1000
+    # Speed-ups (teacher 10.08 ms): 1L-w0.5 3.50, 1L 2.96, 2L-w0.5 2.20, 2L 1.79, 3L-w0.5 1.61, 3L 1.28. With
+    # 2x only the first three are within; of those, 2L-w0.5 (0.65) is the fastest keeping 60% of 1.0.
+    result = search_budget(
+        grid(), build, ms_with_teacher, train, min_speedup=2.0, min_retention=0.6, reference_metric=1.0,
+        warmup_steps=6,
+    )  # fmt: skip
+    statuses = {c.name: c.status for c in result.candidates}
+    assert [n for n, s in statuses.items() if s == "over_budget"] == ["2L", "3L-w0.5", "3L"]
+    assert train.trained == ["1L-w0.5", "1L", "2L-w0.5"]
+    assert result.winner.name == "2L-w0.5"
+    winner_ms = count_parameters(build(result.winner)) / 1000
+    assert result.winner.speedup == pytest.approx(teacher_ms / winner_ms) == pytest.approx(10.08 / 4.576)
+    assert all(c.speedup == pytest.approx(teacher_ms / c.latency_ms) for c in result.candidates)
+    assert result.budget["latency_limit_ms"] == pytest.approx(teacher_ms / 2)
+    assert result.budget["teacher_latency_ms"] == pytest.approx(teacher_ms)
+    assert "min_speedup 2" in result.why and "2.20x the teacher's speed" in result.why
+    # Without a retention target the best within the speed-up wins: again 2L-w0.5, the largest that is 2x.
+    assert (
+        search_budget(grid(), build, ms_with_teacher, FakeTraining(), min_speedup=2.0).winner.name
+        == "2L-w0.5"
+    )
+
+
+def test_min_speedup_refusals():
+    train = FakeTraining()
+    with pytest.raises(
+        BudgetImpossible,
+        match=r"No candidate is 4x as fast as the teacher: the fastest, 1L-w0\.5, takes 2\.88 ms per generated "
+        r"token, 3\.50x the teacher\. Lower --min_speedup to at most 3\.50",
+    ):
+        search_budget(
+            grid(), build, ms_with_teacher, train, min_speedup=4, latency_label="per generated token"
+        )
+    with pytest.raises(ValueError, match=r"measure_latency returned no 'teacher' entry"):
+        search_budget(grid(), build, ms_from_size, train, min_speedup=1.5)
+    assert train.trained == []
+    with pytest.raises(ValueError, match=r"max_latency_ms=5 and min_speedup=1\.5 are two latency budgets"):
+        search_budget(grid(), build, ms_with_teacher, train, max_latency_ms=5, min_speedup=1.5)
+    for bad in (1.0, 0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=rf"min_speedup={bad} must be a number above 1"):
+            check_latency_budget(None, bad)
+    with pytest.raises(ValueError, match="A budget needs max_latency_ms, min_speedup or max_params"):
+        search_budget(grid(), build, ms_with_teacher, train)
