@@ -23,6 +23,7 @@ from _common import measure_in_fresh_process, peak_rss_delta, report, summarize,
 from hf_distill import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
 from hf_distill.losses.divergences import distillation_loss, task_cross_entropy  # noqa: E402
 from hf_distill.losses.fused.chunked import DEFAULT_CHUNK_SIZE, fused_linear_distillation_loss  # noqa: E402
+from hf_distill.losses.fused.teacher_forms import TeacherHead  # noqa: E402
 
 VOCAB = 50257
 
@@ -87,7 +88,7 @@ def loss_from_hidden(variant: str, hidden, weight, t_hidden, t_weight, labels) -
         loss = 0.5 * distillation_loss(logits, t_logits, temperature=2.0, labels=labels)
         return loss + 0.5 * task_cross_entropy(logits, labels)
     return fused_linear_distillation_loss(
-        hidden, weight, teacher_hidden=t_hidden, teacher_weight=t_weight, labels=labels, temperature=2.0,
+        hidden, weight, teacher=TeacherHead(t_hidden, t_weight), labels=labels, temperature=2.0,
         kd_weight=0.5, task_weight=0.5, implementation=variant, chunk_size=DEFAULT_CHUNK_SIZE,
     ).loss  # fmt: skip
 

@@ -37,6 +37,7 @@ from _common import RESULTS, machine  # noqa: E402
 from bench_causal_lm import VOCAB, gpt2, kd_step_fn, lower_bound_fn, make_batch, shapes  # noqa: E402
 
 from hf_distill.losses.fused.chunked import DEFAULT_CHUNK_SIZE, fused_linear_distillation_loss  # noqa: E402
+from hf_distill.losses.fused.teacher_forms import TeacherHead  # noqa: E402
 
 
 def loss_fns(s: dict, chunk_size: int) -> dict:
@@ -54,8 +55,8 @@ def loss_fns(s: dict, chunk_size: int) -> dict:
 
     def loss():
         fused_linear_distillation_loss(
-            hidden, weight, teacher_hidden=t_hidden, teacher_weight=t_weight, labels=labels, temperature=2.0,
-            kd_weight=0.5, task_weight=0.5, chunk_size=chunk_size, check_teacher_finite=True,
+            hidden, weight, teacher=TeacherHead(t_hidden, t_weight, check_finite=True), labels=labels,
+            temperature=2.0, kd_weight=0.5, task_weight=0.5, chunk_size=chunk_size,
         ).loss.backward()  # fmt: skip
         hidden.grad = weight.grad = None
 

@@ -32,7 +32,13 @@ from hf_distill.losses import (
     task_cross_entropy,
     topk_distillation_loss,
 )
-from hf_distill.losses.fused import KDLossParts, fused_linear_distillation_loss
+from hf_distill.losses.fused import (
+    KDLossParts,
+    TeacherHead,
+    TeacherLogits,
+    TeacherTopk,
+    fused_linear_distillation_loss,
+)
 from hf_distill.modes import (
     MultiTaskDistillationTrainer,
     MultiTeacherDistillationTrainer,
@@ -89,6 +95,9 @@ __all__ = [
     "SelfDistillationTrainingArguments",
     "TeacherCacheCollator",
     "TeacherColumnsCollator",
+    "TeacherHead",
+    "TeacherLogits",
+    "TeacherTopk",
     "TopkCodec",
     "TupleCollator",
     "__version__",

@@ -11,6 +11,7 @@ import torch
 
 from hf_distill.cache.build import CACHE_COLUMNS
 from hf_distill.losses.divergences import IGNORE_INDEX
+from hf_distill.losses.fused.teacher_forms import TeacherHead, TeacherLogits, TeacherTopk
 
 # The batch key of the per-row teacher names (``teacher_route_column``'s values), put there by the routed
 # teacher's collator (:class:`hf_distill.teachers.routed.RouteColumnCollator`) whatever the dataset calls it.
@@ -186,3 +187,25 @@ class TeacherTarget:
     def source(self) -> str:
         """The source's name for messages (``kind.value``)."""
         return self.kind.value
+
+    def fused_teacher(self, check_finite: bool = False) -> TeacherLogits | TeacherHead | TeacherTopk:
+        """This target as the fused KD loss's ``teacher`` (:mod:`hf_distill.losses.fused.teacher_forms`), its
+        positions shifted like a causal LM student's (position t predicts t+1, so the last one goes).
+
+        Args:
+            check_finite (bool): refuse NaN / +inf teacher logits where the loss reads or makes them (full
+                logits, or the head's logits chunk by chunk); top-k values are taken as they come.
+
+        Returns:
+            :class:`TeacherTopk`, :class:`TeacherLogits` or :class:`TeacherHead`, by the form this target holds.
+        """
+        if self.topk is not None:
+            return TeacherTopk(*(t[:, :-1] for t in self.topk))
+        if self.logits is not None:
+            return TeacherLogits(self.logits[:, :-1], check_finite=check_finite)
+        if self.hidden is None or self.head_weight is None:
+            raise ValueError(
+                f"The teacher target ({self.source}) holds no logits, no top-k and no hidden states with a head: "
+                "the fused loss has nothing to distil from. A teacher source must fill one of the three forms."
+            )
+        return TeacherHead(self.hidden[:, :-1], self.head_weight, self.head_bias, check_finite=check_finite)

@@ -28,7 +28,7 @@ training and evaluation alike:
   :func:`hf_distill.losses.topk.topk_distillation_loss`;
 - :class:`ChunkedLogitTerms`: causal LMs with a large vocabulary; the student's logits are never built whole
   (:func:`hf_distill.losses.fused.chunked.fused_linear_distillation_loss`), the teacher given as logits, top-k, or its last
-  hidden state and head.
+  hidden state and head (:meth:`hf_distill.batch.TeacherTarget.fused_teacher`).
 
 Each term object also runs the student's forward pass, since the chunked loss needs the last hidden state
 instead of the logits.
@@ -55,7 +55,7 @@ from hf_distill.losses.divergences import (
 from hf_distill.losses.fused.chunked import fused_linear_distillation_loss
 from hf_distill.losses.fused.lm_head import forward_with_last_hidden, resolve_implementation
 from hf_distill.losses.fused.teacher_chunks import check_teacher_finite
-from hf_distill.losses.topk import topk_chunks, topk_distillation_loss
+from hf_distill.losses.topk import topk_distillation_loss
 from hf_distill.model_kind import (
     CAUSAL_LM,
     align_for_distillation,
@@ -245,10 +245,9 @@ class ChunkedLogitTerms:
             student.hidden[:, :-1],
             student.head_weight,
             student.head_bias,
-            **self._teacher_source(target),
+            teacher=target.fused_teacher(check_finite=self.args.check_teacher_finite),
             chunk_size=self.args.kd_chunk_size,
             implementation=self.implementation,
-            check_teacher_finite=self.args.check_teacher_finite,
             **kwargs,
             **self.args.kd_loss_kwargs,
         )
@@ -281,18 +280,6 @@ class ChunkedLogitTerms:
         if alpha < 1.0:
             parts["loss_task"] = ce_sum / n_task
         return loss, parts
-
-    def _teacher_source(self, target: TeacherTarget) -> dict[str, Any]:
-        """The target as the chunked loss takes it, shifted like the student (position t predicts t+1)."""
-        if target.topk is not None:
-            return {"kd_chunk_fn": topk_chunks(*(t[:, :-1] for t in target.topk), **self.args.kd_loss_kwargs)}
-        if target.logits is not None:
-            return {"teacher_logits": target.logits[:, :-1]}
-        return {
-            "teacher_hidden": target.hidden[:, :-1],
-            "teacher_weight": target.head_weight,
-            "teacher_bias": target.head_bias,
-        }
 
 
 LogitTerms = PlainLogitTerms | ChunkedLogitTerms

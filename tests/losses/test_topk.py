@@ -8,6 +8,7 @@ import torch
 
 from hf_distill.losses.divergences import PER_POSITION_LOSSES
 from hf_distill.losses.fused.chunked import fused_linear_distillation_loss
+from hf_distill.losses.fused.teacher_forms import TeacherTopk
 from hf_distill.losses.topk import per_position_topk, topk_chunks, topk_distillation_loss, topk_teacher
 
 TOPK_LOSSES = sorted(set(PER_POSITION_LOSSES) - {"mse"})
@@ -81,9 +82,15 @@ def test_topk_gradients_match_between_plain_and_fused():
         hidden @ weight.T, values, indices, tail, loss="jsd", temperature=2.0, labels=labels
     )
     fused = fused_linear_distillation_loss(
-        hidden, weight, kd_chunk_fn=topk_chunks(values, indices, tail, loss="jsd", temperature=2.0), labels=labels,
+        hidden, weight, teacher=TeacherTopk(values, indices, tail), labels=labels, loss="jsd", temperature=2.0,
+        chunk_size=4,
+    )  # fmt: skip
+    # The top-k loss as a per-chunk function (its own settings) is the same teacher in another form.
+    as_chunk_fn = fused_linear_distillation_loss(
+        hidden, weight, teacher=topk_chunks(values, indices, tail, loss="jsd", temperature=2.0), labels=labels,
         loss="jsd", temperature=2.0, chunk_size=4,
     )  # fmt: skip
+    torch.testing.assert_close(as_chunk_fn.loss, plain)
     torch.testing.assert_close(fused.loss, plain)
     for a, b in zip(
         torch.autograd.grad(fused.loss, (hidden, weight)), torch.autograd.grad(plain, (hidden, weight))

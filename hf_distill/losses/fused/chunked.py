@@ -17,28 +17,24 @@ Two implementations, both exact (same value and gradients as :func:`hf_distill.l
 - ``"chunked"``: ``torch.utils.checkpoint`` per chunk; the backward recomputes each chunk's logits, so it
   costs one more ``h @ W^T`` than ``"fused"`` but leaves autograd in charge of everything.
 
-The task cross-entropy is fused into the same pass, since it also needs the full logits. The teacher side
-is a per-chunk callable (:class:`hf_distill.losses.fused.teacher_chunks.TeacherChunks`): full teacher logits, teacher hidden states with the
-teacher's LM head (so the teacher's logits are never materialised either), or cached top-k logits.
+The task cross-entropy is fused into the same pass, since it also needs the full logits. The teacher comes as
+one ``teacher`` argument whose type says its form (:mod:`hf_distill.losses.fused.teacher_forms`): full teacher
+logits, the teacher's hidden states with its LM head (so the teacher's logits are never materialised either),
+top-k logits, or any per-chunk KD function; each form makes the per-chunk callable the loops read
+(:class:`hf_distill.losses.fused.teacher_chunks.TeacherChunks`).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from hf_distill.losses.divergences import IGNORE_INDEX, check_loss_name, upcast
-from hf_distill.losses.fused.teacher_chunks import (
-    KDChunkFn,
-    RowsOf,
-    linear_into,
-    raise_teacher_not_finite,
-    teacher_hidden_chunks,
-    teacher_logits_chunks,
-)
+from hf_distill.losses.fused.teacher_chunks import KDChunkFn, RowsOf, linear_into, raise_teacher_not_finite
+from hf_distill.losses.fused.teacher_forms import TeacherForm, teacher_from_keywords
 
 # 128 rows x 50257 float32 is 26 MB per tensor: small against the plain loss's (B, T, V) logits, large enough
 # for the matmuls to run at speed (benchmarks/bench_causal_lm.py measures the peak per chunk size).
@@ -209,10 +205,7 @@ def check_fused_arguments(
     student_hidden: torch.Tensor,
     student_weight: torch.Tensor,
     *,
-    teacher_logits: torch.Tensor | None,
-    teacher_hidden: torch.Tensor | None,
-    teacher_weight: torch.Tensor | None,
-    kd_chunk_fn: KDChunkFn | None,
+    teacher: TeacherForm | None,
     labels: torch.Tensor | None,
     mask: torch.Tensor | None,
     loss: str,
@@ -239,15 +232,11 @@ def check_fused_arguments(
         raise ValueError(f"chunk_size must be >= 1 positions, got {chunk_size}.")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 to soften distributions, got {temperature}.")
-    sources = [s is not None for s in (teacher_logits, teacher_hidden, kd_chunk_fn)]
-    if sum(sources) != 1 and kd_weight != 0:
+    if teacher is None and kd_weight != 0:
         raise ValueError(
-            "Give exactly one teacher source to the chunked loss: teacher_logits, teacher_hidden (with "
-            f"teacher_weight) or kd_chunk_fn; got {sum(sources)}."
-        )
-    if teacher_hidden is not None and teacher_weight is None:
-        raise ValueError(
-            "teacher_hidden needs teacher_weight, the teacher's LM head (V, H_t), to make logits."
+            f"Give exactly one teacher source to the chunked loss (kd_weight={kd_weight} needs one), got none: "
+            "teacher= a logits tensor, TeacherHead(hidden, weight, bias), TeacherTopk(values, indices, tail) "
+            "or a per-chunk KD function."
         )
     if task_weight != 0 and labels is None:
         raise ValueError(f"task_weight={task_weight} needs labels (with -100 at ignored positions).")
@@ -257,47 +246,14 @@ def check_fused_arguments(
             "positions equal to -100, `mask` is an explicit boolean mask."
         )
     leading = student_hidden.shape[:-1]
-    vocab = student_weight.shape[0]
-    if teacher_logits is not None and tuple(teacher_logits.shape) != (*leading, vocab):
-        raise ValueError(
-            f"Teacher logits {tuple(teacher_logits.shape)} do not match the student's positions {tuple(leading)} "
-            f"and vocabulary {vocab}; teacher and student must share the vocabulary and be shifted alike."
-        )
-    if teacher_hidden is not None:
-        if teacher_hidden.shape[:-1] != leading or teacher_weight.shape[0] != vocab:
-            raise ValueError(
-                f"Teacher hidden states {tuple(teacher_hidden.shape)} with LM head {tuple(teacher_weight.shape)} "
-                f"do not match the student's positions {tuple(leading)} and vocabulary {vocab}."
-            )
+    if teacher is not None:
+        teacher.check_matches(tuple(leading), student_weight.shape[0])
     for name, tensor in (("labels", labels), ("mask", mask)):
         if tensor is not None and tensor.shape != leading:
             raise ValueError(
                 f"The loss {name} have shape {tuple(tensor.shape)} but the hidden states have leading shape "
                 f"{tuple(leading)}; shift labels and hidden states alike (hidden[:, :-1], labels[:, 1:])."
             )
-
-
-def teacher_chunk_fn(
-    teacher_logits: torch.Tensor | None,
-    teacher_hidden: torch.Tensor | None,
-    teacher_weight: torch.Tensor | None,
-    teacher_bias: torch.Tensor | None,
-    *,
-    loss: str,
-    temperature: float,
-    beta: float,
-    skew_lambda: float,
-    check_finite: bool,
-) -> KDChunkFn | None:
-    """The per-chunk KD loss for a teacher given as full logits or as hidden states with its LM head."""
-    kwargs = dict(
-        loss=loss, temperature=temperature, beta=beta, skew_lambda=skew_lambda, check_finite=check_finite
-    )
-    if teacher_logits is not None:
-        return teacher_logits_chunks(teacher_logits, **kwargs)
-    if teacher_hidden is not None:
-        return teacher_hidden_chunks(teacher_hidden, teacher_weight, teacher_bias, **kwargs)
-    return None  # kd_weight == 0: no teacher needed
 
 
 def _reduced_sums(
@@ -360,11 +316,7 @@ def fused_linear_distillation_loss(
     student_weight: torch.Tensor,
     student_bias: torch.Tensor | None = None,
     *,
-    teacher_logits: torch.Tensor | None = None,
-    teacher_hidden: torch.Tensor | None = None,
-    teacher_weight: torch.Tensor | None = None,
-    teacher_bias: torch.Tensor | None = None,
-    kd_chunk_fn: KDChunkFn | None = None,
+    teacher: TeacherForm | torch.Tensor | KDChunkFn | None = None,
     labels: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     loss: str = "forward_kl",
@@ -377,7 +329,7 @@ def fused_linear_distillation_loss(
     num_items_in_batch: int | torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     implementation: str = "fused",
-    check_teacher_finite: bool = False,
+    **deprecated: Any,
 ) -> KDLossParts:
     """Distillation (+ task) loss from the student's last hidden states and LM head, chunk by chunk.
 
@@ -385,30 +337,32 @@ def fused_linear_distillation_loss(
     with ``z_s = student_hidden @ student_weight^T (+ student_bias)``, without building ``z_s``.
 
     Args:
-        student_hidden: ``(..., H)``, e.g. ``(B, T, H)`` already shifted for next-token prediction.
-        student_weight: the LM head ``(V, H)``; student_bias ``(V,)`` or None.
-        teacher_logits: ``(..., V)`` with the same leading shape; or ``teacher_hidden`` ``(..., H_t)`` with
-            ``teacher_weight`` ``(V, H_t)`` (and ``teacher_bias``); or ``kd_chunk_fn`` (e.g. the top-k loss of
-            :mod:`hf_distill.cache.build`). Exactly one teacher source.
-        labels: ``(...)`` with -100 at ignored positions (needed for the task term); or ``mask`` ``(...)``.
+        student_hidden (Tensor): ``(..., H)``, e.g. ``(B, T, H)`` already shifted for next-token prediction.
+        student_weight (Tensor): the LM head ``(V, H)``; student_bias ``(V,)`` or None.
+        teacher: one form (:mod:`hf_distill.losses.fused.teacher_forms`): the teacher's logits ``(..., V)`` with
+            the same leading shape (a tensor, or ``TeacherLogits(logits, check_finite=True)``),
+            ``TeacherHead(hidden (..., H_t), weight (V, H_t), bias, check_finite=...)``,
+            ``TeacherTopk(values, indices, tail)``, or a per-chunk KD function. None only when ``kd_weight == 0``.
+        labels (Tensor | None): ``(...)`` with -100 at ignored positions (needed for the task term); or
+            ``mask`` ``(...)``.
         loss, temperature, beta, skew_lambda: as in :func:`hf_distill.losses.divergences.distillation_loss`.
-        kd_weight, task_weight: weights of the two terms (``alpha`` and ``1 - alpha`` in the trainer).
-        reduction: ``"mean"`` (divide both sums by ``num_items_in_batch``, else by the unmasked count, at
+        kd_weight, task_weight (float): weights of the two terms (``alpha`` and ``1 - alpha`` in the trainer).
+        reduction (str): ``"mean"`` (divide both sums by ``num_items_in_batch``, else by the unmasked count, at
             least 1) or ``"sum"``.
-        chunk_size: positions per chunk; memory is ``O(chunk_size * V)``.
-        implementation: ``"fused"`` (gradients in the forward pass) or ``"chunked"`` (checkpoint per chunk).
-        check_teacher_finite: raise ``FloatingPointError`` on NaN / +inf teacher logits or an all -inf row.
+        chunk_size (int): positions per chunk; memory is ``O(chunk_size * V)``.
+        implementation (str): ``"fused"`` (gradients in the forward pass) or ``"chunked"`` (checkpoint per chunk).
+        **deprecated: the older keyword forms ``teacher_logits=``, ``teacher_hidden=`` with ``teacher_weight=``
+            (and ``teacher_bias=``), ``kd_chunk_fn=`` and ``check_teacher_finite=``: still taken, with a
+            ``DeprecationWarning`` naming ``teacher=``.
 
     Returns:
         :class:`KDLossParts` ``(loss, loss_kd, loss_task)``, each reduced the same way.
     """
+    teacher = teacher_from_keywords(teacher, deprecated, "fused_linear_distillation_loss")
     check_fused_arguments(
         student_hidden,
         student_weight,
-        teacher_logits=teacher_logits,
-        teacher_hidden=teacher_hidden,
-        teacher_weight=teacher_weight,
-        kd_chunk_fn=kd_chunk_fn,
+        teacher=teacher,
         labels=labels,
         mask=mask,
         loss=loss,
@@ -419,18 +373,9 @@ def fused_linear_distillation_loss(
         chunk_size=chunk_size,
         implementation=implementation,
     )
-    if kd_chunk_fn is None:
-        kd_chunk_fn = teacher_chunk_fn(
-            teacher_logits,
-            teacher_hidden,
-            teacher_weight,
-            teacher_bias,
-            loss=loss,
-            temperature=temperature,
-            beta=beta,
-            skew_lambda=skew_lambda,
-            check_finite=check_teacher_finite,
-        )
+    kd_chunk_fn = None  # kd_weight == 0: no teacher needed
+    if teacher is not None:
+        kd_chunk_fn = teacher.chunks(loss=loss, temperature=temperature, beta=beta, skew_lambda=skew_lambda)
     return _reduced_sums(
         student_hidden, student_weight, student_bias, kd_chunk_fn, labels, mask, kd_weight, task_weight,
         reduction, num_items_in_batch, chunk_size, implementation,

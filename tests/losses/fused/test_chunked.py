@@ -14,6 +14,7 @@ from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.losses.divergences import PER_POSITION_LOSSES, distillation_loss, task_cross_entropy
 from hf_distill.losses.fused.chunked import fused_linear_distillation_loss
 from hf_distill.losses.fused.lm_head import AUTO_MIN_VOCAB, lm_head_of, resolve_implementation
+from hf_distill.losses.fused.teacher_forms import TeacherHead
 from tests.helpers.fused import B, T, V, make_problem, plain_loss
 from tests.helpers.tiny_models import tiny_bert_classifier, tiny_gpt2
 from tests.helpers.training import lm_dataset, make_args
@@ -29,16 +30,12 @@ def test_value_and_gradients_equal_the_plain_loss(name, source, implementation):
     teacher_logits = teacher_hidden @ teacher_weight.T
     reference = plain_loss(hidden, weight, bias, teacher_logits, labels, name, alpha=0.7, temperature=2.0)
     expected_grads = torch.autograd.grad(reference, (hidden, weight, bias))
-    teacher = (
-        {"teacher_logits": teacher_logits}
-        if source == "logits"
-        else {"teacher_hidden": teacher_hidden, "teacher_weight": teacher_weight}
-    )
+    teacher = teacher_logits if source == "logits" else TeacherHead(teacher_hidden, teacher_weight)
     out = fused_linear_distillation_loss(
         hidden,
         weight,
         bias,
-        **teacher,
+        teacher=teacher,
         labels=labels,
         loss=name,
         temperature=2.0,
@@ -68,7 +65,7 @@ def test_mask_sum_and_num_items_match_the_plain_loss(implementation):
         logits = hidden @ weight.T + bias
         want = distillation_loss(logits, teacher_logits, loss="jsd", beta=0.3, mask=mask, **kw)
         got = fused_linear_distillation_loss(
-            hidden, weight, bias, teacher_logits=teacher_logits, mask=mask, loss="jsd", beta=0.3,
+            hidden, weight, bias, teacher=teacher_logits, mask=mask, loss="jsd", beta=0.3,
             chunk_size=4, implementation=implementation, **kw,
         )  # fmt: skip
         torch.testing.assert_close(got.loss, want)
@@ -82,7 +79,7 @@ def test_fully_masked_batch_gives_zero_and_finite_gradients(implementation):
     hidden, weight, bias, teacher_hidden, teacher_weight, _ = make_problem()
     labels = torch.full((B, T), -100)
     out = fused_linear_distillation_loss(
-        hidden, weight, bias, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight, labels=labels,
+        hidden, weight, bias, teacher=TeacherHead(teacher_hidden, teacher_weight), labels=labels,
         kd_weight=0.5, task_weight=0.5, implementation=implementation,
     )  # fmt: skip
     assert out.loss.item() == 0.0
@@ -92,7 +89,7 @@ def test_fully_masked_batch_gives_zero_and_finite_gradients(implementation):
 
 def test_no_grad_evaluation_gives_the_same_value():
     hidden, weight, bias, teacher_hidden, teacher_weight, labels = make_problem()
-    kwargs = dict(teacher_hidden=teacher_hidden, teacher_weight=teacher_weight, labels=labels)
+    kwargs = dict(teacher=TeacherHead(teacher_hidden, teacher_weight), labels=labels)
     with_grad = fused_linear_distillation_loss(hidden, weight, bias, **kwargs).loss
     with torch.no_grad():
         without = fused_linear_distillation_loss(hidden, weight, bias, **kwargs).loss
@@ -125,7 +122,7 @@ def test_no_tensor_of_all_positions_times_vocabulary_is_built(implementation):
     labels = torch.randint(0, vocab, (n,), generator=g)
     with LargestTensor() as probe:
         out = fused_linear_distillation_loss(
-            hidden, weight, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight, labels=labels,
+            hidden, weight, teacher=TeacherHead(teacher_hidden, teacher_weight), labels=labels,
             kd_weight=0.5, task_weight=0.5, chunk_size=chunk, implementation=implementation,
         )  # fmt: skip
         out.loss.backward()
@@ -140,14 +137,13 @@ def test_bfloat16_inputs_stay_close_to_float32():
     hidden, weight, bias, teacher_hidden, teacher_weight, labels = make_problem(dtype=torch.float32)
     kwargs = dict(labels=labels, kd_weight=0.5, task_weight=0.5)
     ref = fused_linear_distillation_loss(
-        hidden, weight, bias, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight, **kwargs
+        hidden, weight, bias, teacher=TeacherHead(teacher_hidden, teacher_weight), **kwargs
     )
     low = fused_linear_distillation_loss(
         hidden.detach().bfloat16().requires_grad_(),
         weight.detach().bfloat16(),
         bias.detach().bfloat16(),
-        teacher_hidden=teacher_hidden.bfloat16(),
-        teacher_weight=teacher_weight.bfloat16(),
+        teacher=TeacherHead(teacher_hidden.bfloat16(), teacher_weight.bfloat16()),
         **kwargs,
     )
     assert low.loss.dtype == torch.float32
@@ -173,7 +169,7 @@ def test_bfloat16_inputs_stay_close_to_float32():
 def test_errors(kwargs, match):
     hidden, weight, bias, _, _, labels = make_problem()
     teacher_logits = torch.randn(B, T, V, dtype=hidden.dtype)
-    base = {"teacher_logits": teacher_logits, "labels": labels}
+    base = {"teacher": teacher_logits, "labels": labels}
     with pytest.raises(ValueError, match=match):
         fused_linear_distillation_loss(hidden, weight, bias, **{**base, **kwargs})
 
@@ -182,13 +178,17 @@ def test_error_teacher_sources():
     hidden, weight, bias, teacher_hidden, teacher_weight, labels = make_problem()
     with pytest.raises(ValueError, match="exactly one teacher source"):
         fused_linear_distillation_loss(hidden, weight, labels=labels)
-    with pytest.raises(ValueError, match="teacher_hidden needs teacher_weight"):
+    # The older keyword form's own refusal (tests/losses/fused/test_teacher_forms.py covers the rest of it).
+    with (
+        pytest.warns(DeprecationWarning),
+        pytest.raises(ValueError, match="teacher_hidden needs teacher_weight"),
+    ):
         fused_linear_distillation_loss(hidden, weight, teacher_hidden=teacher_hidden, labels=labels)
     with pytest.raises(ValueError, match=r"Teacher logits \(2, 7, 39\) do not match"):
-        fused_linear_distillation_loss(hidden, weight, teacher_logits=torch.randn(B, T, V - 1), labels=labels)
+        fused_linear_distillation_loss(hidden, weight, teacher=torch.randn(B, T, V - 1), labels=labels)
     with pytest.raises(ValueError, match="Teacher hidden states"):
         fused_linear_distillation_loss(
-            hidden, weight, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight[:-1], labels=labels
+            hidden, weight, teacher=TeacherHead(teacher_hidden, teacher_weight[:-1]), labels=labels
         )
 
 

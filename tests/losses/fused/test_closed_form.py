@@ -90,7 +90,7 @@ def test_a_second_backward_is_refused_with_a_clear_error():
     retain_graph) would scale them twice, so it is refused."""
     hidden = torch.randn(5, 4, requires_grad=True)
     weight = torch.randn(9, 4, requires_grad=True)
-    loss = fused_linear_distillation_loss(hidden, weight, teacher_logits=torch.randn(5, 9), chunk_size=2).loss
+    loss = fused_linear_distillation_loss(hidden, weight, teacher=torch.randn(5, 9), chunk_size=2).loss
     loss.backward(retain_graph=True)
     first = weight.grad.clone()
     with pytest.raises(RuntimeError, match="backpropagated a second time.*Compute the loss again"):

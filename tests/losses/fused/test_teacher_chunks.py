@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hf_distill.losses.fused.chunked import fused_linear_distillation_loss
+from hf_distill.losses.fused.teacher_forms import TeacherHead, TeacherLogits
 from hf_distill.trainer import DistillationTrainer
 from tests.helpers.fused import make_problem, plain_loss
 from tests.helpers.refusals import args, bert, collate, rows, train_and_expect
@@ -19,9 +20,11 @@ def test_error_teacher_not_finite():
     teacher_weight[3, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="teacher's logits hold NaN or inf"):
         fused_linear_distillation_loss(
-            hidden, weight, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight, labels=labels,
-            check_teacher_finite=True,
-        )  # fmt: skip
+            hidden,
+            weight,
+            teacher=TeacherHead(teacher_hidden, teacher_weight, check_finite=True),
+            labels=labels,
+        )
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.6])
@@ -36,8 +39,8 @@ def test_closed_form_forward_kl_takes_minus_inf_teacher_entries(alpha):
     reference = plain_loss(hidden, weight, bias, teacher_logits, labels, "forward_kl", alpha, temperature=2.0)
     expected = torch.autograd.grad(reference, (hidden, weight, bias))
     out = fused_linear_distillation_loss(
-        hidden, weight, bias, teacher_logits=teacher_logits, labels=labels, temperature=2.0, kd_weight=alpha,
-        task_weight=1 - alpha, chunk_size=4, check_teacher_finite=True,
+        hidden, weight, bias, teacher=TeacherLogits(teacher_logits, check_finite=True), labels=labels,
+        temperature=2.0, kd_weight=alpha, task_weight=1 - alpha, chunk_size=4,
     )  # fmt: skip
     assert torch.isfinite(out.loss)
     torch.testing.assert_close(out.loss, reference)
@@ -46,8 +49,8 @@ def test_closed_form_forward_kl_takes_minus_inf_teacher_entries(alpha):
     teacher_logits[1, 2, 3] = float("nan")
     with pytest.raises(FloatingPointError, match="teacher's logits hold NaN or inf"):
         fused_linear_distillation_loss(
-            hidden, weight, bias, teacher_logits=teacher_logits, labels=labels, kd_weight=alpha,
-            task_weight=1 - alpha, check_teacher_finite=True,
+            hidden, weight, bias, teacher=TeacherLogits(teacher_logits, check_finite=True), labels=labels,
+            kd_weight=alpha, task_weight=1 - alpha,
         )  # fmt: skip
 
 
@@ -59,15 +62,15 @@ def test_autograd_chunk_path_takes_minus_inf_teacher_entries_like_the_closed_for
     teacher_logits[..., -5:] = float("-inf")
     reference = plain_loss(hidden, weight, bias, teacher_logits, labels, name, 0.7, temperature=2.0)
     out = fused_linear_distillation_loss(
-        hidden, weight, bias, teacher_logits=teacher_logits, labels=labels, loss=name, temperature=2.0,
-        kd_weight=0.7, task_weight=0.3, chunk_size=4, check_teacher_finite=True,
+        hidden, weight, bias, teacher=TeacherLogits(teacher_logits, check_finite=True), labels=labels,
+        loss=name, temperature=2.0, kd_weight=0.7, task_weight=0.3, chunk_size=4,
     )  # fmt: skip
     torch.testing.assert_close(out.loss, reference)
     teacher_logits[0, 5, 1] = float("nan")
     with pytest.raises(FloatingPointError, match="teacher's logits hold NaN or inf"):
         fused_linear_distillation_loss(
-            hidden, weight, bias, teacher_logits=teacher_logits, labels=labels, loss=name,
-            kd_weight=0.7, task_weight=0.3, check_teacher_finite=True,
+            hidden, weight, bias, teacher=TeacherLogits(teacher_logits, check_finite=True), labels=labels,
+            loss=name, kd_weight=0.7, task_weight=0.3,
         )  # fmt: skip
 
 
