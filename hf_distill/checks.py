@@ -23,7 +23,7 @@ from hf_distill.model_kind import (
     GENERIC,
     SEQUENCE_CLASSIFICATION,
     TOKEN_CLASSIFICATION,
-    detect_task,
+    detect_head_kind,
     output_vocab_size,
 )
 from hf_distill.terms.feature_maps import find_layer
@@ -132,11 +132,11 @@ def refuse_features_from_cache(args: DistillationTrainingArguments, where: str, 
     )
 
 
-def check_kd_implementation(args: DistillationTrainingArguments, task: str) -> None:
-    if task != CAUSAL_LM and args.kd_loss_implementation in ("chunked", "fused"):
+def check_kd_implementation(args: DistillationTrainingArguments, head_kind: str) -> None:
+    if head_kind != CAUSAL_LM and args.kd_loss_implementation in ("chunked", "fused"):
         raise ValueError(
             f"kd_loss_implementation={args.kd_loss_implementation!r} is for causal LMs (it avoids the full "
-            f"vocabulary logits), but the student is a {task} model; use 'auto' or 'plain'."
+            f"vocabulary logits), but the student is a {head_kind} model; use 'auto' or 'plain'."
         )
 
 
@@ -221,24 +221,24 @@ def shared_vocab_size(student: nn.Module, teacher: nn.Module, tokenizer: Any) ->
 
 
 def check_compatibility(
-    task: str, student: nn.Module, teacher: nn.Module | None, tokenizer: Any, teacher_tokenizer: Any
+    head_kind: str, student: nn.Module, teacher: nn.Module | None, tokenizer: Any, teacher_tokenizer: Any
 ) -> int | None:
     """Checks before any work that the two models can be compared; returns the vocab size to slice to.
     Without a teacher (cached outputs) the cache's width is checked against the student's per batch."""
     check_tokenizers(tokenizer, teacher_tokenizer)
-    check_has_head(student, "student", "teacher", GENERIC if teacher is None else detect_task(teacher))
+    check_has_head(student, "student", "teacher", GENERIC if teacher is None else detect_head_kind(teacher))
     if teacher is None:
         return None
-    check_has_head(teacher, "teacher", "student", task)
-    teacher_task = detect_task(teacher)
-    if task != GENERIC and teacher_task != GENERIC and teacher_task != task:
+    check_has_head(teacher, "teacher", "student", head_kind)
+    teacher_kind = detect_head_kind(teacher)
+    if head_kind != GENERIC and teacher_kind != GENERIC and teacher_kind != head_kind:
         raise ValueError(
-            f"The student is a {task} model ({type(student).__name__}) but the teacher is a "
-            f"{teacher_task} model ({type(teacher).__name__}); both need the same kind of head."
+            f"The student is a {head_kind} model ({type(student).__name__}) but the teacher is a "
+            f"{teacher_kind} model ({type(teacher).__name__}); both need the same kind of head."
         )
-    if task in (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION):
+    if head_kind in (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION):
         check_label_spaces(student, teacher)
-    if task == CAUSAL_LM:
+    if head_kind == CAUSAL_LM:
         return shared_vocab_size(student, teacher, tokenizer)
     return None
 
@@ -399,12 +399,12 @@ def headless_model(model: nn.Module) -> bool:
     return type(model).__name__ in ((names,) if isinstance(names, str) else tuple(names))
 
 
-def check_has_head(model: nn.Module, who: str, other: str, task: str) -> None:
-    """Refuses the ``who`` model when it has no task head; ``task``, the ``other`` model's, names its Auto class."""
+def check_has_head(model: nn.Module, who: str, other: str, head_kind: str) -> None:
+    """Refuses the ``who`` model when it has no task head; ``head_kind``, the ``other`` model's, names its Auto class."""
     if not headless_model(model):
         return
-    if task in AUTO_CLASSES:
-        loader = f"{AUTO_CLASSES[task].__name__}.from_pretrained(...), the {other}'s kind of head ({task})"
+    if head_kind in AUTO_CLASSES:
+        loader = f"{AUTO_CLASSES[head_kind].__name__}.from_pretrained(...), the {other}'s kind of head ({head_kind})"
     else:
         loader = "the Auto class of your task: " + ", ".join(c.__name__ for c in AUTO_CLASSES.values())
     raise ValueError(
@@ -417,7 +417,7 @@ def check_has_head(model: nn.Module, who: str, other: str, task: str) -> None:
 
 def check_cross_tokenizer_setup(
     args: DistillationTrainingArguments,
-    task: str,
+    head_kind: str,
     tokenizer: Any,
     teacher_tokenizer: Any,
     cached: list[str | None],
@@ -433,9 +433,9 @@ def check_cross_tokenizer_setup(
             )
         return
     check_tokenizers(tokenizer, teacher_tokenizer, args.cross_tokenizer_loss)
-    if task != CAUSAL_LM:
+    if head_kind != CAUSAL_LM:
         raise ValueError(
             f"cross_tokenizer_loss={args.cross_tokenizer_loss!r} is for causal LMs (next-token distributions "
-            f"over two vocabularies), but the student is a {task} model; classifiers share their label set "
+            f"over two vocabularies), but the student is a {head_kind} model; classifiers share their label set "
             "whatever the tokenizers, so leave cross_tokenizer_loss unset."
         )

@@ -180,7 +180,9 @@ def budget(task: str, argv: Sequence[str], prog: str | None = None) -> dict | No
     with config.training.main_process_first(desc="tokenizing"):
         task_data = _preparer(task)(config.data, tokenizer)
     report = run_budget(task_data, config)
-    if task == "codegen":  # the generation evaluation (parse rate) and cross-tokenizer students, as in `train`
+    if (
+        task == "codegen"
+    ):  # the generation evaluation (parse rate) and cross-tokenizer students, as in `train`
         from hf_distill.recipes.generation_eval import finish_codegen_report
 
         report = finish_codegen_report(report, config)

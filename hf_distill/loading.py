@@ -75,10 +75,10 @@ def load_pretrained(
         ) from error
 
 
-def load_teacher_model(task: str, name_or_path: str, init_kwargs: dict) -> nn.Module:
-    """A teacher given as a path or Hub id, loaded with the Auto class of the student's task: a missing local
+def load_teacher_model(head_kind: str, name_or_path: str, init_kwargs: dict) -> nn.Module:
+    """A teacher given as a path or Hub id, loaded with the Auto class of the student's head kind: a missing local
     path is refused before any Hub call, and a Hub failure says the string is neither (:func:`load_pretrained`)."""
-    auto_class = AUTO_CLASSES.get(task)
+    auto_class = AUTO_CLASSES.get(head_kind)
     if auto_class is None:
         raise ValueError(
             f"teacher_model is the string {name_or_path!r}, but the student has no Transformers task head "

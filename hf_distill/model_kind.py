@@ -1,7 +1,7 @@
 """What kind of model this is, and how its predictions line up with their targets.
 
-One small module that the trainer, the teacher cache, the teacher sources and the modes all import: the task a
-head serves (:func:`detect_task`), where its logits are (:func:`logits_of`), how many output rows it has
+One small module that the trainer, the teacher cache, the teacher sources and the modes all import: the kind of
+head a model has (:func:`detect_head_kind`: causal LM, token or sequence classification, generic), where its logits are (:func:`logits_of`), how many output rows it has
 (:func:`output_vocab_size`), and which prediction is compared with which target (:func:`align_for_distillation`:
 causal LMs shift by one).
 """
@@ -31,8 +31,10 @@ AUTO_CLASSES = {
 }
 
 
-def detect_task(model: nn.Module) -> str:
-    """The task a model's head serves, from its class name; ``generic`` for any other module returning logits."""
+def detect_head_kind(model: nn.Module) -> str:
+    """The kind of head a model has, from its class name: ``causal_lm``, ``token_classification``,
+    ``sequence_classification``, or ``generic`` for any other module returning logits. A head kind, not a
+    recipe (``hf-distill train sentiment``) nor a multi-task model's named heads."""
     name = type(model).__name__
     if name.endswith("ForCausalLM") or name.endswith("LMHeadModel"):
         return CAUSAL_LM
@@ -84,7 +86,7 @@ def head_rows(head: nn.Module, vocab_size: int | None) -> tuple[torch.Tensor, to
 
 
 def align_for_distillation(
-    task: str,
+    head_kind: str,
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor | None,
     labels: torch.Tensor | None,
@@ -97,7 +99,7 @@ def align_for_distillation(
     (``mask`` is then None). ``teacher_logits`` may be None (a teacher given in another form, e.g. top-k).
     """
     mask = None
-    if task == CAUSAL_LM:
+    if head_kind == CAUSAL_LM:
         student_logits = student_logits[:, :-1]
         teacher_logits = None if teacher_logits is None else teacher_logits[:, :-1]
         if labels is not None:

@@ -26,7 +26,7 @@ from hf_distill.checks import check_compatibility, check_separate_models
 from hf_distill.hub.push_guard import model_fingerprint
 from hf_distill.hub.trainer_card import record_teacher
 from hf_distill.loading import load_teacher_model
-from hf_distill.model_kind import detect_task
+from hf_distill.model_kind import detect_head_kind
 from hf_distill.teachers.routed import RoutedTeacher, check_routes
 from hf_distill.teachers.served import check_served_setup, is_served_teacher, served_teacher_for
 from hf_distill.teachers.sources import LiveTeacher, TeacherSource
@@ -177,5 +177,5 @@ def routes_for(
     check_route_setup(args, teachers, teacher_model)
     datasets = {split: trainer_kwargs.get(split) for split in ("train_dataset", "eval_dataset")}
     routes = TeacherRoutes(args, teachers, datasets)
-    routes.load(detect_task(student), student, init_kwargs)
+    routes.load(detect_head_kind(student), student, init_kwargs)
     return routes

@@ -15,6 +15,7 @@ The trainer orchestrates; the work lives beside it:
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import torch
@@ -39,7 +40,7 @@ from hf_distill.checks import (
 from hf_distill.hub.trainer_card import record_teacher
 from hf_distill.hub.trainer_saving import StudentSaving
 from hf_distill.loading import load_teacher_model
-from hf_distill.model_kind import CAUSAL_LM, detect_task
+from hf_distill.model_kind import CAUSAL_LM, detect_head_kind
 from hf_distill.teacher_routes import routes_for
 from hf_distill.teachers.cross_tokenizer import cross_tokenizer_source
 from hf_distill.teachers.routed import RouteColumnCollator
@@ -118,7 +119,7 @@ class DistillationTrainer(StudentSaving, Trainer):
         if any(cached):
             refuse_features_from_cache(args, "The dataset", has_teacher=teacher_model is not None)
         # The student's head kind (hf_distill.model_kind), not the recipe's task nor a multi-task head.
-        self.head_kind = detect_task(model)
+        self.head_kind = detect_head_kind(model)
         if served_url is not None:
             check_served_setup(args, self.head_kind, args.cross_tokenizer_loss is not None)
         check_kd_implementation(args, self.head_kind)
@@ -232,7 +233,13 @@ class DistillationTrainer(StudentSaving, Trainer):
 
     @property
     def task(self) -> str:
-        """The student's head kind under its old name (:attr:`head_kind`)."""
+        """The student's head kind under its old name (:attr:`head_kind`); "task" also names a recipe, a
+        multi-task head and the hard-label loss, so the attribute says which it is."""
+        warnings.warn(
+            "DistillationTrainer.task is deprecated: it is the student's head kind, read trainer.head_kind.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return self.head_kind
 
     @property

@@ -44,7 +44,7 @@ from torch import nn
 from hf_distill.cache.codec import TopkCodec
 from hf_distill.cache.compact import CROSS_TOKENIZER, SAME_TOKENIZER, encode_rows
 from hf_distill.losses.topk import topk_teacher
-from hf_distill.model_kind import CAUSAL_LM, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, detect_task
+from hf_distill.model_kind import CAUSAL_LM, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, detect_head_kind
 from hf_distill.token_alignment import (
     OFFSETS_COLUMN,
     TEXT_COLUMN,
@@ -249,7 +249,7 @@ def cache_teacher_outputs(
     Returns:
         ``dataset`` plus the columns described in the module docstring.
     """
-    task = task or detect_task(teacher)
+    task = task or detect_head_kind(teacher)
     check_cache_inputs(dataset, task, top_k, temperature, batch_size, codec, teacher_tokenizer, text_column)
     device = torch.device(device) if device is not None else next(teacher.parameters()).device
     settings = (task, top_k, temperature, device, dtype, codec)

@@ -34,7 +34,7 @@ from hf_distill.cache.shards import (
     write_manifest,
 )
 from hf_distill.cache.topk_source import topk_source_batch_fn
-from hf_distill.model_kind import CAUSAL_LM, detect_task
+from hf_distill.model_kind import CAUSAL_LM, detect_head_kind
 from hf_distill.token_alignment import TEXT_COLUMN, tokenizer_fingerprint
 
 DEFAULT_CODEC = TopkCodec()
@@ -83,7 +83,7 @@ def write_teacher_cache(
             not a ``TopkCodec``), or a top-k source without ``task="causal_lm"`` and ``vocab_size``.
     """
     source = hasattr(teacher, "topk_rows")
-    task = task or (CAUSAL_LM if source else detect_task(teacher))
+    task = task or (CAUSAL_LM if source else detect_head_kind(teacher))
     if source and (task != CAUSAL_LM or teacher_tokenizer is not None or not vocab_size):
         raise ValueError(
             "A top-k source (a served teacher) writes a causal LM's same-tokenizer cache: pass task='causal_lm', "

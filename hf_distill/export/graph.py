@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hf_distill.model_kind import CAUSAL_LM, GENERIC, detect_task, logits_of
+from hf_distill.model_kind import CAUSAL_LM, GENERIC, detect_head_kind, logits_of
 
 # The shapes traced at export; the check runs other shapes, so an axis fixed by mistake shows there.
 EXPORT_BATCH, EXPORT_SEQUENCE, EXPORT_PAST = 2, 7, 3
@@ -110,7 +110,7 @@ def example_text(model: nn.Module, batch: int, sequence: int, seed: int = 0) -> 
     if batch > 1:
         mask[-1, sequence - max(1, sequence // 3) :] = 0
     inputs = {"input_ids": ids, "attention_mask": mask}
-    if detect_task(model) != CAUSAL_LM and _accepts(model, "token_type_ids"):
+    if detect_head_kind(model) != CAUSAL_LM and _accepts(model, "token_type_ids"):
         inputs["token_type_ids"] = torch.zeros_like(ids)
     return inputs
 
@@ -130,7 +130,7 @@ def past_shape(model: nn.Module) -> tuple[int, list[int]]:
 
 def graph_spec(model: nn.Module, pixel_shape: list[int] | None = None) -> GraphSpec:
     """The inputs and outputs :func:`export_graph` gives ``model``."""
-    task, name = detect_task(model), type(model).__name__
+    task, name = detect_head_kind(model), type(model).__name__
     if task == GENERIC:
         if not pixel_shape:
             raise ExportRefused(

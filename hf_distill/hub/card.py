@@ -44,7 +44,7 @@ TRAINER_CARD_MARKER = (
     "This model card has been generated automatically according to the information the Trainer"
 )
 
-# Keyed by the recipes' task names and by the trainer's head kinds (hf_distill.model_kind.detect_task).
+# Keyed by the recipes' task names and by the trainer's head kinds (hf_distill.model_kind.detect_head_kind).
 PIPELINE_TAGS = {
     "sentiment": "text-classification",
     "ner": "token-classification",

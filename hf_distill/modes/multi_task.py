@@ -37,7 +37,7 @@ from hf_distill.batch import DistillationBatch, TargetKind, TeacherTarget, requi
 from hf_distill.checks import check_separate_models
 from hf_distill.hub.trainer_card import record_teacher
 from hf_distill.hub.trainer_saving import StudentSaving
-from hf_distill.model_kind import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, detect_task, logits_of
+from hf_distill.model_kind import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, detect_head_kind, logits_of
 from hf_distill.terms.logits import PlainLogitTerms, StudentView
 from hf_distill.training.placement import prepare_teacher
 
@@ -407,9 +407,9 @@ def check_task_teachers(model: MultiTaskStudent, teacher_models: Mapping[str, nn
     for task, teacher in teacher_models.items():
         check_separate_models(model, teacher, role=f"teacher_models[{task!r}]")
         kind, num_labels = model.head_specs[task]
-        if detect_task(teacher) != kind:
+        if detect_head_kind(teacher) != kind:
             raise ValueError(
-                f"The teacher of task {task!r} is a {type(teacher).__name__} ({detect_task(teacher)}) but the "
+                f"The teacher of task {task!r} is a {type(teacher).__name__} ({detect_head_kind(teacher)}) but the "
                 f"student's head is {kind}; the teacher needs the same kind of head."
             )
         teacher_labels = getattr(getattr(teacher, "config", None), "num_labels", num_labels)

@@ -40,7 +40,7 @@ from transformers import GenerationConfig
 
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.losses.divergences import IGNORE_INDEX
-from hf_distill.model_kind import CAUSAL_LM, detect_task
+from hf_distill.model_kind import CAUSAL_LM, detect_head_kind
 from hf_distill.trainer import DistillationTrainer
 from hf_distill.training.padding import pad_rows
 
@@ -286,7 +286,7 @@ class OnPolicyDistillationTrainer(DistillationTrainer):
                 f"OnPolicyDistillationTrainer needs OnPolicyDistillationTrainingArguments, got "
                 f"{type(args).__name__}; they add lmbda, max_new_tokens and generation_temperature."
             )
-        if model is not None and detect_task(model) != CAUSAL_LM:
+        if model is not None and detect_head_kind(model) != CAUSAL_LM:
             raise ValueError(
                 f"On-policy distillation samples completions from the student, which needs a causal LM, but the "
                 f"student is a {type(model).__name__}; use DistillationTrainer for classifiers."

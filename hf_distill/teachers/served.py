@@ -360,12 +360,12 @@ def check_same_tokens(tokenizer: Any, entries: Sequence[Any], url: str) -> None:
         )
 
 
-def check_served_setup(args: Any, task: str, cross_tokenizer: bool) -> None:
+def check_served_setup(args: Any, head_kind: str, cross_tokenizer: bool) -> None:
     """Refuses, before any request, a run a served teacher cannot feed (module docstring)."""
-    if task != "causal_lm":
+    if head_kind != "causal_lm":
         raise ValueError(
             f"A served teacher (teacher_model='http://...') answers a causal LM's prompt log-probabilities, but "
-            f"the student is a {task} model. Pass the teacher model (or its folder) instead."
+            f"the student is a {head_kind} model. Pass the teacher model (or its folder) instead."
         )
     if cross_tokenizer:
         raise ValueError(

@@ -24,7 +24,7 @@ class CrossTokenizerLogitTerms:
 
     def __init__(self, args: DistillationTrainingArguments):
         self.args = args
-        self.task = CAUSAL_LM
+        self.head_kind = CAUSAL_LM
 
     def run_student(
         self, model: nn.Module, model_inputs: dict[str, Any], output_kwargs: dict[str, bool]

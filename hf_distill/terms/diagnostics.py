@@ -70,28 +70,32 @@ def topk_overlap(student_logits: torch.Tensor, teacher_ids: torch.Tensor) -> tor
     return hits.float().mean(dim=-1)
 
 
-def kd_positions(task: str, reference: torch.Tensor, batch: DistillationBatch) -> torch.Tensor:
+def kd_positions(head_kind: str, reference: torch.Tensor, batch: DistillationBatch) -> torch.Tensor:
     """The positions the KD term covers, shaped like ``reference[..., 0]`` after the causal shift: label
     positions and transfer rows' positions with labels, the attended positions without.
 
     Args:
-        task: the student's head kind.
+        head_kind: the student's head kind.
         reference: any unshifted per-position tensor of the batch, ``(N, C)`` or ``(B, T, ...)`` (a target).
         batch: the batch (labels, attention mask, transfer positions).
     """
-    _, _, kd_labels, mask = align_for_distillation(task, reference, None, batch.labels, batch.attention_mask)
+    _, _, kd_labels, mask = align_for_distillation(
+        head_kind, reference, None, batch.labels, batch.attention_mask
+    )
     if kd_labels is not None:
-        transfer = batch.transfer_positions(shifted=task == CAUSAL_LM)
+        transfer = batch.transfer_positions(shifted=head_kind == CAUSAL_LM)
         mask = kd_labels != IGNORE_INDEX if transfer is None else (kd_labels != IGNORE_INDEX) | transfer
     if mask is None:
-        shape = reference.shape[:-1] if task != CAUSAL_LM else (reference.shape[0], reference.shape[1] - 1)
+        shape = (
+            reference.shape[:-1] if head_kind != CAUSAL_LM else (reference.shape[0], reference.shape[1] - 1)
+        )
         mask = torch.ones(shape, dtype=torch.bool, device=reference.device)
     return mask.to(reference.device).bool()
 
 
 @torch.no_grad()
 def teacher_diagnostics(
-    task: str,
+    head_kind: str,
     student_logits: torch.Tensor | None,
     target: TeacherTarget,
     batch: DistillationBatch,
@@ -101,7 +105,7 @@ def teacher_diagnostics(
     nothing to measure (no KD position, a teacher given as hidden states on the chunked path).
 
     Args:
-        task: the student's head kind (:mod:`hf_distill.model_kind`); causal LMs are shifted like the loss.
+        head_kind: the student's head kind (:mod:`hf_distill.model_kind`); causal LMs are shifted like the loss.
         student_logits: the student's logits (unshifted), or None on the chunked path.
         target: the teacher's target for this batch.
         batch: the batch (labels, attention mask, transfer positions).
@@ -114,11 +118,11 @@ def teacher_diagnostics(
     aligned = getattr(target, "aligned", None)
     if aligned is not None:
         return matched_share(aligned.matched, batch)
-    shifted, temperature = task == CAUSAL_LM, args.temperature
+    shifted, temperature = head_kind == CAUSAL_LM, args.temperature
     if target.topk is None and target.logits is None:
         return {}
     reference = target.topk[0] if target.topk is not None else target.logits
-    mask = kd_positions(task, reference, batch)
+    mask = kd_positions(head_kind, reference, batch)
     if not bool(mask.any()):
         return {}
     cut = (lambda t: t[:, :-1][mask]) if shifted else (lambda t: t[mask])

@@ -134,8 +134,8 @@ class PlainLogitTerms:
 
     implementation = "plain"
 
-    def __init__(self, task: str, args: DistillationTrainingArguments, vocab_size: int | None):
-        self.task, self.args, self.vocab_size = task, args, vocab_size
+    def __init__(self, head_kind: str, args: DistillationTrainingArguments, vocab_size: int | None):
+        self.head_kind, self.args, self.vocab_size = head_kind, args, vocab_size
 
     def run_student(
         self, model: nn.Module, model_inputs: dict[str, Any], output_kwargs: dict[str, bool]
@@ -150,21 +150,21 @@ class PlainLogitTerms:
         if target.logits is not None:
             self._check_classes(student.logits, target)
         kd_student, kd_teacher, kd_labels, mask = align_for_distillation(
-            self.task, student.logits, target.logits, batch.labels, batch.attention_mask
+            self.head_kind, student.logits, target.logits, batch.labels, batch.attention_mask
         )
         if kd_labels is not None and kd_labels.shape != kd_student.shape[:-1]:
             raise ValueError(
                 f"labels have shape {tuple(kd_labels.shape)} but the logits {tuple(kd_student.shape)}; "
                 "for token classification pad labels with -100 to the input length (DataCollatorForTokenClassification)."
             )
-        transfer = batch.transfer_positions(shifted=self.task == CAUSAL_LM)
+        transfer = batch.transfer_positions(shifted=self.head_kind == CAUSAL_LM)
         if kd_labels is not None:
             mask = kd_labels != IGNORE_INDEX if transfer is None else (kd_labels != IGNORE_INDEX) | transfer
         num_kd = kd_denominator(num_items, batch.num_kd_items, transfer)
         if num_kd is None and has_transfer(transfer):
             num_kd = mask.sum()  # no count from Trainer: this batch's KD positions, labeled and transfer
         if target.topk is not None:
-            topk = [t[:, :-1] for t in target.topk] if self.task == CAUSAL_LM else target.topk
+            topk = [t[:, :-1] for t in target.topk] if self.head_kind == CAUSAL_LM else target.topk
             per_position = topk_distillation_loss(
                 kd_student, *topk, mask=mask, reduction="none", **args.kd_loss_kwargs
             )
@@ -212,7 +212,7 @@ class ChunkedLogitTerms:
             implementation,
             unwrap,
         )
-        self.task = CAUSAL_LM
+        self.head_kind = CAUSAL_LM
 
     def run_student(
         self, model: nn.Module, model_inputs: dict[str, Any], output_kwargs: dict[str, bool]
@@ -286,7 +286,7 @@ LogitTerms = PlainLogitTerms | ChunkedLogitTerms
 
 
 def build_logit_terms(
-    task: str,
+    head_kind: str,
     args: DistillationTrainingArguments,
     student: nn.Module,
     vocab_size: int | None,
@@ -294,11 +294,11 @@ def build_logit_terms(
 ) -> LogitTerms:
     """The logit terms for this student, with the KD implementation resolved once (``auto`` picks the chunked
     loss for large causal-LM vocabularies; see :func:`hf_distill.losses.fused.lm_head.resolve_implementation`)."""
-    if task != CAUSAL_LM:
-        return PlainLogitTerms(task, args, vocab_size)
+    if head_kind != CAUSAL_LM:
+        return PlainLogitTerms(head_kind, args, vocab_size)
     implementation = resolve_implementation(
         args.kd_loss_implementation, student, vocab_size or output_vocab_size(student)
     )
     if implementation == "plain":
-        return PlainLogitTerms(task, args, vocab_size)
+        return PlainLogitTerms(head_kind, args, vocab_size)
     return ChunkedLogitTerms(args, vocab_size, implementation, unwrap)

@@ -48,8 +48,8 @@ def reference_ce(student: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -log_p.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
 
 
-def terms(tmp_path, task: str, **kw) -> PlainLogitTerms:
-    return PlainLogitTerms(task, make_args(tmp_path, **kw), None)
+def terms(tmp_path, head_kind: str, **kw) -> PlainLogitTerms:
+    return PlainLogitTerms(head_kind, make_args(tmp_path, **kw), None)
 
 
 def run_terms(terms_, student, teacher, labels, attention_mask=None, **counts):
