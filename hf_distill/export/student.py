@@ -101,7 +101,7 @@ def export_student(
             warnings.warn(
                 f"{spec.architecture}: the {quantize} graph keeps PyTorch's argmax on {agreement:.1%} of random "
                 f"rows (< {INT8_AGREEMENT_WARNING:.0%}); score it on the task before shipping it "
-                "(the recipes' --export flag does), or try int8-static with calibration rows.",
+                "(the recipes' --export flag does); benchmarks/int8_variants.py compares int8 schemes on validation rows.",
                 stacklevel=2,
             )
     checks = {"max_abs_difference": worst, "atol": atol, "quantize": quantize, "int8_agreement": agreement}
