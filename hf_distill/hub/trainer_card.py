@@ -37,6 +37,7 @@ from hf_distill.hub.push import teacher_weight_files
 from hf_distill.hub.push_guard import check_no_teacher_content, model_fingerprint, upload_weight_files
 from hf_distill.model_kind import CAUSAL_LM
 from hf_distill.students.build import count_parameters
+from hf_distill.terms.diagnostics import DIAGNOSTIC_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,10 @@ def _main_metric(metrics: dict[str, float], args: Any) -> tuple[str | None, bool
             return name, bool(greater) if greater is not None else not name.endswith(_LOWER_IS_BETTER)
     # The logged loss parts (loss_kd, loss_task, ...) describe the objective, not the task; without a task
     # metric, the task cross-entropy (loss_task) compares with the teacher's where the objective would not.
-    task_metrics = [n for n in metrics if n != "loss" and not n.startswith("loss_")]
+    # The teacher diagnostics describe the teacher's target beside the student, not the task either.
+    task_metrics = [
+        n for n in metrics if n != "loss" and not n.startswith("loss_") and n not in DIAGNOSTIC_NAMES
+    ]
     name = task_metrics[0] if task_metrics else (TASK_LOSS if TASK_LOSS in metrics else "loss")
     if name not in metrics:
         return None, None

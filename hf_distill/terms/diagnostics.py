@@ -26,6 +26,9 @@ from hf_distill.batch import DistillationBatch, TeacherTarget
 from hf_distill.losses.divergences import IGNORE_INDEX
 from hf_distill.model_kind import CAUSAL_LM, align_for_distillation
 
+# The names these diagnostics are logged under (``eval_``-prefixed in evaluation): not task metrics.
+DIAGNOSTIC_NAMES = ("teacher_tail_mass", "topk_overlap", "matched_share")
+
 
 def topk_tail_mass(values: torch.Tensor, tail: torch.Tensor, temperature: float) -> torch.Tensor:
     """The tail bucket's probability of a top-k target: ``(..., k)``, ``(...)`` -> ``(...)``.
