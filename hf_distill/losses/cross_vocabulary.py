@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 
 from hf_distill.losses.divergences import upcast
+from hf_distill.losses.sorting import descending, descending_order
 from hf_distill.losses.topk import very_negative
 
 
@@ -56,14 +57,43 @@ def teacher_log_probs(
     """
     scaled = upcast(values) / temperature
     floor = very_negative(scaled.dtype)
-    tail = (
-        torch.full(scaled.shape[:-1], floor, dtype=scaled.dtype, device=scaled.device)
-        if tail is None
-        else tail
-    )
+    if tail is None:
+        # A live teacher lists every token: one log-softmax, with no tail column to append (a copy of the
+        # whole distribution) that would add exactly 0 to the normaliser.
+        return torch.log_softmax(scaled, dim=-1), torch.full_like(scaled[..., 0], floor)
     tail = upcast(tail).to(scaled.dtype).clamp_min(floor)
     log_z = torch.logsumexp(torch.cat([scaled, tail.unsqueeze(-1)], dim=-1), dim=-1)
     return scaled - log_z.unsqueeze(-1), tail - log_z
+
+
+def sorted_teacher_probs(
+    teacher_log_p: torch.Tensor, teacher_rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The teacher's probabilities sorted decreasingly, each distinct teacher row sorted once.
+
+    Args:
+        teacher_log_p (Tensor): ``(..., k)`` log-probabilities; ``(P, k)`` teacher rows when ``teacher_rows``
+            is given.
+        teacher_rows (Tensor | None): ``(N,)`` the teacher row of each student position; rows used by several
+            positions are sorted once. None: ``teacher_log_p`` is already one row per position.
+
+    Returns:
+        Tensor: ``(..., k)`` (``(N, k)`` with ``teacher_rows``), decreasing along the last dimension, no
+        gradient.
+    """
+    if teacher_rows is None:
+        return descending(teacher_log_p.exp())
+    unique, inverse = torch.unique(teacher_rows, return_inverse=True)
+    return descending(teacher_log_p[unique].exp())[inverse]
+
+
+def largest_first(probs: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``min(count, L)`` largest entries of ``probs (..., L)``, decreasing, with their gradient (what
+    ``probs.topk(count).values`` gives, without ``topk``'s cost when ``count`` is near ``L``)."""
+    count = min(count, probs.shape[-1])
+    if count * 16 <= probs.shape[-1]:  # a short head: topk's partial selection beats a full sort
+        return probs.topk(count, dim=-1).values
+    return probs.gather(-1, descending_order(probs)[..., :count])
 
 
 def per_position_uld(
@@ -72,17 +102,20 @@ def per_position_uld(
     teacher_log_rest: torch.Tensor,
     *,
     temperature: float,
+    teacher_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ULD distance per position: ``(..., V_s)``, ``(..., k)``, ``(...)`` -> ``(...)``.
 
     ``p_s = softmax(z_s / T)``; the teacher's ``k`` probabilities (mass ``1 - exp(log_rest)``) sorted
-    decreasingly against the student's ``min(k, V_s)`` largest, see :func:`sorted_l1`.
+    decreasingly against the student's ``min(k, V_s)`` largest, see :func:`sorted_l1`. With ``teacher_rows``
+    (``(N,)``), the student's positions are ``(N, V_s)`` and the teacher is given once per teacher position,
+    ``(P, k)`` and ``(P,)``: position ``i`` is compared with teacher row ``teacher_rows[i]``, and each row is
+    sorted once however many positions use it.
     """
     p_s = torch.softmax(upcast(student_logits) / temperature, dim=-1)
-    p_t = teacher_log_p.exp()
-    a = p_t.sort(dim=-1, descending=True).values
-    b = p_s.topk(min(a.shape[-1], p_s.shape[-1]), dim=-1).values
-    ones = torch.ones_like(teacher_log_rest)
+    a = sorted_teacher_probs(teacher_log_p, teacher_rows)
+    b = largest_first(p_s, a.shape[-1])
+    ones = torch.ones(a.shape[:-1], dtype=a.dtype, device=a.device)
     return sorted_l1(a, ones, b, ones.to(b.dtype))
 
 
@@ -92,25 +125,17 @@ def _masked_xlogy_diff(p: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor
     return p * diff
 
 
-def per_position_aligned(
+def _matched_by_entries(
     student_logits: torch.Tensor,
     teacher_log_p: torch.Tensor,
     teacher_log_rest: torch.Tensor,
     student_ids: torch.Tensor,
-    matched: torch.Tensor,
-    *,
     temperature: float,
 ) -> torch.Tensor:
-    """The hybrid loss per position: ``(..., V_s)``, ``(..., k)``, ``(...)``, ``(..., k)``, ``(...)`` -> ``(...)``.
-
-    ``student_ids``: the student id of each listed teacher token, ``-1`` where the student has none
-    (broadcastable to ``teacher_log_p``); ``matched``: bool, the position's prefix ends at the same text
-    offset in both tokenizations. Matched: ``T^2 * KL(buckets) + ULD(rest)``; unmatched: ULD of the whole
-    distributions (see the module docstring).
-    """
+    """The matched-position loss when each position lists its own teacher tokens (a top-k cache): ``(N, V_s)``,
+    ``(N, k)``, ``(N,)``, ``(N, k)`` -> ``(N,)``."""
     log_s = torch.log_softmax(upcast(student_logits) / temperature, dim=-1)
     floor = very_negative(log_s.dtype)
-    student_ids = student_ids.expand_as(teacher_log_p)
     shared = student_ids >= 0
     ids = student_ids.clamp_min(0).long()
     p_t = teacher_log_p.exp()
@@ -127,20 +152,104 @@ def per_position_aligned(
     rest_t = log_rest_t.exp()
     kl = kl + _masked_xlogy_diff(rest_t, log_rest_t, log_rest_s)
     # ULD of the rest: its listed teacher entries against the student's uncovered probabilities.
-    a = torch.where(shared, 0.0, p_t).sort(dim=-1, descending=True).values
-    p_s_rest = log_s.exp().masked_fill(covered, 0.0)
-    b = p_s_rest.topk(min(a.shape[-1], p_s_rest.shape[-1]), dim=-1).values
+    a = descending(torch.where(shared, 0.0, p_t))
+    b = largest_first(log_s.exp().masked_fill(covered, 0.0), a.shape[-1])
     uld_rest = sorted_l1(a, rest_t, b, log_rest_s.exp())
-    matched_loss = kl * temperature**2 + uld_rest
-    matched = matched.expand(matched_loss.shape)
+    return kl * temperature**2 + uld_rest
+
+
+def _matched_by_columns(
+    student_logits: torch.Tensor,
+    teacher_log_p: torch.Tensor,
+    teacher_log_rest: torch.Tensor,
+    student_ids: torch.Tensor,
+    teacher_rows: torch.Tensor | None,
+    temperature: float,
+) -> torch.Tensor:
+    """The matched-position loss when one vocabulary map ``student_ids (k,)`` serves every position (a live
+    teacher): the shared tokens, and so the rest, are the same columns at every position, so each side's
+    rest is taken out as those columns and only they are sorted (12,191 of SmolLM2's 49,152 tokens against
+    13,296 of GPT-2's, instead of both whole vocabularies). The same value as :func:`_matched_by_entries`,
+    term for term: ``(N, V_s)``, ``(P, k)``, ``(P,)``, ``(k,)``, ``(N,)`` or None -> ``(N,)``."""
+    log_s = torch.log_softmax(upcast(student_logits) / temperature, dim=-1)
+    floor = very_negative(log_s.dtype)
+    shared = student_ids >= 0
+    teacher_shared, teacher_rest = shared.nonzero()[:, 0], (~shared).nonzero()[:, 0]
+    twins = student_ids[teacher_shared].long()
+    covered = torch.zeros(log_s.shape[-1], dtype=torch.bool, device=log_s.device).index_fill(0, twins, True)
+    student_rest = (~covered).nonzero()[:, 0]
+    # The teacher's side, once per teacher row in use (no gradient), then moved to the positions.
+    inverse = None
+    if teacher_rows is not None:
+        unique, inverse = torch.unique(teacher_rows, return_inverse=True)
+        teacher_log_p, teacher_log_rest = teacher_log_p[unique], teacher_log_rest[unique]
+    log_p_rest = teacher_log_p[:, teacher_rest]
+    log_rest_t = torch.logsumexp(torch.cat([log_p_rest, teacher_log_rest.unsqueeze(-1)], dim=-1), dim=-1)
+    a = descending(log_p_rest.exp())
+    log_p_shared = teacher_log_p[:, teacher_shared]
+    if inverse is not None:
+        a, log_rest_t, log_p_shared = a[inverse], log_rest_t[inverse], log_p_shared[inverse]
+    rest_t = log_rest_t.exp()
+    # The student's side: its twins of the shared tokens, and everything else.
+    log_s_rest = log_s[:, student_rest]
+    log_rest_s = torch.logsumexp(log_s_rest, dim=-1).clamp_min(floor)
+    kl = _masked_xlogy_diff(log_p_shared.exp(), log_p_shared, log_s[:, twins]).sum(-1)
+    kl = kl + _masked_xlogy_diff(rest_t, log_rest_t, log_rest_s)
+    uld_rest = sorted_l1(a, rest_t, largest_first(log_s_rest.exp(), a.shape[-1]), log_rest_s.exp())
+    return kl * temperature**2 + uld_rest
+
+
+def per_position_aligned(
+    student_logits: torch.Tensor,
+    teacher_log_p: torch.Tensor,
+    teacher_log_rest: torch.Tensor,
+    student_ids: torch.Tensor,
+    matched: torch.Tensor,
+    *,
+    temperature: float,
+    teacher_rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The hybrid loss per position: ``(..., V_s)``, ``(..., k)``, ``(...)``, ``(..., k)``, ``(...)`` -> ``(...)``.
+
+    ``student_ids``: the student id of each listed teacher token, ``-1`` where the student has none
+    (``(k,)`` for one map at every position, or ``teacher_log_p``'s shape); ``matched``: bool, the position's
+    prefix ends at the same text offset in both tokenizations. Matched: ``T^2 * KL(buckets) + ULD(rest)``;
+    unmatched: ULD of the whole distributions (see the module docstring). With ``teacher_rows`` (``(N,)``),
+    the positions are ``(N, V_s)`` and ``(N,)``, and the teacher (``student_ids`` too, unless ``(k,)``) is
+    given once per teacher position, ``(P, ...)``, as in :func:`per_position_uld`.
+    """
+    shape = student_logits.shape[:-1]
+    logits = student_logits.reshape(-1, student_logits.shape[-1])
+    matched = matched.expand(shape).reshape(-1)
+    ids = student_ids
+    if ids.dim() > 1:  # each teacher row lists its own tokens
+        ids = ids.expand_as(teacher_log_p).reshape(-1, teacher_log_p.shape[-1])
+    if teacher_rows is None:  # one teacher row per position
+        teacher_log_p = teacher_log_p.reshape(-1, teacher_log_p.shape[-1])
+        teacher_log_rest = teacher_log_rest.reshape(-1)
+    if ids.dim() == 1:
+        matched_loss = _matched_by_columns(
+            logits, teacher_log_p, teacher_log_rest, ids, teacher_rows, temperature
+        )
+    else:
+        if teacher_rows is not None:
+            teacher_log_p, teacher_log_rest, ids = (
+                teacher_log_p[teacher_rows],
+                teacher_log_rest[teacher_rows],
+                ids[teacher_rows],
+            )
+            teacher_rows = None
+        matched_loss = _matched_by_entries(logits, teacher_log_p, teacher_log_rest, ids, temperature)
     if bool(matched.all()):
-        return matched_loss
+        return matched_loss.reshape(shape)
     # The whole-distribution ULD only where it is used: its sorts are the step's most expensive part.
     unmatched = ~matched
+    rows = torch.arange(logits.shape[0], device=logits.device) if teacher_rows is None else teacher_rows
     whole = per_position_uld(
-        student_logits[unmatched],
-        teacher_log_p[unmatched],
-        teacher_log_rest[unmatched],
+        logits[unmatched],
+        teacher_log_p,
+        teacher_log_rest,
         temperature=temperature,
+        teacher_rows=rows[unmatched],
     )
-    return matched_loss.masked_scatter(unmatched, whole)
+    return matched_loss.masked_scatter(unmatched, whole).reshape(shape)

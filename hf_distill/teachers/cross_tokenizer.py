@@ -60,19 +60,42 @@ from hf_distill.training.padding import pad_rows
 
 @dataclass
 class AlignedTeacher:
-    """The teacher moved to the student's positions ``(B, T_s)``, unshifted like the student's logits.
+    """The teacher's distributions at its own positions, and which of them each student position takes.
 
-    ``log_p (B, T_s, k)``: log-probabilities at the training temperature of ``k`` teacher tokens (``k = V_t``
-    live); ``log_rest (B, T_s)``: log-mass of the others; ``student_ids``: the student id of each of the ``k``
-    tokens or -1, ``(B, T_s, k)`` or ``(k,)`` (broadcast); ``matched``: the prefixes end at the same offset;
-    ``valid``: a teacher position was paired at all.
+    The teacher stays one row per teacher position (``P = B * T_t``, flattened): the student's positions point
+    into it (``rows``) instead of receiving copies, so a row several student positions share is stored, and
+    sorted by the ULD terms, once.
+
+    ``teacher_log_p (P, k)``: log-probabilities at the training temperature of ``k`` teacher tokens (``k = V_t``
+    live); ``teacher_log_rest (P,)``: log-mass of the others; ``teacher_student_ids``: the student id of each
+    of the ``k`` tokens or -1, ``(k,)`` (one map for every row) or ``(P, k)``; ``rows (B, T_s)``: the teacher row
+    of each student position (0 where ``valid`` is False), unshifted like the student's logits;
+    ``matched (B, T_s)``: the prefixes end at the same offset; ``valid (B, T_s)``: a teacher position was paired
+    at all.
     """
 
-    log_p: torch.Tensor
-    log_rest: torch.Tensor
-    student_ids: torch.Tensor
+    teacher_log_p: torch.Tensor
+    teacher_log_rest: torch.Tensor
+    teacher_student_ids: torch.Tensor
+    rows: torch.Tensor
     matched: torch.Tensor
     valid: torch.Tensor
+
+    @property
+    def log_p(self) -> torch.Tensor:
+        """``(B, T_s, k)``: the teacher's log-probabilities at each student position (a copy)."""
+        return self.teacher_log_p[self.rows]
+
+    @property
+    def log_rest(self) -> torch.Tensor:
+        """``(B, T_s)``: the log-mass of the unlisted teacher tokens at each student position."""
+        return self.teacher_log_rest[self.rows]
+
+    @property
+    def student_ids(self) -> torch.Tensor:
+        """``(k,)`` or ``(B, T_s, k)``: the student id of each listed teacher token at each student position."""
+        ids = self.teacher_student_ids
+        return ids if ids.dim() == 1 else ids[self.rows]
 
 
 @dataclass
@@ -127,14 +150,16 @@ class CrossTokenizerTeacher:
             )
         index, matched = self._align(batch, texts, offsets, ends, special)
         index, matched = index.to(device), matched.to(device)
-        gather_at = index.clamp_min(0)
-        rows = gather_at.unsqueeze(-1).expand(-1, -1, log_p.shape[-1])
+        # Teacher positions flattened to rows; each student position points at its row (row 0 when unpaired).
+        teacher_length = log_p.shape[1]
+        offset = torch.arange(index.shape[0], device=device).unsqueeze(-1) * teacher_length
         aligned = AlignedTeacher(
-            log_p=log_p.to(device).gather(1, rows),
-            log_rest=log_rest.to(device).gather(1, gather_at),
-            student_ids=student_ids.to(device)
+            teacher_log_p=log_p.to(device).reshape(-1, log_p.shape[-1]),
+            teacher_log_rest=log_rest.to(device).reshape(-1),
+            teacher_student_ids=student_ids.to(device)
             if student_ids.dim() == 1
-            else student_ids.to(device).gather(1, rows),
+            else student_ids.to(device).reshape(-1, student_ids.shape[-1]),
+            rows=torch.where(index >= 0, index + offset, 0),
             matched=matched,
             valid=index >= 0,
         )

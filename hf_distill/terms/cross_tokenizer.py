@@ -52,21 +52,20 @@ class CrossTokenizerLogitTerms:
         else:
             mask = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
         use = mask & aligned.valid[:, :-1]
-        # Only the positions that count are computed: the ULD sorts would otherwise run on padding too.
-        picked_ids = aligned.student_ids
-        if picked_ids.dim() > 1:
-            picked_ids = picked_ids[:, :-1][use]
-        log_p, log_rest = aligned.log_p[:, :-1][use], aligned.log_rest[:, :-1][use]
+        # Only the positions that count are computed (the ULD sorts would otherwise run on padding too), each
+        # against its teacher row: the teacher is not copied to the student's positions.
+        rows = aligned.rows[:, :-1][use]
+        teacher = (aligned.teacher_log_p, aligned.teacher_log_rest)
         if args.cross_tokenizer_loss == "uld":
-            values = per_position_uld(logits[use], log_p, log_rest, temperature=args.temperature)
+            values = per_position_uld(logits[use], *teacher, temperature=args.temperature, teacher_rows=rows)
         else:
             values = per_position_aligned(
                 logits[use],
-                log_p,
-                log_rest,
-                picked_ids,
+                *teacher,
+                aligned.teacher_student_ids,
                 aligned.matched[:, :-1][use],
                 temperature=args.temperature,
+                teacher_rows=rows,
             )
         per_position = torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(
             use, values
