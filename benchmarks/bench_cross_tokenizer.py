@@ -1,6 +1,6 @@
 """Cross-tokenizer KD step / same-vocabulary KD step on the same shapes, and cache bytes per token.
 
-    python benchmarks/bench_cross_tokenizer.py [--rounds 7] [--quick]
+    python benchmarks/bench_cross_tokenizer.py [--rounds 7] [--quick] [--before REV]
 
 Step = DistillationTrainer.compute_loss + backward + AdamW step on one batch of standard-library code. The
 student is a GPT-2 over GPT-2's tokenizer in every variant; the teacher is a random GPT-2-architecture model of
@@ -8,12 +8,22 @@ one size, over GPT-2's vocabulary for the same-vocabulary baseline and over Smol
 tokenizer) for the cross-tokenizer variants, so the difference is the cross-tokenizer work: tokenizing the text
 for the teacher, aligning positions, and the ``aligned`` / ``uld`` losses (live: all teacher logits; cached:
 the top-k). Also reports the cross-tokenizer cache's bytes per teacher token (top-k 32, float32 logits).
+
+``--before REV`` first runs this benchmark as it was at git revision ``REV`` (``git archive`` into a temporary
+folder, run there in a fresh process with the same flags), then this tree's; each run's ratios are against its
+own same-vocabulary step, timed in the same interleaved rounds, and the JSON keeps the earlier run's rows under
+``before``.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import os
+import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -32,6 +42,27 @@ from hf_distill.recipes.offline import resolve_model_path  # noqa: E402
 from hf_distill.token_alignment import OFFSETS_COLUMN, TEXT_COLUMN  # noqa: E402
 
 TOP_K = 32
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def run_before(revision: str, rounds: int, quick: bool) -> dict:
+    """This benchmark as of git ``revision``, run in a fresh process on that revision's package: its JSON."""
+    archive = subprocess.run(
+        ["git", "archive", revision], cwd=REPOSITORY, capture_output=True, check=True
+    ).stdout
+    with tempfile.TemporaryDirectory() as tree:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as files:
+            files.extractall(tree, filter="data")
+        command = [sys.executable, "benchmarks/bench_cross_tokenizer.py", "--rounds", str(rounds)]
+        subprocess.run(
+            command + (["--quick"] if quick else []),
+            cwd=tree,
+            env={**os.environ, "PYTHONPATH": tree},
+            check=True,
+        )
+        name = "cross_tokenizer" + ("_quick" if quick else "") + ".json"
+        result = json.loads((Path(tree) / "benchmarks" / "results" / name).read_text())
+    return {"revision": revision, "rows": result["rows"], "machine": result.get("machine")}
 
 
 def gpt2(vocab: int, layers: int, hidden: int, seed: int) -> GPT2LMHeadModel:
@@ -75,7 +106,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="small shapes, to check the script runs")
+    parser.add_argument("--before", metavar="REV", help="first run this benchmark as of git revision REV")
     options = parser.parse_args()
+    before = run_before(options.before, options.rounds, options.quick) if options.before else None
     s = shapes(options.quick)
     gpt2_tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("gpt2-tokenizer"))
     smollm2_tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m"))
@@ -116,6 +149,14 @@ def main() -> None:
     meta = {"batch": s["batch"], "student tokens": s["tokens"], "student(layers,hidden)": s["student"],
             "teacher(layers,hidden)": s["teacher"], "student vocab": len(gpt2_tokenizer),
             "cross teacher vocab": len(smollm2_tokenizer), "rounds": options.rounds, "top_k": TOP_K}  # fmt: skip
+    if before is not None:
+        extra["before"] = before
+        for row in before["rows"]:
+            after = next((r for r in rows_out if r["variant"] == row["variant"]), None)
+            if after is not None and "live" in row["variant"]:
+                print(
+                    f"{row['variant']}: {row['ratio']:.2f}x at {options.before} -> {after['ratio']:.2f}x here"
+                )
     report("cross_tokenizer" + ("_quick" if options.quick else ""), rows_out, meta, extra)
 
 

@@ -87,13 +87,69 @@ def sorted_teacher_probs(
     return descending(teacher_log_p[unique].exp())[inverse]
 
 
+def _largest_with_order(probs: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if count * 16 <= probs.shape[-1]:  # a short head: topk's partial selection beats a full sort
+        return probs.topk(count, dim=-1)
+    order = descending_order(probs)[..., :count]
+    return probs.gather(-1, order), order
+
+
 def largest_first(probs: torch.Tensor, count: int) -> torch.Tensor:
     """The ``min(count, L)`` largest entries of ``probs (..., L)``, decreasing, with their gradient (what
     ``probs.topk(count).values`` gives, without ``topk``'s cost when ``count`` is near ``L``)."""
-    count = min(count, probs.shape[-1])
-    if count * 16 <= probs.shape[-1]:  # a short head: topk's partial selection beats a full sort
-        return probs.topk(count, dim=-1).values
-    return probs.gather(-1, descending_order(probs)[..., :count])
+    return _largest_with_order(probs, min(count, probs.shape[-1]))[0]
+
+
+class _SortedL1ToProbs(torch.autograd.Function):
+    """:func:`sorted_l1` against the student's sorted probabilities, its gradient written out: at the ``i``-th
+    largest entry ``sign(b_i - a_i) + sign(beyond)`` (the derivative of ``|a_i - b_i| + |beyond|``), 0 past the
+    compared head; to ``b_total``, ``-sign(beyond)``. Autograd through ``gather``, ``sub``, ``abs`` and ``sum``
+    would keep three ``(N, L)`` float tensors and run six passes over them; this keeps the order and int8
+    signs and scatters once."""
+
+    @staticmethod
+    def forward(ctx, a, a_total, probs, b_total):
+        length = min(a.shape[-1], probs.shape[-1])
+        b, order = _largest_with_order(probs, length)
+        a_head = a[..., :length]
+        diff = b - a_head
+        beyond = (a_total - a_head.sum(-1)) - (b_total - b.sum(-1))
+        ctx.save_for_backward(order, diff.sign().to(torch.int8), beyond.sign())
+        ctx.probs_shape = probs.shape
+        return diff.abs().sum(-1) + beyond.abs()
+
+    @staticmethod
+    def backward(ctx, grad):
+        order, sign_head, sign_beyond = ctx.saved_tensors
+        grad_probs = grad_b_total = None
+        if ctx.needs_input_grad[2]:
+            coefficient = (
+                sign_head.to(grad.dtype) + sign_beyond.unsqueeze(-1).to(grad.dtype)
+            ) * grad.unsqueeze(-1)
+            grad_probs = coefficient.new_zeros(ctx.probs_shape).scatter_(-1, order, coefficient)
+        if ctx.needs_input_grad[3]:
+            grad_b_total = -sign_beyond * grad
+        return None, None, grad_probs, grad_b_total
+
+
+def sorted_l1_to_probs(
+    a: torch.Tensor, a_total: torch.Tensor, probs: torch.Tensor, b_total: torch.Tensor
+) -> torch.Tensor:
+    """``sorted_l1(a, a_total, largest_first(probs, La), b_total)``: the same value and gradient, at a fraction
+    of autograd's memory and passes when ``probs`` is a whole vocabulary.
+
+    Args:
+        a (Tensor): ``(N, La)`` decreasing, without gradient (the teacher's side).
+        a_total (Tensor): ``(N,)`` the mass ``a`` is part of, without gradient.
+        probs (Tensor): ``(N, L)`` unsorted probabilities (the student's side), with gradient.
+        b_total (Tensor): ``(N,)`` the mass ``probs`` is part of, with or without gradient.
+
+    Returns:
+        Tensor: ``(N,)``.
+    """
+    if a.requires_grad or a_total.requires_grad:  # a gradient to the sorted side too: autograd's own path
+        return sorted_l1(a, a_total, largest_first(probs, a.shape[-1]), b_total)
+    return _SortedL1ToProbs.apply(a, a_total, probs, b_total)
 
 
 def per_position_uld(
@@ -114,9 +170,8 @@ def per_position_uld(
     """
     p_s = torch.softmax(upcast(student_logits) / temperature, dim=-1)
     a = sorted_teacher_probs(teacher_log_p, teacher_rows)
-    b = largest_first(p_s, a.shape[-1])
     ones = torch.ones(a.shape[:-1], dtype=a.dtype, device=a.device)
-    return sorted_l1(a, ones, b, ones.to(b.dtype))
+    return sorted_l1_to_probs(a, ones, p_s, ones.to(p_s.dtype))
 
 
 def _masked_xlogy_diff(p: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -195,7 +250,7 @@ def _matched_by_columns(
     log_rest_s = torch.logsumexp(log_s_rest, dim=-1).clamp_min(floor)
     kl = _masked_xlogy_diff(log_p_shared.exp(), log_p_shared, log_s[:, twins]).sum(-1)
     kl = kl + _masked_xlogy_diff(rest_t, log_rest_t, log_rest_s)
-    uld_rest = sorted_l1(a, rest_t, largest_first(log_s_rest.exp(), a.shape[-1]), log_rest_s.exp())
+    uld_rest = sorted_l1_to_probs(a, rest_t, log_s_rest.exp(), log_rest_s.exp())
     return kl * temperature**2 + uld_rest
 
 

@@ -52,26 +52,43 @@ class CrossTokenizerLogitTerms:
         else:
             mask = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
         use = mask & aligned.valid[:, :-1]
-        # Only the positions that count are computed (the ULD sorts would otherwise run on padding too), each
-        # against its teacher row: the teacher is not copied to the student's positions.
-        rows = aligned.rows[:, :-1][use]
-        teacher = (aligned.teacher_log_p, aligned.teacher_log_rest)
-        if args.cross_tokenizer_loss == "uld":
-            values = per_position_uld(logits[use], *teacher, temperature=args.temperature, teacher_rows=rows)
-        else:
-            values = per_position_aligned(
-                logits[use],
-                *teacher,
-                aligned.teacher_student_ids,
-                aligned.matched[:, :-1][use],
-                temperature=args.temperature,
-                teacher_rows=rows,
-            )
-        per_position = torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(
-            use, values
-        )
+        per_position = self._kd_per_position(student.logits, aligned, use)
         loss_kd = reduce_positions(per_position, mask, num_items_in_batch=num_items)
         loss_task = None
         if args.alpha < 1.0:
             loss_task = task_cross_entropy(logits, labels, num_items_in_batch=num_items)
         return mix_terms(args.alpha, loss_kd, loss_task)
+
+    def _kd_per_position(self, logits: torch.Tensor, aligned: Any, use: torch.Tensor) -> torch.Tensor:
+        """The KD loss at each position ``(B, T_s - 1)`` that ``use`` picks, 0 elsewhere, each position against its
+        teacher row (the teacher is not copied to the student's positions).
+
+        The ULD sorts are the cost, so positions that do not count are left out, unless they are few (the last
+        position, a little padding): then every position of the unsliced ``logits`` is computed and the unused
+        ones zeroed, which is cheaper than copying the used positions' logits out and scattering their gradient
+        back into a zero tensor.
+        """
+        args = self.args
+        every = int(use.sum()) * 8 >= logits.shape[0] * logits.shape[1] * 7  # at most 1 in 8 positions unused
+        if every:
+            flat = logits.reshape(-1, logits.shape[-1])
+            rows, matched = aligned.rows.reshape(-1), aligned.matched.reshape(-1)
+        else:
+            flat = logits[:, :-1][use]
+            rows, matched = aligned.rows[:, :-1][use], aligned.matched[:, :-1][use]
+        teacher = (aligned.teacher_log_p, aligned.teacher_log_rest)
+        if args.cross_tokenizer_loss == "uld":
+            values = per_position_uld(flat, *teacher, temperature=args.temperature, teacher_rows=rows)
+        else:
+            values = per_position_aligned(
+                flat,
+                *teacher,
+                aligned.teacher_student_ids,
+                matched,
+                temperature=args.temperature,
+                teacher_rows=rows,
+            )
+        if every:
+            # torch.where, not a product: an unused position passes neither its value nor a gradient on.
+            return torch.where(use, values.view(logits.shape[:-1])[:, :-1], 0.0)
+        return torch.zeros(use.shape, dtype=values.dtype, device=values.device).masked_scatter(use, values)

@@ -12,6 +12,7 @@ from hf_distill.losses.cross_vocabulary import (
     per_position_aligned,
     per_position_uld,
     sorted_l1,
+    sorted_l1_to_probs,
     teacher_log_probs,
 )
 from hf_distill.losses.divergences import per_position_forward_kl
@@ -152,3 +153,161 @@ def test_aligned_from_a_full_top_k_cache_equals_the_live_form():
     log_p, log_rest = teacher_log_probs(values, tail, 2.0)
     cached = per_position_aligned(z_s, log_p, log_rest, mapping[indices], matched, temperature=2.0)
     assert torch.allclose(live, cached, atol=1e-5)
+
+
+# ---- the teacher once per teacher position, the live map by columns, the gradient through the sort ----------
+
+
+def torch_reference_uld(z_s: torch.Tensor, log_p_t: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The ULD computation before teacher rows and NumPy sorts, in plain torch (autograd through topk)."""
+    p_s = torch.softmax(z_s / temperature, dim=-1)
+    a = log_p_t.exp().sort(dim=-1, descending=True).values
+    length = min(a.shape[-1], p_s.shape[-1])
+    b = p_s.topk(length, dim=-1).values
+    a = a[..., :length]
+    return (a - b).abs().sum(-1) + ((1 - a.sum(-1)) - (1 - b.sum(-1))).abs()
+
+
+def torch_reference_aligned(z_s: torch.Tensor, z_t: torch.Tensor, mapping: list[int], temperature: float):
+    """A matched position written out in torch (for gradients): the buckets' T^2 KL, plus ULD of the rest
+    (the teacher's unshared probabilities against the student's outside the twins, zero-padded)."""
+    log_s = torch.log_softmax(z_s / temperature, dim=-1)
+    p_t = torch.softmax(z_t / temperature, dim=-1)
+    shared = [i for i, j in enumerate(mapping) if j >= 0]
+    twins = [mapping[i] for i in shared]
+    others_t = [i for i, j in enumerate(mapping) if j < 0]
+    others_s = [j for j in range(z_s.shape[-1]) if j not in set(twins)]
+    q_t = torch.cat([p_t[..., shared], p_t[..., others_t].sum(-1, keepdim=True)], dim=-1)
+    log_q_s = torch.cat([log_s[..., twins], torch.logsumexp(log_s[..., others_s], -1, keepdim=True)], dim=-1)
+    kl = torch.where(q_t > 0, q_t * (q_t.log() - log_q_s), 0.0).sum(
+        -1
+    )  # 0 log 0 = 0: no rest when all shared
+    rest_t, rest_s = p_t[..., others_t], log_s[..., others_s].exp()
+    width = max(rest_t.shape[-1], rest_s.shape[-1])
+    a = torch.nn.functional.pad(rest_t.sort(-1, descending=True).values, (0, width - rest_t.shape[-1]))
+    b = torch.nn.functional.pad(rest_s.sort(-1, descending=True).values, (0, width - rest_s.shape[-1]))
+    return temperature**2 * kl + (a - b).abs().sum(-1)
+
+
+def test_uld_with_teacher_rows_by_hand():
+    # Teacher rows [0.6, 0.4] and [0.1, 0.1, 0.8]; three student positions use rows 1, 0, 1.
+    # Position 0: student [0.5, 0.3, 0.2] against sorted [0.8, 0.1, 0.1]: 0.3 + 0.2 + 0.1 = 0.6.
+    # Position 1: student [0.7, 0.2, 0.1] against [0.6, 0.4, 0]: 0.1 + 0.2 + 0.1 = 0.4.
+    # Position 2: student [0.8, 0.1, 0.1] against [0.8, 0.1, 0.1]: 0.
+    student = torch.log(
+        torch.tensor([[0.5, 0.3, 0.2], [0.7, 0.2, 0.1], [0.1, 0.8, 0.1]], dtype=torch.float64)
+    )
+    teacher = torch.log(torch.tensor([[0.6, 0.4, 0.0], [0.1, 0.1, 0.8]], dtype=torch.float64))
+    log_p, log_rest = teacher_log_probs(teacher, None, 1.0)
+    values = per_position_uld(student, log_p, log_rest, temperature=1.0, teacher_rows=torch.tensor([1, 0, 1]))
+    assert values.tolist() == pytest.approx([0.6, 0.4, 0.0], abs=1e-12)
+
+
+@pytest.mark.parametrize("sizes", [(40, 33), (33, 40)])
+def test_uld_with_shared_teacher_rows_equals_the_reference_value_and_gradient(sizes):
+    generator = torch.Generator().manual_seed(11)
+    z_s = torch.randn(9, sizes[0], generator=generator, dtype=torch.float64) * 2
+    z_t = torch.randn(4, sizes[1], generator=generator, dtype=torch.float64) * 2
+    rows = torch.tensor([3, 0, 0, 2, 3, 1, 1, 1, 0])  # teacher rows shared by several positions, out of order
+    log_p, log_rest = teacher_log_probs(z_t, None, 1.5)
+    student = z_s.clone().requires_grad_()
+    values = per_position_uld(student, log_p, log_rest, temperature=1.5, teacher_rows=rows)
+    for i, row in enumerate(rows.tolist()):
+        expected = reference_uld(softmax(z_s[i].numpy(), 1.5), softmax(z_t[row].numpy(), 1.5))
+        assert values[i].item() == pytest.approx(expected, abs=1e-12)
+    reference_student = z_s.clone().requires_grad_()
+    reference = torch_reference_uld(reference_student, log_p[rows], 1.5)
+    weights = torch.rand(9, generator=generator, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((values * weights).sum(), student)
+    (expected_grad,) = torch.autograd.grad((reference * weights).sum(), reference_student)
+    assert torch.allclose(values, reference, atol=1e-12, rtol=0)
+    assert torch.allclose(grad, expected_grad, atol=1e-12, rtol=0)
+
+
+def test_sorted_l1_to_probs_by_hand():
+    # a = [0.5, 0.3] of total 1.0, probs [0.1, 0.6, 0.3] of total 1.0, compared head 2:
+    # |0.5 - 0.6| + |0.3 - 0.3| + |(1 - 0.8) - (1 - 0.9)| = 0.1 + 0 + 0.1.
+    a, one = torch.tensor([[0.5, 0.3]], dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    probs = torch.tensor([[0.1, 0.6, 0.3]], dtype=torch.float64)
+    assert sorted_l1_to_probs(a, one, probs, one).item() == pytest.approx(0.2, abs=1e-12)
+
+
+def run_sorted_l1(function, a, a_total, logits, scale, weights):
+    logits, scale = logits.clone().requires_grad_(), scale.clone().requires_grad_()
+    probs = torch.softmax(logits, -1) * scale.unsqueeze(-1)
+    value = function(a, a_total, probs, scale * 1.3)
+    return value, torch.autograd.grad((value * weights).sum(), (logits, scale))
+
+
+# A full sort, a shorter student side, a short head (topk's path).
+@pytest.mark.parametrize("widths", [(50, 70), (70, 50), (3, 64)])
+def test_sorted_l1_to_probs_equals_autograd_through_the_sort(widths):
+    width_a, width_b = widths
+    generator = torch.Generator().manual_seed(12)
+    a = torch.rand(6, width_a, generator=generator, dtype=torch.float64).sort(-1, descending=True).values
+    a_total = a.sum(-1) + torch.rand(6, generator=generator, dtype=torch.float64)
+    logits = torch.randn(6, width_b, generator=generator, dtype=torch.float64)
+    scale = torch.rand(6, generator=generator, dtype=torch.float64)
+    weights = torch.randn(6, generator=generator, dtype=torch.float64)
+    inputs = (a, a_total, logits, scale, weights)
+    fast, fast_grads = run_sorted_l1(sorted_l1_to_probs, *inputs)
+
+    def through_topk(a, a_total, probs, total):
+        return sorted_l1(a, a_total, probs.topk(min(width_a, width_b), -1).values, total)
+
+    slow, slow_grads = run_sorted_l1(through_topk, *inputs)
+    assert torch.allclose(fast, slow, atol=1e-12, rtol=0)
+    for got, expected in zip(fast_grads, slow_grads):
+        assert torch.allclose(got, expected, atol=1e-12, rtol=0)
+
+
+def partial_map(generator: torch.Generator, teacher_size: int, student_size: int, shared: int) -> list[int]:
+    mapping = [-1] * teacher_size
+    twins = torch.randperm(student_size, generator=generator)[:shared].tolist()
+    for teacher_id, student_id in zip(
+        torch.randperm(teacher_size, generator=generator)[:shared].tolist(), twins
+    ):
+        mapping[teacher_id] = student_id
+    return mapping
+
+
+@pytest.mark.parametrize("sizes", [(30, 24, 15), (24, 30, 15), (20, 20, 20), (20, 20, 0)])
+def test_aligned_by_columns_equals_the_written_out_reference_value_and_gradient(sizes):
+    teacher_size, student_size, shared = sizes
+    generator = torch.Generator().manual_seed(sum(sizes))
+    mapping = partial_map(generator, teacher_size, student_size, shared)
+    z_s = torch.randn(7, student_size, generator=generator, dtype=torch.float64) * 2
+    z_t = torch.randn(3, teacher_size, generator=generator, dtype=torch.float64) * 2
+    rows = torch.tensor([2, 2, 0, 1, 0, 2, 1])
+    matched = torch.tensor([True, True, False, True, True, False, True])
+    log_p, log_rest = teacher_log_probs(z_t, None, 2.0)
+    student = z_s.clone().requires_grad_()
+    values = per_position_aligned(
+        student, log_p, log_rest, torch.tensor(mapping), matched, temperature=2.0, teacher_rows=rows
+    )
+    reference_student = z_s.clone().requires_grad_()
+    matched_reference = torch_reference_aligned(reference_student, z_t[rows], mapping, 2.0)
+    whole_reference = torch_reference_uld(reference_student, log_p[rows], 2.0)
+    reference = torch.where(matched, matched_reference, whole_reference)
+    for i, row in enumerate(rows.tolist()):
+        p_s, p_t = softmax(z_s[i].numpy(), 2.0), softmax(z_t[row].numpy(), 2.0)
+        expected = reference_aligned(p_s, p_t, mapping, 2.0) if matched[i] else reference_uld(p_s, p_t)
+        assert values[i].item() == pytest.approx(expected, abs=1e-10)
+    weights = torch.rand(7, generator=generator, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((values * weights).sum(), student)
+    (expected_grad,) = torch.autograd.grad((reference * weights).sum(), reference_student)
+    assert torch.allclose(values, reference, atol=1e-10, rtol=0)
+    assert torch.allclose(grad, expected_grad, atol=1e-10, rtol=0)
+
+
+def test_aligned_by_columns_equals_the_per_entry_form_of_the_same_map():
+    # One map for every position (by columns) against the same map listed per position (a cache's form).
+    generator = torch.Generator().manual_seed(13)
+    mapping = torch.tensor(partial_map(generator, 26, 31, 12))
+    z_s = torch.randn(5, 31, generator=generator)
+    z_t = torch.randn(5, 26, generator=generator)
+    matched = torch.tensor([True, False, True, True, True])
+    log_p, log_rest = teacher_log_probs(z_t, None, 1.0)
+    by_columns = per_position_aligned(z_s, log_p, log_rest, mapping, matched, temperature=1.0)
+    by_entries = per_position_aligned(z_s, log_p, log_rest, mapping.expand(5, 26), matched, temperature=1.0)
+    assert torch.allclose(by_columns, by_entries, atol=1e-6, rtol=0)
