@@ -21,6 +21,12 @@ the student's vocabulary has no such token (:mod:`hf_distill.token_alignment` bu
 Truncated teachers (``k < V_t``): the ULD term compares the ``k`` sorted entries and the remaining masses as
 one entry each, a lower bound of the full distance (``|sum a - sum b| <= sum |a - b|``); with ``k >= V_t`` it
 is exact. Shapes: positions flattened or not, ``(..., V_s)`` student logits, ``(..., k)`` teacher entries.
+
+Cost. With a live teacher (``k = V_t``) both losses sort whole vocabularies at every position; they stay
+exact (full sorts, no top-k truncation) and are kept cheap by: NumPy's vectorised sort on CPU
+(:mod:`hf_distill.losses.sorting`); ``teacher_rows``, which gives the teacher once per teacher position so a
+row several student positions use is sorted once; ``aligned`` with one vocabulary map for all positions
+sorting only the unshared columns; and the sorted L1's gradient written out (:func:`sorted_l1_to_probs`).
 """
 
 from __future__ import annotations
