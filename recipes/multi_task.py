@@ -13,6 +13,7 @@ from __future__ import annotations
 from hf_distill import DistillationTrainingArguments
 from hf_distill.recipes.arguments import RecipeConfig, ReportArguments, StudentArguments, TeacherArguments
 from hf_distill.recipes.config import parse_args_with_config
+from hf_distill.recipes.console import default_pin_memory
 from hf_distill.recipes.data_arguments import DataArguments
 from hf_distill.recipes.multi_task import MultiTaskArguments, prepare_tasks, run_multi_task_recipe
 from hf_distill.recipes.run import end_process_group
@@ -25,7 +26,11 @@ ARGUMENTS = (MultiTaskArguments, TeacherArguments, StudentArguments, DataArgumen
 
 def main(argv: list[str] | None = None) -> dict | None:
     config = RecipeConfig.from_groups(
-        parse_args_with_config(ARGUMENTS, argv, defaults={"report_to": default_report_to()})
+        parse_args_with_config(
+            ARGUMENTS,
+            argv,
+            defaults={"report_to": default_report_to(), "dataloader_pin_memory": default_pin_memory()},
+        )
     )
     tokenizer = teacher_tokenizer(config.teacher)
     with config.training.main_process_first(desc="tokenizing"):
