@@ -1,5 +1,6 @@
 """What the teacher diagnostics cost: one KD training step (compute_loss + backward + AdamW) of a causal LM on
-the plain path, with ``teacher_diagnostics`` on and off, interleaved in rounds.
+the plain path, with ``teacher_diagnostics`` on and off, interleaved in rounds. ``logging_steps=1``: every step
+is a logged step, on which the diagnostics are measured; a run logging every ``L`` steps pays ``1 / L`` of it.
 
     PYTHONPATH=. python benchmarks/bench_diagnostics.py [--rounds 7] [--quick]
 
@@ -25,7 +26,7 @@ from hf_distill import DistillationTrainer, DistillationTrainingArguments  # noq
 def step_fn(student, teacher, batch, out: str, diagnostics: bool):
     args = DistillationTrainingArguments(
         output_dir=out, report_to="none", use_cpu=True, alpha=0.5, temperature=2.0,
-        kd_loss_implementation="plain", teacher_diagnostics=diagnostics,
+        kd_loss_implementation="plain", teacher_diagnostics=diagnostics, logging_steps=1,
     )  # fmt: skip
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)

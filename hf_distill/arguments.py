@@ -242,10 +242,11 @@ class DistillationTrainingArguments(TrainingArguments):
     teacher_diagnostics: bool = field(
         default=True,
         metadata={
-            "help": "Log per step, beside loss_kd, the teacher's tail mass outside its top-k "
+            "help": "Log at each logged step, beside loss_kd, the teacher's tail mass outside its top-k "
             "(teacher_tail_mass), the share of its top-k ids in the student's top-k (topk_overlap) and, "
             "cross-tokenizer, the share of positions whose prefixes end together (matched_share); "
-            "computed under no_grad at the KD positions (hf_distill.terms.diagnostics)."
+            "computed under no_grad at the KD positions of the batches of the steps Trainer logs "
+            "(logging_steps), and in evaluation (hf_distill.terms.diagnostics)."
         },
     )
     teacher_diagnostics_top_k: int = field(

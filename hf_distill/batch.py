@@ -76,6 +76,7 @@ class DistillationBatch:
     num_tokens: torch.Tensor | None = None
     global_step: int = 0
     routes: list[str] | None = None  # each row's teacher name, for a routed teacher (ROUTES)
+    measure_diagnostics: bool = False  # the logit terms measure the teacher diagnostics on this batch
     # The transfer positions, unshifted and shifted, each computed once and read by every term after.
     _transfer: dict[bool, torch.Tensor | None] = field(
         default_factory=dict, init=False, repr=False, compare=False

@@ -52,7 +52,7 @@ from hf_distill.teachers.served import (
 )
 from hf_distill.teachers.sources import CachedOrLiveTeacher, CachedTeacher, LiveTeacher, TeacherSource
 from hf_distill.terms.cross_tokenizer import CrossTokenizerLogitTerms
-from hf_distill.terms.diagnostics import teacher_diagnostics
+from hf_distill.terms.diagnostics import DIAGNOSTIC_NAMES, diagnostics_due
 from hf_distill.terms.features import build_feature_terms, feature_map_matcher
 from hf_distill.terms.logits import ChunkedLogitTerms, LogitTerms
 from hf_distill.terms.logits import build_logit_terms as choose_logit_terms
@@ -306,6 +306,7 @@ class DistillationTrainer(StudentSaving, Trainer):
             inputs, num_items_in_batch=num_items_in_batch, global_step=self.state.global_step
         )
         require_labels(batch.labels, self.args.alpha)
+        batch.measure_diagnostics = diagnostics_due(self.args, self.state, self.model.training)
         transfer = batch.transfer_positions(shifted=self.head_kind == CAUSAL_LM)
         batch.num_kd_items = self.normalization.num_kd_items(
             num_items_in_batch, transfer, self.model.training
@@ -333,9 +334,10 @@ class DistillationTrainer(StudentSaving, Trainer):
         target = self.teacher_source(batch, self.output_kwargs)
         student = self.logit_terms.run_student(model, batch.model_inputs, self.output_kwargs)
         loss, parts = self.logit_terms(student, target, batch)
-        if self.args.teacher_diagnostics:
-            found = teacher_diagnostics(self.head_kind, student.logits, target, batch, self.args)
-            self.loss_log.record_means(found, self.model.training)
+        # The logit terms measure the teacher's target at the KD positions they use (terms.diagnostics).
+        self.loss_log.record_means(
+            {n: parts.pop(n) for n in DIAGNOSTIC_NAMES if n in parts}, self.model.training
+        )
         for term in self.feature_terms:
             weighted, term_parts = term(student, target, batch)
             loss, parts = loss + weighted, {**parts, **term_parts}

@@ -13,6 +13,7 @@ from hf_distill.batch import DistillationBatch, TeacherTarget
 from hf_distill.losses.cross_vocabulary import per_position_aligned, per_position_uld
 from hf_distill.losses.divergences import IGNORE_INDEX, reduce_positions, task_cross_entropy
 from hf_distill.model_kind import CAUSAL_LM, logits_of
+from hf_distill.terms.diagnostics import teacher_diagnostics
 from hf_distill.terms.logits import StudentView, mix_terms
 
 
@@ -57,7 +58,10 @@ class CrossTokenizerLogitTerms:
         loss_task = None
         if args.alpha < 1.0:
             loss_task = task_cross_entropy(logits, labels, num_items_in_batch=num_items)
-        return mix_terms(args.alpha, loss_kd, loss_task)
+        loss, parts = mix_terms(args.alpha, loss_kd, loss_task)
+        if batch.measure_diagnostics:
+            parts.update(teacher_diagnostics(self.head_kind, student.logits, target, batch, args))
+        return loss, parts
 
     def _kd_per_position(self, logits: torch.Tensor, aligned: Any, use: torch.Tensor) -> torch.Tensor:
         """The KD loss at each position ``(B, T_s - 1)`` that ``use`` picks, 0 elsewhere, each position against its

@@ -12,14 +12,18 @@
   teacher prefix ends (``AlignedTeacher.matched``): the positions where the ``aligned`` loss compares the two
   vocabularies token by token rather than by sorted probabilities.
 
-Everything runs under ``no_grad`` and costs one ``topk`` of each side plus a ``logsumexp`` over the teacher's
+They are measured on the batches of the steps Trainer logs (:func:`diagnostics_due`), and the logged value is
+their mean over those batches. Everything runs under ``no_grad`` and costs one ``topk`` of each side plus a ``logsumexp`` over the teacher's
 vocabulary at the KD positions: no sort. The student's top-k needs its logits, so on the chunked KD path (no
 student logits) ``topk_overlap`` is left out, and a teacher given as hidden states has no tail mass.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from transformers.trainer_utils import IntervalStrategy
 
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.batch import DistillationBatch, TeacherTarget
@@ -28,6 +32,29 @@ from hf_distill.model_kind import CAUSAL_LM, align_for_distillation
 
 # The names these diagnostics are logged under (``eval_``-prefixed in evaluation): not task metrics.
 DIAGNOSTIC_NAMES = ("teacher_tail_mass", "topk_overlap", "matched_share")
+
+
+def diagnostics_due(args: DistillationTrainingArguments, state: Any, training: bool) -> bool:
+    """Whether a batch's diagnostics are measured: in evaluation always, in training on the batches of the
+    steps Trainer logs (``logging_steps``, and the first with ``logging_first_step``), so a run pays for them
+    once per logged step, not at every step.
+
+    Args:
+        args: the run's arguments (``teacher_diagnostics``, the logging strategy).
+        state: Trainer's ``TrainerState`` (``global_step`` is the number of steps done; ``logging_steps`` as
+            Trainer resolved it, a ratio of the run turned into steps).
+        training: whether the model is training.
+    """
+    if not args.teacher_diagnostics:
+        return False
+    if not training:
+        return True
+    if args.logging_strategy != IntervalStrategy.STEPS:
+        return args.logging_strategy == IntervalStrategy.EPOCH  # an epoch's end is not known here: every step
+    every = getattr(state, "logging_steps", None) or args.logging_steps
+    every = max(int(every), 1)
+    step = state.global_step + 1  # the step these batches are part of
+    return step % every == 0 or (args.logging_first_step and step == 1)
 
 
 def topk_tail_mass(values: torch.Tensor, tail: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -103,9 +130,11 @@ def teacher_diagnostics(
     target: TeacherTarget,
     batch: DistillationBatch,
     args: DistillationTrainingArguments,
+    mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """This batch's diagnostics (module docstring), each a mean over its KD positions; empty when there is
-    nothing to measure (no KD position, a teacher given as hidden states on the chunked path).
+    nothing to measure (no KD position, a teacher given as hidden states on the chunked path). The logit terms
+    call it with the KD positions they computed for the loss.
 
     Args:
         head_kind: the student's head kind (:mod:`hf_distill.model_kind`); causal LMs are shifted like the loss.
@@ -114,6 +143,8 @@ def teacher_diagnostics(
         batch: the batch (labels, attention mask, transfer positions).
         args: the run's arguments: ``temperature``, and ``teacher_diagnostics_top_k`` (``k`` for a
             full-logits target; a top-k target keeps its own).
+        mask: the KD positions, shaped like the shifted (causal LM) or plain per-position target, when the
+            caller has them; else computed from ``batch`` (:func:`kd_positions`).
 
     Returns:
         ``{"teacher_tail_mass", "topk_overlap", "matched_share"}``, the ones that apply, as 0-d tensors.
@@ -125,7 +156,7 @@ def teacher_diagnostics(
     if target.topk is None and target.logits is None:
         return {}
     reference = target.topk[0] if target.topk is not None else target.logits
-    mask = kd_positions(head_kind, reference, batch)
+    mask = kd_positions(head_kind, reference, batch) if mask is None else mask.to(reference.device).bool()
     if not bool(mask.any()):
         return {}
     cut = (lambda t: t[:, :-1][mask]) if shifted else (lambda t: t[mask])

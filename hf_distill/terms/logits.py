@@ -64,6 +64,7 @@ from hf_distill.model_kind import (
     output_vocab_size,
     slice_vocab,
 )
+from hf_distill.terms.diagnostics import teacher_diagnostics
 
 
 def mix_terms(
@@ -184,6 +185,8 @@ class PlainLogitTerms:
             loss = loss + (1.0 - args.alpha) * reduce_positions(
                 per_position, transfer, num_items_in_batch=num_kd
             )
+        if batch.measure_diagnostics:
+            parts.update(teacher_diagnostics(self.head_kind, student.logits, target, batch, args, mask=mask))
         return loss, parts
 
     def _check_classes(self, student_logits: torch.Tensor, target: TeacherTarget) -> None:
@@ -238,7 +241,13 @@ class ChunkedLogitTerms:
         parts = {"loss_kd": result.loss_kd}
         if args.alpha < 1.0:
             parts["loss_task"] = result.loss_task
-        return result.loss, parts
+        return result.loss, {**parts, **self._diagnostics(target, batch)}
+
+    def _diagnostics(self, target: TeacherTarget, batch: DistillationBatch) -> dict[str, torch.Tensor]:
+        # The student's logits never exist whole here: the teacher's side only (terms.diagnostics).
+        if not batch.measure_diagnostics:
+            return {}
+        return teacher_diagnostics(self.head_kind, None, target, batch, self.args)
 
     def _chunked(self, student: StudentView, target: TeacherTarget, **kwargs: Any) -> Any:
         return fused_linear_distillation_loss(
@@ -279,7 +288,7 @@ class ChunkedLogitTerms:
         parts = {"loss_kd": kd_sum / n_kd}
         if alpha < 1.0:
             parts["loss_task"] = ce_sum / n_task
-        return loss, parts
+        return loss, {**parts, **self._diagnostics(target, batch)}
 
 
 LogitTerms = PlainLogitTerms | ChunkedLogitTerms

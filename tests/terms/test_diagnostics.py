@@ -13,6 +13,7 @@ from hf_distill.losses.topk import topk_teacher
 from hf_distill.model_kind import CAUSAL_LM, SEQUENCE_CLASSIFICATION
 from hf_distill.teachers.cross_tokenizer import AlignedTeacher, CrossTokenizerTarget
 from hf_distill.terms.diagnostics import (
+    diagnostics_due,
     logits_tail_mass,
     teacher_diagnostics,
     topk_overlap,
@@ -111,8 +112,8 @@ def test_classification_rows_and_a_teacher_of_hidden_states():
 def test_matched_share_counts_the_shifted_attended_positions():
     matched = torch.tensor([[True, False, True, True]])
     aligned = AlignedTeacher(
-        log_p=torch.zeros(1, 4, 2), log_rest=torch.zeros(1, 4), student_ids=torch.zeros(2).long(),
-        matched=matched, valid=torch.ones(1, 4, dtype=torch.bool),
+        teacher_log_p=torch.zeros(4, 2), teacher_log_rest=torch.zeros(4), teacher_student_ids=torch.zeros(2).long(),
+        rows=torch.arange(4).reshape(1, 4), matched=matched, valid=torch.ones(1, 4, dtype=torch.bool),
     )  # fmt: skip
     target = CrossTokenizerTarget(TargetKind.CROSS_TOKENIZER, aligned=aligned)
     ids = torch.ones(1, 4).long()
@@ -122,3 +123,27 @@ def test_matched_share_counts_the_shifted_attended_positions():
     labeled = DistillationBatch.from_inputs({"input_ids": ids, "labels": torch.tensor([[5, 5, 5, 5]])})
     share = teacher_diagnostics(CAUSAL_LM, None, target, labeled, args())["matched_share"]
     assert share.item() == pytest.approx(2 / 3) and math.isfinite(share.item())
+
+
+def logging(
+    strategy: str = "steps", steps: float = 5, first: bool = False, on: bool = True
+) -> SimpleNamespace:
+    return SimpleNamespace(
+        teacher_diagnostics=on, logging_strategy=strategy, logging_steps=steps, logging_first_step=first
+    )
+
+
+def test_diagnostics_are_measured_on_the_steps_trainer_logs():
+    due = [s for s in range(12) if diagnostics_due(logging(), SimpleNamespace(global_step=s), True)]
+    assert due == [4, 9]  # steps 5 and 10 are logged; global_step counts the steps already done
+    first = [
+        s for s in range(6) if diagnostics_due(logging(first=True), SimpleNamespace(global_step=s), True)
+    ]
+    assert first == [0, 4]
+    # Trainer resolves a ratio of the run into steps on its state; that count wins over the ratio.
+    state = SimpleNamespace(global_step=2, logging_steps=3)
+    assert diagnostics_due(logging(steps=0.1), state, True)
+    assert diagnostics_due(logging(), SimpleNamespace(global_step=1), training=False)  # evaluation: always
+    assert not diagnostics_due(logging(on=False), SimpleNamespace(global_step=4), True)
+    assert not diagnostics_due(logging(strategy="no"), SimpleNamespace(global_step=4), True)
+    assert diagnostics_due(logging(strategy="epoch"), SimpleNamespace(global_step=1), True)
