@@ -413,9 +413,10 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     elif known.command == "demo":
         demo(rest)
     elif known.command == "serve-teacher":
+        from hf_distill.recipes.offline import resolve_model_path
         from hf_distill.teachers.server import serve_teacher
 
-        serve_teacher(rest)
+        serve_teacher(rest, resolve=resolve_model_path)
     elif known.command == "report":
         from hf_distill.reports.report import make_report
 

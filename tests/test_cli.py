@@ -163,3 +163,23 @@ def test_demo_config_is_the_documented_sentiment_run():
             assert cli.DEMO_CONFIG[key] == value, key
         else:  # left out of the demo because it is the default anyway
             assert any(getattr(group, key, None) == value for group in defaults), key
+
+
+def test_serve_teacher_resolves_an_offline_alias(monkeypatch):
+    """`hf-distill serve-teacher smollm2-135m` serves the installed model, as the recipes' alias does."""
+    from hf_distill.recipes import offline
+    from hf_distill.teachers import server
+
+    loaded = []
+
+    def stop(path, *args):
+        loaded.append(path)
+        raise KeyboardInterrupt  # stands in for the server's start: what it would load is what we check
+
+    monkeypatch.setitem(offline.OFFLINE_MODELS, "tiny-alias", lambda: "models/tiny-teacher")
+    monkeypatch.setattr(server, "load_scorer", stop)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["serve-teacher", "tiny-alias", "--port", "8123"])
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["serve-teacher", "runs/codegen/teacher"])  # not an alias: unchanged
+    assert loaded == ["models/tiny-teacher", "runs/codegen/teacher"]

@@ -26,7 +26,7 @@ import argparse
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -228,14 +228,21 @@ def load_scorer(
     return TeacherScorer(model, tokenizer, top_k, str(model_path))
 
 
-def serve_teacher(argv: Sequence[str]) -> None:
-    """``hf-distill serve-teacher MODEL [--host H] [--port P] [--top_k K] [--dtype D] [--device D]``."""
+def serve_teacher(argv: Sequence[str], resolve: Callable[[str], str] = str) -> None:
+    """``hf-distill serve-teacher MODEL [--host H] [--port P] [--top_k K] [--dtype D] [--device D]``.
+
+    Args:
+        argv: the command's flags.
+        resolve: turns ``MODEL`` into what ``from_pretrained`` loads (the CLI passes the offline aliases'
+            resolver, so ``smollm2-135m`` serves the installed model, as in the recipes)."""
     parser = argparse.ArgumentParser(
         prog="hf-distill serve-teacher",
         description="Serve a causal LM teacher's prompt log-probabilities over the OpenAI Completions API "
         "(vLLM's prompt_logprobs format), for DistillationTrainer(teacher_model='http://HOST:PORT/v1').",
     )
-    parser.add_argument("model", help="a folder written by save_pretrained, or a Hub id")
+    parser.add_argument(
+        "model", help="a folder written by save_pretrained, a Hub id, or an offline alias (smollm2-135m)"
+    )
     parser.add_argument(
         "--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1: this machine)"
     )
@@ -250,6 +257,6 @@ def serve_teacher(argv: Sequence[str]) -> None:
         raise ImportError(
             f"hf-distill serve-teacher needs Starlette and uvicorn ({missing}); pip install 'hf-distill[serve]'."
         ) from missing
-    scorer = load_scorer(args.model, args.top_k, args.dtype, args.device)
+    scorer = load_scorer(resolve(args.model), args.top_k, args.dtype, args.device)
     print(f"serving {args.model} at http://{args.host}:{args.port}/v1 (top_k <= {args.top_k})", flush=True)
     uvicorn.run(create_app(scorer), host=args.host, port=args.port, log_level="warning")
