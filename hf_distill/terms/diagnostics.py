@@ -42,7 +42,7 @@ def diagnostics_due(args: DistillationTrainingArguments, state: Any, training: b
     Args:
         args: the run's arguments (``teacher_diagnostics``, the logging strategy).
         state: Trainer's ``TrainerState`` (``global_step`` is the number of steps done; ``logging_steps`` as
-            Trainer resolved it, a ratio of the run turned into steps).
+            Trainer resolved a ratio of the run into steps, read only when ``args.logging_steps < 1``).
         training: whether the model is training.
     """
     if not args.teacher_diagnostics:
@@ -51,7 +51,9 @@ def diagnostics_due(args: DistillationTrainingArguments, state: Any, training: b
         return True
     if args.logging_strategy != IntervalStrategy.STEPS:
         return args.logging_strategy == IntervalStrategy.EPOCH  # an epoch's end is not known here: every step
-    every = getattr(state, "logging_steps", None) or args.logging_steps
+    every = args.logging_steps
+    if every < 1:  # a ratio of the run: Trainer turns it into steps on its state when training starts
+        every = getattr(state, "logging_steps", None) or 1
     every = max(int(every), 1)
     step = state.global_step + 1  # the step these batches are part of
     return step % every == 0 or (args.logging_first_step and step == 1)

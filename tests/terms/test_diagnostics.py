@@ -140,9 +140,11 @@ def test_diagnostics_are_measured_on_the_steps_trainer_logs():
         s for s in range(6) if diagnostics_due(logging(first=True), SimpleNamespace(global_step=s), True)
     ]
     assert first == [0, 4]
-    # Trainer resolves a ratio of the run into steps on its state; that count wins over the ratio.
+    # Trainer resolves a ratio of the run into steps on its state; a count in the arguments is read as is
+    # (the state holds Trainer's default of 500 until training starts).
     state = SimpleNamespace(global_step=2, logging_steps=3)
     assert diagnostics_due(logging(steps=0.1), state, True)
+    assert diagnostics_due(logging(steps=1), SimpleNamespace(global_step=7, logging_steps=500), True)
     assert diagnostics_due(logging(), SimpleNamespace(global_step=1), training=False)  # evaluation: always
     assert not diagnostics_due(logging(on=False), SimpleNamespace(global_step=4), True)
     assert not diagnostics_due(logging(strategy="no"), SimpleNamespace(global_step=4), True)
