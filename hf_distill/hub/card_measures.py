@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import time
 from typing import Any
 
 import torch
@@ -97,10 +98,27 @@ def latency_batches(trainer: Any) -> dict[int, dict[str, Any]]:
     return batches
 
 
+def _seconds_once(model: nn.Module, inputs: dict[str, Any], device: torch.device) -> float:
+    """One forward's seconds, on one thread as ``torch.utils.benchmark.Timer`` times by default."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        model(**inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+
+
 @torch.inference_mode()
 def latency_ms(model: nn.Module, batches: dict[int, dict[str, Any]]) -> dict[int, float | None]:
     """Median forward milliseconds of ``model`` on each batch, in eval mode (restored after); None for a
-    batch size that does not fit in memory."""
+    batch size that does not fit in memory. A forward of at least ``MIN_RUN_SECONDS`` is timed once (the
+    rounds of :func:`side_by_side_latency_ms` give the median), a faster one by ``blocked_autorange``."""
     from torch.utils.benchmark import Timer
 
     was_training, device = model.training, next(model.parameters()).device
@@ -110,7 +128,12 @@ def latency_ms(model: nn.Module, batches: dict[int, dict[str, Any]]) -> dict[int
         for size, batch in batches.items():
             timer = Timer(stmt="model(**inputs)", globals={"model": model, "inputs": _to(batch, device)})
             try:
-                times[size] = timer.blocked_autorange(min_run_time=MIN_RUN_SECONDS).median * 1000.0
+                # A forward that lasts the minimum run already is its own sample: blocked_autorange would
+                # spend as long again estimating a block size of one (half of a SmolLM2 card's timing).
+                once = _seconds_once(model, _to(batch, device), device)
+                if once < MIN_RUN_SECONDS:
+                    once = timer.blocked_autorange(min_run_time=MIN_RUN_SECONDS).median
+                times[size] = once * 1000.0
             except torch.OutOfMemoryError:
                 # A card is no reason to stop a run: this batch size stays "not measured".
                 logger.warning(

@@ -3,6 +3,8 @@ evaluation set was given, instead of saying "not measured"."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from datasets import Dataset
@@ -137,3 +139,27 @@ def test_teacher_and_student_take_turns_when_timed():
     turns = [name for i, name in enumerate(calls) if i == 0 or calls[i - 1] != name]
     assert turns == ["teacher", "student"] * 3  # three rounds, each model once per round
     assert all(model.training for model in models.values())  # timed in eval mode, train mode restored
+
+
+class _Forwards(torch.nn.Module):
+    """Counts its forwards; each lasts ``seconds``."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds, self.calls, self.weight = seconds, 0, torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids):
+        self.calls += 1
+        time.sleep(self.seconds)
+        return input_ids
+
+
+def test_a_forward_longer_than_the_minimum_run_is_timed_once():
+    from hf_distill.hub.card_measures import MIN_RUN_SECONDS, latency_ms
+
+    slow, fast = _Forwards(MIN_RUN_SECONDS * 1.5), _Forwards(0.0)
+    batches = {1: {"input_ids": torch.ones(1, 4, dtype=torch.long)}}
+    measured = latency_ms(slow, batches)
+    assert slow.calls == 1 and measured[1] >= MIN_RUN_SECONDS * 1.5 * 1000
+    latency_ms(fast, batches)
+    assert fast.calls > 2  # a fast forward is still timed by blocked_autorange, many runs
