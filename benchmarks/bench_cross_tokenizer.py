@@ -32,7 +32,7 @@ from datasets import Dataset
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, default_data_collator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report, summarize, time_variants  # noqa: E402
+from _common import kd_training_step, report, summarize, time_variants  # noqa: E402
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
 from hf_distill.cache.build import XTOK_COLUMNS, XTOK_ENDS, cache_teacher_outputs  # noqa: E402
@@ -92,14 +92,7 @@ def step_fn(student, teacher, rows: Dataset, out: str, student_tokenizer, teache
         c for c in rows.column_names if loss is not None or c in ("input_ids", "attention_mask", "labels")
     ]
     batch = trainer.data_collator([{c: rows[i][c] for c in columns} for i in range(len(rows))])
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
-
-    def step():
-        trainer.compute_loss(student, batch).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
+    return kd_training_step(trainer, student, batch)
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_causal_lm as lm  # noqa: E402
 import torch  # noqa: E402
-from _common import report, summarize, time_variants  # noqa: E402
+from _common import kd_training_step, report, summarize, time_variants  # noqa: E402
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
 
@@ -29,14 +29,7 @@ def step_fn(student, teacher, batch, out: str, diagnostics: bool):
         kd_loss_implementation="plain", teacher_diagnostics=diagnostics, logging_steps=1,
     )  # fmt: skip
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
-
-    def step():
-        trainer.compute_loss(student, batch).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
+    return kd_training_step(trainer, student, batch)
 
 
 def main() -> None:

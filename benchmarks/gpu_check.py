@@ -39,7 +39,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, peak_rss_delta, time_variants  # noqa: E402
+from _common import RESULTS, kd_training_step, machine, peak_rss_delta, time_variants  # noqa: E402
 from bench_causal_lm import loss_from_hidden, lower_bound_fn  # noqa: E402
 
 from hf_distill import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
@@ -220,14 +220,7 @@ def fused_step_fn(student, teacher, batch, out_dir: str, device: torch.device) -
         kd_loss_implementation="fused",
     )  # fmt: skip
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
-
-    def step():
-        trainer.compute_loss(student, batch).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
+    return kd_training_step(trainer, student, batch)
 
 
 def step_ratio(s: dict, device: torch.device, rounds: int) -> dict:
