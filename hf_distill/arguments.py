@@ -207,6 +207,15 @@ class DistillationTrainingArguments(TrainingArguments):
             "probabilities everywhere. None: both must share one vocabulary (see hf_distill.teachers.cross_tokenizer)."
         },
     )
+    cross_tokenizer_top_k: int | None = field(
+        default=None,
+        metadata={
+            "help": "With cross_tokenizer_loss: compare only each side's k largest sorted probabilities one by one "
+            "and the rest as one bucket (torch.topk instead of sorting whole vocabularies). The loss is then a "
+            "lower bound of the exact one, short of it by at most twice the smaller of the two rest masses, and "
+            "exact when k covers either vocabulary. None: the exact loss (see hf_distill.losses.cross_vocabulary)."
+        },
+    )
 
     teacher_server_top_k: int = field(
         default=20,
@@ -374,7 +383,19 @@ class DistillationTrainingArguments(TrainingArguments):
             )
 
     def _check_cross_tokenizer(self) -> None:
+        top_k = self.cross_tokenizer_top_k
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(
+                f"cross_tokenizer_top_k must be an integer >= 1 (how many of each side's largest probabilities "
+                f"are compared one by one), or None for the exact loss; got {top_k!r}."
+            )
         if self.cross_tokenizer_loss is None:
+            if top_k is not None:
+                raise ValueError(
+                    f"cross_tokenizer_top_k={top_k} is set but cross_tokenizer_loss is not: it only shapes the "
+                    "cross-tokenizer losses. Set cross_tokenizer_loss='aligned' or 'uld', or leave "
+                    "cross_tokenizer_top_k unset."
+                )
             return
         if self.cross_tokenizer_loss not in CROSS_TOKENIZER_LOSSES:
             raise ValueError(

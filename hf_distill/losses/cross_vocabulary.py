@@ -22,18 +22,31 @@ Truncated teachers (``k < V_t``): the ULD term compares the ``k`` sorted entries
 one entry each, a lower bound of the full distance (``|sum a - sum b| <= sum |a - b|``); with ``k >= V_t`` it
 is exact. Shapes: positions flattened or not, ``(..., V_s)`` student logits, ``(..., k)`` teacher entries.
 
-Cost. With a live teacher (``k = V_t``) both losses sort whole vocabularies at every position; they stay
-exact (full sorts, no top-k truncation) and are kept cheap by: NumPy's vectorised sort on CPU
-(:mod:`hf_distill.losses.sorting`); ``teacher_rows``, which gives the teacher once per teacher position so a
-row several student positions use is sorted once; ``aligned`` with one vocabulary map for all positions
-sorting only the unshared columns; and the sorted L1's gradient written out (:func:`sorted_l1_to_probs`).
+Cost. With a live teacher (``k = V_t``) both losses sort whole vocabularies at every position. The exact
+losses (``top_k=None``) are kept cheap by: NumPy's vectorised sort on CPU (:mod:`hf_distill.losses.sorting`);
+``teacher_rows``, which gives the teacher once per teacher position so a row several student positions use is
+sorted once; ``aligned`` with one vocabulary map for all positions sorting only the unshared columns; and the
+sorted L1's gradient written out (:func:`sorted_l1_to_probs`).
+
+Top-k form (``top_k=K``, ``cross_tokenizer_top_k``): every sorted comparison (the whole distributions in
+``uld``, the "anything else" mass in ``aligned``) keeps each side's ``K`` largest entries (``torch.topk``, a
+partial selection, no full sort) and compares the rest as one bucket each:
+``T_K = sum_{i<K} |a_i - b_i| + |alpha - beta|``, where ``a``, ``b`` are the two sides sorted decreasingly
+and zero-padded, and ``alpha = sum_{i>=K} a_i``, ``beta = sum_{i>=K} b_i`` their tails. Against the exact
+``E = sum_i |a_i - b_i|``, since ``|x - y| = x + y - 2 min(x, y)`` for ``x, y >= 0``:
+
+    E - T_K = sum_{i>=K} |a_i - b_i| - |alpha - beta| = 2 * (min(alpha, beta) - sum_{i>=K} min(a_i, b_i))
+
+so ``0 <= E - T_K <= 2 * min(alpha, beta)``: the top-k loss is a lower bound of the exact one, short of it by at
+most twice the smaller tail mass, and exact when either side has at most ``K`` entries (``K >= min(V_s, V_t)``
+for ``uld``) or no mass beyond them. The ``aligned`` KL over the shared-token buckets stays exact.
 """
 
 from __future__ import annotations
 
 import torch
 
-from hf_distill.losses.divergences import upcast
+from hf_distill.losses.divergences import soften, upcast
 from hf_distill.losses.sorting import descending, descending_order
 from hf_distill.losses.topk import very_negative
 
@@ -61,7 +74,7 @@ def teacher_log_probs(
     divided by ``T`` (the top-k cache's ``teacher_tail_logit``), or None when all tokens are listed.
     Returns ``(log_p (..., k), log_rest (...))``, normalised together.
     """
-    scaled = upcast(values) / temperature
+    scaled = soften(values, temperature)
     floor = very_negative(scaled.dtype)
     if tail is None:
         # A live teacher lists every token: one log-softmax, with no tail column to append (a copy of the
@@ -72,8 +85,35 @@ def teacher_log_probs(
     return scaled - log_z.unsqueeze(-1), tail - log_z
 
 
+def check_top_k(top_k: int | None) -> None:
+    """Raises ValueError unless ``top_k`` is None (the exact losses) or an integer >= 1."""
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(
+            f"top_k must be None (the exact sorted comparison) or an integer >= 1, got {top_k!r}: it is how many "
+            "of each side's largest probabilities ULD compares one by one before the rest as one bucket."
+        )
+
+
+def largest_log_probs_as_probs(log_p: torch.Tensor, top_k: int | None) -> torch.Tensor:
+    """The probabilities of ``log_p (..., L)`` sorted decreasingly, only the ``top_k`` largest when ``top_k`` is
+    shorter than ``L``, without gradient.
+
+    Args:
+        log_p (Tensor): ``(..., L)`` log-probabilities (or log-masses).
+        top_k (int | None): how many to keep; None or ``>= L``: all of them (a full sort).
+
+    Returns:
+        Tensor: ``(..., min(top_k, L))`` decreasing along the last dimension.
+    """
+    log_p = log_p.detach()
+    if top_k is None or top_k >= log_p.shape[-1]:
+        return descending(log_p.exp())
+    # exp is increasing: select among the log-probabilities, then exponentiate only the K kept.
+    return log_p.topk(top_k, dim=-1).values.exp()
+
+
 def sorted_teacher_probs(
-    teacher_log_p: torch.Tensor, teacher_rows: torch.Tensor | None = None
+    teacher_log_p: torch.Tensor, teacher_rows: torch.Tensor | None = None, top_k: int | None = None
 ) -> torch.Tensor:
     """The teacher's probabilities sorted decreasingly, each distinct teacher row sorted once.
 
@@ -82,15 +122,16 @@ def sorted_teacher_probs(
             is given.
         teacher_rows (Tensor | None): ``(N,)`` the teacher row of each student position; rows used by several
             positions are sorted once. None: ``teacher_log_p`` is already one row per position.
+        top_k (int | None): keep only each row's ``top_k`` largest (a partial selection); None: all.
 
     Returns:
-        Tensor: ``(..., k)`` (``(N, k)`` with ``teacher_rows``), decreasing along the last dimension, no
-        gradient.
+        Tensor: ``(..., K)`` (``(N, K)`` with ``teacher_rows``), ``K = min(top_k, k)``, decreasing along the
+        last dimension, no gradient.
     """
     if teacher_rows is None:
-        return descending(teacher_log_p.exp())
+        return largest_log_probs_as_probs(teacher_log_p, top_k)
     unique, inverse = torch.unique(teacher_rows, return_inverse=True)
-    return descending(teacher_log_p[unique].exp())[inverse]
+    return largest_log_probs_as_probs(teacher_log_p[unique], top_k)[inverse]
 
 
 def _largest_with_order(probs: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,6 +206,7 @@ def per_position_uld(
     *,
     temperature: float,
     teacher_rows: torch.Tensor | None = None,
+    top_k: int | None = None,
 ) -> torch.Tensor:
     """ULD distance per position: ``(..., V_s)``, ``(..., k)``, ``(...)`` -> ``(...)``.
 
@@ -172,10 +214,12 @@ def per_position_uld(
     decreasingly against the student's ``min(k, V_s)`` largest, see :func:`sorted_l1`. With ``teacher_rows``
     (``(N,)``), the student's positions are ``(N, V_s)`` and the teacher is given once per teacher position,
     ``(P, k)`` and ``(P,)``: position ``i`` is compared with teacher row ``teacher_rows[i]``, and each row is
-    sorted once however many positions use it.
+    sorted once however many positions use it. With ``top_k``, each side's ``top_k`` largest and one tail
+    bucket each (the module docstring's top-k form: at most ``2 * min(tails)`` below the exact value).
     """
-    p_s = torch.softmax(upcast(student_logits) / temperature, dim=-1)
-    a = sorted_teacher_probs(teacher_log_p, teacher_rows)
+    check_top_k(top_k)
+    p_s = torch.softmax(soften(student_logits, temperature), dim=-1)
+    a = sorted_teacher_probs(teacher_log_p, teacher_rows, top_k)
     ones = torch.ones(a.shape[:-1], dtype=a.dtype, device=a.device)
     return sorted_l1_to_probs(a, ones, p_s, ones.to(p_s.dtype))
 
@@ -192,10 +236,11 @@ def _matched_by_entries(
     teacher_log_rest: torch.Tensor,
     student_ids: torch.Tensor,
     temperature: float,
+    top_k: int | None,
 ) -> torch.Tensor:
     """The matched-position loss when each position lists its own teacher tokens (a top-k cache): ``(N, V_s)``,
     ``(N, k)``, ``(N,)``, ``(N, k)`` -> ``(N,)``."""
-    log_s = torch.log_softmax(upcast(student_logits) / temperature, dim=-1)
+    log_s = torch.log_softmax(soften(student_logits, temperature), dim=-1)
     floor = very_negative(log_s.dtype)
     shared = student_ids >= 0
     ids = student_ids.clamp_min(0).long()
@@ -213,7 +258,7 @@ def _matched_by_entries(
     rest_t = log_rest_t.exp()
     kl = kl + _masked_xlogy_diff(rest_t, log_rest_t, log_rest_s)
     # ULD of the rest: its listed teacher entries against the student's uncovered probabilities.
-    a = descending(torch.where(shared, 0.0, p_t))
+    a = descending(torch.where(shared, 0.0, p_t))[..., :top_k]  # [..., :None] keeps all
     b = largest_first(log_s.exp().masked_fill(covered, 0.0), a.shape[-1])
     uld_rest = sorted_l1(a, rest_t, b, log_rest_s.exp())
     return kl * temperature**2 + uld_rest
@@ -226,13 +271,14 @@ def _matched_by_columns(
     student_ids: torch.Tensor,
     teacher_rows: torch.Tensor | None,
     temperature: float,
+    top_k: int | None,
 ) -> torch.Tensor:
     """The matched-position loss when one vocabulary map ``student_ids (k,)`` serves every position (a live
     teacher): the shared tokens, and so the rest, are the same columns at every position, so each side's
     rest is taken out as those columns and only they are sorted (12,191 of SmolLM2's 49,152 tokens against
     13,296 of GPT-2's, instead of both whole vocabularies). The same value as :func:`_matched_by_entries`,
     term for term: ``(N, V_s)``, ``(P, k)``, ``(P,)``, ``(k,)``, ``(N,)`` or None -> ``(N,)``."""
-    log_s = torch.log_softmax(upcast(student_logits) / temperature, dim=-1)
+    log_s = torch.log_softmax(soften(student_logits, temperature), dim=-1)
     floor = very_negative(log_s.dtype)
     shared = student_ids >= 0
     teacher_shared, teacher_rest = shared.nonzero()[:, 0], (~shared).nonzero()[:, 0]
@@ -246,7 +292,7 @@ def _matched_by_columns(
         teacher_log_p, teacher_log_rest = teacher_log_p[unique], teacher_log_rest[unique]
     log_p_rest = teacher_log_p[:, teacher_rest]
     log_rest_t = torch.logsumexp(torch.cat([log_p_rest, teacher_log_rest.unsqueeze(-1)], dim=-1), dim=-1)
-    a = descending(log_p_rest.exp())
+    a = largest_log_probs_as_probs(log_p_rest, top_k)
     log_p_shared = teacher_log_p[:, teacher_shared]
     if inverse is not None:
         a, log_rest_t, log_p_shared = a[inverse], log_rest_t[inverse], log_p_shared[inverse]
@@ -269,6 +315,7 @@ def per_position_aligned(
     *,
     temperature: float,
     teacher_rows: torch.Tensor | None = None,
+    top_k: int | None = None,
 ) -> torch.Tensor:
     """The hybrid loss per position: ``(..., V_s)``, ``(..., k)``, ``(...)``, ``(..., k)``, ``(...)`` -> ``(...)``.
 
@@ -277,8 +324,11 @@ def per_position_aligned(
     prefix ends at the same text offset in both tokenizations. Matched: ``T^2 * KL(buckets) + ULD(rest)``;
     unmatched: ULD of the whole distributions (see the module docstring). With ``teacher_rows`` (``(N,)``),
     the positions are ``(N, V_s)`` and ``(N,)``, and the teacher (``student_ids`` too, unless ``(k,)``) is
-    given once per teacher position, ``(P, ...)``, as in :func:`per_position_uld`.
+    given once per teacher position, ``(P, ...)``, as in :func:`per_position_uld`. With ``top_k``, the ULD
+    terms (of the rest, and of unmatched positions) take the top-k form of :func:`per_position_uld`; the KL
+    over the shared buckets stays exact.
     """
+    check_top_k(top_k)
     shape = student_logits.shape[:-1]
     logits = student_logits.reshape(-1, student_logits.shape[-1])
     matched = matched.expand(shape).reshape(-1)
@@ -290,7 +340,7 @@ def per_position_aligned(
         teacher_log_rest = teacher_log_rest.reshape(-1)
     if ids.dim() == 1:
         matched_loss = _matched_by_columns(
-            logits, teacher_log_p, teacher_log_rest, ids, teacher_rows, temperature
+            logits, teacher_log_p, teacher_log_rest, ids, teacher_rows, temperature, top_k
         )
     else:
         if teacher_rows is not None:
@@ -300,7 +350,7 @@ def per_position_aligned(
                 ids[teacher_rows],
             )
             teacher_rows = None
-        matched_loss = _matched_by_entries(logits, teacher_log_p, teacher_log_rest, ids, temperature)
+        matched_loss = _matched_by_entries(logits, teacher_log_p, teacher_log_rest, ids, temperature, top_k)
     if bool(matched.all()):
         return matched_loss.reshape(shape)
     # The whole-distribution ULD only where it is used: its sorts are the step's most expensive part.
@@ -312,5 +362,6 @@ def per_position_aligned(
         teacher_log_rest,
         temperature=temperature,
         teacher_rows=rows[unmatched],
+        top_k=top_k,
     )
     return matched_loss.masked_scatter(unmatched, whole).reshape(shape)

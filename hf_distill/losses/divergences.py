@@ -42,6 +42,20 @@ def upcast(logits: torch.Tensor) -> torch.Tensor:
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
+def soften(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``upcast(logits) / temperature``, without the division (a full copy of the logits) at ``T = 1``.
+
+    Args:
+        logits (Tensor): any shape.
+        temperature (float): the softmax temperature.
+
+    Returns:
+        Tensor: the logits at ``temperature``, at least float32; ``logits`` itself when already float32 or
+        float64 at ``T = 1``.
+    """
+    return upcast(logits) if temperature == 1 else upcast(logits) / temperature
+
+
 def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return F.log_softmax(upcast(logits) / temperature, dim=-1)
 

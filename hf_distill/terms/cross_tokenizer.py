@@ -82,7 +82,13 @@ class CrossTokenizerLogitTerms:
             rows, matched = aligned.rows[:, :-1][use], aligned.matched[:, :-1][use]
         teacher = (aligned.teacher_log_p, aligned.teacher_log_rest)
         if args.cross_tokenizer_loss == "uld":
-            values = per_position_uld(flat, *teacher, temperature=args.temperature, teacher_rows=rows)
+            values = per_position_uld(
+                flat,
+                *teacher,
+                temperature=args.temperature,
+                teacher_rows=rows,
+                top_k=args.cross_tokenizer_top_k,
+            )
         else:
             values = per_position_aligned(
                 flat,
@@ -91,6 +97,7 @@ class CrossTokenizerLogitTerms:
                 matched,
                 temperature=args.temperature,
                 teacher_rows=rows,
+                top_k=args.cross_tokenizer_top_k,
             )
         if every:
             # torch.where, not a product: an unused position passes neither its value nor a gradient on.

@@ -60,6 +60,24 @@ def test_aligned_with_one_tokenizer_on_both_sides_is_the_same_vocabulary_kd(tmp_
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("loss", ["aligned", "uld"])
+def test_the_top_k_form_through_the_trainer_is_exact_when_k_covers_a_vocabulary_and_lower_otherwise(
+    tmp_path, student_tokenizer, teacher_tokenizer, loss
+):
+    rows = prepare_cross_tokenizer_dataset(texts_dataset(4), student_tokenizer, text_column=TEXT_COLUMN)
+    kd = {}
+    for top_k in (None, len(student_tokenizer), 1):
+        trainer = trainer_for(
+            tmp_path / str(top_k), student_tokenizer, teacher_tokenizer, rows, cross_tokenizer_loss=loss,
+            cross_tokenizer_top_k=top_k,
+        )  # fmt: skip
+        kd[top_k] = trainer.compute_loss(trainer.model, first_batch(trainer, [0, 1, 2, 3]))
+    torch.testing.assert_close(kd[len(student_tokenizer)], kd[None], atol=1e-6, rtol=1e-6)
+    # A lower bound of the exact loss, and here a strict one (these tokenizers leave few tokens unshared, so the
+    # `aligned` rest needs K = 1 to lose anything).
+    assert kd[1] < kd[None] - 1e-4
+
+
 def cached_rows(teacher, teacher_tokenizer, student_tokenizer, top_k, n=8):
     cache = cache_teacher_outputs(
         teacher,
@@ -155,6 +173,12 @@ def test_different_vocabularies_without_a_cross_tokenizer_loss_name_the_option(
         ({"cross_tokenizer_loss": "wasserstein"}, "cross_tokenizer_loss 'wasserstein' is unknown"),
         ({"hidden_state_weight": 1.0}, "different positions; set them to 0"),
         ({"distillation_loss": "jsd"}, "Leave distillation_loss at 'forward_kl'"),
+        ({"cross_tokenizer_top_k": 0}, "cross_tokenizer_top_k must be an integer >= 1"),
+        ({"cross_tokenizer_top_k": 2.5}, "cross_tokenizer_top_k must be an integer >= 1"),
+        (
+            {"cross_tokenizer_loss": None, "cross_tokenizer_top_k": 64},
+            "cross_tokenizer_top_k=64 is set but cross_tokenizer_loss is not",
+        ),
     ],
 )
 def test_arguments_refuse_what_cross_tokenizer_distillation_cannot_do(tmp_path, changes, match):
