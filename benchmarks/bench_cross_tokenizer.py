@@ -1,13 +1,17 @@
 """Cross-tokenizer KD step / same-vocabulary KD step on the same shapes, and cache bytes per token.
 
-    python benchmarks/bench_cross_tokenizer.py [--rounds 7] [--quick] [--before REV]
+    python benchmarks/bench_cross_tokenizer.py [--rounds 7] [--quick] [--before REV] [--no-real-teacher]
 
 Step = DistillationTrainer.compute_loss + backward + AdamW step on one batch of standard-library code. The
 student is a GPT-2 over GPT-2's tokenizer in every variant; the teacher is a random GPT-2-architecture model of
 one size, over GPT-2's vocabulary for the same-vocabulary baseline and over SmolLM2's (49,152 tokens, its real
 tokenizer) for the cross-tokenizer variants, so the difference is the cross-tokenizer work: tokenizing the text
 for the teacher, aligning positions, and the ``aligned`` / ``uld`` losses (live: all teacher logits; cached:
-the top-k). Also reports the cross-tokenizer cache's bytes per teacher token (top-k 32, float32 logits).
+the top-k). The live variants run with the exact losses and with ``cross_tokenizer_top_k = 256``.
+Also reports the cross-tokenizer cache's bytes per teacher token (top-k 32, float32 logits), and how far the
+top-k losses (K = 64, 256, 1024) fall below the exact ones on the benchmark's batch: for the benchmark's random
+teacher and, unless ``--no-real-teacher``, for SmolLM2-135M-Instruct itself (the offline alias
+``smollm2-135m``), each against the benchmark's random GPT-2 student.
 
 ``--before REV`` first runs this benchmark as it was at git revision ``REV`` (``git archive`` into a temporary
 folder, run there in a fresh process with the same flags), then this tree's; each run's ratios are against its
@@ -29,7 +33,13 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, default_data_collator
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    default_data_collator,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import kd_training_step, report, summarize, time_variants  # noqa: E402
@@ -42,6 +52,8 @@ from hf_distill.recipes.offline import resolve_model_path  # noqa: E402
 from hf_distill.token_alignment import OFFSETS_COLUMN, TEXT_COLUMN  # noqa: E402
 
 TOP_K = 32
+STEP_TOP_K = 256  # the live top-k variants' K
+GAP_TOP_KS = (64, 256, 1024)  # the K whose loss gap to the exact loss is reported
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 
@@ -79,10 +91,21 @@ def shapes(quick: bool) -> dict:
     return {"batch": 4, "tokens": 128, "student": (2, 128), "teacher": (4, 256)}
 
 
-def step_fn(student, teacher, rows: Dataset, out: str, student_tokenizer, teacher_tokenizer, loss):
+def trainer_and_batch(
+    student,
+    teacher,
+    rows: Dataset,
+    out: str,
+    student_tokenizer,
+    teacher_tokenizer,
+    loss,
+    top_k=None,
+    alpha=0.5,
+):
+    """A DistillationTrainer over ``rows`` and the one batch of all of them."""
     args = DistillationTrainingArguments(
-        output_dir=out, report_to="none", use_cpu=True, alpha=0.5, temperature=1.0,
-        kd_loss_implementation="plain", cross_tokenizer_loss=loss,
+        output_dir=out, report_to="none", use_cpu=True, alpha=alpha, temperature=1.0,
+        kd_loss_implementation="plain", cross_tokenizer_loss=loss, cross_tokenizer_top_k=top_k,
     )  # fmt: skip
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=args, train_dataset=rows, data_collator=default_data_collator,
@@ -91,7 +114,38 @@ def step_fn(student, teacher, rows: Dataset, out: str, student_tokenizer, teache
     columns = [
         c for c in rows.column_names if loss is not None or c in ("input_ids", "attention_mask", "labels")
     ]
-    batch = trainer.data_collator([{c: rows[i][c] for c in columns} for i in range(len(rows))])
+    return trainer, trainer.data_collator([{c: rows[i][c] for c in columns} for i in range(len(rows))])
+
+
+def top_k_gaps(student, teacher, rows: Dataset, out: str, student_tokenizer, teacher_tokenizer) -> dict:
+    """The KD loss of the batch (alpha = 1) exact and at each K of ``GAP_TOP_KS``, and the relative gap
+    ``(exact - top-k) / exact`` (>= 0: the top-k loss is a lower bound), per cross-tokenizer loss."""
+    gaps = {}
+    for loss in ("uld", "aligned"):
+        values = {}
+        for top_k in (None, *GAP_TOP_KS):
+            trainer, batch = trainer_and_batch(
+                student, teacher, rows, out, student_tokenizer, teacher_tokenizer, loss, top_k, alpha=1.0
+            )
+            with torch.no_grad():
+                values[top_k] = float(trainer.compute_loss(student, batch))
+        exact = values[None]
+        gaps[loss] = {"exact": round(exact, 6)} | {
+            f"top-{k}": {
+                "loss": round(values[k], 6),
+                "relative gap": float(f"{(exact - values[k]) / exact:.3g}"),
+            }
+            for k in GAP_TOP_KS
+        }
+    return gaps
+
+
+def step_fn(
+    student, teacher, rows: Dataset, out: str, student_tokenizer, teacher_tokenizer, loss, top_k=None
+):
+    trainer, batch = trainer_and_batch(
+        student, teacher, rows, out, student_tokenizer, teacher_tokenizer, loss, top_k
+    )
     return kd_training_step(trainer, student, batch)
 
 
@@ -100,6 +154,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="small shapes, to check the script runs")
     parser.add_argument("--before", metavar="REV", help="first run this benchmark as of git revision REV")
+    parser.add_argument(
+        "--no-real-teacher",
+        action="store_true",
+        help="skip the top-k loss gaps of SmolLM2-135M's real outputs",
+    )
     options = parser.parse_args()
     before = run_before(options.before, options.rounds, options.quick) if options.before else None
     s = shapes(options.quick)
@@ -116,7 +175,16 @@ def main() -> None:
     cached_rows = join_cache(rows, cache)
     plain_rows = rows.remove_columns([TEXT_COLUMN, OFFSETS_COLUMN])
     with tempfile.TemporaryDirectory() as out:
-        students = {name: gpt2(len(gpt2_tokenizer), *s["student"], seed=2) for name in range(4)}
+        students = {name: gpt2(len(gpt2_tokenizer), *s["student"], seed=2) for name in range(6)}
+        gaps = {"benchmark teacher (random)": top_k_gaps(
+            students[0], cross_teacher, rows, out, gpt2_tokenizer, smollm2_tokenizer
+        )}  # fmt: skip
+        if not (options.quick or options.no_real_teacher):
+            real = AutoModelForCausalLM.from_pretrained(resolve_model_path("smollm2-135m")).eval()
+            gaps["SmolLM2-135M-Instruct"] = top_k_gaps(
+                students[0], real, rows, out, gpt2_tokenizer, smollm2_tokenizer
+            )
+            del real
         variants = {
             "same-vocabulary KD step": step_fn(
                 students[0], same_teacher, plain_rows, out, gpt2_tokenizer, gpt2_tokenizer, None
@@ -130,6 +198,19 @@ def main() -> None:
             "cross-tokenizer KD step, aligned (cached top-32)": step_fn(
                 students[3], None, cached_rows, out, gpt2_tokenizer, smollm2_tokenizer, "aligned"
             ),
+            f"cross-tokenizer KD step, aligned (live, top-{STEP_TOP_K})": step_fn(
+                students[4],
+                cross_teacher,
+                rows,
+                out,
+                gpt2_tokenizer,
+                smollm2_tokenizer,
+                "aligned",
+                STEP_TOP_K,
+            ),
+            f"cross-tokenizer KD step, uld (live, top-{STEP_TOP_K})": step_fn(
+                students[5], cross_teacher, rows, out, gpt2_tokenizer, smollm2_tokenizer, "uld", STEP_TOP_K
+            ),
         }
         times = time_variants(variants, rounds=options.rounds)
     rows_out = summarize(times, baseline="same-vocabulary KD step")
@@ -138,7 +219,9 @@ def main() -> None:
     extra = {
         "cache bytes per teacher token (xtok columns, arrow)": round(cache_bytes / teacher_tokens, 1),
         "cache bytes per teacher token, top-k logits + ids alone": TOP_K * (4 + 4),
+        "top-k KD loss against the exact one (alpha = 1, the benchmark's batch and student)": gaps,
     }
+    print(json.dumps(gaps, indent=1))
     meta = {"batch": s["batch"], "student tokens": s["tokens"], "student(layers,hidden)": s["student"],
             "teacher(layers,hidden)": s["teacher"], "student vocab": len(gpt2_tokenizer),
             "cross teacher vocab": len(smollm2_tokenizer), "rounds": options.rounds, "top_k": TOP_K}  # fmt: skip

@@ -159,21 +159,27 @@ class _SortedL1ToProbs(torch.autograd.Function):
         length = min(a.shape[-1], probs.shape[-1])
         b, order = _largest_with_order(probs, length)
         a_head = a[..., :length]
-        diff = b - a_head
         beyond = (a_total - a_head.sum(-1)) - (b_total - b.sum(-1))
+        # b is this function's own (N, L) tensor (gathered or selected): the differences and their absolute
+        # values overwrite it instead of two more (N, L) tensors.
+        diff = b.sub_(a_head)
         ctx.save_for_backward(order, diff.sign().to(torch.int8), beyond.sign())
         ctx.probs_shape = probs.shape
-        return diff.abs().sum(-1) + beyond.abs()
+        return diff.abs_().sum(-1) + beyond.abs()
 
     @staticmethod
     def backward(ctx, grad):
         order, sign_head, sign_beyond = ctx.saved_tensors
         grad_probs = grad_b_total = None
         if ctx.needs_input_grad[2]:
-            coefficient = (
-                sign_head.to(grad.dtype) + sign_beyond.unsqueeze(-1).to(grad.dtype)
-            ) * grad.unsqueeze(-1)
-            grad_probs = coefficient.new_zeros(ctx.probs_shape).scatter_(-1, order, coefficient)
+            coefficient = sign_head.to(grad.dtype)
+            coefficient.add_(sign_beyond.unsqueeze(-1).to(grad.dtype)).mul_(grad.unsqueeze(-1))
+            # When the order is a whole permutation of each row, the scatter writes every entry: no zero fill.
+            whole = order.shape[-1] == ctx.probs_shape[-1]
+            grad_probs = (
+                coefficient.new_empty(ctx.probs_shape) if whole else coefficient.new_zeros(ctx.probs_shape)
+            )
+            grad_probs.scatter_(-1, order, coefficient)
         if ctx.needs_input_grad[3]:
             grad_b_total = -sign_beyond * grad
         return None, None, grad_probs, grad_b_total
