@@ -108,6 +108,10 @@ def largest_log_probs_as_probs(log_p: torch.Tensor, top_k: int | None) -> torch.
     log_p = log_p.detach()
     if top_k is None or top_k >= log_p.shape[-1]:
         return descending(log_p.exp())
+    if top_k * 64 > log_p.shape[-1]:
+        # NumPy's whole sort beats topk's selection here: (512, 12,191) float32 rows, 0.016 s against 0.028 s
+        # for K = 256; (512, 49,152), 0.070 s against 0.116 s for K = 1,024 (and 0.044 s for K = 256).
+        return descending(log_p.exp())[..., :top_k]
     # exp is increasing: select among the log-probabilities, then exponentiate only the K kept.
     return log_p.topk(top_k, dim=-1).values.exp()
 
@@ -135,7 +139,9 @@ def sorted_teacher_probs(
 
 
 def _largest_with_order(probs: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if count * 16 <= probs.shape[-1]:  # a short head: topk's partial selection beats a full sort
+    # A short head: topk's selection beats a full argsort ((512, 13,296) float32 rows, K = 1,024: 0.037 s
+    # against 0.046 s; (512, 50,257), K = 1,024: 0.11 s against 0.21 s).
+    if count * 8 <= probs.shape[-1]:
         return probs.topk(count, dim=-1)
     order = descending_order(probs)[..., :count]
     return probs.gather(-1, order), order

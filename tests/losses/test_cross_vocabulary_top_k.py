@@ -199,3 +199,15 @@ def test_a_bad_top_k_is_refused_with_what_it_means(top_k):
         per_position_aligned(
             z, log_p, log_rest, torch.arange(5), torch.ones(2, dtype=torch.bool), temperature=1.0, top_k=top_k
         )
+
+
+@pytest.mark.parametrize("k", [2, 4, 16, 64])  # K * 64 <= 300 selects with topk, larger K sorts and slices
+def test_top_k_uld_on_a_wider_vocabulary_matches_the_reference_on_both_selections(k):
+    generator = torch.Generator().manual_seed(50 + k)
+    z_s = torch.randn(5, 280, generator=generator, dtype=torch.float64) * 3
+    z_t = torch.randn(5, 300, generator=generator, dtype=torch.float64) * 3
+    log_p, log_rest = teacher_log_probs(z_t, None, 1.0)
+    top = per_position_uld(z_s, log_p, log_rest, temperature=1.0, top_k=k)
+    for i in range(5):
+        expected, _, _ = reference_top_k_uld(softmax(z_s[i].numpy()), softmax(z_t[i].numpy()), k)
+        assert top[i].item() == pytest.approx(expected, abs=1e-12)
