@@ -298,21 +298,29 @@ def _matched_by_columns(
     covered = torch.zeros(log_s.shape[-1], dtype=torch.bool, device=log_s.device).index_fill(0, twins, True)
     student_rest = (~covered).nonzero()[:, 0]
     # The teacher's side, once per teacher row in use (no gradient), then moved to the positions.
-    inverse = None
+    # Each side's columns are taken in one gather, shared first, then split: on the student's side its gradient
+    # is then one scatter into one zero-filled (N, V_s) tensor instead of two.
+    inverse, teacher_columns = None, torch.cat([teacher_shared, teacher_rest])
     if teacher_rows is not None:
         unique, inverse = torch.unique(teacher_rows, return_inverse=True)
-        teacher_log_p, teacher_log_rest = teacher_log_p[unique], teacher_log_rest[unique]
-    log_p_rest = teacher_log_p[:, teacher_rest]
+        teacher_log_p, teacher_log_rest = (
+            teacher_log_p[unique.unsqueeze(-1), teacher_columns],
+            teacher_log_rest[unique],
+        )
+    else:
+        teacher_log_p = teacher_log_p[:, teacher_columns]
+    log_p_shared, log_p_rest = teacher_log_p.split([teacher_shared.numel(), teacher_rest.numel()], dim=-1)
     log_rest_t = torch.logsumexp(torch.cat([log_p_rest, teacher_log_rest.unsqueeze(-1)], dim=-1), dim=-1)
     a = largest_log_probs_as_probs(log_p_rest, top_k)
-    log_p_shared = teacher_log_p[:, teacher_shared]
     if inverse is not None:
         a, log_rest_t, log_p_shared = a[inverse], log_rest_t[inverse], log_p_shared[inverse]
     rest_t = log_rest_t.exp()
     # The student's side: its twins of the shared tokens, and everything else.
-    log_s_rest = log_s[:, student_rest]
+    log_s_twins, log_s_rest = log_s[:, torch.cat([twins, student_rest])].split(
+        [twins.numel(), student_rest.numel()], dim=-1
+    )
     log_rest_s = torch.logsumexp(log_s_rest, dim=-1).clamp_min(floor)
-    kl = _masked_xlogy_diff(log_p_shared.exp(), log_p_shared, log_s[:, twins]).sum(-1)
+    kl = _masked_xlogy_diff(log_p_shared.exp(), log_p_shared, log_s_twins).sum(-1)
     kl = kl + _masked_xlogy_diff(rest_t, log_rest_t, log_rest_s)
     uld_rest = sorted_l1_to_probs(a, rest_t, log_s_rest.exp(), log_rest_s.exp())
     return kl * temperature**2 + uld_rest
