@@ -11,9 +11,9 @@ from torch import nn
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.batch import DistillationBatch, TeacherTarget
 from hf_distill.losses.cross_vocabulary import per_position_aligned, per_position_uld
-from hf_distill.losses.divergences import IGNORE_INDEX, reduce_positions, task_cross_entropy
+from hf_distill.losses.divergences import reduce_positions, task_cross_entropy
 from hf_distill.model_kind import CAUSAL_LM, logits_of
-from hf_distill.terms.diagnostics import teacher_diagnostics
+from hf_distill.terms.diagnostics import shifted_kd_positions, teacher_diagnostics
 from hf_distill.terms.logits import StudentView, mix_terms
 
 
@@ -46,12 +46,7 @@ class CrossTokenizerLogitTerms:
         args, num_items = self.args, batch.num_items_in_batch
         logits = student.logits[:, :-1]
         labels = batch.labels[:, 1:] if batch.labels is not None else None
-        if labels is not None:
-            mask = labels != IGNORE_INDEX
-        elif batch.attention_mask is not None:
-            mask = batch.attention_mask[:, 1:].bool()
-        else:
-            mask = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
+        mask = shifted_kd_positions(batch, student.logits)
         use = mask & aligned.valid[:, :-1]
         per_position = self._kd_per_position(student.logits, aligned, use)
         loss_kd = reduce_positions(per_position, mask, num_items_in_batch=num_items)
@@ -60,7 +55,7 @@ class CrossTokenizerLogitTerms:
             loss_task = task_cross_entropy(logits, labels, num_items_in_batch=num_items)
         loss, parts = mix_terms(args.alpha, loss_kd, loss_task)
         if batch.measure_diagnostics:
-            parts.update(teacher_diagnostics(self.head_kind, student.logits, target, batch, args))
+            parts.update(teacher_diagnostics(self.head_kind, student.logits, target, batch, args, mask=mask))
         return loss, parts
 
     def _kd_per_position(self, logits: torch.Tensor, aligned: Any, use: torch.Tensor) -> torch.Tensor:

@@ -153,7 +153,7 @@ def teacher_diagnostics(
     """
     aligned = getattr(target, "aligned", None)
     if aligned is not None:
-        return matched_share(aligned.matched, batch)
+        return matched_share(aligned.matched, batch, mask)
     shifted, temperature = head_kind == CAUSAL_LM, args.temperature
     if target.topk is None and target.logits is None:
         return {}
@@ -174,16 +174,30 @@ def teacher_diagnostics(
     return found
 
 
-def matched_share(matched: torch.Tensor, batch: DistillationBatch) -> dict[str, torch.Tensor]:
-    """``{"matched_share": ...}``: the share of the student's KD positions (shifted, label or attended) where
-    the two tokenizations' prefixes end together; empty without a KD position."""
+def shifted_kd_positions(batch: DistillationBatch, like: torch.Tensor) -> torch.Tensor:
+    """A causal LM's KD positions after the shift, ``(B, T - 1)``: the label positions, else the attended ones,
+    else every one (the cross-tokenizer term's mask, and :func:`matched_share`'s).
+
+    Args:
+        batch: the batch (labels, attention mask).
+        like: an unshifted ``(B, T, ...)`` tensor of the batch, for the shape and device.
+    """
     if batch.labels is not None:
         mask = batch.labels[:, 1:] != IGNORE_INDEX
     elif batch.attention_mask is not None:
         mask = batch.attention_mask[:, 1:].bool()
     else:
-        mask = torch.ones(matched[:, 1:].shape, dtype=torch.bool, device=matched.device)
-    mask = mask.to(matched.device)
+        mask = torch.ones(like.shape[:2], dtype=torch.bool, device=like.device)[:, 1:]
+    return mask.to(like.device)
+
+
+def matched_share(
+    matched: torch.Tensor, batch: DistillationBatch, mask: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """``{"matched_share": ...}``: the share of the student's KD positions (shifted, label or attended) where
+    the two tokenizations' prefixes end together; empty without a KD position. ``mask``: those positions when
+    the caller has them (:func:`shifted_kd_positions`)."""
+    mask = shifted_kd_positions(batch, matched) if mask is None else mask.to(matched.device)
     if not bool(mask.any()):
         return {}
     return {"matched_share": matched[:, :-1][mask].float().mean()}
