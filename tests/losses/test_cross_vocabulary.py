@@ -17,19 +17,7 @@ from hf_distill.losses.cross_vocabulary import (
 )
 from hf_distill.losses.divergences import per_position_forward_kl
 from hf_distill.losses.topk import topk_teacher
-
-
-def reference_uld(p_s: np.ndarray, p_t: np.ndarray) -> float:
-    """Boizard et al.: both vectors sorted decreasingly, the shorter zero-padded, L1 distance."""
-    a, b = np.sort(p_t)[::-1], np.sort(p_s)[::-1]
-    n = max(len(a), len(b))
-    a, b = np.pad(a, (0, n - len(a))), np.pad(b, (0, n - len(b)))
-    return float(np.abs(a - b).sum())
-
-
-def softmax(x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.exp((x - x.max()) / temperature)
-    return z / z.sum()
+from tests.helpers.cross_vocabulary import reference_uld, softmax
 
 
 def test_uld_by_hand():

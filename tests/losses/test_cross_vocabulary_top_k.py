@@ -15,12 +15,7 @@ from hf_distill.losses.cross_vocabulary import (
     per_position_uld,
     teacher_log_probs,
 )
-
-
-def padded_sorted(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    a, b = np.sort(p)[::-1], np.sort(q)[::-1]
-    n = max(len(a), len(b))
-    return np.pad(a, (0, n - len(a))), np.pad(b, (0, n - len(b)))
+from tests.helpers.cross_vocabulary import padded_sorted, reference_uld, softmax
 
 
 def reference_top_k_uld(p_s: np.ndarray, p_t: np.ndarray, k: int) -> tuple[float, float, float]:
@@ -29,16 +24,6 @@ def reference_top_k_uld(p_s: np.ndarray, p_t: np.ndarray, k: int) -> tuple[float
     a, b = padded_sorted(p_t, p_s)
     alpha, beta = float(a[k:].sum()), float(b[k:].sum())
     return float(np.abs(a[:k] - b[:k]).sum()) + abs(alpha - beta), alpha, beta
-
-
-def exact_uld(p_s: np.ndarray, p_t: np.ndarray) -> float:
-    a, b = padded_sorted(p_t, p_s)
-    return float(np.abs(a - b).sum())
-
-
-def softmax(x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.exp((x - x.max()) / temperature)
-    return z / z.sum()
 
 
 def test_top_k_uld_by_hand():
@@ -69,7 +54,7 @@ def test_top_k_uld_matches_the_reference_and_stays_within_the_bound(scale, sizes
         p_s, p_t = softmax(z_s[i].numpy(), 1.5), softmax(z_t[row].numpy(), 1.5)
         expected, alpha, beta = reference_top_k_uld(p_s, p_t, k)
         assert top[i].item() == pytest.approx(expected, abs=1e-12)
-        assert exact[i].item() == pytest.approx(exact_uld(p_s, p_t), abs=1e-12)
+        assert exact[i].item() == pytest.approx(reference_uld(p_s, p_t), abs=1e-12)
         # 0 <= exact - top-k <= 2 min(alpha, beta) (the module docstring's proof).
         gap = exact[i].item() - top[i].item()
         assert -1e-12 <= gap <= 2 * min(alpha, beta) + 1e-12
@@ -134,7 +119,7 @@ def reference_top_k_aligned(p_s, p_t, mapping, temperature, k) -> tuple[float, f
     rest_t = np.array([p_t[i] for i, j in enumerate(mapping) if j < 0])
     rest_s = np.array([p_s[j] for j in range(len(p_s)) if j not in twins])
     top, alpha, beta = reference_top_k_uld(rest_s, rest_t, k)
-    return kl + top, kl + exact_uld(rest_s, rest_t), alpha, beta
+    return kl + top, kl + reference_uld(rest_s, rest_t), alpha, beta
 
 
 @pytest.mark.parametrize("scale", [1.0, 6.0], ids=["random", "peaked"])
@@ -160,7 +145,10 @@ def test_top_k_aligned_matches_the_reference_within_the_bound_by_columns_and_by_
         if matched[i]:
             expected, expected_exact, alpha, beta = reference_top_k_aligned(p_s, p_t, mapping, 2.0, k)
         else:
-            (expected, alpha, beta), expected_exact = reference_top_k_uld(p_s, p_t, k), exact_uld(p_s, p_t)
+            (expected, alpha, beta), expected_exact = (
+                reference_top_k_uld(p_s, p_t, k),
+                reference_uld(p_s, p_t),
+            )
         assert by_columns[i].item() == pytest.approx(expected, abs=1e-10)
         assert by_entries[i].item() == pytest.approx(expected, abs=1e-10)
         assert exact[i].item() == pytest.approx(expected_exact, abs=1e-10)
