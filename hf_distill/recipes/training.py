@@ -212,6 +212,11 @@ def train_student(
 INTERNAL_TERMS = ("hidden_state_weight", "attention_weight", "value_relation_weight", "feature_map_weight")
 
 
+def internal_terms(args: DistillationTrainingArguments) -> list[str]:
+    """The terms this run weighs that read the teacher's internals, which a cache of its outputs lacks."""
+    return [name for name in INTERNAL_TERMS if getattr(args, name, 0.0)]
+
+
 def reuse_blocker(
     task: TaskData, args: DistillationTrainingArguments, mode: str, seeds: list[int]
 ) -> str | None:
@@ -222,7 +227,7 @@ def reuse_blocker(
         return f"a {task.task} task (only classification and NER logits are cached whole)"
     if mode != "kd":
         return f"distillation_mode {mode!r}"
-    terms = [name for name in INTERNAL_TERMS if getattr(args, name, 0.0)]
+    terms = internal_terms(args)
     if terms:
         return f"{', '.join(terms)} (they read the teacher's internals)"
     return None
@@ -240,7 +245,7 @@ def with_teacher_cache(
     """
     if folder is None:
         return task
-    terms = [name for name in INTERNAL_TERMS if getattr(args, name, 0.0)]
+    terms = internal_terms(args)
     if mode != "kd" or terms:
         raise ValueError(
             f"--teacher_cache {folder}: a cache holds the teacher's outputs only, so it trains plain kd from "
