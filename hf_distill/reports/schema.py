@@ -27,8 +27,11 @@ Optional keys written by the recipes: per model ``latency`` (``{"b1": {"median_m
 "q75", "ratios", "reliable", "why"}, ...}``); ``latency_measurement`` (timer, rounds, threads, device, CPU
 share, ``cpu_busy``, ``per``: what a sample's ms are for, "forward" or "generated token"); ``teacher_check`` (:mod:`hf_distill.recipes.teacher_check`); ``data.eval_coverage``
 (NER: sentences scored through windows, words and entities left unscored); ``deployment`` (``--export
-onnx``, :mod:`hf_distill.recipes.deployment`): ``{"quantize", "latency_measurement", "rows": [{"model",
-"runtime", "precision", "metric", "interval", "versus_pytorch", "size_bytes", "latency_ms_b1", ...}]}``.
+onnx``, :mod:`hf_distill.recipes.deployment`): ``{"quantize", "seeds", "latency_measurement", "rows": [{"model",
+"runtime", "precision", "metric", "interval", "per_seed", "versus_pytorch", "size_bytes", "latency_ms_b1",
+...}]}``; with several seeds a student's ``metric`` is the mean over its seeds, ``per_seed`` each seed's, and
+``versus_pytorch`` the paired difference pooled over them; latency and size are the first seed's
+(``latency_measurement.timed_seed``).
 
 ``retention`` is student metric / teacher metric, or teacher / student when lower is better (perplexity),
 so 100 % always means "as good as the teacher". ``speedup_b*`` is teacher latency / student latency.
@@ -37,6 +40,7 @@ so 100 % always means "as good as the teacher". ``speedup_b*`` is teacher latenc
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +90,9 @@ DEPLOYMENT_ROW_SCHEMA = {
     "speedup_b1": "float",
     "speedup_b32": "float",
 }
+# Checked when present: reports written before ``--seeds`` pooled the deployment rows lack them.
+DEPLOYMENT_ROW_OPTIONAL = {"interval": "interval", "per_seed": "numbers"}
+DEPLOYMENT_OPTIONAL = {"seeds": "integers"}
 DATA_SCHEMA = {"dataset": "str", "train_size": "int", "validation_size": "int", "test_size": "int"}
 TOP_LEVEL_SCHEMA = {"task": "str", "metric_name": "str", "higher_is_better": "bool"}
 SCORECARD_SCHEMA = {
@@ -106,6 +113,8 @@ _TYPE_WORDS = {
     "dict": "an object",
     "list": "a list",
     "interval": "a list [low, high] of two numbers, low <= high",
+    "numbers": "a non-empty list of finite numbers",
+    "integers": "a list of integers",
 }
 
 
@@ -124,6 +133,11 @@ def _has_type(value: Any, expected: str) -> bool:
         return isinstance(value, dict)
     if expected == "list":
         return isinstance(value, list)
+    if expected == "numbers":
+        numbers = isinstance(value, list) and all(_has_type(v, "float") for v in value)
+        return numbers and bool(value) and all(math.isfinite(v) for v in value)
+    if expected == "integers":
+        return isinstance(value, list) and all(_has_type(v, "int") for v in value)
     if expected == "interval":
         numbers = isinstance(value, list) and len(value) == 2 and all(_has_type(v, "float") for v in value)
         return numbers and value[0] <= value[1]
@@ -153,6 +167,10 @@ class _Checker:
                 f"got {type(value).__name__} ({value!r:.60})."
             )
         return value
+
+    def optional(self, mapping: dict, key: str, expected: str, where: str) -> Any:
+        """:meth:`key` for a key a report may leave out."""
+        return self.key(mapping, key, expected, where) if key in mapping else None
 
     def section(self, mapping: dict, key: str, schema: dict[str, str], where: str = "") -> None:
         section = self.key(mapping, key, "dict", where)
@@ -196,10 +214,14 @@ def validate_report(report: Any, source: str = "report", *, partial: bool = Fals
     if "scorecard" in report:
         _check_scorecard(check, report)
     if "deployment" in report:
-        rows = check.key(check.key(report, "deployment", "dict", "") or {}, "rows", "list", "deployment")
-        for index, row in enumerate(rows or []):
+        deployment = check.key(report, "deployment", "dict", "") or {}
+        for name, expected in DEPLOYMENT_OPTIONAL.items():
+            check.optional(deployment, name, expected, "deployment")
+        for index, row in enumerate(check.key(deployment, "rows", "list", "deployment") or []):
             for name, expected in DEPLOYMENT_ROW_SCHEMA.items():
                 check.key(row, name, expected, f"deployment.rows[{index}]")
+            for name, expected in DEPLOYMENT_ROW_OPTIONAL.items():
+                check.optional(row, name, expected, f"deployment.rows[{index}]")
     histories = check.key(report, "log_history", "dict", "")
     for name, entries in (histories or {}).items():
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):

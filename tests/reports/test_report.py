@@ -123,6 +123,36 @@ def test_partial_report_allows_missing_and_null_but_not_wrong_types():
 # ---- table ------------------------------------------------------------------------------------------------
 
 
+def test_deployment_rows_pooled_over_seeds_are_checked_when_present():
+    row = {
+        "model": "kd",
+        "runtime": "onnxruntime",
+        "precision": "fp32",
+        "metric": 0.5,
+        "size_bytes": 10,
+        "latency_ms_b1": 1.0,
+        "latency_ms_b32": 2.0,
+        "retention": 1.0,
+        "speedup_b1": 1.0,
+        "speedup_b32": 1.0,
+    }
+    report = make_run_report()
+    report["deployment"] = {"quantize": None, "rows": [dict(row)]}
+    validate_report(report)  # written before the seeds were pooled: no per_seed, no seeds
+    report["deployment"]["seeds"] = [1, 2]
+    report["deployment"]["rows"][0].update(per_seed=[0.4, 0.6], interval=[0.3, 0.7])
+    validate_report(report)
+    report["deployment"]["rows"][0]["per_seed"] = [0.4, float("nan")]
+    with pytest.raises(
+        ValueError, match=r"deployment.rows\[0\].per_seed' must be a non-empty list of finite"
+    ):
+        validate_report(report)
+    report["deployment"]["rows"][0]["per_seed"] = [0.4, 0.6]
+    report["deployment"]["seeds"] = ["1"]
+    with pytest.raises(ValueError, match=r"'deployment.seeds' must be a list of integers"):
+        validate_report(report)
+
+
 def test_comparison_table_rows():
     header, rows = comparison_table(make_run_report(), highlight="distilled")
     assert header[2] == "accuracy (higher is better)"
