@@ -27,6 +27,7 @@ from hf_distill.model_kind import AUTO_CLASSES
 from hf_distill.reports.format import (
     NOT_MEASURED,
     comparison_table,
+    deployment_note,
     deployment_table,
     format_bytes,
     format_count,
@@ -353,15 +354,7 @@ def _license_section(facts: CardFacts, license: str | None, source: str) -> str:
 
 def _deployment_section(facts: CardFacts) -> str:
     table = deployment_table(facts.report, facts.name)
-    if table is None:
-        return ""
-    threads = (facts.report["deployment"].get("latency_measurement") or {}).get("threads")
-    return (
-        "The student and its teacher exported to ONNX (`onnx/model.onnx`; int8: `onnx/model_quantized.onnx`) "
-        "and scored with ONNX Runtime on the same test split; the difference is against the PyTorch model "
-        f"each came from, paired by example. Latency side by side, {threads} thread(s) for torch and ONNX "
-        "Runtime alike; speed-up against the PyTorch teacher.\n\n" + markdown_table(*table)
-    )
+    return "" if table is None else f"{deployment_note(facts.report)}\n\n{markdown_table(*table)}"
 
 
 def render_model_card(

@@ -42,7 +42,7 @@ from transformers import PreTrainedModel, set_seed
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.recipes.arguments import RecipeConfig, ReportArguments, TeacherArguments
 from hf_distill.recipes.console import stage
-from hf_distill.recipes.deployment import deployment_report
+from hf_distill.recipes.deployment import DeploymentSource, deployment_report
 from hf_distill.recipes.latency import LATENCY_BATCH_SIZES, latency_batch, latency_entries
 from hf_distill.recipes.report_json import (
     build_report,
@@ -212,11 +212,17 @@ def _deployment(
     training_args: DistillationTrainingArguments,
     report_args: ReportArguments,
 ) -> dict[str, Any]:
-    """``--export onnx``: the teacher and every distilled student (first seed) in ONNX Runtime, beside PyTorch."""
-    sources = {"teacher": (teacher, teacher_scores)}
-    sources.update(
-        {s["name"]: (models[s["name"]], scores[s["name"]][0]) for s in students if s["kind"] == "distilled"}
-    )
+    """``--export onnx``: the teacher and every distilled student in ONNX Runtime, beside PyTorch; with several
+    seeds each seed's student, the later ones read back from the folders their training saved them in."""
+    sources = {"teacher": DeploymentSource(teacher, [teacher_scores])}
+    for student in (s for s in students if s["kind"] == "distilled"):
+        name = student["name"]
+        sources[name] = DeploymentSource(
+            models[name],
+            scores[name],
+            seeds=[record["seed"] for record in student["seeds"]],
+            later_folders=[Path(record["output_dir"]) for record in student["seeds"][1:]],
+        )
     return deployment_report(
         task,
         sources,

@@ -242,9 +242,35 @@ def scorecard_lines(student: dict, seed: int | None = None) -> list[str]:
     return lines
 
 
+def seed_count(row: dict) -> int:
+    """How many seeds' models a deployment row pools (its ``per_seed``; 1 in reports written before)."""
+    return len(row.get("per_seed") or [None])
+
+
+def deployment_note(report: dict) -> str:
+    """How the deployment rows were made (the model card's words above their table): what was exported, what
+    the difference is against, the timing's threads and, with several seeds, how the student's rows pool them."""
+    deployment = report.get("deployment") or {}
+    threads = (deployment.get("latency_measurement") or {}).get("threads")
+    seeds = deployment.get("seeds") or []
+    pooled = (
+        f" The student's rows pool its {len(seeds)} seeds ({', '.join(map(str, seeds))}): every seed's student "
+        "exported and scored, the metric their mean, the difference paired by seed and example; latency and size "
+        "are the first seed's (every seed's graph has the same shape)."
+        if len(seeds) > 1
+        else ""
+    )
+    return (
+        "The student and its teacher exported to ONNX (`onnx/model.onnx`; int8: `onnx/model_quantized.onnx`) "
+        "and scored with ONNX Runtime on the same test split; the difference is against the PyTorch model "
+        f"each came from, paired by example. Latency side by side, {threads} thread(s) for torch and ONNX "
+        f"Runtime alike; speed-up against the PyTorch teacher.{pooled}"
+    )
+
+
 def deployment_table(report: dict, model: str | None = None) -> tuple[list[str], list[list[str]]] | None:
     """The report's deployment rows (``--export onnx``) as a table, those of ``model`` and the teacher when
-    given; None when the run exported nothing."""
+    given; a student pooled over several seeds is named with their count. None when the run exported nothing."""
     rows = (report.get("deployment") or {}).get("rows") or []
     if model is not None:
         rows = [r for r in rows if r.get("model") in (model, "teacher")]
@@ -263,7 +289,7 @@ def deployment_table(report: dict, model: str | None = None) -> tuple[list[str],
     ]
     body = [
         [
-            r["model"],
+            f"{r['model']} ({seed_count(r)} seeds)" if seed_count(r) > 1 else r["model"],
             r["runtime"],
             r["precision"],
             f"{format_metric(r['metric'])} {format_interval(r.get('interval'))}",
@@ -283,7 +309,9 @@ def deployment_line(report: dict) -> str | None:
     """The shipped student in one line (``make demo`` prints it): the first distilled student's ONNX Runtime row
     at the run's quantization (fp32 when it did not quantize): runtime and precision, the metric with its
     interval, the paired difference against the PyTorch model it came from, the speed-up over the PyTorch teacher
-    at batch 1 and 32 (flagged when unreliable) and the size; None when the run exported nothing."""
+    at batch 1 and 32 (flagged when unreliable) and the size; with several seeds the metric is their mean and
+    the difference pooled over them ("over N seeds"), latency and size the first seed's. None when the run
+    exported nothing."""
     deployment = report.get("deployment") or {}
     rows = [
         r
@@ -297,10 +325,12 @@ def deployment_line(report: dict) -> str | None:
         (r for r in rows if r["model"] == rows[0]["model"] and r.get("precision") == precision), rows[0]
     )
     versus = row.get("versus_pytorch") or {}
+    seeds = seed_count(row)
+    pooled, models = (f" over {seeds} seeds", "models") if seeds > 1 else ("", "model")
     return (
         f"{row['model']} on {row['runtime']} {row['precision']}: {report.get('metric_name', 'metric')} "
-        f"{format_metric(row.get('metric'))} {format_interval(row.get('interval'))}, "
+        f"{format_metric(row.get('metric'))} {format_interval(row.get('interval'))}{pooled}, "
         f"{format_metric(versus.get('difference'))} {format_interval(versus.get('interval'))} vs its PyTorch "
-        f"model; {format_speedup(row, 1)} faster than the PyTorch teacher at batch 1, {format_speedup(row, 32)} "
+        f"{models}; {format_speedup(row, 1)} faster than the PyTorch teacher at batch 1, {format_speedup(row, 32)} "
         f"at batch 32; {format_bytes(row.get('size_bytes'))}"
     )
