@@ -114,6 +114,15 @@ def measure_in_fresh_process(script: str, args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def run_folder(run: Path, where: str | Path) -> Path:
+    """A folder a run's ``report.json`` names (``where``), found from ``run`` when the report wrote it relative
+    to the directory the run was started from (``runs/demo/students/...`` read from elsewhere)."""
+    folder = Path(where)
+    if not folder.is_dir() and run.name in folder.parts:
+        folder = run.joinpath(*folder.parts[folder.parts.index(run.name) + 1 :])
+    return folder
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     return {

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
-from _common import RESULTS, machine, summarize, time_variants  # noqa: E402
+from _common import RESULTS, machine, run_folder, summarize, time_variants  # noqa: E402
 
 BATCH_SIZES = (1, 32)
 CALLS = {1: 20, 32: 2}  # forwards per timed sample: batch 1 alone is too short for the clock
@@ -69,10 +69,7 @@ def run_models(run: Path, seed: int) -> tuple[Path, Path]:
         raise SystemExit(
             f"{distilled[0]['name']} has no seed {seed} in {report_path}; seeds: {sorted(seeds)}."
         )
-    student = Path(where)
-    if not student.is_dir() and run.name in student.parts:  # written relative to where the run started
-        student = run.joinpath(*student.parts[student.parts.index(run.name) + 1 :])
-    return teachers[0], student
+    return teachers[0], run_folder(run, where)
 
 
 def quick_models(work: Path) -> tuple[Path, Path]:
