@@ -197,8 +197,17 @@ def test_cnn_teacher_to_mlp_student_agrees_on_held_out_digits(tmp_path):
     assert (teacher_test.numpy() == y_test).mean() > 0.9
 
     train = Dataset.from_dict({"pixel_values": x_train.tolist(), "labels": y_train.tolist()})
+    # 400 steps of 64 digits (20 epochs), 8x fewer than batches of 8 (3,160 steps, agreement 0.994): agreement
+    # 0.983, 0.985 and 0.985 under seeds 0, 1 and 2, so 0.95 leaves a margin; an untrained student (about one
+    # digit in ten) fails, and so does one that learnt too little (100 steps of 128: 0.876 to 0.904).
     args = make_args(
-        tmp_path, alpha=1.0, temperature=4.0, num_train_epochs=20, max_steps=-1, logging_steps=50
+        tmp_path,
+        alpha=1.0,
+        temperature=4.0,
+        num_train_epochs=20,
+        max_steps=-1,
+        per_device_train_batch_size=64,
+        logging_steps=50,
     )
     args.learning_rate = 1e-2
     trainer = DistillationTrainer(model=DigitsMLP(), teacher_model=teacher, args=args, train_dataset=train)
@@ -207,7 +216,7 @@ def test_cnn_teacher_to_mlp_student_agrees_on_held_out_digits(tmp_path):
         student_test = trainer.model.cpu()(torch.from_numpy(x_test)).argmax(-1)
     agreement = (student_test == teacher_test).float().mean().item()
     print(f"student-teacher agreement on held-out digits: {agreement:.3f}")
-    assert agreement >= 0.9, agreement
+    assert agreement >= 0.95, agreement
 
 
 # ---- errors: each raised at construction, before any training step ------------------------------------------
