@@ -260,7 +260,9 @@ def test_ner_recipe_with_minilm(tmp_path):
 @needs_smollm2
 def test_codegen_recipe_with_smollm2(tmp_path):
     out = tmp_path / "run"
-    # Two steps per student on 32-token blocks: the 30-layer teacher runs beside every student step.
+    # Two steps per student on 32-token blocks: the 30-layer teacher runs beside every student step. One
+    # generation prompt (the smoke config's two include a 1,171-character docstring, which the teacher's chat
+    # answer repeats before the body: most of the run's time): the assertions need each model's row, not more.
     flags = real_flags(
         out,
         max_length=32,
@@ -268,6 +270,7 @@ def test_codegen_recipe_with_smollm2(tmp_path):
         max_test_samples=8,
         per_device_train_batch_size=4,
         per_device_eval_batch_size=8,
+        generation_prompts=1,
     )
     report = run_recipe("codegen", [*flags, "--config", str(RECIPES / "configs" / "codegen_smoke.yaml")])
     check_run(report, out, "causal_lm", 4)
@@ -278,7 +281,7 @@ def test_codegen_recipe_with_smollm2(tmp_path):
     generation = report["generation"]
     names = ["teacher", "teacher (raw)", *(s["name"] for s in report["students"])]
     assert [m["name"] for m in generation["models"]] == names
-    assert generation["prompts"] == 2 and all(0 <= m["parse_rate"] <= 1 for m in generation["models"])
+    assert generation["prompts"] == 1 and all(0 <= m["parse_rate"] <= 1 for m in generation["models"])
 
 
 # ---- the process group's end, and resuming a killed recipe ----------------------------------------------
