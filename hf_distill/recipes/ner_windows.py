@@ -17,22 +17,22 @@ from typing import Any
 
 from datasets import DatasetDict
 from torch import nn
-from transformers import Trainer
 
 from hf_distill.recipes.data_common import notice
+from hf_distill.training.prediction import predict_in_order
 from hf_distill.training.preprocessing import WINDOW_SENTENCE, WINDOW_WORDS, regroup_windows
 
 
 def windowed_evaluator(compute_metrics: Callable, collator: Callable) -> Callable:
-    """Scores a token classifier with ``Trainer.predict`` on window rows, regrouped into sentences first
+    """Scores a token classifier with ``Trainer.predict`` on window rows (in their order:
+    :func:`~hf_distill.training.prediction.predict_in_order`), regrouped into sentences first
     (datasets without the window columns are scored row by row, as before). Returns what ``compute_metrics``
     returns for ``(predictions, labels)``: a dict of metrics, or the per-sentence
     :class:`~hf_distill.training.metrics.ExampleScores` the scorecard resamples."""
 
     def evaluate(model: nn.Module, dataset: Any, training_args: Any) -> Any:
         columns = [c for c in (WINDOW_SENTENCE, WINDOW_WORDS) if c in dataset.column_names]
-        trainer = Trainer(model=model, args=training_args, data_collator=collator)
-        output = trainer.predict(dataset.remove_columns(columns))
+        output = predict_in_order(model, training_args, dataset.remove_columns(columns), collator)
         predictions, labels = output.predictions, output.label_ids
         if isinstance(predictions, (tuple, list)):
             predictions = predictions[0]

@@ -37,7 +37,6 @@ from transformers import (
     AutoModelForTokenClassification,
     DataCollatorForTokenClassification,
     DataCollatorWithPadding,
-    Trainer,
     default_data_collator,
 )
 
@@ -67,6 +66,7 @@ from hf_distill.training.metrics import (
     entity_scores,
     language_model_scores,
 )
+from hf_distill.training.prediction import predict_in_order
 from hf_distill.training.preprocessing import (
     chunk_for_causal_lm,
     tokenize_and_align_labels,
@@ -163,11 +163,11 @@ def _splits(dataset_dict: DatasetDict) -> dict[str, Any]:
 
 
 def _predict_scorer(score, collator):
-    """Scores a classifier with ``Trainer.predict`` (which gathers the predictions of every process)."""
+    """Scores a classifier with ``Trainer.predict`` (which gathers the predictions of every process), row ``i``
+    of the statistics being the dataset's row ``i`` under any seed (:func:`~hf_distill.training.prediction.predict_in_order`)."""
 
     def score_examples(model: nn.Module, dataset: Any, training_args: Any) -> ExampleScores:
-        trainer = Trainer(model=model, args=training_args, data_collator=collator)
-        output = trainer.predict(dataset)
+        output = predict_in_order(model, training_args, dataset, collator)
         return score((output.predictions, output.label_ids))
 
     return score_examples
