@@ -1,7 +1,11 @@
 """An exported graph checked against the PyTorch model it came from, on shapes the export never traced.
 
 fp32 must match within a tolerance (a graph that fixed an axis by mistake, or translated an op wrongly, fails
-here, before anything is written as done); int8 is lossy by design, so it is measured (the share of rows whose
+here, before anything is written as done). The tolerance is relative to each output's scale (its largest
+magnitude), not to each element: float32 rounding in a sum grows with the magnitude of its terms, so an
+element near zero in a tensor of large values carries the error of that scale. ONNX Runtime orders and fuses
+the reductions differently from PyTorch, so an 18-layer, 576-wide SmolLM2 cut differs by 3.9e-4 on logits of
+magnitude ~20 (2e-5 of their scale) while a wrong op differs by a large share of it; int8 is lossy by design, so it is measured (the share of rows whose
 argmax did not move) and left to the caller and the recipes' intervals to judge.
 """
 
@@ -49,7 +53,8 @@ def check_fp32(
     """The largest ``|onnx - torch|`` over :data:`CHECK_SHAPES` (all outputs, past keys and values included).
 
     Raises:
-        ExportCheckFailed: when any output differs by more than ``atol + rtol * |torch|``, or is not finite.
+        ExportCheckFailed: when any output differs by more than ``atol + rtol * max|torch|`` (the largest
+            magnitude of that output on that row shape), or is not finite.
     """
     worst = 0.0
     for batch, sequence, past in _shapes(spec):
@@ -63,13 +68,15 @@ def check_fp32(
                     f"is {have.shape} (finite: {np.isfinite(have).all()}) where PyTorch gives {want.shape}; "
                     "an axis the export fixed would do this. Re-export, or report the architecture."
                 )
-            difference = np.abs(have - want)
-            worst = max(worst, float(difference.max(initial=0.0)))
-            if (difference > atol + rtol * np.abs(want)).any():
+            difference = float(np.abs(have - want).max(initial=0.0))
+            scale = float(np.abs(want).max(initial=0.0))
+            worst = max(worst, difference)
+            if difference > atol + rtol * scale:
                 raise ExportCheckFailed(
                     f"{spec.architecture}: ONNX output {name!r} differs from PyTorch's by up to "
-                    f"{difference.max():.3g} (tolerance {atol:g} + {rtol:g}*|x|) on batch {batch}, sequence "
-                    f"{sequence}, past {past}: the graph does not compute what the model does."
+                    f"{difference:.3g} (tolerance {atol:g} + {rtol:g} * {scale:.3g}, the output's largest "
+                    f"magnitude) on batch {batch}, sequence {sequence}, past {past}: the graph does not compute "
+                    "what the model does."
                 )
     return worst
 

@@ -69,7 +69,7 @@ def export_student(
         calibration_dataset (Iterable[Mapping] | None): rows with the model's input columns, for static int8.
         tokenizer: saved beside the graph; read from the folder when a folder is given.
         pixel_shape (tuple[int, int, int] | None): ``(channels, height, width)`` of an image model's input.
-        atol (float): tolerance of the fp32 check (absolute, and relative to the PyTorch value).
+        atol (float): tolerance of the fp32 check (absolute, and relative to each output's largest magnitude).
 
     Returns:
         ExportResult: paths, sizes, the fp32 check's largest difference and int8's argmax agreement.

@@ -4,6 +4,7 @@ refusal comes before any work."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import types
@@ -304,3 +305,48 @@ def test_cli_export_writes_the_graphs_and_refuses_a_folder_that_is_not_a_model(t
     (tmp_path / "empty").mkdir()
     assert main(["export", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "out2")]) == 2
     assert "is not a model folder: it needs config.json" in capsys.readouterr().err
+
+
+class _Shifted:
+    """An ONNX session whose outputs are the real graph's plus ``share`` of each output's largest magnitude,
+    added to one element (``spread=False``) or, with alternating signs, to every element."""
+
+    def __init__(self, session, share: float, spread: bool):
+        self.session, self.share, self.spread = session, share, spread
+
+    def run(self, names, feeds):
+        outputs = self.session.run(names, feeds)
+        shifted = []
+        for output in outputs:
+            error = self.share * float(np.abs(output).max())
+            if self.spread:
+                signs = np.where(np.arange(output.size) % 2 == 0, 1.0, -1.0).reshape(output.shape)
+                shifted.append((output + error * signs).astype(output.dtype))
+            else:
+                changed = output.copy()
+                changed.flat[output.size // 2] += error
+                shifted.append(changed)
+        return shifted
+
+
+def test_the_fp32_check_bounds_error_by_each_outputs_scale_and_refuses_a_graph_that_computes_otherwise(
+    lm_export,
+):
+    from hf_distill.export.check import ExportCheckFailed, check_fp32
+    from hf_distill.export.runtime import read_manifest
+
+    model, result = lm_export
+    spec, session = read_manifest(result.onnx_path), OnnxModel(result.onnx_path).session
+    worst = check_fp32(model, spec, session)
+    assert 0.0 <= worst < 1e-4
+    # Rounding of the output's scale on every element, near-zero ones included: what float32 sums do.
+    assert check_fp32(model, spec, _Shifted(session, 3e-5, spread=True)) > worst
+    # One element off by 1% of the scale: an op computed otherwise.
+    with pytest.raises(ExportCheckFailed, match=r"differs from PyTorch's by up to .* the output's largest"):
+        check_fp32(model, spec, _Shifted(session, 1e-2, spread=False))
+    # A model that is not the exported one (one weight changed by 5%) is refused by the real session.
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.lm_head.weight[3].mul_(1.05)
+    with pytest.raises(ExportCheckFailed, match=r"ONNX output 'logits' differs from PyTorch's"):
+        check_fp32(changed, spec, session)
