@@ -64,7 +64,7 @@ def quantize_graph(
             str(target),
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul", "Gemm"],
-            nodes_to_exclude=down_projections(onnx.load(str(source), load_external_data=False)),
+            nodes_to_exclude=_dynamic_exclusions(onnx.load(str(source), load_external_data=False)),
         )
         return
 
@@ -84,6 +84,15 @@ def quantize_graph(
         weight_type=QuantType.QInt8,
         op_types_to_quantize=["MatMul", "Gemm", "Conv"],
     )
+
+
+def _dynamic_exclusions(model: Any) -> list[str]:
+    """:func:`down_projections` as ``quantize_dynamic`` must name them: in dynamic mode onnxruntime first rewrites
+    each Gemm as a MatMul named ``<gemm>_MatMul`` (plus an Add) and matches the exclusions against the rewritten
+    graph, so a Gemm excluded by its own name alone (GPT-2's Conv1D projections) would be quantized."""
+    gemms = {node.name for node in model.graph.node if node.op_type == "Gemm"}
+    kept = down_projections(model)
+    return [*kept, *(f"{name}_MatMul" for name in kept if name in gemms)]
 
 
 def down_projections(model: Any) -> list[str]:

@@ -109,3 +109,19 @@ def test_unknown_schemes_are_refused_naming_the_known_ones(scheme, tmp_path):
     with pytest.raises(ValueError, match="not a scheme the export knows"):
         export_student(tiny_bert_classifier(), tmp_path / "out", quantize=scheme)
     assert not (tmp_path / "out").exists()
+
+
+def test_gpt2s_down_projections_are_gemms_and_stay_fp32_in_the_int8_graph(tmp_path):
+    result = export_student(tiny_gpt2(seed=1, layers=2).eval(), tmp_path / "gpt2", quantize="int8-dynamic")
+    fp32, int8 = onnx.load(str(result.onnx_path)), onnx.load(str(result.quantized_path))
+    kept = down_projections(fp32)
+    assert {n.op_type for n in fp32.graph.node if n.name in kept} == {"Gemm"}
+    # onnxruntime rewrites each Gemm as "<name>_MatMul" before quantizing; the kept ones stay float MatMuls.
+    float_matmuls = {
+        n.name.removesuffix("_MatMul") for n in int8.graph.node if n.op_type in ("MatMul", "Gemm")
+    }
+    quantized = {
+        n.name.removesuffix("_MatMul_quant") for n in int8.graph.node if n.op_type == "MatMulInteger"
+    }
+    assert set(kept) <= float_matmuls and not set(kept) & quantized
+    assert len(quantized) == len(_weight_matmuls(fp32.graph)) - len(kept) > 0
