@@ -5,8 +5,10 @@ worker, so a module's shared fixtures are built once). Each worker
 gets an equal share of the cores for torch's threads (:func:`pytest_configure`); the tests that start
 processes take a free port each (``tests.helpers.processes.free_port``) and write under their own ``tmp_path``.
 
-The tests over 20 s on a quiet 2-core machine are named in :data:`HEAVY_TESTS` with what their assertion needs
-that makes them that large (measured with ``--durations=25``, which ``make test`` prints). Each runs as a scope of
+The longest tests on a quiet 2-core machine are named in :data:`HEAVY_TESTS` with what their assertion needs
+that makes them that large (measured with ``--durations=25``, which ``make test`` prints; the seconds are one
+clean-clone run's). The parametrized MiniLM mode tests share a module fixture (the fine-tuned teacher) and stay
+in their module's scope: a scope of their own would fine-tune it once per test. Each runs as a scope of
 its own, sent to a worker before everything else (:func:`pytest_xdist_make_scheduler`): pytest-xdist queues
 scopes by their number of tests, which puts a module of one or two long tests last, where the other worker
 waits for it.
@@ -26,40 +28,46 @@ from tests.helpers.tiny_models import make_wordpiece_tokenizer
 # Seconds on a quiet 2-core machine under `make test` (two workers), slowest first: the order they start in.
 HEAVY_TESTS: dict[str, tuple[int, str]] = {
     "tests/recipes/test_run.py::test_codegen_recipe_with_smollm2": (
-        137,
+        83,
         "the whole code recipe on the real 30-layer SmolLM2-135M teacher (its test perplexity, its forward beside "
         "every step of four students, latency, generation through the chat template and raw): the assertions "
         "are that report, every student worse than the teacher and the generation table naming each model",
     ),
-    "tests/recipes/test_modes_real.py::test_codegen_generation_modes_on_smollm2[sequence_kd]": (
-        96,
-        "the real teacher generates the targets with its 49k vocabulary; the assertion needs finite KD losses "
-        "and the student's perplexity against the teacher's on the test files, which takes the teacher's too",
-    ),
-    "tests/recipes/test_modes_real.py::test_codegen_generation_modes_on_smollm2[on_policy]": (
-        83,
-        "the real teacher scores the student's samples; the same assertion as sequence KD's",
-    ),
     "tests/test_notebooks.py::test_notebook_runs_top_to_bottom[codegen]": (
-        49,
+        35,
         "the codegen notebook in a fresh kernel on the real teacher: a reader's run works and writes "
         "report.json, its figures and displayed plots",
     ),
+    "tests/recipes/test_modes_real.py::test_codegen_generation_modes_on_smollm2[sequence_kd]": (
+        30,
+        "the real teacher generates the targets with its 49k vocabulary; the assertion needs finite KD losses "
+        "and the student's perplexity against the teacher's on the test files, which takes the teacher's too",
+    ),
+    "tests/recipes/test_modes_real.py::test_multi_task_recipe_on_minilm": (
+        28,
+        "a multi-task student on MiniLM with both tasks' real data, each task's teacher fine-tuned, and a "
+        "single-task student per task beside it: the assertions compare their metrics, sizes and both KD losses",
+    ),
+    "tests/recipes/test_modes_real.py::test_codegen_generation_modes_on_smollm2[on_policy]": (
+        26,
+        "the real teacher scores the student's samples; the same assertion as sequence KD's",
+    ),
     "tests/recipes/test_run.py::test_two_processes_match_one_process": (
-        23,
+        22,
         "two launched processes and one, each importing torch and transformers: the weights must match",
     ),
+    "tests/training/test_checkpoints.py::test_killed_self_distillation_resumes_its_teacher": (
+        19,
+        "the same three processes as the killed run's, for self-distillation, whose teacher is the student's "
+        "own earlier copy",
+    ),
     "tests/training/test_checkpoints.py::test_killed_run_resumes_to_the_same_weights": (
-        23,
+        18,
         "three processes (the uninterrupted run, the run killed with SIGKILL, the resume) of already tiny models: "
         "a SIGKILL needs a real process and the final weights must equal the uninterrupted run's",
     ),
-    "tests/training/test_checkpoints.py::test_killed_self_distillation_resumes_its_teacher": (
-        22,
-        "the same three processes for self-distillation, whose teacher is the student's own earlier copy",
-    ),
     "tests/test_notebooks.py::test_notebook_runs_top_to_bottom[sentiment]": (
-        22,
+        18,
         "the sentiment notebook in a fresh kernel on MiniLM: the same assertion as the codegen notebook's",
     ),
 }
