@@ -163,10 +163,10 @@ def report(name: str, rows: list[dict], meta: dict, extra: dict | None = None) -
     return result
 
 
-def write_result(result: dict) -> Path:
-    """Writes ``result`` to ``results/<result["benchmark"]>.json`` and returns the path."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{result['benchmark']}.json"
+def write_result(result: dict, path: Path | None = None) -> Path:
+    """Writes ``result`` to ``path`` (default ``results/<result["benchmark"]>.json``) and returns the path."""
+    path = Path(path) if path is not None else RESULTS / f"{result['benchmark']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
 

@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
-from _common import RESULTS, machine, run_folder, summarize, time_variants  # noqa: E402
+from _common import RESULTS, machine, run_folder, summarize, time_variants, write_result  # noqa: E402
 
 BASELINE = "pytorch student"
 FP32, INT8 = "onnx fp32 student", "onnx int8-dynamic student"
@@ -464,9 +464,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = options.output or RESULTS / (
         "export_codegen_quick.json" if options.quick else "export_codegen.json"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_result(result, out)}")
     return result
 
 

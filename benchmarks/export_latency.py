@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
-from _common import RESULTS, machine, run_folder, summarize, time_variants  # noqa: E402
+from _common import RESULTS, machine, run_folder, summarize, time_variants, write_result  # noqa: E402
 
 BATCH_SIZES = (1, 32)
 CALLS = {1: 20, 32: 2}  # forwards per timed sample: batch 1 alone is too short for the clock
@@ -243,10 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
     print_table(result)
     name = "export_latency_quick.json" if options.quick else "export_latency.json"
-    out = options.output or RESULTS / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_result(result, options.output or RESULTS / name)}")
     return result
 
 

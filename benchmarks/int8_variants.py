@@ -19,7 +19,6 @@ Writes results/int8_variants.json (``--quick``: int8_variants_quick.json, or ``-
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import RESULTS, machine, summarize, time_variants  # noqa: E402
+from _common import RESULTS, machine, summarize, time_variants, write_result  # noqa: E402
 from export_latency import quick_models, random_rows, run_models  # noqa: E402
 
 BATCH_SIZES = (1, 32)
@@ -282,8 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
     print_table(result)
     out = options.output or RESULTS / ("int8_variants_quick.json" if options.quick else "int8_variants.json")
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_result(result, out)}")
     return result
 
 
