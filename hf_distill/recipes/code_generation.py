@@ -11,8 +11,10 @@ For each :class:`~.code_prompts.CodePrompt` a model writes a body (greedy decodi
 
 Metrics over the prompts (:func:`generation_metrics`):
 
-* ``parse_rate``: the share of completions such that ``prompt + completion`` parses with :mod:`ast`; a blank
-  completion does not count (a function holding only its docstring parses, and would reward writing nothing);
+* ``parse_rate``: the share of completions such that ``prompt + completion`` parses with :mod:`ast` and the
+  completion adds code: at least one statement that is not a string literal. A function holding only its
+  docstring parses, so a completion of nothing, of comments or of another docstring would otherwise count
+  (an 18-layer SmolLM2 cut asked through the chat template answered 7 of 12 prompts with a comment repeated);
 * ``degenerate_rate``: the share that are blank, one character repeated (``0000``, ``)))``) or one line
   repeated (:func:`is_degenerate`);
 * ``doctest_pass_rate``: over the prompts whose docstring holds examples and whose reference body passes them
@@ -62,14 +64,34 @@ def is_degenerate(completion: str) -> bool:
 
 
 def parses(prompt: str, completion: str) -> bool:
-    """Whether ``prompt + completion`` is valid Python with a non-blank completion (module docstring)."""
+    """Whether ``prompt + completion`` is valid Python to which the completion adds code (module docstring)."""
     if not completion.strip():
         return False
-    try:
-        ast.parse(prompt + completion)
-    except (SyntaxError, ValueError, MemoryError, RecursionError):
+    whole = _code_statements(prompt + completion)
+    if whole is None:
         return False
-    return True
+    # A documented prompt parses on its own; one that does not (no docstring) leaves every statement to the
+    # completion.
+    return whole > (_code_statements(prompt) or 0)
+
+
+def _code_statements(source: str) -> int | None:
+    """The statements in ``source`` other than bare string literals (docstrings), or None when it does not
+    parse. Comments are not statements."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return None
+    return sum(
+        1
+        for node in ast.walk(tree)
+        if isinstance(node, ast.stmt)
+        and not (
+            isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        )
+    )
 
 
 def _function_body(code: str, name: str) -> str | None:

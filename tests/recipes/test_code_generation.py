@@ -6,6 +6,10 @@ written here; the generation plumbing runs on a tiny random GPT-2 with a byte-le
 
 from __future__ import annotations
 
+import io
+import textwrap
+import tokenize
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -127,13 +131,25 @@ def _naive_degenerate(text: str) -> bool:
 
 
 def _naive_parses(prompt: str, completion: str) -> bool:
+    # Independent reference: compiles, and the completion holds a token of code (not only comments,
+    # whitespace and string literals, which a docstring-only function already is).
     if completion.strip() == "":
         return False
     try:
         compile(prompt + completion, "<test>", "exec", dont_inherit=True)
     except SyntaxError:
         return False
-    return True
+    noise = {
+        tokenize.COMMENT,
+        tokenize.NL,
+        tokenize.NEWLINE,
+        tokenize.INDENT,
+        tokenize.DEDENT,
+        tokenize.STRING,
+    }
+    noise.add(tokenize.ENDMARKER)
+    lines = io.StringIO(textwrap.dedent(completion)).readline
+    return any(token.type not in noise for token in tokenize.generate_tokens(lines))
 
 
 # (completion, parses, degenerate): counted by hand.
@@ -143,6 +159,9 @@ CASES = [
     ("    0000000000\n", True, True),  # one repeated character that happens to parse
     ("    return (\n", False, False),
     ("    x = 1\n    x = 1\n    x = 1\n", True, True),  # one repeated line
+    ("    # The default context.\n    # The default context.\n", False, True),  # comments only: no code
+    ('    """Another docstring."""\n', False, False),  # a string literal is not code either
+    ("    pass  # nothing yet\n", True, False),  # a statement, with a comment
 ]
 
 
@@ -155,7 +174,7 @@ def test_parses_and_is_degenerate_on_fixed_strings(completion, expected_parse, e
 
 def test_generation_metrics_are_the_shares_counted_by_hand():
     prompts = [_prompt(doctest=d) for d in (True, False, False, True, False)]
-    completions = [case[0] for case in CASES]
+    completions = [case[0] for case in CASES[:5]]
     metrics = generation_metrics(prompts, completions, [True, None, None, False, None])
     assert metrics["prompts"] == 5
     assert metrics["parse_rate"] == pytest.approx(3 / 5)  # cases 1, 3, 5
