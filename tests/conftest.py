@@ -7,11 +7,11 @@ processes take a free port each (``tests.helpers.processes.free_port``) and writ
 
 The longest tests on a quiet 2-core machine are named in :data:`HEAVY_TESTS` with what their assertion needs
 that makes them that large (measured with ``--durations=25``, which ``make test`` prints; the seconds are one
-clean-clone run's). The parametrized MiniLM mode tests share a module fixture (the fine-tuned teacher) and stay
-in their module's scope: a scope of their own would fine-tune it once per test. Each runs as a scope of
-its own, sent to a worker before everything else (:func:`pytest_xdist_make_scheduler`): pytest-xdist queues
-scopes by their number of tests, which puts a module of one or two long tests last, where the other worker
-waits for it.
+clean-clone run's). Each runs as a scope of its own, sent to a worker before everything else
+(:func:`pytest_xdist_make_scheduler`): pytest-xdist queues scopes by their number of tests, which puts a module
+of one or two long tests last, where the other worker waits for it. The parametrized MiniLM mode tests are not
+listed: they share a module fixture (the fine-tuned teacher), and a scope of their own would fine-tune it once
+per test.
 """
 
 from __future__ import annotations

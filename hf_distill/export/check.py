@@ -5,8 +5,9 @@ here, before anything is written as done). The tolerance is relative to each out
 magnitude), not to each element: float32 rounding in a sum grows with the magnitude of its terms, so an
 element near zero in a tensor of large values carries the error of that scale. ONNX Runtime orders and fuses
 the reductions differently from PyTorch, so an 18-layer, 576-wide SmolLM2 cut differs by 3.9e-4 on logits of
-magnitude ~20 (2e-5 of their scale) while a wrong op differs by a large share of it; int8 is lossy by design, so it is measured (the share of rows whose
-argmax did not move) and left to the caller and the recipes' intervals to judge.
+magnitude ~20 (2e-5 of their scale) while a wrong op differs by a large share of it. int8 is lossy by design,
+so it is measured (the share of rows whose argmax did not move) and left to the caller and the recipes'
+intervals to judge.
 """
 
 from __future__ import annotations

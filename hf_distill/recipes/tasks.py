@@ -164,7 +164,8 @@ def _splits(dataset_dict: DatasetDict) -> dict[str, Any]:
 
 def _predict_scorer(score, collator):
     """Scores a classifier with ``Trainer.predict`` (which gathers the predictions of every process), row ``i``
-    of the statistics being the dataset's row ``i`` under any seed (:func:`~hf_distill.training.prediction.predict_in_order`)."""
+    of the statistics being the dataset's row ``i`` under any seed
+    (:func:`~hf_distill.training.prediction.predict_in_order`)."""
 
     def score_examples(model: nn.Module, dataset: Any, training_args: Any) -> ExampleScores:
         output = predict_in_order(model, training_args, dataset, collator)

@@ -146,8 +146,8 @@ def _naive_parses(prompt: str, completion: str) -> bool:
         tokenize.INDENT,
         tokenize.DEDENT,
         tokenize.STRING,
+        tokenize.ENDMARKER,
     }
-    noise.add(tokenize.ENDMARKER)
     lines = io.StringIO(textwrap.dedent(completion)).readline
     return any(token.type not in noise for token in tokenize.generate_tokens(lines))
 
