@@ -20,6 +20,7 @@ from hf_distill.recipes.console import default_pin_memory
 from hf_distill.recipes.data_arguments import DataArguments
 from hf_distill.recipes.mode_select import ModeArguments, arguments_class, mode_from_argv
 from hf_distill.recipes.tensorboard_log import default_report_to
+from hf_distill.students.importance import IMPORTANCE_METHODS
 
 STUDENT_INITS = ("teacher_layers", "config", "gpt2", "pretrained", "cnn")
 FINE_TUNE_CHOICES = ("auto", "always", "never")
@@ -100,7 +101,14 @@ class StudentArguments:
         default="uniform",
         metadata={
             "help": "Which teacher layers to keep: uniform, every_other, first, last, or importance (highest "
-            "Block Influence on the first training batches)."
+            "importance on the first training batches, measured as --student_importance_method says)."
+        },
+    )
+    student_importance_method: str = field(
+        default="block_influence",
+        metadata={
+            "help": "How --student_layer_strategy importance measures a layer: block_influence (1 - cosine of "
+            "its input and output) or skip_loss (the task loss increase when it is skipped)."
         },
     )
     student_config_overrides: str | None = field(
@@ -178,6 +186,11 @@ class StudentArguments:
             )
         if self.student_config_overrides is not None:
             self.config_overrides()
+        if self.student_importance_method not in IMPORTANCE_METHODS:
+            raise ValueError(
+                f"student_importance_method={self.student_importance_method!r}: choose one of "
+                f"{list(IMPORTANCE_METHODS)} (how --student_layer_strategy importance scores a teacher layer)."
+            )
         if self.student_tokenizer_loss not in ("aligned", "uld"):
             raise ValueError(
                 f"student_tokenizer_loss={self.student_tokenizer_loss!r}: choose 'aligned' (shared tokens where "

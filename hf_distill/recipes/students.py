@@ -45,6 +45,7 @@ def build_student(
             num_layers=args.student_num_layers,
             strategy=args.student_layer_strategy,
             calibration=calibration,
+            importance_method=args.student_importance_method,
         )
     overrides = args.config_overrides()
     if init == "config":

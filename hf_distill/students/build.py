@@ -218,6 +218,7 @@ def student_from_teacher(
     tokenizer: Any = None,
     teacher_tokenizer: Any = None,
     calibration: Iterable[Mapping[str, torch.Tensor]] | None = None,
+    importance_method: str = "block_influence",
     **config_overrides: Any,
 ) -> PreTrainedModel:
     """A student of the teacher's class that keeps some of its transformer blocks (DistilBERT-style).
@@ -244,6 +245,9 @@ def student_from_teacher(
             None loads it from ``teacher.name_or_path``.
         calibration (Iterable[Mapping[str, Tensor]] | None): batches of model inputs, only with
             ``layers="importance"``.
+        importance_method (str): how importance is measured on ``calibration``: ``"block_influence"``
+            (default) or ``"skip_loss"`` (the loss increase when a block is skipped; the batches need
+            ``labels``), as :func:`hf_distill.students.importance.layer_importance`.
         **config_overrides (Any): attributes of the teacher's config to change (e.g.
             ``hidden_dropout_prob=0.0``); not sizes of copied tensors, nor the number of layers.
 
@@ -258,7 +262,9 @@ def student_from_teacher(
             that change sizes: :func:`student_from_config`).
     """
     num_teacher_layers = num_layers_of(teacher.config)
-    layers, chosen_by, importance = choose_layers(teacher, layers, num_layers, strategy, calibration)
+    layers, chosen_by, importance = choose_layers(
+        teacher, layers, num_layers, strategy, calibration, importance_method
+    )
     _validate_overrides(teacher.config, config_overrides)
 
     _warn_if_scaled_by_layer_index(teacher.config, layers)

@@ -101,9 +101,11 @@ def choose_layers(
     num_layers: int | None,
     strategy: str,
     calibration: Iterable[Mapping[str, torch.Tensor]] | None,
+    importance_method: str = "block_influence",
 ) -> tuple[list[int], str, dict[str, Any]]:
     """The checked teacher layers a student keeps, how they were chosen (``strategy`` or "explicit"), and the
-    provenance details of an importance choice (the scores)."""
+    provenance details of an importance choice (the method and the scores); ``importance_method`` is
+    :func:`~hf_distill.students.importance.layer_importance`'s ``method``."""
     num_teacher_layers = num_layers_of(teacher.config)
     if isinstance(layers, str):  # `layers="importance"`: a strategy spelt where the layers go
         strategy, layers = layers, None
@@ -115,9 +117,9 @@ def choose_layers(
                 "Choosing layers by importance needs calibration=batches (model inputs, e.g. a few training "
                 "batches) to measure each layer's Block Influence on."
             )
-        scores = layer_importance(teacher, calibration)
+        scores = layer_importance(teacher, calibration, importance_method)
         chosen = layers_by_importance(scores, num_layers)
-        details = {"importance": "block_influence", "layer_scores": [round(s, 6) for s in scores]}
+        details = {"importance": importance_method, "layer_scores": [round(s, 6) for s in scores]}
         return check_layers(chosen, num_teacher_layers), strategy, details
     if calibration is not None:
         raise ValueError(f"calibration batches are only used with layers='importance', not {strategy!r}.")

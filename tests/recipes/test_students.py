@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from hf_distill.recipes.arguments import (
     StudentArguments,
 )
-from hf_distill.recipes.students import build_student
+from hf_distill.recipes.students import (
+    CALIBRATION_BATCH_SIZE,
+    CALIBRATION_BATCHES,
+    build_student,
+    calibration_batches,
+)
+from hf_distill.students.importance import layer_importance
 from tests.helpers.recipes import task_data
 from tests.helpers.tiny_models import tiny_bert_classifier, tiny_gpt2
 
@@ -43,3 +51,37 @@ def test_students_of_each_kind(tmp_path):
     lm_teacher = tiny_gpt2()
     gpt2 = build_student("gpt2", lm_teacher, StudentArguments(student_num_layers=1), task_data("causal_lm"))
     assert gpt2.config.vocab_size == lm_teacher.config.vocab_size and gpt2.config.n_layer == 1
+
+
+def test_students_by_importance_are_chosen_by_the_method_the_flag_names():
+    teacher = tiny_bert_classifier(num_labels=2, layers=4).eval()
+    generator = torch.Generator().manual_seed(0)
+    rows = [
+        {
+            "input_ids": torch.randint(5, 80, (12,), generator=generator),
+            "attention_mask": torch.ones(12, dtype=torch.long),
+            "labels": torch.tensor(i % 2),
+        }
+        for i in range(CALIBRATION_BATCHES * CALIBRATION_BATCH_SIZE)
+    ]
+    task = dataclasses.replace(
+        task_data("sequence_classification"),
+        train=rows,
+        collator=lambda batch: {k: torch.stack([row[k] for row in batch]) for k in batch[0]},
+    )
+    calibration = calibration_batches(task, CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE)
+    for method in ("block_influence", "skip_loss"):
+        args = StudentArguments(
+            student_num_layers=2, student_layer_strategy="importance", student_importance_method=method
+        )
+        record = build_student("teacher_layers", teacher, args, task).config.distillation
+        scores = layer_importance(teacher, calibration, method)
+        assert record["importance"] == method
+        assert record["layers"] == sorted(sorted(range(4), key=lambda i: -scores[i])[:2])
+
+
+def test_an_unknown_importance_method_is_refused_before_any_work():
+    with pytest.raises(
+        ValueError, match="student_importance_method='cosine'.*'block_influence', 'skip_loss'"
+    ):
+        StudentArguments(student_importance_method="cosine")

@@ -152,6 +152,26 @@ def test_student_from_teacher_by_importance_drops_the_identity_block():
         assert torch.allclose(student(input_ids=ids).logits, teacher(input_ids=ids).logits, atol=1e-5)
 
 
+def test_student_from_teacher_by_skip_loss_keeps_the_blocks_whose_skipping_costs_most():
+    teacher = gpt2(layers=4)
+    data = batches(with_labels=True)
+    increases = layer_importance(teacher, data, method="skip_loss")
+    student = student_from_teacher(
+        teacher, num_layers=2, layers="importance", calibration=data, importance_method="skip_loss"
+    )
+    record = student.config.distillation
+    assert record["importance"] == "skip_loss"
+    assert record["layer_scores"] == pytest.approx(increases, abs=1e-6)
+    # The two largest increases, by hand, in block order.
+    assert record["layers"] == sorted(np.argsort(increases)[::-1][:2].tolist())
+    # Block Influence ranks the same teacher's blocks otherwise: the method is what chose them.
+    assert record["layer_scores"] != pytest.approx(layer_importance(teacher, data), abs=1e-3)
+    with pytest.raises(ValueError, match="Unknown importance method 'cosine'"):
+        student_from_teacher(
+            teacher, num_layers=2, layers="importance", calibration=data, importance_method="cosine"
+        )
+
+
 def test_importance_choice_errors():
     teacher = gpt2()
     with pytest.raises(ValueError, match="needs calibration=batches"):
