@@ -104,6 +104,14 @@ class StudentArguments:
             "importance on the first training batches, measured as --student_importance_method says)."
         },
     )
+    student_layers: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "The teacher layers the teacher_layers student keeps, by index (e.g. the winner of `hf-distill "
+            "budget`, as its report names them); replaces --student_layer_strategy, and --student_num_layers "
+            "must equal their count."
+        },
+    )
     student_importance_method: str = field(
         default="block_influence",
         metadata={
@@ -170,6 +178,31 @@ class StudentArguments:
         metadata={"help": "The cross-tokenizer loss of that student: 'aligned' or 'uld'."},
     )
 
+    def check_student_layers(self) -> None:
+        """Refuses ``student_layers`` that another flag contradicts, or that no student of the run can keep."""
+        layers = self.student_layers
+        if not layers or len(set(layers)) != len(layers) or list(layers) != sorted(layers) or min(layers) < 0:
+            raise ValueError(
+                f"student_layers={layers}: give teacher layer indices, each once, in increasing order (e.g. "
+                "0 2 5), or leave the flag out to choose them by --student_layer_strategy."
+            )
+        if len(layers) != self.student_num_layers:
+            raise ValueError(
+                f"student_layers names {len(layers)} layers but student_num_layers is {self.student_num_layers}: "
+                f"set student_num_layers {len(layers)} (the student's size, in its name and report) or change "
+                "the list."
+            )
+        if self.student_layer_strategy != "uniform":
+            raise ValueError(
+                f"student_layers and student_layer_strategy={self.student_layer_strategy!r} both say which "
+                "teacher layers to keep: give one of them."
+            )
+        if "teacher_layers" not in self.student_init:
+            raise ValueError(
+                f"student_layers is for the teacher_layers student, and student_init is {self.student_init}: "
+                "add teacher_layers or drop the flag."
+            )
+
     def __post_init__(self):
         if isinstance(self.student_init, str):
             self.student_init = [s.strip() for s in self.student_init.split(",") if s.strip()]
@@ -186,6 +219,8 @@ class StudentArguments:
             )
         if self.student_config_overrides is not None:
             self.config_overrides()
+        if self.student_layers is not None:
+            self.check_student_layers()
         if self.student_importance_method not in IMPORTANCE_METHODS:
             raise ValueError(
                 f"student_importance_method={self.student_importance_method!r}: choose one of "

@@ -34,7 +34,9 @@ def build_student(
     """A student of the chosen kind; random parts are seeded by the caller (``set_seed``)."""
     if init == "teacher_layers":
         # Copied layers keep the teacher's sizes, so the config overrides (sizes) are for the other kinds.
-        # 'importance' ranks the teacher's layers by Block Influence on the first training batches.
+        # student_layers names them; else 'importance' ranks the teacher's layers on the first training batches.
+        if args.student_layers is not None:
+            return student_from_teacher(teacher, layers=list(args.student_layers))
         calibration = (
             calibration_batches(task, CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE)
             if args.student_layer_strategy == "importance"

@@ -7,9 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from hf_distill.recipes.arguments import (
-    StudentArguments,
-)
+from hf_distill.recipes.arguments import StudentArguments, parse_recipe_config
 from hf_distill.recipes.students import (
     CALIBRATION_BATCH_SIZE,
     CALIBRATION_BATCHES,
@@ -85,3 +83,50 @@ def test_an_unknown_importance_method_is_refused_before_any_work():
         ValueError, match="student_importance_method='cosine'.*'block_influence', 'skip_loss'"
     ):
         StudentArguments(student_importance_method="cosine")
+
+
+def test_student_layers_names_the_teacher_layers_kept():
+    teacher = tiny_bert_classifier(num_labels=2, layers=4)
+    args = StudentArguments(student_num_layers=2, student_layers=[0, 2])
+    student = build_student("teacher_layers", teacher, args, task_data("sequence_classification"))
+    assert student.config.distillation["layers"] == [0, 2]
+    assert student.config.distillation["strategy"] == "explicit"
+    torch.testing.assert_close(
+        student.bert.encoder.layer[1].attention.self.query.weight,
+        teacher.bert.encoder.layer[2].attention.self.query.weight,
+    )
+    # From the command line and a config file, as the recipes parse them.
+    config = parse_recipe_config(
+        ["--output_dir", "unused", "--student_num_layers", "3", "--student_layers", "0", "1", "3"],
+        task="sentiment",
+    )
+    assert config.student.student_layers == [0, 1, 3]
+    with pytest.raises(ValueError, match=r"Layer index 4 is out of range: the teacher has 4 layers"):
+        build_student(
+            "teacher_layers",
+            teacher,
+            StudentArguments(student_num_layers=2, student_layers=[0, 4]),
+            task_data("sequence_classification"),
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"student_num_layers": 2, "student_layers": [2, 0]}, r"each once, in increasing order"),
+        ({"student_num_layers": 2, "student_layers": [1, 1]}, r"each once, in increasing order"),
+        ({"student_num_layers": 2, "student_layers": [-1, 0]}, r"each once, in increasing order"),
+        ({"student_num_layers": 3, "student_layers": [0, 2]}, r"names 2 layers but student_num_layers is 3"),
+        (
+            {"student_num_layers": 2, "student_layers": [0, 2], "student_layer_strategy": "importance"},
+            r"both say which teacher layers to keep",
+        ),
+        (
+            {"student_num_layers": 2, "student_layers": [0, 2], "student_init": ["gpt2"]},
+            r"is for the teacher_layers student",
+        ),
+    ],
+)
+def test_student_layers_that_another_flag_contradicts_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        StudentArguments(**kwargs)
