@@ -1,8 +1,9 @@
 """``hf-distill budget TASK``: the smallest student that meets a latency (or size) budget, searched, then proven.
 
 1. the teacher is made ready as in every recipe (fine-tuned on the task when it has no head for it);
-2. its layers are scored by Block Influence on a few training batches, and candidates over depth x width are
-   cut from it (:mod:`hf_distill.students.budget`);
+2. its layers are scored by Block Influence (``--budget_importance skip_loss``: by the loss increase when each
+   is skipped) on a few training batches, and candidates over depth x width are cut from it
+   (:mod:`hf_distill.students.budget`);
 3. every candidate is timed *before training* at ``--batch_size`` on ``--runtime`` (PyTorch, or ONNX Runtime
    on the int8 graph :func:`hf_distill.export.export_student` writes), side by side with the teacher
    (:func:`hf_distill.reports.timing.time_models`): ms per forward, or for a causal LM ms per generated token
@@ -58,7 +59,7 @@ from hf_distill.students.budget import (
     require_optuna,
     search_budget,
 )
-from hf_distill.students.importance import layer_importance
+from hf_distill.students.importance import IMPORTANCE_METHODS, layer_importance
 from hf_distill.trainer import DistillationTrainer
 
 RUNTIMES = ("torch", "onnx-int8")
@@ -118,6 +119,11 @@ class BudgetArguments:
     calibration_batches: int = field(
         default=4, metadata={"help": "Training batches Block Influence and width importance are measured on."}
     )
+    budget_importance: str = field(
+        default="block_influence",
+        metadata={"help": "How the candidates' layers are ranked: block_influence (1 - cosine of a layer's input "
+                  "and output) or skip_loss (the task loss increase when it is skipped)."},
+    )  # fmt: skip
 
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
@@ -131,6 +137,11 @@ class BudgetArguments:
                 "--max_params."
             )
         check_latency_budget(self.max_latency_ms, self.min_speedup)
+        if self.budget_importance not in IMPORTANCE_METHODS:
+            raise ValueError(
+                f"budget_importance={self.budget_importance!r}: choose one of {list(IMPORTANCE_METHODS)} (how the "
+                "candidates' teacher layers are ranked)."
+            )
         for name in ("batch_size", "search_steps", "search_eval_steps", "calibration_batches",
                      "latency_prompt_tokens", "latency_new_tokens"):  # fmt: skip
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -301,9 +312,8 @@ def run_budget(
     calibration = calibration_batches(
         task, budget_args.calibration_batches, training_args.per_device_train_batch_size
     )
-    candidates = candidate_grid(
-        teacher, layer_importance(teacher, calibration), budget_args.budget_depths, budget_args.budget_widths
-    )
+    scores = layer_importance(teacher, calibration, budget_args.budget_importance)
+    candidates = candidate_grid(teacher, scores, budget_args.budget_depths, budget_args.budget_widths)
     reference = float(task.evaluate(teacher, task.validation, training_args)[task.metric_name])
     with tempfile.TemporaryDirectory() as exported:
         measure, latency = latency_measurer(task, teacher, budget_args, config.report, Path(exported))
@@ -347,7 +357,8 @@ def run_budget(
         return None
     budget = {**result.to_dict(), "teacher_latency_ms": latency.get("teacher"), "runtime": budget_args.runtime,
               "batch_size": budget_args.batch_size, "winner_dir": str(winner_dir),
-              "teacher_fine_tuned_dir": None if teacher_folder is None else str(teacher_folder)}  # fmt: skip
+              "teacher_fine_tuned_dir": None if teacher_folder is None else str(teacher_folder),
+              "importance": budget_args.budget_importance, "layer_scores": [round(s, 6) for s in scores]}  # fmt: skip
     budget["frontier"] = str(plot_budget_frontier(budget, task.metric_name, run_dir / FRONTIER_FILENAME))
     report["budget"] = budget
     write_report(report, run_dir)

@@ -22,6 +22,7 @@ from hf_distill.students.budget import (
     search_budget,
 )
 from hf_distill.students.build import count_parameters
+from hf_distill.students.importance import layers_by_importance
 from tests.helpers.recipes import needs_rotten_tomatoes, tiny_flags
 from tests.helpers.tiny_models import tiny_bert_classifier
 
@@ -163,11 +164,24 @@ def test_hf_distill_budget_on_a_tiny_sentiment_task(tmp_path, wordpiece_tokenize
     out = tmp_path / "run"
     flags = tiny_flags(out, teacher_model_name_or_path=folder, fine_tune_teacher="always", teacher_max_steps=2,
                        search_steps=2, search_eval_steps=1, calibration_batches=1, max_latency_ms=10000)  # fmt: skip
-    flags += ["--budget_depths", "0.25", "0.5", "--budget_widths", "1.0", "0.5"]
+    flags += [
+        "--budget_depths",
+        "0.25",
+        "0.5",
+        "--budget_widths",
+        "1.0",
+        "0.5",
+        "--budget_importance",
+        "skip_loss",
+    ]
     assert main(["budget", "sentiment", *flags]) == 0
     report = json.loads((out / "report.json").read_text())
     budget = report["budget"]
     assert len(budget["candidates"]) == 4 and budget["trainings"] == 4
+    # The candidates keep the layers the named method ranks highest.
+    assert budget["importance"] == "skip_loss" and len(budget["layer_scores"]) == 4
+    for candidate in budget["candidates"]:
+        assert candidate["layers"] == layers_by_importance(budget["layer_scores"], len(candidate["layers"]))
     assert budget["winner"] in {c["name"] for c in budget["candidates"]}
     assert (out / "budget_frontier.png").is_file() and budget["why"]
     assert budget["teacher_latency_ms"] > 0
@@ -226,6 +240,10 @@ def test_candidates_are_timed_on_onnx_int8_beside_the_teacher(tmp_path, wordpiec
         recipe.BudgetArguments(max_latency_ms=5, runtime="tensorrt")
     with pytest.raises(ValueError, match="hf-distill budget needs a budget"):
         recipe.BudgetArguments()
+    with pytest.raises(
+        ValueError, match=r"budget_importance='cosine': choose one of \['block_influence', 'skip_loss'\]"
+    ):
+        recipe.BudgetArguments(max_latency_ms=5, budget_importance="cosine")
 
 
 def test_hf_distill_budget_on_tiny_code_with_a_grouped_query_llama(tmp_path, wordpiece_tokenizer):
