@@ -123,6 +123,21 @@ def run_folder(run: Path, where: str | Path) -> Path:
     return folder
 
 
+def distilled_seeds(run: Path) -> tuple[str, dict[int, Path]]:
+    """The first distilled student's name in ``run``'s report and its folder per seed."""
+    report_path = run / "report.json"
+    if not report_path.is_file():
+        raise SystemExit(f"{report_path} is missing: pass the folder of a finished recipe run.")
+    report = json.loads(report_path.read_text())
+    distilled = [s for s in report.get("students", []) if s.get("kind") == "distilled"]
+    if not distilled:
+        raise SystemExit(f"{report_path} names no distilled student.")
+    seeds = {entry["seed"]: run_folder(run, entry["output_dir"]) for entry in distilled[0].get("seeds", [])}
+    if not seeds:
+        raise SystemExit(f"{report_path}: {distilled[0]['name']} kept no per-seed folders.")
+    return distilled[0]["name"], seeds
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     return {
