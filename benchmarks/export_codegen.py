@@ -7,7 +7,8 @@
 
 The student (a causal LM: the teacher with layers dropped, a small GPT-2) is exported into a temporary folder
 with ``hf_distill.export_student(..., quantize="int8-dynamic")``: an fp32 graph taking and returning past keys
-and values, and its int8 graph. Then, for the PyTorch student, the ONNX fp32 graph and the ONNX int8 graph:
+and values, and its int8 graph; the fp32 graph is also quantized as ``int8-weights``. Then, for the PyTorch
+student, the ONNX fp32 graph and the two ONNX int8 graphs:
 
 - greedy tokens on the code recipe's held-out documented functions (``--prompts`` of them, chosen as the recipe
   chooses them, :func:`~hf_distill.recipes.code_prompts.held_out_prompts`; put through the tokenizer's chat
@@ -53,8 +54,8 @@ import torch  # noqa: E402
 from _common import RESULTS, machine, run_folder, summarize, time_variants, write_result  # noqa: E402
 
 BASELINE = "pytorch student"
-FP32, INT8 = "onnx fp32 student", "onnx int8-dynamic student"
-VARIANTS = (BASELINE, FP32, INT8)
+FP32, INT8, INT8_WEIGHTS = "onnx fp32 student", "onnx int8-dynamic student", "onnx int8-weights student"
+VARIANTS = (BASELINE, FP32, INT8, INT8_WEIGHTS)
 TIMING_PROMPTS = 3
 INT8_BITS_PER_BYTE_TARGET = 0.02
 DEFAULT_CONFIG = ROOT / "recipes" / "configs" / "codegen.yaml"
@@ -219,7 +220,7 @@ def token_comparison(models: dict[str, Any], ids: list[torch.Tensor], new: int, 
         for name, model in models.items()
     }
     result: dict[str, Any] = {"pytorch_new_tokens": [len(t) for t in tokens[BASELINE]]}
-    for name in (FP32, INT8):
+    for name in (FP32, INT8, INT8_WEIGHTS):
         differences = [first_difference(w, g) for w, g in zip(tokens[BASELINE], tokens[name])]
         result[name] = {
             "first_difference": differences,
@@ -247,6 +248,7 @@ def bits_per_byte_rows(
         "tokens": scored[BASELINE]["tokens"],
         "bytes": scored[BASELINE]["bytes"],
         "int8_vs_fp32_relative": values[INT8] / values[FP32] - 1.0,
+        "int8_weights_vs_fp32_relative": values[INT8_WEIGHTS] / values[FP32] - 1.0,
         "fp32_vs_pytorch_relative": values[FP32] / values[BASELINE] - 1.0,
     }
 
@@ -330,16 +332,20 @@ def measure_student(
 ) -> dict[str, Any]:
     """One student's export, token comparison, bits per byte, tokens per second and sizes."""
     from hf_distill.export import OnnxModel, export_student
+    from hf_distill.export.quantize import quantize_graph
     from hf_distill.recipes.code_generation import context_length
     from hf_distill.students import count_parameters
 
     (model, tokenizer), (prompts, texts, config) = loaded, data
     new, threads = options.max_new_tokens, options.threads
     export = export_student(model, work / name, quantize="int8-dynamic", tokenizer=tokenizer)
+    weights = export.onnx_path.with_name("model_weights.onnx")
+    quantize_graph(export.onnx_path, weights, "int8-weights")
     models = {
         BASELINE: model,
         FP32: OnnxModel(export.onnx_path, threads=threads),
         INT8: OnnxModel(export.quantized_path, threads=threads),
+        INT8_WEIGHTS: OnnxModel(weights, threads=threads),
     }
     style, ids = prompt_ids(prompts, tokenizer, options.prompt_style, context_length(model) - new)
     eos, pad = special_tokens(model, tokenizer)
@@ -361,6 +367,7 @@ def measure_student(
             BASELINE: sum(p.stat().st_size for p in folder.glob("*.safetensors")),
             FP32: export.size_bytes,
             INT8: export.quantized_size_bytes,
+            INT8_WEIGHTS: weights.stat().st_size,
         },
         "export_check": {
             "fp32_max_abs_difference": export.max_abs_difference,
@@ -369,6 +376,8 @@ def measure_student(
         "targets": {
             "fp32_tokens_identical": tokens[FP32]["identical_share"] == 1.0,
             "int8_bits_per_byte_within_2_percent": abs(bits["int8_vs_fp32_relative"])
+            <= INT8_BITS_PER_BYTE_TARGET,
+            "int8_weights_bits_per_byte_within_2_percent": abs(bits["int8_weights_vs_fp32_relative"])
             <= INT8_BITS_PER_BYTE_TARGET,
         },
     }
@@ -483,12 +492,13 @@ def print_table(result: dict) -> None:
                 "" if name == BASELINE else f", tokens identical {tokens[name]['identical_share']:.0%}"
             )
             print(
-                f"  {name:<26} {row['tokens_per_second']:>8.1f} tok/s {row['speedup_vs_pytorch_student']:>5.2f}x  "
+                f"  {name:<27} {row['tokens_per_second']:>8.1f} tok/s {row['speedup_vs_pytorch_student']:>5.2f}x  "
                 f"bits/byte {bits['values'][name]:.4f}  {student['size_bytes'][name] / 1e6:>7.1f} MB{identical}  "
                 f"quiet {row['quiet_runs']}/{len(row['runs'])}, others {max(row['other_cores']):.2f} cores max"
             )
         print(
-            f"  bits/byte int8 vs fp32 {bits['int8_vs_fp32_relative']:+.2%}, "
+            f"  bits/byte vs fp32: int8-dynamic {bits['int8_vs_fp32_relative']:+.2%}, "
+            f"int8-weights {bits['int8_weights_vs_fp32_relative']:+.2%}; "
             f"fp32 vs PyTorch {bits['fp32_vs_pytorch_relative']:+.2e}"
         )
 

@@ -4,9 +4,9 @@
     python benchmarks/export_latency.py --quick [--output PATH]
 
 Variants, timed side by side: the PyTorch teacher, the PyTorch student, the student exported to ONNX
-(``hf_distill.export_student``: ``torch.onnx.export(dynamo=True)``, fp32) and its int8 graph
-(``onnxruntime.quantization.quantize_dynamic``), each in ONNX Runtime (CPU provider, default session
-optimisations). ``--levers`` adds what may go beyond that: ONNX Runtime's transformer fusion
+(``hf_distill.export_student``: ``torch.onnx.export(dynamo=True)``, fp32) and its two int8 graphs
+(``int8-dynamic``, ``onnxruntime.quantization.quantize_dynamic``; ``int8-weights``, ``MatMulNBits``), each in
+ONNX Runtime (CPU provider, default session optimisations). ``--levers`` adds what may go beyond that: ONNX Runtime's transformer fusion
 (``onnxruntime.transformers.optimizer.optimize_model``: attention, LayerNorm, GELU) on the fp32 graph and the
 int8 graph quantized from the fused one, and static int8 (QDQ) calibrated on rows.
 
@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("pass --run RUN_DIR (a finished run) or --quick (tiny random models), one of them")
 
     from hf_distill.export import OnnxModel, export_student
+    from hf_distill.export.quantize import quantize_graph
     from hf_distill.export.student import load_model_folder
 
     torch.set_num_threads(options.threads)
@@ -200,7 +201,13 @@ def main(argv: list[str] | None = None) -> dict:
         student, _ = load_model_folder(student_dir)
         teacher.eval(), student.eval()
         export = export_student(student_dir, work / "export", quantize="int8-dynamic")
-        graphs = {"onnx fp32 student": export.onnx_path, "onnx int8-dynamic student": export.quantized_path}
+        weights = export.onnx_path.with_name("model_weights.onnx")
+        quantize_graph(export.onnx_path, weights, "int8-weights")
+        graphs = {
+            "onnx fp32 student": export.onnx_path,
+            "onnx int8-dynamic student": export.quantized_path,
+            "onnx int8-weights student": weights,
+        }
         notes: dict[str, Any] = {}
         vocab = student.config.vocab_size
         if options.levers:

@@ -1,15 +1,23 @@
 """int8 graphs from an fp32 one, with ``onnxruntime.quantization``.
 
-- ``int8-dynamic``: MatMul / Gemm weights stored as int8, activations quantized per call from their own range;
-  no data needed. Each transformer layer's feed-forward down-projection stays fp32 (:func:`down_projections`):
-  its input, after GELU, spans the widest range of the layer, and one per-tensor uint8 scale over it is where
-  int8 lost the sentiment student's predictions (1,279 validation rows: 96.1% of them kept with every MatMul
-  quantized, 99.5% with the down-projections fp32, accuracy -0.9 -> -0.2 points; per-channel weights, the
-  head kept fp32, reduce_range, graph pre-processing and static calibration all kept fewer:
-  benchmarks/int8_variants.py). A third of the weights' multiply-adds stay fp32: the latency cost, 1.06x to
-  1.37x of every-MatMul int8 on a loaded machine, wants a quiet re-measurement.
+- ``int8-dynamic``: MatMul / Gemm weights stored as int8 with one scale per output column (per-channel),
+  activations quantized per call from their own range; no data needed. Each transformer layer's feed-forward
+  down-projection stays fp32 (:func:`down_projections`): its input, after GELU, spans the widest range of the
+  layer, and one per-tensor uint8 scale over it is where int8 lost the sentiment student's predictions (1,279
+  validation rows, one seed: 96.1% of them kept with every MatMul quantized, 99.5% with the down-projections
+  fp32; benchmarks/int8_variants.py). Per-channel weights were then chosen over per-tensor on the validation
+  rows of three seeds' students (benchmarks/int8_splits.py): sentiment, accuracy against the PyTorch student
+  -0.05 points [-0.31, +0.24] and 26 rows changed, against -0.34 [-0.68, -0.00] and 33. Static calibration,
+  reduce_range and graph pre-processing all kept fewer. A third of the weights' multiply-adds stay fp32.
 - ``int8-static``: weights and activations int8 (QDQ), activation ranges calibrated on rows of the training
   data (``calibration_rows``); convolutions are quantized too, which dynamic quantization leaves in fp32.
+- ``int8-weights``: every MatMul's weight int8 in blocks of :data:`WEIGHT_BLOCK` along its input dimension,
+  one scale per block (``MatMulNBits``), and activations quantized per block of each row as it multiplies
+  (``accuracy_level`` 4), so no scale spans a whole tensor: the int8 graph closest to fp32 (three seeds'
+  validation rows, sentiment: -0.03 points [-0.18, +0.13] and 9 rows changed; NER: +0.19 F1 [-0.09, +0.63];
+  benchmarks/int8_splits.py) and the smallest, but on a CPU without fast block kernels no faster than fp32
+  (the sentiment student at batch 1: 4.0 ms against 4.3 fp32 and 3.0 int8-dynamic). MatMuls only: a Gemm
+  (GPT-2's Conv1D projections, a classifier head) stays fp32.
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-QUANTIZATIONS = ("int8-dynamic", "int8-static")
+QUANTIZATIONS = ("int8-dynamic", "int8-static", "int8-weights")
+WEIGHT_BLOCK = 32  # int8-weights: weights per scale along a MatMul's input dimension
 # Modules that are a transformer layer's feed-forward down-projection, by the names transformers gives them
 # (BERT / RoBERTa / ViT, DistilBERT, GPT-2, Llama-style gated MLPs, OPT / Whisper / BART).
 DOWN_PROJECTION_MODULES = re.compile(
@@ -64,8 +73,12 @@ def quantize_graph(
             str(target),
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul", "Gemm"],
-            nodes_to_exclude=_dynamic_exclusions(onnx.load(str(source), load_external_data=False)),
+            nodes_to_exclude=dynamic_exclusions(onnx.load(str(source), load_external_data=False)),
+            per_channel=True,
         )
+        return
+    if quantize == "int8-weights":
+        _quantize_weights(source, target)
         return
 
     class Reader(CalibrationDataReader):
@@ -86,7 +99,18 @@ def quantize_graph(
     )
 
 
-def _dynamic_exclusions(model: Any) -> list[str]:
+def _quantize_weights(source: Path, target: Path) -> None:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(
+        onnx.load(str(source)), bits=8, block_size=WEIGHT_BLOCK, is_symmetric=True, accuracy_level=4
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
+
+
+def dynamic_exclusions(model: Any) -> list[str]:
     """:func:`down_projections` as ``quantize_dynamic`` must name them: in dynamic mode onnxruntime first rewrites
     each Gemm as a MatMul named ``<gemm>_MatMul`` (plus an Add) and matches the exclusions against the rewritten
     graph, so a Gemm excluded by its own name alone (GPT-2's Conv1D projections) would be quantized."""

@@ -65,7 +65,8 @@ def export_student(
         model_or_folder (nn.Module | str | Path | Trainer): a model, a folder written by ``save_pretrained``,
             or a trainer (its ``model``, the student: projection heads and other distillation modules stay out).
         output_dir (str | Path): where ``onnx/model.onnx``, the config and tokenizer go.
-        quantize (str | None): ``"int8-dynamic"``, ``"int8-static"`` (needs ``calibration_dataset``) or None.
+        quantize (str | None): ``"int8-dynamic"``, ``"int8-static"`` (needs ``calibration_dataset``),
+            ``"int8-weights"`` (:mod:`hf_distill.export.quantize` compares them) or None.
         calibration_dataset (Iterable[Mapping] | None): rows with the model's input columns, for static int8.
         tokenizer: saved beside the graph; read from the folder when a folder is given.
         pixel_shape (tuple[int, int, int] | None): ``(channels, height, width)`` of an image model's input.

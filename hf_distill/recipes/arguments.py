@@ -311,7 +311,8 @@ class ReportArguments:
     quantize: str | None = field(
         default=None,
         metadata={
-            "help": "With --export onnx: 'int8-dynamic' or 'int8-static' (calibrated on training rows)."
+            "help": "With --export onnx: 'int8-dynamic', 'int8-static' (calibrated on training rows) or "
+            "'int8-weights' (weights int8 per block, activations per block: closest to fp32, not faster)."
         },
     )
     verbose: bool = field(

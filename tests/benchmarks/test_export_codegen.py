@@ -25,7 +25,7 @@ import export_codegen  # noqa: E402
 from hf_distill.export import OnnxModel, export_student  # noqa: E402
 from hf_distill.reports.timing import QUIET_CORES  # noqa: E402
 
-VARIANTS = ["pytorch student", "onnx fp32 student", "onnx int8-dynamic student"]
+VARIANTS = ["pytorch student", "onnx fp32 student", "onnx int8-dynamic student", "onnx int8-weights student"]
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +57,10 @@ def test_quick_mode_measures_both_tiny_students(quick):
         assert all(1 <= n <= 8 for n in tokens["pytorch_new_tokens"])
         # The fp32 graph decodes over its past keys and values to exactly PyTorch's tokens.
         assert tokens["onnx fp32 student"] == {"first_difference": [None] * 3, "identical_share": 1.0}
-        int8 = tokens["onnx int8-dynamic student"]
-        assert all(d is None or 0 <= d <= 8 for d in int8["first_difference"])
-        assert int8["identical_share"] == sum(d is None for d in int8["first_difference"]) / 3
+        for scheme in ("onnx int8-dynamic student", "onnx int8-weights student"):
+            int8 = tokens[scheme]
+            assert all(d is None or 0 <= d <= 8 for d in int8["first_difference"])
+            assert int8["identical_share"] == sum(d is None for d in int8["first_difference"]) / 3
         assert set(student["size_bytes"]) == set(VARIANTS) and min(student["size_bytes"].values()) > 0
         assert student["export_check"]["fp32_max_abs_difference"] < 1e-4
 
@@ -71,17 +72,20 @@ def test_bits_per_byte_differences_and_targets_come_from_the_recorded_values(qui
         values = bits["values"]
         assert set(values) == set(VARIANTS) and all(math.isfinite(v) and v > 0 for v in values.values())
         assert bits["tokens"] > 0 and bits["bytes"] > bits["tokens"] / 10
-        fp32, int8, pytorch = (
+        fp32, int8, weights, pytorch = (
             values["onnx fp32 student"],
             values["onnx int8-dynamic student"],
+            values["onnx int8-weights student"],
             values["pytorch student"],
         )
         assert bits["int8_vs_fp32_relative"] == pytest.approx((int8 - fp32) / fp32)
+        assert bits["int8_weights_vs_fp32_relative"] == pytest.approx((weights - fp32) / fp32)
         assert bits["fp32_vs_pytorch_relative"] == pytest.approx((fp32 - pytorch) / pytorch)
         assert abs(bits["fp32_vs_pytorch_relative"]) < 1e-5  # the same logits, up to float rounding
         targets = student["targets"]
         assert targets["fp32_tokens_identical"] is True
         assert targets["int8_bits_per_byte_within_2_percent"] == (abs(int8 / fp32 - 1) <= 0.02)
+        assert targets["int8_weights_bits_per_byte_within_2_percent"] == (abs(weights / fp32 - 1) <= 0.02)
 
 
 def test_tokens_per_second_are_computed_from_the_recorded_medians(quick):

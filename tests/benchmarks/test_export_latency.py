@@ -19,7 +19,13 @@ import export_latency  # noqa: E402
 
 from hf_distill.reports.timing import QUIET_CORES  # noqa: E402
 
-VARIANTS = ["pytorch teacher", "pytorch student", "onnx fp32 student", "onnx int8-dynamic student"]
+VARIANTS = [
+    "pytorch teacher",
+    "pytorch student",
+    "onnx fp32 student",
+    "onnx int8-dynamic student",
+    "onnx int8-weights student",
+]
 
 
 @pytest.fixture(scope="module")

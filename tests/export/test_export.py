@@ -279,7 +279,8 @@ def test_recipe_export_flags_are_refused_before_any_work():
         ReportArguments(export="onnx", quantize="int4")
 
 
-def test_cli_export_writes_the_graphs_and_refuses_a_folder_that_is_not_a_model(tmp_path, capsys):
+@pytest.mark.parametrize("scheme", ["int8-dynamic", "int8-weights"])
+def test_cli_export_writes_the_graphs_and_refuses_a_folder_that_is_not_a_model(scheme, tmp_path, capsys):
     from hf_distill.cli import main
 
     tiny_bert_tagger(seed=2).save_pretrained(tmp_path / "student")
@@ -292,7 +293,7 @@ def test_cli_export_writes_the_graphs_and_refuses_a_folder_that_is_not_a_model(t
                 "--output_dir",
                 str(tmp_path / "out"),
                 "--quantize",
-                "int8-dynamic",
+                scheme,
             ]
         )
         == 0
