@@ -7,17 +7,19 @@
   validation rows, one seed: 96.1% of them kept with every MatMul quantized, 99.5% with the down-projections
   fp32; benchmarks/int8_variants.py). Per-channel weights were then chosen over per-tensor on the validation
   rows of three seeds' students (benchmarks/int8_splits.py): sentiment, accuracy against the PyTorch student
-  -0.05 points [-0.31, +0.24] and 26 rows changed, against -0.34 [-0.68, -0.00] and 33. Static calibration,
-  reduce_range and graph pre-processing all kept fewer. A third of the weights' multiply-adds stay fp32.
+  -0.05 points [-0.31, +0.23] and 26 rows changed, against -0.34 [-0.68, -0.00] and 33; NER -0.24 F1 against
+  -0.39; at 13% more time at batch 1 and none at batch 32. Static calibration, reduce_range and graph
+  pre-processing all kept fewer. A third of the weights' multiply-adds stay fp32.
 - ``int8-static``: weights and activations int8 (QDQ), activation ranges calibrated on rows of the training
   data (``calibration_rows``); convolutions are quantized too, which dynamic quantization leaves in fp32.
 - ``int8-weights``: every MatMul's weight int8 in blocks of :data:`WEIGHT_BLOCK` along its input dimension,
   one scale per block (``MatMulNBits``), and activations quantized per block of each row as it multiplies
   (``accuracy_level`` 4), so no scale spans a whole tensor: the int8 graph closest to fp32 (three seeds'
   validation rows, sentiment: -0.03 points [-0.18, +0.13] and 9 rows changed; NER: +0.19 F1 [-0.09, +0.63];
-  benchmarks/int8_splits.py) and the smallest, but on a CPU without fast block kernels no faster than fp32
-  (the sentiment student at batch 1: 4.0 ms against 4.3 fp32 and 3.0 int8-dynamic). MatMuls only: a Gemm
-  (GPT-2's Conv1D projections, a classifier head) stays fp32.
+  benchmarks/int8_splits.py) and the smallest, but on a CPU without fast block kernels slower than fp32 (the
+  sentiment student, quiet, benchmarks/export_latency.py: 5.6 ms at batch 1 against 4.0 fp32 and 4.1
+  int8-dynamic; 128 ms at batch 32 against 95 and 83): a scheme for size and fidelity, not speed. MatMuls
+  only: a Gemm (GPT-2's Conv1D projections, a classifier head) stays fp32.
 """
 
 from __future__ import annotations
