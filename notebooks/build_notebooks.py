@@ -109,9 +109,10 @@ def recipe_cells(
         new_code_cell(
             f"""\
 from hf_distill import DistillationTrainingArguments
-from hf_distill.recipes.arguments import RecipeConfig, ReportArguments, StudentArguments, TeacherArguments
+from hf_distill.recipes.arguments import RecipeConfig, ReportArguments, TeacherArguments
 from hf_distill.recipes.data_arguments import DataArguments
 from hf_distill.recipes.run import run_recipe
+from hf_distill.recipes.student_arguments import StudentArguments
 from hf_distill.recipes.tasks import {prepare}
 from hf_distill.recipes.teacher import teacher_tokenizer
 

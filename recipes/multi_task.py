@@ -11,12 +11,13 @@ and prints each model's score on each task's test split and its parameters.
 from __future__ import annotations
 
 from hf_distill import DistillationTrainingArguments
-from hf_distill.recipes.arguments import RecipeConfig, ReportArguments, StudentArguments, TeacherArguments
+from hf_distill.recipes.arguments import RecipeConfig, ReportArguments, TeacherArguments
 from hf_distill.recipes.config import parse_args_with_config
 from hf_distill.recipes.console import default_pin_memory
 from hf_distill.recipes.data_arguments import DataArguments
 from hf_distill.recipes.multi_task import MultiTaskArguments, prepare_tasks, run_multi_task_recipe
 from hf_distill.recipes.run import end_process_group
+from hf_distill.recipes.student_arguments import StudentArguments
 from hf_distill.recipes.teacher import teacher_tokenizer
 from hf_distill.recipes.tensorboard_log import default_report_to
 

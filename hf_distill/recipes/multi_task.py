@@ -36,10 +36,11 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from hf_distill.arguments import DistillationTrainingArguments
 from hf_distill.losses.divergences import task_cross_entropy
 from hf_distill.modes.multi_task import MultiTaskDataset, MultiTaskDistillationTrainer, MultiTaskStudent
-from hf_distill.recipes.arguments import RecipeConfig, StudentArguments, TeacherArguments
+from hf_distill.recipes.arguments import RecipeConfig, TeacherArguments
 from hf_distill.recipes.data_arguments import DataArguments
 from hf_distill.recipes.latency import measure_latency
 from hf_distill.recipes.offline import HUB_IDS, resolve_model_path
+from hf_distill.recipes.student_arguments import StudentArguments
 from hf_distill.recipes.tasks import TaskData, prepare_ner, prepare_sentiment
 from hf_distill.recipes.teacher import ready_teacher
 from hf_distill.students.build import count_parameters, student_from_teacher

@@ -8,8 +8,8 @@ import torch
 from transformers import PreTrainedModel
 
 from hf_distill.loading import load_pretrained
-from hf_distill.recipes.arguments import StudentArguments
 from hf_distill.recipes.offline import resolve_model_path
+from hf_distill.recipes.student_arguments import StudentArguments
 from hf_distill.recipes.tasks import TaskData
 from hf_distill.students.build import gpt2_student_for, student_from_config, student_from_teacher
 

@@ -232,22 +232,19 @@ def student_from_teacher(
         teacher (PreTrainedModel): the model to cut; the student has its class, dtype, label maps and
             training mode.
         layers (Sequence[int] | str | None): teacher block indices to keep, strictly increasing; or
-            ``"importance"``: the ``num_layers`` blocks of highest Block Influence on ``calibration``
-            (:func:`hf_distill.students.importance.layer_importance`). None: chosen by ``num_layers`` and
-            ``strategy``.
+            ``"importance"``: the ``num_layers`` most important blocks on ``calibration``. None: chosen by
+            ``num_layers`` and ``strategy``.
         num_layers (int | None): how many blocks to keep, when ``layers`` is not a list of indices.
         strategy (str): how :func:`select_layers` picks ``num_layers`` blocks: ``"uniform"``,
             ``"every_other"``, ``"first"`` or ``"last"``. Default ``"uniform"``.
         tokenizer (PreTrainedTokenizerBase | None): another vocabulary for the student: each row the teacher's
             row of the same string or the mean of its pieces'
             (:func:`hf_distill.students.vocab_transfer.transfer_vocabulary`). None keeps the teacher's.
-        teacher_tokenizer (PreTrainedTokenizerBase | None): the teacher's tokenizer, used with ``tokenizer``;
-            None loads it from ``teacher.name_or_path``.
+        teacher_tokenizer (PreTrainedTokenizerBase | None): the teacher's, with ``tokenizer`` (None: loaded).
         calibration (Iterable[Mapping[str, Tensor]] | None): batches of model inputs, only with
             ``layers="importance"``.
-        importance_method (str): how importance is measured on ``calibration``: ``"block_influence"``
-            (default) or ``"skip_loss"`` (the loss increase when a block is skipped; the batches need
-            ``labels``), as :func:`hf_distill.students.importance.layer_importance`.
+        importance_method (str): :func:`hf_distill.students.importance.layer_importance`'s ``method``:
+            ``"block_influence"`` (default) or ``"skip_loss"`` (the batches need ``labels``).
         **config_overrides (Any): attributes of the teacher's config to change (e.g.
             ``hidden_dropout_prob=0.0``); not sizes of copied tensors, nor the number of layers.
 

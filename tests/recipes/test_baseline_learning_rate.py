@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import BertForSequenceClassification
 
-from hf_distill.recipes.arguments import StudentArguments
+from hf_distill.recipes.student_arguments import StudentArguments
 from tests.helpers.recipes import needs_rotten_tomatoes, run_recipe, save_tiny_teacher, tiny_flags
 
 

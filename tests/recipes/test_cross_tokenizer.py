@@ -13,7 +13,6 @@ from transformers import default_data_collator
 from hf_distill import DistillationTrainer, DistillationTrainingArguments, cli
 from hf_distill.cache.codec import TopkCodec
 from hf_distill.cache.compact import CROSS_TOKENIZER
-from hf_distill.recipes.arguments import StudentArguments
 from hf_distill.recipes.cross_tokenizer import (
     bits_per_byte,
     cache_for_students,
@@ -21,6 +20,7 @@ from hf_distill.recipes.cross_tokenizer import (
     run_cross_tokenizer_students,
     text_blocks,
 )
+from hf_distill.recipes.student_arguments import StudentArguments
 from hf_distill.token_alignment import OFFSETS_COLUMN, TEXT_COLUMN
 from tests.helpers.paths import RECIPES
 from tests.helpers.xtok import TEXTS, byte_level_tokenizer, metaspace_tokenizer, tiny_gpt2

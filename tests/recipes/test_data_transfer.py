@@ -9,7 +9,6 @@ import pytest
 from datasets import ClassLabel, Dataset, Features, Value
 
 from hf_distill import DistillationTrainingArguments
-from hf_distill.recipes.arguments import StudentArguments
 from hf_distill.recipes.data_arguments import DataArguments
 from hf_distill.recipes.data_transfer import (
     load_transfer_file,
@@ -20,6 +19,7 @@ from hf_distill.recipes.data_transfer import (
     unlabeled,
     with_transfer,
 )
+from hf_distill.recipes.student_arguments import StudentArguments
 from hf_distill.recipes.tasks import TaskData
 from hf_distill.recipes.training import baseline_changes, optimizer_steps
 from tests.helpers.tiny_models import make_wordpiece_tokenizer

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from transformers import BertForSequenceClassification
 
-from hf_distill.recipes.arguments import StudentArguments, parse_seeds
+from hf_distill.recipes.student_arguments import StudentArguments, parse_seeds
 from hf_distill.reports.report import load_report, make_report
 from tests.helpers.recipes import check_run, needs_rotten_tomatoes, run_recipe, save_tiny_teacher, tiny_flags
 

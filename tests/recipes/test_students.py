@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from hf_distill.recipes.arguments import StudentArguments, parse_recipe_config
+from hf_distill.recipes.arguments import parse_recipe_config
+from hf_distill.recipes.student_arguments import StudentArguments
 from hf_distill.recipes.students import (
     CALIBRATION_BATCH_SIZE,
     CALIBRATION_BATCHES,
