@@ -138,6 +138,23 @@ def distilled_seeds(run: Path) -> tuple[str, dict[int, Path]]:
     return distilled[0]["name"], seeds
 
 
+def recipe_task(task: str, recipe_argv: list[str], scratch: str, model_folder: Path, prog: str) -> tuple:
+    """``(TaskData, training arguments)`` of a recipe task prepared as ``hf-distill train`` prepares it: the
+    recipe's flags (``--config`` included) parsed, the tokenizer of ``model_folder``, the splits tokenized."""
+    from transformers import AutoTokenizer
+
+    from hf_distill.cli import task_preparer
+    from hf_distill.loading import load_pretrained
+    from hf_distill.recipes.arguments import parse_recipe_config
+
+    config = parse_recipe_config(
+        [*recipe_argv, "--output_dir", scratch, "--report_to", "none"], task=task, prog=prog, description=prog
+    )
+    kwargs = {"add_prefix_space": True} if task == "ner" else {}
+    tokenizer = load_pretrained(AutoTokenizer.from_pretrained, str(model_folder), role="model", **kwargs)
+    return task_preparer(task)(config.data, tokenizer), config.training
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     return {

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import RESULTS, distilled_seeds, machine, write_result  # noqa: E402
+from _common import RESULTS, distilled_seeds, machine, recipe_task, write_result  # noqa: E402
 
 SPLITS = ("validation", "test")
 
@@ -87,12 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
     options, recipe_argv = parser.parse_known_args(argv)
     seeds = [int(s) for s in options.seeds.split(",")]
 
-    from transformers import AutoTokenizer
-
-    from hf_distill.cli import _preparer
     from hf_distill.export import OnnxModel, export_student
     from hf_distill.loading import load_pretrained
-    from hf_distill.recipes.arguments import parse_recipe_config
     from hf_distill.reports.scorecard import format_value, paired_difference, stack_statistics
 
     torch.set_num_threads(options.threads)
@@ -103,18 +99,10 @@ def main(argv: list[str] | None = None) -> dict:
     builders = schemes()
     scores: dict[str, dict[str, list]] = {}  # variant -> split -> per-seed ExampleScores
     with tempfile.TemporaryDirectory() as scratch:
-        config = parse_recipe_config(
-            [*recipe_argv, "--output_dir", scratch, "--report_to", "none"],
-            task=options.task,
-            prog=f"int8_splits {options.task}",
-            description=__doc__.splitlines()[0],
+        task, training_args = recipe_task(
+            options.task, recipe_argv, scratch, folders[seeds[0]], f"int8_splits {options.task}"
         )
-        data_args, training_args = config.data, config.training
-        kwargs = {"add_prefix_space": True} if options.task == "ner" else {}
-        tokenizer = load_pretrained(
-            AutoTokenizer.from_pretrained, str(folders[seeds[0]]), role="student", **kwargs
-        )
-        task = _preparer(options.task)(data_args, tokenizer)
+        tokenizer = task.tokenizer
         for seed in seeds:
             student = load_pretrained(
                 task.auto_class.from_pretrained, str(folders[seed]), role="student", dtype=torch.float32

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import RESULTS, distilled_seeds, machine, write_result  # noqa: E402
+from _common import RESULTS, distilled_seeds, machine, recipe_task, write_result  # noqa: E402
 
 
 def kept_layers(model: Any) -> list[int] | None:
@@ -48,11 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     if len(runs) < 2 or any(not name or not path for name, path in runs.items()):
         parser.error("--runs takes two or more NAME=RUN pairs, the reference first")
 
-    from transformers import AutoTokenizer
-
-    from hf_distill.cli import _preparer
     from hf_distill.loading import load_pretrained
-    from hf_distill.recipes.arguments import parse_recipe_config
     from hf_distill.reports.scorecard import format_value, paired_difference, stack_statistics
 
     folders = {name: distilled_seeds(Path(path)) for name, path in runs.items()}
@@ -60,17 +56,10 @@ def main(argv: list[str] | None = None) -> dict:
     if not seeds:
         raise SystemExit("the runs share no seed: a paired comparison needs the same seeds in each.")
     with tempfile.TemporaryDirectory() as scratch:
-        config = parse_recipe_config(
-            [*recipe_argv, "--output_dir", scratch, "--report_to", "none"],
-            task=options.task,
-            prog=f"layer_choice {options.task}",
-            description=__doc__.splitlines()[0],
-        )
-        data_args, training_args = config.data, config.training
         first = next(iter(folders.values()))[1][seeds[0]]
-        kwargs = {"add_prefix_space": True} if options.task == "ner" else {}
-        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, str(first), role="student", **kwargs)
-        task = _preparer(options.task)(data_args, tokenizer)
+        task, training_args = recipe_task(
+            options.task, recipe_argv, scratch, first, f"layer_choice {options.task}"
+        )
         stats: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in folders}
         rows: dict[str, Any] = {}
         for name, (student, by_seed) in folders.items():

@@ -108,7 +108,9 @@ DEMO_CONFIG: dict[str, Any] = {
 }
 
 
-def _preparer(task: str) -> Callable:
+def task_preparer(task: str) -> Callable:
+    """The ``prepare_*`` function of a recipe task (``sentiment``, ``ner``, ``codegen``, ``vision``):
+    ``(data arguments, tokenizer) -> TaskData``, as ``train``, ``budget`` and ``eval`` prepare it."""
     from hf_distill.recipes import tasks
 
     return {
@@ -152,7 +154,7 @@ def train(task: str, argv: Sequence[str], prog: str | None = None) -> dict | Non
             None if task in TRAIN_ONLY_TASKS else teacher_tokenizer(config.teacher, **tokenizer_kwargs)
         )
         with config.training.main_process_first(desc="tokenizing"):
-            task_data = _preparer(task)(config.data, tokenizer)
+            task_data = task_preparer(task)(config.data, tokenizer)
         report = run_recipe(task_data, config)
         if task == "codegen":
             from hf_distill.recipes.generation_eval import finish_codegen_report
@@ -179,7 +181,7 @@ def budget(task: str, argv: Sequence[str], prog: str | None = None) -> dict | No
     tokenizer_kwargs = {"add_prefix_space": True} if task == "ner" else {}
     tokenizer = teacher_tokenizer(config.teacher, **tokenizer_kwargs)
     with config.training.main_process_first(desc="tokenizing"):
-        task_data = _preparer(task)(config.data, tokenizer)
+        task_data = task_preparer(task)(config.data, tokenizer)
     report = run_budget(task_data, config)
     if (
         task == "codegen"
@@ -229,7 +231,7 @@ def evaluate(task: str, argv: Sequence[str]) -> dict[str, dict[str, float]]:
     tokenizer = load_pretrained(
         AutoTokenizer.from_pretrained, paths[0], role="model_name_or_path", **tokenizer_kwargs
     )
-    task_data = _preparer(task)(data_args, tokenizer)
+    task_data = task_preparer(task)(data_args, tokenizer)
     models = {
         p: load_pretrained(
             task_data.auto_class.from_pretrained, p, role="model_name_or_path", dtype=torch.float32
@@ -265,7 +267,7 @@ def cache_teacher(task: str, argv: Sequence[str]) -> dict[str, Any]:
         defaults={"dataloader_pin_memory": default_pin_memory()},
     )
     refuse_train_only(task, "cache-teacher")
-    saved = cache_task(task, _preparer(task), RecipeConfig.from_groups(parsed))
+    saved = cache_task(task, task_preparer(task), RecipeConfig.from_groups(parsed))
     if saved.get("is_main_process", True):
         print(
             f"cached teacher outputs for {saved['rows']} training rows in {saved['path']} ({saved['format']})",
