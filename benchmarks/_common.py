@@ -155,6 +155,13 @@ def recipe_task(task: str, recipe_argv: list[str], scratch: str, model_folder: P
     return task_preparer(task)(config.data, tokenizer), config.training
 
 
+def shown_path(path: Path | str) -> str:
+    """``path`` as a result file records it: relative to the repository when inside it (no machine's folders)."""
+    resolved = Path(path).resolve()
+    root = RESULTS.parent.parent
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path)
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     return {

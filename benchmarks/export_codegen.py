@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
-from _common import RESULTS, machine, run_folder, summarize, time_variants, write_result  # noqa: E402
+from _common import RESULTS, machine, run_folder, shown_path, summarize, time_variants, write_result  # noqa: E402
 
 BASELINE = "pytorch student"
 FP32, INT8, INT8_WEIGHTS = "onnx fp32 student", "onnx int8-dynamic student", "onnx int8-weights student"
@@ -452,7 +452,7 @@ def main(argv: list[str] | None = None) -> dict:
             "run": str(options.run) if options.run else None,
             "name": options.name,
             "tokenizer": options.tokenizer,
-            "config": str(options.config),
+            "config": shown_path(options.config),
             "quick": options.quick,
             "prompts": len(prompts),
             "prompt_functions": [f"{p.path}:{p.name}" for p in prompts],

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
-from _common import RESULTS, machine, run_folder, summarize, time_variants, write_result  # noqa: E402
+from _common import RESULTS, machine, run_folder, shown_path, summarize, time_variants, write_result  # noqa: E402
 
 BATCH_SIZES = (1, 32)
 CALLS = {1: 20, 32: 2}  # forwards per timed sample: batch 1 alone is too short for the clock
@@ -238,8 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "tokens": options.tokens,
                 "batch_sizes": list(BATCH_SIZES),
                 "levers": options.levers,
-                "teacher": str(teacher_dir),
-                "student": str(student_dir),
+                "teacher": shown_path(teacher_dir),
+                "student": shown_path(student_dir),
             },
             "batches": tables,
             "size_bytes": sizes,
