@@ -35,40 +35,20 @@ SPLITS = ("validation", "test")
 
 
 def schemes() -> dict[str, Callable[[Path, Path], None]]:
-    """name -> build(fp32 graph, target) of each int8 graph compared."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from hf_distill.export.quantize import dynamic_exclusions
-
-    def dynamic(per_channel: bool) -> Callable[[Path, Path], None]:
-        def build(fp32: Path, target: Path) -> None:
-            quantize_dynamic(
-                str(fp32),
-                str(target),
-                weight_type=QuantType.QInt8,
-                op_types_to_quantize=["MatMul", "Gemm"],
-                nodes_to_exclude=dynamic_exclusions(onnx.load(str(fp32), load_external_data=False)),
-                per_channel=per_channel,
-            )
-
-        return build
-
-    def weight_only(fp32: Path, target: Path) -> None:
-        # int8 weights in blocks of 32 along K (MatMulNBits); accuracy_level 4 quantizes the activations per
-        # block of each row as it multiplies, not with one scale over the whole tensor. Every MatMul.
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-        quantizer = MatMulNBitsQuantizer(
-            onnx.load(str(fp32)), bits=8, block_size=32, is_symmetric=True, accuracy_level=4
-        )
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
+    """name -> build(fp32 graph, target) of each int8 graph compared: the package's own quantization, so the
+    chosen row is exactly what ships."""
+    from hf_distill.export.quantize import quantize_dynamic_graph, quantize_graph
 
     return {
-        "int8-dynamic, per-tensor weights, down-projections fp32": dynamic(False),
-        "int8-dynamic, per-channel weights, down-projections fp32": dynamic(True),
-        "int8 weights in blocks of 32, activations per block (MatMulNBits)": weight_only,
+        "int8-dynamic, per-tensor weights, down-projections fp32": lambda fp32, target: (
+            quantize_dynamic_graph(fp32, target, per_channel=False)
+        ),
+        "int8-dynamic, per-channel weights, down-projections fp32": lambda fp32, target: quantize_graph(
+            fp32, target, "int8-dynamic"
+        ),
+        "int8 weights in blocks of 32, activations per block (MatMulNBits)": lambda fp32, target: (
+            quantize_graph(fp32, target, "int8-weights")
+        ),
     }
 
 
