@@ -1,8 +1,8 @@
 """The recipes' arguments: which teacher and how to fine-tune it, how the comparison is measured (which data:
-:mod:`hf_distill.recipes.data_arguments`; which students: :mod:`hf_distill.recipes.student_arguments`), and :class:`RecipeConfig`, the one object a
-recipe function takes: every argument group of a run by name, read from flags and a ``--config`` file by
-:func:`parse_recipe_config` (the distillation mode's own training arguments and a command's own groups
-included).
+:mod:`hf_distill.recipes.data_arguments`; which students: :mod:`hf_distill.recipes.student_arguments`), and
+:class:`RecipeConfig`, the one object a recipe function takes: every argument group of a run by name, read
+from flags and a ``--config`` file by :func:`parse_recipe_config` (the distillation mode's own training
+arguments and a command's own groups included).
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ from hf_distill.students.budget import (
     require_optuna,
     search_budget,
 )
-from hf_distill.students.importance import IMPORTANCE_METHODS, layer_importance
+from hf_distill.students.importance import check_importance_method, layer_importance
 from hf_distill.trainer import DistillationTrainer
 
 RUNTIMES = ("torch", "onnx-int8")
@@ -137,11 +137,9 @@ class BudgetArguments:
                 "--max_params."
             )
         check_latency_budget(self.max_latency_ms, self.min_speedup)
-        if self.budget_importance not in IMPORTANCE_METHODS:
-            raise ValueError(
-                f"budget_importance={self.budget_importance!r}: choose one of {list(IMPORTANCE_METHODS)} (how the "
-                "candidates' teacher layers are ranked)."
-            )
+        check_importance_method(
+            self.budget_importance, "budget_importance", "how the candidates' teacher layers are ranked"
+        )
         for name in ("batch_size", "search_steps", "search_eval_steps", "calibration_batches",
                      "latency_prompt_tokens", "latency_new_tokens"):  # fmt: skip
             if getattr(self, name) is not None and getattr(self, name) < 1:

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from hf_distill.students.importance import IMPORTANCE_METHODS
+from hf_distill.students.importance import check_importance_method
 
 STUDENT_INITS = ("teacher_layers", "config", "gpt2", "pretrained", "cnn")
 
@@ -153,11 +153,11 @@ class StudentArguments:
             self.config_overrides()
         if self.student_layers is not None:
             self.check_student_layers()
-        if self.student_importance_method not in IMPORTANCE_METHODS:
-            raise ValueError(
-                f"student_importance_method={self.student_importance_method!r}: choose one of "
-                f"{list(IMPORTANCE_METHODS)} (how --student_layer_strategy importance scores a teacher layer)."
-            )
+        check_importance_method(
+            self.student_importance_method,
+            "student_importance_method",
+            "how --student_layer_strategy importance scores a teacher layer",
+        )
         if self.student_tokenizer_loss not in ("aligned", "uld"):
             raise ValueError(
                 f"student_tokenizer_loss={self.student_tokenizer_loss!r}: choose 'aligned' (shared tokens where "

@@ -174,6 +174,13 @@ def skip_loss_increase(model: nn.Module, batches: Batches) -> list[float]:
     return _check_finite(torch.tensor(increases), "skip-loss increases").tolist()
 
 
+def check_importance_method(method: str, flag: str, purpose: str) -> None:
+    """Refuses a ``method`` that :func:`layer_importance` does not know, naming the ``flag`` that gave it and its
+    ``purpose``, before any model is loaded."""
+    if method not in IMPORTANCE_METHODS:
+        raise ValueError(f"{flag}={method!r}: choose one of {list(IMPORTANCE_METHODS)} ({purpose}).")
+
+
 def layer_importance(model: nn.Module, batches: Batches, method: str = "block_influence") -> list[float]:
     """One importance score per transformer block of ``model`` (higher: keep it).
 
