@@ -4,7 +4,11 @@ For each :class:`~.code_prompts.CodePrompt` a model writes a body (greedy decodi
 
 * ``raw`` prompting: the model continues the prompt text (signature + docstring) itself, the way a model
   trained on raw code was trained; generation stops at the end of the function, the first non-blank line
-  indented less than the body (:func:`cut_at_dedent`);
+  indented less than the body (:func:`cut_at_dedent`). The prompt is given without its last line break
+  (:func:`prompt_text`): a code tokenizer writes a line break and the next line's indentation as one token
+  (SmolLM2's ``"\n   "``), so a prompt ending in a bare ``"\n"`` stops at a token boundary the model never saw
+  in training, and SmolLM2-135M-Instruct answered all 12 held-out prompts with a dedented line (an empty body);
+  given the line break to write, it writes bodies;
 * ``chat`` prompting: the prompt is wrapped in the tokenizer's chat template with a request to write the
   function (the way an instruction-tuned teacher was trained); the body is taken out of the answer's code
   block (:func:`body_from_answer`).
@@ -139,6 +143,13 @@ def body_from_answer(answer: str, prompt: CodePrompt) -> str:
     return _reindent(body, prompt.body_indent) if body.strip() else ""
 
 
+def raw_body_text(prompt: CodePrompt, generated: str) -> str:
+    """The text a ``raw`` completion puts after ``prompt.prompt``: ``generated`` less the line break the prompt
+    was given without (:func:`prompt_text`). Text that does not start with one continues the docstring's closing
+    line; it is kept as it is, so it reads as a dedented line and the body is empty."""
+    return generated[1:] if prompt.prompt.endswith("\n") and generated.startswith("\n") else generated
+
+
 class DedentStop(StoppingCriteria):
     """Stops each row once its new text holds a line indented less than the body (the function has ended)."""
 
@@ -150,7 +161,8 @@ class DedentStop(StoppingCriteria):
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
-        # The prompt ends with a newline, so the first new line is a line start too.
+        # The prompt ends at a line's end (its line break given, or left to the model as in `prompt_text`), so
+        # new text that does not open with a line break continues that line, and reads as a dedent.
         return torch.tensor([bool(self.pattern.search("\n" + t)) for t in texts], device=input_ids.device)
 
 
@@ -163,11 +175,13 @@ def context_length(model: torch.nn.Module) -> int:
 
 
 def prompt_text(prompt: CodePrompt, tokenizer: Any, style: str) -> str:
-    """The text the model is given: the prompt itself (``raw``) or the chat template around a request (``chat``)."""
+    """The text the model is given: the prompt without its last line break (``raw``: the model writes the line
+    break and the body's indentation, tokenized as in training; module docstring) or the chat template around a
+    request (``chat``)."""
     if style not in PROMPT_STYLES:
         raise ValueError(f"prompt style {style!r} is not one of {PROMPT_STYLES}.")
     if style == "raw":
-        return prompt.prompt
+        return prompt.prompt.removesuffix("\n")
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             "chat prompting needs a tokenizer with a chat template, and this one has none; prompt the model "
@@ -259,7 +273,7 @@ def greedy_completions(
                 body = (
                     body_from_answer(generated, prompts[i])
                     if style == "chat"
-                    else cut_at_dedent(generated, prompts[i].body_indent)
+                    else cut_at_dedent(raw_body_text(prompts[i], generated), prompts[i].body_indent)
                 )
                 results[i] = {"generated": generated, "completion": body}
     finally:

@@ -25,6 +25,7 @@ from hf_distill.recipes.code_generation import (
     is_degenerate,
     parses,
     prompt_text,
+    raw_body_text,
 )
 from hf_distill.recipes.code_prompts import (
     CodePrompt,
@@ -244,13 +245,40 @@ def test_greedy_completions_are_bounded_deterministic_and_cut_at_the_function_en
     assert [greedy_completions(model, tokenizer, [p], max_new_tokens=12)[0] for p in prompts] == first
     for prompt, result in zip(prompts, first):
         assert len(tokenizer(result["generated"], add_special_tokens=False)["input_ids"]) <= 12 + 1
-        assert result["completion"] == cut_at_dedent(result["generated"], prompt.body_indent)
+        assert result["completion"] == cut_at_dedent(raw_body_text(prompt, result["generated"]), prompt.body_indent)
         assert all(not line.strip() or line.startswith("    ") for line in result["completion"].splitlines())
+
+
+def test_a_raw_prompt_is_tokenized_as_the_start_of_its_function(tiny_lm):
+    """The raw prompt's tokens are the first tokens of the whole function (prompt + body), as in training. The
+    prompt as written is not: this tokenizer (as SmolLM2's) merges the docstring's line break with the body's
+    indentation, so a prompt ending in a bare line break ends at a boundary training never showed."""
+    _, tokenizer = tiny_lm
+    for prompt in function_prompts(SOURCE, "mod.py"):
+        whole = tokenizer(prompt.prompt + prompt.reference, add_special_tokens=False)["input_ids"]
+        raw = tokenizer(prompt_text(prompt, tokenizer, "raw"), add_special_tokens=False)["input_ids"]
+        assert whole[: len(raw)] == raw and prompt_text(prompt, tokenizer, "raw") + "\n" == prompt.prompt
+        as_written = tokenizer(prompt.prompt, add_special_tokens=False)["input_ids"]
+        assert whole[: len(as_written)] != as_written
+
+
+def test_raw_body_text_drops_the_line_break_the_prompt_was_given_without():
+    prompt = _prompt()
+    assert raw_body_text(prompt, "\n    return 2 * x\n") == "    return 2 * x\n"
+    assert raw_body_text(prompt, "  # closing line\n    return x\n") == "  # closing line\n    return x\n"
+    # A continued closing line is a dedented line: no body.
+    assert cut_at_dedent(raw_body_text(prompt, "  # closing line\n    return x\n"), "    ") == ""
+    unbroken = CodePrompt("m.py", "f", "def f(x): pass", "", False, "", "    ")
+    assert raw_body_text(unbroken, "\n    y\n") == "\n    y\n"  # a prompt without a line break keeps all
 
 
 @pytest.mark.parametrize(
     ("new_text", "stops"),
     [
+        ("\n    x = 1\n    return x", False),  # the raw prompt's line break, written by the model
+        ("\n   ", False),
+        ('  # after the closing """', True),  # continues the prompt's last line
+
         ("    x = 1\n    return x", False),
         ("    x = 1\n\n   ", False),  # a blank line, then indentation still growing
         ("    x = 1\n\ndef g", True),
