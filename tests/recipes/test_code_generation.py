@@ -245,7 +245,9 @@ def test_greedy_completions_are_bounded_deterministic_and_cut_at_the_function_en
     assert [greedy_completions(model, tokenizer, [p], max_new_tokens=12)[0] for p in prompts] == first
     for prompt, result in zip(prompts, first):
         assert len(tokenizer(result["generated"], add_special_tokens=False)["input_ids"]) <= 12 + 1
-        assert result["completion"] == cut_at_dedent(raw_body_text(prompt, result["generated"]), prompt.body_indent)
+        assert result["completion"] == cut_at_dedent(
+            raw_body_text(prompt, result["generated"]), prompt.body_indent
+        )
         assert all(not line.strip() or line.startswith("    ") for line in result["completion"].splitlines())
 
 
@@ -278,7 +280,6 @@ def test_raw_body_text_drops_the_line_break_the_prompt_was_given_without():
         ("\n    x = 1\n    return x", False),  # the raw prompt's line break, written by the model
         ("\n   ", False),
         ('  # after the closing """', True),  # continues the prompt's last line
-
         ("    x = 1\n    return x", False),
         ("    x = 1\n\n   ", False),  # a blank line, then indentation still growing
         ("    x = 1\n\ndef g", True),
