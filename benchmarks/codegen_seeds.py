@@ -10,8 +10,8 @@ reloads every seed's distilled student and its no-KD twin and
 * scores the test blocks exactly as the recipe did (``score_examples``: per-block NLL, tokens, bytes) and runs
   the scorecard's paired bootstrap (``paired_difference``) on ``bits_per_byte``;
 * completes the recipe's held-out prompts (``--generation_prompts`` of the config, greedy, raw prompts; the
-  recipe's ``evaluate_model``) and counts the completions that parse; the teacher's rates are read from the
-  run's report (its generation section, chat and raw).
+  recipe's ``evaluate_model``) and counts the completions that parse, with the paired interval of KD - no-KD
+  in parse rate (over seeds and prompts); the teacher's rates are read from the run's report (chat and raw).
 
 The data flags after ``--run`` (``--config`` and any overrides) must be the run's own.
 Writes results/codegen_seeds.json (or ``--output``).
@@ -29,6 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import RESULTS, machine, recipe_task, run_folder, shown_path, write_result  # noqa: E402
 
@@ -52,6 +53,7 @@ def parse_counts(model: torch.nn.Module, task: Any, prompts: list, config: Any) 
         "parsed": sum(metrics["per_prompt"]["parses"]),
         "degenerate": sum(metrics["per_prompt"]["degenerate"]),
         "prompts": len(prompts),
+        "parses": metrics["per_prompt"]["parses"],
     }
 
 
@@ -125,6 +127,15 @@ def main(argv: list[str] | None = None) -> dict:
     difference = paired_difference(stacked["distilled"], stacked["no_kd"], METRIC)
     line = verdict(difference, METRIC, higher_is_better=False, n_seeds=len(seeds), n_examples=len(task.test))
     print(line, flush=True)
+    # The parse rate as an accuracy over prompts ("correct" = parses), paired by seed and prompt.
+    parse_stats = {
+        label: stack_statistics(
+            [{"correct": np.array(parsing[label][seed]["parses"], dtype=float)} for seed in seeds], "accuracy"
+        )
+        for label in folders
+    }
+    parse_difference = paired_difference(parse_stats["distilled"], parse_stats["no_kd"], "accuracy")
+    print(f"parse rate KD - no-KD: {parse_difference}", flush=True)
     result = {
         "benchmark": "codegen_seeds",
         "command": f"python benchmarks/codegen_seeds.py --run {shown_path(options.run)} "
@@ -142,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "teacher_generation": teacher_generation(options.run),
         "kd_minus_no_kd": {**difference, "verdict": line},
+        "parse_rate_kd_minus_no_kd": parse_difference,
         "machine": machine(),
     }
     print(f"wrote {write_result(result, options.output)}")
