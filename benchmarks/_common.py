@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -123,19 +124,48 @@ def run_folder(run: Path, where: str | Path) -> Path:
     return folder
 
 
-def distilled_seeds(run: Path) -> tuple[str, dict[int, Path]]:
-    """The first distilled student's name in ``run``'s report and its folder per seed."""
+def distilled_seeds(run: Path, kind: str = "distilled") -> tuple[str, dict[int, Path]]:
+    """The first ``kind`` student's name in ``run``'s report (``"distilled"``, ``"no_kd_baseline"``) and its
+    folder per seed."""
     report_path = run / "report.json"
     if not report_path.is_file():
         raise SystemExit(f"{report_path} is missing: pass the folder of a finished recipe run.")
     report = json.loads(report_path.read_text())
-    distilled = [s for s in report.get("students", []) if s.get("kind") == "distilled"]
+    distilled = [s for s in report.get("students", []) if s.get("kind") == kind]
     if not distilled:
-        raise SystemExit(f"{report_path} names no distilled student.")
+        raise SystemExit(f"{report_path} names no {kind} student.")
     seeds = {entry["seed"]: run_folder(run, entry["output_dir"]) for entry in distilled[0].get("seeds", [])}
     if not seeds:
         raise SystemExit(f"{report_path}: {distilled[0]['name']} kept no per-seed folders.")
     return distilled[0]["name"], seeds
+
+
+def completion_counts(model: Any, tokenizer: Any, prompts: list, config: Any, style: str = "raw") -> dict:
+    """What a code model writes for ``prompts`` (greedy, ``style`` prompting, the recipe config's new tokens and
+    batch): the shares and counts that parse and that degenerate, and each prompt's parse. Doctests not run."""
+    from hf_distill.recipes.code_generation import generation_metrics, greedy_completions, parses
+
+    completions = [
+        r["completion"]
+        for r in greedy_completions(
+            model,
+            tokenizer,
+            prompts,
+            style=style,
+            max_new_tokens=config.report.generation_max_new_tokens,
+            batch_size=config.training.per_device_eval_batch_size,
+        )
+    ]
+    metrics = generation_metrics(prompts, completions, [None] * len(prompts))
+    parsed = [parses(p.prompt, c) for p, c in zip(prompts, completions)]
+    return {
+        "parse_rate": metrics["parse_rate"],
+        "parsed": sum(parsed),
+        "degenerate_rate": metrics["degenerate_rate"],
+        "degenerate": round(metrics["degenerate_rate"] * len(prompts)),
+        "prompts": len(prompts),
+        "parses": parsed,
+    }
 
 
 def recipe_task(task: str, recipe_argv: list[str], scratch: str, model_folder: Path, prog: str) -> tuple:

@@ -33,16 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
-from _common import RESULTS, machine, run_folder, shown_path, write_result  # noqa: E402
+from _common import RESULTS, completion_counts, machine, run_folder, shown_path, write_result  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from hf_distill import student_from_teacher  # noqa: E402
 from hf_distill.recipes.arguments import parse_recipe_config  # noqa: E402
-from hf_distill.recipes.code_generation import (  # noqa: E402
-    generation_metrics,
-    greedy_completions,
-    parses,
-)
 from hf_distill.recipes.code_prompts import held_out_prompts  # noqa: E402
 from hf_distill.recipes.cross_tokenizer import EVAL_CHARS_PER_FILE, bits_per_byte  # noqa: E402
 from hf_distill.recipes.data_code import load_code_corpus  # noqa: E402
@@ -66,24 +61,14 @@ def saved_points(folder: Path) -> list[tuple[int, Path]]:
 def score(model: Any, tokenizer: Any, prompts: list, texts: list[str], config: Any, style: str) -> dict:
     """Validation bits per byte and the parse / degenerate shares of greedy ``style`` completions."""
     start = time.perf_counter()
-    batch = config.training.per_device_eval_batch_size
-    bpb = bits_per_byte(model, tokenizer, texts, config.data.max_length, batch)
-    results = greedy_completions(
-        model,
-        tokenizer,
-        prompts,
-        style=style,
-        max_new_tokens=config.report.generation_max_new_tokens,
-        batch_size=batch,
+    bpb = bits_per_byte(
+        model, tokenizer, texts, config.data.max_length, config.training.per_device_eval_batch_size
     )
-    completions = [r["completion"] for r in results]
-    metrics = generation_metrics(prompts, completions, [None] * len(prompts))
+    counts = completion_counts(model, tokenizer, prompts, config, style)
     return {
         "style": style,
         "bits_per_byte": bpb["bits_per_byte"],
-        "parse_rate": metrics["parse_rate"],
-        "parsed": sum(parses(p.prompt, c) for p, c in zip(prompts, completions)),
-        "degenerate_rate": metrics["degenerate_rate"],
+        **{k: counts[k] for k in ("parse_rate", "parsed", "degenerate_rate")},
         "seconds": round(time.perf_counter() - start, 1),
     }
 

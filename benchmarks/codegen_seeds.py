@@ -10,7 +10,7 @@ reloads every seed's distilled student and its no-KD twin and
 * scores the test blocks exactly as the recipe did (``score_examples``: per-block NLL, tokens, bytes) and runs
   the scorecard's paired bootstrap (``paired_difference``) on ``bits_per_byte``;
 * completes the recipe's held-out prompts (``--generation_prompts`` of the config, greedy, raw prompts; the
-  recipe's ``evaluate_model``) and counts the completions that parse, with the paired interval of KD - no-KD
+  ``_common.completion_counts``) and counts the completions that parse, with the paired interval of KD - no-KD
   in parse rate (over seeds and prompts); the teacher's rates are read from the run's report (chat and raw).
 
 The data flags after ``--run`` (``--config`` and any overrides) must be the run's own.
@@ -31,42 +31,22 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import RESULTS, machine, recipe_task, run_folder, shown_path, write_result  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    completion_counts,
+    distilled_seeds,
+    machine,
+    recipe_task,
+    shown_path,
+    write_result,
+)
 
 METRIC = "bits_per_byte"
 
 
-def parse_counts(model: torch.nn.Module, task: Any, prompts: list, config: Any) -> dict[str, Any]:
-    """The parse / degenerate counts of ``model``'s greedy raw completions of ``prompts`` (doctests not run)."""
-    from hf_distill.recipes.generation_eval import evaluate_model
-
-    metrics, _ = evaluate_model(
-        model,
-        task.tokenizer,
-        prompts,
-        [False] * len(prompts),
-        style="raw",
-        max_new_tokens=config.report.generation_max_new_tokens,
-        batch_size=config.training.per_device_eval_batch_size,
-    )
-    return {
-        "parsed": sum(metrics["per_prompt"]["parses"]),
-        "degenerate": sum(metrics["per_prompt"]["degenerate"]),
-        "prompts": len(prompts),
-        "parses": metrics["per_prompt"]["parses"],
-    }
-
-
 def seed_folders(run: Path) -> dict[str, dict[int, Path]]:
     """``{"distilled": {seed: folder}, "no_kd": {...}}`` of the first distilled student and its no-KD twin."""
-    report = json.loads((run / "report.json").read_text())
-    kinds = {"distilled": "distilled", "no_kd": "no_kd_baseline"}
-    found = {}
-    for label, kind in kinds.items():
-        entries = [s for s in report.get("students", []) if s.get("kind") == kind]
-        if not entries:
-            raise SystemExit(f"{run}/report.json has no {kind} student: train with --run_baseline true.")
-        found[label] = {s["seed"]: run_folder(run, s["output_dir"]) for s in entries[0]["seeds"]}
+    found = {"distilled": distilled_seeds(run)[1], "no_kd": distilled_seeds(run, "no_kd_baseline")[1]}
     if set(found["distilled"]) != set(found["no_kd"]):
         raise SystemExit(f"the distilled and no-KD students were trained under different seeds: {found}")
     return found
@@ -118,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
                 scores = task.score_examples(model, task.test, training_args)
                 stats[label].append(scores.statistics)
                 per_seed[label][seed] = float(scores.metrics[METRIC])
-                parsing[label][seed] = parse_counts(model, task, prompts, config)
+                parsing[label][seed] = completion_counts(model, task.tokenizer, prompts, config)
                 print(
                     f"{label} seed {seed}: {METRIC} {per_seed[label][seed]:.4f}, {parsing[label][seed]}",
                     flush=True,
