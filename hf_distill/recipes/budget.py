@@ -356,7 +356,7 @@ def run_budget(
     budget = {**result.to_dict(), "teacher_latency_ms": latency.get("teacher"), "runtime": budget_args.runtime,
               "batch_size": budget_args.batch_size, "winner_dir": str(winner_dir),
               "teacher_fine_tuned_dir": None if teacher_folder is None else str(teacher_folder),
-              "importance": budget_args.budget_importance, "layer_scores": [round(s, 6) for s in scores]}  # fmt: skip
+              "importance": budget_args.budget_importance, "layer_scores": [float(s) for s in scores]}  # fmt: skip
     budget["frontier"] = str(plot_budget_frontier(budget, task.metric_name, run_dir / FRONTIER_FILENAME))
     report["budget"] = budget
     write_report(report, run_dir)

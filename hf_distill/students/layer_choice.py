@@ -119,7 +119,7 @@ def choose_layers(
             )
         scores = layer_importance(teacher, calibration, importance_method)
         chosen = layers_by_importance(scores, num_layers)
-        details = {"importance": importance_method, "layer_scores": [round(s, 6) for s in scores]}
+        details = {"importance": importance_method, "layer_scores": [float(s) for s in scores]}
         return check_layers(chosen, num_teacher_layers), strategy, details
     if calibration is not None:
         raise ValueError(f"calibration batches are only used with layers='importance', not {strategy!r}.")
