@@ -7,7 +7,8 @@ in the sandbox (:mod:`.sandbox`, a child process with limits, never this one), a
 ``report["generation"]``: per model the parse rate, degenerate share, doctest pass rate and held-out bits per
 byte, and a few samples. The students, trained on raw code, are prompted raw; the teacher, an instruction-tuned
 model, through its chat template where its tokenizer has one (``teacher_prompt_style``; ``both`` measures
-both ways).
+both ways). Where the run fine-tuned the teacher on the corpus first, that teacher (the one the students
+learnt from) is measured too, raw, as ``teacher (fine-tuned)``.
 
 :func:`finish_codegen_report` is the codegen recipe's last step (``hf-distill train codegen``, which
 ``recipes/codegen.py`` runs): students with their own tokenizer (``--student_tokenizer``, :mod:`.cross_tokenizer`)
@@ -48,6 +49,9 @@ from hf_distill.reports.report import generation_section
 TEACHER_PROMPT_STYLES = ("auto", "chat", "raw", "both")
 # Completions shown in report.json / report.md, and the characters kept of each.
 SAMPLES = 3
+# The report name of the teacher a run fine-tuned on the corpus (``--fine_tune_teacher``), prompted raw as the
+# students are: it was last trained on raw code.
+FINE_TUNED_TEACHER = "teacher (fine-tuned)"
 SAMPLE_CHARS = 800
 
 
@@ -101,8 +105,10 @@ def evaluate_model(
         model, tokenizer, prompts, style=style, max_new_tokens=max_new_tokens, batch_size=batch_size
     )
     completions = [r["completion"] for r in results]
-    passed = doctest_outcomes(prompts, completions)
-    doctests = [p if c else None for p, c in zip(passed, counted)]
+    # Only the counted prompts' examples are run: the others' outcomes would be discarded.
+    runs = [i for i, c in enumerate(counted) if c]
+    passed = dict(zip(runs, doctest_outcomes([prompts[i] for i in runs], [completions[i] for i in runs])))
+    doctests = [passed.get(i) for i in range(len(prompts))]
     metrics = generation_metrics(prompts, completions, doctests)
     # Per prompt, in prompt order: what a paired comparison across models and seeds needs.
     metrics["per_prompt"] = {
@@ -129,10 +135,17 @@ def _samples(prompts: list[CodePrompt], completions: dict[str, list[str]]) -> li
 
 
 def _models(report: dict[str, Any], teacher_args: Any) -> tuple[Any, dict[str, Any]]:
-    """The teacher's tokenizer and the models by report name (teacher first), loaded from their folders."""
+    """The teacher's tokenizer and the models by report name, loaded from their folders: the teacher as given,
+    the teacher the run fine-tuned on the corpus (the one the students learnt from) where there is one, then
+    the students."""
     path = resolve_model_path(teacher_args.teacher_model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     models = {"teacher": AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()}
+    fine_tuned = report.get("teacher", {}).get("fine_tuned_dir")
+    if fine_tuned:
+        models[FINE_TUNED_TEACHER] = AutoModelForCausalLM.from_pretrained(
+            fine_tuned, dtype=torch.float32
+        ).eval()
     for entry in report.get("students", []):
         models[entry["name"]] = AutoModelForCausalLM.from_pretrained(
             entry["output_dir"], dtype=torch.float32

@@ -20,6 +20,7 @@ from hf_distill.recipes.code_generation import (
     DedentStop,
     body_from_answer,
     cut_at_dedent,
+    doctest_outcomes,
     generation_metrics,
     greedy_completions,
     is_degenerate,
@@ -295,9 +296,18 @@ def test_dedent_stop_fires_once_a_line_starts_left_of_the_body(tiny_lm, new_text
     assert stop(torch.tensor([ids]), None).tolist() == [stops]
 
 
-def test_evaluate_model_scores_the_completions_it_returns(tiny_lm):
+def test_evaluate_model_scores_the_completions_it_returns(tiny_lm, monkeypatch):
+    from hf_distill.recipes import generation_eval
+
     model, tokenizer = tiny_lm
     prompts = function_prompts(SOURCE, "mod.py")
+    run_for: list[str] = []
+
+    def recording(chosen, completions, **limits):
+        run_for.extend(p.name for p in chosen)
+        return doctest_outcomes(chosen, completions, **limits)
+
+    monkeypatch.setattr(generation_eval, "doctest_outcomes", recording)
     metrics, completions = evaluate_model(
         model, tokenizer, prompts, [True, False], style="raw", max_new_tokens=8, batch_size=2
     )
@@ -309,6 +319,7 @@ def test_evaluate_model_scores_the_completions_it_returns(tiny_lm):
     assert per_prompt["parses"] == [_naive_parses(p.prompt, c) for p, c in zip(prompts, completions)]
     assert per_prompt["degenerate"] == [_naive_degenerate(c) for c in completions]
     assert per_prompt["doctest"][1] is None  # the second prompt's doctests are not counted
+    assert run_for == [prompts[0].name], "only the counted prompt's examples run in the sandbox"
 
 
 def test_chat_prompting_needs_a_chat_template_and_uses_it(tiny_lm):
@@ -404,7 +415,12 @@ def test_add_generation_eval_scores_teacher_both_ways_and_students_on_held_out_f
     finally:
         tokenizer.chat_template = None
     tiny_gpt2(seed=1, vocab_size=len(tokenizer), positions=512).save_pretrained(tmp_path / "student")
-    report = {"students": [{"name": "student", "output_dir": str(tmp_path / "student")}]}
+    # A run that fine-tuned its teacher on the corpus: that teacher is measured too, raw, as the students are.
+    tiny_gpt2(seed=2, vocab_size=len(tokenizer), positions=512).save_pretrained(tmp_path / "fine-tuned")
+    report = {
+        "teacher": {"fine_tuned_dir": str(tmp_path / "fine-tuned")},
+        "students": [{"name": "student", "output_dir": str(tmp_path / "student")}],
+    }
     data_args = DataArguments(max_files=20, max_test_samples=2, max_length=32)
     config = RecipeConfig(
         teacher=TeacherArguments(teacher_model_name_or_path=str(tmp_path / "teacher")),
@@ -416,8 +432,12 @@ def test_add_generation_eval_scores_teacher_both_ways_and_students_on_held_out_f
     )
     report = add_generation_eval(report, config)
     generation = report["generation"]
-    assert [m["name"] for m in generation["models"]] == ["teacher", "teacher (raw)", "student"]
-    assert [m["prompt_style"] for m in generation["models"]] == ["chat", "raw", "raw"]
+    names = ["teacher", "teacher (raw)", "teacher (fine-tuned)", "student"]
+    assert [m["name"] for m in generation["models"]] == names
+    assert [m["prompt_style"] for m in generation["models"]] == ["chat", "raw", "raw", "raw"]
+    # The fine-tuned teacher is its own model: its held-out bits per byte are not the teacher's.
+    by_name = {m["name"]: m for m in generation["models"]}
+    assert by_name["teacher (fine-tuned)"]["bits_per_byte"] != by_name["teacher"]["bits_per_byte"]
     corpus = load_code_corpus(seed=data_args.split_seed, max_files=20)
     trained_on = set(corpus["train"]["path"]) | set(corpus["validation"]["path"])
     assert generation["prompts"] == 2 and not set(generation["files"]) & trained_on
@@ -425,4 +445,4 @@ def test_add_generation_eval_scores_teacher_both_ways_and_students_on_held_out_f
         assert 0 <= entry["parse_rate"] <= 1 and 0 <= entry["degenerate_rate"] <= 1
         assert entry["bits_per_byte"] > 0
     assert len(generation["samples"]) == 2
-    assert set(generation["samples"][0]["completions"]) == {"teacher", "teacher (raw)", "student"}
+    assert set(generation["samples"][0]["completions"]) == set(names)
