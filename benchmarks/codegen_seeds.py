@@ -11,7 +11,9 @@ reloads every seed's distilled student and its no-KD twin and
   the scorecard's paired bootstrap (``paired_difference``) on ``bits_per_byte``;
 * completes the recipe's held-out prompts (``--generation_prompts`` of the config, greedy, raw prompts; the
   ``_common.completion_counts``) and counts the completions that parse, with the paired interval of KD - no-KD
-  in parse rate (over seeds and prompts); the teacher's rates are read from the run's report (chat and raw).
+  in parse rate (over seeds and prompts); the teacher's rates are read from the run's report (chat and raw);
+* where the run fine-tuned its teacher on the corpus first (``--fine_tune_teacher``), scores that teacher the
+  same two ways.
 
 The data flags after ``--run`` (``--config`` and any overrides) must be the run's own.
 Writes results/codegen_seeds.json (or ``--output``).
@@ -63,6 +65,23 @@ def teacher_generation(run: Path) -> list[dict[str, Any]]:
     ]
 
 
+def fine_tuned_teacher(run: Path, task: Any, training_args: Any, prompts: list, config: Any) -> dict | None:
+    """The teacher the run fine-tuned on the corpus (the one its students learnt from), scored as they are: bits
+    per byte on the test blocks and its raw completions' parses. None where the run used the teacher as given."""
+    from hf_distill.loading import load_pretrained
+
+    folder = json.loads((run / "report.json").read_text())["teacher"].get("fine_tuned_dir")
+    if not folder:
+        return None
+    model = load_pretrained(
+        task.auto_class.from_pretrained, folder, role="teacher_model", dtype=torch.float32
+    ).eval()
+    scored = task.score_examples(model, task.test, training_args)
+    counts = completion_counts(model, task.tokenizer, prompts, config)
+    print(f"fine-tuned teacher: {METRIC} {scored.metrics[METRIC]:.4f}, {counts}", flush=True)
+    return {"folder": shown_path(Path(folder)), METRIC: float(scored.metrics[METRIC]), "parse": counts}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="a finished codegen run (report.json inside)")
@@ -103,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
                     f"{label} seed {seed}: {METRIC} {per_seed[label][seed]:.4f}, {parsing[label][seed]}",
                     flush=True,
                 )
+        taught_by = fine_tuned_teacher(options.run, task, training_args, prompts, config)
     stacked = {label: stack_statistics(values, METRIC) for label, values in stats.items()}
     difference = paired_difference(stacked["distilled"], stacked["no_kd"], METRIC)
     line = verdict(difference, METRIC, higher_is_better=False, n_seeds=len(seeds), n_examples=len(task.test))
@@ -132,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
             for label in folders
         },
         "teacher_generation": teacher_generation(options.run),
+        "fine_tuned_teacher": taught_by,
         "kd_minus_no_kd": {**difference, "verdict": line},
         "parse_rate_kd_minus_no_kd": parse_difference,
         "machine": machine(),
