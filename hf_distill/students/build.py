@@ -29,6 +29,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, PretrainedConfig, PreTrainedModel
 
 from hf_distill.students.blocks import find_block_list, num_layers_of
+from hf_distill.students.derived import model_like
 from hf_distill.students.layer_choice import choose_layers, select_layers
 from hf_distill.students.vocab_transfer import transfer_vocabulary
 
@@ -167,13 +168,6 @@ def _provenance(teacher: PreTrainedModel, init: str, **details: Any) -> dict[str
     return {"teacher": teacher.name_or_path, "init": init, **details}
 
 
-def _build_like(teacher: PreTrainedModel, config: PretrainedConfig) -> PreTrainedModel:
-    # Building under the teacher's dtype (rather than casting afterwards) keeps float32 buffers such as
-    # rotary `inv_freq` exactly as `from_pretrained(..., dtype=...)` would make them.
-    config.dtype = teacher.dtype
-    return type(teacher)._from_config(config, dtype=teacher.dtype)
-
-
 def _teacher_state_for(
     teacher: nn.Module,
     student: nn.Module,
@@ -268,7 +262,7 @@ def student_from_teacher(
 
     block_prefix = find_block_list(teacher, num_teacher_layers) + "."
     config = _derive_config(teacher.config, layers, config_overrides)
-    student = _build_like(teacher, config)
+    student = model_like(teacher, config)
 
     new_index = {old: new for new, old in enumerate(layers)}
     copied = _teacher_state_for(teacher, student, block_prefix, new_index, config_overrides)
@@ -325,7 +319,7 @@ def student_from_config(teacher: PreTrainedModel, **overrides: Any) -> PreTraine
     """
     _validate_overrides(teacher.config, overrides)
     config = _derive_config(teacher.config, None, overrides)
-    student = _build_like(teacher, config)
+    student = model_like(teacher, config)
 
     copied: list[str] = []
     left_random: dict[str, str] = {}

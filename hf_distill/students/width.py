@@ -25,6 +25,7 @@ import torch
 from transformers import PreTrainedModel
 
 from hf_distill.students.blocks import find_block_list, num_layers_of
+from hf_distill.students.derived import model_like
 from hf_distill.students.importance import channel_importance, head_importance
 from hf_distill.students.layout import (
     INTERMEDIATE_KEY,
@@ -214,9 +215,7 @@ def _rebuilt(
     alias = model.config.attribute_map
     values = model.config.to_dict()
     values.update({alias.get(k, k): v for k, v in changes.items()})
-    config = type(model.config).from_dict(values)
-    config.dtype = model.dtype
-    pruned = type(model)._from_config(config, dtype=model.dtype)
+    pruned = model_like(model, type(model.config).from_dict(values))
     # In place, so weights tied at construction (lm_head to the embeddings) stay one tensor.
     pruned.load_state_dict(state, strict=True)
     for (

@@ -16,9 +16,11 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    Trainer,
+    TrainingArguments,
 )
 
-from hf_distill import prune_width, student_from_teacher
+from hf_distill import prune_width, student_from_config, student_from_teacher
 
 VOCAB = 50
 
@@ -160,6 +162,29 @@ def test_depth_then_width_saves_loads_and_generates_with_a_cache(make, tmp_path)
     uncached = reloaded.generate(ids, max_new_tokens=5, do_sample=False, use_cache=False)
     assert cached.shape == (1, ids.shape[1] + 5)
     assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("make", [llama, gpt2])
+def test_students_generate_as_a_trained_teacher_does_with_its_cache(make, tmp_path):
+    teacher = make()
+    teacher.generation_config.eos_token_id = 7
+    Trainer(model=teacher, args=TrainingArguments(str(tmp_path / "args"), report_to="none"))
+    # What a fine-tuned teacher looks like: the Trainer switched the config's cache off (and saves it so).
+    assert teacher.config.use_cache is False and teacher.generation_config.use_cache is True
+    heads = {"heads": 2} if make is llama else {}
+    students = {
+        "layer cut": student_from_teacher(teacher, layers=[0, 2]),
+        "smaller config": student_from_config(teacher, num_hidden_layers=1),
+        "width": prune_width(teacher, intermediate_size=8, calibration=[batch()], **heads),
+    }
+    ids = batch()["input_ids"][:1]
+    for name, student in students.items():
+        student.save_pretrained(tmp_path / name)
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / name).eval()
+        assert reloaded.generation_config.use_cache is True, name
+        assert reloaded.generation_config.eos_token_id == 7, name
+        out = reloaded.generate(ids, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+        assert out.past_key_values is not None, f"{name}: generated without its KV cache"
 
 
 def test_refusals_name_what_is_wrong():
