@@ -7,7 +7,7 @@ without the teacher, scored on VALIDATION (documented functions of the validatio
     python benchmarks/codegen_learning_curve.py --config recipes/configs/codegen.yaml --run runs/curve
 
 The run saves each student's weights every ``--save_steps`` (``checkpoint-<step>/``) and at its end; this script
-scores every saved point of the seed's distilled student and of its no-KD twin, the untrained cut (step 0,
+scores every saved point (a run saved without checkpoints: its final students) of the seed's distilled student and of its no-KD twin, the untrained cut (step 0,
 built from the teacher as the recipe builds it) and the teacher:
 
 * ``bits_per_byte`` on the validation split's files (the recipe's own function, as its test report measures);
@@ -44,16 +44,20 @@ from hf_distill.recipes.data_code import load_code_corpus  # noqa: E402
 from hf_distill.recipes.offline import resolve_model_path  # noqa: E402
 
 
-def saved_points(folder: Path) -> list[tuple[int, Path]]:
-    """``(step, folder)`` of every checkpoint under ``folder`` (the Trainer saves one at the last step too)."""
-    points = sorted(
+def saved_points(folder: Path) -> list[tuple[int | str, Path]]:
+    """``(step, folder)`` of every checkpoint under ``folder`` (the Trainer saves one at the last step too); a
+    student saved without checkpoints is its one point, ``("end", folder)``."""
+    points: list[tuple[int | str, Path]] = sorted(
         (int(m.group(1)), c)
         for c in folder.glob("checkpoint-*")
         if (m := re.fullmatch(r"checkpoint-(\d+)", c.name)) and (c / "config.json").is_file()
     )
+    if not points and (folder / "config.json").is_file():
+        return [("end", folder)]
     if not points:
         raise SystemExit(
-            f"{folder} holds no checkpoint-<step>/: train with --save_strategy steps --save_steps N."
+            f"{folder} holds neither a saved model nor checkpoint-<step>/ folders: point --run at a finished "
+            "codegen run (with --save_strategy steps --save_steps N for a curve)."
         )
     return points
 
@@ -104,21 +108,20 @@ def main() -> None:
 
     teacher_path = resolve_model_path(config.teacher.teacher_model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
-    teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32).eval()
     rows: list[dict[str, Any]] = []
-    for style in () if args.skip_reference else ("raw", "chat"):
-        rows.append(
-            {"model": "teacher", "step": None, **score(teacher, tokenizer, prompts, texts, config, style)}
-        )
-        print(rows[-1], flush=True)
-    student = config.student
-    if not args.skip_reference:
-        cut = student_from_teacher(teacher, layers=list(student.student_layers)).eval()
+    if not args.skip_reference:  # the teacher's weights are loaded only to score it and its untrained cut
+        teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32).eval()
+        for style in ("raw", "chat"):
+            rows.append(
+                {"model": "teacher", "step": None, **score(teacher, tokenizer, prompts, texts, config, style)}
+            )
+            print(rows[-1], flush=True)
+        cut = student_from_teacher(teacher, layers=list(config.student.student_layers)).eval()
         rows.append(
             {"model": "untrained cut", "step": 0, **score(cut, tokenizer, prompts, texts, config, "raw")}
         )
         print(rows[-1], flush=True)
-        del cut
+        del cut, teacher
 
     report = json.loads((args.run / "report.json").read_text())
     for entry in report["students"]:
@@ -137,10 +140,11 @@ def main() -> None:
             print(row, flush=True)
     result = {
         "benchmark": "codegen_learning_curve",
-        "command": f"python benchmarks/codegen_learning_curve.py --config {args.config} --run {shown_path(args.run)}",
+        "command": f"python benchmarks/codegen_learning_curve.py --config {args.config} --run {shown_path(args.run)} "
+        f"--seed {args.seed} --prompts {args.prompts}" + (" --skip_reference" if args.skip_reference else ""),
         "machine": machine(),
         "seed": args.seed,
-        "student_layers": list(student.student_layers),
+        "student_layers": list(config.student.student_layers),
         "distillation": report.get("distillation"),
         "train_blocks": report.get("data", {}).get("train_size"),
         "validation_prompts": len(prompts),
