@@ -49,10 +49,10 @@ from hf_distill.reports.report import generation_section
 TEACHER_PROMPT_STYLES = ("auto", "chat", "raw", "both")
 # Completions shown in report.json / report.md, and the characters kept of each.
 SAMPLES = 3
+SAMPLE_CHARS = 800
 # The report name of the teacher a run fine-tuned on the corpus (``--fine_tune_teacher``), prompted raw as the
 # students are: it was last trained on raw code.
 FINE_TUNED_TEACHER = "teacher (fine-tuned)"
-SAMPLE_CHARS = 800
 
 
 def prompt_files(data_args: Any) -> tuple[list[tuple[str, str]], list[str]]:

@@ -5,7 +5,7 @@ MLP channels) end in :func:`model_like`, so a derived model has its source's cla
 its source does**. That last part is not what ``_from_config`` gives: it writes a generation config from the
 model config, and a ``transformers.Trainer`` sets ``config.use_cache = False`` on every model it trains (and
 saves it so). A student cut from a fine-tuned teacher then generated without its KV cache, one full forward per
-token (the code recipe's students took 20 times as long to complete a prompt).
+token (the code recipe's students took over 10 minutes for 24 prompts instead of 35 s).
 """
 
 from __future__ import annotations
