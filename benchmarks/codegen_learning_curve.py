@@ -7,8 +7,9 @@ without the teacher, scored on VALIDATION (documented functions of the validatio
     python benchmarks/codegen_learning_curve.py --config recipes/configs/codegen.yaml --run runs/curve
 
 The run saves each student's weights every ``--save_steps`` (``checkpoint-<step>/``) and at its end; this script
-scores every saved point (a run saved without checkpoints: its final students) of the seed's distilled student and of its no-KD twin, the untrained cut (step 0,
-built from the teacher as the recipe builds it) and the teacher:
+scores every saved point of the seed's distilled student and of its no-KD twin (of a run saved without
+checkpoints: its final students), the untrained cut (step 0, built from the teacher as the recipe builds it)
+and the teacher:
 
 * ``bits_per_byte`` on the validation split's files (the recipe's own function, as its test report measures);
 * ``parse_rate`` / ``degenerate_rate`` of greedy raw completions of ``--prompts`` documented functions of the

@@ -54,23 +54,25 @@ def seed_folders(run: Path) -> dict[str, dict[int, Path]]:
     return found
 
 
-def teacher_generation(run: Path) -> list[dict[str, Any]]:
-    """The teacher's rows of the run's generation section (parse rate per prompt style), as the recipe wrote them."""
-    report = json.loads((run / "report.json").read_text())
-    rows = report.get("generation", {}).get("models", [])
+def teacher_generation(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The teacher's rows of the run's generation section (parse rate per prompt style), as the recipe wrote them:
+    every row but the students' (whose names, ``teacher_layers-...``, may start with "teacher" too)."""
+    students = {entry["name"] for entry in report.get("students", [])}
     return [
         {k: row[k] for k in ("name", "prompt_style", "prompts", "parse_rate", "degenerate_rate")}
-        for row in rows
-        if row["name"].startswith("teacher")
+        for row in report.get("generation", {}).get("models", [])
+        if row["name"] not in students
     ]
 
 
-def fine_tuned_teacher(run: Path, task: Any, training_args: Any, prompts: list, config: Any) -> dict | None:
+def fine_tuned_teacher(
+    report: dict[str, Any], task: Any, training_args: Any, prompts: list, config: Any
+) -> dict | None:
     """The teacher the run fine-tuned on the corpus (the one its students learnt from), scored as they are: bits
     per byte on the test blocks and its raw completions' parses. None where the run used the teacher as given."""
     from hf_distill.loading import load_pretrained
 
-    folder = json.loads((run / "report.json").read_text())["teacher"].get("fine_tuned_dir")
+    folder = report["teacher"].get("fine_tuned_dir")
     if not folder:
         return None
     model = load_pretrained(
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     from hf_distill.reports.scorecard import model_interval, paired_difference, stack_statistics, verdict
 
     folders = seed_folders(options.run)
+    report = json.loads((options.run / "report.json").read_text())
     seeds = sorted(folders["distilled"])
     stats: dict[str, list] = {label: [] for label in folders}
     per_seed: dict[str, dict[int, float]] = {label: {} for label in folders}
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
                     f"{label} seed {seed}: {METRIC} {per_seed[label][seed]:.4f}, {parsing[label][seed]}",
                     flush=True,
                 )
-        taught_by = fine_tuned_teacher(options.run, task, training_args, prompts, config)
+        taught_by = fine_tuned_teacher(report, task, training_args, prompts, config)
     stacked = {label: stack_statistics(values, METRIC) for label, values in stats.items()}
     difference = paired_difference(stacked["distilled"], stacked["no_kd"], METRIC)
     line = verdict(difference, METRIC, higher_is_better=False, n_seeds=len(seeds), n_examples=len(task.test))
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
             }
             for label in folders
         },
-        "teacher_generation": teacher_generation(options.run),
+        "teacher_generation": teacher_generation(report),
         "fine_tuned_teacher": taught_by,
         "kd_minus_no_kd": {**difference, "verdict": line},
         "parse_rate_kd_minus_no_kd": parse_difference,
